@@ -1,0 +1,47 @@
+//! `enigma-server`: the relay. Configuration from defaults, `--config FILE` and
+//! `ENIGMA__SECTION__KEY` environment variables (see README.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "enigma-server",
+    version,
+    about = "Relay server for the Enigma end-to-end-encrypted messaging protocol"
+)]
+struct Args {
+    /// TOML configuration file (optional; environment variables override it).
+    #[arg(long, short, env = "ENIGMA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match enigma::config::Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("enigma-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    enigma::telemetry::init_logging(&settings.log);
+    let listener = match tokio::net::TcpListener::bind(settings.listen_addr()).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("enigma-server: cannot listen on {}: {e}", settings.server.addr);
+            return ExitCode::from(1);
+        }
+    };
+    match enigma::run(settings, listener, enigma::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "enigma-server stopped");
+            eprintln!("enigma-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

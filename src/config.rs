@@ -1,0 +1,264 @@
+//! Settings: built-in defaults, then an optional TOML file, then `ENIGMA__SECTION__KEY`
+//! environment variables; validated once at startup so a bad value fails fast with the
+//! name of the key at fault.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP/WebSocket listener binds (`ENIGMA__SERVER__ADDR`).
+    pub addr: String,
+    /// Origins allowed by CORS; `["*"]` allows any (the API carries no cookies).
+    pub cors_origins: Vec<String>,
+    /// How long a SIGTERM drain may take before the process exits anyway.
+    pub shutdown_grace_ms: u64,
+    /// Interval of server pings on an open socket.
+    pub ping_interval_ms: u64,
+    /// A socket from which nothing (not even a pong) arrived for this long is dropped.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest accepted public key, in bytes.
+    pub max_public_key_bytes: usize,
+    /// Longest accepted `payload`, in bytes.
+    pub max_payload_bytes: usize,
+    /// Messages a user's inbox may hold; a send to a full inbox is refused.
+    pub inbox_capacity: usize,
+    /// Age after which an inbox nobody reads expires (refreshed on every write).
+    pub inbox_ttl_secs: u64,
+    /// Frames waiting to be written to one socket before it counts as a slow reader.
+    pub outbound_queue_frames: usize,
+    /// Bytes waiting to be written to one socket before it counts as a slow reader.
+    pub outbound_queue_bytes: usize,
+    /// How long a full outbound queue may stay full before the socket is closed.
+    pub send_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine.
+    pub url: Option<String>,
+    /// Prefix of every key and channel, so several deployments (or tests) can share a Redis.
+    pub prefix: String,
+    /// A Redis command that takes longer than this fails (and the client gets an error).
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `enigma=debug,tower_http=info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8000".into(),
+            cors_origins: vec!["*".into()],
+            shutdown_grace_ms: 10_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_public_key_bytes: 8 * 1024,
+            max_payload_bytes: 64 * 1024,
+            inbox_capacity: 10_000,
+            inbox_ttl_secs: 30 * 24 * 3600,
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            send_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self { url: None, prefix: "enigma:".into(), command_timeout_ms: 2_000 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given; it must exist), then `ENIGMA__…` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("ENIGMA")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("server.cors_origins")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that cannot be expressed in its type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid { key, reason: reason.into() }
+        }
+        self.server
+            .addr
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.addr", format!("`{}` is not host:port ({e})", self.server.addr)))?;
+        if self.server.cors_origins.is_empty() {
+            return Err(invalid("server.cors_origins", "must list at least one origin (or \"*\")"));
+        }
+        for origin in &self.server.cors_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return Err(invalid("server.cors_origins", format!("`{origin}` is not a valid origin")));
+            }
+        }
+        let positive = [
+            ("server.shutdown_grace_ms", self.server.shutdown_grace_ms as usize),
+            ("server.ping_interval_ms", self.server.ping_interval_ms as usize),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms as usize),
+            ("limits.max_public_key_bytes", self.limits.max_public_key_bytes),
+            ("limits.max_payload_bytes", self.limits.max_payload_bytes),
+            ("limits.inbox_capacity", self.limits.inbox_capacity),
+            ("limits.inbox_ttl_secs", self.limits.inbox_ttl_secs as usize),
+            ("limits.outbound_queue_frames", self.limits.outbound_queue_frames),
+            ("limits.outbound_queue_bytes", self.limits.outbound_queue_bytes),
+            ("limits.send_timeout_ms", self.limits.send_timeout_ms as usize),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms as usize),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+        if self.server.idle_timeout_ms <= self.server.ping_interval_ms {
+            return Err(invalid("server.idle_timeout_ms", "must be longer than server.ping_interval_ms"));
+        }
+        if self.limits.max_payload_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("limits.max_payload_bytes", "must be at most 16 MiB"));
+        }
+        if self.limits.outbound_queue_bytes < self.limits.max_payload_bytes * 2 {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must hold at least two frames of limits.max_payload_bytes",
+            ));
+        }
+        if let Some(url) = self.redis_url() {
+            redis::Client::open(url).map_err(|e| invalid("redis.url", format!("{e}")))?;
+        }
+        if self.redis.prefix.contains(['{', '}']) {
+            return Err(invalid("redis.prefix", "must not contain `{` or `}` (they are Redis Cluster hash tags)"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The Redis URL, if one is configured (an empty value means none).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.addr.parse().expect("validated")
+    }
+}
+
+impl ServerSettings {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+impl Limits {
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+        assert_eq!(Settings::default().server.addr, "0.0.0.0:8000");
+        assert!(Settings::default().redis_url().is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::default();
+        s.server.addr = "nonsense".into();
+        assert!(s.validate().unwrap_err().to_string().contains("server.addr"));
+        let mut s = Settings::default();
+        s.limits.inbox_capacity = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("limits.inbox_capacity"));
+        let mut s = Settings::default();
+        s.redis.url = Some("http://nope".into());
+        assert!(s.validate().unwrap_err().to_string().contains("redis.url"));
+    }
+
+    #[test]
+    fn empty_redis_url_means_memory() {
+        let mut s = Settings::default();
+        s.redis.url = Some("  ".into());
+        assert!(s.redis_url().is_none());
+    }
+}

@@ -1,0 +1,137 @@
+//! Storage and delivery: the key directory, per-user inboxes and the doorbell that tells the
+//! replica holding a user's socket that a message arrived.
+//!
+//! Two engines behave the same and pass the same tests: `memory` (single process, the
+//! embedded default) and `redis` (any number of replicas sharing a Redis). Dispatch is a
+//! plain enum: there are exactly two, and it keeps every call static.
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::Settings;
+use crate::hub::{Hub, Link};
+use crate::protocol::{Delivery, MsgId, UserId};
+
+pub use self::memory::MemoryEngine;
+pub use self::redis::RedisEngine;
+
+/// The store could not be used (unreachable, timed out, refused); clients should retry.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("user not found")]
+    UserNotFound,
+    #[error("recipient's inbox is full")]
+    InboxFull,
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+#[derive(Clone)]
+pub enum Engine {
+    Memory(MemoryEngine),
+    Redis(RedisEngine),
+}
+
+impl Engine {
+    /// The memory engine unless `redis.url` is set.
+    pub async fn from_settings(settings: &Settings, hub: Arc<Hub>) -> Result<Self, Unavailable> {
+        Ok(match settings.redis_url() {
+            None => Engine::Memory(MemoryEngine::new(settings.limits.clone(), hub)),
+            Some(_) => Engine::Redis(RedisEngine::connect(settings, hub).await?),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Memory(_) => "memory",
+            Engine::Redis(_) => "redis",
+        }
+    }
+
+    /// The user id of `public_key`, registering it on first sight. Idempotent, also when two
+    /// replicas register the same key at the same moment.
+    pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.login(public_key)),
+            Engine::Redis(e) => e.login(public_key).await,
+        }
+    }
+
+    pub async fn public_key(&self, user: &UserId) -> Result<Option<String>, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.public_key(user)),
+            Engine::Redis(e) => e.public_key(user).await,
+        }
+    }
+
+    /// Stores `envelope` (the accepted JSON) in `to`'s inbox and rings the doorbell.
+    pub async fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
+        match self {
+            Engine::Memory(e) => e.send(to, envelope),
+            Engine::Redis(e) => e.send(to, envelope).await,
+        }
+    }
+
+    /// Up to `limit` stored messages of `user` after `after` (from the start if `None`).
+    pub async fn backlog(
+        &self,
+        user: &UserId,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.backlog(user, after, limit)),
+            Engine::Redis(e) => e.backlog(user, after, limit).await,
+        }
+    }
+
+    /// Removes delivered (or acknowledged) messages. Unknown ids are ignored.
+    pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Engine::Memory(e) => {
+                e.remove(user, ids);
+                Ok(())
+            }
+            Engine::Redis(e) => e.remove(user, ids).await,
+        }
+    }
+
+    /// Makes a registered session live: its doorbell is listened to, and every older
+    /// connection of the user, on any replica, is told to end.
+    pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {
+        match self {
+            Engine::Memory(e) => {
+                e.attach(link);
+                Ok(())
+            }
+            Engine::Redis(e) => e.attach(link).await,
+        }
+    }
+
+    /// The session ended; stop listening for the user if no other session here needs it.
+    pub fn detach(&self, link: &Link) {
+        match self {
+            Engine::Memory(e) => e.detach(link),
+            Engine::Redis(e) => e.detach(link),
+        }
+    }
+
+    /// Whether the store answers and the doorbell link is up.
+    pub async fn ready(&self) -> bool {
+        match self {
+            Engine::Memory(_) => true,
+            Engine::Redis(e) => e.ready().await,
+        }
+    }
+}

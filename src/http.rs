@@ -1,0 +1,212 @@
+//! The HTTP face: login, key lookup, the WebSocket upgrade, health, readiness and metrics.
+//! Every error is `{"error": "...", "code": "..."}` with a 4xx for client mistakes and an
+//! opaque 503 for storage trouble (details go to the log, not to the client).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{MatchedPath, Path, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::AppState;
+use crate::engine::Unavailable;
+use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, validate_public_key};
+use crate::session;
+use crate::telemetry::metric;
+
+/// A client-facing error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn user_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::UserNotFound, "user not found")
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        tracing::warn!(error = %e, "request failed: storage unavailable");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "service unavailable, retry later")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message, "code": self.code }))).into_response()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.settings.server.cors_origins);
+    Router::new()
+        .route("/login/{*public_key}", get(login))
+        .route("/login", get(login_without_key))
+        .route("/login/", get(login_without_key))
+        .route("/connect/{user_id}", any(connect))
+        .route("/ws/{user_id}", any(websocket_only))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track_requests))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new().allow_methods([Method::GET, Method::OPTIONS]).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// `GET /login/{publicKey}`: the key is the whole rest of the path (raw base64 keeps its
+/// `/` and `+`; `%2F`, `%2B`, `%3D` name the same key).
+async fn login(State(state): State<AppState>, key: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let Path(key) = key.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame,
+            "public key is not valid UTF-8 once percent-decoded",
+        )
+    })?;
+    validate_public_key(&key, state.settings.limits.max_public_key_bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string()))?;
+    let user = state.engine.login(&key).await?;
+    metrics::counter!(metric::LOGINS).increment(1);
+    // The spec names the field `userId`; the protocol's web client reads `user`.
+    Ok(Json(json!({ "userId": user.as_str(), "user": user.as_str() })).into_response())
+}
+
+async fn login_without_key() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "public key is empty: use /login/{publicKey}")
+}
+
+/// `/connect/{userId}`: a WebSocket upgrade (spec 0.3.0) or a key lookup.
+async fn connect(
+    State(state): State<AppState>,
+    method: Method,
+    Path(user_id): Path<String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        Err(_) if method == Method::GET || method == Method::HEAD => match lookup(&state, &user_id).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
+        Err(_) => method_not_allowed().await.into_response(),
+    }
+}
+
+/// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client).
+async fn websocket_only(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        Err(rejection) => ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::InvalidFrame,
+            format!("a WebSocket upgrade is expected here: {rejection}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn lookup(state: &AppState, user_id: &str) -> Result<Response, ApiError> {
+    let found = match UserId::parse(user_id) {
+        Some(user) => state.engine.public_key(&user).await?.map(|key| (user, key)),
+        None => None,
+    };
+    let outcome = if found.is_some() { "found" } else { "not_found" };
+    metrics::counter!(metric::LOOKUPS, "result" => outcome).increment(1);
+    let (user, key) = found.ok_or_else(ApiError::user_not_found)?;
+    Ok(Json(json!({ "userId": user.as_str(), "user": user.as_str(), "publicKey": key })).into_response())
+}
+
+async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
+            .into_response();
+    }
+    let limits = &state.settings.limits;
+    // Room for the largest accepted payload inside its envelope (escaping may grow it), so
+    // an oversized payload gets an error frame; far larger frames end the connection (1009).
+    let max_message = limits.max_payload_bytes * 2 + 16 * 1024;
+    let admission = session::admit(&state, user_id).await;
+    let tracker = state.tracker.clone();
+    upgrade
+        .protocols([SUBPROTOCOL_V1])
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission)))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let draining = state.draining.load(Ordering::Acquire);
+    let storage = state.engine.ready().await;
+    let body = json!({ "ready": !draining && storage, "draining": draining, "storage": storage, "engine": state.engine.name() });
+    let status = if !draining && storage { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Internal, "metrics are not enabled").into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::InvalidFrame, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::InvalidFrame, "method not allowed")
+}
+
+/// Counts requests by route template (never the raw path: it carries keys and user ids).
+async fn track_requests(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = route.unwrap_or_else(|| "unmatched".into());
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method.to_string()), ("status", status)];
+    metrics::counter!(metric::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!("enigma_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,127 @@
+//! Enigma relay: a server for the Enigma end-to-end-encrypted messaging protocol.
+//!
+//! A message travels socket → [`session`] → [`engine`] (memory, or Redis shared by many
+//! replicas) → [`hub`] of the replica holding the recipient's socket → [`session`] → socket.
+//! The server never sees plaintext: payloads are opaque strings sealed by the clients.
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+pub mod session;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::hub::Hub;
+
+/// Everything a request or a session needs.
+pub struct State {
+    pub settings: Settings,
+    pub engine: Engine,
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server starts draining: sessions close with 1001.
+    pub shutdown: CancellationToken,
+    pub draining: AtomicBool,
+    /// Upgraded sockets, which axum's graceful shutdown does not wait for.
+    pub tracker: TaskTracker,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub type AppState = Arc<State>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] engine::Unavailable),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: readiness turns false, new
+/// sockets are refused, open ones are closed with 1001, and the call returns within
+/// `server.shutdown_grace_ms`.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let hub = Arc::new(Hub::new(settings.limits.outbound_queue_frames));
+    let engine = Engine::from_settings(&settings, hub.clone()).await?;
+    let grace = settings.server.shutdown_grace();
+    let state = Arc::new(State {
+        settings,
+        engine,
+        hub,
+        shutdown: CancellationToken::new(),
+        draining: AtomicBool::new(false),
+        tracker: TaskTracker::new(),
+        metrics: telemetry::prometheus(),
+    });
+    metrics::gauge!(telemetry::metric::DRAINING).set(0.0);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, engine = state.engine.name(), "enigma relay listening");
+    // A line on stdout for scripts and tests that start the server on port 0.
+    println!("listening on {addr}");
+
+    let drain = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("draining: refusing new sockets, closing open ones with 1001");
+            state.draining.store(true, Ordering::Release);
+            metrics::gauge!(telemetry::metric::DRAINING).set(1.0);
+            state.shutdown.cancel();
+        }
+    };
+    let stopped = state.shutdown.clone();
+    let server = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(async move { stopped.cancelled().await });
+    let serve = tokio::spawn(async move { server.await });
+
+    drain.await;
+    state.tracker.close();
+    let finished = tokio::time::timeout(grace, async {
+        state.tracker.wait().await;
+        let _ = serve.await;
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(sockets = state.hub.len(), "grace period over; exiting with connections still open");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

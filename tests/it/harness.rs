@@ -1,0 +1,342 @@
+//! Real processes for the tests: `redis-server` on a free port, `enigma-server` replicas, and
+//! HTTP/WebSocket clients. Every process is killed when its handle drops (also on a panic),
+//! every test gets its own ports and key prefix, so tests run in parallel.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected event may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of this test's own, on a free port, without persistence unless asked.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Redis {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "enigma-it-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for _ in 0..20 {
+            let port = free_port();
+            let mut args: Vec<String> =
+                ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            args.extend(["--dir".into(), dir.display().to_string()]);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let child = Command::new("redis-server")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            let mut redis = Redis { child, port, dir: dir.clone() };
+            if redis.wait_ready() {
+                return redis;
+            }
+            let _ = redis.child.kill();
+            let _ = redis.child.wait();
+        }
+        panic!("could not start redis-server");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // exited: most likely the port was taken meanwhile
+            }
+            if self.cli(&["PING"]).map(|o| o.trim() == "PONG").unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `enigma-server` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+/// How to start a replica: engine and any `ENIGMA__…` overrides.
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    pub redis_url: Option<String>,
+    pub prefix: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerConfig {
+    pub fn memory() -> Self {
+        Self::default()
+    }
+    pub fn redis(redis: &Redis) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(redis.url()),
+            prefix: format!("t{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: Vec::new(),
+        }
+    }
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Server {
+    pub fn start(config: &ServerConfig) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_enigma-server"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+            .env("ENIGMA__LOG__LEVEL", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        if let Some(url) = &config.redis_url {
+            command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix);
+        }
+        for (k, v) in &config.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn enigma-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("enigma-server did not start listening ({status:?})");
+            }
+        };
+        Server { child, addr, http: reqwest::Client::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a GET over a plain TCP socket (for requests an HTTP client refuses to build) and
+    /// returns the response's status code.
+    pub async fn raw_get_status(&self, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        // The server may answer (and close) before it has read the whole request.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response)).await;
+        let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head:?}"))
+    }
+
+    /// Logs a key in and returns its user id.
+    pub async fn login(&self, key: &str) -> String {
+        let (status, body) = self.get(&format!("/login/{key}")).await;
+        assert_eq!(status, 200, "login failed: {body}");
+        body["userId"].as_str().unwrap().to_owned()
+    }
+
+    /// A fresh user with a random key.
+    pub async fn new_user(&self) -> String {
+        self.login(&random_key()).await
+    }
+
+    pub async fn connect(&self, user: &str) -> Ws {
+        Ws::connect(&self.ws_url(&format!("/connect/{user}")), None).await
+    }
+
+    pub async fn connect_v1(&self, user: &str) -> Ws {
+        Ws::connect(&self.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static KEYS: AtomicU32 = AtomicU32::new(0);
+
+/// A unique base64-looking public key, with `/` and `+` like a raw DER key in base64.
+pub fn random_key() -> String {
+    let n = KEYS.fetch_add(1, Ordering::Relaxed);
+    format!("MIIBIjANBgkqhkiG9w0BAQEFAAOC/{}+{}x{}==", std::process::id(), n, uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    format!("{:016x}", h.finish())
+}
+
+/// A WebSocket client with deadlines on every wait.
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str, protocol: Option<&str>) -> Ws {
+        Self::try_connect(url, protocol).await.expect("WebSocket connect")
+    }
+
+    pub async fn try_connect(url: &str, protocol: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        if let Some(p) = protocol {
+            request.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        let (inner, response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)??;
+        let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Ws { inner, protocol })
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) {
+        self.inner.send(Message::Binary(Bytes::copy_from_slice(data))).await.expect("send");
+    }
+
+    /// Sends a spec envelope.
+    pub async fn send_msg(&mut self, from: &str, to: &str, payload: &str) {
+        self.send_json(json!({"from": from, "to": to, "payload": payload})).await;
+    }
+
+    /// The next data or close frame (pings and pongs skipped).
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let message =
+                tokio::time::timeout(DEADLINE, self.inner.next()).await.expect("timed out waiting for a frame");
+            match message {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        match self.next().await {
+            Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("frame is JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame and returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next().await {
+                Some(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Some(Message::Close(None)) | None => return (u16::from(CloseCode::Abnormal), String::new()),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+    }
+}
