@@ -5,3 +5,4 @@ pub mod conformance;
 mod harness;
 mod load;
 mod replicas;
+mod startup;
