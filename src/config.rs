@@ -68,6 +68,9 @@ pub struct RedisSettings {
     pub prefix: String,
     /// A Redis command that takes longer than this fails (and the client gets an error).
     pub command_timeout_ms: u64,
+    /// How often each replica checks its subscription link end to end (a probe published on
+    /// its own channel must come back); three misses in a row count as a dead link.
+    pub probe_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,7 +117,7 @@ impl Default for Limits {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: None, prefix: "enigma:".into(), command_timeout_ms: 2_000 }
+        Self { url: None, prefix: "enigma:".into(), command_timeout_ms: 2_000, probe_interval_ms: 1_000 }
     }
 }
 
@@ -175,6 +178,7 @@ impl Settings {
             ("limits.outbound_queue_bytes", self.limits.outbound_queue_bytes),
             ("limits.send_timeout_ms", self.limits.send_timeout_ms as usize),
             ("redis.command_timeout_ms", self.redis.command_timeout_ms as usize),
+            ("redis.probe_interval_ms", self.redis.probe_interval_ms as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(key, "must be greater than zero"));

@@ -22,6 +22,11 @@ pub mod metric {
     pub const SLOW_CONSUMERS: &str = "enigma_slow_consumer_disconnects_total";
     pub const HTTP_REQUESTS: &str = "enigma_http_requests_total";
     pub const DRAINING: &str = "enigma_draining";
+    pub const REDIS_COMMAND_SECONDS: &str = "enigma_redis_command_duration_seconds";
+    pub const REDIS_ERRORS: &str = "enigma_redis_errors_total";
+    pub const REDIS_LINK_UP: &str = "enigma_redis_link_up";
+    pub const REDIS_RESUBSCRIPTIONS: &str = "enigma_redis_resubscriptions_total";
+    pub const REDIS_DEAD_LINKS: &str = "enigma_redis_dead_links_total";
 }
 
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).

@@ -10,19 +10,26 @@
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (field `e`) until removed  |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover)      |
 //! | `<p>deliver:{uid}`         | channel | doorbell: `m<id>\n<envelope>` or `t<generation>` |
+//! | `<p>probe:<replica>`       | channel | this replica's link probe                     |
 //!
 //! A send is one script: check the recipient, check the inbox's room, XADD, refresh the TTL,
 //! PUBLISH: stored and announced, or refused, never announced without being stored.
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
+//!
+//! The subscription link is watched end to end: every `redis.probe_interval_ms` the replica
+//! publishes a probe on its own channel and expects it back. A link that dropped (a
+//! disconnection push) or went quiet (three probes missing: a hung connection never errors) is
+//! rebuilt, every local user is subscribed again and every session re-reads its inbox; while
+//! that lasts, `/readyz` fails.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, RedisResult, Script, Value};
 use sha2::{Digest, Sha256};
@@ -32,6 +39,7 @@ use super::{SendError, Unavailable};
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Link};
 use crate::protocol::{Delivery, MsgId, UserId};
+use crate::telemetry::metric;
 
 /// Appends an envelope to the recipient's inbox and rings its doorbell, in one step.
 /// KEYS: user record, inbox, channel. ARGV: envelope, capacity, ttl (ms).
@@ -56,6 +64,8 @@ return generation
 
 /// Channels per SUBSCRIBE command when many users are (re)subscribed at once.
 const SUBSCRIBE_CHUNK: usize = 1000;
+/// Probes missed in a row before the subscription link counts as dead.
+const PROBE_MISSES: u32 = 3;
 
 #[derive(Clone)]
 pub struct RedisEngine {
@@ -67,10 +77,8 @@ struct Inner {
     keys: Keys,
     limits: Limits,
     timeout: Duration,
-    cmd: ConnectionManager,
-    pubsub: ConnectionManager,
+    links: Arc<Links>,
     subscriptions: mpsc::UnboundedSender<SubRequest>,
-    link_up: Arc<AtomicBool>,
     send_script: Script,
     attach_script: Script,
 }
@@ -93,6 +101,9 @@ impl Keys {
     fn channel(&self, user: &UserId) -> String {
         format!("{}deliver:{{{user}}}", self.prefix)
     }
+    fn probe(&self, replica: &str) -> String {
+        format!("{}probe:{replica}", self.prefix)
+    }
     fn key_index(&self, public_key: &str) -> String {
         let digest = Sha256::digest(public_key.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -106,10 +117,102 @@ impl Keys {
     }
 }
 
+/// The two connections, replaceable when one goes dead, and how to make new ones.
+struct Links {
+    cmd: RwLock<ConnectionManager>,
+    pubsub: RwLock<ConnectionManager>,
+    client: redis::Client,
+    pubsub_client: redis::Client,
+    push: PushHandler,
+    timeout: Duration,
+    /// Whether the subscription link is known to work (readiness depends on it).
+    up: AtomicBool,
+}
+
+impl Links {
+    fn cmd(&self) -> ConnectionManager {
+        self.cmd.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn pubsub(&self) -> ConnectionManager {
+        self.pubsub.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
+    }
+    async fn connect_cmd(&self) -> RedisResult<ConnectionManager> {
+        self.client.get_connection_manager_with_config(self.config()).await
+    }
+    async fn connect_pubsub(&self) -> RedisResult<ConnectionManager> {
+        let config = self.config().set_push_sender(self.push.clone()).set_automatic_resubscription();
+        self.pubsub_client.get_connection_manager_with_config(config).await
+    }
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        metrics::gauge!(metric::REDIS_LINK_UP).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Receives the subscription connection's pushes: doorbells go to the hub, probes are
+/// counted, a disconnection wakes the supervisor.
+#[derive(Clone)]
+struct PushHandler {
+    hub: Arc<Hub>,
+    keys: Keys,
+    probe_channel: Arc<[u8]>,
+    probe_seen: Arc<AtomicU64>,
+    disconnected: Arc<Notify>,
+}
+
+impl AsyncPushSender for PushHandler {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match info.kind {
+            PushKind::Message => self.on_message(info.data),
+            PushKind::Disconnection => self.disconnected.notify_one(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl PushHandler {
+    /// A stored message (`m<id>\n<envelope>`), a takeover (`t<generation>`) or our probe.
+    fn on_message(&self, data: Vec<Value>) {
+        let mut data = data.into_iter();
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) = (data.next(), data.next()) else {
+            return;
+        };
+        if *channel == *self.probe_channel {
+            if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|n| n.parse().ok()) {
+                self.probe_seen.fetch_max(n, Ordering::AcqRel);
+            }
+            return;
+        }
+        let Some(user) = self.keys.channel_user(&channel) else { return };
+        match payload.first() {
+            Some(b'm') => {
+                let Some(newline) = payload.iter().position(|&b| b == b'\n') else { return };
+                let Some(id) = parse_id(&payload[1..newline]) else { return };
+                let envelope = Bytes::from(payload).slice(newline + 1..);
+                self.hub.deliver(&user, Delivery { id, ts: id.ms, envelope });
+            }
+            Some(b't') => {
+                if let Some(generation) = std::str::from_utf8(&payload[1..]).ok().and_then(|g| g.parse().ok()) {
+                    self.hub.takeover(&user, generation);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 enum SubRequest {
     /// Bring the user's subscription in line with the hub; answer once it is.
     Sync(UserId, Option<oneshot::Sender<Result<(), Unavailable>>>),
-    /// Subscribe every user the hub holds again (after the link was down).
+    /// Subscribe every user the hub holds (and the probe channel) again, on the current link.
     All(oneshot::Sender<Result<(), Unavailable>>),
 }
 
@@ -125,45 +228,47 @@ impl RedisEngine {
         let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let pubsub_client = redis::Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
 
-        let config = || {
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(timeout))
-                .set_connection_timeout(Some(timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2))
+        let replica = uuid::Uuid::new_v4().simple().to_string();
+        let probe_channel = keys.probe(&replica);
+        let push = PushHandler {
+            hub: hub.clone(),
+            keys: keys.clone(),
+            probe_channel: probe_channel.as_bytes().into(),
+            probe_seen: Arc::new(AtomicU64::new(0)),
+            disconnected: Arc::new(Notify::new()),
         };
-        let cmd = retry_connect(|| client.get_connection_manager_with_config(config())).await?;
-
-        let disconnected = Arc::new(Notify::new());
-        let push_sender = {
-            let (hub, keys, disconnected) = (hub.clone(), keys.clone(), disconnected.clone());
-            move |info: PushInfo| {
-                match info.kind {
-                    PushKind::Message => on_message(&hub, &keys, info.data),
-                    PushKind::Disconnection => disconnected.notify_one(),
-                    _ => {}
-                }
-                Ok::<(), redis::aio::SendError>(())
-            }
-        };
-        let pubsub = retry_connect(|| {
-            pubsub_client.get_connection_manager_with_config(
-                config().set_push_sender(push_sender.clone()).set_automatic_resubscription(),
-            )
-        })
-        .await?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let cmd = retry_connect(|| client.get_connection_manager_with_config(config.clone())).await?;
+        let pubsub_config = config.set_push_sender(push.clone()).set_automatic_resubscription();
+        let pubsub = retry_connect(|| pubsub_client.get_connection_manager_with_config(pubsub_config.clone())).await?;
+        let links = Arc::new(Links {
+            cmd: RwLock::new(cmd),
+            pubsub: RwLock::new(pubsub),
+            client,
+            pubsub_client,
+            push,
+            timeout,
+            up: AtomicBool::new(false),
+        });
 
         let (subscriptions, requests) = mpsc::unbounded_channel();
-        let link_up = Arc::new(AtomicBool::new(true));
-        tokio::spawn(subscriber(pubsub.clone(), hub.clone(), keys.clone(), requests));
-        tokio::spawn(reconnect_monitor(
-            pubsub.clone(),
-            subscriptions.clone(),
-            hub.clone(),
-            link_up.clone(),
-            disconnected,
-            timeout,
-        ));
+        tokio::spawn(subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests));
+        let supervisor = Supervisor {
+            links: links.clone(),
+            subscriptions: subscriptions.clone(),
+            hub: hub.clone(),
+            probe_channel,
+            probes_sent: 0,
+            interval: Duration::from_millis(settings.redis.probe_interval_ms),
+        };
+        // The first link check doubles as the initial subscription of the probe channel.
+        let mut supervisor = supervisor;
+        supervisor.recover(false).await;
+        tokio::spawn(supervisor.run());
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -171,10 +276,8 @@ impl RedisEngine {
                 keys,
                 limits: settings.limits.clone(),
                 timeout,
-                cmd,
-                pubsub,
+                links,
                 subscriptions,
-                link_up,
                 send_script: Script::new(SEND_SCRIPT),
                 attach_script: Script::new(ATTACH_SCRIPT),
             }),
@@ -184,8 +287,8 @@ impl RedisEngine {
     pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
         let this = &self.inner;
         let index = this.keys.key_index(public_key);
-        let mut con = this.cmd.clone();
-        let existing: Option<String> = this.timed(con.get(&index)).await?;
+        let mut con = this.links.cmd();
+        let existing: Option<String> = this.timed("login_get", con.get(&index)).await?;
         if let Some(user) = existing {
             return parse_indexed(&user);
         }
@@ -202,7 +305,7 @@ impl RedisEngine {
             .arg(user.as_str())
             .arg("NX")
             .arg("GET");
-        let (previous,): (Option<String>,) = this.timed(pipe.query_async(&mut con)).await?;
+        let (previous,): (Option<String>,) = this.timed("login_claim", pipe.query_async(&mut con)).await?;
         match previous {
             None => Ok(user),
             Some(winner) => {
@@ -213,13 +316,13 @@ impl RedisEngine {
     }
 
     pub async fn public_key(&self, user: &UserId) -> Result<Option<String>, Unavailable> {
-        let mut con = self.inner.cmd.clone();
-        self.inner.timed(con.hget(self.inner.keys.user(user), "publicKey")).await
+        let mut con = self.inner.links.cmd();
+        self.inner.timed("lookup", con.hget(self.inner.keys.user(user), "publicKey")).await
     }
 
     pub async fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
         let this = &self.inner;
-        let mut con = this.cmd.clone();
+        let mut con = this.links.cmd();
         let mut invocation = this.send_script.prepare_invoke();
         invocation
             .key(this.keys.user(to))
@@ -228,15 +331,14 @@ impl RedisEngine {
             .arg(envelope.as_ref())
             .arg(this.limits.inbox_capacity)
             .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
-        let reply: Value = this.timed(invocation.invoke_async(&mut con)).await?;
-        match reply {
+        let reply: Value = this.timed("send", invocation.invoke_async(&mut con)).await?;
+        let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
+        match &reply {
             Value::Int(-1) => Err(SendError::UserNotFound),
             Value::Int(-2) => Err(SendError::InboxFull),
-            Value::BulkString(id) => parse_id(&id).ok_or_else(|| Unavailable("unexpected stream id".into()).into()),
-            Value::SimpleString(id) => {
-                parse_id(id.as_bytes()).ok_or_else(|| Unavailable("unexpected stream id".into()).into())
-            }
-            other => Err(Unavailable(format!("unexpected reply to send: {other:?}")).into()),
+            Value::BulkString(id) => parse_id(id).ok_or_else(unexpected),
+            Value::SimpleString(id) => parse_id(id.as_bytes()).ok_or_else(unexpected),
+            _ => Err(unexpected()),
         }
     }
 
@@ -246,10 +348,10 @@ impl RedisEngine {
         after: Option<MsgId>,
         limit: usize,
     ) -> Result<Vec<Delivery>, Unavailable> {
-        let mut con = self.inner.cmd.clone();
+        let mut con = self.inner.links.cmd();
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let reply: StreamRangeReply =
-            self.inner.timed(con.xrange_count(self.inner.keys.inbox(user), start, "+", limit)).await?;
+            self.inner.timed("backlog", con.xrange_count(self.inner.keys.inbox(user), start, "+", limit)).await?;
         Ok(reply
             .ids
             .into_iter()
@@ -265,9 +367,9 @@ impl RedisEngine {
     }
 
     pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
-        let mut con = self.inner.cmd.clone();
+        let mut con = self.inner.links.cmd();
         let ids: Vec<String> = ids.iter().map(MsgId::to_string).collect();
-        let _: usize = self.inner.timed(con.xdel(self.inner.keys.inbox(user), &ids)).await?;
+        let _: usize = self.inner.timed("remove", con.xdel(self.inner.keys.inbox(user), &ids)).await?;
         Ok(())
     }
 
@@ -282,13 +384,13 @@ impl RedisEngine {
             Ok(Err(_)) => return Err(Unavailable("subscriber stopped".into())),
             Err(_) => return Err(Unavailable("subscribe timed out".into())),
         }
-        let mut con = this.cmd.clone();
+        let mut con = this.links.cmd();
         let mut invocation = this.attach_script.prepare_invoke();
         invocation
             .key(this.keys.generation(&link.user))
             .key(this.keys.channel(&link.user))
             .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
-        let generation: u64 = this.timed(invocation.invoke_async(&mut con)).await?;
+        let generation: u64 = this.timed("attach", invocation.invoke_async(&mut con)).await?;
         this.hub.set_generation(link, generation);
         Ok(())
     }
@@ -301,32 +403,41 @@ impl RedisEngine {
 
     pub async fn ready(&self) -> bool {
         let this = &self.inner;
-        if !this.link_up.load(Ordering::Acquire) {
+        if !this.links.up.load(Ordering::Acquire) {
             return false;
         }
-        let mut cmd = this.cmd.clone();
-        let mut pubsub = this.pubsub.clone();
-        let ping = redis::cmd("PING");
-        let (a, b) = tokio::join!(
-            this.timed(ping.query_async::<()>(&mut cmd)),
-            this.timed(ping.query_async::<()>(&mut pubsub)),
-        );
-        a.is_ok() && b.is_ok()
+        let mut con = this.links.cmd();
+        this.timed("ping", redis::cmd("PING").query_async::<()>(&mut con)).await.is_ok()
     }
 }
 
 impl Inner {
-    async fn timed<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T, Unavailable> {
-        timed(self.timeout, fut).await
+    async fn timed<T>(
+        &self,
+        command: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        timed(command, self.timeout, fut).await
     }
 }
 
-async fn timed<T>(limit: Duration, fut: impl Future<Output = RedisResult<T>>) -> Result<T, Unavailable> {
-    match tokio::time::timeout(limit, fut).await {
+/// Runs one Redis call with a deadline, recording its latency and any error by command.
+async fn timed<T>(
+    command: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, Unavailable> {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(limit, fut).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(Unavailable(e.to_string())),
         Err(_) => Err(Unavailable(format!("no answer from Redis within {limit:?}"))),
+    };
+    metrics::histogram!(metric::REDIS_COMMAND_SECONDS, "command" => command).record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(metric::REDIS_ERRORS, "command" => command).increment(1);
     }
+    result
 }
 
 fn parse_id(raw: &[u8]) -> Option<MsgId> {
@@ -344,7 +455,8 @@ where
     Fut: Future<Output = RedisResult<ConnectionManager>>,
 {
     let mut delay = Duration::from_millis(100);
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match connect().await {
             Ok(con) => return Ok(con),
             Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
@@ -352,32 +464,9 @@ where
                 tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
             }
         }
-    }
-    unreachable!()
-}
-
-/// A pub/sub push: a stored message (`m<id>\n<envelope>`) or a takeover (`t<generation>`).
-fn on_message(hub: &Hub, keys: &Keys, data: Vec<Value>) {
-    let mut data = data.into_iter();
-    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) = (data.next(), data.next()) else {
-        return;
-    };
-    let Some(user) = keys.channel_user(&channel) else { return };
-    match payload.first() {
-        Some(b'm') => {
-            let Some(newline) = payload.iter().position(|&b| b == b'\n') else { return };
-            let Some(id) = parse_id(&payload[1..newline]) else { return };
-            let envelope = Bytes::from(payload).slice(newline + 1..);
-            hub.deliver(&user, Delivery { id, ts: id.ms, envelope });
-        }
-        Some(b't') => {
-            if let Some(generation) = std::str::from_utf8(&payload[1..]).ok().and_then(|g| g.parse().ok()) {
-                hub.takeover(&user, generation);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -385,9 +474,10 @@ fn on_message(hub: &Hub, keys: &Keys, data: Vec<Value>) {
 /// and each is decided from the hub's state at that moment, so a subscribe and an
 /// unsubscribe of the same user can never overtake each other.
 async fn subscriber(
-    pubsub: ConnectionManager,
+    links: Arc<Links>,
     hub: Arc<Hub>,
     keys: Keys,
+    probe_channel: String,
     mut requests: mpsc::UnboundedReceiver<SubRequest>,
 ) {
     let mut subscribed: HashSet<UserId> = HashSet::new();
@@ -408,12 +498,17 @@ async fn subscriber(
                 }
             }
         }
-        let mut to_subscribe = Vec::new();
-        let mut to_unsubscribe = Vec::new();
+        let mut con = links.pubsub();
+        let mut result = Ok(());
         if everyone {
             subscribed.clear();
             users.extend(hub.users());
+            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(&probe_channel)).await {
+                result = Err(e);
+            }
         }
+        let mut to_subscribe = Vec::new();
+        let mut to_unsubscribe = Vec::new();
         for user in users {
             match (hub.is_registered(&user), subscribed.contains(&user)) {
                 (true, false) => to_subscribe.push(user),
@@ -421,13 +516,11 @@ async fn subscriber(
                 _ => {}
             }
         }
-        let mut con = pubsub.clone();
-        let mut result = Ok(());
         for chunk in to_subscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
-            match con.subscribe(&channels).await {
+            match timed("subscribe", links.timeout, con.subscribe(&channels)).await {
                 Ok(()) => subscribed.extend(chunk.iter().cloned()),
-                Err(e) => result = Err(Unavailable(format!("subscribe failed: {e}"))),
+                Err(e) => result = Err(e),
             }
         }
         for chunk in to_unsubscribe.chunks(SUBSCRIBE_CHUNK) {
@@ -435,7 +528,7 @@ async fn subscriber(
             for user in chunk {
                 subscribed.remove(user);
             }
-            if let Err(e) = con.unsubscribe(&channels).await {
+            if let Err(e) = timed("unsubscribe", links.timeout, con.unsubscribe(&channels)).await {
                 // A stale subscription only brings doorbells the hub ignores.
                 tracing::warn!(error = %e, "unsubscribe failed");
             }
@@ -446,39 +539,101 @@ async fn subscriber(
     }
 }
 
-/// After the subscription link drops: wait until Redis answers again, subscribe every local
-/// user again, then have every session re-read its inbox (announcements made while the link
-/// was down are gone; the inboxes are not).
-async fn reconnect_monitor(
-    pubsub: ConnectionManager,
+/// Watches the subscription link and brings it back after a drop or a silent death.
+struct Supervisor {
+    links: Arc<Links>,
     subscriptions: mpsc::UnboundedSender<SubRequest>,
     hub: Arc<Hub>,
-    link_up: Arc<AtomicBool>,
-    disconnected: Arc<Notify>,
-    timeout: Duration,
-) {
-    loop {
-        disconnected.notified().await;
-        link_up.store(false, Ordering::Release);
-        tracing::warn!("Redis subscription link lost; reconnecting");
-        let mut delay = Duration::from_millis(50);
+    probe_channel: String,
+    probes_sent: u64,
+    interval: Duration,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut misses = 0;
         loop {
-            let mut con = pubsub.clone();
-            if timed(timeout, redis::cmd("PING").query_async::<()>(&mut con)).await.is_ok() {
-                let (done, resubscribed) = oneshot::channel();
-                if subscriptions.send(SubRequest::All(done)).is_err() {
-                    return; // engine dropped
+            tokio::select! {
+                _ = self.links.push.disconnected.notified() => {
+                    tracing::warn!("Redis subscription link dropped; reconnecting");
+                    self.recover(false).await;
+                    misses = 0;
                 }
-                if matches!(resubscribed.await, Ok(Ok(()))) {
-                    break;
+                _ = tick.tick() => {
+                    // The previous probe must have come back by now.
+                    let seen = self.links.push.probe_seen.load(Ordering::Acquire);
+                    misses = if seen >= self.probes_sent { 0 } else { misses + 1 };
+                    if misses >= PROBE_MISSES {
+                        metrics::counter!(metric::REDIS_DEAD_LINKS).increment(1);
+                        tracing::warn!(misses, "Redis subscription link silent; rebuilding it");
+                        self.recover(true).await;
+                        misses = 0;
+                    } else {
+                        let _ = self.probe().await;
+                    }
                 }
             }
+            if self.subscriptions.is_closed() {
+                return; // the engine is gone
+            }
+        }
+    }
+
+    /// Publishes the next probe; returns its number.
+    async fn probe(&mut self) -> Result<u64, Unavailable> {
+        let n = self.probes_sent + 1;
+        let mut con = self.links.cmd();
+        timed("probe", self.links.timeout, con.publish::<_, _, ()>(&self.probe_channel, n)).await?;
+        self.probes_sent = n;
+        Ok(n)
+    }
+
+    /// Until the link is proven to work end to end: (re)build it if asked, subscribe every
+    /// local user again, check a probe comes back; then every session re-reads its inbox.
+    async fn recover(&mut self, rebuild: bool) {
+        self.links.set_up(false);
+        let mut rebuild = rebuild;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if self.try_recover(rebuild).await {
+                break;
+            }
+            // A link that failed to come back is replaced on the next attempt.
+            rebuild = true;
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
-        link_up.store(true, Ordering::Release);
-        hub.resync_all();
-        tracing::info!(users = hub.len(), "Redis subscription link restored; sessions resynchronised");
+        self.links.set_up(true);
+        metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
+        self.hub.resync_all();
+        tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
+    }
+
+    async fn try_recover(&mut self, rebuild: bool) -> bool {
+        if rebuild {
+            let (cmd, pubsub) = tokio::join!(self.links.connect_cmd(), self.links.connect_pubsub());
+            let (Ok(cmd), Ok(pubsub)) = (cmd, pubsub) else { return false };
+            *self.links.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
+            *self.links.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
+        }
+        let (done, resubscribed) = oneshot::channel();
+        if self.subscriptions.send(SubRequest::All(done)).is_err() {
+            return true; // the engine is gone; nothing left to recover
+        }
+        if !matches!(resubscribed.await, Ok(Ok(()))) {
+            return false;
+        }
+        let Ok(n) = self.probe().await else { return false };
+        let deadline = Instant::now() + self.links.timeout;
+        while self.links.push.probe_seen.load(Ordering::Acquire) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 }
 
