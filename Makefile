@@ -1,7 +1,9 @@
 # The two commands of the README: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint unit-and-integration build release clean
+PYTHON ?= python3
+
+.PHONY: run test lint unit-and-integration helm-check build release clean
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -9,7 +11,7 @@ run:
 	$(CARGO) run --release --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration
+test: lint unit-and-integration helm-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -17,6 +19,10 @@ lint:
 
 unit-and-integration:
 	$(CARGO) test --all-targets --locked
+
+## The Helm chart, linted and rendered by the real Helm engine, every object validated.
+helm-check:
+	$(PYTHON) tests/helm/check_chart.py
 
 build:
 	$(CARGO) build --locked
