@@ -33,17 +33,6 @@ impl Backend {
     }
 }
 
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::memory()).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::redis()).await })*
-        }
-    };
-}
-
 both_engines!(
     login_accepts_every_key_encoding_and_is_idempotent,
     login_rejects_bad_keys_with_4xx,

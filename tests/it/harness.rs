@@ -28,6 +28,7 @@ pub struct Redis {
     child: Child,
     pub port: u16,
     pub dir: std::path::PathBuf,
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -52,13 +53,8 @@ impl Redis {
                     .collect();
             args.extend(["--dir".into(), dir.display().to_string()]);
             args.extend(extra.iter().map(|s| s.to_string()));
-            let child = Command::new("redis-server")
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make test installs it)");
-            let mut redis = Redis { child, port, dir: dir.clone() };
+            let child = spawn_redis(&args);
+            let mut redis = Redis { child, port, dir: dir.clone(), args };
             if redis.wait_ready() {
                 return redis;
             }
@@ -86,10 +82,67 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    /// Kills the process (SIGKILL); `restart` brings it back.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        let start = Instant::now();
+        loop {
+            self.child = spawn_redis(&self.args);
+            if self.wait_ready() {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(start.elapsed() < DEADLINE, "redis-server did not come back on port {}", self.port);
+        }
+    }
+
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn spawn_redis(args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make test installs it)")
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Polls `check` until it holds; fails the test after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -206,6 +259,15 @@ impl Server {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {head:?}"))
+    }
+
+    /// The sum of a metric's series on `/metrics` (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Logs a key in and returns its user id.

@@ -8,18 +8,7 @@ use futures_util::future::join_all;
 use crate::conformance::Backend;
 use crate::harness::{Redis, Server, ServerConfig, Ws};
 
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::memory()).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::redis()).await })*
-        }
-    };
-}
-
-both_engines!(ring_of_1000_users_each_message_exactly_once, thousand_messages_from_one_sender_arrive_in_order);
+both_engines!(multi_thread: ring_of_1000_users_each_message_exactly_once, thousand_messages_from_one_sender_arrive_in_order);
 
 const RING: usize = 1000;
 

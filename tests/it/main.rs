@@ -1,7 +1,23 @@
 //! Integration tests: one binary, real `redis-server` and `enigma-server` processes, real
 //! HTTP and WebSocket clients.
 
+/// Runs each `async fn name(b: Backend)` of the calling module as two tests, one on the memory
+/// engine and one on a Redis of its own (modules `memory::name` and `redis::name`).
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => { both_engines!(@flavor "current_thread"; $($name),*); };
+    (multi_thread: $($name:ident),* $(,)?) => { both_engines!(@flavor "multi_thread"; $($name),*); };
+    (@flavor $flavor:literal; $($name:ident),*) => {
+        mod memory {
+            $(#[tokio::test(flavor = $flavor)] async fn $name() { super::$name(super::Backend::memory()).await })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = $flavor)] async fn $name() { super::$name(super::Backend::redis()).await })*
+        }
+    };
+}
+
 pub mod conformance;
+mod faults;
 mod harness;
 mod load;
 mod replicas;

@@ -1,0 +1,340 @@
+//! Failures on purpose: a replica killed with SIGKILL, Redis crashed and restarted, Redis
+//! frozen, a client that stops reading, a connection dropped mid-stream. Acknowledging
+//! (`enigma.v1`) clients must lose nothing that was receipted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::conformance::Backend;
+use crate::harness::{DEADLINE, Redis, Server, ServerConfig, Ws, wait_until};
+
+/// Longest any fault test may take to converge.
+const CONVERGE: Duration = Duration::from_secs(45);
+
+/// Connects `user` with `enigma.v1` to the first of `urls` that accepts.
+async fn connect_any(urls: &[String], user: &str) -> Ws {
+    let start = Instant::now();
+    loop {
+        for url in urls {
+            if let Ok(ws) = Ws::try_connect(&format!("{url}/ws/{user}"), Some("enigma.v1")).await {
+                return ws;
+            }
+        }
+        assert!(start.elapsed() < CONVERGE, "no replica accepts {user}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next text frame as JSON, or `None` when the connection ends (or stays silent).
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.inner.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Counters shared by the clients of a test.
+#[derive(Default)]
+struct Tally {
+    receipted: AtomicUsize,
+    send_errors: AtomicUsize,
+    /// recipient → payload → times delivered
+    seen: Mutex<HashMap<String, HashMap<String, usize>>>,
+}
+
+/// Sends `count` messages `"<seq>"` from `from` to `to`, one at a time, each until it is
+/// receipted: errors are retried, a lost connection is re-opened on any of `urls`.
+async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count: usize, tally: Arc<Tally>) {
+    let mut ws = connect_any(&urls, &from).await;
+    let mut seq = 0;
+    let start = Instant::now();
+    while seq < count {
+        assert!(start.elapsed() < CONVERGE, "sender {from} stuck at {seq}");
+        let frame = json!({"from": from, "to": to, "payload": seq.to_string(), "ref": seq.to_string()});
+        if ws.inner.send(Message::Text(frame.to_string().into())).await.is_err() {
+            ws = connect_any(&urls, &from).await;
+            continue;
+        }
+        match next_json(&mut ws).await {
+            Some(reply) if reply["status"] == "stored" && reply["ref"].as_str() == Some(seq.to_string().as_str()) => {
+                tally.receipted.fetch_add(1, Ordering::Relaxed);
+                seq += 1;
+            }
+            Some(reply) if reply["error"].is_string() => {
+                assert_eq!(reply["ref"], seq.to_string(), "errors carry the ref: {reply}");
+                tally.send_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(_) => {} // a delivery to ourselves would land here; senders receive none
+            None => ws = connect_any(&urls, &from).await,
+        }
+    }
+}
+
+/// Receives on `user` until every payload `0..count` was seen, acknowledging each
+/// delivery; reconnects (to any of `urls`) whenever the connection ends.
+async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<Tally>) {
+    let start = Instant::now();
+    let done = |tally: &Tally| tally.seen.lock().unwrap().get(&user).map_or(0, |m| m.len()) >= count;
+    while !done(&tally) {
+        assert!(
+            start.elapsed() < CONVERGE,
+            "receiver {user} got {:?} of {count}",
+            tally.seen.lock().unwrap().get(&user).map(|m| m.len())
+        );
+        let mut ws = connect_any(&urls, &user).await;
+        while let Some(frame) = next_json(&mut ws).await {
+            let Some(id) = frame["id"].as_str() else { continue }; // an error frame (a failed ack)
+            let payload = frame["payload"].as_str().unwrap().to_owned();
+            *tally.seen.lock().unwrap().entry(user.clone()).or_default().entry(payload).or_default() += 1;
+            if ws.inner.send(Message::Text(json!({"ack": id}).to_string().into())).await.is_err() {
+                break;
+            }
+            if done(&tally) {
+                return;
+            }
+        }
+    }
+}
+
+fn duplicates(tally: &Tally) -> usize {
+    tally.seen.lock().unwrap().values().flat_map(|m| m.values()).map(|n| n - 1).sum()
+}
+
+fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) {
+    let seen = tally.seen.lock().unwrap();
+    for user in recipients {
+        let got: BTreeSet<usize> =
+            seen.get(user).map(|m| m.keys().map(|p| p.parse().unwrap()).collect()).unwrap_or_default();
+        let missing: Vec<usize> = (0..count).filter(|i| !got.contains(i)).collect();
+        assert!(missing.is_empty(), "{user} never got {missing:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_with_sigkill_loses_no_receipted_message() {
+    const PAIRS: usize = 10;
+    const EACH: usize = 200;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis);
+    let doomed = Server::start(&config);
+    let survivor = Server::start(&config);
+    let urls = |first: &Server, second: &Server| vec![format!("ws://{}", first.addr), format!("ws://{}", second.addr)];
+    let tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    let mut recipients = Vec::new();
+    for i in 0..PAIRS {
+        let (sender, recipient) = (survivor.new_user().await, survivor.new_user().await);
+        // Half the senders and half the recipients start on the replica that will die.
+        let (s_urls, r_urls) = if i % 2 == 0 {
+            (urls(&doomed, &survivor), urls(&survivor, &doomed))
+        } else {
+            (urls(&survivor, &doomed), urls(&doomed, &survivor))
+        };
+        recipients.push(recipient.clone());
+        tasks.push(tokio::spawn(receive_all(r_urls, recipient.clone(), EACH, tally.clone())));
+        tasks.push(tokio::spawn(send_until_receipted(s_urls, sender, recipient, EACH, tally.clone())));
+    }
+    let t = tally.clone();
+    wait_until("a third of the traffic", CONVERGE, || {
+        let n = t.receipted.load(Ordering::Relaxed);
+        async move { n >= PAIRS * EACH / 3 }
+    })
+    .await;
+    doomed.kill();
+    for task in join_all(tasks).await {
+        task.expect("client task");
+    }
+    assert_all_delivered(&tally, &recipients, EACH);
+    println!(
+        "kill -9: {} messages receipted, all delivered; {} duplicates, {} send errors retried",
+        tally.receipted.load(Ordering::Relaxed),
+        duplicates(&tally),
+        tally.send_errors.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_crash_and_restart_loses_no_receipted_message() {
+    const COUNT: usize = 300;
+    // `appendfsync always`: a receipt means the message is on disk.
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let s = Server::start(&ServerConfig::redis(&redis).with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500));
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let url = vec![format!("ws://{}", s.addr)];
+    let tally = Arc::new(Tally::default());
+    let receiver = tokio::spawn(receive_all(url.clone(), bob.clone(), COUNT, tally.clone()));
+    let sender = tokio::spawn(send_until_receipted(url, alice, bob.clone(), COUNT, tally.clone()));
+    let t = tally.clone();
+    wait_until("some traffic", CONVERGE, || {
+        let n = t.receipted.load(Ordering::Relaxed);
+        async move { n >= COUNT / 3 }
+    })
+    .await;
+    redis.crash();
+    // Sends during the outage are answered with errors, not lost silently.
+    let t = tally.clone();
+    wait_until("a send error during the outage", CONVERGE, || {
+        let n = t.send_errors.load(Ordering::Relaxed);
+        async move { n > 0 }
+    })
+    .await;
+    assert_eq!(s.get("/readyz").await.0, 503, "not ready without Redis");
+    assert_eq!(s.get("/healthz").await.0, 200, "alive without Redis");
+    redis.restart();
+    // Traffic resumes by itself.
+    sender.await.unwrap();
+    receiver.await.unwrap();
+    assert_all_delivered(&tally, &[bob], COUNT);
+    wait_until("ready again", CONVERGE, || async { s.get("/readyz").await.0 == 200 }).await;
+    println!(
+        "redis restart: {COUNT} receipted and delivered; {} send errors during the outage; {} duplicates",
+        tally.send_errors.load(Ordering::Relaxed),
+        duplicates(&tally)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_server_stays_up_answers_errors_and_recovers() {
+    let redis = Redis::start();
+    let s = Server::start(
+        &ServerConfig::redis(&redis)
+            .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
+            .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200),
+    );
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut a = s.connect_v1(&alice).await;
+    let mut b = s.connect_v1(&bob).await;
+    redis.pause();
+    let frozen = Instant::now();
+    a.send_json(json!({"from": alice, "to": bob, "payload": "during", "ref": "f1"})).await;
+    let reply = a.recv_json().await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert_eq!(reply["ref"], "f1");
+    assert_eq!(s.get("/healthz").await.0, 200);
+    wait_until("readiness to fail", DEADLINE, || async { s.get("/readyz").await.0 == 503 }).await;
+    // Keep it frozen for a few seconds in all.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(frozen.elapsed())).await;
+    redis.resume();
+    wait_until("readiness to return", CONVERGE, || async { s.get("/readyz").await.0 == 200 }).await;
+    a.send_json(json!({"from": alice, "to": bob, "payload": "after", "ref": "f2"})).await;
+    let receipt = a.recv_json().await;
+    assert_eq!(receipt["status"], "stored", "{receipt}");
+    assert_eq!(b.recv_json().await["payload"], "after");
+}
+
+both_engines!(
+    multi_thread:
+    slow_reader_is_cut_off_others_unaffected_and_it_gets_everything_later,
+    dropped_connection_mid_stream_union_has_every_message_in_order,
+);
+
+async fn slow_reader_is_cut_off_others_unaffected_and_it_gets_everything_later(b: Backend) {
+    const COUNT: usize = 1500;
+    let config = b
+        .config()
+        .with("ENIGMA__LIMITS__OUTBOUND_QUEUE_FRAMES", 32)
+        .with("ENIGMA__LIMITS__OUTBOUND_QUEUE_BYTES", 512 * 1024)
+        .with("ENIGMA__LIMITS__SEND_TIMEOUT_MS", 300);
+    let s = Server::start(&config);
+    let (alice, bob, carol, dave) = (s.new_user().await, s.new_user().await, s.new_user().await, s.new_user().await);
+    let mut slow = s.connect_v1(&bob).await; // never reads until the end
+    let mut c = s.connect(&carol).await;
+    let mut d = s.connect(&dave).await;
+    let mut a = s.connect(&alice).await;
+    let payload = "p".repeat(16 * 1024);
+    for i in 0..COUNT {
+        a.send_msg(&alice, &bob, &format!("{i}:{payload}")).await;
+        if i % 100 == 0 {
+            // Others keep talking while Bob's socket backs up.
+            c.send_msg(&carol, &dave, &format!("hello {i}")).await;
+            assert_eq!(d.recv_json().await["payload"], format!("hello {i}"));
+        }
+    }
+    assert_no_error(&mut a, &alice).await;
+    wait_until("the slow reader to be cut off", CONVERGE, || async {
+        s.metric("enigma_slow_consumer_disconnects_total").await >= 1.0
+    })
+    .await;
+    // Whatever reached Bob's old socket, unacknowledged, is not lost: all of it comes again.
+    drop(slow.inner.close(None).await);
+    let mut bws = s.connect_v1(&bob).await;
+    let mut ids = Vec::new();
+    for i in 0..COUNT {
+        let frame = bws.recv_json().await;
+        let text = frame["payload"].as_str().unwrap();
+        assert!(text.starts_with(&format!("{i}:")), "message {i} missing or out of order");
+        ids.push(frame["id"].as_str().unwrap().to_owned());
+        if i % 100 == 99 {
+            bws.send_json(json!({ "ack": ids.split_off(0) })).await;
+        }
+    }
+}
+
+/// Every send so far was accepted: a message to oneself arrives as the next frame.
+async fn assert_no_error(ws: &mut Ws, me: &str) {
+    ws.send_msg(me, me, "marker").await;
+    let frame = ws.recv_json().await;
+    assert_eq!(frame["payload"], "marker", "unexpected frame: {frame}");
+}
+
+async fn dropped_connection_mid_stream_union_has_every_message_in_order(b: Backend) {
+    const COUNT: usize = 1000;
+    let s = b.server();
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let url = vec![format!("ws://{}", s.addr)];
+    let tally = Arc::new(Tally::default());
+    let sender = tokio::spawn(send_until_receipted(url, alice, bob.clone(), COUNT, tally.clone()));
+    let mut connections: Vec<Vec<(String, usize)>> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let start = Instant::now();
+    while seen.len() < COUNT {
+        assert!(start.elapsed() < CONVERGE, "got {} of {COUNT}", seen.len());
+        let mut ws = s.connect_v1(&bob).await;
+        let mut this = Vec::new();
+        let mut unacked = Vec::new();
+        // Each connection takes a few hundred messages, acknowledges only some, then dies
+        // without a close frame (the TCP connection is simply dropped).
+        let cut = 300;
+        while let Some(frame) = next_json(&mut ws).await {
+            let id = frame["id"].as_str().unwrap().to_owned();
+            let seq: usize = frame["payload"].as_str().unwrap().parse().unwrap();
+            seen.insert(seq);
+            this.push((id.clone(), seq));
+            unacked.push(id);
+            if unacked.len() == 50 {
+                ws.send_json(json!({ "ack": unacked.split_off(0) })).await;
+            }
+            if this.len() >= cut || seen.len() == COUNT {
+                break;
+            }
+        }
+        drop(ws); // abrupt: no close handshake
+        connections.push(this);
+    }
+    sender.await.unwrap();
+    // Per connection, ids strictly increase and messages come in send order.
+    for conn in &connections {
+        let ids: Vec<(u64, u64)> = conn
+            .iter()
+            .map(|(id, _)| {
+                let (ms, seq) = id.split_once('-').unwrap();
+                (ms.parse().unwrap(), seq.parse().unwrap())
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order within a connection");
+        assert!(conn.windows(2).all(|w| w[0].1 < w[1].1), "payloads out of order within a connection");
+    }
+    assert!(connections.len() >= 3, "the stream was cut {} times", connections.len() - 1);
+    assert_eq!(seen.len(), COUNT, "the union holds every message");
+}
