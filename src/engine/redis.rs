@@ -581,12 +581,13 @@ impl Supervisor {
         }
     }
 
-    /// Publishes the next probe; returns its number.
+    /// Publishes the next probe; returns its number. A probe that cannot even be published
+    /// counts as sent, so it is missed like one the subscription never delivered.
     async fn probe(&mut self) -> Result<u64, Unavailable> {
-        let n = self.probes_sent + 1;
+        self.probes_sent += 1;
+        let n = self.probes_sent;
         let mut con = self.links.cmd();
         timed("probe", self.links.timeout, con.publish::<_, _, ()>(&self.probe_channel, n)).await?;
-        self.probes_sent = n;
         Ok(n)
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conformance::Backend;
-use crate::harness::{DEADLINE, Redis, Server, ServerConfig, Ws, wait_until};
+use crate::harness::{Blackhole, DEADLINE, Redis, Server, ServerConfig, Ws, wait_until};
 
 /// Longest any fault test may take to converge.
 const CONVERGE: Duration = Duration::from_secs(45);
@@ -231,6 +231,42 @@ async fn frozen_redis_server_stays_up_answers_errors_and_recovers() {
     let receipt = a.recv_json().await;
     assert_eq!(receipt["status"], "stored", "{receipt}");
     assert_eq!(b.recv_json().await["payload"], "after");
+}
+
+/// The Centrifugo failure: the subscription connection hangs (half-open after a network
+/// fault) while Redis itself is fine. Nothing errors on its own; the probe must notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quietly_dead_links_are_noticed_and_replaced() {
+    let redis = Redis::start();
+    let proxy = Blackhole::start(redis.port).await;
+    let mut config = ServerConfig::redis(&redis)
+        .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
+        .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200);
+    config.redis_url = Some(proxy.url());
+    let s = Server::start(&config);
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut a = s.connect_v1(&alice).await;
+    let mut b = s.connect_v1(&bob).await;
+    assert_eq!(s.metric("enigma_redis_dead_links_total").await, 0.0);
+
+    proxy.swallow_open_connections();
+    wait_until("the dead link to be detected", DEADLINE, || async {
+        s.metric("enigma_redis_dead_links_total").await >= 1.0
+    })
+    .await;
+    // Rebuilt on fresh connections: ready again, and Bob (still connected) gets live messages.
+    wait_until("readiness to return", CONVERGE, || async { s.get("/readyz").await.0 == 200 }).await;
+    let start = Instant::now();
+    loop {
+        a.send_json(json!({"from": alice, "to": bob, "payload": "through", "ref": "q"})).await;
+        let reply = a.recv_json().await;
+        if reply["status"] == "stored" {
+            break;
+        }
+        assert!(start.elapsed() < CONVERGE, "sends never recovered: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.recv_json().await["payload"], "through");
 }
 
 both_engines!(
