@@ -207,6 +207,6 @@ async fn track_requests(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method.to_string()), ("status", status)];
     metrics::counter!(metric::HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!("enigma_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(metric::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
 }

@@ -56,6 +56,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // The recorder first: the engine already measures while it connects.
+    let metrics = telemetry::prometheus();
     let hub = Arc::new(Hub::new(settings.limits.outbound_queue_frames));
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
     let grace = settings.server.shutdown_grace();
@@ -66,7 +68,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         draining: AtomicBool::new(false),
         tracker: TaskTracker::new(),
-        metrics: telemetry::prometheus(),
+        metrics,
     });
     metrics::gauge!(telemetry::metric::DRAINING).set(0.0);
 

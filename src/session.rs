@@ -127,6 +127,7 @@ pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
     let user = link.user.clone();
 
     metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
+    metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
     let limits = &state.settings.limits;
     let (outbox, close_tx, mut writer) = Outbox::spawn(sink, &state.engine, &user, acknowledging, limits);
     let mut session = Session { state, user, link, acknowledging, outbox, last_sent: None, last_seen: Instant::now() };
@@ -135,6 +136,9 @@ pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
     drop(attached); // detach before the close frame: a reconnect may come right after it
     metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
     metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => close_reason_label(closing.code)).increment(1);
+    if closing == Closing::REPLACED {
+        metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
+    }
     tracing::debug!(user = %session.user, code = closing.code, reason = closing.reason, "session closed");
     let _ = close_tx.send(closing);
     drop(session);
@@ -187,8 +191,9 @@ impl Session {
         mut deliveries: mpsc::Receiver<Delivery>,
         writer: &mut JoinHandle<()>,
     ) -> Closing {
-        if let Err(closing) = self.catch_up().await {
-            return closing;
+        match self.catch_up().await {
+            Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
+            Err(closing) => return closing,
         }
         let server = &self.state.settings.server;
         let (ping_every, idle_timeout) = (server.ping_interval(), server.idle_timeout());
@@ -202,7 +207,7 @@ impl Session {
                 biased;
                 code = link.kicked() => Err(Closing::from_kick(code)),
                 _ = shutdown.cancelled() => Err(Closing::SHUTDOWN),
-                _ = link.resync_requested() => self.catch_up().await,
+                _ = link.resync_requested() => self.catch_up().await.map(drop),
                 frame = stream.next() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
@@ -228,23 +233,25 @@ impl Session {
         }
     }
 
-    /// Sends everything stored after `last_sent`.
-    async fn catch_up(&mut self) -> Result<(), Closing> {
+    /// Sends everything stored after `last_sent`; returns how many messages that was.
+    async fn catch_up(&mut self) -> Result<usize, Closing> {
+        let mut sent = 0;
         loop {
             let page = match self.state.engine.backlog(&self.user, self.last_sent, BACKLOG_PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     // The doorbell link will ask again once storage is back.
                     tracing::warn!(error = %e, "cannot read backlog");
-                    return Ok(());
+                    return Ok(sent);
                 }
             };
             let full = page.len() == BACKLOG_PAGE;
+            sent += page.len();
             for delivery in page {
                 self.forward(delivery, "backlog").await?;
             }
             if !full {
-                return Ok(());
+                return Ok(sent);
             }
         }
     }
@@ -523,6 +530,12 @@ async fn write_loop(
         }
         if sink.flush().await.is_err() {
             return;
+        }
+        // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
+        let now = crate::engine::unix_ms();
+        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
+        for id in &written {
+            latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
         }
         if let Some((engine, user)) = &remover
             && let Err(e) = engine.remove(user, &written).await

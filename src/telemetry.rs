@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -12,15 +12,22 @@ use crate::config::{LogFormat, LogSettings};
 /// Every series the server exports (all prefixed `enigma_`).
 pub mod metric {
     pub const CONNECTIONS_OPEN: &str = "enigma_connections_open";
+    pub const CONNECTIONS_OPENED: &str = "enigma_connections_opened_total";
     pub const CONNECTIONS_CLOSED: &str = "enigma_connections_closed_total";
+    pub const CONNECTIONS_DISPLACED: &str = "enigma_connections_displaced_total";
     pub const LOGINS: &str = "enigma_logins_total";
     pub const LOOKUPS: &str = "enigma_lookups_total";
     pub const MESSAGES_ACCEPTED: &str = "enigma_messages_accepted_total";
     pub const MESSAGES_REJECTED: &str = "enigma_messages_rejected_total";
     pub const MESSAGES_DELIVERED: &str = "enigma_messages_delivered_total";
+    /// Accepted (stored) → written to the recipient's socket, from the inbox id's timestamp.
+    pub const DELIVERY_LATENCY: &str = "enigma_delivery_latency_seconds";
+    /// Messages waiting in the inbox that a connection received when it opened.
+    pub const BACKLOG_ON_CONNECT: &str = "enigma_backlog_on_connect_messages";
     pub const ACKS: &str = "enigma_acks_total";
     pub const SLOW_CONSUMERS: &str = "enigma_slow_consumer_disconnects_total";
     pub const HTTP_REQUESTS: &str = "enigma_http_requests_total";
+    pub const HTTP_DURATION: &str = "enigma_http_request_duration_seconds";
     pub const DRAINING: &str = "enigma_draining";
     pub const REDIS_COMMAND_SECONDS: &str = "enigma_redis_command_duration_seconds";
     pub const REDIS_ERRORS: &str = "enigma_redis_errors_total";
@@ -39,12 +46,23 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
+/// Histograms with buckets (not summaries), so that quantiles can be aggregated across
+/// replicas with `histogram_quantile`.
+fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    const SECONDS: &[f64] =
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    const COUNTS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Full(metric::BACKLOG_ON_CONNECT.into()), COUNTS)
+}
+
 /// The process-wide Prometheus recorder (the `metrics` facade is global by design), installed
 /// on first use; its upkeep runs on a timer.
 pub fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match builder().and_then(|b| b.install_recorder()) {
             Ok(handle) => {
                 let upkeep = handle.clone();
                 tokio::spawn(async move {

@@ -143,6 +143,7 @@ impl Inner {
     }
 }
 
-pub(crate) fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (the clock of inbox ids).
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::hub::{Hub, Link};
 use crate::protocol::{Delivery, MsgId, UserId};
 
-pub use self::memory::MemoryEngine;
+pub use self::memory::{MemoryEngine, unix_ms};
 pub use self::redis::RedisEngine;
 
 /// The store could not be used (unreachable, timed out, refused); clients should retry.

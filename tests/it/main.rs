@@ -20,5 +20,6 @@ pub mod conformance;
 mod faults;
 mod harness;
 mod load;
+mod observability;
 mod replicas;
 mod startup;
