@@ -26,9 +26,10 @@ pub struct Link {
 }
 
 impl Link {
-    /// Resolves when the session must re-read its inbox (a doorbell may have been missed).
-    pub async fn resync_requested(&self) {
-        self.resync.notified().await
+    /// Resolves when the session must re-read its inbox (a doorbell may have been missed). A
+    /// request made while nobody waits is kept for the next wait.
+    pub fn resync_requested(&self) -> tokio::sync::futures::Notified<'_> {
+        self.resync.notified()
     }
     /// Resolves with a close code when the session must end (taken over, shutting down).
     pub async fn kicked(&self) -> u16 {

@@ -106,15 +106,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The frame a client receives: the envelope as is for spec clients, with `id` and `ts`
-    /// spliced in front for acknowledging clients (no re-encoding of the payload).
-    pub fn frame(&self, acknowledging: bool) -> String {
-        let env = std::str::from_utf8(&self.envelope).unwrap_or("{}");
+    /// The frame a client receives: the envelope's own bytes for spec clients (no copy), with
+    /// `id` and `ts` spliced in front for acknowledging clients (no re-encoding of the payload).
+    pub fn frame(&self, acknowledging: bool) -> bytes::Bytes {
         if !acknowledging {
-            return env.to_owned();
+            return self.envelope.clone();
         }
-        let rest = env.strip_prefix('{').unwrap_or(env);
-        format!("{{\"id\":\"{}\",\"ts\":{},{rest}", self.id, self.ts)
+        let rest = self.envelope.strip_prefix(b"{").unwrap_or(&self.envelope);
+        let head = format!("{{\"id\":\"{}\",\"ts\":{},", self.id, self.ts);
+        let mut frame = Vec::with_capacity(head.len() + rest.len());
+        frame.extend_from_slice(head.as_bytes());
+        frame.extend_from_slice(rest);
+        frame.into()
     }
 }
 
@@ -196,8 +199,8 @@ mod tests {
     fn acknowledging_frames_splice_id_and_ts() {
         let d =
             Delivery { id: MsgId { ms: 5, seq: 1 }, ts: 5, envelope: r#"{"from":"a","to":"b","payload":"p"}"#.into() };
-        assert_eq!(d.frame(false), r#"{"from":"a","to":"b","payload":"p"}"#);
-        let v: serde_json::Value = serde_json::from_str(&d.frame(true)).unwrap();
+        assert_eq!(d.frame(false), r#"{"from":"a","to":"b","payload":"p"}"#.as_bytes());
+        let v: serde_json::Value = serde_json::from_slice(&d.frame(true)).unwrap();
         assert_eq!(v["id"], "5-1");
         assert_eq!(v["ts"], 5);
         assert_eq!(v["payload"], "p");

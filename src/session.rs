@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::engine::{Engine, SendError};
 use crate::hub::Link;
 use crate::protocol::{Delivery, Envelope, ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, close, error_frame};
-use crate::telemetry::metric;
+use crate::telemetry::{self, metric};
 
 /// Inbox entries read per round trip while catching up.
 const BACKLOG_PAGE: usize = 256;
@@ -29,6 +29,13 @@ const BACKLOG_PAGE: usize = 256;
 const WRITE_BATCH: usize = 64;
 /// How long a closing socket may take to get its close frame out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How a delivery reached the session (a metrics label).
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Live,
+    Backlog,
+}
 
 /// Why a session ends, as the close frame will say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,14 +207,21 @@ impl Session {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let shutdown = self.state.shutdown.clone();
         let link = self.link.clone();
+        // Built once, not on every turn of the loop (this loop runs once per message).
+        let mut kicked = std::pin::pin!(link.kicked());
+        let mut stopping = std::pin::pin!(shutdown.cancelled());
+        let mut resync = std::pin::pin!(link.resync_requested());
         loop {
             let step = tokio::select! {
                 // Biased: a requested resync must run before any later live delivery, or a
                 // notification dropped from a full queue could be overtaken by a newer one.
                 biased;
-                code = link.kicked() => Err(Closing::from_kick(code)),
-                _ = shutdown.cancelled() => Err(Closing::SHUTDOWN),
-                _ = link.resync_requested() => self.catch_up().await.map(drop),
+                code = &mut kicked => Err(Closing::from_kick(code)),
+                _ = &mut stopping => Err(Closing::SHUTDOWN),
+                _ = &mut resync => {
+                    resync.set(link.resync_requested());
+                    self.catch_up().await.map(drop)
+                }
                 frame = stream.next() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
@@ -216,7 +230,7 @@ impl Session {
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
                     None => Err(Closing::PEER_GONE),
                 },
-                Some(delivery) = deliveries.recv() => self.forward(delivery, "live").await,
+                Some(delivery) = deliveries.recv() => self.forward(delivery, Path::Live).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
                         Err(Closing::IDLE)
@@ -248,7 +262,7 @@ impl Session {
             let full = page.len() == BACKLOG_PAGE;
             sent += page.len();
             for delivery in page {
-                self.forward(delivery, "backlog").await?;
+                self.forward(delivery, Path::Backlog).await?;
             }
             if !full {
                 return Ok(sent);
@@ -256,13 +270,22 @@ impl Session {
         }
     }
 
-    async fn forward(&mut self, delivery: Delivery, path: &'static str) -> Result<(), Closing> {
+    async fn forward(&mut self, delivery: Delivery, path: Path) -> Result<(), Closing> {
         if self.last_sent.is_some_and(|last| delivery.id <= last) {
             return Ok(()); // already sent on this connection
         }
         self.last_sent = Some(delivery.id);
-        metrics::counter!(metric::MESSAGES_DELIVERED, "path" => path).increment(1);
-        self.outbox.push(delivery.frame(self.acknowledging), Some(delivery.id)).await
+        let hot = telemetry::hot();
+        match path {
+            Path::Live => hot.delivered_live.increment(1),
+            Path::Backlog => hot.delivered_backlog.increment(1),
+        }
+        // Envelopes are JSON the server itself serialized: always UTF-8.
+        let Ok(text) = Utf8Bytes::try_from(delivery.frame(self.acknowledging)) else {
+            tracing::error!(id = %delivery.id, "stored envelope is not UTF-8; skipped");
+            return Ok(());
+        };
+        self.outbox.push(text, Some(delivery.id)).await
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
@@ -323,7 +346,7 @@ impl Session {
         let envelope = serde_json::to_vec(&envelope).expect("strings serialize");
         match self.state.engine.send(&to, envelope.into()).await {
             Ok(id) => {
-                metrics::counter!(metric::MESSAGES_ACCEPTED).increment(1);
+                telemetry::hot().accepted.increment(1);
                 match reference {
                     Some(reference) => self.receipt(reference, id).await,
                     None => Ok(()),
@@ -382,11 +405,11 @@ impl Session {
             status: &'static str,
         }
         let frame = serde_json::to_string(&Receipt { reference, id: id.to_string(), status: "stored" }).expect("plain");
-        self.outbox.push(frame, None).await
+        self.outbox.push(frame.into(), None).await
     }
 
     async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {
-        self.outbox.push(error_frame(code, message, reference), None).await
+        self.outbox.push(error_frame(code, message, reference).into(), None).await
     }
 }
 
@@ -435,7 +458,7 @@ fn describe_parse_error(text: &str, error: &serde_json::Error) -> (ErrorCode, St
 
 /// What the session hands the writer.
 enum Out {
-    Frame { text: String, id: Option<MsgId>, _permit: OwnedSemaphorePermit },
+    Frame { text: Utf8Bytes, id: Option<MsgId>, _permit: OwnedSemaphorePermit },
     Ping,
 }
 
@@ -472,8 +495,19 @@ impl Outbox {
 
     /// Queues a frame, waiting up to the send timeout for room; a reader that stays too slow
     /// for that long is closed.
-    async fn push(&self, text: String, id: Option<MsgId>) -> Result<(), Closing> {
+    async fn push(&self, text: Utf8Bytes, id: Option<MsgId>) -> Result<(), Closing> {
         let cost = u32::try_from(text.len() + 64).unwrap_or(u32::MAX).min(self.max_bytes);
+        // Fast path, taken unless the reader is behind: no timer to arm and cancel.
+        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(cost) {
+            match self.tx.try_reserve() {
+                Ok(slot) => {
+                    slot.send(Out::Frame { text, id, _permit: permit });
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(Closing::PEER_GONE),
+                Err(mpsc::error::TrySendError::Full(())) => drop(permit),
+            }
+        }
         let enqueue = async {
             let permit = self.bytes.clone().acquire_many_owned(cost).await.ok()?;
             let slot = self.tx.reserve().await.ok()?;
@@ -520,7 +554,7 @@ async fn write_loop(
         }
         for out in batch.drain(..) {
             let (message, id) = match out {
-                Out::Frame { text, id, _permit } => (Message::Text(text.into()), id),
+                Out::Frame { text, id, _permit } => (Message::Text(text), id),
                 Out::Ping => (Message::Ping(Default::default()), None),
             };
             if sink.feed(message).await.is_err() {
@@ -533,7 +567,7 @@ async fn write_loop(
         }
         // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
         let now = crate::engine::unix_ms();
-        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
+        let latency = &telemetry::hot().delivery_latency;
         for id in &written {
             latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
         }

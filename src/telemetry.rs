@@ -36,6 +36,26 @@ pub mod metric {
     pub const REDIS_DEAD_LINKS: &str = "enigma_redis_dead_links_total";
 }
 
+/// Handles of the per-message series, registered once: a `counter!` call with labels costs a
+/// registry lookup, too much on a path taken for every message. Created on first use, which
+/// is after `run` installed the recorder.
+pub struct Hot {
+    pub accepted: metrics::Counter,
+    pub delivered_live: metrics::Counter,
+    pub delivered_backlog: metrics::Counter,
+    pub delivery_latency: metrics::Histogram,
+}
+
+pub fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        accepted: metrics::counter!(metric::MESSAGES_ACCEPTED),
+        delivered_live: metrics::counter!(metric::MESSAGES_DELIVERED, "path" => "live"),
+        delivered_backlog: metrics::counter!(metric::MESSAGES_DELIVERED, "path" => "backlog"),
+        delivery_latency: metrics::histogram!(metric::DELIVERY_LATENCY),
+    })
+}
+
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
