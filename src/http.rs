@@ -157,6 +157,11 @@ async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) 
     // an oversized payload gets an error frame; far larger frames end the connection (1009).
     let max_message = limits.max_payload_bytes * 2 + 16 * 1024;
     let admission = session::admit(&state, user_id).await;
+    if state.draining.load(Ordering::Acquire) {
+        drop(admission); // detaches
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
+            .into_response();
+    }
     let tracker = state.tracker.clone();
     upgrade
         .protocols([SUBPROTOCOL_V1])
@@ -205,7 +210,15 @@ async fn track_requests(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let route = route.unwrap_or_else(|| "unmatched".into());
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method.to_string()), ("status", status)];
+    // A fixed set: any token is a valid HTTP method, and each label value is a new series.
+    let method = match method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::POST => "POST",
+        _ => "other",
+    };
+    let labels = [("route", route), ("method", method.to_owned()), ("status", status)];
     metrics::counter!(metric::HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(metric::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response

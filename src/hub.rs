@@ -1,12 +1,14 @@
 //! The local switchboard: which socket on this replica belongs to which user.
 //!
 //! Engines ring the hub's doorbell (`deliver`, `takeover`, `resync_all`); the hub hands the
-//! news to the one session that holds the user's socket here. The hub never blocks: a session
-//! whose queue is full is marked for a resync and re-reads its inbox, which is the source of
-//! truth, so a lost doorbell costs a read, never a message.
+//! news to the one session that holds the user's socket here. The hub never blocks: when a
+//! doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded because the
+//! engine's doorbell link had a gap) the session is marked *lagged* and asked to re-read its
+//! inbox, which is the source of truth. A lost doorbell costs a read, never a message, and
+//! never an ordering: a lagged session forwards nothing live until it has re-read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
@@ -20,7 +22,12 @@ pub struct Link {
     pub id: u64,
     pub user: UserId,
     tx: mpsc::Sender<Delivery>,
+    /// Envelope bytes queued in `tx` (bounded by the hub's byte budget).
+    queued_bytes: AtomicUsize,
+    /// A doorbell was not queued since the session last started re-reading its inbox.
+    lagged: AtomicBool,
     resync: Notify,
+    /// Cancelled on takeover and on server shutdown (a child of the shutdown token).
     kicked: CancellationToken,
     kick_code: AtomicU16,
 }
@@ -31,20 +38,61 @@ impl Link {
     pub fn resync_requested(&self) -> tokio::sync::futures::Notified<'_> {
         self.resync.notified()
     }
-    /// Resolves with a close code when the session must end (taken over, shutting down).
+
+    /// Starts a re-read: doorbells missed from now on will be noticed by `is_lagged`.
+    pub fn begin_resync(&self) {
+        self.lagged.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a doorbell was missed since `begin_resync`: queued deliveries may then sit
+    /// behind a gap and must not be forwarded before the next re-read.
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::SeqCst)
+    }
+
+    /// A queued delivery was taken by the session.
+    pub fn dequeued(&self, delivery: &Delivery) {
+        self.queued_bytes.fetch_sub(delivery.envelope.len(), Ordering::AcqRel);
+    }
+
+    /// Resolves with the close code when the session must end: 4409 when a newer connection
+    /// took over, 1001 when the server shuts down.
     pub async fn kicked(&self) -> u16 {
         self.kicked.cancelled().await;
-        self.kick_code.load(Ordering::Acquire)
+        self.kick_code()
     }
+
+    pub fn is_kicked(&self) -> Option<u16> {
+        self.kicked.is_cancelled().then(|| self.kick_code())
+    }
+
+    fn kick_code(&self) -> u16 {
+        match self.kick_code.load(Ordering::Acquire) {
+            0 => close::GOING_AWAY, // the shutdown token, not a takeover
+            code => code,
+        }
+    }
+
     fn kick(&self, code: u16) {
         // The first reason wins: a session replaced and then shut down reports "replaced".
         let _ = self.kick_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.kicked.cancel();
     }
-    fn ring(&self, delivery: Delivery) {
+
+    fn lag(&self) {
+        self.lagged.store(true, Ordering::SeqCst);
+        self.resync.notify_one();
+    }
+
+    fn ring(&self, delivery: Delivery, byte_budget: usize) {
+        let size = delivery.envelope.len();
+        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > byte_budget {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return self.lag();
+        }
         if self.tx.try_send(delivery).is_err() {
-            // Full (or closing): the message is in the inbox; ask the session to re-read it.
-            self.resync.notify_one();
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.lag(); // full or closing: the message is in the inbox; re-read it
         }
     }
 }
@@ -52,10 +100,13 @@ impl Link {
 #[derive(Debug)]
 struct Slot {
     link: Arc<Link>,
-    /// Connection generation claimed from the engine, once known.
+    /// Connection generation claimed from the engine, once attached.
     generation: Option<u64>,
     /// Highest generation announced for this user by any replica.
     newest_seen: u64,
+    /// The live connection this one is about to replace: it ends only once the new one is
+    /// attached, so a failed attach does not cost the user their working connection.
+    previous: Option<(Arc<Link>, Option<u64>)>,
 }
 
 #[derive(Debug)]
@@ -63,42 +114,80 @@ pub struct Hub {
     slots: Mutex<HashMap<UserId, Slot>>,
     next_id: AtomicU64,
     queue: usize,
+    byte_budget: usize,
+    /// Set while the engine's doorbell link may have missed messages: nothing is forwarded
+    /// live, every doorbell becomes a re-read.
+    degraded: AtomicBool,
+    shutdown: CancellationToken,
 }
 
 impl Hub {
-    /// `queue`: live deliveries buffered per session before it falls back to a resync.
-    pub fn new(queue: usize) -> Self {
-        Self { slots: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), queue: queue.max(1) }
+    /// `queue` and `byte_budget`: live deliveries (and their bytes) buffered per session
+    /// before it falls back to re-reading its inbox. Sessions end when `shutdown` fires.
+    pub fn new(queue: usize, byte_budget: usize, shutdown: CancellationToken) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue: queue.max(1),
+            byte_budget: byte_budget.max(1),
+            degraded: AtomicBool::new(false),
+            shutdown,
+        }
     }
 
-    /// Makes a new session the user's socket on this replica; an older one here is replaced.
+    /// Makes a new session the user's socket on this replica. An older session here keeps
+    /// its socket until the new one is attached (`set_generation`).
     pub fn register(&self, user: &UserId) -> (Arc<Link>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(self.queue);
         let link = Arc::new(Link {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
             tx,
+            queued_bytes: AtomicUsize::new(0),
+            lagged: AtomicBool::new(false),
             resync: Notify::new(),
-            kicked: CancellationToken::new(),
+            kicked: self.shutdown.child_token(),
             kick_code: AtomicU16::new(0),
         });
-        let slot = Slot { link: link.clone(), generation: None, newest_seen: 0 };
-        if let Some(old) = self.lock().insert(user.clone(), slot) {
-            old.link.kick(close::REPLACED);
-        }
+        let mut slots = self.lock();
+        let previous = match slots.remove(user) {
+            None => None,
+            Some(old) if old.generation.is_some() => Some((old.link, old.generation)),
+            Some(old) => {
+                // Still attaching and already superseded: it never becomes live.
+                old.link.kick(close::REPLACED);
+                old.previous
+            }
+        };
+        let newest_seen = previous.as_ref().and_then(|(_, g)| *g).unwrap_or(0);
+        slots.insert(user.clone(), Slot { link: link.clone(), generation: None, newest_seen, previous });
         (link, rx)
     }
 
     /// Removes the session; returns true if the user has no socket here any more.
     pub fn unregister(&self, link: &Link) -> bool {
         let mut slots = self.lock();
-        match slots.get(&link.user) {
-            Some(slot) if slot.link.id == link.id => {
-                slots.remove(&link.user);
-                true
+        let Some(slot) = slots.get_mut(&link.user) else { return true };
+        if slot.link.id == link.id {
+            match slot.previous.take() {
+                // The attach failed: the connection it was to replace stays the live one. It
+                // got no doorbells meanwhile, so it re-reads its inbox.
+                Some((previous, generation)) if slot.generation.is_none() => {
+                    previous.lag();
+                    slot.link = previous;
+                    slot.generation = generation;
+                    false
+                }
+                _ => {
+                    slots.remove(&link.user);
+                    true
+                }
             }
-            Some(_) => false,
-            None => true,
+        } else {
+            if slot.previous.as_ref().is_some_and(|(p, _)| p.id == link.id) {
+                slot.previous = None;
+            }
+            false
         }
     }
 
@@ -106,12 +195,16 @@ impl Hub {
         self.lock().contains_key(user)
     }
 
-    /// Records the generation the engine gave this session's connection; if a newer
-    /// connection was announced meanwhile, this one is already obsolete.
+    /// Records the generation the engine gave this session's connection: the session is now
+    /// the user's live connection here; the one it replaces ends; if a newer connection was
+    /// announced meanwhile (on any replica), this one is already obsolete.
     pub fn set_generation(&self, link: &Link, generation: u64) {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(&link.user).filter(|s| s.link.id == link.id) {
             slot.generation = Some(generation);
+            if let Some((previous, _)) = slot.previous.take() {
+                previous.kick(close::REPLACED);
+            }
             if generation < slot.newest_seen {
                 slot.link.kick(close::REPLACED);
             }
@@ -132,21 +225,25 @@ impl Hub {
     /// A message for `user` was stored; hand it to the user's session here, if any.
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {
-            slot.link.ring(delivery);
+            if self.degraded.load(Ordering::SeqCst) {
+                slot.link.lag();
+            } else {
+                slot.link.ring(delivery, self.byte_budget);
+            }
         }
+    }
+
+    /// While degraded, doorbells only ask sessions to re-read (see the type's docs). Leaving
+    /// the degraded state must follow `resync_all`, so that a live delivery can never be
+    /// forwarded ahead of the gap's re-read.
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, Ordering::SeqCst);
     }
 
     /// Every session re-reads its inbox (after the doorbell link was down).
     pub fn resync_all(&self) {
         for slot in self.lock().values() {
-            slot.link.resync.notify_one();
-        }
-    }
-
-    /// Ends every session with `code` (shutdown).
-    pub fn kick_all(&self, code: u16) {
-        for slot in self.lock().values() {
-            slot.link.kick(code);
+            slot.link.lag();
         }
     }
 
@@ -163,8 +260,8 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Slot>> {
-        // A panic while holding the lock cannot leave the map half-updated (every update is a
-        // single insert/remove), so a poisoned lock is still safe to use.
+        // Every update under the lock is a whole insert, remove or field assignment, so a
+        // poisoned lock never leaves the map half-updated: it is still safe to use.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -174,16 +271,23 @@ mod tests {
     use super::*;
     use crate::protocol::MsgId;
 
+    fn hub(queue: usize) -> Hub {
+        Hub::new(queue, 1 << 20, CancellationToken::new())
+    }
+
     fn delivery(seq: u64) -> Delivery {
         Delivery { id: MsgId { ms: 1, seq }, ts: 1, envelope: "{}".into() }
     }
 
     #[tokio::test]
-    async fn newer_local_session_replaces_older() {
-        let hub = Hub::new(4);
+    async fn newer_local_session_replaces_older_once_attached() {
+        let hub = hub(4);
         let user = UserId::random();
         let (old, _rx1) = hub.register(&user);
+        hub.set_generation(&old, 1);
         let (new, mut rx2) = hub.register(&user);
+        assert!(old.is_kicked().is_none(), "the old socket lives until the new one is attached");
+        hub.set_generation(&new, 2);
         assert_eq!(old.kicked().await, close::REPLACED);
         assert!(!hub.unregister(&old), "the old session must not remove the new one");
         hub.deliver(&user, delivery(1));
@@ -193,32 +297,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_attach_keeps_the_working_connection() {
+        let hub = hub(4);
+        let user = UserId::random();
+        let (old, _rx1) = hub.register(&user);
+        hub.set_generation(&old, 1);
+        let (new, _rx2) = hub.register(&user);
+        assert!(!hub.unregister(&new), "the old connection is still registered");
+        assert!(old.is_kicked().is_none());
+        assert!(old.is_lagged(), "it missed doorbells meanwhile and must re-read");
+        tokio::time::timeout(std::time::Duration::from_secs(1), old.resync_requested()).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn generations_decide_across_replicas() {
-        let hub = Hub::new(4);
+        let hub = hub(4);
         let user = UserId::random();
         let (link, _rx) = hub.register(&user);
         // A newer connection is announced before ours learned its own generation.
         hub.takeover(&user, 7);
         hub.set_generation(&link, 6);
         assert_eq!(link.kicked().await, close::REPLACED);
+        hub.unregister(&link);
 
         let (link, _rx) = hub.register(&user);
         hub.set_generation(&link, 9);
         hub.takeover(&user, 9); // our own announcement
         hub.takeover(&user, 8); // an older connection's late announcement
-        assert!(!link.kicked.is_cancelled());
+        assert!(link.is_kicked().is_none());
         hub.takeover(&user, 10);
-        assert!(link.kicked.is_cancelled());
+        assert_eq!(link.is_kicked(), Some(close::REPLACED));
     }
 
     #[tokio::test]
-    async fn full_queue_turns_into_resync() {
-        let hub = Hub::new(1);
+    async fn missed_doorbells_turn_into_a_lagged_resync() {
+        let hub = hub(1);
         let user = UserId::random();
         let (link, mut rx) = hub.register(&user);
+        hub.set_generation(&link, 1);
+        link.begin_resync();
         hub.deliver(&user, delivery(1));
-        hub.deliver(&user, delivery(2)); // queue full: not lost, a resync is requested
+        assert!(!link.is_lagged());
+        hub.deliver(&user, delivery(2)); // queue full: not lost, a re-read is requested
+        assert!(link.is_lagged());
         tokio::time::timeout(std::time::Duration::from_secs(1), link.resync_requested()).await.unwrap();
-        assert_eq!(rx.recv().await.unwrap().id.seq, 1);
+        let first = rx.recv().await.unwrap();
+        link.dequeued(&first);
+        assert_eq!(first.id.seq, 1);
+
+        hub.set_degraded(true);
+        link.begin_resync();
+        hub.deliver(&user, delivery(3));
+        assert!(rx.try_recv().is_err(), "nothing is forwarded live while degraded");
+        assert!(link.is_lagged());
+    }
+
+    #[tokio::test]
+    async fn shutdown_kicks_every_session_with_1001() {
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(4, 1024, shutdown.clone());
+        let (link, _rx) = hub.register(&UserId::random());
+        shutdown.cancel();
+        assert_eq!(link.kicked().await, close::GOING_AWAY);
     }
 }

@@ -58,14 +58,16 @@ pub async fn run(
 ) -> Result<(), Error> {
     // The recorder first: the engine already measures while it connects.
     let metrics = telemetry::prometheus();
-    let hub = Arc::new(Hub::new(settings.limits.outbound_queue_frames));
+    let stopping = CancellationToken::new();
+    let limits = &settings.limits;
+    let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
     let grace = settings.server.shutdown_grace();
     let state = Arc::new(State {
         settings,
         engine,
         hub,
-        shutdown: CancellationToken::new(),
+        shutdown: stopping,
         draining: AtomicBool::new(false),
         tracker: TaskTracker::new(),
         metrics,
@@ -93,10 +95,12 @@ pub async fn run(
     let serve = tokio::spawn(async move { server.await });
 
     drain.await;
-    state.tracker.close();
     let finished = tokio::time::timeout(grace, async {
-        state.tracker.wait().await;
+        // HTTP first: a socket still being admitted becomes a tracked session (closed at
+        // once with 1001) before the tracker is waited for.
         let _ = serve.await;
+        state.tracker.close();
+        state.tracker.wait().await;
     })
     .await;
     if finished.is_err() {

@@ -46,6 +46,8 @@ struct Closing {
 
 impl Closing {
     const PEER_GONE: Closing = Closing { code: 1000, reason: "" };
+    /// The socket failed while being written to (the writer task ended).
+    const WRITER_GONE: Closing = Closing { code: 1006, reason: "" };
     const SLOW: Closing = Closing { code: close::SLOW_CONSUMER, reason: "slow consumer: outbound queue full" };
     const SHUTDOWN: Closing = Closing { code: close::GOING_AWAY, reason: "server shutting down; reconnect" };
     const REPLACED: Closing = Closing { code: close::REPLACED, reason: "replaced by a newer connection" };
@@ -136,8 +138,9 @@ pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
     metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
     metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
     let limits = &state.settings.limits;
-    let (outbox, close_tx, mut writer) = Outbox::spawn(sink, &state.engine, &user, acknowledging, limits);
-    let mut session = Session { state, user, link, acknowledging, outbox, last_sent: None, last_seen: Instant::now() };
+    let (outbox, close_tx, mut writer) = Outbox::spawn(sink, &state.engine, &link, acknowledging, limits);
+    let mut session =
+        Session { state, user, link, acknowledging, outbox, last_sent: None, last_seen: Instant::now(), stale: false };
     let closing = session.run(stream, deliveries, &mut writer).await;
 
     drop(attached); // detach before the close frame: a reconnect may come right after it
@@ -149,14 +152,15 @@ pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
     tracing::debug!(user = %session.user, code = closing.code, reason = closing.reason, "session closed");
     let _ = close_tx.send(closing);
     drop(session);
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+    // A writer that already ended was awaited by the loop: a JoinHandle is polled once.
+    if closing != Closing::WRITER_GONE && tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
         writer.abort();
     }
 }
 
 fn close_reason_label(code: u16) -> &'static str {
     match code {
-        1000 => "peer",
+        1000 | 1006 => "peer",
         close::MESSAGE_TOO_BIG => "too_big",
         close::GOING_AWAY => "shutdown",
         close::REPLACED => "replaced",
@@ -189,7 +193,13 @@ struct Session {
     /// Highest inbox id handed to the writer on this connection.
     last_sent: Option<MsgId>,
     last_seen: Instant,
+    /// The last inbox read failed: live deliveries are held back (they could overtake what
+    /// was not read) until a retry of the read succeeds.
+    stale: bool,
 }
+
+/// How soon a failed inbox read is tried again.
+const STALE_RETRY: Duration = Duration::from_millis(250);
 
 impl Session {
     async fn run(
@@ -198,30 +208,24 @@ impl Session {
         mut deliveries: mpsc::Receiver<Delivery>,
         writer: &mut JoinHandle<()>,
     ) -> Closing {
-        match self.catch_up().await {
+        match self.resync(&mut deliveries, false).await {
             Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
             Err(closing) => return closing,
         }
         let server = &self.state.settings.server;
         let (ping_every, idle_timeout) = (server.ping_interval(), server.idle_timeout());
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let shutdown = self.state.shutdown.clone();
         let link = self.link.clone();
         // Built once, not on every turn of the loop (this loop runs once per message).
         let mut kicked = std::pin::pin!(link.kicked());
-        let mut stopping = std::pin::pin!(shutdown.cancelled());
         let mut resync = std::pin::pin!(link.resync_requested());
+        let mut retry = std::pin::pin!(tokio::time::sleep(STALE_RETRY));
         loop {
             let step = tokio::select! {
-                // Biased: a requested resync must run before any later live delivery, or a
-                // notification dropped from a full queue could be overtaken by a newer one.
+                // Biased: a requested re-read must run before any later live delivery, or a
+                // delivery could overtake one whose doorbell was missed.
                 biased;
                 code = &mut kicked => Err(Closing::from_kick(code)),
-                _ = &mut stopping => Err(Closing::SHUTDOWN),
-                _ = &mut resync => {
-                    resync.set(link.resync_requested());
-                    self.catch_up().await.map(drop)
-                }
                 frame = stream.next() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
@@ -230,7 +234,15 @@ impl Session {
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
                     None => Err(Closing::PEER_GONE),
                 },
-                Some(delivery) = deliveries.recv() => self.forward(delivery, Path::Live).await,
+                _ = &mut resync => {
+                    resync.set(link.resync_requested());
+                    self.resync(&mut deliveries, true).await.map(drop)
+                }
+                _ = &mut retry, if self.stale => self.resync(&mut deliveries, true).await.map(drop),
+                Some(delivery) = deliveries.recv() => {
+                    self.link.dequeued(&delivery);
+                    if self.stale { Ok(()) } else { self.forward(delivery, Path::Live).await }
+                }
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
                         Err(Closing::IDLE)
@@ -239,24 +251,63 @@ impl Session {
                         Ok(())
                     }
                 }
-                _ = &mut *writer => Err(Closing::PEER_GONE),
+                _ = &mut *writer => Err(Closing::WRITER_GONE),
             };
+            if self.stale {
+                retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
+            }
             if let Err(closing) = step {
                 return closing;
             }
         }
     }
 
-    /// Sends everything stored after `last_sent`; returns how many messages that was.
-    async fn catch_up(&mut self) -> Result<usize, Closing> {
+    /// Re-reads the inbox after `last_sent`, then forwards what is still queued only if no
+    /// doorbell was missed meanwhile (otherwise the next re-read gets it). `check_generation`:
+    /// a takeover announced while doorbells were being missed may have been missed too.
+    async fn resync(
+        &mut self,
+        deliveries: &mut mpsc::Receiver<Delivery>,
+        check_generation: bool,
+    ) -> Result<usize, Closing> {
+        self.link.begin_resync();
+        if check_generation {
+            match self.state.engine.generation(&self.user).await {
+                Ok(Some(newest)) => self.state.hub.takeover(&self.user, newest),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot check the connection generation"),
+            }
+        }
+        let sent = match self.catch_up().await? {
+            Some(sent) => sent,
+            None => {
+                self.stale = true;
+                return Ok(0);
+            }
+        };
+        self.stale = false;
+        while let Ok(delivery) = deliveries.try_recv() {
+            self.link.dequeued(&delivery);
+            if !self.link.is_lagged() {
+                self.forward(delivery, Path::Live).await?;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends everything stored after `last_sent`; returns how many messages that was, or
+    /// `None` if the inbox could not be read.
+    async fn catch_up(&mut self) -> Result<Option<usize>, Closing> {
         let mut sent = 0;
         loop {
+            if let Some(code) = self.link.is_kicked() {
+                return Err(Closing::from_kick(code));
+            }
             let page = match self.state.engine.backlog(&self.user, self.last_sent, BACKLOG_PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
-                    // The doorbell link will ask again once storage is back.
-                    tracing::warn!(error = %e, "cannot read backlog");
-                    return Ok(sent);
+                    tracing::warn!(error = %e, "cannot read backlog; will retry");
+                    return Ok(None);
                 }
             };
             let full = page.len() == BACKLOG_PAGE;
@@ -265,7 +316,7 @@ impl Session {
                 self.forward(delivery, Path::Backlog).await?;
             }
             if !full {
-                return Ok(sent);
+                return Ok(Some(sent));
             }
         }
     }
@@ -464,6 +515,7 @@ enum Out {
 
 /// The bounded queue between the session and its socket writer.
 struct Outbox {
+    link: Arc<Link>,
     tx: mpsc::Sender<Out>,
     bytes: Arc<Semaphore>,
     max_bytes: u32,
@@ -474,7 +526,7 @@ impl Outbox {
     fn spawn(
         sink: SplitSink<WebSocket, Message>,
         engine: &Engine,
-        user: &UserId,
+        link: &Arc<Link>,
         acknowledging: bool,
         limits: &crate::config::Limits,
     ) -> (Outbox, oneshot::Sender<Closing>, JoinHandle<()>) {
@@ -482,9 +534,10 @@ impl Outbox {
         let (close_tx, close_rx) = oneshot::channel();
         let max_bytes = u32::try_from(limits.outbound_queue_bytes).unwrap_or(u32::MAX);
         // Spec clients cannot acknowledge: what was written to their socket leaves the inbox.
-        let remover = (!acknowledging).then(|| (engine.clone(), user.clone()));
+        let remover = (!acknowledging).then(|| (engine.clone(), link.user.clone()));
         let writer = tokio::spawn(write_loop(sink, rx, close_rx, remover));
         let outbox = Outbox {
+            link: link.clone(),
             tx,
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
@@ -514,13 +567,17 @@ impl Outbox {
             slot.send(Out::Frame { text, id, _permit: permit });
             Some(())
         };
-        match tokio::time::timeout(self.timeout, enqueue).await {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => Err(Closing::PEER_GONE),
-            Err(_) => {
-                metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
-                Err(Closing::SLOW)
-            }
+        // Waiting for a slow reader must not delay a takeover or a shutdown.
+        tokio::select! {
+            waited = tokio::time::timeout(self.timeout, enqueue) => match waited {
+                Ok(Some(())) => Ok(()),
+                Ok(None) => Err(Closing::PEER_GONE),
+                Err(_) => {
+                    metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
+                    Err(Closing::SLOW)
+                }
+            },
+            code = self.link.kicked() => Err(Closing::from_kick(code)),
         }
     }
 

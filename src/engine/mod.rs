@@ -119,6 +119,15 @@ impl Engine {
         }
     }
 
+    /// The newest connection generation of `user` (engines that coordinate replicas only):
+    /// lets a session notice a takeover announced while its doorbells were being missed.
+    pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {
+        match self {
+            Engine::Memory(_) => Ok(None),
+            Engine::Redis(e) => e.generation(user).await,
+        }
+    }
+
     /// The session ended; stop listening for the user if no other session here needs it.
     pub fn detach(&self, link: &Link) {
         match self {

@@ -34,6 +34,7 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, RedisResult, Script, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{SendError, Unavailable};
 use crate::config::{Limits, Settings};
@@ -54,10 +55,10 @@ return id
 "#;
 
 /// Claims the next connection generation of a user and announces it, so that older
-/// connections on every replica end. KEYS: counter, channel. ARGV: ttl (ms).
+/// connections on every replica end. KEYS: counter, channel. The counter never expires: one
+/// restarting at 1 would make every older connection look newer.
 const ATTACH_SCRIPT: &str = r#"
 local generation = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], 't' .. generation)
 return generation
 "#;
@@ -81,6 +82,14 @@ struct Inner {
     subscriptions: mpsc::UnboundedSender<SubRequest>,
     send_script: Script,
     attach_script: Script,
+    /// Ends the background tasks (subscriber, supervisor) when the engine is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 #[derive(Clone)]
@@ -171,7 +180,13 @@ impl AsyncPushSender for PushHandler {
     fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
         match info.kind {
             PushKind::Message => self.on_message(info.data),
-            PushKind::Disconnection => self.disconnected.notify_one(),
+            PushKind::Disconnection => {
+                // From now until the supervisor has resubscribed and every session re-read
+                // its inbox, announcements may be missing: forward nothing live (redis-rs
+                // resubscribes by itself, so live messages would otherwise overtake the gap).
+                self.hub.set_degraded(true);
+                self.disconnected.notify_one();
+            }
             _ => {}
         }
         Ok(())
@@ -256,7 +271,9 @@ impl RedisEngine {
         });
 
         let (subscriptions, requests) = mpsc::unbounded_channel();
-        tokio::spawn(subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests));
+        let stop = CancellationToken::new();
+        let subscriber = subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
         let supervisor = Supervisor {
             links: links.clone(),
             subscriptions: subscriptions.clone(),
@@ -268,7 +285,7 @@ impl RedisEngine {
         // The first link check doubles as the initial subscription of the probe channel.
         let mut supervisor = supervisor;
         supervisor.recover(false).await;
-        tokio::spawn(supervisor.run());
+        tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -280,6 +297,7 @@ impl RedisEngine {
                 subscriptions,
                 send_script: Script::new(SEND_SCRIPT),
                 attach_script: Script::new(ATTACH_SCRIPT),
+                stop,
             }),
         })
     }
@@ -386,13 +404,15 @@ impl RedisEngine {
         }
         let mut con = this.links.cmd();
         let mut invocation = this.attach_script.prepare_invoke();
-        invocation
-            .key(this.keys.generation(&link.user))
-            .key(this.keys.channel(&link.user))
-            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
+        invocation.key(this.keys.generation(&link.user)).key(this.keys.channel(&link.user));
         let generation: u64 = this.timed("attach", invocation.invoke_async(&mut con)).await?;
         this.hub.set_generation(link, generation);
         Ok(())
+    }
+
+    pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {
+        let mut con = self.inner.links.cmd();
+        self.inner.timed("generation", con.get(self.inner.keys.generation(user))).await
     }
 
     pub fn detach(&self, link: &Link) {
@@ -501,8 +521,10 @@ async fn subscriber(
         let mut con = links.pubsub();
         let mut result = Ok(());
         if everyone {
-            subscribed.clear();
+            // The link may be a new connection: subscribe everyone wanted again, and settle
+            // everyone subscribed before (some may have left meanwhile).
             users.extend(hub.users());
+            users.extend(subscribed.iter().cloned());
             if let Err(e) = timed("subscribe", links.timeout, con.subscribe(&probe_channel)).await {
                 result = Err(e);
             }
@@ -512,6 +534,7 @@ async fn subscriber(
         for user in users {
             match (hub.is_registered(&user), subscribed.contains(&user)) {
                 (true, false) => to_subscribe.push(user),
+                (true, true) if everyone => to_subscribe.push(user),
                 (false, true) => to_unsubscribe.push(user),
                 _ => {}
             }
@@ -525,12 +548,13 @@ async fn subscriber(
         }
         for chunk in to_unsubscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
-            for user in chunk {
-                subscribed.remove(user);
-            }
-            if let Err(e) = timed("unsubscribe", links.timeout, con.unsubscribe(&channels)).await {
-                // A stale subscription only brings doorbells the hub ignores.
-                tracing::warn!(error = %e, "unsubscribe failed");
+            match timed("unsubscribe", links.timeout, con.unsubscribe(&channels)).await {
+                Ok(()) => chunk.iter().for_each(|user| {
+                    subscribed.remove(user);
+                }),
+                // Kept as subscribed, so the next resubscription of everyone settles it; until
+                // then it only brings doorbells the hub ignores.
+                Err(e) => tracing::warn!(error = %e, "unsubscribe failed"),
             }
         }
         for waiter in waiters {
@@ -575,9 +599,6 @@ impl Supervisor {
                     }
                 }
             }
-            if self.subscriptions.is_closed() {
-                return; // the engine is gone
-            }
         }
     }
 
@@ -595,6 +616,7 @@ impl Supervisor {
     /// local user again, check a probe comes back; then every session re-reads its inbox.
     async fn recover(&mut self, rebuild: bool) {
         self.links.set_up(false);
+        self.hub.set_degraded(true);
         let mut rebuild = rebuild;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -608,7 +630,9 @@ impl Supervisor {
         }
         self.links.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
+        // Re-read requests first, live forwarding after: see `Hub::set_degraded`.
         self.hub.resync_all();
+        self.hub.set_degraded(false);
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
     }
 

@@ -93,9 +93,17 @@ async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<T
             tally.seen.lock().unwrap().get(&user).map(|m| m.len())
         );
         let mut ws = connect_any(&urls, &user).await;
+        let mut previous: Option<usize> = None;
         while let Some(frame) = next_json(&mut ws).await {
             let Some(id) = frame["id"].as_str() else { continue }; // an error frame (a failed ack)
             let payload = frame["payload"].as_str().unwrap().to_owned();
+            // Within one connection nothing is skipped: the next message is the same one
+            // again (a sender's retry stored twice) or the next in sequence.
+            let seq: usize = payload.parse().unwrap();
+            if let Some(prev) = previous {
+                assert!(seq == prev || seq == prev + 1, "{user}: {seq} after {prev} on one connection");
+            }
+            previous = Some(seq);
             *tally.seen.lock().unwrap().entry(user.clone()).or_default().entry(payload).or_default() += 1;
             if ws.inner.send(Message::Text(json!({"ack": id}).to_string().into())).await.is_err() {
                 break;
