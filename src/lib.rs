@@ -9,6 +9,7 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod protocol;
+pub mod sdk;
 pub mod session;
 pub mod telemetry;
 

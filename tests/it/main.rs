@@ -16,6 +16,7 @@ macro_rules! both_engines {
     };
 }
 
+mod cli;
 pub mod conformance;
 mod faults;
 mod harness;

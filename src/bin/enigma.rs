@@ -1,0 +1,463 @@
+//! `enigma`: the command-line client of an Enigma relay.
+//!
+//! Keys are generated and kept locally (a 0600 key file); messages are sealed with HPKE
+//! before they leave and opened after they arrive, so the server only ever relays
+//! ciphertext. The user id a server gave this key is remembered in a state file next to the
+//! key file (`<key>.state.json`), per server URL, because ids are per server.
+//!
+//! Output is for pipes as much as for people: results on stdout (one line per message with
+//! `listen`, JSON with `--json`), notices and errors on stderr, exit code 0 on success, 1 on
+//! any failure, 2 on a usage mistake.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use enigma::sdk::{self, Client, ConnectOptions, Connection, Identity, Status};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+#[derive(Parser)]
+#[command(name = "enigma", version, about = "End-to-end-encrypted messages through an Enigma relay")]
+struct Cli {
+    /// Server URL.
+    #[arg(long, global = true, env = "ENIGMA_SERVER", default_value = "http://localhost:8000")]
+    server: String,
+    /// Private key file [default: $XDG_CONFIG_HOME/enigma/identity.key, else
+    /// ~/.config/enigma/identity.key].
+    #[arg(long, global = true, env = "ENIGMA_KEY")]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a key pair: writes the private key file (mode 0600) and prints the public key.
+    Keygen {
+        /// Replace an existing key file (its identity is lost for good).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Register the public key with the server (idempotent) and print your user id.
+    Login,
+    /// Show your user id on this server, your public key and its fingerprint.
+    Whoami,
+    /// Show the public key a user registered.
+    Lookup {
+        /// The user's id.
+        user: String,
+    },
+    /// Send one message; returns once the server has stored it (prints its inbox id).
+    Send {
+        /// The recipient's user id.
+        user: String,
+        /// The message, or `-` to read it from stdin (one trailing newline is dropped).
+        text: String,
+        /// Seconds to wait for the server to store the message.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Print incoming messages until interrupted. A message is acknowledged (removed from
+    /// the server) only after it has been printed.
+    Listen {
+        /// One JSON object per line: {"from","id","ts","text"} (or "error" instead of "text"
+        /// for a message that could not be opened).
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Chat with one user: lines typed on stdin are sent, incoming messages printed.
+    Chat {
+        /// The peer's user id.
+        user: String,
+    },
+}
+
+/// An error for the person at the terminal; `main` prints it and exits with 1.
+struct Failure(String);
+
+impl From<sdk::Error> for Failure {
+    fn from(error: sdk::Error) -> Self {
+        let hint = match &error {
+            sdk::Error::Unreachable { .. } => "\n  is the server running? Choose it with --server or ENIGMA_SERVER.",
+            sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.",
+            _ => "",
+        };
+        Failure(format!("{error}{hint}"))
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("enigma: error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("enigma: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SDK diagnostics (reconnects, retries) on stderr when `ENIGMA_LOG` is set, e.g.
+/// `ENIGMA_LOG=debug`.
+fn init_logging() {
+    if let Ok(filter) = std::env::var("ENIGMA_LOG") {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let key = match cli.key.clone() {
+        Some(path) => path,
+        None => default_key_path()?,
+    };
+    let profile = Profile { server: cli.server, key };
+    match cli.command {
+        Command::Keygen { force } => keygen(&profile, force),
+        Command::Login => login(&profile).await,
+        Command::Whoami => whoami(&profile),
+        Command::Lookup { user } => lookup(&profile, &user).await,
+        Command::Send { user, text, timeout } => send(&profile, &user, &text, timeout).await,
+        Command::Listen { json, count } => listen(&profile, json, count).await,
+        Command::Chat { user } => chat(&profile, &user).await,
+    }
+}
+
+fn default_key_path() -> Result<PathBuf, Failure> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".config")))
+        .ok_or_else(|| Failure("no home directory: choose a key file with --key or ENIGMA_KEY".into()))?;
+    Ok(config.join("enigma").join("identity.key"))
+}
+
+/// Server and key file: who we are, where.
+struct Profile {
+    server: String,
+    key: PathBuf,
+}
+
+impl Profile {
+    fn identity(&self) -> Result<Identity, Failure> {
+        Ok(Identity::load(&self.key)?)
+    }
+
+    fn client(&self) -> Result<Client, Failure> {
+        Ok(Client::new(&self.server, self.identity()?)?)
+    }
+
+    /// Our user id on this server, as `login` stored it.
+    fn user_id(&self, client: &Client) -> Result<String, Failure> {
+        State::load(&self.key, client.identity())
+            .users
+            .get(client.server().as_str())
+            .cloned()
+            .ok_or_else(|| Failure(format!("not logged in on {}: run `enigma login` first", client.server())))
+    }
+
+    /// An acknowledged connection as our user, with messages that say what to do when the
+    /// server does not know us.
+    async fn connect(&self, client: &Client, options: ConnectOptions) -> Result<(String, Connection), Failure> {
+        let me = self.user_id(client)?;
+        match client.connect(&me, options).await {
+            Ok(connection) => Ok((me, connection)),
+            Err(e) => Err(self.lost(client, &me, e)),
+        }
+    }
+
+    /// Explains why a connection as `me` failed or stopped.
+    fn lost(&self, client: &Client, me: &str, error: sdk::Error) -> Failure {
+        match error {
+            sdk::Error::UserNotFound(user) if user == me => Failure(format!(
+                "the server at {} does not know your user id {me} (a server with the memory engine forgets users \
+                 when it restarts): run `enigma login` again",
+                client.server()
+            )),
+            e => e.into(),
+        }
+    }
+}
+
+/// User ids this key got from servers, next to the key file.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    /// The key the ids belong to; a regenerated key invalidates them.
+    public_key: String,
+    /// Server URL → user id.
+    users: BTreeMap<String, String>,
+}
+
+impl State {
+    fn path(key: &Path) -> PathBuf {
+        let mut name = key.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".state.json");
+        key.with_file_name(name)
+    }
+
+    fn load(key: &Path, identity: &Identity) -> State {
+        let public_key = identity.public_key().to_base64url();
+        std::fs::read_to_string(Self::path(key))
+            .ok()
+            .and_then(|text| serde_json::from_str::<State>(&text).ok())
+            .filter(|state| state.public_key == public_key)
+            .unwrap_or(State { public_key, users: BTreeMap::new() })
+    }
+
+    /// Replaces the file atomically (a temporary file and a rename).
+    fn save(&self, key: &Path) -> Result<(), Failure> {
+        let path = Self::path(key);
+        let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
+        let mut text = serde_json::to_string_pretty(self).expect("plain struct");
+        text.push('\n');
+        let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(Failure(format!("cannot save the login state to {}: {e}", path.display())));
+        }
+        Ok(())
+    }
+}
+
+fn keygen(profile: &Profile, force: bool) -> Result<(), Failure> {
+    let identity = Identity::generate();
+    identity.save(&profile.key, force)?;
+    eprintln!("wrote a new private key to {} (readable by you only)", profile.key.display());
+    eprintln!("fingerprint: {}", identity.public_key().fingerprint());
+    eprintln!("next: `enigma login` registers it with the server");
+    out(&identity.public_key().to_base64url())
+}
+
+async fn login(profile: &Profile) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let user = client.login().await?;
+    let mut state = State::load(&profile.key, client.identity());
+    state.users.insert(client.server().to_string(), user.clone());
+    state.save(&profile.key)?;
+    eprintln!("logged in to {}; your user id:", client.server());
+    out(&user)
+}
+
+fn whoami(profile: &Profile) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let key = client.identity().public_key();
+    let user = profile.user_id(&client);
+    out(&format!(
+        "user id:     {}\nserver:      {}\npublic key:  {}\nfingerprint: {}\nkey file:    {}",
+        user.as_ref().map(String::as_str).unwrap_or("(not logged in)"),
+        client.server(),
+        key.to_base64url(),
+        key.fingerprint(),
+        profile.key.display()
+    ))?;
+    user.map(drop)
+}
+
+async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let raw = client.lookup_raw(user).await?;
+    let fingerprint = match sdk::PublicKey::from_base64url(&raw) {
+        Ok(key) => key.fingerprint(),
+        Err(_) => "(not an Enigma key: registered by another kind of client; messages cannot be sealed for it)".into(),
+    };
+    out(&format!("public key:  {raw}\nfingerprint: {fingerprint}"))
+}
+
+async fn send(profile: &Profile, to: &str, text: &str, timeout: u64) -> Result<(), Failure> {
+    let text = if text == "-" {
+        let mut input = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut input)
+            .await
+            .map_err(|e| Failure(format!("cannot read the message from stdin: {e}")))?;
+        strip_newline(input)
+    } else {
+        text.to_owned()
+    };
+    if text.is_empty() {
+        return Err(Failure("nothing to send: the message is empty".into()));
+    }
+    let client = profile.client()?;
+    // Only sends: this socket must not read (nor acknowledge) our own inbox, which belongs to
+    // `listen` or `chat`.
+    let options =
+        ConnectOptions { receive: false, send_timeout: std::time::Duration::from_secs(timeout), ..Default::default() };
+    let (_, connection) = profile.connect(&client, options).await?;
+    let sent = connection.send(to, &text).await;
+    connection.close().await;
+    out(&sent?.id)
+}
+
+fn strip_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+async fn listen(profile: &Profile, json: bool, count: Option<u64>) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let options = ConnectOptions { auto_ack: false, ..Default::default() };
+    let (me, mut connection) = profile.connect(&client, options).await?;
+    eprintln!("listening as {me} on {}; Ctrl-C to stop", client.server());
+    let _notices = report_status(&connection);
+    let mut printed = 0;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let result = loop {
+        if count.is_some_and(|count| printed >= count) {
+            break Ok(());
+        }
+        let item = tokio::select! {
+            item = connection.recv() => item,
+            _ = &mut interrupted => break Ok(()),
+        };
+        match item {
+            None => break Ok(()),
+            Some(Ok(message)) => {
+                let line = if json {
+                    serde_json::json!({"from": message.from, "id": message.id, "ts": message.ts, "text": message.text})
+                        .to_string()
+                } else {
+                    format!("{}: {}", message.from, message.text)
+                };
+                if let Err(e) = out(&line) {
+                    break Err(e);
+                }
+                connection.ack(&message.id);
+                printed += 1;
+            }
+            Some(Err(sdk::Error::Undecryptable { id, from, ts, reason })) => {
+                eprintln!("enigma: warning: message {id} from {from} was refused: {reason}");
+                if json {
+                    let line = serde_json::json!({"from": from, "id": id, "ts": ts, "error": reason.to_string()});
+                    if let Err(e) = out(&line.to_string()) {
+                        break Err(e);
+                    }
+                }
+                printed += 1;
+            }
+            Some(Err(e)) => break Err(profile.lost(&client, &me, e)),
+        }
+    };
+    connection.close().await;
+    result
+}
+
+async fn chat(profile: &Profile, peer: &str) -> Result<(), Failure> {
+    let client = profile.client()?;
+    // Fail now, not at the first line typed, if the peer cannot receive our messages.
+    client.lookup(peer).await?;
+    let options = ConnectOptions { auto_ack: false, ..Default::default() };
+    let (me, mut connection) = profile.connect(&client, options).await?;
+    eprintln!("chatting with {peer} as {me}; type a line and press Enter to send it, Ctrl-D to quit");
+    let _notices = report_status(&connection);
+
+    let sender = connection.sender();
+    let peer_owned = peer.to_owned();
+    let mut typing = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.trim().is_empty() => continue,
+                Ok(Some(line)) => {
+                    if let Err(e) = sender.send(&peer_owned, &line).await {
+                        eprintln!("enigma: not sent: {e}");
+                        if matches!(e, sdk::Error::Replaced | sdk::Error::ConnectionClosed) {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!("enigma: cannot read stdin: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let short = |user: &str| user.chars().take(8).collect::<String>();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let result = loop {
+        let item = tokio::select! {
+            item = connection.recv() => item,
+            _ = &mut typing => break Ok(()),
+            _ = &mut interrupted => break Ok(()),
+        };
+        match item {
+            None => break Ok(()),
+            Some(Ok(message)) => {
+                let line = if message.from == peer {
+                    format!("{}> {}", short(peer), message.text)
+                } else {
+                    format!("[from {}] {}", message.from, message.text)
+                };
+                if let Err(e) = out(&line) {
+                    break Err(e);
+                }
+                connection.ack(&message.id);
+            }
+            Some(Err(e @ sdk::Error::Undecryptable { .. })) => eprintln!("enigma: warning: {e}"),
+            Some(Err(e)) => break Err(profile.lost(&client, &me, e)),
+        }
+    };
+    typing.abort();
+    connection.close().await;
+    result
+}
+
+/// Tells the user on stderr when the connection drops and comes back.
+fn report_status(connection: &Connection) -> tokio::task::JoinHandle<()> {
+    let mut status = connection.status();
+    tokio::spawn(async move {
+        let mut lost = false;
+        while status.changed().await.is_ok() {
+            let now = status.borrow_and_update().clone();
+            match now {
+                Status::Reconnecting { attempt, delay, reason } => {
+                    lost = true;
+                    eprintln!("enigma: {reason}; reconnecting in {:.1}s (attempt {attempt})", delay.as_secs_f64());
+                }
+                Status::Connected if lost => {
+                    lost = false;
+                    eprintln!("enigma: reconnected");
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Writes one line to stdout. Fails (rather than panicking like `println!`) when stdout is
+/// closed, e.g. `enigma listen | head -1`.
+fn out(line: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure(format!("cannot write to stdout: {e}")))
+}

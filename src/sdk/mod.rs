@@ -1,0 +1,36 @@
+//! Client SDK: end-to-end-encrypted messaging through an Enigma relay.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), enigma::sdk::Error> {
+//! use enigma::sdk::{Client, ConnectOptions, Identity};
+//!
+//! let client = Client::new("http://localhost:8000", Identity::generate())?;
+//! let me = client.login().await?; // idempotent: the same key always gets the same id
+//! let mut connection = client.connect(&me, ConnectOptions::default()).await?;
+//! connection.send("3f1c2a9e-…", "hello").await?; // returns once the server stored it
+//! while let Some(item) = connection.recv().await {
+//!     match item {
+//!         Ok(message) => println!("{}: {}", message.from, message.text),
+//!         Err(error) => eprintln!("{error}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! - [`crypto`]: HPKE sealing (RFC 9180, auth mode) and the payload format;
+//! - [`keyfile`]: the private key file (mode 0600, never clobbered);
+//! - [`client`]: REST calls and the acknowledged WebSocket connection that reconnects with
+//!   backoff and loses nothing;
+//! - [`error`]: typed errors.
+//!
+//! The server never sees plaintext: payloads are sealed here before they leave, and opened
+//! here after they arrive.
+
+pub mod client;
+pub mod crypto;
+pub mod error;
+pub mod keyfile;
+
+pub use client::{Client, ConnectOptions, Connection, Message, Receipt, SUBPROTOCOL, Sender, Status};
+pub use crypto::{Content, Identity, PublicKey};
+pub use error::{Error, OpenError};

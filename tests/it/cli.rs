@@ -1,0 +1,712 @@
+//! The `enigma` CLI and the SDK against real servers: two CLI processes talk through a
+//! server (memory and Redis engines), the server's storage and logs never hold plaintext, a
+//! tampered payload is refused by the recipient, keys are private files, and a client that
+//! loses its server reconnects without losing or duplicating a message.
+//!
+//! Servers here are spawned by this file (not `harness::Server`) because the tests read the
+//! server's log: its stderr goes to a file, at level debug. Every process is killed when its
+//! guard drops, every test has its own directory, ports and key prefix.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{DEADLINE, Redis, Ws, random_key};
+use enigma::sdk::{self, ConnectOptions, Content, Identity, PublicKey};
+
+/// A directory of this test's own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "enigma-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A text no test could produce by accident, to search for in storage and logs.
+fn secret(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{what} {}-{}-{:?}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), Instant::now())
+}
+
+/// One pipe of a child process, read line by line by a thread.
+struct Pipe {
+    rx: mpsc::Receiver<String>,
+    lines: Vec<String>,
+    cursor: usize,
+    closed: bool,
+}
+
+impl Pipe {
+    fn read(reader: impl Read + Send + 'static) -> Pipe {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining after the receiver is gone, so the child never writes into
+                // a closed pipe.
+                let _ = tx.send(line);
+            }
+        });
+        Pipe { rx, lines: Vec::new(), cursor: 0, closed: false }
+    }
+
+    /// Takes one more line, waiting until `deadline`; false on timeout or end of the pipe.
+    fn pull(&mut self, deadline: Instant) -> bool {
+        if self.closed {
+            return false;
+        }
+        match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                self.lines.push(line);
+                true
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.closed = true;
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.rx.try_recv() {
+            self.lines.push(line);
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// A child process whose stdout and stderr are collected; killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Pipe,
+    err: Pipe,
+}
+
+impl Proc {
+    fn spawn(name: &str, command: &mut Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let out = Pipe::read(child.stdout.take().unwrap());
+        let err = Pipe::read(child.stderr.take().unwrap());
+        Proc { name: name.into(), stdin: child.stdin.take(), child, out, err }
+    }
+
+    fn context(&mut self) -> String {
+        self.out.drain();
+        self.err.drain();
+        format!("--- {} stdout:\n{}\n--- stderr:\n{}", self.name, self.out.text(), self.err.text())
+    }
+
+    /// The next stdout line not returned before.
+    fn next_line(&mut self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        while self.out.cursor >= self.out.lines.len() {
+            if !self.out.pull(deadline) {
+                panic!("no further output line\n{}", self.context());
+            }
+        }
+        self.out.cursor += 1;
+        self.out.lines[self.out.cursor - 1].clone()
+    }
+
+    /// The next stdout line, parsed as JSON.
+    fn next_json(&mut self) -> Value {
+        let line = self.next_line();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", self.context()))
+    }
+
+    /// Waits for a stderr line containing `pattern` (also one printed already).
+    fn wait_stderr(&mut self, pattern: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut checked = 0;
+        loop {
+            if let Some(line) = self.err.lines[checked..].iter().find(|l| l.contains(pattern)) {
+                return line.clone();
+            }
+            checked = self.err.lines.len();
+            if !self.err.pull(deadline) {
+                panic!("no stderr line containing {pattern:?}\n{}", self.context());
+            }
+        }
+    }
+
+    fn write_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the exit (with a deadline) and the end of both pipes; returns the exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                panic!("did not exit\n{}", self.context());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while self.out.pull(deadline) {}
+        while self.err.pull(deadline) {}
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `enigma-server` logging at debug into a file.
+struct LoggedServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl LoggedServer {
+    fn memory(dir: &Path) -> LoggedServer {
+        Self::start(dir, &[], "127.0.0.1:0")
+    }
+
+    fn redis(dir: &Path, redis: &Redis, prefix: &str) -> LoggedServer {
+        Self::start(dir, &[("ENIGMA__REDIS__URL", &redis.url()), ("ENIGMA__REDIS__PREFIX", prefix)], "127.0.0.1:0")
+    }
+
+    fn start(dir: &Path, env: &[(&str, &str)], addr: &str) -> LoggedServer {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = dir.join(format!("server-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enigma-server"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ENIGMA__SERVER__ADDR", addr)
+            .env("ENIGMA__LOG__LEVEL", "debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn enigma-server");
+        let mut stdout = Pipe::read(child.stdout.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Some(addr) = stdout.lines.iter().find_map(|l| l.strip_prefix("listening on ")) {
+                break addr.parse().unwrap();
+            }
+            if !stdout.pull(deadline) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("enigma-server did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        LoggedServer { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// SIGTERM (the server closes sockets with 1001), then waits for the exit.
+    fn terminate(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + DEADLINE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI against one server, with a home directory of the test's own.
+struct Cli {
+    home: PathBuf,
+    server: String,
+    /// The server's log, shown when a command fails unexpectedly.
+    log: Option<PathBuf>,
+}
+
+/// A user created with `enigma keygen` and `enigma login`.
+struct User {
+    key: PathBuf,
+    id: String,
+    public_key: String,
+}
+
+/// The outcome of a CLI run that was waited for.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn of(dir: &TempDir, server: &LoggedServer) -> Cli {
+        Cli { home: dir.0.clone(), server: server.url(), log: Some(server.log.clone()) }
+    }
+
+    fn at(dir: &TempDir, server: &str) -> Cli {
+        Cli { home: dir.0.clone(), server: server.into(), log: None }
+    }
+
+    fn command(&self, key: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_enigma"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .args(["--server", &self.server, "--key"])
+            .arg(key)
+            .args(args);
+        command
+    }
+
+    fn spawn(&self, key: &Path, args: &[&str]) -> Proc {
+        Proc::spawn(&format!("enigma {}", args.join(" ")), &mut self.command(key, args))
+    }
+
+    /// Runs to the end, with `input` on stdin.
+    fn run(&self, key: &Path, args: &[&str], input: &str) -> Run {
+        let mut proc = self.spawn(key, args);
+        proc.stdin.as_mut().unwrap().write_all(input.as_bytes()).unwrap();
+        proc.close_stdin();
+        let code = proc.wait_exit();
+        Run { code, stdout: proc.out.text(), stderr: proc.err.text() }
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, key: &Path, args: &[&str]) -> String {
+        let run = self.run(key, args, "");
+        if run.code != 0 {
+            let log = self.log.as_ref().map(|log| std::fs::read_to_string(log).unwrap_or_default()).unwrap_or_default();
+            panic!("enigma {args:?} failed ({}):\n{}\n{}\n--- server log:\n{log}", run.code, run.stdout, run.stderr);
+        }
+        run.stdout
+    }
+
+    fn user(&self, name: &str) -> User {
+        let key = self.home.join(format!("{name}.key"));
+        let public_key = self.ok(&key, &["keygen"]).trim().to_owned();
+        let id = self.ok(&key, &["login"]).trim().to_owned();
+        assert_eq!(id.len(), 36, "a user id: {id}");
+        User { key, id, public_key }
+    }
+}
+
+/// Everything under `prefix` in Redis, values included, as text.
+fn redis_contents(redis: &Redis, prefix: &str) -> String {
+    let keys = redis.cli(&["--scan", "--pattern", &format!("{prefix}*")]).unwrap();
+    let mut all = String::new();
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        let kind = redis.cli(&["TYPE", key]).unwrap();
+        let value = match kind.trim() {
+            "string" => redis.cli(&["GET", key]),
+            "hash" => redis.cli(&["HGETALL", key]),
+            "stream" => redis.cli(&["XRANGE", key, "-", "+"]),
+            "list" => redis.cli(&["LRANGE", key, "0", "-1"]),
+            "set" => redis.cli(&["SMEMBERS", key]),
+            "zset" => redis.cli(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
+            _ => None,
+        };
+        all.push_str(&format!("{key} ({}):\n{}\n", kind.trim(), value.unwrap_or_default()));
+    }
+    all
+}
+
+enum Engine {
+    Memory,
+    Redis,
+}
+
+/// Alice sends to Bob while he is offline (the message is stored), then while he listens;
+/// Bob's `listen --json` prints both intact; acknowledged messages are not delivered again;
+/// neither storage nor the server's debug log ever contains the plaintext.
+fn conversation(engine: Engine) {
+    let dir = TempDir::new("conversation");
+    let prefix = format!("cli{}:", std::process::id());
+    let redis = matches!(engine, Engine::Redis).then(Redis::start);
+    let server = match &redis {
+        Some(redis) => LoggedServer::redis(&dir.0, redis, &prefix),
+        None => LoggedServer::memory(&dir.0),
+    };
+    let cli = Cli::of(&dir, &server);
+    let alice = cli.user("alice");
+    let bob = cli.user("bob");
+
+    // 1. Bob is offline: the message is stored.
+    let first = secret("attack at dawn");
+    let stored_id = cli.ok(&alice.key, &["send", &bob.id, &first]).trim().to_owned();
+    if let Some(redis) = &redis {
+        let inbox = format!("{prefix}inbox:{{{}}}", bob.id);
+        let entries = redis.cli(&["XRANGE", &inbox, "-", "+"]).unwrap();
+        assert!(entries.contains(&stored_id), "the message is in Bob's inbox stream: {entries}");
+        assert!(entries.contains(&alice.id), "{entries}");
+        let everything = redis_contents(redis, &prefix);
+        assert!(everything.contains(&inbox), "{everything}");
+        assert!(!everything.contains(&first), "Redis holds the plaintext:\n{everything}");
+        assert!(!everything.contains("attack"), "{everything}");
+    }
+
+    // 2. Bob listens: the stored message arrives, then a live one (multi-line, from stdin).
+    let mut listener = cli.spawn(&bob.key, &["listen", "--json", "--count", "2"]);
+    listener.wait_stderr("listening as");
+    let got = listener.next_json();
+    assert_eq!(got["text"], first.as_str(), "{got}");
+    assert_eq!(got["from"], alice.id.as_str());
+    assert_eq!(got["id"], stored_id.as_str());
+    assert!(got["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    let second = format!("{}\nüñïçødé line two ✓", secret("second"));
+    let sent = cli.run(&alice.key, &["send", &bob.id, "-"], &format!("{second}\n"));
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    let got = listener.next_json();
+    assert_eq!(got["text"], second.as_str(), "one trailing newline dropped, the rest intact: {got}");
+    assert_eq!(listener.wait_exit(), 0, "--count 2 exits cleanly\n{}", listener.context());
+
+    // 3. Both were acknowledged after printing: a new listener gets only what comes next.
+    if let Some(redis) = &redis {
+        let inbox = format!("{prefix}inbox:{{{}}}", bob.id);
+        assert_eq!(redis.cli(&["XLEN", &inbox]).unwrap().trim(), "0", "acknowledged messages leave the inbox");
+    }
+    let mut listener = cli.spawn(&bob.key, &["listen", "--json", "--count", "1"]);
+    listener.wait_stderr("listening as");
+    let third = secret("third");
+    cli.ok(&alice.key, &["send", &bob.id, &third]);
+    assert_eq!(listener.next_json()["text"], third.as_str(), "nothing redelivered before it");
+    assert_eq!(listener.wait_exit(), 0);
+
+    // Plain output: "<from>: <text>".
+    let mut listener = cli.spawn(&bob.key, &["listen", "--count", "1"]);
+    listener.wait_stderr("listening as");
+    let fourth = secret("fourth");
+    cli.ok(&alice.key, &["send", &bob.id, &fourth]);
+    assert_eq!(listener.next_line(), format!("{}: {fourth}", alice.id));
+    assert_eq!(listener.wait_exit(), 0);
+
+    // 4. The server logged at debug, and never a plaintext.
+    let log = server.log();
+    assert!(log.contains("session closed"), "debug logging is on:\n{log}");
+    for text in [&first, &second, &third, &fourth] {
+        let needle = text.lines().next().unwrap();
+        assert!(!log.contains(needle), "the server log holds plaintext {needle:?}:\n{log}");
+    }
+    if let Some(redis) = &redis {
+        let everything = redis_contents(redis, &prefix);
+        for text in [&first, &second, &third, &fourth] {
+            assert!(!everything.contains(text.lines().next().unwrap()), "{everything}");
+        }
+    }
+}
+
+#[test]
+fn two_clis_talk_through_the_memory_engine() {
+    conversation(Engine::Memory);
+}
+
+#[test]
+fn two_clis_talk_through_the_redis_engine() {
+    conversation(Engine::Redis);
+}
+
+/// A payload modified in transit, and one sealed for someone else, are refused by Bob with a
+/// clear error, acknowledged (not redelivered forever), and do not block what follows.
+#[tokio::test]
+async fn a_tampered_payload_is_refused_by_the_recipient() {
+    let dir = TempDir::new("tamper");
+    let server = LoggedServer::memory(&dir.0);
+    let cli = Cli::of(&dir, &server);
+    let (alice, bob, carol) = (cli.user("alice"), cli.user("bob"), cli.user("carol"));
+
+    let alice_key = Identity::load(&alice.key).unwrap();
+    let bob_public = PublicKey::from_base64url(&bob.public_key).unwrap();
+    let carol_public = PublicKey::from_base64url(&carol.public_key).unwrap();
+    let sealed = alice_key.seal(&alice.id, &bob.id, &bob_public, &Content::new(secret("pay 10")).to_bytes());
+    let tampered = flip_a_ciphertext_bit(&sealed);
+    let for_carol = alice_key.seal(&alice.id, &carol.id, &carol_public, &Content::new(secret("carol")).to_bytes());
+
+    let mut ws = Ws::connect(&format!("ws://{}/ws/{}", server.addr, alice.id), Some("enigma.v1")).await;
+    for (reference, payload) in [("t1", &tampered), ("t2", &for_carol), ("t3", &"not an enigma payload".to_owned())] {
+        ws.send_json(json!({"from": alice.id, "to": bob.id, "payload": payload, "ref": reference})).await;
+        let receipt = ws.recv_json().await;
+        assert_eq!(
+            (receipt["ref"].as_str(), receipt["status"].as_str()),
+            (Some(reference), Some("stored")),
+            "{receipt}"
+        );
+    }
+    ws.close().await;
+    let fine = secret("fine");
+    cli.ok(&alice.key, &["send", &bob.id, &fine]);
+
+    let mut listener = cli.spawn(&bob.key, &["listen", "--json", "--count", "4"]);
+    for _ in 0..2 {
+        let refused = listener.next_json();
+        assert_eq!(refused["from"], alice.id.as_str());
+        assert!(refused.get("text").is_none(), "{refused}");
+        assert!(refused["error"].as_str().unwrap().contains("authentication failed"), "{refused}");
+    }
+    let malformed = listener.next_json();
+    assert!(malformed["error"].as_str().unwrap().contains("not an Enigma payload"), "{malformed}");
+    assert_eq!(listener.next_json()["text"], fine.as_str());
+    let warning = listener.wait_stderr("was refused");
+    assert!(warning.contains("tampered"), "a clear error on stderr: {warning}");
+    assert_eq!(listener.wait_exit(), 0);
+
+    // The refused ones were acknowledged: not delivered again.
+    let mut listener = cli.spawn(&bob.key, &["listen", "--json", "--count", "1"]);
+    listener.wait_stderr("listening as");
+    let next = secret("next");
+    cli.ok(&alice.key, &["send", &bob.id, &next]);
+    assert_eq!(listener.next_json()["text"], next.as_str());
+    assert_eq!(listener.wait_exit(), 0);
+}
+
+/// The payload with one bit of the ciphertext flipped (still valid base64url).
+fn flip_a_ciphertext_bit(payload: &str) -> String {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut wire = engine.decode(payload).unwrap();
+    let last = wire.len() - 20; // inside the ciphertext, before the tag
+    wire[last] ^= 0x01;
+    engine.encode(wire)
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
+    let dir = TempDir::new("keygen");
+    // No server needed; a closed port makes sure nothing is contacted.
+    let cli = Cli::at(&dir, "http://127.0.0.1:9");
+    let key = dir.0.join("keys").join("me.key");
+    let public = cli.ok(&key, &["keygen"]).trim().to_owned();
+    assert_eq!(public.len(), 43, "base64url of 32 bytes: {public}");
+    let original = std::fs::read_to_string(&key).unwrap();
+    assert!(original.contains("privateKey"), "{original}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let again = cli.run(&key, &["keygen"], "");
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already exists") && again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), original, "untouched");
+
+    let forced = cli.ok(&key, &["keygen", "--force"]).trim().to_owned();
+    assert_ne!(forced, public);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // The default location is under $HOME/.config/enigma/.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_enigma"));
+    command.env_clear().env("HOME", &dir.0).arg("keygen");
+    let mut proc = Proc::spawn("enigma keygen (default path)", &mut command);
+    assert_eq!(proc.wait_exit(), 0, "{}", proc.context());
+    assert!(dir.0.join(".config/enigma/identity.key").is_file());
+
+    // whoami works offline and says what is missing.
+    let whoami = cli.run(&key, &["whoami"], "");
+    assert_eq!(whoami.code, 1);
+    assert!(whoami.stdout.contains(&forced), "{}", whoami.stdout);
+    assert!(whoami.stderr.contains("enigma login"), "{}", whoami.stderr);
+}
+
+#[tokio::test]
+async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
+    let dir = TempDir::new("errors");
+    let server = LoggedServer::memory(&dir.0);
+    let cli = Cli::of(&dir, &server);
+    let alice = cli.user("alice");
+    let expect = |run: Run, code: i32, text: &str| {
+        assert_eq!(run.code, code, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(text), "expected {text:?} in: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    };
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    expect(cli.run(&alice.key, &["lookup", unknown], ""), 1, "not found");
+    expect(cli.run(&alice.key, &["send", unknown, "hi"], ""), 1, "not found");
+    expect(cli.run(&alice.key, &["send", &alice.id, ""], ""), 1, "empty");
+    expect(cli.run(&alice.key, &["send", &alice.id, "-"], "\n"), 1, "empty");
+    expect(cli.run(&dir.0.join("nobody.key"), &["send", &alice.id, "hi"], ""), 1, "enigma keygen");
+    expect(cli.run(&alice.key, &["send"], ""), 2, "Usage");
+
+    // A key registered by another kind of client (an RSA key, like the web client's).
+    let login = reqwest::get(format!("{}/login/{}", server.url(), random_key())).await.unwrap();
+    let rsa_user = login.json::<Value>().await.unwrap()["userId"].as_str().unwrap().to_owned();
+    expect(cli.run(&alice.key, &["send", &rsa_user, "hi"], ""), 1, "another kind of client");
+    let lookup = cli.run(&alice.key, &["lookup", &rsa_user], "");
+    assert_eq!(lookup.code, 0);
+    assert!(lookup.stdout.contains("not an Enigma key"), "{}", lookup.stdout);
+
+    // Not logged in on this server; another server; an unreachable one; https.
+    let other = Cli::at(&dir, "http://127.0.0.1:9");
+    expect(other.run(&alice.key, &["send", &alice.id, "hi"], ""), 1, "not logged in");
+    expect(other.run(&alice.key, &["login"], ""), 1, "cannot reach the server");
+    let tls = Cli::at(&dir, "https://example.org");
+    expect(tls.run(&alice.key, &["login"], ""), 1, "https");
+
+    // Lookup of an existing user prints its key.
+    let bob = cli.user("bob");
+    let lookup = cli.ok(&alice.key, &["lookup", &bob.id]);
+    assert!(lookup.contains(&bob.public_key), "{lookup}");
+}
+
+/// One user, two listeners: the newer one wins, the older stops with a clear message
+/// instead of reconnecting and replacing it back.
+#[test]
+fn a_replaced_listener_stops_instead_of_fighting() {
+    let dir = TempDir::new("replaced");
+    let server = LoggedServer::memory(&dir.0);
+    let cli = Cli::of(&dir, &server);
+    let bob = cli.user("bob");
+    let mut first = cli.spawn(&bob.key, &["listen"]);
+    first.wait_stderr("listening as");
+    let mut second = cli.spawn(&bob.key, &["listen"]);
+    second.wait_stderr("listening as");
+    assert_eq!(first.wait_exit(), 1);
+    first.wait_stderr("replaced by a newer connection");
+    assert!(second.child.try_wait().unwrap().is_none(), "the newer listener keeps running");
+}
+
+#[test]
+fn chat_sends_typed_lines_and_prints_incoming_ones() {
+    let dir = TempDir::new("chat");
+    let server = LoggedServer::memory(&dir.0);
+    let cli = Cli::of(&dir, &server);
+    let (alice, bob) = (cli.user("alice"), cli.user("bob"));
+    let mut a = cli.spawn(&alice.key, &["chat", &bob.id]);
+    let mut b = cli.spawn(&bob.key, &["chat", &alice.id]);
+    a.wait_stderr("chatting with");
+    b.wait_stderr("chatting with");
+
+    a.write_line("hello bob");
+    assert_eq!(b.next_line(), format!("{}> hello bob", &alice.id[..8]));
+    b.write_line("hi alice, all good");
+    assert_eq!(a.next_line(), format!("{}> hi alice, all good", &bob.id[..8]));
+
+    // A message from a third user shows who sent it.
+    let carol = cli.user("carol");
+    cli.ok(&carol.key, &["send", &alice.id, "carol here"]);
+    assert_eq!(a.next_line(), format!("[from {}] carol here", carol.id));
+
+    a.close_stdin();
+    assert_eq!(a.wait_exit(), 0, "end of input ends the chat\n{}", a.context());
+}
+
+/// The SDK across server restarts (Redis keeps the data): a SIGTERM (close 1001) and a
+/// crash (no close frame). Bob receives every message exactly once and in order; a send made
+/// while the server is down completes once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reconnects_and_loses_nothing() {
+    let dir = TempDir::new("reconnect");
+    let redis = Redis::start();
+    let prefix = format!("rc{}:", std::process::id());
+    let env = [("ENIGMA__REDIS__URL", redis.url()), ("ENIGMA__REDIS__PREFIX", prefix)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = LoggedServer::start(&dir.0, &env, "127.0.0.1:0");
+    let addr = server.addr.to_string();
+    let url = server.url();
+
+    let options = ConnectOptions {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let alice = sdk::Client::new(&url, Identity::generate()).unwrap();
+    let bob = sdk::Client::new(&url, Identity::generate()).unwrap();
+    let (alice_id, bob_id) = (alice.login().await.unwrap(), bob.login().await.unwrap());
+    let sending = alice.connect(&alice_id, ConnectOptions { receive: false, ..options.clone() }).await.unwrap();
+    let mut receiving = bob.connect(&bob_id, options).await.unwrap();
+    let mut status = receiving.status();
+
+    let next_text = |message: Option<Result<sdk::Message, sdk::Error>>| match message {
+        Some(Ok(message)) => {
+            assert_eq!(message.from, alice_id);
+            message.text
+        }
+        other => panic!("expected a message, got {other:?}"),
+    };
+    sending.send(&bob_id, "one").await.unwrap();
+    assert_eq!(next_text(tokio::time::timeout(DEADLINE, receiving.recv()).await.unwrap()), "one");
+
+    // SIGTERM: sockets are closed with 1001; a send made meanwhile waits for the new server.
+    server.terminate();
+    tokio::time::timeout(DEADLINE, status.wait_for(|s| matches!(s, sdk::Status::Reconnecting { .. })))
+        .await
+        .expect("bob notices")
+        .unwrap();
+    let sender = sending.sender();
+    let bob_for_send = bob_id.clone();
+    let pending = tokio::spawn(async move { sender.send(&bob_for_send, "two").await });
+    let server = LoggedServer::start(&dir.0, &env, &addr);
+    tokio::time::timeout(DEADLINE, pending).await.expect("the send completes").unwrap().unwrap();
+    assert_eq!(next_text(tokio::time::timeout(DEADLINE, receiving.recv()).await.unwrap()), "two");
+
+    // A crash: no close frame, the connection just ends.
+    drop(server);
+    tokio::time::timeout(DEADLINE, status.wait_for(|s| matches!(s, sdk::Status::Reconnecting { .. })))
+        .await
+        .expect("bob notices the crash")
+        .unwrap();
+    let _server = LoggedServer::start(&dir.0, &env, &addr);
+    tokio::time::timeout(DEADLINE, status.wait_for(|s| *s == sdk::Status::Connected)).await.unwrap().unwrap();
+    for text in ["three", "four"] {
+        tokio::time::timeout(DEADLINE, sending.send(&bob_id, text)).await.unwrap().unwrap();
+    }
+    // Exactly once, in order: nothing redelivered in between.
+    assert_eq!(next_text(tokio::time::timeout(DEADLINE, receiving.recv()).await.unwrap()), "three");
+    assert_eq!(next_text(tokio::time::timeout(DEADLINE, receiving.recv()).await.unwrap()), "four");
+    receiving.close().await;
+    sending.close().await;
+}
