@@ -121,12 +121,41 @@ impl Delivery {
     }
 }
 
-/// The envelope as it is stored and delivered: exactly the spec's three fields.
-#[derive(Debug, Serialize)]
-pub struct Envelope<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
-    pub payload: &'a str,
+/// A payload as it arrived: its JSON string literal, escapes and all. It is stored and
+/// forwarded as is, never decoded and re-encoded (the server has no use for its content).
+#[derive(Debug, Clone, Copy)]
+pub struct RawPayload<'a>(&'a str);
+
+impl<'a> RawPayload<'a> {
+    /// `None` unless the value is a JSON string.
+    pub fn new(raw: &'a serde_json::value::RawValue) -> Option<Self> {
+        let literal = raw.get();
+        (literal.len() >= 2 && literal.starts_with('"')).then_some(Self(literal))
+    }
+
+    /// The length of the string it denotes, in bytes (what the payload limit is about).
+    pub fn decoded_len(&self) -> usize {
+        let content = &self.0[1..self.0.len() - 1];
+        if !content.contains('\\') {
+            return content.len();
+        }
+        // Escapes are rare in sealed (base64) payloads: decode only then.
+        serde_json::from_str::<String>(self.0).map_or(usize::MAX, |s| s.len())
+    }
+}
+
+/// The envelope as it is stored and delivered: exactly the spec's three fields. User ids are
+/// canonical UUIDs (nothing to escape) and the payload is a JSON string literal already.
+pub fn envelope(from: &UserId, to: &UserId, payload: RawPayload<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.0.len() + 100);
+    out.extend_from_slice(b"{\"from\":\"");
+    out.extend_from_slice(from.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"to\":\"");
+    out.extend_from_slice(to.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"payload\":");
+    out.extend_from_slice(payload.0.as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// An error frame: `{"error": "...", "code": "..."}`, with the `ref` of the send it answers
@@ -204,6 +233,20 @@ mod tests {
         assert_eq!(v["id"], "5-1");
         assert_eq!(v["ts"], 5);
         assert_eq!(v["payload"], "p");
+    }
+
+    #[test]
+    fn envelopes_keep_the_payload_literal() {
+        let (from, to) = (UserId::random(), UserId::random());
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(r#""a\"b\u00e9""#).unwrap();
+        let payload = RawPayload::new(&raw).unwrap();
+        assert_eq!(payload.decoded_len(), "a\"bé".len());
+        let env: serde_json::Value = serde_json::from_slice(&envelope(&from, &to, payload)).unwrap();
+        assert_eq!(env, serde_json::json!({"from": from.as_str(), "to": to.as_str(), "payload": "a\"bé"}));
+        let plain: Box<serde_json::value::RawValue> = serde_json::from_str(r#""abc""#).unwrap();
+        assert_eq!(RawPayload::new(&plain).unwrap().decoded_len(), 3);
+        let number: Box<serde_json::value::RawValue> = serde_json::from_str("5").unwrap();
+        assert!(RawPayload::new(&number).is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::AppState;
 use crate::engine::{Engine, SendError};
 use crate::hub::Link;
-use crate::protocol::{Delivery, Envelope, ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, close, error_frame};
+use crate::protocol::{Delivery, ErrorCode, MsgId, RawPayload, SUBPROTOCOL_V1, UserId, close, envelope, error_frame};
 use crate::telemetry::{self, metric};
 
 /// Inbox entries read per round trip while catching up.
@@ -381,20 +381,22 @@ impl Session {
             metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "forbidden").increment(1);
             return self.error(ErrorCode::Forbidden, "`from` must be your own user id", reference).await;
         }
-        let max = self.state.settings.limits.max_payload_bytes;
-        if payload.len() > max {
+        let Some(payload) = RawPayload::new(payload) else {
+            return self.error(ErrorCode::InvalidFrame, "field `payload` must be a string", reference).await;
+        };
+        let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.decoded_len());
+        if len > max {
             metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "too_large").increment(1);
             return self.error(ErrorCode::PayloadTooLarge, &format!("payload exceeds {max} bytes"), reference).await;
         }
-        if payload.is_empty() {
+        if len == 0 {
             return self.error(ErrorCode::InvalidFrame, "payload is empty", reference).await;
         }
         let Some(to) = UserId::parse(to) else {
             metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "user_not_found").increment(1);
             return self.error(ErrorCode::UserNotFound, "user not found", reference).await;
         };
-        let envelope = Envelope { from: self.user.as_str(), to: to.as_str(), payload };
-        let envelope = serde_json::to_vec(&envelope).expect("strings serialize");
+        let envelope = envelope(&self.user, &to, payload);
         match self.state.engine.send(&to, envelope.into()).await {
             Ok(id) => {
                 telemetry::hot().accepted.increment(1);
@@ -472,7 +474,7 @@ struct Inbound<'a> {
     #[serde(borrow, default)]
     to: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    payload: Option<Cow<'a, str>>,
+    payload: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default, rename = "ref")]
     reference: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -650,13 +652,14 @@ mod tests {
         };
         assert_eq!(check("{nope").0, ErrorCode::InvalidJson);
         assert_eq!(check("[1,2]"), (ErrorCode::InvalidFrame, "a frame must be a JSON object".into()));
-        assert_eq!(check(r#"{"payload": 5}"#), (ErrorCode::InvalidFrame, "field `payload` must be a string".into()));
+        assert_eq!(check(r#"{"from": 5}"#), (ErrorCode::InvalidFrame, "field `from` must be a string".into()));
         assert_eq!(check(r#"{"to": ["x"]}"#), (ErrorCode::InvalidFrame, "field `to` must be a string".into()));
     }
 
     #[test]
     fn escaped_strings_are_accepted() {
-        let f: Inbound = serde_json::from_str(r#"{"from":"a","to":"b","payload":"x\"y\u00e9"}"#).unwrap();
-        assert_eq!(f.payload.as_deref(), Some("x\"yé"));
+        let f: Inbound = serde_json::from_str(r#"{"from":"a\u0062","to":"b","payload":"x\"y\u00e9"}"#).unwrap();
+        assert_eq!(f.from.as_deref(), Some("ab"));
+        assert_eq!(f.payload.map(|p| p.get()), Some(r#""x\"y\u00e9""#));
     }
 }
