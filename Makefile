@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration helm-check build release clean
+.PHONY: run test lint unit-and-integration helm-check build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -23,6 +23,13 @@ unit-and-integration:
 ## The Helm chart, linted and rendered by the real Helm engine, every object validated.
 helm-check:
 	$(PYTHON) tests/helm/check_chart.py
+
+## Redis, 3 replicas and an nginx load balancer on 127.0.0.1:8000 (deploy/local/).
+cluster:
+	bash deploy/local/cluster.sh up
+
+cluster-down:
+	bash deploy/local/cluster.sh down
 
 build:
 	$(CARGO) build --locked

@@ -16,8 +16,10 @@ macro_rules! both_engines {
     };
 }
 
+mod balancer;
 mod cli;
 pub mod conformance;
+mod deploy_assets;
 mod faults;
 mod harness;
 mod load;
