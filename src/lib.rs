@@ -59,6 +59,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     // The recorder first: the engine already measures while it connects.
     let metrics = telemetry::prometheus();
+    telemetry::register_all();
     let stopping = CancellationToken::new();
     let limits = &settings.limits;
     let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));

@@ -56,6 +56,32 @@ pub fn hot() -> &'static Hot {
     })
 }
 
+/// Creates every counter and gauge at zero, so that `rate()` and `increase()` see a series'
+/// first increment (a series born at 1 looks like it always was 1).
+pub fn register_all() {
+    for name in [
+        metric::CONNECTIONS_OPENED,
+        metric::CONNECTIONS_DISPLACED,
+        metric::LOGINS,
+        metric::MESSAGES_ACCEPTED,
+        metric::ACKS,
+        metric::SLOW_CONSUMERS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in ["peer", "too_big", "shutdown", "replaced", "slow_consumer", "idle", "unavailable", "other"] {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason).increment(0);
+    }
+    for reason in ["forbidden", "too_large", "user_not_found", "inbox_full", "unavailable"] {
+        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason).increment(0);
+    }
+    for result in ["found", "not_found"] {
+        metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);
+    }
+    let _ = hot(); // the per-message series, delivered{path} included
+    metrics::gauge!(metric::CONNECTIONS_OPEN).set(0.0);
+}
+
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));

@@ -270,6 +270,9 @@ impl RedisEngine {
             up: AtomicBool::new(false),
         });
 
+        for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS] {
+            metrics::counter!(counter).increment(0);
+        }
         let (subscriptions, requests) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let subscriber = subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests);
