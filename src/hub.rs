@@ -7,11 +7,11 @@
 //! inbox, which is the source of truth. A lost doorbell costs a read, never a message, and
 //! never an ordering: a lagged session forwards nothing live until it has re-read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Delivery, UserId, close};
@@ -21,8 +21,11 @@ use crate::protocol::{Delivery, UserId, close};
 pub struct Link {
     pub id: u64,
     pub user: UserId,
-    tx: mpsc::Sender<Delivery>,
-    /// Envelope bytes queued in `tx` (bounded by the hub's byte budget).
+    /// Live deliveries waiting for the session (a plain deque: an idle socket costs nothing).
+    queue: Mutex<VecDeque<Delivery>>,
+    queue_limit: usize,
+    queued: Notify,
+    /// Envelope bytes in `queue` (bounded by the hub's byte budget).
     queued_bytes: AtomicUsize,
     /// A doorbell was not queued since the session last started re-reading its inbox.
     lagged: AtomicBool,
@@ -50,9 +53,22 @@ impl Link {
         self.lagged.load(Ordering::SeqCst)
     }
 
-    /// A queued delivery was taken by the session.
-    pub fn dequeued(&self, delivery: &Delivery) {
+    /// The next queued live delivery, if any.
+    pub fn try_next(&self) -> Option<Delivery> {
+        let delivery = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()?;
         self.queued_bytes.fetch_sub(delivery.envelope.len(), Ordering::AcqRel);
+        Some(delivery)
+    }
+
+    /// Waits for the next queued live delivery. Cancel-safe: a delivery is only taken by the
+    /// poll that returns it.
+    pub async fn next(&self) -> Delivery {
+        loop {
+            if let Some(delivery) = self.try_next() {
+                return delivery;
+            }
+            self.queued.notified().await;
+        }
     }
 
     /// Resolves with the close code when the session must end: 4409 when a newer connection
@@ -86,14 +102,15 @@ impl Link {
 
     fn ring(&self, delivery: Delivery, byte_budget: usize) {
         let size = delivery.envelope.len();
-        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > byte_budget {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            return self.lag();
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= self.queue_limit || self.queued_bytes.load(Ordering::Acquire) + size > byte_budget {
+            drop(queue);
+            return self.lag(); // the message is in the inbox: re-read it
         }
-        if self.tx.try_send(delivery).is_err() {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            self.lag(); // full or closing: the message is in the inbox; re-read it
-        }
+        self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        queue.push_back(delivery);
+        drop(queue);
+        self.queued.notify_one();
     }
 }
 
@@ -137,12 +154,13 @@ impl Hub {
 
     /// Makes a new session the user's socket on this replica. An older session here keeps
     /// its socket until the new one is attached (`set_generation`).
-    pub fn register(&self, user: &UserId) -> (Arc<Link>, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(self.queue);
+    pub fn register(&self, user: &UserId) -> Arc<Link> {
         let link = Arc::new(Link {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            queue_limit: self.queue,
+            queued: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
             lagged: AtomicBool::new(false),
             resync: Notify::new(),
@@ -161,7 +179,7 @@ impl Hub {
         };
         let newest_seen = previous.as_ref().and_then(|(_, g)| *g).unwrap_or(0);
         slots.insert(user.clone(), Slot { link: link.clone(), generation: None, newest_seen, previous });
-        (link, rx)
+        link
     }
 
     /// Removes the session; returns true if the user has no socket here any more.
@@ -283,15 +301,15 @@ mod tests {
     async fn newer_local_session_replaces_older_once_attached() {
         let hub = hub(4);
         let user = UserId::random();
-        let (old, _rx1) = hub.register(&user);
+        let old = hub.register(&user);
         hub.set_generation(&old, 1);
-        let (new, mut rx2) = hub.register(&user);
+        let new = hub.register(&user);
         assert!(old.is_kicked().is_none(), "the old socket lives until the new one is attached");
         hub.set_generation(&new, 2);
         assert_eq!(old.kicked().await, close::REPLACED);
         assert!(!hub.unregister(&old), "the old session must not remove the new one");
         hub.deliver(&user, delivery(1));
-        assert_eq!(rx2.recv().await.unwrap().id.seq, 1);
+        assert_eq!(new.next().await.id.seq, 1);
         assert!(hub.unregister(&new));
         assert!(hub.is_empty());
     }
@@ -300,9 +318,9 @@ mod tests {
     async fn a_failed_attach_keeps_the_working_connection() {
         let hub = hub(4);
         let user = UserId::random();
-        let (old, _rx1) = hub.register(&user);
+        let old = hub.register(&user);
         hub.set_generation(&old, 1);
-        let (new, _rx2) = hub.register(&user);
+        let new = hub.register(&user);
         assert!(!hub.unregister(&new), "the old connection is still registered");
         assert!(old.is_kicked().is_none());
         assert!(old.is_lagged(), "it missed doorbells meanwhile and must re-read");
@@ -313,14 +331,14 @@ mod tests {
     async fn generations_decide_across_replicas() {
         let hub = hub(4);
         let user = UserId::random();
-        let (link, _rx) = hub.register(&user);
+        let link = hub.register(&user);
         // A newer connection is announced before ours learned its own generation.
         hub.takeover(&user, 7);
         hub.set_generation(&link, 6);
         assert_eq!(link.kicked().await, close::REPLACED);
         hub.unregister(&link);
 
-        let (link, _rx) = hub.register(&user);
+        let link = hub.register(&user);
         hub.set_generation(&link, 9);
         hub.takeover(&user, 9); // our own announcement
         hub.takeover(&user, 8); // an older connection's late announcement
@@ -333,7 +351,7 @@ mod tests {
     async fn missed_doorbells_turn_into_a_lagged_resync() {
         let hub = hub(1);
         let user = UserId::random();
-        let (link, mut rx) = hub.register(&user);
+        let link = hub.register(&user);
         hub.set_generation(&link, 1);
         link.begin_resync();
         hub.deliver(&user, delivery(1));
@@ -341,14 +359,12 @@ mod tests {
         hub.deliver(&user, delivery(2)); // queue full: not lost, a re-read is requested
         assert!(link.is_lagged());
         tokio::time::timeout(std::time::Duration::from_secs(1), link.resync_requested()).await.unwrap();
-        let first = rx.recv().await.unwrap();
-        link.dequeued(&first);
-        assert_eq!(first.id.seq, 1);
+        assert_eq!(link.next().await.id.seq, 1);
 
         hub.set_degraded(true);
         link.begin_resync();
         hub.deliver(&user, delivery(3));
-        assert!(rx.try_recv().is_err(), "nothing is forwarded live while degraded");
+        assert!(link.try_next().is_none(), "nothing is forwarded live while degraded");
         assert!(link.is_lagged());
     }
 
@@ -356,7 +372,7 @@ mod tests {
     async fn shutdown_kicks_every_session_with_1001() {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(4, 1024, shutdown.clone());
-        let (link, _rx) = hub.register(&UserId::random());
+        let link = hub.register(&UserId::random());
         shutdown.cancel();
         assert_eq!(link.kicked().await, close::GOING_AWAY);
     }

@@ -1,21 +1,22 @@
 //! One WebSocket's life, from the upgrade to the close frame.
 //!
-//! The socket is split: this task reads client frames, talks to the engine and decides what
-//! to send; a writer task owns the sink and drains a bounded outbox (frames and bytes). A
-//! client that does not read fills the outbox and is closed with 4429; its messages stay in
-//! the inbox. Deliveries are ordered and de-duplicated by inbox id: the backlog is read after
-//! the doorbell is subscribed, live notifications at or below the last id sent are skipped.
+//! One task per socket: it reads client frames, talks to the engine, and writes to the socket
+//! itself; frames are buffered and flushed once per step, so a burst of deliveries leaves in
+//! one write. What waits for a socket is bounded: the hub's queue (frames and bytes; past it a
+//! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
+//! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
+//! Deliveries are ordered and de-duplicated by inbox id: the backlog is read after the doorbell
+//! is subscribed, and live notifications at or below the last id sent are skipped.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::AppState;
 use crate::engine::{Engine, SendError};
@@ -25,7 +26,7 @@ use crate::telemetry::{self, metric};
 
 /// Inbox entries read per round trip while catching up.
 const BACKLOG_PAGE: usize = 256;
-/// Deliveries written before the writer flushes the socket (and removes them, in spec mode).
+/// Queued live deliveries written before one flush.
 const WRITE_BATCH: usize = 64;
 /// How long a closing socket may take to get its close frame out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -46,8 +47,6 @@ struct Closing {
 
 impl Closing {
     const PEER_GONE: Closing = Closing { code: 1000, reason: "" };
-    /// The socket failed while being written to (the writer task ended).
-    const WRITER_GONE: Closing = Closing { code: 1006, reason: "" };
     const SLOW: Closing = Closing { code: close::SLOW_CONSUMER, reason: "slow consumer: outbound queue full" };
     const SHUTDOWN: Closing = Closing { code: close::GOING_AWAY, reason: "server shutting down; reconnect" };
     const REPLACED: Closing = Closing { code: close::REPLACED, reason: "replaced by a newer connection" };
@@ -86,7 +85,6 @@ pub enum Admission {
 pub struct Attached {
     engine: Engine,
     link: Arc<Link>,
-    deliveries: Option<mpsc::Receiver<Delivery>>,
 }
 
 impl Drop for Attached {
@@ -105,8 +103,8 @@ pub async fn admit(state: &AppState, user_id: &str) -> Admission {
             return Admission::Unavailable;
         }
     }
-    let (link, deliveries) = state.hub.register(&user);
-    let attached = Attached { engine: state.engine.clone(), link, deliveries: Some(deliveries) };
+    let link = state.hub.register(&user);
+    let attached = Attached { engine: state.engine.clone(), link };
     match state.engine.attach(&attached.link).await {
         Ok(()) => Admission::Accepted(attached),
         Err(e) => {
@@ -117,31 +115,39 @@ pub async fn admit(state: &AppState, user_id: &str) -> Admission {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
+pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission) {
     let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
-    let (mut sink, stream) = socket.split();
-    let mut attached = match admission {
+    let attached = match admission {
         Admission::Accepted(attached) => attached,
         Admission::UnknownUser => {
             let frame = error_frame(ErrorCode::UserNotFound, "user not found", None);
-            return reject(&mut sink, frame, Closing { code: close::USER_NOT_FOUND, reason: "user not found" }).await;
+            return reject(&mut socket, frame, Closing { code: close::USER_NOT_FOUND, reason: "user not found" }).await;
         }
         Admission::Unavailable => {
             let frame = error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None);
-            return reject(&mut sink, frame, Closing::UNAVAILABLE).await;
+            return reject(&mut socket, frame, Closing::UNAVAILABLE).await;
         }
     };
-    let deliveries = attached.deliveries.take().expect("fresh admission");
     let link = attached.link.clone();
     let user = link.user.clone();
 
     metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
     metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
-    let limits = &state.settings.limits;
-    let (outbox, close_tx, mut writer) = Outbox::spawn(sink, &state.engine, &link, acknowledging, limits);
-    let mut session =
-        Session { state, user, link, acknowledging, outbox, last_sent: None, last_seen: Instant::now(), stale: false };
-    let closing = session.run(stream, deliveries, &mut writer).await;
+    let send_timeout = state.settings.limits.send_timeout();
+    let mut session = Session {
+        state,
+        user,
+        link,
+        acknowledging,
+        socket,
+        written: Vec::new(),
+        unflushed: false,
+        send_timeout,
+        last_sent: None,
+        last_seen: Instant::now(),
+        stale: false,
+    };
+    let closing = session.run().await;
 
     drop(attached); // detach before the close frame: a reconnect may come right after it
     metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
@@ -150,17 +156,14 @@ pub async fn serve(socket: WebSocket, state: AppState, admission: Admission) {
         metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
     }
     tracing::debug!(user = %session.user, code = closing.code, reason = closing.reason, "session closed");
-    let _ = close_tx.send(closing);
-    drop(session);
-    // A writer that already ended was awaited by the loop: a JoinHandle is polled once.
-    if closing != Closing::WRITER_GONE && tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
-        writer.abort();
+    if closing != Closing::PEER_GONE && closing != Closing::SLOW {
+        let _ = bounded(CLOSE_GRACE, session.socket.send(close_message(closing))).await;
     }
 }
 
 fn close_reason_label(code: u16) -> &'static str {
     match code {
-        1000 | 1006 => "peer",
+        1000 => "peer",
         close::MESSAGE_TOO_BIG => "too_big",
         close::GOING_AWAY => "shutdown",
         close::REPLACED => "replaced",
@@ -172,12 +175,24 @@ fn close_reason_label(code: u16) -> &'static str {
 }
 
 /// Refuses a socket: one error frame, then a close frame.
-async fn reject(sink: &mut SplitSink<WebSocket, Message>, frame: String, closing: Closing) {
+async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
     let send = async {
-        sink.send(Message::Text(frame.into())).await?;
-        sink.send(close_message(closing)).await
+        socket.send(Message::Text(frame.into())).await?;
+        socket.send(close_message(closing)).await
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
+}
+
+/// Runs `fut` to completion if it completes within `limit`. Polled once before any timer is
+/// armed: the common case (a socket with room) costs no timer at all.
+async fn bounded<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    tokio::select! {
+        biased;
+        out = &mut fut => return Some(out),
+        _ = std::future::ready(()) => {}
+    }
+    tokio::time::timeout(limit, fut).await.ok()
 }
 
 fn close_message(closing: Closing) -> Message {
@@ -189,8 +204,13 @@ struct Session {
     user: UserId,
     link: Arc<Link>,
     acknowledging: bool,
-    outbox: Outbox,
-    /// Highest inbox id handed to the writer on this connection.
+    socket: WebSocket,
+    /// Inbox ids fed to the socket since the last flush.
+    written: Vec<MsgId>,
+    /// Frames were fed since the last flush.
+    unflushed: bool,
+    send_timeout: Duration,
+    /// Highest inbox id written on this connection.
     last_sent: Option<MsgId>,
     last_seen: Instant,
     /// The last inbox read failed: live deliveries are held back (they could overtake what
@@ -202,13 +222,8 @@ struct Session {
 const STALE_RETRY: Duration = Duration::from_millis(250);
 
 impl Session {
-    async fn run(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut deliveries: mpsc::Receiver<Delivery>,
-        writer: &mut JoinHandle<()>,
-    ) -> Closing {
-        match self.resync(&mut deliveries, false).await {
+    async fn run(&mut self) -> Closing {
+        match Box::pin(self.resync(false)).await {
             Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
             Err(closing) => return closing,
         }
@@ -226,32 +241,33 @@ impl Session {
                 // delivery could overtake one whose doorbell was missed.
                 biased;
                 code = &mut kicked => Err(Closing::from_kick(code)),
-                frame = stream.next() => match frame {
+                frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
-                        self.on_message(message).await
+                        // Boxed: its state (an engine call) would otherwise sit in every idle
+                        // socket's task.
+                        Box::pin(self.on_message(message)).await
                     }
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
                     None => Err(Closing::PEER_GONE),
                 },
                 _ = &mut resync => {
                     resync.set(link.resync_requested());
-                    self.resync(&mut deliveries, true).await.map(drop)
+                    Box::pin(self.resync(true)).await.map(drop)
                 }
-                _ = &mut retry, if self.stale => self.resync(&mut deliveries, true).await.map(drop),
-                Some(delivery) = deliveries.recv() => {
-                    self.link.dequeued(&delivery);
-                    if self.stale { Ok(()) } else { self.forward(delivery, Path::Live).await }
-                }
+                _ = &mut retry, if self.stale => Box::pin(self.resync(true)).await.map(drop),
+                delivery = link.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
                         Err(Closing::IDLE)
                     } else {
-                        self.outbox.ping();
-                        Ok(())
+                        self.feed(Message::Ping(Default::default())).await
                     }
                 }
-                _ = &mut *writer => Err(Closing::WRITER_GONE),
+            };
+            let step = match step {
+                Ok(()) => self.flush().await,
+                Err(closing) => Err(closing),
             };
             if self.stale {
                 retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
@@ -265,11 +281,7 @@ impl Session {
     /// Re-reads the inbox after `last_sent`, then forwards what is still queued only if no
     /// doorbell was missed meanwhile (otherwise the next re-read gets it). `check_generation`:
     /// a takeover announced while doorbells were being missed may have been missed too.
-    async fn resync(
-        &mut self,
-        deliveries: &mut mpsc::Receiver<Delivery>,
-        check_generation: bool,
-    ) -> Result<usize, Closing> {
+    async fn resync(&mut self, check_generation: bool) -> Result<usize, Closing> {
         self.link.begin_resync();
         if check_generation {
             match self.state.engine.generation(&self.user).await {
@@ -286,12 +298,12 @@ impl Session {
             }
         };
         self.stale = false;
-        while let Ok(delivery) = deliveries.try_recv() {
-            self.link.dequeued(&delivery);
+        while let Some(delivery) = self.link.try_next() {
             if !self.link.is_lagged() {
                 self.forward(delivery, Path::Live).await?;
             }
         }
+        self.flush().await?;
         Ok(sent)
     }
 
@@ -315,6 +327,7 @@ impl Session {
             for delivery in page {
                 self.forward(delivery, Path::Backlog).await?;
             }
+            self.flush().await?;
             if !full {
                 return Ok(Some(sent));
             }
@@ -336,7 +349,62 @@ impl Session {
             tracing::error!(id = %delivery.id, "stored envelope is not UTF-8; skipped");
             return Ok(());
         };
-        self.outbox.push(text, Some(delivery.id)).await
+        self.written.push(delivery.id);
+        self.feed(Message::Text(text)).await
+    }
+
+    /// A live delivery, and whatever else is queued behind it (one flush for all of them).
+    async fn forward_live(&mut self, first: Delivery) -> Result<(), Closing> {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(delivery) = next {
+            if !self.stale {
+                self.forward(delivery, Path::Live).await?;
+            }
+            count += 1;
+            next = if count < WRITE_BATCH { self.link.try_next() } else { None };
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to the socket's buffer (written out by `flush`, or earlier when full).
+    async fn feed(&mut self, message: Message) -> Result<(), Closing> {
+        self.unflushed = true;
+        match bounded(self.send_timeout, self.socket.feed(message)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(Closing::PEER_GONE),
+            None => Err(slow_consumer()),
+        }
+    }
+
+    /// Writes out what was fed. A spec client cannot acknowledge, so what was written to its
+    /// socket leaves the inbox now; if the write fails, it stays and comes again next time.
+    async fn flush(&mut self) -> Result<(), Closing> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        match bounded(self.send_timeout, self.socket.flush()).await {
+            Some(Ok(())) => self.unflushed = false,
+            Some(Err(_)) => return Err(Closing::PEER_GONE),
+            None => return Err(slow_consumer()),
+        }
+        if self.written.is_empty() {
+            return Ok(());
+        }
+        // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
+        let now = crate::engine::unix_ms();
+        let latency = &telemetry::hot().delivery_latency;
+        for id in &self.written {
+            latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
+        }
+        if !self.acknowledging
+            && let Err(e) = self.state.engine.remove(&self.user, &self.written).await
+        {
+            // Still stored: delivered again on the next connection rather than lost.
+            tracing::warn!(error = %e, "cannot remove delivered messages");
+        }
+        self.written.clear();
+        Ok(())
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
@@ -458,11 +526,11 @@ impl Session {
             status: &'static str,
         }
         let frame = serde_json::to_string(&Receipt { reference, id: id.to_string(), status: "stored" }).expect("plain");
-        self.outbox.push(frame.into(), None).await
+        self.feed(Message::Text(frame.into())).await
     }
 
     async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {
-        self.outbox.push(error_frame(code, message, reference).into(), None).await
+        self.feed(Message::Text(error_frame(code, message, reference).into())).await
     }
 }
 
@@ -509,135 +577,9 @@ fn describe_parse_error(text: &str, error: &serde_json::Error) -> (ErrorCode, St
     (ErrorCode::InvalidFrame, format!("invalid frame: {error}"))
 }
 
-/// What the session hands the writer.
-enum Out {
-    Frame { text: Utf8Bytes, id: Option<MsgId>, _permit: OwnedSemaphorePermit },
-    Ping,
-}
-
-/// The bounded queue between the session and its socket writer.
-struct Outbox {
-    link: Arc<Link>,
-    tx: mpsc::Sender<Out>,
-    bytes: Arc<Semaphore>,
-    max_bytes: u32,
-    timeout: Duration,
-}
-
-impl Outbox {
-    fn spawn(
-        sink: SplitSink<WebSocket, Message>,
-        engine: &Engine,
-        link: &Arc<Link>,
-        acknowledging: bool,
-        limits: &crate::config::Limits,
-    ) -> (Outbox, oneshot::Sender<Closing>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(limits.outbound_queue_frames);
-        let (close_tx, close_rx) = oneshot::channel();
-        let max_bytes = u32::try_from(limits.outbound_queue_bytes).unwrap_or(u32::MAX);
-        // Spec clients cannot acknowledge: what was written to their socket leaves the inbox.
-        let remover = (!acknowledging).then(|| (engine.clone(), link.user.clone()));
-        let writer = tokio::spawn(write_loop(sink, rx, close_rx, remover));
-        let outbox = Outbox {
-            link: link.clone(),
-            tx,
-            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
-            max_bytes,
-            timeout: limits.send_timeout(),
-        };
-        (outbox, close_tx, writer)
-    }
-
-    /// Queues a frame, waiting up to the send timeout for room; a reader that stays too slow
-    /// for that long is closed.
-    async fn push(&self, text: Utf8Bytes, id: Option<MsgId>) -> Result<(), Closing> {
-        let cost = u32::try_from(text.len() + 64).unwrap_or(u32::MAX).min(self.max_bytes);
-        // Fast path, taken unless the reader is behind: no timer to arm and cancel.
-        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(cost) {
-            match self.tx.try_reserve() {
-                Ok(slot) => {
-                    slot.send(Out::Frame { text, id, _permit: permit });
-                    return Ok(());
-                }
-                Err(mpsc::error::TrySendError::Closed(())) => return Err(Closing::PEER_GONE),
-                Err(mpsc::error::TrySendError::Full(())) => drop(permit),
-            }
-        }
-        let enqueue = async {
-            let permit = self.bytes.clone().acquire_many_owned(cost).await.ok()?;
-            let slot = self.tx.reserve().await.ok()?;
-            slot.send(Out::Frame { text, id, _permit: permit });
-            Some(())
-        };
-        // Waiting for a slow reader must not delay a takeover or a shutdown.
-        tokio::select! {
-            waited = tokio::time::timeout(self.timeout, enqueue) => match waited {
-                Ok(Some(())) => Ok(()),
-                Ok(None) => Err(Closing::PEER_GONE),
-                Err(_) => {
-                    metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
-                    Err(Closing::SLOW)
-                }
-            },
-            code = self.link.kicked() => Err(Closing::from_kick(code)),
-        }
-    }
-
-    fn ping(&self) {
-        let _ = self.tx.try_send(Out::Ping); // a full queue is the slow-reader path's business
-    }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Out>,
-    mut close_rx: oneshot::Receiver<Closing>,
-    remover: Option<(Engine, UserId)>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut written = Vec::new();
-    loop {
-        tokio::select! {
-            biased;
-            closing = &mut close_rx => {
-                if let Ok(closing) = closing {
-                    let _ = sink.send(close_message(closing)).await;
-                }
-                return;
-            }
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    return;
-                }
-            }
-        }
-        for out in batch.drain(..) {
-            let (message, id) = match out {
-                Out::Frame { text, id, _permit } => (Message::Text(text), id),
-                Out::Ping => (Message::Ping(Default::default()), None),
-            };
-            if sink.feed(message).await.is_err() {
-                return;
-            }
-            written.extend(id);
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
-        let now = crate::engine::unix_ms();
-        let latency = &telemetry::hot().delivery_latency;
-        for id in &written {
-            latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
-        }
-        if let Some((engine, user)) = &remover
-            && let Err(e) = engine.remove(user, &written).await
-        {
-            // Still stored: delivered again on the next connection rather than lost.
-            tracing::warn!(error = %e, "cannot remove delivered messages");
-        }
-        written.clear();
-    }
+fn slow_consumer() -> Closing {
+    metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
+    Closing::SLOW
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         }
     };
     enigma::telemetry::init_logging(&settings.log);
+    let shutdown = enigma::shutdown_signal();
     let listener = match tokio::net::TcpListener::bind(settings.listen_addr()).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -36,7 +37,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match enigma::run(settings, listener, enigma::shutdown_signal()).await {
+    match enigma::run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "enigma-server stopped");
