@@ -397,13 +397,11 @@ impl Session {
         for id in &self.written {
             latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
         }
-        if !self.acknowledging
-            && let Err(e) = self.state.engine.remove(&self.user, &self.written).await
-        {
-            // Still stored: delivered again on the next connection rather than lost.
-            tracing::warn!(error = %e, "cannot remove delivered messages");
+        if self.acknowledging {
+            self.written.clear();
+        } else {
+            self.state.engine.forget_delivered(&self.user, std::mem::take(&mut self.written));
         }
-        self.written.clear();
         Ok(())
     }
 

@@ -107,6 +107,16 @@ impl Engine {
         }
     }
 
+    /// Removes messages written to a specification client's socket, without waiting: the
+    /// engine may batch removals of many sessions into one round trip. A failed removal leaves
+    /// the messages stored (delivered again on the next connection, never lost).
+    pub fn forget_delivered(&self, user: &UserId, ids: Vec<MsgId>) {
+        match self {
+            Engine::Memory(e) => e.remove(user, &ids),
+            Engine::Redis(e) => e.forget_delivered(user, ids),
+        }
+    }
+
     /// Makes a registered session live: its doorbell is listened to, and every older
     /// connection of the user, on any replica, is told to end.
     pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {

@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,6 +80,7 @@ struct Inner {
     timeout: Duration,
     links: Arc<Links>,
     subscriptions: mpsc::UnboundedSender<SubRequest>,
+    removals: mpsc::UnboundedSender<Removal>,
     send_script: Script,
     attach_script: Script,
     /// Ends the background tasks (subscriber, supervisor) when the engine is dropped.
@@ -224,6 +225,16 @@ impl PushHandler {
     }
 }
 
+/// Work for the remover: messages written to specification clients leave their inboxes in
+/// pipelined batches; a barrier answers once every removal queued before it is done.
+enum Removal {
+    Delivered(UserId, Vec<MsgId>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Removals queued per pipeline (one round trip).
+const REMOVAL_BATCH: usize = 512;
+
 enum SubRequest {
     /// Bring the user's subscription in line with the hub; answer once it is.
     Sync(UserId, Option<oneshot::Sender<Result<(), Unavailable>>>),
@@ -275,6 +286,8 @@ impl RedisEngine {
         }
         let (subscriptions, requests) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
+        let (removals, removal_queue) = mpsc::unbounded_channel();
+        tokio::spawn(stop.clone().run_until_cancelled_owned(remover(links.clone(), keys.clone(), removal_queue)));
         let subscriber = subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests);
         tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
         let supervisor = Supervisor {
@@ -298,6 +311,7 @@ impl RedisEngine {
                 timeout,
                 links,
                 subscriptions,
+                removals,
                 send_script: Script::new(SEND_SCRIPT),
                 attach_script: Script::new(ATTACH_SCRIPT),
                 stop,
@@ -394,8 +408,17 @@ impl RedisEngine {
         Ok(())
     }
 
+    pub fn forget_delivered(&self, user: &UserId, ids: Vec<MsgId>) {
+        let _ = self.inner.removals.send(Removal::Delivered(user.clone(), ids));
+    }
+
     pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {
         let this = &self.inner;
+        // Removals this replica queued for earlier connections land before this one reads the
+        // inbox, so a reconnecting client does not get again what it was just given.
+        let (settled, barrier) = oneshot::channel();
+        let _ = this.removals.send(Removal::Barrier(settled));
+        let _ = tokio::time::timeout(this.timeout, barrier).await;
         // Subscribe first, read later: a message stored after the subscription is announced
         // to us, one stored before it is in the backlog the session reads next.
         let (done, subscribed) = oneshot::channel();
@@ -456,11 +479,38 @@ async fn timed<T>(
         Ok(Err(e)) => Err(Unavailable(e.to_string())),
         Err(_) => Err(Unavailable(format!("no answer from Redis within {limit:?}"))),
     };
-    metrics::histogram!(metric::REDIS_COMMAND_SECONDS, "command" => command).record(started.elapsed().as_secs_f64());
+    command_histogram(command).record(started.elapsed().as_secs_f64());
     if result.is_err() {
         metrics::counter!(metric::REDIS_ERRORS, "command" => command).increment(1);
     }
     result
+}
+
+/// Every command label `timed` is called with.
+const COMMANDS: [&str; 12] = [
+    "send",
+    "remove",
+    "attach",
+    "backlog",
+    "lookup",
+    "login_get",
+    "login_claim",
+    "generation",
+    "ping",
+    "probe",
+    "subscribe",
+    "unsubscribe",
+];
+
+/// The latency histogram of a command, registered once (a labelled `histogram!` call is a
+/// registry lookup, too much on the per-message path).
+fn command_histogram(command: &'static str) -> &'static metrics::Histogram {
+    static HISTOGRAMS: OnceLock<Vec<metrics::Histogram>> = OnceLock::new();
+    let histograms = HISTOGRAMS.get_or_init(|| {
+        COMMANDS.iter().map(|c| metrics::histogram!(metric::REDIS_COMMAND_SECONDS, "command" => *c)).collect()
+    });
+    let index = COMMANDS.iter().position(|c| *c == command).expect("every timed command is listed in COMMANDS");
+    &histograms[index]
 }
 
 fn parse_id(raw: &[u8]) -> Option<MsgId> {
@@ -489,6 +539,34 @@ where
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
+        }
+    }
+}
+
+/// Removes delivered messages in pipelined batches: one round trip for many sessions' writes.
+async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiver<Removal>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, REMOVAL_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut barriers = Vec::new();
+        for removal in batch.drain(..) {
+            match removal {
+                Removal::Delivered(user, ids) => {
+                    let ids: Vec<String> = ids.iter().map(MsgId::to_string).collect();
+                    pipe.xdel(keys.inbox(&user), &ids).ignore();
+                }
+                Removal::Barrier(done) => barriers.push(done),
+            }
+        }
+        if !pipe.is_empty() {
+            let mut con = links.cmd();
+            if let Err(e) = timed("remove", links.timeout, pipe.exec_async(&mut con)).await {
+                // Still stored: delivered again on the next connection rather than lost.
+                tracing::warn!(error = %e, "cannot remove delivered messages");
+            }
+        }
+        for done in barriers {
+            let _ = done.send(());
         }
     }
 }
@@ -668,6 +746,18 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_timed_command_has_a_histogram() {
+        let source = include_str!("redis.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        for call in code.split("timed(").skip(1) {
+            let Some(name) = call.trim_start().strip_prefix('"').and_then(|rest| rest.split('"').next()) else {
+                continue;
+            };
+            assert!(COMMANDS.contains(&name), "timed(\"{name}\") is missing from COMMANDS");
+        }
+    }
 
     #[test]
     fn keys_carry_the_user_as_hash_tag() {
