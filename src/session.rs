@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use std::future::Future;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -26,6 +26,8 @@ use crate::telemetry::{self, metric};
 
 /// Inbox entries read per round trip while catching up.
 const BACKLOG_PAGE: usize = 256;
+/// Sends stored in one engine call at most.
+const SEND_BATCH: usize = 64;
 /// Queued live deliveries written before one flush.
 const WRITE_BATCH: usize = 64;
 /// How long a closing socket may take to get its close frame out.
@@ -140,6 +142,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         link,
         acknowledging,
         socket,
+        pending: Vec::new(),
         written: Vec::new(),
         unflushed: false,
         send_timeout,
@@ -205,6 +208,8 @@ struct Session {
     link: Arc<Link>,
     acknowledging: bool,
     socket: WebSocket,
+    /// Validated sends waiting to be stored (see `on_frames`).
+    pending: Vec<PendingSend>,
     /// Inbox ids fed to the socket since the last flush.
     written: Vec<MsgId>,
     /// Frames were fed since the last flush.
@@ -246,7 +251,7 @@ impl Session {
                         self.last_seen = Instant::now();
                         // Boxed: its state (an engine call) would otherwise sit in every idle
                         // socket's task.
-                        Box::pin(self.on_message(message)).await
+                        Box::pin(self.on_frames(message)).await
                     }
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
                     None => Err(Closing::PEER_GONE),
@@ -421,19 +426,65 @@ impl Session {
         }
     }
 
+    /// A frame from the client, and every further frame already received (none is waited
+    /// for): their sends are stored together, so a busy socket costs one round trip per batch
+    /// rather than per message, while a quiet one still sends each message at once.
+    async fn on_frames(&mut self, first: Message) -> Result<(), Closing> {
+        let mut message = first;
+        loop {
+            self.on_message(message).await?;
+            if self.pending.len() >= SEND_BATCH {
+                break;
+            }
+            match self.socket.recv().now_or_never() {
+                Some(Some(Ok(next))) => message = next,
+                Some(Some(Err(e))) => {
+                    self.store_pending().await?;
+                    return Err(Closing::from_read_error(e));
+                }
+                Some(None) => {
+                    self.store_pending().await?;
+                    return Err(Closing::PEER_GONE);
+                }
+                None => break,
+            }
+        }
+        self.store_pending().await
+    }
+
     async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
         let frame: Inbound = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
                 let (code, message) = describe_parse_error(text, &e);
+                self.store_pending().await?; // answers stay in the order of the frames
                 return self.error(code, &message, None).await;
             }
         };
         // Only acknowledging clients get receipts, so only theirs carry a `ref` back.
         let reference = frame.reference.as_deref().filter(|_| self.acknowledging);
         if let Some(ack) = frame.ack {
+            self.store_pending().await?;
             return self.on_ack(ack, reference).await;
         }
+        match self.validate_send(&frame) {
+            Ok((to, envelope)) => {
+                self.pending.push(PendingSend { to, envelope, reference: reference.map(str::to_owned) });
+                Ok(())
+            }
+            Err((code, message, label)) => {
+                if let Some(label) = label {
+                    metrics::counter!(metric::MESSAGES_REJECTED, "reason" => label).increment(1);
+                }
+                self.store_pending().await?; // answers stay in the order of the frames
+                self.error(code, &message, reference).await
+            }
+        }
+    }
+
+    /// A send frame's recipient and envelope, or why it is refused (error code, message, and
+    /// the rejection label for metrics, if it counts as a rejected message).
+    fn validate_send(&self, frame: &Inbound<'_>) -> Result<(UserId, bytes::Bytes), Refusal> {
         let (Some(from), Some(to), Some(payload)) = (&frame.from, &frame.to, &frame.payload) else {
             let missing = ["from", "to", "payload"]
                 .into_iter()
@@ -441,29 +492,45 @@ impl Session {
                 .filter_map(|(name, absent)| absent.then_some(name))
                 .collect::<Vec<_>>()
                 .join("`, `");
-            return self.error(ErrorCode::InvalidFrame, &format!("missing field `{missing}`"), reference).await;
+            return Err((ErrorCode::InvalidFrame, format!("missing field `{missing}`"), None));
         };
         if from.as_ref() != self.user.as_str() {
-            metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "forbidden").increment(1);
-            return self.error(ErrorCode::Forbidden, "`from` must be your own user id", reference).await;
+            return Err((ErrorCode::Forbidden, "`from` must be your own user id".into(), Some("forbidden")));
         }
         let Some(payload) = RawPayload::new(payload) else {
-            return self.error(ErrorCode::InvalidFrame, "field `payload` must be a string", reference).await;
+            return Err((ErrorCode::InvalidFrame, "field `payload` must be a string".into(), None));
         };
         let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.decoded_len());
         if len > max {
-            metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "too_large").increment(1);
-            return self.error(ErrorCode::PayloadTooLarge, &format!("payload exceeds {max} bytes"), reference).await;
+            return Err((ErrorCode::PayloadTooLarge, format!("payload exceeds {max} bytes"), Some("too_large")));
         }
         if len == 0 {
-            return self.error(ErrorCode::InvalidFrame, "payload is empty", reference).await;
+            return Err((ErrorCode::InvalidFrame, "payload is empty".into(), None));
         }
         let Some(to) = UserId::parse(to) else {
-            metrics::counter!(metric::MESSAGES_REJECTED, "reason" => "user_not_found").increment(1);
-            return self.error(ErrorCode::UserNotFound, "user not found", reference).await;
+            return Err((ErrorCode::UserNotFound, "user not found".into(), Some("user_not_found")));
         };
-        let envelope = envelope(&self.user, &to, payload);
-        match self.state.engine.send(&to, envelope.into()).await {
+        let envelope = envelope(&self.user, &to, payload).into();
+        Ok((to, envelope))
+    }
+
+    /// Stores the queued sends, in order, in one engine call (one Redis round trip), and
+    /// answers each with its receipt or error.
+    async fn store_pending(&mut self) -> Result<(), Closing> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
+        let results = self.state.engine.send_many(&sends).await;
+        for (send, result) in batch.iter().zip(results) {
+            self.report_send(send.reference.as_deref(), result).await?;
+        }
+        Ok(())
+    }
+
+    async fn report_send(&mut self, reference: Option<&str>, result: Result<MsgId, SendError>) -> Result<(), Closing> {
+        match result {
             Ok(id) => {
                 telemetry::hot().accepted.increment(1);
                 match reference {
@@ -530,6 +597,16 @@ impl Session {
     async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {
         self.feed(Message::Text(error_frame(code, message, reference).into())).await
     }
+}
+
+/// Why a send is refused: error code, message, and its label among rejected messages.
+type Refusal = (ErrorCode, String, Option<&'static str>);
+
+/// A validated send, waiting to be stored with the others of its batch.
+struct PendingSend {
+    to: UserId,
+    envelope: bytes::Bytes,
+    reference: Option<String>,
 }
 
 /// A client frame: an envelope (`from`, `to`, `payload`, optional `ref`) or an `ack`.

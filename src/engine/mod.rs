@@ -80,6 +80,16 @@ impl Engine {
         }
     }
 
+    /// Stores several envelopes in order, in one round trip where the engine can; one result
+    /// per envelope.
+    pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        match self {
+            Engine::Memory(e) => sends.iter().map(|(to, envelope)| e.send(to, envelope.clone())).collect(),
+            Engine::Redis(e) if sends.len() == 1 => vec![e.send(&sends[0].0, sends[0].1.clone()).await],
+            Engine::Redis(e) => e.send_many(sends).await,
+        }
+    }
+
     /// Up to `limit` stored messages of `user` after `after` (from the start if `None`).
     pub async fn backlog(
         &self,

@@ -358,6 +358,44 @@ impl RedisEngine {
     pub async fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
         let this = &self.inner;
         let mut con = this.links.cmd();
+        let reply: Value = this.timed("send", self.send_invocation(to, &envelope).invoke_async(&mut con)).await?;
+        send_reply(reply)
+    }
+
+    /// Several sends in one pipeline: one round trip, executed in order.
+    pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        let this = &self.inner;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (to, envelope) in sends {
+            pipe.invoke_script(&self.send_invocation(to, envelope));
+        }
+        let mut con = this.links.cmd();
+        let mut replies: Result<Vec<RedisResult<Value>>, Unavailable> =
+            this.timed("send", pipe.query_async(&mut con)).await;
+        // A pipeline does not load the script by itself (a restarted or failed-over Redis has
+        // lost it): every EVALSHA then failed without effect, so load it and run them again.
+        let missing_script = |r: &RedisResult<Value>| {
+            r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        };
+        if replies.as_ref().is_ok_and(|all| all.iter().any(missing_script)) {
+            let invocation = this.send_script.prepare_invoke();
+            if this.timed("send", invocation.load_async(&mut con)).await.is_ok() {
+                replies = this.timed("send", pipe.query_async(&mut con)).await;
+            }
+        }
+        match replies {
+            Ok(replies) if replies.len() == sends.len() => replies
+                .into_iter()
+                .map(|reply| reply.map_err(|e| Unavailable(e.to_string()).into()).and_then(send_reply))
+                .collect(),
+            Ok(_) => sends.iter().map(|_| Err(Unavailable("short pipeline reply".into()).into())).collect(),
+            Err(e) => sends.iter().map(|_| Err(e.clone().into())).collect(),
+        }
+    }
+
+    fn send_invocation<'a>(&'a self, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
+        let this = &self.inner;
         let mut invocation = this.send_script.prepare_invoke();
         invocation
             .key(this.keys.user(to))
@@ -366,15 +404,7 @@ impl RedisEngine {
             .arg(envelope.as_ref())
             .arg(this.limits.inbox_capacity)
             .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
-        let reply: Value = this.timed("send", invocation.invoke_async(&mut con)).await?;
-        let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
-        match &reply {
-            Value::Int(-1) => Err(SendError::UserNotFound),
-            Value::Int(-2) => Err(SendError::InboxFull),
-            Value::BulkString(id) => parse_id(id).ok_or_else(unexpected),
-            Value::SimpleString(id) => parse_id(id.as_bytes()).ok_or_else(unexpected),
-            _ => Err(unexpected()),
-        }
+        invocation
     }
 
     pub async fn backlog(
@@ -511,6 +541,18 @@ fn command_histogram(command: &'static str) -> &'static metrics::Histogram {
     });
     let index = COMMANDS.iter().position(|c| *c == command).expect("every timed command is listed in COMMANDS");
     &histograms[index]
+}
+
+/// The send script's answer: the stream id, or why the message was refused.
+fn send_reply(reply: Value) -> Result<MsgId, SendError> {
+    let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
+    match &reply {
+        Value::Int(-1) => Err(SendError::UserNotFound),
+        Value::Int(-2) => Err(SendError::InboxFull),
+        Value::BulkString(id) => parse_id(id).ok_or_else(unexpected),
+        Value::SimpleString(id) => parse_id(id.as_bytes()).ok_or_else(unexpected),
+        _ => Err(unexpected()),
+    }
 }
 
 fn parse_id(raw: &[u8]) -> Option<MsgId> {

@@ -382,3 +382,37 @@ async fn dropped_connection_mid_stream_union_has_every_message_in_order(b: Backe
     assert!(connections.len() >= 3, "the stream was cut {} times", connections.len() - 1);
     assert_eq!(seen.len(), COUNT, "the union holds every message");
 }
+
+/// Sends written back to back are stored as pipelined batches. A Redis that lost its script
+/// cache (restarted, failed over) answers a batch with NOSCRIPT: it is loaded and the batch
+/// retried, exactly once, in order.
+#[tokio::test]
+async fn batched_sends_survive_a_flushed_script_cache() {
+    let redis = Redis::start();
+    let s = Server::start(&ServerConfig::redis(&redis));
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut a = s.connect_v1(&alice).await;
+    let mut b = s.connect_v1(&bob).await;
+    a.send_json(json!({"from": alice, "to": bob, "payload": "warm", "ref": "w"})).await;
+    assert_eq!(a.recv_json().await["status"], "stored");
+    assert_eq!(b.recv_json().await["payload"], "warm");
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
+    // Written without waiting for receipts: the server takes them in batches.
+    for i in 0..300 {
+        a.send_json(json!({"from": alice, "to": bob, "payload": i.to_string(), "ref": i.to_string()})).await;
+    }
+    for i in 0..300 {
+        let receipt = a.recv_json().await;
+        assert_eq!(
+            (receipt["ref"].as_str(), receipt["status"].as_str()),
+            (Some(i.to_string().as_str()), Some("stored"))
+        );
+    }
+    for i in 0..300 {
+        assert_eq!(b.recv_json().await["payload"], i.to_string(), "message {i}");
+    }
+    assert!(
+        redis.cli(&["INFO", "errorstats"]).unwrap().contains("errorstat_NOSCRIPT"),
+        "the flushed script cache was hit (and recovered from)"
+    );
+}
