@@ -30,6 +30,9 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address the HTTP/WebSocket listener binds (`ENIGMA__SERVER__ADDR`).
     pub addr: String,
+    /// An extra listener serving only `/metrics` (e.g. `0.0.0.0:9100`), for scrapers kept off
+    /// the public port; `/metrics` stays on `addr` as well. Unset: none.
+    pub metrics_addr: Option<String>,
     /// Origins allowed by CORS; `["*"]` allows any (the API carries no cookies).
     pub cors_origins: Vec<String>,
     /// How long a SIGTERM drain may take before the process exits anyway.
@@ -93,6 +96,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8000".into(),
+            metrics_addr: None,
             cors_origins: vec!["*".into()],
             shutdown_grace_ms: 10_000,
             ping_interval_ms: 20_000,
@@ -158,6 +162,10 @@ impl Settings {
             .addr
             .parse::<SocketAddr>()
             .map_err(|e| invalid("server.addr", format!("`{}` is not host:port ({e})", self.server.addr)))?;
+        if let Some(addr) = self.metrics_addr() {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| invalid("server.metrics_addr", format!("`{addr}` is not host:port ({e})")))?;
+        }
         if self.server.cors_origins.is_empty() {
             return Err(invalid("server.cors_origins", "must list at least one origin (or \"*\")"));
         }
@@ -210,6 +218,11 @@ impl Settings {
     /// The Redis URL, if one is configured (an empty value means none).
     pub fn redis_url(&self) -> Option<&str> {
         self.redis.url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    /// The separate metrics address, if one is configured (an empty value means none).
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.server.metrics_addr.as_deref().map(str::trim).filter(|a| !a.is_empty())
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -186,6 +186,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The separate metrics listener's router: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(render_metrics)).fallback(not_found).with_state(state)
+}
+
 async fn render_metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => {

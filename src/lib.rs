@@ -91,6 +91,19 @@ pub async fn run(
             state.shutdown.cancel();
         }
     };
+    if let Some(addr) = state.settings.metrics_addr() {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+        let stopped = state.shutdown.clone();
+        let app = http::metrics_router(state.clone());
+        tokio::spawn(async move {
+            let served =
+                axum::serve(metrics_listener, app).with_graceful_shutdown(async move { stopped.cancelled().await });
+            if let Err(e) = served.await {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let stopped = state.shutdown.clone();
     let server = axum::serve(listener, http::router(state.clone()))
         .with_graceful_shutdown(async move { stopped.cancelled().await });

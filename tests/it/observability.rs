@@ -88,3 +88,19 @@ impl Backend {
         self.config().redis_url.is_some()
     }
 }
+
+/// `server.metrics_addr`: `/metrics` on a listener of its own (and nothing else there).
+#[tokio::test]
+async fn metrics_on_a_separate_port() {
+    let port = crate::harness::free_port();
+    let s = crate::harness::Server::start(
+        &crate::harness::ServerConfig::memory().with("ENIGMA__SERVER__METRICS_ADDR", format!("127.0.0.1:{port}")),
+    );
+    s.new_user().await;
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let metrics = s.http.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("enigma_logins_total 1"));
+    assert_eq!(s.http.get(url("/login/abc")).send().await.unwrap().status(), 404, "only /metrics there");
+    assert_eq!(s.get("/metrics").await.0, 200, "still on the main port");
+}

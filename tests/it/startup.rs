@@ -22,6 +22,7 @@ fn a_bad_value_fails_startup_naming_its_key() {
         ("ENIGMA__REDIS__URL", "http://wrong-scheme", "redis.url"),
         ("ENIGMA__LOG__FORMAT", "xml", "format"),
         ("ENIGMA__SERVER__IDLE_TIMEOUT_MS", "10", "server.idle_timeout_ms"),
+        ("ENIGMA__SERVER__METRICS_ADDR", "nowhere", "server.metrics_addr"),
     ] {
         let (code, stderr) = run_with_env(&[(key, value)], &[]);
         assert_eq!(code, 2, "{key}={value}: {stderr}");
