@@ -165,7 +165,8 @@ async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) 
     let tracker = state.tracker.clone();
     upgrade
         .protocols([SUBPROTOCOL_V1])
-        .read_buffer_size(4 * 1024)
+        // Grows for larger frames; an idle socket keeps only this much.
+        .read_buffer_size(2 * 1024)
         // Frames written in one batch leave in one syscall (the writer flushes per batch).
         .write_buffer_size(16 * 1024)
         .max_message_size(max_message)
