@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration helm-check build release clean cluster cluster-down
+.PHONY: run test lint unit-and-integration helm-check bench build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -23,6 +23,10 @@ unit-and-integration:
 ## The Helm chart, linted and rendered by the real Helm engine, every object validated.
 helm-check:
 	$(PYTHON) tests/helm/check_chart.py
+
+## The standard load scenarios (release build); writes docs/BENCHMARKS.md.
+bench:
+	bash scripts/bench.sh
 
 ## Redis, 3 replicas and an nginx load balancer on 127.0.0.1:8000 (deploy/local/).
 cluster:

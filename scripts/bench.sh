@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# `make bench`: the standard load scenarios against fresh local servers; writes docs/BENCHMARKS.md.
+#
+# Builds the release binaries, then for each scenario starts its own redis-server (no
+# persistence) and enigma-server replicas on free loopback ports, runs enigma-bench, and stops
+# them again. Everything it starts is killed on exit (trap), also on Ctrl-C or an error.
+#
+#   memory engine           ramp to saturation, then a fixed-rate run at half of it
+#   Redis, 1 replica        fixed 20,000 msgs/s (the p99 target), then a ramp
+#   Redis, 2 replicas       same, each pair's sender and recipient on different replicas
+#   idle connections        as many sockets as the file-descriptor limit allows (≤ 50,000),
+#                           memory and Redis engines, server RSS per connection
+#
+# Every run gets freshly started servers (and Redis), so none inherits another's backlog.
+#
+# Environment: BENCH_STEP (seconds per ramp step, default 3), BENCH_FIXED (seconds of the
+# fixed-rate runs, default 10), BENCH_PAIRS (default 100), BENCH_IDLE (idle sockets, default: as
+# many as fit), BENCH_OUT (default docs/BENCHMARKS.md), BENCH_SKIP_BUILD=1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+out=${BENCH_OUT:-$root/docs/BENCHMARKS.md}
+step=${BENCH_STEP:-3}
+fixed=${BENCH_FIXED:-10}
+pairs=${BENCH_PAIRS:-100}
+started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# What is measured: taken before the build, in case work goes on in the tree meanwhile.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit="$commit + uncommitted changes"; fi
+t0=$SECONDS
+
+for tool in redis-server redis-cli jq; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is needed (apt-get install redis-server jq)" >&2; exit 1; }
+done
+
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release --locked --bin enigma-server --bin enigma-bench
+fi
+
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-bench.XXXXXX")
+# A snapshot of the binaries: a concurrent `cargo build` cannot swap them mid-run, and under
+# its own name a `pkill enigma-server` run by other work on the machine does not stop it.
+cp "$target_dir/release/enigma-server" "$work/enigma-relay"
+cp "$target_dir/release/enigma-bench" "$work/enigma-bench"
+server_bin=$work/enigma-relay
+bench_bin=$work/enigma-bench
+mkdir -p "$work/results"
+
+pids=()
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+cleanup() {
+    stop_all
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Servers and the generator inherit this; each side needs one descriptor per socket.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_limit=$(ulimit -n)
+
+# A free port below the ephemeral range (so no outgoing connection can be holding it).
+free_port() {
+    local port tries
+    for tries in $(seq 1 200); do
+        port=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    echo "bench: no free port found" >&2
+    return 1
+}
+
+redis_port=
+start_redis() {
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --maxclients 1000 --dir "$work" --logfile "$work/redis-$redis_port.log" --daemonize no &
+    pids+=($!)
+    local i
+    for i in $(seq 1 100); do
+        [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && return
+        sleep 0.1
+    done
+    echo "bench: redis-server on $redis_port did not start" >&2
+    return 1
+}
+
+# start_server REDIS_URL (empty: memory engine); sets server_url and server_pid.
+server_url=
+server_pid=
+start_server() {
+    local port log
+    port=$(free_port)
+    log=$work/server-$port.log
+    ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__LOG__LEVEL=warn \
+        ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+    local i
+    for i in $(seq 1 300); do
+        if grep -q '^listening on' "$log"; then
+            server_url=http://127.0.0.1:$port
+            return
+        fi
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench: enigma-server did not start:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# bench NAME ARGS...: runs enigma-bench, keeps its JSON and Markdown, records the command.
+bench() {
+    local name=$1
+    shift
+    local shown="enigma-bench $*"
+    shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
+    echo "bench: $shown" >&2
+    echo "$shown" >"$work/results/$name.cmd"
+    if ! "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
+        >"$work/results/$name.md" 2> >(tee "$work/results/$name.err" >&2); then
+        # Keep going: the other scenarios are still worth having; the document says what failed.
+        { echo "**This run failed:**"; echo; echo '```'; tail -5 "$work/results/$name.err"; echo '```'; } \
+            >"$work/results/$name.md"
+        echo '{}' >"$work/results/$name.json"
+    fi
+}
+
+# fresh ENGINE: stops everything, then starts a new setup, so that no run inherits the
+# backlog or the allocator state of the one before. ENGINE: memory, redis1 or redis2; sets
+# urls and server_pids (comma-separated) for enigma-bench.
+urls=
+server_pids=
+fresh() {
+    stop_all
+    case $1 in
+    memory)
+        start_server ""
+        urls=$server_url server_pids=$server_pid
+        ;;
+    redis1 | redis2)
+        start_redis
+        start_server "redis://127.0.0.1:$redis_port/"
+        urls=$server_url server_pids=$server_pid
+        if [[ $1 == redis2 ]]; then
+            start_server "redis://127.0.0.1:$redis_port/"
+            urls=$urls,$server_url server_pids=$server_pids,$server_pid
+        fi
+        ;;
+    esac
+}
+
+common=(--pairs "$pairs" --payload-bytes 256 --warmup 1s --drain 10s)
+ramp=(--ramp --duration "${step}s" --ramp-factor 1.5 --ramp-refine 3 --ramp-max-steps 16)
+
+# --- memory engine
+fresh memory
+bench memory-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 20000
+half=$(jq '(.saturation.max_sustained_rate // 4000) / 2 | floor' "$work/results/memory-ramp.json")
+fresh memory
+bench memory-half --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate "$half"
+
+# --- Redis engine, one replica, then two (each pair's sender and recipient on different ones)
+for setup in redis1 redis2; do
+    fresh $setup
+    bench $setup-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+    fresh $setup
+    bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
+done
+
+# --- idle connections: what fits in the descriptor limit (generator and server have one each)
+idle=${BENCH_IDLE:-$((fd_limit - 1000 < 50000 ? fd_limit - 1000 : 50000))}
+for setup in memory redis1; do
+    fresh $setup
+    bench idle-$setup --url "$urls" --server-pid "$server_pids" --connections "$idle" --hold 10s --concurrency 128
+done
+stop_all
+
+# --- docs/BENCHMARKS.md
+r=$work/results
+j() { jq -r "if .mode == null then \"n/a (run failed)\" else ($1) end" "$r/$2.json"; }
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+mem_total=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$((SECONDS - t0))
+
+section() { # TITLE NAME...
+    echo "### $1"
+    echo
+    shift
+    local name
+    for name in "$@"; do
+        echo '```sh'
+        cat "$r/$name.cmd"
+        echo '```'
+        echo
+        cat "$r/$name.md"
+        echo
+    done
+}
+
+keep_marker='<!-- Everything below this line is kept by `make bench`. -->'
+kept=
+if [[ -f $out ]]; then
+    kept=$(awk -v m="$keep_marker" 'found || $0 == m { found = 1; print }' "$out")
+fi
+if [[ -z $kept ]]; then
+    kept="$keep_marker
+
+## Optimization log
+
+Each server optimization with the figures before and after it (same machine, same command).
+
+| change | scenario | before | after |
+|---|---|---|---|"
+fi
+
+mem_sat=$(j '.saturation.max_sustained_rate // "below the first step"' memory-ramp)
+r1_sat=$(j '.saturation.max_sustained_rate // "below the first step"' redis1-ramp)
+r2_sat=$(j '.saturation.max_sustained_rate // "below the first step"' redis2-ramp)
+p99='.steps[0].latency_ms.p99 * 100 | round / 100'
+r1_p99=$(j "$p99" redis1-20k)
+outcome='.steps[0] | "\(.achieved_ratio * 100 | floor)% delivered in time, lost \(.lost), dup \(.duplicated), reordered \(.reordered), errors \(.errors)"'
+r1_ok=$(j "$outcome" redis1-20k)
+r2_p99=$(j "$p99" redis2-20k)
+r2_ok=$(j "$outcome" redis2-20k)
+half_rate=$(j '.steps[0].offered_rate' memory-half)
+half_p99=$(j "$p99" memory-half)
+half_ok=$(j "$outcome" memory-half)
+idle_n=$(j '.idle.opened' idle-redis1)
+idle_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-redis1)
+idle_mem_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-memory)
+logins=$(j '.setup.logins_per_sec // "n/a" | if type == "number" then floor else . end' idle-redis1)
+
+tmp_out=$(mktemp "${TMPDIR:-/tmp}/benchmarks.XXXXXX")
+{
+    cat <<EOF
+# Benchmarks
+
+Written by \`make bench\` ([scripts/bench.sh](../scripts/bench.sh)) on $started_at, commit
+$commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-bench\`
+(src/bin/enigma-bench), on the same machine as the servers.
+
+## Machine
+
+- CPU: $cpu_model, $(nproc) cores (\`nproc\`)
+- Memory: $mem_total; kernel $(uname -r)
+- Load average (1, 5, 15 min) before the run: $load_before; after it: $load_after.
+  The generator and the servers share the same $(nproc) cores; anything else running at the time (compiles, tests)
+  shares them too and shows up as lower throughput and higher tail latency.
+- Open-file limit used: $fd_limit (\`ulimit -n\`, raised to the hard limit by the script).
+
+## Summary against the targets
+
+| target | measured |
+|---|---|
+| memory engine: saturation ≥ 100,000 msgs/s | $mem_sat msgs/s |
+| Redis engine, 1 replica: saturation ≥ 40,000 msgs/s | $r1_sat msgs/s |
+| Redis engine, 1 replica: p99 ≤ 5 ms at 20,000 msgs/s | p99 $r1_p99 ms ($r1_ok) |
+| Redis engine, 2 replicas (pairs across replicas): saturation | $r2_sat msgs/s |
+| Redis engine, 2 replicas: p99 at 20,000 msgs/s | p99 $r2_p99 ms ($r2_ok) |
+| memory engine: p99 at half the saturation rate ($half_rate msgs/s) | p99 $half_p99 ms ($half_ok) |
+| idle connections: ≥ 50,000 on one replica at ≤ 8 KiB RSS each | $idle_n sockets, $idle_kib KiB each (Redis engine); $idle_mem_kib KiB (memory engine) |
+| logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) |
+
+## How to read the figures
+
+- **Open loop.** Send times are fixed in advance (message \`k\` at \`start + k/rate\`, spread
+  over the pairs); a slow server shows up as latency and a shortfall, never as a lower offered
+  rate. Latency runs from the scheduled send time to the receipt (from the actual send time
+  when the sender released a message up to 2 ms early, which it does to absorb tokio's 1 ms
+  timer granularity). *send lag* is how late the generator wrote messages: when it grows, the
+  generator or TCP back-pressure is part of the latency.
+- **achieved** counts messages received inside the sending window; **lost** is what had not
+  arrived within the drain period (up to 10 s) after a step; duplicates and reordering are
+  checked per pair with sequence numbers. **errors** are error frames and closed sockets.
+- **Saturation** (ramp): the highest step that held: achieved ≥ 95% of offered, p99 ≤ 50 ms,
+  nothing lost, duplicated or reordered, no errors. Steps grow by 1.5× until one fails, then
+  three bisection steps refine the point; each step lasts ${step} s after a 1 s warm-up.
+- **CPU gen/server %**: CPU time of the generator and of the server process(es) during the
+  step, in percent of one core (200% is the whole machine).
+- Idle connections: server RSS (\`VmRSS\`) after the users logged in and before the sockets
+  opened, and again after holding them 10 s; the difference divided by the sockets.
+  The count is bounded by the open-file limit of this machine, not by the server.
+
+## Running the generator yourself
+
+\`\`\`sh
+cargo build --release --bin enigma-server --bin enigma-bench
+target/release/enigma-server &    # memory engine on 0.0.0.0:8000
+target/release/enigma-bench --url http://127.0.0.1:8000 --pairs 100 --rate 20000 --duration 10s
+target/release/enigma-bench --url http://127.0.0.1:8000 --ramp --rate 10000 --duration 3s
+target/release/enigma-bench --url http://127.0.0.1:8000 --connections 10000 --server-pid \$(pgrep -n enigma-server)
+\`\`\`
+
+Several \`--url\`s (comma-separated) spread the pairs over replicas, each pair's sender and
+recipient on different ones. \`--json\` (or \`--json-file PATH\`) for scripts, \`--format
+markdown\` for tables like the ones below, \`--help\` for the rest. Traffic goes to loopback
+addresses only.
+
+## Results
+
+EOF
+    section "Memory engine (one process, nothing durable)" memory-ramp memory-half
+    section "Redis engine, 1 replica (stored before announced)" redis1-20k redis1-ramp
+    section "Redis engine, 2 replicas (sender and recipient on different replicas)" redis2-20k redis2-ramp
+    section "Idle connections" idle-memory idle-redis1
+    echo "$kept"
+} >"$tmp_out"
+mv "$tmp_out" "$out"
+echo "bench: wrote $out in $((elapsed / 60)) min $((elapsed % 60)) s" >&2

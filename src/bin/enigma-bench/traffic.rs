@@ -1,0 +1,450 @@
+//! Open-loop traffic between user pairs.
+//!
+//! Every message has a send time fixed in advance: message `k` of a step at `start + k / rate`,
+//! owned by pair `k % pairs`. A sender that wakes up late sends everything that is due at once,
+//! and latency is measured from the scheduled time, so a server that slows the generator down
+//! (TCP back-pressure) shows up as latency and shortfall, never as a lower offered rate (no
+//! coordinated omission).
+//!
+//! Timer precision: tokio's timer has a 1 ms resolution and rounds deadlines up, so a sender
+//! sleeping until a send time wakes 1-2 ms late, slack that would be counted as server latency.
+//! Instead a sender wakes up to [`HORIZON_NS`] *before* its next send time and releases every
+//! message due within the horizon; a message released early is stamped with its actual send
+//! time. The stamp, from which latency is measured, is therefore the earlier of the scheduled
+//! and the actual send time: the scheduled time when the sender is late (what a real client
+//! would have waited), the real one when it is early (nobody waited before it existed). The
+//! offered rate is kept exactly, with a granularity of the horizon (a server that cannot absorb
+//! such bursts shows it as latency); a generator that falls behind shows up in the send lag
+//! (actual minus scheduled time, when positive).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{Percentiles, Step};
+use crate::target::Ws;
+use crate::wire::{Arrival, FrameBuilder, Inbound, SeqTracker, classify};
+
+/// Frames written before a flush: one syscall carries many frames when a sender is behind.
+const SEND_BATCH: usize = 64;
+/// How far ahead of their scheduled time messages may be released: tokio rounds a deadline up
+/// to its next 1 ms tick and the worker parks with a millisecond timeout, so a sleep ends up to
+/// ~2 ms after its deadline.
+const HORIZON_NS: u64 = 2_000_000;
+/// Stats are sharded by pair so that the two halves of the runtime rarely wait on one lock.
+const SHARDS: usize = 32;
+/// Largest latency recorded (µs); beyond it values saturate.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// The drain after a step ends early when nothing arrived for this long.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// Nanoseconds since the start of the run, shared by senders and receivers (one process, one
+/// monotonic clock: no clock skew between the two ends).
+#[derive(Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { base: Instant::now() }
+    }
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+    pub fn at(&self, ns: u64) -> Instant {
+        self.base + Duration::from_nanos(ns)
+    }
+}
+
+/// What one shard saw during the current step.
+pub struct Tally {
+    sent: u64,
+    delivered: u64,
+    in_window: u64,
+    duplicated: u64,
+    reordered: u64,
+    late: u64,
+    errors: BTreeMap<String, u64>,
+    latency_us: Histogram<u64>,
+    send_lag_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        let histogram = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds");
+        Tally {
+            sent: 0,
+            delivered: 0,
+            in_window: 0,
+            duplicated: 0,
+            reordered: 0,
+            late: 0,
+            errors: BTreeMap::new(),
+            latency_us: histogram(),
+            send_lag_us: histogram(),
+        }
+    }
+
+    fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.in_window += other.in_window;
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+        self.late += other.late;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.latency_us.add(&other.latency_us).expect("same bounds");
+        self.send_lag_us.add(&other.send_lag_us).expect("same bounds");
+    }
+}
+
+/// State shared by the run's tasks.
+pub struct Shared {
+    pub clock: Clock,
+    shards: Vec<Mutex<Tally>>,
+    /// Scheduled start of the current step: earlier stamps are late arrivals of a past step.
+    step_start_ns: AtomicU64,
+    /// End of the current step's sending window, for the achieved rate.
+    window_end_ns: AtomicU64,
+    /// Sockets closed or failed since the start of the run.
+    pub closed: AtomicU64,
+    /// Stops the receivers at the end of the run.
+    pub cancel: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(clock: Clock) -> Arc<Shared> {
+        Arc::new(Shared {
+            clock,
+            shards: (0..SHARDS).map(|_| Mutex::new(Tally::new())).collect(),
+            step_start_ns: AtomicU64::new(0),
+            window_end_ns: AtomicU64::new(u64::MAX),
+            closed: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    fn shard(&self, pair: usize) -> MutexGuard<'_, Tally> {
+        self.shards[pair % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (sent, delivered) so far in this step.
+    pub fn progress(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(s, d), shard| {
+            let t = shard.lock().unwrap_or_else(|e| e.into_inner());
+            (s + t.sent, d + t.delivered)
+        })
+    }
+
+    /// Takes the step's figures and starts a fresh tally.
+    fn take(&self) -> Tally {
+        let mut total = Tally::new();
+        for shard in &self.shards {
+            let t = std::mem::replace(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()), Tally::new());
+            total.merge(&t);
+        }
+        total
+    }
+}
+
+/// The sending half of a pair: the sender's socket, its frame builder and next sequence number.
+pub struct Sender {
+    pair: usize,
+    ws: Ws,
+    frames: FrameBuilder,
+    next_seq: u64,
+}
+
+impl Sender {
+    pub fn new(pair: usize, ws: Ws, from: &str, to: &str, payload_bytes: usize) -> Sender {
+        Sender { pair, ws, frames: FrameBuilder::new(from, to, payload_bytes), next_seq: 0 }
+    }
+}
+
+/// One step's schedule.
+struct Plan {
+    start_ns: u64,
+    rate: u64,
+    pairs: u64,
+    total: u64,
+}
+
+impl Plan {
+    /// How many of the step's messages belong to `pair`.
+    fn count(&self, pair: usize) -> u64 {
+        let pair = pair as u64;
+        if pair >= self.total { 0 } else { (self.total - 1 - pair) / self.pairs + 1 }
+    }
+
+    /// When `pair` sends its `j`-th message of the step.
+    fn scheduled_ns(&self, pair: usize, j: u64) -> u64 {
+        let k = u128::from(pair as u64 + j * self.pairs);
+        self.start_ns + (k * 1_000_000_000 / u128::from(self.rate)) as u64
+    }
+}
+
+/// Reads a recipient's socket until the run ends or the socket closes.
+pub fn spawn_receiver(pair: usize, mut ws: Ws, shared: Arc<Shared>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tracker = SeqTracker::default();
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => return,
+                message = ws.next() => message,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let now = shared.clock.now_ns();
+                    match classify(text.as_str()) {
+                        Inbound::Stamped { seq, stamp_ns } => {
+                            let arrival = tracker.observe(seq);
+                            // The step's first messages may be released (and stamped) up to
+                            // the horizon before its start; a past step's are older than that.
+                            let start = shared.step_start_ns.load(Ordering::Relaxed);
+                            let mut tally = shared.shard(pair);
+                            if stamp_ns < start.saturating_sub(HORIZON_NS) {
+                                tally.late += 1;
+                                continue;
+                            }
+                            match arrival {
+                                Arrival::Duplicate => tally.duplicated += 1,
+                                Arrival::New | Arrival::Reordered => {
+                                    tally.reordered += u64::from(arrival == Arrival::Reordered);
+                                    tally.delivered += 1;
+                                    if now <= shared.window_end_ns.load(Ordering::Relaxed) {
+                                        tally.in_window += 1;
+                                    }
+                                    let latency_us = now.saturating_sub(stamp_ns) / 1000;
+                                    tally.latency_us.saturating_record(latency_us.max(1));
+                                }
+                            }
+                        }
+                        Inbound::Error(code) => shared.shard(pair).error(&code),
+                        Inbound::Other(_) => shared.shard(pair).error("unexpected_frame"),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => return socket_closed(&shared, pair, close_kind(frame)),
+                Some(Err(_)) | None => return socket_closed(&shared, pair, "closed:lost".into()),
+                Some(Ok(_)) => {} // pings are answered by tungstenite
+            }
+        }
+    })
+}
+
+fn close_kind(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        Some(frame) => format!("closed:{}", u16::from(frame.code)),
+        None => "closed:no_code".into(),
+    }
+}
+
+fn socket_closed(shared: &Shared, pair: usize, kind: String) {
+    shared.closed.fetch_add(1, Ordering::Relaxed);
+    shared.shard(pair).error(&kind);
+}
+
+/// Handles a frame arriving on a sender's socket (only errors are expected there). Returns
+/// false once the socket is gone.
+fn on_sender_frame(shared: &Shared, pair: usize, message: Option<Result<Message, impl std::fmt::Display>>) -> bool {
+    match message {
+        Some(Ok(Message::Text(text))) => {
+            match classify(text.as_str()) {
+                Inbound::Error(code) => shared.shard(pair).error(&code),
+                _ => shared.shard(pair).error("unexpected_frame"),
+            }
+            true
+        }
+        Some(Ok(Message::Close(frame))) => {
+            socket_closed(shared, pair, close_kind(frame));
+            false
+        }
+        Some(Err(_)) | None => {
+            socket_closed(shared, pair, "closed:lost".into());
+            false
+        }
+        Some(Ok(_)) => true,
+    }
+}
+
+/// Sends one pair's share of a step on schedule; gives the sender back unless its socket died.
+async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> Option<Sender> {
+    let pair = sender.pair;
+    let count = plan.count(pair);
+    let mut lags = [0u64; SEND_BATCH];
+    let mut j = 0;
+    while j < count {
+        let due = plan.scheduled_ns(pair, j);
+        if due > shared.clock.now_ns() + HORIZON_NS {
+            // Read while waiting: error frames, close frames and the server's pings.
+            tokio::select! {
+                biased;
+                message = sender.ws.next() => {
+                    if !on_sender_frame(&shared, pair, message) {
+                        return None;
+                    }
+                }
+                _ = tokio::time::sleep_until(shared.clock.at(due - HORIZON_NS)) => {}
+            }
+            continue;
+        }
+        let mut n = 0;
+        while j < count && n < SEND_BATCH {
+            let due = plan.scheduled_ns(pair, j);
+            let now = shared.clock.now_ns();
+            if due > now + HORIZON_NS {
+                break;
+            }
+            let frame = sender.frames.frame(sender.next_seq, due.min(now));
+            if sender.ws.feed(Message::Text(frame)).await.is_err() {
+                socket_closed(&shared, pair, "send_failed".into());
+                return None;
+            }
+            lags[n] = now.saturating_sub(due);
+            n += 1;
+            j += 1;
+            sender.next_seq += 1;
+        }
+        if sender.ws.flush().await.is_err() {
+            socket_closed(&shared, pair, "send_failed".into());
+            return None;
+        }
+        let mut tally = shared.shard(pair);
+        tally.sent += n as u64;
+        for lag in &lags[..n] {
+            tally.send_lag_us.saturating_record(lag / 1000);
+        }
+    }
+    Some(sender)
+}
+
+/// Runs one constant-rate step over all live senders and waits for the stragglers.
+pub async fn run_step(
+    senders: &mut Vec<Sender>,
+    shared: &Arc<Shared>,
+    total_pairs: usize,
+    rate: u64,
+    duration: Duration,
+    drain: Duration,
+    on_progress: &dyn Fn(f64, u64, u64),
+) -> Step {
+    let clock = shared.clock;
+    let duration_ns = duration.as_nanos() as u64;
+    // A short lead so every sender task is running before its first send time; it also keeps
+    // this step's earliest stamps (start - HORIZON_NS) after the previous step's latest.
+    let start_ns = clock.now_ns() + 20_000_000;
+    let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
+    let plan = Arc::new(Plan { start_ns, rate, pairs: total_pairs as u64, total });
+    shared.step_start_ns.store(start_ns, Ordering::Relaxed);
+    shared.window_end_ns.store(start_ns + duration_ns, Ordering::Relaxed);
+    drop(shared.take());
+
+    // Pairs whose sender died in an earlier step do not send: their messages count as
+    // scheduled and not sent.
+    let tasks: Vec<JoinHandle<Option<Sender>>> =
+        senders.drain(..).map(|s| tokio::spawn(send_step(s, plan.clone(), shared.clone()))).collect();
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let all_sent = async {
+        let mut back = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Ok(Some(sender)) = task.await {
+                back.push(sender);
+            }
+        }
+        back
+    };
+    tokio::pin!(all_sent);
+    loop {
+        tokio::select! {
+            back = &mut all_sent => {
+                *senders = back;
+                break;
+            }
+            _ = ticker.tick() => {
+                let (sent, delivered) = shared.progress();
+                let elapsed = clock.now_ns().saturating_sub(start_ns) as f64 / duration_ns as f64;
+                on_progress(elapsed.min(1.0), sent, delivered);
+            }
+        }
+    }
+
+    // Drain: until everything sent has arrived, nothing arrived for a while, or time is up.
+    let drain_until = Instant::now() + drain;
+    let (mut last_delivered, mut last_change) = (0, Instant::now());
+    loop {
+        let (sent, delivered) = shared.progress();
+        on_progress(1.0, sent, delivered);
+        if delivered >= sent || Instant::now() >= drain_until || last_change.elapsed() >= DRAIN_QUIET {
+            break;
+        }
+        if delivered != last_delivered {
+            (last_delivered, last_change) = (delivered, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let t = shared.take();
+    let errors = t.errors.values().sum();
+    let achieved_rate = t.in_window as f64 / duration.as_secs_f64();
+    Step {
+        offered_rate: rate,
+        duration_secs: duration.as_secs_f64(),
+        scheduled: total,
+        sent: t.sent,
+        delivered: t.delivered,
+        achieved_rate,
+        achieved_ratio: if rate > 0 { achieved_rate / rate as f64 } else { 0.0 },
+        lost: t.sent.saturating_sub(t.delivered),
+        duplicated: t.duplicated,
+        reordered: t.reordered,
+        late: t.late,
+        errors,
+        errors_by_kind: t.errors,
+        latency_ms: Percentiles::of(&t.latency_us),
+        send_lag_ms: Percentiles::of(&t.send_lag_us),
+        generator_cpu_pct: None,
+        server_cpu_pct: None,
+        saturated: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_splits_every_message_once() {
+        let plan = Plan { start_ns: 1_000, rate: 1000, pairs: 3, total: 10 };
+        let counts: Vec<u64> = (0..3).map(|p| plan.count(p)).collect();
+        assert_eq!(counts, [4, 3, 3]);
+        let mut times: Vec<u64> = (0..3)
+            .flat_map(|p| (0..plan.count(p)).map(move |j| (p, j)))
+            .map(|(p, j)| plan.scheduled_ns(p, j))
+            .collect();
+        times.sort();
+        let expected: Vec<u64> = (0..10).map(|k| 1_000 + k * 1_000_000).collect();
+        assert_eq!(times, expected);
+    }
+
+    #[test]
+    fn more_pairs_than_messages() {
+        let plan = Plan { start_ns: 0, rate: 10, pairs: 100, total: 5 };
+        assert_eq!((0..100).map(|p| plan.count(p)).sum::<u64>(), 5);
+        assert_eq!(plan.count(5), 0);
+    }
+}
