@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
     };
     enigma::telemetry::init_logging(&settings.log);
     let shutdown = enigma::shutdown_signal();
-    let listener = match tokio::net::TcpListener::bind(settings.listen_addr()).await {
+    let listener = match listen(settings.listen_addr()) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("enigma-server: cannot listen on {}: {e}", settings.server.addr);
@@ -45,4 +45,14 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Binds with a deep accept queue: when a replica goes away, its users reconnect to the others
+/// all at once, and a short queue (the OS default here is 128) drops their SYNs, which costs
+/// each of them a retransmission second.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
