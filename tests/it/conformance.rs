@@ -49,6 +49,7 @@ both_engines!(
     acknowledging_clients_get_ids_receipts_and_redelivery,
     cors_and_health_endpoints_answer,
     sigterm_closes_sockets_with_1001_and_exits,
+    silent_peers_are_dropped_and_live_ones_kept,
 );
 
 async fn login_accepts_every_key_encoding_and_is_idempotent(b: Backend) {
@@ -388,4 +389,35 @@ async fn sigterm_closes_sockets_with_1001_and_exits(b: Backend) {
     assert!(status.success(), "exit status {status:?}");
     let (code, _) = a.expect_close().await;
     assert_eq!(code, 1001);
+}
+
+async fn silent_peers_are_dropped_and_live_ones_kept(b: Backend) {
+    let config = b.config().with("ENIGMA__SERVER__PING_INTERVAL_MS", 100).with("ENIGMA__SERVER__IDLE_TIMEOUT_MS", 400);
+    let s = Server::start(&config);
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    // Bob's client reads (and so answers the server's pings); Alice's never reads, as a dead
+    // peer behind a load balancer would.
+    let mut live = s.connect(&bob).await;
+    let mut dead = s.connect(&alice).await;
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        // Pings are answered by the client library while it reads; nothing else arrives.
+        let frame = tokio::time::timeout(Duration::from_millis(1500), live.next()).await;
+        (frame.is_err(), live)
+    });
+    let (quiet, mut live) = reader.await.unwrap();
+    assert!(quiet, "the live socket got no data frame and was not closed for 1.5 s (over 3 idle timeouts)");
+    // The server gave up on the silent one (4408). Its client, reading only now, may see the
+    // reset of the closed connection before the close frame: the server's count is the proof.
+    crate::harness::wait_until("the silent socket to be dropped as idle", DEADLINE, || async {
+        s.metric("enigma_connections_closed_total{reason=\"idle\"}").await == 1.0
+    })
+    .await;
+    let (code, reason) = dead.expect_close().await;
+    assert!(code == 4408 || code == 1006, "closed with {code} {reason}");
+    assert!(started.elapsed() < DEADLINE);
+    // The live socket still works.
+    let mut a = s.connect(&alice).await;
+    a.send_msg(&alice, &bob, "still here").await;
+    assert_eq!(live.recv_json().await["payload"], "still here");
 }
