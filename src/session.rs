@@ -159,9 +159,9 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
     }
     tracing::debug!(user = %session.user, code = closing.code, reason = closing.reason, "session closed");
-    if closing != Closing::PEER_GONE && closing != Closing::SLOW {
-        let _ = bounded(CLOSE_GRACE, session.socket.send(close_message(closing))).await;
-    }
+    // Always tried: it also flushes the reply to a client's own close (queued by tungstenite)
+    // and tells a slow reader it was cut off; on a dead socket it fails at once.
+    let _ = bounded(CLOSE_GRACE, session.socket.send(close_message(closing))).await;
 }
 
 fn close_reason_label(code: u16) -> &'static str {
@@ -184,6 +184,30 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
         socket.send(close_message(closing)).await
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
+}
+
+enum Waited<T> {
+    Done(T),
+    TimedOut,
+    Kicked(u16),
+}
+
+/// Like `bounded`, but a takeover or shutdown ends the wait at once: a socket blocked on a
+/// slow reader must not hold up either.
+async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) -> Waited<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    tokio::select! {
+        biased;
+        out = &mut fut => return Waited::Done(out),
+        _ = std::future::ready(()) => {}
+    }
+    tokio::select! {
+        waited = tokio::time::timeout(limit, fut) => match waited {
+            Ok(out) => Waited::Done(out),
+            Err(_) => Waited::TimedOut,
+        },
+        code = link.kicked() => Waited::Kicked(code),
+    }
 }
 
 /// Runs `fut` to completion if it completes within `limit`. Polled once before any timer is
@@ -241,6 +265,8 @@ impl Session {
         let mut resync = std::pin::pin!(link.resync_requested());
         let mut retry = std::pin::pin!(tokio::time::sleep(STALE_RETRY));
         loop {
+            let was_stale = self.stale;
+            let mut reread = false;
             let step = tokio::select! {
                 // Biased: a requested re-read must run before any later live delivery, or a
                 // delivery could overtake one whose doorbell was missed.
@@ -258,9 +284,13 @@ impl Session {
                 },
                 _ = &mut resync => {
                     resync.set(link.resync_requested());
+                    reread = true;
                     Box::pin(self.resync(true)).await.map(drop)
                 }
-                _ = &mut retry, if self.stale => Box::pin(self.resync(true)).await.map(drop),
+                _ = &mut retry, if self.stale => {
+                    reread = true;
+                    Box::pin(self.resync(true)).await.map(drop)
+                }
                 delivery = link.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
@@ -274,7 +304,9 @@ impl Session {
                 Ok(()) => self.flush().await,
                 Err(closing) => Err(closing),
             };
-            if self.stale {
+            // Armed when the session becomes stale and after each failed re-read; other traffic
+            // must not keep pushing the retry away.
+            if self.stale && (!was_stale || reread) {
                 retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
             }
             if let Err(closing) = step {
@@ -363,7 +395,12 @@ impl Session {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(delivery) = next {
-            if !self.stale {
+            if let Some(code) = self.link.is_kicked() {
+                return Err(Closing::from_kick(code));
+            }
+            // A missed doorbell (lagged) may sit before this delivery: leave it to the re-read
+            // that is already requested, or it would overtake the missed one.
+            if !self.stale && !self.link.is_lagged() {
                 self.forward(delivery, Path::Live).await?;
             }
             count += 1;
@@ -375,10 +412,12 @@ impl Session {
     /// Hands a frame to the socket's buffer (written out by `flush`, or earlier when full).
     async fn feed(&mut self, message: Message) -> Result<(), Closing> {
         self.unflushed = true;
-        match bounded(self.send_timeout, self.socket.feed(message)).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) => Err(Closing::PEER_GONE),
-            None => Err(slow_consumer()),
+        let link = self.link.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &link).await {
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
+            Waited::TimedOut => Err(slow_consumer()),
+            Waited::Kicked(code) => Err(Closing::from_kick(code)),
         }
     }
 
@@ -388,10 +427,12 @@ impl Session {
         if !self.unflushed {
             return Ok(());
         }
-        match bounded(self.send_timeout, self.socket.flush()).await {
-            Some(Ok(())) => self.unflushed = false,
-            Some(Err(_)) => return Err(Closing::PEER_GONE),
-            None => return Err(slow_consumer()),
+        let link = self.link.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &link).await {
+            Waited::Done(Ok(())) => self.unflushed = false,
+            Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
+            Waited::TimedOut => return Err(slow_consumer()),
+            Waited::Kicked(code) => return Err(Closing::from_kick(code)),
         }
         if self.written.is_empty() {
             return Ok(());
@@ -414,6 +455,7 @@ impl Session {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
+                self.store_pending().await?; // answers stay in the order of the frames
                 self.error(
                     ErrorCode::BinaryNotSupported,
                     "binary frames are not supported; send JSON text frames",
@@ -431,23 +473,30 @@ impl Session {
     /// rather than per message, while a quiet one still sends each message at once.
     async fn on_frames(&mut self, first: Message) -> Result<(), Closing> {
         let mut message = first;
-        loop {
-            self.on_message(message).await?;
-            if self.pending.len() >= SEND_BATCH {
-                break;
+        // Every frame counts, not only sends: a client flooding acks or bad frames must not
+        // keep this loop from kicks, pings and deliveries.
+        for _ in 1..SEND_BATCH {
+            if let Err(closing) = self.on_message(message).await {
+                // A send followed by a Close (or a broken frame) is still stored.
+                let _ = self.store_pending().await;
+                return Err(closing);
             }
             match self.socket.recv().now_or_never() {
                 Some(Some(Ok(next))) => message = next,
                 Some(Some(Err(e))) => {
-                    self.store_pending().await?;
+                    let _ = self.store_pending().await;
                     return Err(Closing::from_read_error(e));
                 }
                 Some(None) => {
-                    self.store_pending().await?;
+                    let _ = self.store_pending().await;
                     return Err(Closing::PEER_GONE);
                 }
-                None => break,
+                None => return self.store_pending().await,
             }
+        }
+        if let Err(closing) = self.on_message(message).await {
+            let _ = self.store_pending().await;
+            return Err(closing);
         }
         self.store_pending().await
     }

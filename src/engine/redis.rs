@@ -378,7 +378,10 @@ impl RedisEngine {
         let missing_script = |r: &RedisResult<Value>| {
             r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         };
-        if replies.as_ref().is_ok_and(|all| all.iter().any(missing_script)) {
+        // Only when every command failed so: a pipeline is not atomic, and if some of it ran
+        // (the script was loaded meanwhile), running it again would store those twice; the
+        // failed ones are then answered `unavailable` and retried by their senders.
+        if replies.as_ref().is_ok_and(|all| !all.is_empty() && all.iter().all(missing_script)) {
             let invocation = this.send_script.prepare_invoke();
             if this.timed("send", invocation.load_async(&mut con)).await.is_ok() {
                 replies = this.timed("send", pipe.query_async(&mut con)).await;

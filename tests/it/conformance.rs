@@ -50,6 +50,8 @@ both_engines!(
     cors_and_health_endpoints_answer,
     sigterm_closes_sockets_with_1001_and_exits,
     silent_peers_are_dropped_and_live_ones_kept,
+    a_send_followed_at_once_by_a_close_is_stored,
+    a_slow_but_reading_client_gets_every_message_once_in_order,
 );
 
 async fn login_accepts_every_key_encoding_and_is_idempotent(b: Backend) {
@@ -420,4 +422,48 @@ async fn silent_peers_are_dropped_and_live_ones_kept(b: Backend) {
     let mut a = s.connect(&alice).await;
     a.send_msg(&alice, &bob, "still here").await;
     assert_eq!(live.recv_json().await["payload"], "still here");
+}
+
+async fn a_send_followed_at_once_by_a_close_is_stored(b: Backend) {
+    let s = b.server();
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut bws = s.connect(&bob).await;
+    for i in 0..5 {
+        let mut a = s.connect(&alice).await;
+        a.send_msg(&alice, &bob, &format!("last words {i}")).await;
+        a.close().await; // the Close frame right behind the send
+        assert_eq!(bws.recv_json().await["payload"], format!("last words {i}"));
+    }
+}
+
+async fn a_slow_but_reading_client_gets_every_message_once_in_order(b: Backend) {
+    // A tiny live queue: most doorbells are missed and turned into re-reads of the inbox, while
+    // newer deliveries keep arriving; none may overtake a missed one.
+    let config = b
+        .config()
+        .with("ENIGMA__LIMITS__OUTBOUND_QUEUE_FRAMES", 4)
+        .with("ENIGMA__LIMITS__OUTBOUND_QUEUE_BYTES", 128 * 1024);
+    let s = Server::start(&config);
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut bws = s.connect(&bob).await;
+    let mut a = s.connect(&alice).await;
+    let payload = "q".repeat(60 * 1024);
+    let (alice2, bob2) = (alice.clone(), bob.clone());
+    let sender = tokio::spawn(async move {
+        for i in 0..400 {
+            a.send_msg(&alice2, &bob2, &format!("{i}:{payload}")).await;
+        }
+        a
+    });
+    for i in 0..400 {
+        let frame = bws.recv_json().await;
+        let text = frame["payload"].as_str().unwrap();
+        assert!(text.starts_with(&format!("{i}:")), "expected message {i}, got {}", &text[..text.len().min(8)]);
+        if i % 50 == 0 {
+            // A reader that falls behind far enough for the socket's buffers to fill, so the
+            // server blocks writing while newer deliveries are queued and older ones missed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let _a = sender.await.unwrap();
 }
