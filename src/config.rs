@@ -65,8 +65,12 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine.
+    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine. In
+    /// cluster mode, the seed nodes, comma-separated.
     pub url: Option<String>,
+    /// `single` (one Redis, or a Sentinel-managed master behind one address) or `cluster`
+    /// (Redis Cluster, sharded pub/sub) (`ENIGMA__REDIS__MODE`).
+    pub mode: RedisMode,
     /// Prefix of every key and channel, so several deployments (or tests) can share a Redis.
     pub prefix: String,
     /// A Redis command that takes longer than this fails (and the client gets an error).
@@ -74,6 +78,14 @@ pub struct RedisSettings {
     /// How often each replica checks its subscription link end to end (a probe published on
     /// its own channel must come back); three misses in a row count as a dead link.
     pub probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Single,
+    Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,7 +133,13 @@ impl Default for Limits {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: None, prefix: "enigma:".into(), command_timeout_ms: 2_000, probe_interval_ms: 1_000 }
+        Self {
+            url: None,
+            mode: RedisMode::Single,
+            prefix: "enigma:".into(),
+            command_timeout_ms: 2_000,
+            probe_interval_ms: 1_000,
+        }
     }
 }
 
@@ -203,8 +221,14 @@ impl Settings {
                 "must hold at least two frames of limits.max_payload_bytes",
             ));
         }
-        if let Some(url) = self.redis_url() {
-            redis::Client::open(url).map_err(|e| invalid("redis.url", format!("{e}")))?;
+        if self.redis_url().is_some() {
+            let urls = self.redis_urls();
+            if self.redis.mode == RedisMode::Single && urls.len() != 1 {
+                return Err(invalid("redis.url", "one URL in single mode (a list is for redis.mode = \"cluster\")"));
+            }
+            for url in urls {
+                redis::Client::open(url).map_err(|e| invalid("redis.url", format!("`{url}`: {e}")))?;
+            }
         }
         if self.redis.prefix.contains(['{', '}']) {
             return Err(invalid("redis.prefix", "must not contain `{` or `}` (they are Redis Cluster hash tags)"));
@@ -223,6 +247,11 @@ impl Settings {
     /// The separate metrics address, if one is configured (an empty value means none).
     pub fn metrics_addr(&self) -> Option<&str> {
         self.server.metrics_addr.as_deref().map(str::trim).filter(|a| !a.is_empty())
+    }
+
+    /// The Redis URLs: one in single mode, the seed nodes in cluster mode.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url().map(|u| u.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()).unwrap_or_default()
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

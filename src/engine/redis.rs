@@ -29,7 +29,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, RedisResult, Script, Value};
 use sha2::{Digest, Sha256};
@@ -37,7 +39,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{SendError, Unavailable};
-use crate::config::{Limits, Settings};
+use crate::config::{Limits, RedisMode, Settings};
 use crate::hub::{Hub, Link};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
@@ -127,12 +129,113 @@ impl Keys {
     }
 }
 
+/// A connection to one Redis (reconnecting by itself) or to a Redis Cluster (routing each
+/// command to the shard owning its slot). Every command path above is the same for both.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Subscribes to doorbell channels: plain pub/sub on one Redis, sharded pub/sub (each
+    /// channel on the shard of its `{uid}` slot) on a cluster.
+    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(channels).await,
+            Conn::Cluster(c) => {
+                // One channel per command: channels of different users are in different slots
+                // (and redis-rs 1.8's own resubscription, which groups them by node, fails with
+                // CROSSSLOT: the supervisor resubscribes this way after every reconnect).
+                for channel in channels {
+                    c.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+    async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.unsubscribe(channels).await,
+            Conn::Cluster(c) => {
+                for channel in channels {
+                    c.sunsubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+/// How to (re)connect: a client for commands and one, speaking RESP3, for subscriptions.
+#[allow(clippy::large_enum_variant, reason = "one per engine: its size does not matter")]
+enum Connector {
+    Single { client: redis::Client, pubsub_client: redis::Client },
+    Cluster { client: ClusterClient, pubsub_client: ClusterClient },
+}
+
+impl Connector {
+    fn config(timeout: Duration) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
+    }
+    async fn cmd(&self, timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Connector::Single { client, .. } => {
+                client.get_connection_manager_with_config(Self::config(timeout)).await.map(Conn::Single)
+            }
+            Connector::Cluster { client, .. } => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+    async fn pubsub(&self, push: &PushHandler, timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Connector::Single { pubsub_client, .. } => {
+                let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
+                pubsub_client.get_connection_manager_with_config(config).await.map(Conn::Single)
+            }
+            // The push sender was given to the cluster client when it was built.
+            Connector::Cluster { pubsub_client, .. } => pubsub_client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
 /// The two connections, replaceable when one goes dead, and how to make new ones.
 struct Links {
-    cmd: RwLock<ConnectionManager>,
-    pubsub: RwLock<ConnectionManager>,
-    client: redis::Client,
-    pubsub_client: redis::Client,
+    cmd: RwLock<Conn>,
+    pubsub: RwLock<Conn>,
+    connector: Connector,
     push: PushHandler,
     timeout: Duration,
     /// Whether the subscription link is known to work (readiness depends on it).
@@ -140,25 +243,24 @@ struct Links {
 }
 
 impl Links {
-    fn cmd(&self) -> ConnectionManager {
+    fn cmd(&self) -> Conn {
         self.cmd.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    fn pubsub(&self) -> ConnectionManager {
+    fn pubsub(&self) -> Conn {
         self.pubsub.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    fn config(&self) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
-            .set_connection_timeout(Some(self.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2))
+    /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
+    fn publish_command(&self) -> &'static str {
+        match self.connector {
+            Connector::Single { .. } => "PUBLISH",
+            Connector::Cluster { .. } => "SPUBLISH",
+        }
     }
-    async fn connect_cmd(&self) -> RedisResult<ConnectionManager> {
-        self.client.get_connection_manager_with_config(self.config()).await
+    async fn connect_cmd(&self) -> RedisResult<Conn> {
+        self.connector.cmd(self.timeout).await
     }
-    async fn connect_pubsub(&self) -> RedisResult<ConnectionManager> {
-        let config = self.config().set_push_sender(self.push.clone()).set_automatic_resubscription();
-        self.pubsub_client.get_connection_manager_with_config(config).await
+    async fn connect_pubsub(&self) -> RedisResult<Conn> {
+        self.connector.pubsub(&self.push, self.timeout).await
     }
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
@@ -180,7 +282,7 @@ struct PushHandler {
 impl AsyncPushSender for PushHandler {
     fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
         match info.kind {
-            PushKind::Message => self.on_message(info.data),
+            PushKind::Message | PushKind::SMessage => self.on_message(info.data),
             PushKind::Disconnection => {
                 // From now until the supervisor has resubscribed and every session re-read
                 // its inbox, announcements may be missing: forward nothing live (redis-rs
@@ -244,15 +346,9 @@ enum SubRequest {
 
 impl RedisEngine {
     pub async fn connect(settings: &Settings, hub: Arc<Hub>) -> Result<Self, Unavailable> {
-        let url = settings.redis_url().expect("redis engine needs redis.url");
         let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
         let keys = Keys { prefix: settings.redis.prefix.clone() };
         let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
-
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let info = client.get_connection_info().clone();
-        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let pubsub_client = redis::Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
 
         let replica = uuid::Uuid::new_v4().simple().to_string();
         let probe_channel = keys.probe(&replica);
@@ -263,19 +359,38 @@ impl RedisEngine {
             probe_seen: Arc::new(AtomicU64::new(0)),
             disconnected: Arc::new(Notify::new()),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let cmd = retry_connect(|| client.get_connection_manager_with_config(config.clone())).await?;
-        let pubsub_config = config.set_push_sender(push.clone()).set_automatic_resubscription();
-        let pubsub = retry_connect(|| pubsub_client.get_connection_manager_with_config(pubsub_config.clone())).await?;
+        let connector = match settings.redis.mode {
+            RedisMode::Single => {
+                let url = settings.redis_urls()[0];
+                let client = redis::Client::open(url).map_err(unavailable)?;
+                let info = client.get_connection_info().clone();
+                let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                let pubsub_client = redis::Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+                Connector::Single { client, pubsub_client }
+            }
+            RedisMode::Cluster => {
+                let seeds = settings.redis_urls();
+                let builder = || {
+                    ClusterClientBuilder::new(seeds.clone())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(2)
+                };
+                let client = builder().build().map_err(unavailable)?;
+                let pubsub_client = builder()
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(push.clone())
+                    .build()
+                    .map_err(unavailable)?;
+                Connector::Cluster { client, pubsub_client }
+            }
+        };
+        let cmd = retry_connect(|| connector.cmd(timeout)).await?;
+        let pubsub = retry_connect(|| connector.pubsub(&push, timeout)).await?;
         let links = Arc::new(Links {
             cmd: RwLock::new(cmd),
             pubsub: RwLock::new(pubsub),
-            client,
-            pubsub_client,
+            connector,
             push,
             timeout,
             up: AtomicBool::new(false),
@@ -284,6 +399,7 @@ impl RedisEngine {
         for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS] {
             metrics::counter!(counter).increment(0);
         }
+        let publish = links.publish_command();
         let (subscriptions, requests) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let (removals, removal_queue) = mpsc::unbounded_channel();
@@ -312,8 +428,8 @@ impl RedisEngine {
                 links,
                 subscriptions,
                 removals,
-                send_script: Script::new(SEND_SCRIPT),
-                attach_script: Script::new(ATTACH_SCRIPT),
+                send_script: Script::new(&with_publish(SEND_SCRIPT, publish)),
+                attach_script: Script::new(&with_publish(ATTACH_SCRIPT, publish)),
                 stop,
             }),
         })
@@ -332,15 +448,19 @@ impl RedisEngine {
         let user = UserId::random();
         let record = this.keys.user(&user);
         let created = super::memory::unix_ms();
-        let mut pipe = redis::pipe();
-        pipe.hset_multiple(&record, &[("publicKey", public_key), ("createdAt", &created.to_string())])
-            .ignore()
-            .cmd("SET")
-            .arg(&index)
-            .arg(user.as_str())
-            .arg("NX")
-            .arg("GET");
-        let (previous,): (Option<String>,) = this.timed("login_claim", pipe.query_async(&mut con)).await?;
+        let fields = [("publicKey", public_key), ("createdAt", &created.to_string())];
+        let mut claim = redis::cmd("SET");
+        claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET");
+        let previous: Option<String> = if con.is_cluster() {
+            // The record and the index are in different slots: two commands, in this order.
+            let _: () = this.timed("login_claim", con.hset_multiple(&record, &fields)).await?;
+            this.timed("login_claim", claim.query_async(&mut con)).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.hset_multiple(&record, &fields).ignore().add_command(claim);
+            let (previous,): (Option<String>,) = this.timed("login_claim", pipe.query_async(&mut con)).await?;
+            previous
+        };
         match previous {
             None => Ok(user),
             Some(winner) => {
@@ -365,6 +485,15 @@ impl RedisEngine {
     /// Several sends in one pipeline: one round trip, executed in order.
     pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
+        if this.links.cmd().is_cluster() {
+            // A cluster pipeline goes to the first command's shard: sends to users on other
+            // shards would fail. One at a time, in order.
+            let mut results = Vec::with_capacity(sends.len());
+            for (to, envelope) in sends {
+                results.push(self.send(to, envelope.clone()).await);
+            }
+            return results;
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (to, envelope) in sends {
@@ -558,6 +687,12 @@ fn send_reply(reply: Value) -> Result<MsgId, SendError> {
     }
 }
 
+/// A script with its `PUBLISH` turned into `publish` (`SPUBLISH` on a cluster: the channel is
+/// in the same `{uid}` slot as the keys, so the script stays on one shard).
+fn with_publish(script: &str, publish: &str) -> String {
+    script.replace("'PUBLISH'", &format!("'{publish}'"))
+}
+
 fn parse_id(raw: &[u8]) -> Option<MsgId> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
@@ -567,10 +702,10 @@ fn parse_indexed(user: &str) -> Result<UserId, Unavailable> {
 }
 
 /// The first connection may take a while (Redis starting next to us): retry with backoff.
-async fn retry_connect<F, Fut>(mut connect: F) -> Result<ConnectionManager, Unavailable>
+async fn retry_connect<F, Fut>(mut connect: F) -> Result<Conn, Unavailable>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = RedisResult<ConnectionManager>>,
+    Fut: Future<Output = RedisResult<Conn>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
@@ -603,12 +738,24 @@ async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiv
                 Removal::Barrier(done) => barriers.push(done),
             }
         }
-        if !pipe.is_empty() {
-            let mut con = links.cmd();
-            if let Err(e) = timed("remove", links.timeout, pipe.exec_async(&mut con)).await {
-                // Still stored: delivered again on the next connection rather than lost.
-                tracing::warn!(error = %e, "cannot remove delivered messages");
+        let mut con = links.cmd();
+        let result = if pipe.is_empty() {
+            Ok(())
+        } else if con.is_cluster() {
+            // A cluster pipeline goes to one shard: each user's removal on its own.
+            let mut result = Ok(());
+            for command in pipe.cmd_iter() {
+                if let Err(e) = timed("remove", links.timeout, command.query_async::<()>(&mut con)).await {
+                    result = Err(e);
+                }
             }
+            result
+        } else {
+            timed("remove", links.timeout, pipe.exec_async(&mut con)).await
+        };
+        if let Err(e) = result {
+            // Still stored: delivered again on the next connection rather than lost.
+            tracing::warn!(error = %e, "cannot remove delivered messages");
         }
         for done in barriers {
             let _ = done.send(());
@@ -651,7 +798,8 @@ async fn subscriber(
             // everyone subscribed before (some may have left meanwhile).
             users.extend(hub.users());
             users.extend(subscribed.iter().cloned());
-            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(&probe_channel)).await {
+            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(std::slice::from_ref(&probe_channel))).await
+            {
                 result = Err(e);
             }
         }
@@ -734,7 +882,8 @@ impl Supervisor {
         self.probes_sent += 1;
         let n = self.probes_sent;
         let mut con = self.links.cmd();
-        timed("probe", self.links.timeout, con.publish::<_, _, ()>(&self.probe_channel, n)).await?;
+        let publish = redis::cmd(self.links.publish_command()).arg(&self.probe_channel).arg(n).to_owned();
+        timed("probe", self.links.timeout, publish.query_async::<()>(&mut con)).await?;
         Ok(n)
     }
 

@@ -57,7 +57,7 @@ SERVER_KEYS = {
         "max_public_key_bytes", "max_payload_bytes", "inbox_capacity", "inbox_ttl_secs",
         "outbound_queue_frames", "outbound_queue_bytes", "send_timeout_ms",
     },
-    "redis": {"url", "prefix", "command_timeout_ms", "probe_interval_ms"},
+    "redis": {"url", "mode", "prefix", "command_timeout_ms", "probe_interval_ms"},
     "log": {"format", "level"},
 }
 

@@ -5,27 +5,33 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, Server, ServerConfig, Ws};
+use crate::harness::{DEADLINE, Redis, RedisCluster, Server, ServerConfig, Ws};
 
 const PEM_B64: &str = include_str!("fixtures/rsa2048-pem.b64");
 const DER_B64: &str = include_str!("fixtures/rsa2048-der.b64");
 
-/// One engine: memory, or a Redis of the test's own.
+/// One engine: memory, a Redis of the test's own, or a Redis Cluster of its own.
 pub struct Backend {
     redis: Option<Redis>,
+    cluster: Option<RedisCluster>,
 }
 
 impl Backend {
     pub fn memory() -> Self {
-        Backend { redis: None }
+        Backend { redis: None, cluster: None }
     }
     pub fn redis() -> Self {
-        Backend { redis: Some(Redis::start()) }
+        Backend { redis: Some(Redis::start()), cluster: None }
+    }
+    /// Three masters: users' slots fall on every one of them.
+    pub fn cluster() -> Self {
+        Backend { redis: None, cluster: Some(RedisCluster::start(3, 0)) }
     }
     pub fn config(&self) -> ServerConfig {
-        match &self.redis {
-            Some(redis) => ServerConfig::redis(redis),
-            None => ServerConfig::memory(),
+        match (&self.redis, &self.cluster) {
+            (Some(redis), _) => ServerConfig::redis(redis),
+            (_, Some(cluster)) => ServerConfig::cluster(cluster),
+            _ => ServerConfig::memory(),
         }
     }
     pub fn server(&self) -> Server {
@@ -34,6 +40,7 @@ impl Backend {
 }
 
 both_engines!(
+    with_cluster:
     login_accepts_every_key_encoding_and_is_idempotent,
     login_rejects_bad_keys_with_4xx,
     lookup_returns_the_key_byte_for_byte,

@@ -64,6 +64,30 @@ impl Redis {
         panic!("could not start redis-server");
     }
 
+    /// One attempt on a given port (`None` if the port was taken meanwhile).
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Redis> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "enigma-itc-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(["--dir".into(), dir.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut redis = Redis { child: spawn_redis(&args), port, dir, args };
+        if redis.wait_ready() {
+            Some(redis)
+        } else {
+            None // dropped: killed and its directory removed
+        }
+    }
+
     fn wait_ready(&mut self) -> bool {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
@@ -179,6 +203,14 @@ impl ServerConfig {
             redis_url: Some(redis.url()),
             prefix: format!("t{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: Vec::new(),
+        }
+    }
+    pub fn cluster(cluster: &RedisCluster) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(cluster.url()),
+            prefix: format!("c{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: vec![("ENIGMA__REDIS__MODE".into(), "cluster".into())],
         }
     }
     pub fn with(mut self, key: &str, value: impl ToString) -> Self {
@@ -470,5 +502,55 @@ async fn pipe(
 impl Drop for Blackhole {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A Redis Cluster of this test's own: `masters` masters (and `replicas` replicas for each),
+/// `redis-server --cluster-enabled yes` processes on free ports, joined with
+/// `redis-cli --cluster create`. Stopped when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let count = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        while nodes.len() < count {
+            // The cluster bus listens on port + 10000: both must be free.
+            let port = free_port();
+            if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            let dir_tag = format!("nodes-{port}.conf");
+            let node = Redis::start_on(
+                port,
+                &["--cluster-enabled", "yes", "--cluster-config-file", &dir_tag, "--cluster-node-timeout", "2000"],
+            );
+            if let Some(node) = node {
+                nodes.push(node);
+            }
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        let out = create.output().expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes };
+        let start = Instant::now();
+        while !cluster.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok")))
+        {
+            assert!(start.elapsed() < DEADLINE * 3, "cluster never reached cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// The seed nodes, as `redis.url` takes them in cluster mode.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}/", n.port)).collect::<Vec<_>>().join(",")
     }
 }

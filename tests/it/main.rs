@@ -6,6 +6,13 @@
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => { both_engines!(@flavor "current_thread"; $($name),*); };
     (multi_thread: $($name:ident),* $(,)?) => { both_engines!(@flavor "multi_thread"; $($name),*); };
+    // The same two, and a third module `cluster::name` on a Redis Cluster of the test's own.
+    (with_cluster: $($name:ident),* $(,)?) => {
+        both_engines!(@flavor "current_thread"; $($name),*);
+        mod cluster {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::cluster()).await })*
+        }
+    };
     (@flavor $flavor:literal; $($name:ident),*) => {
         mod memory {
             $(#[tokio::test(flavor = $flavor)] async fn $name() { super::$name(super::Backend::memory()).await })*
@@ -18,6 +25,7 @@ macro_rules! both_engines {
 
 mod balancer;
 mod cli;
+mod cluster;
 pub mod conformance;
 mod deploy_assets;
 mod faults;
