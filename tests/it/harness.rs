@@ -37,31 +37,9 @@ impl Redis {
     }
 
     pub fn start_with(extra: &[&str]) -> Redis {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "enigma-it-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        for _ in 0..20 {
-            let port = free_port();
-            let mut args: Vec<String> =
-                ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-            args.extend(["--dir".into(), dir.display().to_string()]);
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let child = spawn_redis(&args);
-            let mut redis = Redis { child, port, dir: dir.clone(), args };
-            if redis.wait_ready() {
-                return redis;
-            }
-            let _ = redis.child.kill();
-            let _ = redis.child.wait();
-        }
-        panic!("could not start redis-server");
+        (0..20)
+            .find_map(|_| Self::start_on(free_port(), extra))
+            .expect("could not start redis-server (is it installed? make test installs it)")
     }
 
     /// One attempt on a given port (`None` if the port was taken meanwhile).
