@@ -95,6 +95,11 @@ impl Link {
         self.kicked.cancel();
     }
 
+    /// A missed doorbell was noticed by the session itself (a skipped message number).
+    pub fn request_resync(&self) {
+        self.lag();
+    }
+
     fn lag(&self) {
         self.lagged.store(true, Ordering::SeqCst);
         self.resync.notify_one();
@@ -294,7 +299,7 @@ mod tests {
     }
 
     fn delivery(seq: u64) -> Delivery {
-        Delivery { id: MsgId { ms: 1, seq }, ts: 1, envelope: "{}".into() }
+        Delivery { id: MsgId { ms: 1, seq }, ts: 1, seq, envelope: "{}".into() }
     }
 
     #[tokio::test]

@@ -102,6 +102,9 @@ impl FromStr for MsgId {
 pub struct Delivery {
     pub id: MsgId,
     pub ts: u64,
+    /// The message's number among all messages ever sent to its recipient (1, 2, 3, …): a
+    /// session that sees a number skipped knows a doorbell went missing, whatever the cause.
+    pub seq: u64,
     pub envelope: bytes::Bytes,
 }
 
@@ -226,8 +229,12 @@ mod tests {
 
     #[test]
     fn acknowledging_frames_splice_id_and_ts() {
-        let d =
-            Delivery { id: MsgId { ms: 5, seq: 1 }, ts: 5, envelope: r#"{"from":"a","to":"b","payload":"p"}"#.into() };
+        let d = Delivery {
+            id: MsgId { ms: 5, seq: 1 },
+            ts: 5,
+            seq: 1,
+            envelope: r#"{"from":"a","to":"b","payload":"p"}"#.into(),
+        };
         assert_eq!(d.frame(false), r#"{"from":"a","to":"b","payload":"p"}"#.as_bytes());
         let v: serde_json::Value = serde_json::from_slice(&d.frame(true)).unwrap();
         assert_eq!(v["id"], "5-1");

@@ -147,6 +147,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         unflushed: false,
         send_timeout,
         last_sent: None,
+        last_seq: 0,
         last_seen: Instant::now(),
         stale: false,
     };
@@ -241,6 +242,10 @@ struct Session {
     send_timeout: Duration,
     /// Highest inbox id written on this connection.
     last_sent: Option<MsgId>,
+    /// Number of the last message known to be sent to the user (read before each inbox read,
+    /// raised by each delivery): a live delivery must carry the next one, or a doorbell was
+    /// missed (0: not known yet).
+    last_seq: u64,
     last_seen: Instant,
     /// The last inbox read failed: live deliveries are held back (they could overtake what
     /// was not read) until a retry of the read succeeds.
@@ -327,6 +332,15 @@ impl Session {
                 Err(e) => tracing::debug!(error = %e, "cannot check the connection generation"),
             }
         }
+        // Every message numbered up to this is in the inbox read below, or was delivered already.
+        let sequence = match self.state.engine.sequence(&self.user).await {
+            Ok(sequence) => sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the message counter; will retry");
+                self.stale = true;
+                return Ok(0);
+            }
+        };
         let sent = match self.catch_up().await? {
             Some(sent) => sent,
             None => {
@@ -335,6 +349,7 @@ impl Session {
             }
         };
         self.stale = false;
+        self.last_seq = self.last_seq.max(sequence);
         while let Some(delivery) = self.link.try_next() {
             if !self.link.is_lagged() {
                 self.forward(delivery, Path::Live).await?;
@@ -375,6 +390,13 @@ impl Session {
         if self.last_sent.is_some_and(|last| delivery.id <= last) {
             return Ok(()); // already sent on this connection
         }
+        if matches!(path, Path::Live) && delivery.seq > 0 && self.last_seq > 0 && delivery.seq > self.last_seq + 1 {
+            // A number was skipped: its doorbell never came (e.g. a cluster slot changed hands
+            // and the subscription moved late). Re-read the inbox rather than overtake it.
+            self.link.request_resync();
+            return Ok(());
+        }
+        self.last_seq = self.last_seq.max(delivery.seq);
         self.last_sent = Some(delivery.id);
         let hot = telemetry::hot();
         match path {

@@ -35,8 +35,10 @@ struct Directory {
 
 struct Inbox {
     last: MsgId,
+    /// Messages ever sent to the user (the last one's number).
+    count: u64,
     written: Instant,
-    messages: BTreeMap<MsgId, Bytes>,
+    messages: BTreeMap<MsgId, (u64, Bytes)>,
 }
 
 impl MemoryEngine {
@@ -78,6 +80,7 @@ impl MemoryEngine {
         let mut inboxes = self.inner.inboxes();
         let inbox = inboxes.entry(to.clone()).or_insert_with(|| Inbox {
             last: MsgId::default(),
+            count: 0,
             written: Instant::now(),
             messages: BTreeMap::new(),
         });
@@ -94,10 +97,12 @@ impl MemoryEngine {
             MsgId { ms: inbox.last.ms, seq: inbox.last.seq + 1 }
         };
         inbox.last = id;
+        inbox.count += 1;
+        let seq = inbox.count;
         inbox.written = Instant::now();
-        inbox.messages.insert(id, envelope.clone());
+        inbox.messages.insert(id, (seq, envelope.clone()));
         // Rung under the inbox lock, so notifications keep the inbox's order.
-        self.inner.hub.deliver(to, Delivery { id, ts: id.ms, envelope });
+        self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });
         Ok(id)
     }
 
@@ -108,7 +113,15 @@ impl MemoryEngine {
             Some(after) => inbox.messages.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => inbox.messages.range(..),
         };
-        range.take(limit).map(|(id, env)| Delivery { id: *id, ts: id.ms, envelope: env.clone() }).collect()
+        range
+            .take(limit)
+            .map(|(id, (seq, env))| Delivery { id: *id, ts: id.ms, seq: *seq, envelope: env.clone() })
+            .collect()
+    }
+
+    /// The number of the last message sent to `user` (0: none yet).
+    pub fn sequence(&self, user: &UserId) -> u64 {
+        self.inner.inboxes().get(user).map_or(0, |inbox| inbox.count)
     }
 
     pub fn remove(&self, user: &UserId, ids: &[MsgId]) {

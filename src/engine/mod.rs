@@ -139,6 +139,15 @@ impl Engine {
         }
     }
 
+    /// The number of the last message sent to `user` (0: none yet). Read before a backlog
+    /// read, it tells a session which live number comes next.
+    pub async fn sequence(&self, user: &UserId) -> Result<u64, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.sequence(user)),
+            Engine::Redis(e) => e.sequence(user).await,
+        }
+    }
+
     /// The newest connection generation of `user` (engines that coordinate replicas only):
     /// lets a session notice a takeover announced while its doorbells were being missed.
     pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {

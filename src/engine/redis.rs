@@ -44,15 +44,18 @@ use crate::hub::{Hub, Link};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
-/// Appends an envelope to the recipient's inbox and rings its doorbell, in one step.
+/// Appends an envelope to the recipient's inbox and rings its doorbell, in one step. Each
+/// message gets the next number of its recipient (field `seq` of the user record), stored with
+/// it and announced with it, so a session notices a doorbell that never came.
 /// KEYS: user record, inbox, channel. ARGV: envelope, capacity, ttl (ms).
 /// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox.
 const SEND_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
-local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 's', seq)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], 'm' .. id .. '\n' .. ARGV[1])
+redis.call('PUBLISH', KEYS[3], 'm' .. id .. ' ' .. seq .. '\n' .. ARGV[1])
 return id
 "#;
 
@@ -313,9 +316,13 @@ impl PushHandler {
         match payload.first() {
             Some(b'm') => {
                 let Some(newline) = payload.iter().position(|&b| b == b'\n') else { return };
-                let Some(id) = parse_id(&payload[1..newline]) else { return };
+                let Some((id, seq)) = std::str::from_utf8(&payload[1..newline]).ok().and_then(|h| h.split_once(' '))
+                else {
+                    return;
+                };
+                let (Some(id), Ok(seq)) = (parse_id(id.as_bytes()), seq.parse()) else { return };
                 let envelope = Bytes::from(payload).slice(newline + 1..);
-                self.hub.deliver(&user, Delivery { id, ts: id.ms, envelope });
+                self.hub.deliver(&user, Delivery { id, ts: id.ms, seq, envelope });
             }
             Some(b't') => {
                 if let Some(generation) = std::str::from_utf8(&payload[1..]).ok().and_then(|g| g.parse().ok()) {
@@ -554,11 +561,15 @@ impl RedisEngine {
             .into_iter()
             .filter_map(|entry| {
                 let id: MsgId = entry.id.parse().ok()?;
-                let envelope = match entry.map.into_iter().find(|(field, _)| field == "e")?.1 {
-                    Value::BulkString(bytes) => Bytes::from(bytes),
-                    _ => return None,
-                };
-                Some(Delivery { id, ts: id.ms, envelope })
+                let (mut envelope, mut seq) = (None, 0);
+                for (field, value) in entry.map {
+                    match (field.as_str(), value) {
+                        ("e", Value::BulkString(bytes)) => envelope = Some(Bytes::from(bytes)),
+                        ("s", Value::BulkString(n)) => seq = std::str::from_utf8(&n).ok()?.parse().ok()?,
+                        _ => {}
+                    }
+                }
+                Some(Delivery { id, ts: id.ms, seq, envelope: envelope? })
             })
             .collect())
     }
@@ -596,6 +607,12 @@ impl RedisEngine {
         let generation: u64 = this.timed("attach", invocation.invoke_async(&mut con)).await?;
         this.hub.set_generation(link, generation);
         Ok(())
+    }
+
+    pub async fn sequence(&self, user: &UserId) -> Result<u64, Unavailable> {
+        let mut con = self.inner.links.cmd();
+        let seq: Option<u64> = self.inner.timed("sequence", con.hget(self.inner.keys.user(user), "seq")).await?;
+        Ok(seq.unwrap_or(0))
     }
 
     pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {
@@ -649,7 +666,8 @@ async fn timed<T>(
 }
 
 /// Every command label `timed` is called with.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 13] = [
+    "sequence",
     "send",
     "remove",
     "attach",

@@ -45,8 +45,8 @@ async fn next_json(ws: &mut Ws) -> Option<Value> {
 
 /// Counters shared by the clients of a test.
 #[derive(Default)]
-struct Tally {
-    receipted: AtomicUsize,
+pub(crate) struct Tally {
+    pub(crate) receipted: AtomicUsize,
     send_errors: AtomicUsize,
     /// recipient → payload → times delivered
     seen: Mutex<HashMap<String, HashMap<String, usize>>>,
@@ -54,7 +54,7 @@ struct Tally {
 
 /// Sends `count` messages `"<seq>"` from `from` to `to`, one at a time, each until it is
 /// receipted: errors are retried, a lost connection is re-opened on any of `urls`.
-async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count: usize, tally: Arc<Tally>) {
+pub(crate) async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count: usize, tally: Arc<Tally>) {
     let mut ws = connect_any(&urls, &from).await;
     let mut seq = 0;
     let start = Instant::now();
@@ -83,7 +83,7 @@ async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count
 
 /// Receives on `user` until every payload `0..count` was seen, acknowledging each
 /// delivery; reconnects (to any of `urls`) whenever the connection ends.
-async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<Tally>) {
+pub(crate) async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<Tally>) {
     let start = Instant::now();
     let done = |tally: &Tally| tally.seen.lock().unwrap().get(&user).map_or(0, |m| m.len()) >= count;
     while !done(&tally) {
@@ -119,7 +119,7 @@ fn duplicates(tally: &Tally) -> usize {
     tally.seen.lock().unwrap().values().flat_map(|m| m.values()).map(|n| n - 1).sum()
 }
 
-fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) {
+pub(crate) fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) {
     let seen = tally.seen.lock().unwrap();
     for user in recipients {
         let got: BTreeSet<usize> =

@@ -519,9 +519,14 @@ impl RedisCluster {
         assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         let cluster = RedisCluster { nodes };
         let start = Instant::now();
-        while !cluster.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok")))
-        {
-            assert!(start.elapsed() < DEADLINE * 3, "cluster never reached cluster_state:ok");
+        // Ready: every node sees the cluster ok and knows every replica.
+        let ready = |n: &Redis| {
+            n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                && n.cli(&["CLUSTER", "NODES"])
+                    .is_some_and(|all| all.lines().filter(|l| l.contains("slave")).count() == masters * replicas)
+        };
+        while !cluster.nodes.iter().all(ready) {
+            assert!(start.elapsed() < DEADLINE * 3, "cluster never reached cluster_state:ok with its replicas");
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
