@@ -162,7 +162,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
     tracing::debug!(user = %session.user, code = closing.code, reason = closing.reason, "session closed");
     // Always tried: it also flushes the reply to a client's own close (queued by tungstenite)
     // and tells a slow reader it was cut off; on a dead socket it fails at once.
-    let _ = bounded(CLOSE_GRACE, session.socket.send(close_message(closing))).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, session.socket.send(close_message(closing))).await;
 }
 
 fn close_reason_label(code: u16) -> &'static str {
@@ -193,8 +193,9 @@ enum Waited<T> {
     Kicked(u16),
 }
 
-/// Like `bounded`, but a takeover or shutdown ends the wait at once: a socket blocked on a
-/// slow reader must not hold up either.
+/// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
+/// socket blocked on a slow reader must not hold up a takeover or a shutdown. Polled once
+/// before any timer is armed: the common case (a socket with room) costs no timer at all.
 async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
     tokio::select! {
@@ -209,18 +210,6 @@ async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) 
         },
         code = link.kicked() => Waited::Kicked(code),
     }
-}
-
-/// Runs `fut` to completion if it completes within `limit`. Polled once before any timer is
-/// armed: the common case (a socket with room) costs no timer at all.
-async fn bounded<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    tokio::select! {
-        biased;
-        out = &mut fut => return Some(out),
-        _ = std::future::ready(()) => {}
-    }
-    tokio::time::timeout(limit, fut).await.ok()
 }
 
 fn close_message(closing: Closing) -> Message {
@@ -257,7 +246,7 @@ const STALE_RETRY: Duration = Duration::from_millis(250);
 
 impl Session {
     async fn run(&mut self) -> Closing {
-        match Box::pin(self.resync(false)).await {
+        match Box::pin(self.resync()).await {
             Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
             Err(closing) => return closing,
         }
@@ -290,11 +279,11 @@ impl Session {
                 _ = &mut resync => {
                     resync.set(link.resync_requested());
                     reread = true;
-                    Box::pin(self.resync(true)).await.map(drop)
+                    Box::pin(self.resync()).await.map(drop)
                 }
                 _ = &mut retry, if self.stale => {
                     reread = true;
-                    Box::pin(self.resync(true)).await.map(drop)
+                    Box::pin(self.resync()).await.map(drop)
                 }
                 delivery = link.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
@@ -321,26 +310,21 @@ impl Session {
     }
 
     /// Re-reads the inbox after `last_sent`, then forwards what is still queued only if no
-    /// doorbell was missed meanwhile (otherwise the next re-read gets it). `check_generation`:
-    /// a takeover announced while doorbells were being missed may have been missed too.
-    async fn resync(&mut self, check_generation: bool) -> Result<usize, Closing> {
+    /// doorbell was missed meanwhile (otherwise the next re-read gets it). A takeover announced
+    /// while doorbells were being missed may have been missed too: the generation is checked.
+    async fn resync(&mut self) -> Result<usize, Closing> {
         self.link.begin_resync();
-        if check_generation {
-            match self.state.engine.generation(&self.user).await {
-                Ok(Some(newest)) => self.state.hub.takeover(&self.user, newest),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "cannot check the connection generation"),
-            }
-        }
-        // Every message numbered up to this is in the inbox read below, or was delivered already.
-        let sequence = match self.state.engine.sequence(&self.user).await {
-            Ok(sequence) => sequence,
+        let state = match self.state.engine.resync_state(&self.user).await {
+            Ok(state) => state,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the message counter; will retry");
+                tracing::warn!(error = %e, "cannot read the inbox state; will retry");
                 self.stale = true;
                 return Ok(0);
             }
         };
+        if let Some(newest) = state.generation {
+            self.state.hub.takeover(&self.user, newest); // no-op unless newer than ours
+        }
         let sent = match self.catch_up().await? {
             Some(sent) => sent,
             None => {
@@ -349,7 +333,7 @@ impl Session {
             }
         };
         self.stale = false;
-        self.last_seq = self.last_seq.max(sequence);
+        self.last_seq = self.last_seq.max(state.sequence);
         while let Some(delivery) = self.link.try_next() {
             if !self.link.is_lagged() {
                 self.forward(delivery, Path::Live).await?;

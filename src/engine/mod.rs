@@ -34,6 +34,18 @@ pub enum SendError {
     Unavailable(#[from] Unavailable),
 }
 
+/// Read before an inbox read.
+#[derive(Debug, Clone, Copy)]
+pub struct ResyncState {
+    /// The number of the last message sent to the user (0: none yet): every message numbered
+    /// up to it is in the inbox read that follows, or was delivered already, so the next live
+    /// one must carry the number after it.
+    pub sequence: u64,
+    /// The user's newest connection generation (engines that coordinate replicas only): lets
+    /// a session notice a takeover announced while its doorbells were being missed.
+    pub generation: Option<u64>,
+}
+
 #[derive(Clone)]
 pub enum Engine {
     Memory(MemoryEngine),
@@ -69,14 +81,6 @@ impl Engine {
         match self {
             Engine::Memory(e) => Ok(e.public_key(user)),
             Engine::Redis(e) => e.public_key(user).await,
-        }
-    }
-
-    /// Stores `envelope` (the accepted JSON) in `to`'s inbox and rings the doorbell.
-    pub async fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
-        match self {
-            Engine::Memory(e) => e.send(to, envelope),
-            Engine::Redis(e) => e.send(to, envelope).await,
         }
     }
 
@@ -139,21 +143,11 @@ impl Engine {
         }
     }
 
-    /// The number of the last message sent to `user` (0: none yet). Read before a backlog
-    /// read, it tells a session which live number comes next.
-    pub async fn sequence(&self, user: &UserId) -> Result<u64, Unavailable> {
+    /// What a session reads before it re-reads its inbox, in one round trip.
+    pub async fn resync_state(&self, user: &UserId) -> Result<ResyncState, Unavailable> {
         match self {
-            Engine::Memory(e) => Ok(e.sequence(user)),
-            Engine::Redis(e) => e.sequence(user).await,
-        }
-    }
-
-    /// The newest connection generation of `user` (engines that coordinate replicas only):
-    /// lets a session notice a takeover announced while its doorbells were being missed.
-    pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {
-        match self {
-            Engine::Memory(_) => Ok(None),
-            Engine::Redis(e) => e.generation(user).await,
+            Engine::Memory(e) => Ok(ResyncState { sequence: e.sequence(user), generation: None }),
+            Engine::Redis(e) => e.resync_state(user).await,
         }
     }
 

@@ -609,15 +609,16 @@ impl RedisEngine {
         Ok(())
     }
 
-    pub async fn sequence(&self, user: &UserId) -> Result<u64, Unavailable> {
-        let mut con = self.inner.links.cmd();
-        let seq: Option<u64> = self.inner.timed("sequence", con.hget(self.inner.keys.user(user), "seq")).await?;
-        Ok(seq.unwrap_or(0))
-    }
-
-    pub async fn generation(&self, user: &UserId) -> Result<Option<u64>, Unavailable> {
-        let mut con = self.inner.links.cmd();
-        self.inner.timed("generation", con.get(self.inner.keys.generation(user))).await
+    /// The message counter and the connection generation: both keys are in the user's slot,
+    /// so one pipeline reads them, on a cluster too.
+    pub async fn resync_state(&self, user: &UserId) -> Result<super::ResyncState, Unavailable> {
+        let this = &self.inner;
+        let mut con = this.links.cmd();
+        let mut pipe = redis::pipe();
+        pipe.hget(this.keys.user(user), "seq").get(this.keys.generation(user));
+        let (sequence, generation): (Option<u64>, Option<u64>) =
+            this.timed("resync_state", pipe.query_async(&mut con)).await?;
+        Ok(super::ResyncState { sequence: sequence.unwrap_or(0), generation })
     }
 
     pub fn detach(&self, link: &Link) {
@@ -666,8 +667,7 @@ async fn timed<T>(
 }
 
 /// Every command label `timed` is called with.
-const COMMANDS: [&str; 13] = [
-    "sequence",
+const COMMANDS: [&str; 12] = [
     "send",
     "remove",
     "attach",
@@ -675,7 +675,7 @@ const COMMANDS: [&str; 13] = [
     "lookup",
     "login_get",
     "login_claim",
-    "generation",
+    "resync_state",
     "ping",
     "probe",
     "subscribe",
