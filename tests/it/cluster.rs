@@ -97,10 +97,7 @@ fn replica_of_slot_owner(cluster: &RedisCluster, slot: u16) -> u16 {
 /// subscription moves to the new master late; the message numbers reveal the gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-
-    use crate::faults::{Tally, assert_all_delivered, receive_all, send_until_receipted};
+    use crate::faults::{assert_all_delivered, exchange};
 
     const COUNT: usize = 300;
     let cluster = RedisCluster::start(3, 1);
@@ -114,16 +111,8 @@ async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
         cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("x{{{bob}}}")]).unwrap().trim().parse().unwrap();
     let replica = replica_of_slot_owner(&cluster, slot);
 
-    let url = vec![format!("ws://{}", s.addr)];
-    let tally = Arc::new(Tally::default());
-    let receiver = tokio::spawn(receive_all(url.clone(), bob.clone(), COUNT, tally.clone()));
-    let sender = tokio::spawn(send_until_receipted(url, alice, bob.clone(), COUNT, tally.clone()));
-    let t = tally.clone();
-    wait_until("some traffic", DEADLINE, || {
-        let n = t.receipted.load(Ordering::Relaxed);
-        async move { n >= COUNT / 3 }
-    })
-    .await;
+    let (tally, sender, receiver) = exchange(&s, alice, bob.clone(), COUNT);
+    tally.wait_receipted(COUNT / 3).await;
     // Bob's master hands over to its replica while traffic flows.
     let node = cluster.nodes.iter().find(|n| n.port == replica).unwrap();
     assert_eq!(node.cli(&["CLUSTER", "FAILOVER"]).unwrap().trim(), "OK");

@@ -46,15 +46,41 @@ async fn next_json(ws: &mut Ws) -> Option<Value> {
 /// Counters shared by the clients of a test.
 #[derive(Default)]
 pub(crate) struct Tally {
-    pub(crate) receipted: AtomicUsize,
+    receipted: AtomicUsize,
     send_errors: AtomicUsize,
     /// recipient → payload → times delivered
     seen: Mutex<HashMap<String, HashMap<String, usize>>>,
 }
 
+impl Tally {
+    /// Waits until `n` sends were receipted (traffic is flowing).
+    pub(crate) async fn wait_receipted(&self, n: usize) {
+        wait_until("receipted sends", CONVERGE, || {
+            let done = self.receipted.load(Ordering::Relaxed) >= n;
+            async move { done }
+        })
+        .await;
+    }
+}
+
+/// An acknowledged exchange from `from` to `to` through `server`: `count` messages, each sent
+/// until receipted, and a receiver that acknowledges every delivery. Await both handles.
+pub(crate) fn exchange(
+    server: &Server,
+    from: String,
+    to: String,
+    count: usize,
+) -> (Arc<Tally>, tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let url = vec![format!("ws://{}", server.addr)];
+    let tally = Arc::new(Tally::default());
+    let receiver = tokio::spawn(receive_all(url.clone(), to.clone(), count, tally.clone()));
+    let sender = tokio::spawn(send_until_receipted(url, from, to, count, tally.clone()));
+    (tally, sender, receiver)
+}
+
 /// Sends `count` messages `"<seq>"` from `from` to `to`, one at a time, each until it is
 /// receipted: errors are retried, a lost connection is re-opened on any of `urls`.
-pub(crate) async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count: usize, tally: Arc<Tally>) {
+async fn send_until_receipted(urls: Vec<String>, from: String, to: String, count: usize, tally: Arc<Tally>) {
     let mut ws = connect_any(&urls, &from).await;
     let mut seq = 0;
     let start = Instant::now();
@@ -83,7 +109,7 @@ pub(crate) async fn send_until_receipted(urls: Vec<String>, from: String, to: St
 
 /// Receives on `user` until every payload `0..count` was seen, acknowledging each
 /// delivery; reconnects (to any of `urls`) whenever the connection ends.
-pub(crate) async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<Tally>) {
+async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<Tally>) {
     let start = Instant::now();
     let done = |tally: &Tally| tally.seen.lock().unwrap().get(&user).map_or(0, |m| m.len()) >= count;
     while !done(&tally) {
@@ -153,12 +179,7 @@ async fn replica_killed_with_sigkill_loses_no_receipted_message() {
         tasks.push(tokio::spawn(receive_all(r_urls, recipient.clone(), EACH, tally.clone())));
         tasks.push(tokio::spawn(send_until_receipted(s_urls, sender, recipient, EACH, tally.clone())));
     }
-    let t = tally.clone();
-    wait_until("a third of the traffic", CONVERGE, || {
-        let n = t.receipted.load(Ordering::Relaxed);
-        async move { n >= PAIRS * EACH / 3 }
-    })
-    .await;
+    tally.wait_receipted(PAIRS * EACH / 3).await;
     doomed.kill();
     for task in join_all(tasks).await {
         task.expect("client task");
@@ -179,16 +200,8 @@ async fn redis_crash_and_restart_loses_no_receipted_message() {
     let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let s = Server::start(&ServerConfig::redis(&redis).with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500));
     let (alice, bob) = (s.new_user().await, s.new_user().await);
-    let url = vec![format!("ws://{}", s.addr)];
-    let tally = Arc::new(Tally::default());
-    let receiver = tokio::spawn(receive_all(url.clone(), bob.clone(), COUNT, tally.clone()));
-    let sender = tokio::spawn(send_until_receipted(url, alice, bob.clone(), COUNT, tally.clone()));
-    let t = tally.clone();
-    wait_until("some traffic", CONVERGE, || {
-        let n = t.receipted.load(Ordering::Relaxed);
-        async move { n >= COUNT / 3 }
-    })
-    .await;
+    let (tally, sender, receiver) = exchange(&s, alice, bob.clone(), COUNT);
+    tally.wait_receipted(COUNT / 3).await;
     redis.crash();
     // Sends during the outage are answered with errors, not lost silently.
     let t = tally.clone();
