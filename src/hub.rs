@@ -270,6 +270,13 @@ impl Hub {
         }
     }
 
+    /// The user's session here, if any, re-reads its inbox (its doorbells may have been lost).
+    pub fn resync(&self, user: &UserId) {
+        if let Some(slot) = self.lock().get(user) {
+            slot.link.lag();
+        }
+    }
+
     pub fn users(&self) -> Vec<UserId> {
         self.lock().keys().cloned().collect()
     }

@@ -34,6 +34,9 @@ pub mod metric {
     pub const REDIS_LINK_UP: &str = "enigma_redis_link_up";
     pub const REDIS_RESUBSCRIPTIONS: &str = "enigma_redis_resubscriptions_total";
     pub const REDIS_DEAD_LINKS: &str = "enigma_redis_dead_links_total";
+    /// Subscriptions a cluster node ended because their slot moved (migration, failover),
+    /// subscribed again where the slot lives now.
+    pub const REDIS_MOVED_SUBSCRIPTIONS: &str = "enigma_redis_moved_subscriptions_total";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a

@@ -10,25 +10,30 @@
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (field `e`) until removed  |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover)      |
 //! | `<p>deliver:{uid}`         | channel | doorbell: `m<id>\n<envelope>` or `t<generation>` |
-//! | `<p>probe:<replica>`       | channel | this replica's link probe                     |
+//! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
 //!
 //! A send is one script: check the recipient, check the inbox's room, XADD, refresh the TTL,
 //! PUBLISH: stored and announced, or refused, never announced without being stored.
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
 //!
 //! The subscription link is watched end to end: every `redis.probe_interval_ms` the replica
-//! publishes a probe on its own channel and expects it back. A link that dropped (a
-//! disconnection push) or went quiet (three probes missing: a hung connection never errors) is
-//! rebuilt, every local user is subscribed again and every session re-reads its inbox; while
-//! that lasts, `/readyz` fails.
+//! publishes a probe on its own channel (on a cluster one per shard, in a slot each master
+//! owns) and expects it back. A link that dropped (a disconnection push) or went quiet (three
+//! probes missing: a hung connection never errors) is rebuilt, every local user is subscribed
+//! again and every session re-reads its inbox; while that lasts, `/readyz` fails.
+//!
+//! On a cluster a node ends the subscriptions of a slot it gives away (migration, failover)
+//! with an unasked `sunsubscribe`: those users are subscribed again on the new owner and their
+//! sessions re-read their inboxes, for what was announced to nobody in between.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -47,24 +52,29 @@ use crate::telemetry::metric;
 /// Appends an envelope to the recipient's inbox and rings its doorbell, in one step. Each
 /// message gets the next number of its recipient (field `seq` of the user record), stored with
 /// it and announced with it, so a session notices a doorbell that never came.
-/// KEYS: user record, inbox, channel. ARGV: envelope, capacity, ttl (ms).
+/// KEYS: user record, inbox. ARGV: envelope, capacity, ttl (ms), channel.
 /// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox.
+///
+/// The channel is an argument, not a key: on a cluster it is in the keys' slot all the same,
+/// and a declared key that never exists would make every send to a slot being migrated fail
+/// with TRYAGAIN until the migration ends (Redis counts it as a key that already moved).
 const SEND_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 's', seq)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], 'm' .. id .. ' ' .. seq .. '\n' .. ARGV[1])
+redis.call('PUBLISH', ARGV[4], 'm' .. id .. ' ' .. seq .. '\n' .. ARGV[1])
 return id
 "#;
 
 /// Claims the next connection generation of a user and announces it, so that older
-/// connections on every replica end. KEYS: counter, channel. The counter never expires: one
-/// restarting at 1 would make every older connection look newer.
+/// connections on every replica end. The counter never expires: one
+/// restarting at 1 would make every older connection look newer. (KEYS: counter. ARGV:
+/// channel, for the reason given at `SEND_SCRIPT`.)
 const ATTACH_SCRIPT: &str = r#"
 local generation = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], 't' .. generation)
+redis.call('PUBLISH', ARGV[1], 't' .. generation)
 return generation
 "#;
 
@@ -116,8 +126,12 @@ impl Keys {
     fn channel(&self, user: &UserId) -> String {
         format!("{}deliver:{{{user}}}", self.prefix)
     }
-    fn probe(&self, replica: &str) -> String {
-        format!("{}probe:{replica}", self.prefix)
+    /// A link probe of this replica; on a cluster `tag` places it in a slot of one shard.
+    fn probe(&self, replica: &str, tag: Option<&str>) -> String {
+        match tag {
+            Some(tag) => format!("{}probe:{{{tag}}}:{replica}", self.prefix),
+            None => format!("{}probe:{replica}", self.prefix),
+        }
     }
     fn key_index(&self, public_key: &str) -> String {
         let digest = Sha256::digest(public_key.as_bytes());
@@ -172,14 +186,15 @@ impl Conn {
     async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Conn::Single(c) => c.subscribe(channels).await,
+            // One channel per command, many at once: channels of different users are in
+            // different slots (and redis-rs 1.8's own resubscription, which groups them by node,
+            // fails with CROSSSLOT: the supervisor resubscribes this way after every reconnect).
             Conn::Cluster(c) => {
-                // One channel per command: channels of different users are in different slots
-                // (and redis-rs 1.8's own resubscription, which groups them by node, fails with
-                // CROSSSLOT: the supervisor resubscribes this way after every reconnect).
-                for channel in channels {
-                    c.ssubscribe(channel).await?;
-                }
-                Ok(())
+                let subscribe = |channel: &String| {
+                    let (mut c, channel) = (c.clone(), channel.clone());
+                    async move { c.ssubscribe(channel).await }
+                };
+                each_concurrently(channels, subscribe).await
             }
         }
     }
@@ -187,16 +202,32 @@ impl Conn {
         match self {
             Conn::Single(c) => c.unsubscribe(channels).await,
             Conn::Cluster(c) => {
-                for channel in channels {
-                    c.sunsubscribe(channel).await?;
-                }
-                Ok(())
+                let unsubscribe = |channel: &String| {
+                    let (mut c, channel) = (c.clone(), channel.clone());
+                    async move { c.sunsubscribe(channel).await }
+                };
+                each_concurrently(channels, unsubscribe).await
             }
         }
     }
     fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
+}
+
+/// Commands a cluster connection has in flight at once when one operation touches many slots.
+const CLUSTER_CONCURRENCY: usize = 64;
+
+/// Runs `command` for every item, up to `CLUSTER_CONCURRENCY` at once (each goes to its own
+/// slot's shard); the first error, if any, once all are done.
+async fn each_concurrently<T, F, Fut>(items: &[T], command: F) -> RedisResult<()>
+where
+    F: Fn(&T) -> Fut,
+    Fut: Future<Output = RedisResult<()>>,
+{
+    let results: Vec<RedisResult<()>> =
+        stream::iter(items.iter().map(command)).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+    results.into_iter().collect()
 }
 
 /// How to (re)connect: a client for commands and one, speaking RESP3, for subscriptions.
@@ -265,6 +296,9 @@ impl Links {
     async fn connect_pubsub(&self) -> RedisResult<Conn> {
         self.connector.pubsub(&self.push, self.timeout).await
     }
+    fn is_cluster(&self) -> bool {
+        matches!(self.connector, Connector::Cluster { .. })
+    }
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
         metrics::gauge!(metric::REDIS_LINK_UP).set(if up { 1.0 } else { 0.0 });
@@ -272,14 +306,19 @@ impl Links {
 }
 
 /// Receives the subscription connection's pushes: doorbells go to the hub, probes are
-/// counted, a disconnection wakes the supervisor.
+/// counted, a disconnection wakes the supervisor, a subscription the server dropped goes back
+/// to the subscriber.
 #[derive(Clone)]
 struct PushHandler {
     hub: Arc<Hub>,
     keys: Keys,
-    probe_channel: Arc<[u8]>,
-    probe_seen: Arc<AtomicU64>,
+    /// This replica's probe channels start with `<p>probe:` and end with its id.
+    probe_prefix: Arc<[u8]>,
+    probe_suffix: Arc<[u8]>,
+    /// The highest probe number seen back, per probe channel.
+    probe_seen: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     disconnected: Arc<Notify>,
+    lost: mpsc::UnboundedSender<SubRequest>,
 }
 
 impl AsyncPushSender for PushHandler {
@@ -292,6 +331,14 @@ impl AsyncPushSender for PushHandler {
                 // resubscribes by itself, so live messages would otherwise overtake the gap).
                 self.hub.set_degraded(true);
                 self.disconnected.notify_one();
+            }
+            // Our own unsubscriptions are confirmed so, but a cluster node also sends it
+            // unasked when the channel's slot moved away (a migration, a failover): the
+            // subscriber subscribes it again where it lives now, if it is still wanted.
+            PushKind::SUnsubscribe => {
+                if let Some(Value::BulkString(channel)) = info.data.into_iter().next() {
+                    let _ = self.lost.send(SubRequest::Lost(channel));
+                }
             }
             _ => {}
         }
@@ -306,9 +353,11 @@ impl PushHandler {
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) = (data.next(), data.next()) else {
             return;
         };
-        if *channel == *self.probe_channel {
-            if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|n| n.parse().ok()) {
-                self.probe_seen.fetch_max(n, Ordering::AcqRel);
+        if channel.starts_with(&self.probe_prefix) && channel.ends_with(&self.probe_suffix) {
+            if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|n| n.parse::<u64>().ok()) {
+                let mut seen = self.probe_seen.lock().unwrap_or_else(|e| e.into_inner());
+                let seen = seen.entry(channel).or_default();
+                *seen = (*seen).max(n);
             }
             return;
         }
@@ -347,8 +396,12 @@ const REMOVAL_BATCH: usize = 512;
 enum SubRequest {
     /// Bring the user's subscription in line with the hub; answer once it is.
     Sync(UserId, Option<oneshot::Sender<Result<(), Unavailable>>>),
-    /// Subscribe every user the hub holds (and the probe channel) again, on the current link.
+    /// Subscribe every user the hub holds (and the probe channels) again, on the current link.
     All(oneshot::Sender<Result<(), Unavailable>>),
+    /// The probe channels to hold from now on (one per shard on a cluster).
+    Probes(Vec<String>, oneshot::Sender<Result<(), Unavailable>>),
+    /// The server ended this subscription by itself (its slot moved to another shard).
+    Lost(Vec<u8>),
 }
 
 impl RedisEngine {
@@ -358,13 +411,15 @@ impl RedisEngine {
         let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
 
         let replica = uuid::Uuid::new_v4().simple().to_string();
-        let probe_channel = keys.probe(&replica);
+        let (subscriptions, requests) = mpsc::unbounded_channel();
         let push = PushHandler {
             hub: hub.clone(),
             keys: keys.clone(),
-            probe_channel: probe_channel.as_bytes().into(),
-            probe_seen: Arc::new(AtomicU64::new(0)),
+            probe_prefix: keys.probe("", None).as_bytes().into(),
+            probe_suffix: replica.as_bytes().into(),
+            probe_seen: Arc::default(),
             disconnected: Arc::new(Notify::new()),
+            lost: subscriptions.clone(),
         };
         let connector = match settings.redis.mode {
             RedisMode::Single => {
@@ -381,7 +436,12 @@ impl RedisEngine {
                     ClusterClientBuilder::new(seeds.clone())
                         .connection_timeout(timeout)
                         .response_timeout(timeout)
-                        .retries(2)
+                        // Sends to a slot being migrated are refused with TRYAGAIN for a moment:
+                        // retry soon and a few times (the default waits over a second).
+                        .retries(6)
+                        .min_retry_wait(5)
+                        .max_retry_wait(timeout.as_millis() as u64 / 4)
+                        .retry_wait_formula(10, 2)
                 };
                 let client = builder().build().map_err(unavailable)?;
                 let pubsub_client = builder()
@@ -403,25 +463,27 @@ impl RedisEngine {
             up: AtomicBool::new(false),
         });
 
-        for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS] {
+        for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS, metric::REDIS_MOVED_SUBSCRIPTIONS] {
             metrics::counter!(counter).increment(0);
         }
         let publish = links.publish_command();
-        let (subscriptions, requests) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let (removals, removal_queue) = mpsc::unbounded_channel();
         tokio::spawn(stop.clone().run_until_cancelled_owned(remover(links.clone(), keys.clone(), removal_queue)));
-        let subscriber = subscriber(links.clone(), hub.clone(), keys.clone(), probe_channel.clone(), requests);
+        let subscriber = subscriber(links.clone(), hub.clone(), keys.clone(), requests);
         tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
         let supervisor = Supervisor {
             links: links.clone(),
             subscriptions: subscriptions.clone(),
             hub: hub.clone(),
-            probe_channel,
+            keys: keys.clone(),
+            replica,
+            probes: Vec::new(),
+            tags: HashMap::new(),
             probes_sent: 0,
             interval: Duration::from_millis(settings.redis.probe_interval_ms),
         };
-        // The first link check doubles as the initial subscription of the probe channel.
+        // The first link check doubles as the initial subscription of the probe channels.
         let mut supervisor = supervisor;
         supervisor.recover(false).await;
         tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
@@ -489,17 +551,30 @@ impl RedisEngine {
         send_reply(reply)
     }
 
-    /// Several sends in one pipeline: one round trip, executed in order.
+    /// Several sends in one pipeline: one round trip, executed in order. On a cluster, where a
+    /// pipeline must stay in one slot, the sends to each recipient go in order and different
+    /// recipients' sends at once (each to its own shard).
     pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
         if this.links.cmd().is_cluster() {
-            // A cluster pipeline goes to the first command's shard: sends to users on other
-            // shards would fail. One at a time, in order.
-            let mut results = Vec::with_capacity(sends.len());
-            for (to, envelope) in sends {
-                results.push(self.send(to, envelope.clone()).await);
+            let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
+            for (i, (to, _)) in sends.iter().enumerate() {
+                by_recipient.entry(to).or_default().push(i);
             }
-            return results;
+            let per_recipient = by_recipient.into_values().map(|indices| async move {
+                let mut results = Vec::with_capacity(indices.len());
+                for i in indices {
+                    let (to, envelope) = &sends[i];
+                    results.push((i, self.send(to, envelope.clone()).await));
+                }
+                results
+            });
+            let mut results: Vec<Option<Result<MsgId, SendError>>> = sends.iter().map(|_| None).collect();
+            let done: Vec<_> = stream::iter(per_recipient).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+            for (i, result) in done.into_iter().flatten() {
+                results[i] = Some(result);
+            }
+            return results.into_iter().map(|r| r.expect("every send answered")).collect();
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -539,10 +614,10 @@ impl RedisEngine {
         invocation
             .key(this.keys.user(to))
             .key(this.keys.inbox(to))
-            .key(this.keys.channel(to))
             .arg(envelope.as_ref())
             .arg(this.limits.inbox_capacity)
-            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
+            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000))
+            .arg(this.keys.channel(to));
         invocation
     }
 
@@ -603,7 +678,7 @@ impl RedisEngine {
         }
         let mut con = this.links.cmd();
         let mut invocation = this.attach_script.prepare_invoke();
-        invocation.key(this.keys.generation(&link.user)).key(this.keys.channel(&link.user));
+        invocation.key(this.keys.generation(&link.user)).arg(this.keys.channel(&link.user));
         let generation: u64 = this.timed("attach", invocation.invoke_async(&mut con)).await?;
         this.hub.set_generation(link, generation);
         Ok(())
@@ -760,14 +835,14 @@ async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiv
         let result = if pipe.is_empty() {
             Ok(())
         } else if con.is_cluster() {
-            // A cluster pipeline goes to one shard: each user's removal on its own.
-            let mut result = Ok(());
-            for command in pipe.cmd_iter() {
-                if let Err(e) = timed("remove", links.timeout, command.query_async::<()>(&mut con)).await {
-                    result = Err(e);
-                }
-            }
-            result
+            // A cluster pipeline goes to one shard: each user's removal on its own, many at once.
+            let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
+            let remove = |command: &&redis::Cmd| {
+                let mut con = con.clone();
+                let command = (*command).clone();
+                async move { command.query_async::<()>(&mut con).await }
+            };
+            timed("remove", links.timeout, each_concurrently(&commands, remove)).await
         } else {
             timed("remove", links.timeout, pipe.exec_async(&mut con)).await
         };
@@ -784,19 +859,18 @@ async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiv
 /// Owns the subscription state of this replica. Requests are handled in order, in batches,
 /// and each is decided from the hub's state at that moment, so a subscribe and an
 /// unsubscribe of the same user can never overtake each other.
-async fn subscriber(
-    links: Arc<Links>,
-    hub: Arc<Hub>,
-    keys: Keys,
-    probe_channel: String,
-    mut requests: mpsc::UnboundedReceiver<SubRequest>,
-) {
+async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: mpsc::UnboundedReceiver<SubRequest>) {
     let mut subscribed: HashSet<UserId> = HashSet::new();
+    let mut probes: Vec<String> = Vec::new();
     let mut batch = Vec::new();
     while requests.recv_many(&mut batch, SUBSCRIBE_CHUNK).await > 0 {
         let mut users = HashSet::new();
+        // Users whose subscription the server ended: subscribed again even if we think they
+        // are, then their sessions re-read what was announced meanwhile.
+        let mut lost = HashSet::new();
         let mut waiters = Vec::new();
         let mut everyone = false;
+        let (mut new_probes, mut old_probes) = (Vec::new(), Vec::new());
         for request in batch.drain(..) {
             match request {
                 SubRequest::Sync(user, waiter) => {
@@ -807,6 +881,19 @@ async fn subscriber(
                     everyone = true;
                     waiters.push(waiter);
                 }
+                SubRequest::Probes(channels, waiter) => {
+                    old_probes.extend(probes.iter().filter(|c| !channels.contains(c)).cloned());
+                    new_probes.extend(channels.iter().filter(|c| !probes.contains(c)).cloned());
+                    probes = channels;
+                    waiters.push(waiter);
+                }
+                SubRequest::Lost(channel) => {
+                    if let Some(probe) = probes.iter().find(|c| c.as_bytes() == channel) {
+                        new_probes.push(probe.clone());
+                    } else if let Some(user) = keys.channel_user(&channel) {
+                        lost.insert(user);
+                    }
+                }
             }
         }
         let mut con = links.pubsub();
@@ -816,17 +903,26 @@ async fn subscriber(
             // everyone subscribed before (some may have left meanwhile).
             users.extend(hub.users());
             users.extend(subscribed.iter().cloned());
-            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(std::slice::from_ref(&probe_channel))).await
-            {
-                result = Err(e);
-            }
+            new_probes.clone_from(&probes);
         }
+        new_probes.retain(|c| probes.contains(c));
+        if !new_probes.is_empty()
+            && let Err(e) = timed("subscribe", links.timeout, con.subscribe(&new_probes)).await
+        {
+            result = Err(e);
+        }
+        if !old_probes.is_empty()
+            && let Err(e) = timed("unsubscribe", links.timeout, con.unsubscribe(&old_probes)).await
+        {
+            tracing::warn!(error = %e, "unsubscribing old probe channels failed");
+        }
+        users.extend(lost.iter().cloned());
         let mut to_subscribe = Vec::new();
         let mut to_unsubscribe = Vec::new();
         for user in users {
             match (hub.is_registered(&user), subscribed.contains(&user)) {
                 (true, false) => to_subscribe.push(user),
-                (true, true) if everyone => to_subscribe.push(user),
+                (true, true) if everyone || lost.contains(&user) => to_subscribe.push(user),
                 (false, true) => to_unsubscribe.push(user),
                 _ => {}
             }
@@ -834,8 +930,24 @@ async fn subscriber(
         for chunk in to_subscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
             match timed("subscribe", links.timeout, con.subscribe(&channels)).await {
-                Ok(()) => subscribed.extend(chunk.iter().cloned()),
-                Err(e) => result = Err(e),
+                Ok(()) => {
+                    subscribed.extend(chunk.iter().cloned());
+                    let mut moved = 0;
+                    for user in chunk.iter().filter(|user| lost.contains(*user)) {
+                        hub.resync(user);
+                        moved += 1;
+                    }
+                    metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);
+                }
+                Err(e) => {
+                    if chunk.iter().any(|user| lost.contains(user)) {
+                        // Nothing else would bring them back: recover the whole link (every
+                        // user subscribed again, every session re-reads its inbox).
+                        tracing::warn!(error = %e, "cannot subscribe moved channels again; recovering the link");
+                        links.push.disconnected.notify_one();
+                    }
+                    result = Err(e);
+                }
             }
         }
         for chunk in to_unsubscribe.chunks(SUBSCRIBE_CHUNK) {
@@ -856,11 +968,20 @@ async fn subscriber(
 }
 
 /// Watches the subscription link and brings it back after a drop or a silent death.
+///
+/// On a cluster the link is one connection per shard, and any of them may go quiet alone: a
+/// probe goes to every shard (a channel in a slot each master owns, placed again whenever the
+/// slots move), and the link counts as alive only while every probe comes back.
 struct Supervisor {
     links: Arc<Links>,
     subscriptions: mpsc::UnboundedSender<SubRequest>,
     hub: Arc<Hub>,
-    probe_channel: String,
+    keys: Keys,
+    replica: String,
+    /// The probe channels currently subscribed.
+    probes: Vec<String>,
+    /// A hash tag in each slot range seen so far (finding one takes up to ~16k CRCs).
+    tags: HashMap<(u16, u16), String>,
     probes_sent: u64,
     interval: Duration,
 }
@@ -878,31 +999,80 @@ impl Supervisor {
                     misses = 0;
                 }
                 _ = tick.tick() => {
-                    // The previous probe must have come back by now.
-                    let seen = self.links.push.probe_seen.load(Ordering::Acquire);
-                    misses = if seen >= self.probes_sent { 0 } else { misses + 1 };
+                    // A tick waits for Redis at most one interval (a silent shard must not
+                    // stretch the checks). Probes placed anew (the shards changed) start
+                    // counting afresh; otherwise the previous probe must have come back by now.
+                    let moved = matches!(self.place_probes(self.interval).await, Ok(true));
+                    misses = if moved || self.probes_returned(self.probes_sent) { 0 } else { misses + 1 };
                     if misses >= PROBE_MISSES {
                         metrics::counter!(metric::REDIS_DEAD_LINKS).increment(1);
                         tracing::warn!(misses, "Redis subscription link silent; rebuilding it");
                         self.recover(true).await;
                         misses = 0;
                     } else {
-                        let _ = self.probe().await;
+                        let _ = self.probe(self.interval).await;
                     }
                 }
             }
         }
     }
 
-    /// Publishes the next probe; returns its number. A probe that cannot even be published
-    /// counts as sent, so it is missed like one the subscription never delivered.
-    async fn probe(&mut self) -> Result<u64, Unavailable> {
+    /// Whether probe `n` came back on every probe channel.
+    fn probes_returned(&self, n: u64) -> bool {
+        let seen = self.links.push.probe_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.probes.iter().all(|c| seen.get(c.as_bytes()).is_some_and(|&s| s >= n))
+    }
+
+    /// Publishes the next probe on every probe channel, waiting at most `limit`; returns its
+    /// number. A probe that cannot be published in time counts as sent, so it is missed like
+    /// one never delivered.
+    async fn probe(&mut self, limit: Duration) -> Result<u64, Unavailable> {
         self.probes_sent += 1;
         let n = self.probes_sent;
-        let mut con = self.links.cmd();
-        let publish = redis::cmd(self.links.publish_command()).arg(&self.probe_channel).arg(n).to_owned();
-        timed("probe", self.links.timeout, publish.query_async::<()>(&mut con)).await?;
+        let con = self.links.cmd();
+        let publish = |channel: &String| {
+            let mut con = con.clone();
+            let publish = redis::cmd(self.links.publish_command()).arg(channel).arg(n).to_owned();
+            async move { publish.query_async::<()>(&mut con).await }
+        };
+        timed("probe", limit, each_concurrently(&self.probes, publish)).await?;
         Ok(n)
+    }
+
+    /// Subscribes the probe channels the topology asks for, if they changed: one on a single
+    /// Redis, one per master on a cluster (reading the slots waits at most `limit`). Returns
+    /// whether they changed.
+    async fn place_probes(&mut self, limit: Duration) -> Result<bool, Unavailable> {
+        let wanted = if self.links.is_cluster() {
+            let mut con = self.links.cmd();
+            let slots: Value = timed("probe", limit, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut con)).await?;
+            let mut channels = Vec::new();
+            for (start, end) in first_range_per_master(&slots) {
+                let tag = self.tags.entry((start, end)).or_insert_with(|| tag_in_slots(start, end));
+                channels.push(self.keys.probe(&self.replica, Some(tag)));
+            }
+            channels.sort();
+            if channels.is_empty() {
+                return Err(Unavailable("CLUSTER SLOTS lists no master".into()));
+            }
+            channels
+        } else {
+            vec![self.keys.probe(&self.replica, None)]
+        };
+        if wanted == self.probes {
+            return Ok(false);
+        }
+        let (done, placed) = oneshot::channel();
+        let _ = self.subscriptions.send(SubRequest::Probes(wanted.clone(), done));
+        let result = placed.await.unwrap_or_else(|_| Err(Unavailable("subscriber stopped".into())));
+        self.links
+            .push
+            .probe_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c, _| wanted.iter().any(|w| w.as_bytes() == c));
+        self.probes = wanted;
+        result.map(|()| true)
     }
 
     /// Until the link is proven to work end to end: (re)build it if asked, subscribe every
@@ -936,6 +1106,9 @@ impl Supervisor {
             *self.links.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
             *self.links.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
         }
+        if self.place_probes(self.links.timeout).await.is_err() {
+            return false;
+        }
         let (done, resubscribed) = oneshot::channel();
         if self.subscriptions.send(SubRequest::All(done)).is_err() {
             return true; // the engine is gone; nothing left to recover
@@ -943,9 +1116,9 @@ impl Supervisor {
         if !matches!(resubscribed.await, Ok(Ok(()))) {
             return false;
         }
-        let Ok(n) = self.probe().await else { return false };
+        let Ok(n) = self.probe(self.links.timeout).await else { return false };
         let deadline = Instant::now() + self.links.timeout;
-        while self.links.push.probe_seen.load(Ordering::Acquire) < n {
+        while !self.probes_returned(n) {
             if Instant::now() > deadline {
                 return false;
             }
@@ -953,6 +1126,45 @@ impl Supervisor {
         }
         true
     }
+}
+
+/// The first slot range of every master in a `CLUSTER SLOTS` reply
+/// (`[[start, end, [host, port, id, ..], replicas..], ..]`), in no particular order.
+fn first_range_per_master(reply: &Value) -> Vec<(u16, u16)> {
+    let mut first: HashMap<Vec<u8>, (u16, u16)> = HashMap::new();
+    let Value::Array(ranges) = reply else { return Vec::new() };
+    for range in ranges {
+        let Value::Array(fields) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else { continue };
+        if start > end || end >= 16384 {
+            continue;
+        }
+        // The node's address (host, port) names the master.
+        let name = format!("{:?}", master.iter().take(2).collect::<Vec<_>>()).into_bytes();
+        let entry = first.entry(name).or_insert((start, end));
+        if start < entry.0 {
+            *entry = (start, end);
+        }
+    }
+    first.into_values().collect()
+}
+
+/// The Redis Cluster slot of a key or hash tag (CRC16/XMODEM modulo 16384).
+fn slot_of(tag: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
+}
+
+/// The first decimal number whose slot is in `start..=end` (every slot has one below 10^6).
+fn tag_in_slots(start: u16, end: u16) -> String {
+    (0u32..1_000_000)
+        .map(|n| n.to_string())
+        .find(|tag| (start..=end).contains(&slot_of(tag.as_bytes())))
+        .unwrap_or_else(|| "0".into())
 }
 
 #[cfg(test)]
@@ -969,6 +1181,30 @@ mod tests {
             };
             assert!(COMMANDS.contains(&name), "timed(\"{name}\") is missing from COMMANDS");
         }
+    }
+
+    #[test]
+    fn slots_match_redis_and_every_range_gets_a_tag() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"bar"), 5061);
+        for (start, end) in [(0, 0), (5460, 5461), (16383, 16383), (0, 16383)] {
+            let tag = tag_in_slots(start, end);
+            assert!((start..=end).contains(&slot_of(tag.as_bytes())), "{tag} for {start}-{end}");
+        }
+    }
+
+    #[test]
+    fn one_probe_range_per_master_from_cluster_slots() {
+        let node = |port: i64| Value::Array(vec![Value::BulkString(b"127.0.0.1".to_vec()), Value::Int(port)]);
+        let range =
+            |start, end, port| Value::Array(vec![Value::Int(start), Value::Int(end), node(port), node(port + 1)]);
+        let reply =
+            Value::Array(vec![range(100, 200, 7000), range(0, 99, 7002), range(5, 4, 7000), range(201, 300, 7002)]);
+        let mut ranges = first_range_per_master(&reply);
+        ranges.sort();
+        assert_eq!(ranges, [(0, 99), (100, 200)]);
+        assert!(first_range_per_master(&Value::Nil).is_empty());
     }
 
     #[test]

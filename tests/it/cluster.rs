@@ -2,9 +2,11 @@
 //! subscription link after every node dropped it (the resubscription redis-rs 1.8.1 gets wrong
 //! when one node owns channels in several slots).
 
+use std::time::Duration;
+
 use futures_util::future::join_all;
 
-use crate::harness::{DEADLINE, RedisCluster, Server, ServerConfig, Ws, wait_until};
+use crate::harness::{Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws, wait_until};
 
 /// Users until every master owns at least one of their records.
 async fn users_on_every_master(s: &Server, cluster: &RedisCluster, count: usize) -> Vec<String> {
@@ -77,21 +79,6 @@ async fn sharded_subscriptions_come_back_after_every_node_drops_them() {
     ring(&users, &mut sockets, "after").await;
 }
 
-/// The port of the replica of the master that owns `slot`, read from `CLUSTER NODES`.
-fn replica_of_slot_owner(cluster: &RedisCluster, slot: u16) -> u16 {
-    let nodes = cluster.nodes[0].cli(&["CLUSTER", "NODES"]).unwrap();
-    let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split_whitespace().collect()).collect();
-    let owns = |fields: &Vec<&str>| {
-        fields[8..].iter().any(|range| match range.split_once('-') {
-            Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
-            None => range.parse::<u16>() == Ok(slot),
-        })
-    };
-    let master = lines.iter().find(|f| f[2].contains("master") && owns(f)).expect("a master owns the slot")[0];
-    let replica = lines.iter().find(|f| f[3] == master).expect("the master has a replica");
-    replica[1].split(['@', ':']).nth(1).unwrap().parse().unwrap()
-}
-
 /// A master fails over to its replica while acknowledging clients exchange messages: every
 /// receipted message arrives, and on the receiver's one connection nothing is skipped (the
 /// subscription moves to the new master late; the message numbers reveal the gap).
@@ -107,14 +94,12 @@ async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
             .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 1000),
     );
     let (alice, bob) = (s.new_user().await, s.new_user().await);
-    let slot: u16 =
-        cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("x{{{bob}}}")]).unwrap().trim().parse().unwrap();
-    let replica = replica_of_slot_owner(&cluster, slot);
+    let replica = cluster.replica_of(cluster.owner_of(cluster.slot_of(&format!("{{{bob}}}"))));
 
     let (tally, sender, receiver) = exchange(&s, alice, bob.clone(), COUNT);
     tally.wait_receipted(COUNT / 3).await;
     // Bob's master hands over to its replica while traffic flows.
-    let node = cluster.nodes.iter().find(|n| n.port == replica).unwrap();
+    let node = &cluster.nodes[replica];
     assert_eq!(node.cli(&["CLUSTER", "FAILOVER"]).unwrap().trim(), "OK");
     wait_until("the replica to become master", DEADLINE, || async {
         node.cli(&["ROLE"]).is_some_and(|role| role.starts_with("master"))
@@ -123,4 +108,94 @@ async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
     sender.await.unwrap();
     receiver.await.unwrap();
     assert_all_delivered(&tally, &[bob], COUNT);
+}
+
+/// Another master than the one owning `user`'s slot.
+fn other_master(cluster: &RedisCluster, user: &str) -> (u16, usize) {
+    let slot = cluster.slot_of(&format!("{{{user}}}"));
+    (slot, (cluster.owner_of(slot) + 1) % cluster.nodes.len())
+}
+
+/// A recipient's slot moves to another master (keys migrated with MIGRATE, every step held
+/// for a while) while acknowledging clients exchange messages: every receipted message
+/// arrives, and on the receiver's one connection (no reconnect needed): the node that gave the
+/// slot away ended the subscription, the replica subscribed again on the new owner and had
+/// the session re-read what was announced meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrating_under_traffic_loses_nothing_and_live_delivery_follows_it() {
+    use crate::faults::{assert_all_delivered, exchange};
+
+    const COUNT: usize = 3000;
+    let cluster = RedisCluster::start(3, 0);
+    let s = Server::start(&ServerConfig::cluster(&cluster).with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200));
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let (slot, to) = other_master(&cluster, &bob);
+
+    let (tally, sender, receiver) = exchange(&s, alice, bob.clone(), COUNT);
+    tally.wait_receipted(100).await;
+    tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, Duration::from_millis(300)));
+    assert!(!receiver.is_finished(), "the traffic ended before the migration did");
+    sender.await.unwrap();
+    receiver.await.unwrap();
+    assert_all_delivered(&tally, &[bob], COUNT);
+    assert_eq!(tally.receiver_connections(), 1, "the receiver had to reconnect to get its messages");
+    assert!(s.metric("enigma_redis_moved_subscriptions_total").await >= 1.0);
+}
+
+/// Many users' slots move to other masters while they are connected and idle: each still
+/// gets live messages on the socket it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_whose_slots_moved_get_live_messages_on_the_same_socket() {
+    let cluster = RedisCluster::start(3, 0);
+    let s = Server::start(&ServerConfig::cluster(&cluster));
+    let users = users_on_every_master(&s, &cluster, 24).await;
+    let mut sockets = join_all(users.iter().map(|u| s.connect(u))).await;
+    ring(&users, &mut sockets, "before").await;
+    // Every other user's slot moves (two users may share a slot: move each slot once).
+    let mut moved = std::collections::HashSet::new();
+    for user in users.iter().step_by(2) {
+        let (slot, to) = other_master(&cluster, user);
+        if moved.insert(slot) {
+            tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, Duration::ZERO));
+        }
+    }
+    wait_until("every moved subscription taken up again", DEADLINE, || async {
+        s.metric("enigma_redis_moved_subscriptions_total").await >= moved.len() as f64
+    })
+    .await;
+    ring(&users, &mut sockets, "after").await;
+}
+
+/// One shard's connections go quiet (a proxy in front of that master swallows whatever they
+/// carry while the master itself is fine): the probe that every shard gets finds it, the links
+/// are rebuilt, and users on that shard get live messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quietly_dead_link_to_one_shard_is_found_and_rebuilt() {
+    let cluster = RedisCluster::start(3, 0);
+    // Clients reach the last master only through the proxy: it announces the proxy's port.
+    let quiet = cluster.nodes.len() - 1;
+    let proxy = Blackhole::start(cluster.nodes[quiet].port).await;
+    let node = &cluster.nodes[quiet];
+    let bus = (node.port + 10_000).to_string();
+    for (key, value) in [("cluster-announce-bus-port", bus), ("cluster-announce-port", proxy.port.to_string())] {
+        assert_eq!(node.cli(&["CONFIG", "SET", key, &value]).unwrap().trim(), "OK");
+    }
+    let proxied = format!("127.0.0.1:{}", proxy.port);
+    wait_until("every node to know the proxied address", DEADLINE, || async {
+        cluster.nodes.iter().all(|n| n.cli(&["CLUSTER", "NODES"]).is_some_and(|all| all.contains(&proxied)))
+    })
+    .await;
+    let s = Server::start(&ServerConfig::cluster(&cluster).with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200));
+    let users = users_on_every_master(&s, &cluster, 30).await;
+    let mut sockets = join_all(users.iter().map(|u| s.connect(u))).await;
+    ring(&users, &mut sockets, "before").await;
+
+    let dead = s.metric("enigma_redis_dead_links_total").await;
+    proxy.swallow_open_connections();
+    wait_until("the silent shard link to be found", DEADLINE, || async {
+        s.metric("enigma_redis_dead_links_total").await > dead
+    })
+    .await;
+    wait_until("readiness", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
+    ring(&users, &mut sockets, "after").await;
 }

@@ -48,11 +48,18 @@ async fn next_json(ws: &mut Ws) -> Option<Value> {
 pub(crate) struct Tally {
     receipted: AtomicUsize,
     send_errors: AtomicUsize,
+    /// Connections the receivers opened.
+    receiver_connections: AtomicUsize,
     /// recipient → payload → times delivered
     seen: Mutex<HashMap<String, HashMap<String, usize>>>,
 }
 
 impl Tally {
+    /// Connections the receivers opened (one each when nothing forced a reconnect).
+    pub(crate) fn receiver_connections(&self) -> usize {
+        self.receiver_connections.load(Ordering::Relaxed)
+    }
+
     /// Waits until `n` sends were receipted (traffic is flowing).
     pub(crate) async fn wait_receipted(&self, n: usize) {
         wait_until("receipted sends", CONVERGE, || {
@@ -119,6 +126,7 @@ async fn receive_all(urls: Vec<String>, user: String, count: usize, tally: Arc<T
             tally.seen.lock().unwrap().get(&user).map(|m| m.len())
         );
         let mut ws = connect_any(&urls, &user).await;
+        tally.receiver_connections.fetch_add(1, Ordering::Relaxed);
         let mut previous: Option<usize> = None;
         while let Some(frame) = next_json(&mut ws).await {
             let Some(id) = frame["id"].as_str() else { continue }; // an error frame (a failed ack)

@@ -532,6 +532,78 @@ impl RedisCluster {
         cluster
     }
 
+    /// The slot of a key (or of anything carrying the same `{hash tag}`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]).unwrap().trim().parse().unwrap()
+    }
+
+    /// `CLUSTER NODES` as seen by the first node, a line of fields per node.
+    fn topology(&self) -> Vec<Vec<String>> {
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]).unwrap();
+        nodes.lines().map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
+    }
+
+    /// The index in `nodes` of the master that owns `slot`.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let owns = |fields: &Vec<String>| {
+            fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>() == Ok(slot),
+            })
+        };
+        let topology = self.topology();
+        let master = topology.iter().find(|f| f[2].contains("master") && owns(f)).expect("a master owns the slot");
+        let port: u16 = master[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+        self.nodes.iter().position(|n| n.port == port).expect("the owner is one of ours")
+    }
+
+    /// The index in `nodes` of a replica of the master `nodes[master]`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.nodes[master].cli(&["CLUSTER", "MYID"]).unwrap().trim().to_owned();
+        let topology = self.topology();
+        let replica = topology.iter().find(|f| f[3] == id).expect("the master has a replica");
+        let port: u16 = replica[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+        self.nodes.iter().position(|n| n.port == port).expect("the replica is one of ours")
+    }
+
+    /// Moves `slot` to `nodes[to]` the way `redis-cli --cluster reshard` does: both ends marked
+    /// (IMPORTING / MIGRATING), the keys moved with MIGRATE, then the slot assigned on every
+    /// master. `pause` is held in each intermediate state, so traffic meets all of them.
+    pub fn migrate_slot(&self, slot: u16, to: usize, pause: Duration) {
+        let from = self.owner_of(slot);
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let id = |i: usize| self.nodes[i].cli(&["CLUSTER", "MYID"]).unwrap().trim().to_owned();
+        let (source, target, slot_arg) = (&self.nodes[from], &self.nodes[to], slot.to_string());
+        let ok = |node: &Redis, args: &[&str]| {
+            let out = node.cli(args).unwrap_or_default();
+            assert_eq!(out.trim(), "OK", "{args:?} on port {}", node.port);
+        };
+        ok(target, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &id(from)]);
+        ok(source, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &id(to)]);
+        std::thread::sleep(pause);
+        loop {
+            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]).unwrap();
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = target.port.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            ok(source, &migrate);
+        }
+        std::thread::sleep(pause);
+        let target_id = id(to);
+        ok(target, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
+        ok(source, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != from && i != to && node.cli(&["ROLE"]).is_some_and(|r| r.starts_with("master")) {
+                ok(node, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
+            }
+        }
+        assert_eq!(self.owner_of(slot), to, "slot {slot} moved");
+    }
+
     /// The seed nodes, as `redis.url` takes them in cluster mode.
     pub fn url(&self) -> String {
         self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}/", n.port)).collect::<Vec<_>>().join(",")
