@@ -8,6 +8,8 @@
 #   memory engine           ramp to saturation, then a fixed-rate run at half of it
 #   Redis, 1 replica        fixed 20,000 msgs/s (the p99 target), then a ramp
 #   Redis, 2 replicas       same, each pair's sender and recipient on different replicas
+#   Redis Cluster           3 masters (redis.mode = cluster), 1 replica: fixed 20,000 msgs/s,
+#                           then a ramp
 #   idle connections        as many sockets as the file-descriptor limit allows (≤ 50,000),
 #                           memory and Redis engines, server RSS per connection
 #
@@ -96,14 +98,45 @@ start_redis() {
     return 1
 }
 
-# start_server REDIS_URL (empty: memory engine); sets server_url and server_pid.
+# start_cluster N: N cluster-enabled redis-servers joined as N masters; sets cluster_urls.
+cluster_urls=
+start_cluster() {
+    local i port nodes=()
+    cluster_urls=
+    for i in $(seq 1 "$1"); do
+        # The cluster bus listens on port + 10000: both must be free.
+        while :; do
+            port=$(free_port)
+            (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null || break
+        done
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --maxclients 1000 \
+            --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$work" \
+            --logfile "$work/redis-$port.log" --daemonize no &
+        pids+=($!)
+        for _ in $(seq 1 100); do
+            [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+            sleep 0.1
+        done
+        nodes+=("127.0.0.1:$port")
+        cluster_urls=${cluster_urls:+$cluster_urls,}redis://127.0.0.1:$port/
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$work/cluster-create.log"
+    for _ in $(seq 1 100); do
+        redis-cli -p "$port" cluster info | grep -q cluster_state:ok && return
+        sleep 0.1
+    done
+    echo "bench: the Redis Cluster did not come up" >&2
+    return 1
+}
+
+# start_server REDIS_URL [MODE] (empty URL: memory engine); sets server_url and server_pid.
 server_url=
 server_pid=
 start_server() {
     local port log
     port=$(free_port)
     log=$work/server-$port.log
-    ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__LOG__LEVEL=warn \
+    ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
@@ -139,7 +172,7 @@ bench() {
 }
 
 # fresh ENGINE: stops everything, then starts a new setup, so that no run inherits the
-# backlog or the allocator state of the one before. ENGINE: memory, redis1 or redis2; sets
+# backlog or the allocator state of the one before. ENGINE: memory, redis1, redis2 or cluster3; sets
 # urls and server_pids (comma-separated) for enigma-bench.
 urls=
 server_pids=
@@ -158,6 +191,11 @@ fresh() {
             start_server "redis://127.0.0.1:$redis_port/"
             urls=$urls,$server_url server_pids=$server_pids,$server_pid
         fi
+        ;;
+    cluster3)
+        start_cluster 3
+        start_server "$cluster_urls" cluster
+        urls=$server_url server_pids=$server_pid
         ;;
     esac
 }
@@ -179,6 +217,12 @@ for setup in redis1 redis2; do
     fresh $setup
     bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
 done
+
+# --- Redis Cluster, 3 masters, one replica
+fresh cluster3
+bench cluster3-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+fresh cluster3
+bench cluster3-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
 
 # --- idle connections: what fits in the descriptor limit (generator and server have one each)
 idle=${BENCH_IDLE:-$((fd_limit - 1000 < 50000 ? fd_limit - 1000 : 50000))}
@@ -230,12 +274,15 @@ fi
 mem_sat=$(j '.saturation.max_sustained_rate // "below the first step"' memory-ramp)
 r1_sat=$(j '.saturation.max_sustained_rate // "below the first step"' redis1-ramp)
 r2_sat=$(j '.saturation.max_sustained_rate // "below the first step"' redis2-ramp)
+c3_sat=$(j '.saturation.max_sustained_rate // "below the first step"' cluster3-ramp)
 p99='.steps[0].latency_ms.p99 * 100 | round / 100'
 r1_p99=$(j "$p99" redis1-20k)
 outcome='.steps[0] | "\(.achieved_ratio * 100 | floor)% delivered in time, lost \(.lost), dup \(.duplicated), reordered \(.reordered), errors \(.errors)"'
 r1_ok=$(j "$outcome" redis1-20k)
 r2_p99=$(j "$p99" redis2-20k)
 r2_ok=$(j "$outcome" redis2-20k)
+c3_p99=$(j "$p99" cluster3-20k)
+c3_ok=$(j "$outcome" cluster3-20k)
 half_rate=$(j '.steps[0].offered_rate' memory-half)
 half_p99=$(j "$p99" memory-half)
 half_ok=$(j "$outcome" memory-half)
@@ -271,6 +318,8 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | Redis engine, 1 replica: p99 ≤ 5 ms at 20,000 msgs/s | p99 $r1_p99 ms ($r1_ok) |
 | Redis engine, 2 replicas (pairs across replicas): saturation | $r2_sat msgs/s |
 | Redis engine, 2 replicas: p99 at 20,000 msgs/s | p99 $r2_p99 ms ($r2_ok) |
+| Redis Cluster (3 masters on the same cores), 1 replica: saturation | $c3_sat msgs/s |
+| Redis Cluster, 1 replica: p99 at 20,000 msgs/s | p99 $c3_p99 ms ($c3_ok) |
 | memory engine: p99 at half the saturation rate ($half_rate msgs/s) | p99 $half_p99 ms ($half_ok) |
 | idle connections: ≥ 50,000 on one replica at ≤ 8 KiB RSS each | $idle_n sockets, $idle_kib KiB each (Redis engine); $idle_mem_kib KiB (memory engine) |
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) |
@@ -316,6 +365,7 @@ EOF
     section "Memory engine (one process, nothing durable)" memory-ramp memory-half
     section "Redis engine, 1 replica (stored before announced)" redis1-20k redis1-ramp
     section "Redis engine, 2 replicas (sender and recipient on different replicas)" redis2-20k redis2-ramp
+    section "Redis Cluster, 3 masters, 1 replica (sharded pub/sub)" cluster3-20k cluster3-ramp
     section "Idle connections" idle-memory idle-redis1
     echo "$kept"
 } >"$tmp_out"

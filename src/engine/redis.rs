@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ return generation
 const SUBSCRIBE_CHUNK: usize = 1000;
 /// Probes missed in a row before the subscription link counts as dead.
 const PROBE_MISSES: u32 = 3;
+/// How long the supervisor lets disconnection notices gather before it recovers once for all.
+const DISCONNECT_SETTLE: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct RedisEngine {
@@ -318,6 +320,9 @@ struct PushHandler {
     /// The highest probe number seen back, per probe channel.
     probe_seen: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     disconnected: Arc<Notify>,
+    /// Links lost so far (disconnections, failed resubscriptions): the supervisor recovers
+    /// until it has handled the latest.
+    disconnections: Arc<AtomicU64>,
     lost: mpsc::UnboundedSender<SubRequest>,
 }
 
@@ -329,8 +334,7 @@ impl AsyncPushSender for PushHandler {
                 // From now until the supervisor has resubscribed and every session re-read
                 // its inbox, announcements may be missing: forward nothing live (redis-rs
                 // resubscribes by itself, so live messages would otherwise overtake the gap).
-                self.hub.set_degraded(true);
-                self.disconnected.notify_one();
+                self.link_lost();
             }
             // Our own unsubscriptions are confirmed so, but a cluster node also sends it
             // unasked when the channel's slot moved away (a migration, a failover): the
@@ -347,6 +351,14 @@ impl AsyncPushSender for PushHandler {
 }
 
 impl PushHandler {
+    /// Announcements may be missing from now on: until the supervisor has resubscribed and
+    /// every session re-read its inbox, forward nothing live (see `Hub::set_degraded`).
+    fn link_lost(&self) {
+        self.hub.set_degraded(true);
+        self.disconnections.fetch_add(1, Ordering::AcqRel);
+        self.disconnected.notify_one();
+    }
+
     /// A stored message (`m<id>\n<envelope>`), a takeover (`t<generation>`) or our probe.
     fn on_message(&self, data: Vec<Value>) {
         let mut data = data.into_iter();
@@ -419,6 +431,7 @@ impl RedisEngine {
             probe_suffix: replica.as_bytes().into(),
             probe_seen: Arc::default(),
             disconnected: Arc::new(Notify::new()),
+            disconnections: Arc::default(),
             lost: subscriptions.clone(),
         };
         let connector = match settings.redis.mode {
@@ -482,6 +495,7 @@ impl RedisEngine {
             tags: HashMap::new(),
             probes_sent: 0,
             interval: Duration::from_millis(settings.redis.probe_interval_ms),
+            handled: 0,
         };
         // The first link check doubles as the initial subscription of the probe channels.
         let mut supervisor = supervisor;
@@ -944,9 +958,11 @@ async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: 
                         // Nothing else would bring them back: recover the whole link (every
                         // user subscribed again, every session re-reads its inbox).
                         tracing::warn!(error = %e, "cannot subscribe moved channels again; recovering the link");
-                        links.push.disconnected.notify_one();
+                        links.push.link_lost();
                     }
+                    // The link does not work: the rest would only wait as long each.
                     result = Err(e);
+                    break;
                 }
             }
         }
@@ -984,6 +1000,8 @@ struct Supervisor {
     tags: HashMap<(u16, u16), String>,
     probes_sent: u64,
     interval: Duration,
+    /// `PushHandler::disconnections` when the last recovery started.
+    handled: u64,
 }
 
 impl Supervisor {
@@ -994,8 +1012,16 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = self.links.push.disconnected.notified() => {
+                    // Every node of a cluster reports its own drop: let them all arrive, so
+                    // one recovery covers them.
+                    tokio::time::sleep(DISCONNECT_SETTLE).await;
+                    if self.links.push.disconnections.load(Ordering::Acquire) == self.handled {
+                        continue; // already covered by the last recovery
+                    }
                     tracing::warn!("Redis subscription link dropped; reconnecting");
-                    self.recover(false).await;
+                    // A cluster connection that lost nodes can stall on its own slot refresh
+                    // and resubscription (redis-rs 1.8.1): start from a new one.
+                    self.recover(self.links.is_cluster()).await;
                     misses = 0;
                 }
                 _ = tick.tick() => {
@@ -1078,6 +1104,8 @@ impl Supervisor {
     /// Until the link is proven to work end to end: (re)build it if asked, subscribe every
     /// local user again, check a probe comes back; then every session re-reads its inbox.
     async fn recover(&mut self, rebuild: bool) {
+        // Whatever was lost until now, this recovery covers.
+        self.handled = self.links.push.disconnections.load(Ordering::Acquire);
         self.links.set_up(false);
         self.hub.set_degraded(true);
         let mut rebuild = rebuild;
@@ -1100,31 +1128,41 @@ impl Supervisor {
     }
 
     async fn try_recover(&mut self, rebuild: bool) -> bool {
+        match self.try_recover_once(rebuild).await {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(error = %why.0, "Redis subscription link not recovered yet; retrying");
+                false
+            }
+        }
+    }
+
+    async fn try_recover_once(&mut self, rebuild: bool) -> Result<(), Unavailable> {
+        let started = Instant::now();
         if rebuild {
             let (cmd, pubsub) = tokio::join!(self.links.connect_cmd(), self.links.connect_pubsub());
-            let (Ok(cmd), Ok(pubsub)) = (cmd, pubsub) else { return false };
+            let unavailable = |e: redis::RedisError| Unavailable(format!("reconnecting: {e}"));
+            let (cmd, pubsub) = (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?);
             *self.links.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
             *self.links.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
         }
-        if self.place_probes(self.links.timeout).await.is_err() {
-            return false;
-        }
+        self.place_probes(self.links.timeout).await?;
         let (done, resubscribed) = oneshot::channel();
         if self.subscriptions.send(SubRequest::All(done)).is_err() {
-            return true; // the engine is gone; nothing left to recover
+            return Ok(()); // the engine is gone; nothing left to recover
         }
-        if !matches!(resubscribed.await, Ok(Ok(()))) {
-            return false;
-        }
-        let Ok(n) = self.probe(self.links.timeout).await else { return false };
+        resubscribed.await.unwrap_or_else(|_| Err(Unavailable("subscriber stopped".into())))?;
+        let subscribed = started.elapsed();
+        let n = self.probe(self.links.timeout).await?;
         let deadline = Instant::now() + self.links.timeout;
         while !self.probes_returned(n) {
             if Instant::now() > deadline {
-                return false;
+                return Err(Unavailable("the probe did not come back".into()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        true
+        tracing::debug!(?subscribed, total = ?started.elapsed(), "subscription link checked end to end");
+        Ok(())
     }
 }
 

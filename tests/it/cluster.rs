@@ -77,6 +77,8 @@ async fn sharded_subscriptions_come_back_after_every_node_drops_them() {
     wait_until("readiness", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
     // Every user, on every shard, gets live messages again.
     ring(&users, &mut sockets, "after").await;
+    // Every node reported its own drop; one recovery covered them all.
+    assert_eq!(s.metric("enigma_redis_resubscriptions_total").await, resubscribed + 1.0);
 }
 
 /// A master fails over to its replica while acknowledging clients exchange messages: every
