@@ -66,11 +66,15 @@ pub struct Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine. In
-    /// cluster mode, the seed nodes, comma-separated.
+    /// cluster mode the seed nodes, in sentinel mode the Sentinels, comma-separated.
     pub url: Option<String>,
-    /// `single` (one Redis, or a Sentinel-managed master behind one address) or `cluster`
-    /// (Redis Cluster, sharded pub/sub) (`ENIGMA__REDIS__MODE`).
+    /// `single` (one Redis, or a master behind one stable address), `sentinel` (the master
+    /// that Redis Sentinel names, followed across failovers) or `cluster` (Redis Cluster,
+    /// sharded pub/sub) (`ENIGMA__REDIS__MODE`).
     pub mode: RedisMode,
+    /// Sentinel mode: the name the Sentinels monitor the master under (`sentinel monitor
+    /// <name> …`).
+    pub sentinel_master: String,
     /// Prefix of every key and channel, so several deployments (or tests) can share a Redis.
     pub prefix: String,
     /// A Redis command that takes longer than this fails (and the client gets an error).
@@ -85,6 +89,7 @@ pub struct RedisSettings {
 pub enum RedisMode {
     #[default]
     Single,
+    Sentinel,
     Cluster,
 }
 
@@ -136,6 +141,7 @@ impl Default for RedisSettings {
         Self {
             url: None,
             mode: RedisMode::Single,
+            sentinel_master: "mymaster".into(),
             prefix: "enigma:".into(),
             command_timeout_ms: 2_000,
             probe_interval_ms: 1_000,
@@ -224,7 +230,13 @@ impl Settings {
         if self.redis_url().is_some() {
             let urls = self.redis_urls();
             if self.redis.mode == RedisMode::Single && urls.len() != 1 {
-                return Err(invalid("redis.url", "one URL in single mode (a list is for redis.mode = \"cluster\")"));
+                return Err(invalid(
+                    "redis.url",
+                    "one URL in single mode (a list is for redis.mode = \"cluster\" or \"sentinel\")",
+                ));
+            }
+            if self.redis.mode == RedisMode::Sentinel && self.redis.sentinel_master.trim().is_empty() {
+                return Err(invalid("redis.sentinel_master", "must name the master the Sentinels monitor"));
             }
             for url in urls {
                 redis::Client::open(url).map_err(|e| invalid("redis.url", format!("`{url}`: {e}")))?;
@@ -249,7 +261,8 @@ impl Settings {
         self.server.metrics_addr.as_deref().map(str::trim).filter(|a| !a.is_empty())
     }
 
-    /// The Redis URLs: one in single mode, the seed nodes in cluster mode.
+    /// The Redis URLs: one in single mode, the seed nodes in cluster mode, the Sentinels in
+    /// sentinel mode.
     pub fn redis_urls(&self) -> Vec<&str> {
         self.redis_url().map(|u| u.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()).unwrap_or_default()
     }
@@ -299,6 +312,20 @@ mod tests {
         let mut s = Settings::default();
         s.redis.url = Some("http://nope".into());
         assert!(s.validate().unwrap_err().to_string().contains("redis.url"));
+    }
+
+    #[test]
+    fn redis_modes_take_their_urls() {
+        let mut s = Settings::default();
+        s.redis.url = Some("redis://a:26379, redis://b:26379".into());
+        assert!(s.validate().unwrap_err().to_string().contains("redis.url"), "a list in single mode");
+        s.redis.mode = RedisMode::Sentinel;
+        s.validate().unwrap();
+        assert_eq!(s.redis_urls(), ["redis://a:26379", "redis://b:26379"]);
+        s.redis.sentinel_master = " ".into();
+        assert!(s.validate().unwrap_err().to_string().contains("redis.sentinel_master"));
+        s.redis.mode = RedisMode::Cluster;
+        s.validate().unwrap();
     }
 
     #[test]

@@ -236,7 +236,49 @@ where
 #[allow(clippy::large_enum_variant, reason = "one per engine: its size does not matter")]
 enum Connector {
     Single { client: redis::Client, pubsub_client: redis::Client },
+    Sentinel(SentinelConnector),
     Cluster { client: ClusterClient, pubsub_client: ClusterClient },
+}
+
+/// Connects to the master the Sentinels name, and remembers which master each link reached, so
+/// the supervisor can tell when a failover moved it.
+struct SentinelConnector {
+    sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    master: String,
+    /// Credentials and database for the master (those of the first Sentinel URL).
+    node: redis::sentinel::SentinelNodeConnectionInfo,
+    /// The master's address the command and the subscription link were made for.
+    reached: Mutex<[Option<String>; 2]>,
+}
+
+impl SentinelConnector {
+    /// A client for the current master (Sentinel's answer, checked with `ROLE` on the master).
+    async fn master(&self) -> RedisResult<redis::Client> {
+        self.sentinel.lock().await.async_master_for(&self.master, Some(&self.node)).await
+    }
+    async fn connect(&self, link: usize, config: ConnectionManagerConfig) -> RedisResult<Conn> {
+        let mut client = self.master().await?;
+        let address = client.get_connection_info().addr().to_string();
+        if link == 1 {
+            client = with_resp3(&client)?;
+        }
+        let con = client.get_connection_manager_with_config(config).await?;
+        self.reached.lock().unwrap_or_else(|e| e.into_inner())[link] = Some(address);
+        Ok(Conn::Single(con))
+    }
+    /// The master's address, if the Sentinels now name another one than a link reached.
+    async fn moved(&self) -> RedisResult<Option<String>> {
+        let address = self.master().await?.get_connection_info().addr().to_string();
+        let reached = self.reached.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(reached.iter().any(|r| r.as_deref() != Some(address.as_str())).then_some(address))
+    }
+}
+
+/// The same client speaking RESP3 (pushes: what a subscription connection needs).
+fn with_resp3(client: &redis::Client) -> RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(resp3))
 }
 
 impl Connector {
@@ -252,6 +294,7 @@ impl Connector {
             Connector::Single { client, .. } => {
                 client.get_connection_manager_with_config(Self::config(timeout)).await.map(Conn::Single)
             }
+            Connector::Sentinel(sentinel) => sentinel.connect(0, Self::config(timeout)).await,
             Connector::Cluster { client, .. } => client.get_async_connection().await.map(Conn::Cluster),
         }
     }
@@ -260,6 +303,10 @@ impl Connector {
             Connector::Single { pubsub_client, .. } => {
                 let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
                 pubsub_client.get_connection_manager_with_config(config).await.map(Conn::Single)
+            }
+            Connector::Sentinel(sentinel) => {
+                let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
+                sentinel.connect(1, config).await
             }
             // The push sender was given to the cluster client when it was built.
             Connector::Cluster { pubsub_client, .. } => pubsub_client.get_async_connection().await.map(Conn::Cluster),
@@ -288,7 +335,7 @@ impl Links {
     /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
     fn publish_command(&self) -> &'static str {
         match self.connector {
-            Connector::Single { .. } => "PUBLISH",
+            Connector::Single { .. } | Connector::Sentinel(_) => "PUBLISH",
             Connector::Cluster { .. } => "SPUBLISH",
         }
     }
@@ -438,10 +485,20 @@ impl RedisEngine {
             RedisMode::Single => {
                 let url = settings.redis_urls()[0];
                 let client = redis::Client::open(url).map_err(unavailable)?;
-                let info = client.get_connection_info().clone();
-                let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-                let pubsub_client = redis::Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+                let pubsub_client = with_resp3(&client).map_err(unavailable)?;
                 Connector::Single { client, pubsub_client }
+            }
+            RedisMode::Sentinel => {
+                let urls = settings.redis_urls();
+                let first = redis::Client::open(urls[0]).map_err(unavailable)?;
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(first.get_connection_info().redis_settings().clone());
+                Connector::Sentinel(SentinelConnector {
+                    sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(urls).map_err(unavailable)?),
+                    master: settings.redis.sentinel_master.trim().to_owned(),
+                    node,
+                    reached: Mutex::default(),
+                })
             }
             RedisMode::Cluster => {
                 let seeds = settings.redis_urls();
@@ -1025,6 +1082,12 @@ impl Supervisor {
                     misses = 0;
                 }
                 _ = tick.tick() => {
+                    if let Some(master) = self.master_moved().await {
+                        tracing::warn!(%master, "Sentinel names a new master; moving the links to it");
+                        self.recover(true).await;
+                        misses = 0;
+                        continue;
+                    }
                     // A tick waits for Redis at most one interval (a silent shard must not
                     // stretch the checks). Probes placed anew (the shards changed) start
                     // counting afresh; otherwise the previous probe must have come back by now.
@@ -1040,6 +1103,20 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// With Sentinel: the new master's address after a failover (asked every tick, waiting at
+    /// most one interval; no answer keeps the links where they are).
+    async fn master_moved(&self) -> Option<String> {
+        let Connector::Sentinel(sentinel) = &self.links.connector else { return None };
+        match tokio::time::timeout(self.interval, sentinel.moved()).await {
+            Ok(Ok(moved)) => moved,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "no answer from the Sentinels");
+                None
+            }
+            Err(_) => None,
         }
     }
 

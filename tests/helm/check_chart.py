@@ -57,7 +57,7 @@ SERVER_KEYS = {
         "max_public_key_bytes", "max_payload_bytes", "inbox_capacity", "inbox_ttl_secs",
         "outbound_queue_frames", "outbound_queue_bytes", "send_timeout_ms",
     },
-    "redis": {"url", "mode", "prefix", "command_timeout_ms", "probe_interval_ms"},
+    "redis": {"url", "mode", "sentinel_master", "prefix", "command_timeout_ms", "probe_interval_ms"},
     "log": {"format", "level"},
 }
 
@@ -244,6 +244,14 @@ URL_PASSWORD = {
     "redis": {"url": "redis://:$(REDIS_PASSWORD)@redis.db.svc:6379/0", "password": "s3cr3t"},
 }
 
+# The master that three Sentinels name, followed across failovers.
+SENTINEL = {
+    "replicaCount": 2,
+    "redis": {"url": "redis://sentinel-0.sentinel:26379,redis://sentinel-1.sentinel:26379,"
+                     "redis://sentinel-2.sentinel:26379"},
+    "config": {"redis": {"mode": "sentinel", "sentinel_master": "enigma"}},
+}
+
 IN_CHART_REDIS = {
     "replicaCount": 3,
     "redisServer": {"enabled": True},
@@ -262,6 +270,7 @@ VALID_SETS = {
     "existing-secret-password": EXISTING_PASSWORD,
     "plain-url": PLAIN_URL,
     "url-with-password": URL_PASSWORD,
+    "sentinel": SENTINEL,
     "in-chart-redis": IN_CHART_REDIS,
     "in-chart-redis-password-ephemeral": IN_CHART_REDIS_PASSWORD_EPHEMERAL,
 }
@@ -280,6 +289,8 @@ INVALID_SETS = [
      ["/config/server", "'shutdown_grace' not allowed"]),
     ("schema: bad log format", {"config": {"log": {"format": "xml"}}},
      ["format"]),
+    ("schema: unknown Redis mode", {"config": {"redis": {"mode": "sentinels"}}},
+     ["mode"]),
     ("schema: bad preStop mode", {"lifecycle": {"preStop": {"mode": "wait"}}},
      ["mode"]),
     ("grace shorter than preStop + drain", {"terminationGracePeriodSeconds": 12},

@@ -1,37 +1,48 @@
 //! The protocol, point by point. Every test runs against both engines (`memory::…` and
-//! `redis::…`): they must behave the same.
+//! `redis::…`), most also on a Redis Cluster (`cluster::…`) and on a Redis named by a Sentinel
+//! (`sentinel::…`): they must behave the same.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, RedisCluster, Server, ServerConfig, Ws};
+use crate::harness::{DEADLINE, Redis, RedisCluster, Sentinel, Server, ServerConfig, Ws};
 
 const PEM_B64: &str = include_str!("fixtures/rsa2048-pem.b64");
 const DER_B64: &str = include_str!("fixtures/rsa2048-der.b64");
 
-/// One engine: memory, a Redis of the test's own, or a Redis Cluster of its own.
-pub struct Backend {
-    redis: Option<Redis>,
-    cluster: Option<RedisCluster>,
+/// One engine: memory, a Redis of the test's own, a Redis Cluster of its own, or a Redis
+/// named by a Sentinel of its own.
+pub enum Backend {
+    Memory,
+    Redis(Redis),
+    Cluster(RedisCluster),
+    /// The master and the Sentinel watching it (dropped in this order).
+    Sentinel(Redis, Sentinel),
 }
 
 impl Backend {
     pub fn memory() -> Self {
-        Backend { redis: None, cluster: None }
+        Backend::Memory
     }
     pub fn redis() -> Self {
-        Backend { redis: Some(Redis::start()), cluster: None }
+        Backend::Redis(Redis::start())
     }
     /// Three masters: users' slots fall on every one of them.
     pub fn cluster() -> Self {
-        Backend { redis: None, cluster: Some(RedisCluster::start(3, 0)) }
+        Backend::Cluster(RedisCluster::start(3, 0))
+    }
+    pub fn sentinel() -> Self {
+        let master = Redis::start();
+        let sentinel = Sentinel::start(&master);
+        Backend::Sentinel(master, sentinel)
     }
     pub fn config(&self) -> ServerConfig {
-        match (&self.redis, &self.cluster) {
-            (Some(redis), _) => ServerConfig::redis(redis),
-            (_, Some(cluster)) => ServerConfig::cluster(cluster),
-            _ => ServerConfig::memory(),
+        match self {
+            Backend::Memory => ServerConfig::memory(),
+            Backend::Redis(redis) => ServerConfig::redis(redis),
+            Backend::Cluster(cluster) => ServerConfig::cluster(cluster),
+            Backend::Sentinel(_, sentinel) => ServerConfig::sentinel(sentinel),
         }
     }
     pub fn server(&self) -> Server {

@@ -116,8 +116,7 @@ impl Redis {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        redis_cli(self.port, args)
     }
 }
 
@@ -189,6 +188,17 @@ impl ServerConfig {
             redis_url: Some(cluster.url()),
             prefix: format!("c{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: vec![("ENIGMA__REDIS__MODE".into(), "cluster".into())],
+        }
+    }
+    pub fn sentinel(sentinel: &Sentinel) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(sentinel.url()),
+            prefix: format!("s{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: vec![
+                ("ENIGMA__REDIS__MODE".into(), "sentinel".into()),
+                ("ENIGMA__REDIS__SENTINEL_MASTER".into(), "mymaster".into()),
+            ],
         }
     }
     pub fn with(mut self, key: &str, value: impl ToString) -> Self {
@@ -481,6 +491,80 @@ impl Drop for Blackhole {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A Redis Sentinel of this test's own (`redis-server --sentinel`) on a free port, watching
+/// `master` under the name `mymaster` (quorum 1, down after 1 s). Stopped when dropped.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Sentinel {
+    pub fn start(master: &Redis) -> Sentinel {
+        for _ in 0..20 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("enigma-its-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n",
+                dir.display(),
+                master.port
+            );
+            std::fs::write(&conf, text).unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            let mut sentinel = Sentinel { child, port, dir };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = sentinel.child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                if sentinel.master_port() == Some(master.port) {
+                    return sentinel;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(sentinel);
+        }
+        panic!("could not start a Sentinel");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        redis_cli(self.port, args)
+    }
+
+    /// The port of the master the Sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `redis-cli -p port args…` and returns its output, if it succeeded.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A Redis Cluster of this test's own: `masters` masters (and `replicas` replicas for each),

@@ -6,11 +6,15 @@
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => { both_engines!(@flavor "current_thread"; $($name),*); };
     (multi_thread: $($name:ident),* $(,)?) => { both_engines!(@flavor "multi_thread"; $($name),*); };
-    // The same two, and a third module `cluster::name` on a Redis Cluster of the test's own.
+    // The same two, and modules `cluster::name` on a Redis Cluster of the test's own and
+    // `sentinel::name` on a Redis whose address a Sentinel of the test's own gives.
     (with_cluster: $($name:ident),* $(,)?) => {
         both_engines!(@flavor "current_thread"; $($name),*);
         mod cluster {
             $(#[tokio::test] async fn $name() { super::$name(super::Backend::cluster()).await })*
+        }
+        mod sentinel {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::sentinel()).await })*
         }
     };
     (@flavor $flavor:literal; $($name:ident),*) => {
@@ -33,4 +37,5 @@ mod harness;
 mod load;
 mod observability;
 mod replicas;
+mod sentinel;
 mod startup;

@@ -1,0 +1,73 @@
+//! Redis Sentinel mode: the relay talks to the master the Sentinels name and follows it
+//! across a failover.
+
+use crate::faults::{assert_all_delivered, exchange};
+use crate::harness::{DEADLINE, Redis, Sentinel, Server, ServerConfig, wait_until};
+
+/// `INFO replication` field `name` of a node.
+fn replication(node: &Redis, name: &str) -> Option<String> {
+    let info = node.cli(&["INFO", "replication"])?;
+    info.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+}
+
+/// A master, its replica and a Sentinel watching them; the replica is known to the Sentinel.
+async fn replicated() -> (Redis, Redis, Sentinel) {
+    let master = Redis::start();
+    let port = master.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    wait_until("the replica to sync", DEADLINE, || async {
+        replication(&replica, "master_link_status").as_deref() == Some("up")
+    })
+    .await;
+    let sentinel = Sentinel::start(&master);
+    wait_until("the Sentinel to know the replica", DEADLINE, || async {
+        sentinel.cli(&["SENTINEL", "REPLICAS", "mymaster"]).is_some_and(|r| r.contains(&replica.port.to_string()))
+    })
+    .await;
+    (master, replica, sentinel)
+}
+
+/// A planned failover while acknowledging clients exchange messages: the master stops taking
+/// writes (sends are answered `unavailable` and retried), its replica catches up, the Sentinel
+/// promotes it; the relay notices the new master by itself, moves its links there, and every
+/// receipted message arrives on the receiver's one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_loses_no_receipted_message_and_delivery_resumes() {
+    const COUNT: usize = 2000;
+    let (master, replica, sentinel) = replicated().await;
+    let s = Server::start(
+        &ServerConfig::sentinel(&sentinel)
+            .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200)
+            .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 1000),
+    );
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let (tally, sender, receiver) = exchange(&s, alice, bob.clone(), COUNT);
+    tally.wait_receipted(100).await;
+
+    // No more writes on the old master (replication is asynchronous: what it took after the
+    // replica's last read would be lost by the promotion, receipted or not).
+    assert_eq!(master.cli(&["CONFIG", "SET", "min-replicas-to-write", "5"]).unwrap().trim(), "OK");
+    wait_until("the replica to catch up", DEADLINE, || async {
+        let (Some(written), Some(read)) =
+            (replication(&master, "master_repl_offset"), replication(&replica, "slave_repl_offset"))
+        else {
+            return false;
+        };
+        written == read
+    })
+    .await;
+    assert_eq!(sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]).unwrap().trim(), "OK");
+    wait_until("the Sentinel to name the replica", DEADLINE, || async { sentinel.master_port() == Some(replica.port) })
+        .await;
+    assert!(!receiver.is_finished(), "the traffic ended before the failover did");
+    sender.await.unwrap();
+    receiver.await.unwrap();
+    assert_all_delivered(&tally, &[bob], COUNT);
+    assert_eq!(tally.receiver_connections(), 1, "the receiver had to reconnect to get its messages");
+    wait_until("readiness", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
+    // The relay writes to the new master now.
+    let before: usize = replica.cli(&["DBSIZE"]).unwrap().trim().parse().unwrap();
+    s.new_user().await;
+    let after: usize = replica.cli(&["DBSIZE"]).unwrap().trim().parse().unwrap();
+    assert!(after > before, "a login after the failover did not reach the new master");
+}
