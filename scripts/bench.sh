@@ -103,20 +103,28 @@ cluster_urls=
 start_cluster() {
     local i port nodes=()
     cluster_urls=
+    local pid up
     for i in $(seq 1 "$1"); do
-        # The cluster bus listens on port + 10000: both must be free.
-        while :; do
+        # The cluster bus listens on port + 10000, which may be taken (even by a connection
+        # in TIME_WAIT, which Redis's bus listener does not tolerate): retry on another port.
+        up=
+        for _ in $(seq 1 20); do
             port=$(free_port)
-            (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null || break
+            redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --maxclients 1000 \
+                --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$work" \
+                --logfile "$work/redis-$port.log" --daemonize no &
+            pid=$!
+            for _ in $(seq 1 50); do
+                [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && up=1 && break
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            [[ -n $up ]] && break
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
         done
-        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --maxclients 1000 \
-            --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$work" \
-            --logfile "$work/redis-$port.log" --daemonize no &
-        pids+=($!)
-        for _ in $(seq 1 100); do
-            [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
-            sleep 0.1
-        done
+        [[ -n $up ]] || { echo "bench: could not start a cluster node" >&2; return 1; }
+        pids+=("$pid")
         nodes+=("127.0.0.1:$port")
         cluster_urls=${cluster_urls:+$cluster_urls,}redis://127.0.0.1:$port/
     done

@@ -229,6 +229,9 @@ impl Settings {
         }
         if self.redis_url().is_some() {
             let urls = self.redis_urls();
+            if urls.is_empty() {
+                return Err(invalid("redis.url", "lists no URL"));
+            }
             if self.redis.mode == RedisMode::Single && urls.len() != 1 {
                 return Err(invalid(
                     "redis.url",
@@ -326,6 +329,8 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("redis.sentinel_master"));
         s.redis.mode = RedisMode::Cluster;
         s.validate().unwrap();
+        s.redis.url = Some(" , ".into());
+        assert!(s.validate().unwrap_err().to_string().contains("redis.url"), "a list of nothing");
     }
 
     #[test]

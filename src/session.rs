@@ -147,7 +147,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         unflushed: false,
         send_timeout,
         last_sent: None,
-        last_seq: 0,
+        last_seq: None,
         last_seen: Instant::now(),
         stale: false,
     };
@@ -233,8 +233,8 @@ struct Session {
     last_sent: Option<MsgId>,
     /// Number of the last message known to be sent to the user (read before each inbox read,
     /// raised by each delivery): a live delivery must carry the next one, or a doorbell was
-    /// missed (0: not known yet).
-    last_seq: u64,
+    /// missed. `None` until the first read; `Some(0)`: the user never got a message.
+    last_seq: Option<u64>,
     last_seen: Instant,
     /// The last inbox read failed: live deliveries are held back (they could overtake what
     /// was not read) until a retry of the read succeeds.
@@ -333,7 +333,7 @@ impl Session {
             }
         };
         self.stale = false;
-        self.last_seq = self.last_seq.max(state.sequence);
+        self.last_seq = Some(self.last_seq.unwrap_or(0).max(state.sequence));
         while let Some(delivery) = self.link.try_next() {
             if !self.link.is_lagged() {
                 self.forward(delivery, Path::Live).await?;
@@ -374,13 +374,14 @@ impl Session {
         if self.last_sent.is_some_and(|last| delivery.id <= last) {
             return Ok(()); // already sent on this connection
         }
-        if matches!(path, Path::Live) && delivery.seq > 0 && self.last_seq > 0 && delivery.seq > self.last_seq + 1 {
+        let skipped = self.last_seq.is_some_and(|last| delivery.seq > last + 1);
+        if matches!(path, Path::Live) && delivery.seq > 0 && skipped {
             // A number was skipped: its doorbell never came (e.g. a cluster slot changed hands
             // and the subscription moved late). Re-read the inbox rather than overtake it.
             self.link.request_resync();
             return Ok(());
         }
-        self.last_seq = self.last_seq.max(delivery.seq);
+        self.last_seq = Some(self.last_seq.unwrap_or(0).max(delivery.seq));
         self.last_sent = Some(delivery.id);
         let hot = telemetry::hot();
         match path {

@@ -244,6 +244,10 @@ enum Connector {
 /// the supervisor can tell when a failover moved it.
 struct SentinelConnector {
     sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    /// The Sentinels, for the supervisor's "which master now?", and a connection to each once
+    /// made.
+    sentinels: Vec<redis::Client>,
+    asked: tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,
     master: String,
     /// Credentials and database for the master (those of the first Sentinel URL).
     node: redis::sentinel::SentinelNodeConnectionInfo,
@@ -266,11 +270,49 @@ impl SentinelConnector {
         self.reached.lock().unwrap_or_else(|e| e.into_inner())[link] = Some(address);
         Ok(Conn::Single(con))
     }
-    /// The master's address, if the Sentinels now name another one than a link reached.
-    async fn moved(&self) -> RedisResult<Option<String>> {
-        let address = self.master().await?.get_connection_info().addr().to_string();
+    /// The master's address, if the Sentinels now name another one than a link reached (one
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a kept connection: cheap enough for every tick).
+    async fn moved(&self, timeout: Duration) -> RedisResult<Option<String>> {
+        let address = self.named_master(timeout).await?;
         let reached = self.reached.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Ok(reached.iter().any(|r| r.as_deref() != Some(address.as_str())).then_some(address))
+    }
+    /// The master's address as the first Sentinel that answers names it.
+    async fn named_master(&self, timeout: Duration) -> RedisResult<String> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut asked = self.asked.lock().await;
+        let mut last_error = None;
+        for (client, kept) in self.sentinels.iter().zip(asked.iter_mut()) {
+            if kept.is_none() {
+                match client.get_multiplexed_async_connection_with_config(&config).await {
+                    Ok(con) => *kept = Some(con),
+                    Err(e) => {
+                        last_error = Some(e);
+                        continue;
+                    }
+                }
+            }
+            let Some(con) = kept.as_mut() else { continue };
+            let mut ask = redis::cmd("SENTINEL");
+            ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
+            match ask.query_async::<Option<(String, u16)>>(con).await {
+                Ok(Some((host, port))) => return Ok(format!("{host}:{port}")),
+                Ok(None) => {
+                    last_error = Some(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the Sentinel does not know the master",
+                        self.master.clone(),
+                    )))
+                }
+                Err(e) => {
+                    *kept = None;
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| (redis::ErrorKind::Client, "no Sentinel configured").into()))
     }
 }
 
@@ -366,6 +408,8 @@ struct PushHandler {
     probe_suffix: Arc<[u8]>,
     /// The highest probe number seen back, per probe channel.
     probe_seen: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+    /// The highest echo (`e<replica>:<n>`, see `verify_subscriptions`) seen back, per channel.
+    echoes: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     disconnected: Arc<Notify>,
     /// Links lost so far (disconnections, failed resubscriptions): the supervisor recovers
     /// until it has handled the latest.
@@ -388,6 +432,11 @@ impl AsyncPushSender for PushHandler {
             // subscriber subscribes it again where it lives now, if it is still wanted.
             PushKind::SUnsubscribe => {
                 if let Some(Value::BulkString(channel)) = info.data.into_iter().next() {
+                    // Until subscribed again, its doorbells go nowhere: the session forwards
+                    // nothing live before it re-read (and re-reads again once subscribed).
+                    if let Some(user) = self.keys.channel_user(&channel) {
+                        self.hub.resync(&user);
+                    }
                     let _ = self.lost.send(SubRequest::Lost(channel));
                 }
             }
@@ -437,6 +486,18 @@ impl PushHandler {
                     self.hub.takeover(&user, generation);
                 }
             }
+            Some(b'e') => {
+                // An echo proving a subscription; only this replica's count.
+                let Some(n) = payload[1..].strip_prefix(&*self.probe_suffix).and_then(|rest| rest.strip_prefix(b":"))
+                else {
+                    return;
+                };
+                if let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) {
+                    let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+                    let seen = echoes.entry(channel).or_default();
+                    *seen = (*seen).max(n);
+                }
+            }
             _ => {}
         }
     }
@@ -477,6 +538,7 @@ impl RedisEngine {
             probe_prefix: keys.probe("", None).as_bytes().into(),
             probe_suffix: replica.as_bytes().into(),
             probe_seen: Arc::default(),
+            echoes: Arc::default(),
             disconnected: Arc::new(Notify::new()),
             disconnections: Arc::default(),
             lost: subscriptions.clone(),
@@ -489,14 +551,24 @@ impl RedisEngine {
                 Connector::Single { client, pubsub_client }
             }
             RedisMode::Sentinel => {
-                let urls = settings.redis_urls();
-                let first = redis::Client::open(urls[0]).map_err(unavailable)?;
-                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(first.get_connection_info().redis_settings().clone());
+                // The URLs' credentials and database are the master's; a Sentinel has no
+                // databases, so it is asked with database 0.
+                let mut node = None;
+                let mut sentinels = Vec::new();
+                for url in settings.redis_urls() {
+                    let info = redis::Client::open(url).map_err(unavailable)?.get_connection_info().clone();
+                    node.get_or_insert_with(|| info.redis_settings().clone());
+                    let db0 = info.redis_settings().clone().set_db(0);
+                    sentinels.push(redis::Client::open(info.set_redis_settings(db0)).map_err(unavailable)?);
+                }
+                let node = node.ok_or_else(|| Unavailable("redis.url names no Sentinel".into()))?;
+                let infos = sentinels.iter().map(|c| c.get_connection_info().clone()).collect();
                 Connector::Sentinel(SentinelConnector {
-                    sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(urls).map_err(unavailable)?),
+                    sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(infos).map_err(unavailable)?),
+                    asked: tokio::sync::Mutex::new(sentinels.iter().map(|_| None).collect()),
+                    sentinels,
                     master: settings.redis.sentinel_master.trim().to_owned(),
-                    node,
+                    node: redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node),
                     reached: Mutex::default(),
                 })
             }
@@ -550,6 +622,7 @@ impl RedisEngine {
             replica,
             probes: Vec::new(),
             tags: HashMap::new(),
+            placed: HashMap::new(),
             probes_sent: 0,
             interval: Duration::from_millis(settings.redis.probe_interval_ms),
             handled: 0,
@@ -933,6 +1006,7 @@ async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiv
 async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: mpsc::UnboundedReceiver<SubRequest>) {
     let mut subscribed: HashSet<UserId> = HashSet::new();
     let mut probes: Vec<String> = Vec::new();
+    let mut echo = 0;
     let mut batch = Vec::new();
     while requests.recv_many(&mut batch, SUBSCRIBE_CHUNK).await > 0 {
         let mut users = HashSet::new();
@@ -998,45 +1072,89 @@ async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: 
                 _ => {}
             }
         }
+        let mut done = 0;
         for chunk in to_subscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
-            match timed("subscribe", links.timeout, con.subscribe(&channels)).await {
-                Ok(()) => {
-                    subscribed.extend(chunk.iter().cloned());
-                    let mut moved = 0;
-                    for user in chunk.iter().filter(|user| lost.contains(*user)) {
-                        hub.resync(user);
-                        moved += 1;
-                    }
-                    metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);
-                }
-                Err(e) => {
-                    if chunk.iter().any(|user| lost.contains(user)) {
-                        // Nothing else would bring them back: recover the whole link (every
-                        // user subscribed again, every session re-reads its inbox).
-                        tracing::warn!(error = %e, "cannot subscribe moved channels again; recovering the link");
-                        links.push.link_lost();
-                    }
-                    // The link does not work: the rest would only wait as long each.
-                    result = Err(e);
-                    break;
-                }
+            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(&channels)).await {
+                result = Err(e);
+                break; // the link does not work: the rest would only wait as long each
             }
+            subscribed.extend(chunk.iter().cloned());
+            done += chunk.len();
+        }
+        let (ok, failed) = to_subscribe.split_at(done);
+        if links.is_cluster() && !ok.is_empty() {
+            // redis-rs 1.8.1 takes a node's unasked `sunsubscribe` for the reply to whatever
+            // waits on that connection, so a subscription can be answered OK and never made.
+            // Each one is proven by an echo through its channel.
+            echo += 1;
+            if let Err(e) = verify_subscriptions(&links, &keys, ok, echo).await {
+                tracing::warn!(error = %e.0, "subscriptions not confirmed; recovering the link");
+                links.push.link_lost();
+                result = Err(e);
+            }
+        }
+        let mut moved = 0;
+        for user in ok.iter().filter(|user| lost.contains(*user)) {
+            hub.resync(user);
+            moved += 1;
+        }
+        metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);
+        if failed.iter().any(|user| lost.contains(user)) {
+            // Nothing else would bring them back: recover the whole link (every user
+            // subscribed again, every session re-reads its inbox).
+            tracing::warn!("cannot subscribe moved channels again; recovering the link");
+            links.push.link_lost();
         }
         for chunk in to_unsubscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
-            match timed("unsubscribe", links.timeout, con.unsubscribe(&channels)).await {
-                Ok(()) => chunk.iter().for_each(|user| {
-                    subscribed.remove(user);
-                }),
-                // Kept as subscribed, so the next resubscription of everyone settles it; until
-                // then it only brings doorbells the hub ignores.
-                Err(e) => tracing::warn!(error = %e, "unsubscribe failed"),
+            if let Err(e) = timed("unsubscribe", links.timeout, con.unsubscribe(&channels)).await {
+                // Some of them may still be subscribed: they only bring doorbells the hub
+                // ignores. Forgotten all the same, so a user coming back is subscribed anew.
+                tracing::warn!(error = %e, "unsubscribe failed");
             }
+            chunk.iter().for_each(|user| {
+                subscribed.remove(user);
+            });
         }
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
+    }
+}
+
+/// Publishes echo `n` of this replica on every user's channel and waits until each came back
+/// through the subscription link (the hub ignores echoes).
+async fn verify_subscriptions(links: &Links, keys: &Keys, users: &[UserId], n: u64) -> Result<(), Unavailable> {
+    let channels: Vec<String> = users.iter().map(|u| keys.channel(u)).collect();
+    let payload = format!("e{}:{n}", String::from_utf8_lossy(&links.push.probe_suffix));
+    let con = links.cmd();
+    let publish = |channel: &String| {
+        let mut con = con.clone();
+        let publish = redis::cmd(links.publish_command()).arg(channel).arg(&payload).to_owned();
+        async move { publish.query_async::<()>(&mut con).await }
+    };
+    timed("subscribe", links.timeout, each_concurrently(&channels, publish)).await?;
+    let deadline = Instant::now() + links.timeout;
+    loop {
+        let missing = {
+            let mut echoes = links.push.echoes.lock().unwrap_or_else(|e| e.into_inner());
+            let missing = channels.iter().filter(|c| echoes.get(c.as_bytes()).is_none_or(|&e| e < n)).count();
+            if missing == 0 {
+                channels.iter().for_each(|c| {
+                    echoes.remove(c.as_bytes());
+                });
+            }
+            missing
+        };
+        if missing == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            links.push.echoes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            return Err(Unavailable(format!("{missing} of {} subscriptions did not echo", channels.len())));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -1053,8 +1171,10 @@ struct Supervisor {
     replica: String,
     /// The probe channels currently subscribed.
     probes: Vec<String>,
-    /// A hash tag in each slot range seen so far (finding one takes up to ~16k CRCs).
+    /// A hash tag for each slot range in use (finding one takes up to ~16k CRCs).
     tags: HashMap<(u16, u16), String>,
+    /// The number of the last probe sent when each probe channel was placed.
+    placed: HashMap<String, u64>,
     probes_sent: u64,
     interval: Duration,
     /// `PushHandler::disconnections` when the last recovery started.
@@ -1077,8 +1197,11 @@ impl Supervisor {
                     }
                     tracing::warn!("Redis subscription link dropped; reconnecting");
                     // A cluster connection that lost nodes can stall on its own slot refresh
-                    // and resubscription (redis-rs 1.8.1): start from a new one.
-                    self.recover(self.links.is_cluster()).await;
+                    // and resubscription (redis-rs 1.8.1), and a Sentinel-named master may be
+                    // a replica by now (a failover ends its clients' connections): start from
+                    // new connections. One Redis at one address is simply reconnected.
+                    let rebuild = !matches!(self.links.connector, Connector::Single { .. });
+                    self.recover(rebuild).await;
                     misses = 0;
                 }
                 _ = tick.tick() => {
@@ -1089,10 +1212,10 @@ impl Supervisor {
                         continue;
                     }
                     // A tick waits for Redis at most one interval (a silent shard must not
-                    // stretch the checks). Probes placed anew (the shards changed) start
-                    // counting afresh; otherwise the previous probe must have come back by now.
-                    let moved = matches!(self.place_probes(self.interval).await, Ok(true));
-                    misses = if moved || self.probes_returned(self.probes_sent) { 0 } else { misses + 1 };
+                    // stretch the checks). The previous probe must have come back by now on
+                    // every channel that had one (a channel placed since has not).
+                    let _ = self.place_probes(self.interval).await;
+                    misses = if self.probe_missing() { misses + 1 } else { 0 };
                     if misses >= PROBE_MISSES {
                         metrics::counter!(metric::REDIS_DEAD_LINKS).increment(1);
                         tracing::warn!(misses, "Redis subscription link silent; rebuilding it");
@@ -1106,11 +1229,11 @@ impl Supervisor {
         }
     }
 
-    /// With Sentinel: the new master's address after a failover (asked every tick, waiting at
-    /// most one interval; no answer keeps the links where they are).
+    /// With Sentinel: the new master's address after a failover (asked every tick; no answer
+    /// keeps the links where they are).
     async fn master_moved(&self) -> Option<String> {
         let Connector::Sentinel(sentinel) = &self.links.connector else { return None };
-        match tokio::time::timeout(self.interval, sentinel.moved()).await {
+        match tokio::time::timeout(self.links.timeout, sentinel.moved(self.links.timeout)).await {
             Ok(Ok(moved)) => moved,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "no answer from the Sentinels");
@@ -1118,6 +1241,16 @@ impl Supervisor {
             }
             Err(_) => None,
         }
+    }
+
+    /// Whether the last probe sent did not come back on a channel that was already in place
+    /// when it was sent.
+    fn probe_missing(&self) -> bool {
+        let n = self.probes_sent;
+        let seen = self.links.push.probe_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.probes.iter().any(|c| {
+            self.placed.get(c).is_some_and(|&placed| placed < n) && seen.get(c.as_bytes()).is_none_or(|&s| s < n)
+        })
     }
 
     /// Whether probe `n` came back on every probe channel.
@@ -1150,10 +1283,12 @@ impl Supervisor {
             let mut con = self.links.cmd();
             let slots: Value = timed("probe", limit, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut con)).await?;
             let mut channels = Vec::new();
-            for (start, end) in first_range_per_master(&slots) {
+            let ranges = first_range_per_master(&slots);
+            for &(start, end) in &ranges {
                 let tag = self.tags.entry((start, end)).or_insert_with(|| tag_in_slots(start, end));
                 channels.push(self.keys.probe(&self.replica, Some(tag)));
             }
+            self.tags.retain(|range, _| ranges.contains(range));
             channels.sort();
             if channels.is_empty() {
                 return Err(Unavailable("CLUSTER SLOTS lists no master".into()));
@@ -1174,6 +1309,10 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|c, _| wanted.iter().any(|w| w.as_bytes() == c));
+        for channel in &wanted {
+            self.placed.entry(channel.clone()).or_insert(self.probes_sent);
+        }
+        self.placed.retain(|c, _| wanted.contains(c));
         self.probes = wanted;
         result.map(|()| true)
     }
