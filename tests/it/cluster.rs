@@ -168,6 +168,38 @@ async fn users_whose_slots_moved_get_live_messages_on_the_same_socket() {
     ring(&users, &mut sockets, "after").await;
 }
 
+/// Users connect while other users' slots move between masters (their nodes send unasked
+/// `sunsubscribe`s on the very connections new subscriptions are made on): afterwards every
+/// user, old or new, gets live messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_connecting_while_slots_move_all_get_live_messages() {
+    let cluster = std::sync::Arc::new(RedisCluster::start(3, 0));
+    let s = Server::start(&ServerConfig::cluster(&cluster));
+    let settled = users_on_every_master(&s, &cluster, 30).await;
+    let mut sockets = join_all(settled.iter().map(|u| s.connect(u))).await;
+    let newcomers = join_all((0..60).map(|_| s.new_user())).await;
+    let mover = {
+        let (cluster, settled) = (cluster.clone(), settled.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut moved = std::collections::HashSet::new();
+            for user in &settled {
+                let (slot, to) = other_master(&cluster, user);
+                if moved.insert(slot) {
+                    cluster.migrate_slot(slot, to, Duration::ZERO);
+                }
+            }
+        })
+    };
+    let mut arrivals = Vec::new();
+    for batch in newcomers.chunks(10) {
+        arrivals.extend(join_all(batch.iter().map(|u| s.connect(u))).await);
+    }
+    mover.await.unwrap();
+    let users: Vec<String> = settled.iter().chain(&newcomers).cloned().collect();
+    sockets.extend(arrivals);
+    ring(&users, &mut sockets, "after").await;
+}
+
 /// One shard's connections go quiet (a proxy in front of that master swallows whatever they
 /// carry while the master itself is fine): the probe that every shard gets finds it, the links
 /// are rebuilt, and users on that shard get live messages again.
