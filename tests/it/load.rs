@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use futures_util::future::join_all;
 
 use crate::conformance::Backend;
-use crate::harness::{Redis, Server, ServerConfig, Ws};
+use crate::harness::{Server, Ws};
 
 both_engines!(multi_thread: ring_of_1000_users_each_message_exactly_once, thousand_messages_from_one_sender_arrive_in_order);
 
@@ -62,8 +62,17 @@ async fn thousand_messages_from_one_sender_arrive_in_order(b: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_of_1000_users_across_two_replicas() {
-    let redis = Redis::start();
-    let config = ServerConfig::redis(&redis);
+    across_two_replicas(Backend::redis()).await;
+}
+
+/// The same on a Redis Cluster: 1,000 users' slots on all three masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_of_1000_users_across_two_replicas_on_a_cluster() {
+    across_two_replicas(Backend::cluster()).await;
+}
+
+async fn across_two_replicas(b: Backend) {
+    let config = b.config();
     let (s0, s1) = (Server::start(&config), Server::start(&config));
     // Log in on one replica, connect alternately: every neighbour pair crosses replicas.
     ring(&[&s0], &[&s0, &s1]).await;

@@ -1,20 +1,43 @@
-//! Two (or more) replicas sharing one Redis behave as one server.
+//! Two (or more) replicas sharing one Redis behave as one server: on a single Redis
+//! (`redis::…`), a Redis Cluster (`cluster::…`) and a Sentinel-named Redis (`sentinel::…`).
 
 use futures_util::future::join_all;
 
-use crate::harness::{Redis, Server, ServerConfig, random_key};
+use crate::conformance::Backend;
+use crate::harness::{Server, random_key};
 
-/// One Redis and `n` replicas on it (same key prefix: one deployment).
-fn cluster(n: usize) -> (Redis, Vec<Server>) {
-    let redis = Redis::start();
-    let config = ServerConfig::redis(&redis);
-    let servers = (0..n).map(|_| Server::start(&config)).collect();
-    (redis, servers)
+/// Each `async fn name(b: Backend)` below as a test on every Redis topology.
+macro_rules! on_every_redis {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::redis()).await })*
+        }
+        mod cluster {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::cluster()).await })*
+        }
+        mod sentinel {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::sentinel()).await })*
+        }
+    };
 }
 
-#[tokio::test]
-async fn live_delivery_both_ways_across_replicas() {
-    let (_redis, s) = cluster(2);
+on_every_redis!(
+    live_delivery_both_ways_across_replicas,
+    offline_on_one_replica_delivered_on_the_other,
+    login_on_one_replica_lookup_on_the_other,
+    racing_logins_of_one_key_on_two_replicas_give_one_user,
+    newest_connection_wins_across_replicas,
+    three_replicas_every_pair_talks,
+);
+
+/// `n` replicas on the backend's Redis (same key prefix: one deployment).
+fn replicas(b: &Backend, n: usize) -> Vec<Server> {
+    let config = b.config();
+    (0..n).map(|_| Server::start(&config)).collect()
+}
+
+async fn live_delivery_both_ways_across_replicas(b: Backend) {
+    let s = replicas(&b, 2);
     let alice = s[0].new_user().await;
     let bob = s[1].new_user().await;
     let mut a = s[0].connect(&alice).await;
@@ -26,9 +49,8 @@ async fn live_delivery_both_ways_across_replicas() {
     assert_eq!((got["from"].as_str(), got["payload"].as_str()), (Some(bob.as_str()), Some("and back")));
 }
 
-#[tokio::test]
-async fn offline_on_one_replica_delivered_on_the_other() {
-    let (_redis, s) = cluster(2);
+async fn offline_on_one_replica_delivered_on_the_other(b: Backend) {
+    let s = replicas(&b, 2);
     let (alice, bob) = (s[0].new_user().await, s[0].new_user().await);
     let mut a = s[0].connect(&alice).await;
     for i in 0..20 {
@@ -43,9 +65,8 @@ async fn offline_on_one_replica_delivered_on_the_other() {
     }
 }
 
-#[tokio::test]
-async fn login_on_one_replica_lookup_on_the_other() {
-    let (_redis, s) = cluster(2);
+async fn login_on_one_replica_lookup_on_the_other(b: Backend) {
+    let s = replicas(&b, 2);
     let key = random_key();
     let user = s[0].login(&key).await;
     let (status, body) = s[1].get(&format!("/connect/{user}")).await;
@@ -54,9 +75,8 @@ async fn login_on_one_replica_lookup_on_the_other() {
     assert_eq!(s[1].login(&key).await, user, "the same key is the same user everywhere");
 }
 
-#[tokio::test]
-async fn racing_logins_of_one_key_on_two_replicas_give_one_user() {
-    let (_redis, s) = cluster(2);
+async fn racing_logins_of_one_key_on_two_replicas_give_one_user(b: Backend) {
+    let s = replicas(&b, 2);
     for _ in 0..50 {
         let key = random_key();
         // Four logins of the same new key, at the same moment, on both replicas.
@@ -65,9 +85,8 @@ async fn racing_logins_of_one_key_on_two_replicas_give_one_user() {
     }
 }
 
-#[tokio::test]
-async fn newest_connection_wins_across_replicas() {
-    let (_redis, s) = cluster(2);
+async fn newest_connection_wins_across_replicas(b: Backend) {
+    let s = replicas(&b, 2);
     let (alice, bob) = (s[0].new_user().await, s[0].new_user().await);
     let mut old = s[0].connect(&bob).await;
     let mut new = s[1].connect(&bob).await;
@@ -83,9 +102,8 @@ async fn newest_connection_wins_across_replicas() {
     assert_eq!(newest.recv_json().await["payload"], "again");
 }
 
-#[tokio::test]
-async fn three_replicas_every_pair_talks() {
-    let (_redis, s) = cluster(3);
+async fn three_replicas_every_pair_talks(b: Backend) {
+    let s = replicas(&b, 3);
     let mut users = Vec::new();
     for server in &s {
         let id = server.new_user().await;
