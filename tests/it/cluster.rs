@@ -11,7 +11,7 @@ use crate::harness::{Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws
 /// Users until every master owns at least one of their records.
 async fn users_on_every_master(s: &Server, cluster: &RedisCluster, count: usize) -> Vec<String> {
     let users = join_all((0..count).map(|_| s.new_user())).await;
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().filter(|n| n.cli(&["ROLE"]).is_some_and(|r| r.starts_with("master"))) {
         let keys: usize = node.cli(&["DBSIZE"]).unwrap().trim().parse().unwrap();
         assert!(keys > 0, "a master (port {}) holds none of {count} users' keys", node.port);
     }
@@ -231,5 +231,38 @@ async fn a_quietly_dead_link_to_one_shard_is_found_and_rebuilt() {
     })
     .await;
     wait_until("readiness", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
+    ring(&users, &mut sockets, "after").await;
+}
+
+/// A master dies (SIGKILL) with users on every shard connected: once its replica took over
+/// (`cluster-node-timeout`, 2 s here), the relay is ready again by itself and every user, on
+/// every shard, gets live messages on the socket they kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_dies_and_its_replica_takes_over_everyone_gets_live_messages() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let s = Server::start(
+        &ServerConfig::cluster(&cluster)
+            .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200)
+            .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500),
+    );
+    let users = users_on_every_master(&s, &cluster, 30).await;
+    let mut sockets = join_all(users.iter().map(|u| s.connect(u))).await;
+    ring(&users, &mut sockets, "before").await;
+
+    let victim = cluster.owner_of(cluster.slot_of(&format!("{{{}}}", users[0])));
+    let replica = cluster.replica_of(victim);
+    // Users' records must be on the replica before its master goes (replication is asynchronous).
+    wait_until("the replica to catch up", DEADLINE, || async {
+        cluster.nodes[victim].copied_to(&cluster.nodes[replica])
+    })
+    .await;
+    cluster.nodes[victim].crash();
+    wait_until("readiness to fail", DEADLINE, || async { s.get("/readyz").await.0 == 503 }).await;
+    let promoted = &cluster.nodes[replica];
+    wait_until("the replica to take over", DEADLINE * 2, || async {
+        promoted.cli(&["ROLE"]).is_some_and(|role| role.starts_with("master"))
+    })
+    .await;
+    wait_until("readiness", DEADLINE * 2, || async { s.get("/readyz").await.0 == 200 }).await;
     ring(&users, &mut sockets, "after").await;
 }

@@ -118,6 +118,18 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         redis_cli(self.port, args)
     }
+
+    /// Field `name` of `INFO replication` (e.g. `master_repl_offset`).
+    pub fn replication(&self, name: &str) -> Option<String> {
+        let info = self.cli(&["INFO", "replication"])?;
+        info.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+    }
+
+    /// Whether `replica` has read everything this master wrote so far.
+    pub fn copied_to(&self, replica: &Redis) -> bool {
+        let written = self.replication("master_repl_offset");
+        written.is_some() && written == replica.replication("slave_repl_offset")
+    }
 }
 
 fn spawn_redis(args: &[String]) -> Child {

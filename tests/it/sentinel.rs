@@ -4,19 +4,13 @@
 use crate::faults::{assert_all_delivered, exchange};
 use crate::harness::{DEADLINE, Redis, Sentinel, Server, ServerConfig, wait_until};
 
-/// `INFO replication` field `name` of a node.
-fn replication(node: &Redis, name: &str) -> Option<String> {
-    let info = node.cli(&["INFO", "replication"])?;
-    info.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
-}
-
 /// A master, its replica and a Sentinel watching them; the replica is known to the Sentinel.
 async fn replicated() -> (Redis, Redis, Sentinel) {
     let master = Redis::start();
     let port = master.port.to_string();
     let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
     wait_until("the replica to sync", DEADLINE, || async {
-        replication(&replica, "master_link_status").as_deref() == Some("up")
+        replica.replication("master_link_status").as_deref() == Some("up")
     })
     .await;
     let sentinel = Sentinel::start(&master);
@@ -47,15 +41,7 @@ async fn a_sentinel_failover_loses_no_receipted_message_and_delivery_resumes() {
     // No more writes on the old master (replication is asynchronous: what it took after the
     // replica's last read would be lost by the promotion, receipted or not).
     assert_eq!(master.cli(&["CONFIG", "SET", "min-replicas-to-write", "5"]).unwrap().trim(), "OK");
-    wait_until("the replica to catch up", DEADLINE, || async {
-        let (Some(written), Some(read)) =
-            (replication(&master, "master_repl_offset"), replication(&replica, "slave_repl_offset"))
-        else {
-            return false;
-        };
-        written == read
-    })
-    .await;
+    wait_until("the replica to catch up", DEADLINE, || async { master.copied_to(&replica) }).await;
     assert_eq!(sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]).unwrap().trim(), "OK");
     wait_until("the Sentinel to name the replica", DEADLINE, || async { sentinel.master_port() == Some(replica.port) })
         .await;
@@ -92,10 +78,7 @@ async fn the_relay_follows_the_promotion_when_the_master_dies() {
     assert_eq!(a.recv_json().await["status"], "stored");
     assert_eq!(b.recv_json().await["payload"], "before");
     // The user records must be on the replica before the master goes.
-    wait_until("the replica to catch up", DEADLINE, || async {
-        replication(&master, "master_repl_offset") == replication(&replica, "slave_repl_offset")
-    })
-    .await;
+    wait_until("the replica to catch up", DEADLINE, || async { master.copied_to(&replica) }).await;
 
     master.crash();
     wait_until("readiness to fail", DEADLINE, || async { s.get("/readyz").await.0 == 503 }).await;
