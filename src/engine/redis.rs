@@ -248,6 +248,8 @@ struct SentinelConnector {
     /// made.
     sentinels: Vec<redis::Client>,
     asked: tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,
+    /// The Sentinel that answered last (asked first next time).
+    answered: std::sync::atomic::AtomicUsize,
     master: String,
     /// Credentials and database for the master (those of the first Sentinel URL).
     node: redis::sentinel::SentinelNodeConnectionInfo,
@@ -270,46 +272,62 @@ impl SentinelConnector {
         self.reached.lock().unwrap_or_else(|e| e.into_inner())[link] = Some(address);
         Ok(Conn::Single(con))
     }
-    /// The master's address, if the Sentinels now name another one than a link reached (one
-    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a kept connection: cheap enough for every tick).
+    /// The master's address, if the Sentinels now name another one than a link reached: one
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a kept connection (cheap enough for every tick),
+    /// and only when that differs, the full lookup that also checks `ROLE` on the master (so a
+    /// Sentinel with a stale view does not move the links back and forth).
     async fn moved(&self, timeout: Duration) -> RedisResult<Option<String>> {
-        let address = self.named_master(timeout).await?;
         let reached = self.reached.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(reached.iter().any(|r| r.as_deref() != Some(address.as_str())).then_some(address))
+        let differs = |address: &str| reached.iter().any(|r| r.as_deref() != Some(address));
+        if !differs(&self.named_master(timeout).await?) {
+            return Ok(None);
+        }
+        let address = self.master().await?.get_connection_info().addr().to_string();
+        Ok(differs(&address).then_some(address))
     }
-    /// The master's address as the first Sentinel that answers names it.
+    /// The master's address as the first Sentinel that answers names it, starting with the one
+    /// that answered last; each gets an equal share of `timeout`, so a hung one cannot use it up.
     async fn named_master(&self, timeout: Duration) -> RedisResult<String> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+        let share = (timeout / self.sentinels.len().max(1) as u32).max(Duration::from_millis(50));
+        let config =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(Some(share)).set_response_timeout(Some(share));
         let mut asked = self.asked.lock().await;
+        let count = self.sentinels.len();
+        let first = self.answered.load(Ordering::Relaxed);
         let mut last_error = None;
-        for (client, kept) in self.sentinels.iter().zip(asked.iter_mut()) {
-            if kept.is_none() {
-                match client.get_multiplexed_async_connection_with_config(&config).await {
-                    Ok(con) => *kept = Some(con),
-                    Err(e) => {
-                        last_error = Some(e);
-                        continue;
-                    }
+        for i in (0..count).map(|k| (first + k) % count) {
+            // Taken out while in use: a connection that fails (or hangs past the share) is
+            // dropped, not kept for the next tick.
+            let con = match asked[i].take() {
+                Some(con) => Ok(con),
+                None => self.sentinels[i].get_multiplexed_async_connection_with_config(&config).await,
+            };
+            let mut con = match con {
+                Ok(con) => con,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
                 }
-            }
-            let Some(con) = kept.as_mut() else { continue };
+            };
             let mut ask = redis::cmd("SENTINEL");
             ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
-            match ask.query_async::<Option<(String, u16)>>(con).await {
-                Ok(Some((host, port))) => return Ok(format!("{host}:{port}")),
-                Ok(None) => {
+            let answer = tokio::time::timeout(share, ask.query_async::<Option<(String, u16)>>(&mut con)).await;
+            match answer {
+                Ok(Ok(Some((host, port)))) => {
+                    asked[i] = Some(con);
+                    self.answered.store(i, Ordering::Relaxed);
+                    return Ok(format!("{host}:{port}"));
+                }
+                Ok(Ok(None)) => {
+                    asked[i] = Some(con);
                     last_error = Some(redis::RedisError::from((
                         redis::ErrorKind::Client,
                         "the Sentinel does not know the master",
                         self.master.clone(),
-                    )))
+                    )));
                 }
-                Err(e) => {
-                    *kept = None;
-                    last_error = Some(e);
-                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => last_error = Some((redis::ErrorKind::Io, "no answer from the Sentinel").into()),
             }
         }
         Err(last_error.unwrap_or_else(|| (redis::ErrorKind::Client, "no Sentinel configured").into()))
@@ -408,8 +426,10 @@ struct PushHandler {
     probe_suffix: Arc<[u8]>,
     /// The highest probe number seen back, per probe channel.
     probe_seen: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
-    /// The highest echo (`e<replica>:<n>`, see `verify_subscriptions`) seen back, per channel.
+    /// The highest echo (`e<replica>:<n>`, see `prove_subscriptions`) seen back, per channel,
+    /// while one is awaited: echoes numbered below `echo_floor` (late ones) are not kept.
     echoes: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+    echo_floor: Arc<AtomicU64>,
     disconnected: Arc<Notify>,
     /// Links lost so far (disconnections, failed resubscriptions): the supervisor recovers
     /// until it has handled the latest.
@@ -492,7 +512,8 @@ impl PushHandler {
                 else {
                     return;
                 };
-                if let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) {
+                let n = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok());
+                if let Some(n) = n.filter(|&n| n >= self.echo_floor.load(Ordering::Acquire)) {
                     let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
                     let seen = echoes.entry(channel).or_default();
                     *seen = (*seen).max(n);
@@ -539,6 +560,7 @@ impl RedisEngine {
             probe_suffix: replica.as_bytes().into(),
             probe_seen: Arc::default(),
             echoes: Arc::default(),
+            echo_floor: Arc::default(),
             disconnected: Arc::new(Notify::new()),
             disconnections: Arc::default(),
             lost: subscriptions.clone(),
@@ -566,6 +588,7 @@ impl RedisEngine {
                 Connector::Sentinel(SentinelConnector {
                     sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(infos).map_err(unavailable)?),
                     asked: tokio::sync::Mutex::new(sentinels.iter().map(|_| None).collect()),
+                    answered: Default::default(),
                     sentinels,
                     master: settings.redis.sentinel_master.trim().to_owned(),
                     node: redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node),
@@ -815,7 +838,8 @@ impl RedisEngine {
         // to us, one stored before it is in the backlog the session reads next.
         let (done, subscribed) = oneshot::channel();
         let _ = this.subscriptions.send(SubRequest::Sync(link.user.clone(), Some(done)));
-        match tokio::time::timeout(this.timeout * 2, subscribed).await {
+        // Subscribing may take a few command timeouts on a cluster (subscribe, echo, once more).
+        match tokio::time::timeout(this.timeout * 4, subscribed).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(Unavailable("subscriber stopped".into())),
             Err(_) => return Err(Unavailable("subscribe timed out".into())),
@@ -1075,7 +1099,16 @@ async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: 
         let mut done = 0;
         for chunk in to_subscribe.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|u| keys.channel(u)).collect();
-            if let Err(e) = timed("subscribe", links.timeout, con.subscribe(&channels)).await {
+            let made = match timed("subscribe", links.timeout, con.subscribe(&channels)).await {
+                // redis-rs 1.8.1 takes a node's unasked `sunsubscribe` for the reply to whatever
+                // waits on that connection, so a subscription can be answered OK and never made:
+                // on a cluster each one is proven by an echo through its channel.
+                Ok(()) if links.is_cluster() => prove_subscriptions(&links, &mut con, channels, &mut echo)
+                    .await
+                    .map_err(|e| Unavailable(e.to_string())),
+                other => other,
+            };
+            if let Err(e) = made {
                 result = Err(e);
                 break; // the link does not work: the rest would only wait as long each
             }
@@ -1083,26 +1116,16 @@ async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: 
             done += chunk.len();
         }
         let (ok, failed) = to_subscribe.split_at(done);
-        if links.is_cluster() && !ok.is_empty() {
-            // redis-rs 1.8.1 takes a node's unasked `sunsubscribe` for the reply to whatever
-            // waits on that connection, so a subscription can be answered OK and never made.
-            // Each one is proven by an echo through its channel.
-            echo += 1;
-            if let Err(e) = verify_subscriptions(&links, &keys, ok, echo).await {
-                tracing::warn!(error = %e.0, "subscriptions not confirmed; recovering the link");
-                links.push.link_lost();
-                result = Err(e);
-            }
-        }
         let mut moved = 0;
         for user in ok.iter().filter(|user| lost.contains(*user)) {
             hub.resync(user);
             moved += 1;
         }
         metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);
-        if failed.iter().any(|user| lost.contains(user)) {
-            // Nothing else would bring them back: recover the whole link (every user
-            // subscribed again, every session re-reads its inbox).
+        // Users asking to connect are answered with the error (and retry); a full resubscription
+        // is retried by the supervisor. Moved users have nobody else to bring them back: recover
+        // the whole link (every user subscribed again, every session re-reads its inbox).
+        if !everyone && failed.iter().any(|user| lost.contains(user)) {
             tracing::warn!("cannot subscribe moved channels again; recovering the link");
             links.push.link_lost();
         }
@@ -1123,10 +1146,30 @@ async fn subscriber(links: Arc<Links>, hub: Arc<Hub>, keys: Keys, mut requests: 
     }
 }
 
-/// Publishes echo `n` of this replica on every user's channel and waits until each came back
-/// through the subscription link (the hub ignores echoes).
-async fn verify_subscriptions(links: &Links, keys: &Keys, users: &[UserId], n: u64) -> Result<(), Unavailable> {
-    let channels: Vec<String> = users.iter().map(|u| keys.channel(u)).collect();
+/// Proves cluster subscriptions just made: an echo of this replica goes through every channel
+/// and must come back. Channels that stay silent are subscribed once more (their slot may have
+/// moved in between) and proven again; still silent, they are an error.
+async fn prove_subscriptions(links: &Links, con: &mut Conn, channels: Vec<String>, echo: &mut u64) -> RedisResult<()> {
+    let mut silent = channels;
+    for attempt in 0..2 {
+        *echo += 1;
+        silent = echo_through(links, silent, *echo).await?;
+        if silent.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(silent = silent.len(), attempt, "subscriptions without echo");
+        if attempt == 0 {
+            con.subscribe(&silent).await?;
+        }
+    }
+    Err((redis::ErrorKind::Io, "subscriptions made but silent", format!("{} channels", silent.len())).into())
+}
+
+/// Publishes echo `n` on every channel and returns those it did not come back through within
+/// the command timeout (the hub ignores echoes).
+async fn echo_through(links: &Links, channels: Vec<String>, n: u64) -> RedisResult<Vec<String>> {
+    let echoes = &links.push.echoes;
+    links.push.echo_floor.store(n, Ordering::Release);
     let payload = format!("e{}:{n}", String::from_utf8_lossy(&links.push.probe_suffix));
     let con = links.cmd();
     let publish = |channel: &String| {
@@ -1134,28 +1177,25 @@ async fn verify_subscriptions(links: &Links, keys: &Keys, users: &[UserId], n: u
         let publish = redis::cmd(links.publish_command()).arg(channel).arg(&payload).to_owned();
         async move { publish.query_async::<()>(&mut con).await }
     };
-    timed("subscribe", links.timeout, each_concurrently(&channels, publish)).await?;
+    let published = match tokio::time::timeout(links.timeout, each_concurrently(&channels, publish)).await {
+        Ok(result) => result,
+        Err(_) => Err((redis::ErrorKind::Io, "echo publish timed out").into()),
+    };
+    let mut silent = channels;
     let deadline = Instant::now() + links.timeout;
-    loop {
-        let missing = {
-            let mut echoes = links.push.echoes.lock().unwrap_or_else(|e| e.into_inner());
-            let missing = channels.iter().filter(|c| echoes.get(c.as_bytes()).is_none_or(|&e| e < n)).count();
-            if missing == 0 {
-                channels.iter().for_each(|c| {
-                    echoes.remove(c.as_bytes());
-                });
-            }
-            missing
-        };
-        if missing == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            links.push.echoes.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            return Err(Unavailable(format!("{missing} of {} subscriptions did not echo", channels.len())));
-        }
+    while published.is_ok() && !silent.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut seen = echoes.lock().unwrap_or_else(|e| e.into_inner());
+        silent.retain(|c| match seen.get(c.as_bytes()) {
+            Some(&e) if e >= n => {
+                seen.remove(c.as_bytes());
+                false
+            }
+            _ => true,
+        });
     }
+    published?;
+    Ok(silent)
 }
 
 /// Watches the subscription link and brings it back after a drop or a silent death.
@@ -1233,7 +1273,7 @@ impl Supervisor {
     /// keeps the links where they are).
     async fn master_moved(&self) -> Option<String> {
         let Connector::Sentinel(sentinel) = &self.links.connector else { return None };
-        match tokio::time::timeout(self.links.timeout, sentinel.moved(self.links.timeout)).await {
+        match tokio::time::timeout(self.links.timeout * 2, sentinel.moved(self.links.timeout)).await {
             Ok(Ok(moved)) => moved,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "no answer from the Sentinels");
