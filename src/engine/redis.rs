@@ -408,6 +408,16 @@ impl Links {
     fn is_cluster(&self) -> bool {
         matches!(self.connector, Connector::Cluster { .. })
     }
+    /// Publishes `payload` on every channel, many at once (each to its own shard on a cluster).
+    async fn publish_each(&self, channels: &[String], payload: &str) -> RedisResult<()> {
+        let con = self.cmd();
+        let publish = |channel: &String| {
+            let mut con = con.clone();
+            let publish = redis::cmd(self.publish_command()).arg(channel).arg(payload).to_owned();
+            async move { publish.query_async::<()>(&mut con).await }
+        };
+        each_concurrently(channels, publish).await
+    }
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
         metrics::gauge!(metric::REDIS_LINK_UP).set(if up { 1.0 } else { 0.0 });
@@ -1171,13 +1181,7 @@ async fn echo_through(links: &Links, channels: Vec<String>, n: u64) -> RedisResu
     let echoes = &links.push.echoes;
     links.push.echo_floor.store(n, Ordering::Release);
     let payload = format!("e{}:{n}", String::from_utf8_lossy(&links.push.probe_suffix));
-    let con = links.cmd();
-    let publish = |channel: &String| {
-        let mut con = con.clone();
-        let publish = redis::cmd(links.publish_command()).arg(channel).arg(&payload).to_owned();
-        async move { publish.query_async::<()>(&mut con).await }
-    };
-    let published = match tokio::time::timeout(links.timeout, each_concurrently(&channels, publish)).await {
+    let published = match tokio::time::timeout(links.timeout, links.publish_each(&channels, &payload)).await {
         Ok(result) => result,
         Err(_) => Err((redis::ErrorKind::Io, "echo publish timed out").into()),
     };
@@ -1305,20 +1309,13 @@ impl Supervisor {
     async fn probe(&mut self, limit: Duration) -> Result<u64, Unavailable> {
         self.probes_sent += 1;
         let n = self.probes_sent;
-        let con = self.links.cmd();
-        let publish = |channel: &String| {
-            let mut con = con.clone();
-            let publish = redis::cmd(self.links.publish_command()).arg(channel).arg(n).to_owned();
-            async move { publish.query_async::<()>(&mut con).await }
-        };
-        timed("probe", limit, each_concurrently(&self.probes, publish)).await?;
+        timed("probe", limit, self.links.publish_each(&self.probes, &n.to_string())).await?;
         Ok(n)
     }
 
     /// Subscribes the probe channels the topology asks for, if they changed: one on a single
-    /// Redis, one per master on a cluster (reading the slots waits at most `limit`). Returns
-    /// whether they changed.
-    async fn place_probes(&mut self, limit: Duration) -> Result<bool, Unavailable> {
+    /// Redis, one per master on a cluster (reading the slots waits at most `limit`).
+    async fn place_probes(&mut self, limit: Duration) -> Result<(), Unavailable> {
         let wanted = if self.links.is_cluster() {
             let mut con = self.links.cmd();
             let slots: Value = timed("probe", limit, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut con)).await?;
@@ -1338,7 +1335,7 @@ impl Supervisor {
             vec![self.keys.probe(&self.replica, None)]
         };
         if wanted == self.probes {
-            return Ok(false);
+            return Ok(());
         }
         let (done, placed) = oneshot::channel();
         let _ = self.subscriptions.send(SubRequest::Probes(wanted.clone(), done));
@@ -1354,7 +1351,7 @@ impl Supervisor {
         }
         self.placed.retain(|c, _| wanted.contains(c));
         self.probes = wanted;
-        result.map(|()| true)
+        result
     }
 
     /// Until the link is proven to work end to end: (re)build it if asked, subscribe every
