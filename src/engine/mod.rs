@@ -89,7 +89,7 @@ impl Engine {
     pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         match self {
             Engine::Memory(e) => sends.iter().map(|(to, envelope)| e.send(to, envelope.clone())).collect(),
-            Engine::Redis(e) if sends.len() == 1 => vec![e.send(&sends[0].0, sends[0].1.clone()).await],
+            Engine::Redis(e) if sends.len() == 1 => vec![e.send_one(&sends[0].0, &sends[0].1).await],
             Engine::Redis(e) => e.send_many(sends).await,
         }
     }

@@ -212,9 +212,6 @@ impl Conn {
             }
         }
     }
-    fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
-    }
 }
 
 /// Commands a cluster connection has in flight at once when one operation touches many slots.
@@ -239,6 +236,10 @@ enum Connector {
     Sentinel(SentinelConnector),
     Cluster { client: ClusterClient, pubsub_client: ClusterClient },
 }
+
+/// Indices of a replica's two links in `SentinelConnector::reached`.
+const COMMAND_LINK: usize = 0;
+const SUBSCRIPTION_LINK: usize = 1;
 
 /// Connects to the master the Sentinels name, and remembers which master each link reached, so
 /// the supervisor can tell when a failover moved it.
@@ -265,7 +266,7 @@ impl SentinelConnector {
     async fn connect(&self, link: usize, config: ConnectionManagerConfig) -> RedisResult<Conn> {
         let mut client = self.master().await?;
         let address = client.get_connection_info().addr().to_string();
-        if link == 1 {
+        if link == SUBSCRIPTION_LINK {
             client = with_resp3(&client)?;
         }
         let con = client.get_connection_manager_with_config(config).await?;
@@ -354,7 +355,7 @@ impl Connector {
             Connector::Single { client, .. } => {
                 client.get_connection_manager_with_config(Self::config(timeout)).await.map(Conn::Single)
             }
-            Connector::Sentinel(sentinel) => sentinel.connect(0, Self::config(timeout)).await,
+            Connector::Sentinel(sentinel) => sentinel.connect(COMMAND_LINK, Self::config(timeout)).await,
             Connector::Cluster { client, .. } => client.get_async_connection().await.map(Conn::Cluster),
         }
     }
@@ -366,7 +367,7 @@ impl Connector {
             }
             Connector::Sentinel(sentinel) => {
                 let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
-                sentinel.connect(1, config).await
+                sentinel.connect(SUBSCRIPTION_LINK, config).await
             }
             // The push sender was given to the cluster client when it was built.
             Connector::Cluster { pubsub_client, .. } => pubsub_client.get_async_connection().await.map(Conn::Cluster),
@@ -697,7 +698,7 @@ impl RedisEngine {
         let fields = [("publicKey", public_key), ("createdAt", &created.to_string())];
         let mut claim = redis::cmd("SET");
         claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET");
-        let previous: Option<String> = if con.is_cluster() {
+        let previous: Option<String> = if this.links.is_cluster() {
             // The record and the index are in different slots: two commands, in this order.
             let _: () = this.timed("login_claim", con.hset_multiple(&record, &fields)).await?;
             this.timed("login_claim", claim.query_async(&mut con)).await?
@@ -721,37 +722,11 @@ impl RedisEngine {
         self.inner.timed("lookup", con.hget(self.inner.keys.user(user), "publicKey")).await
     }
 
-    pub async fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
-        let this = &self.inner;
-        let mut con = this.links.cmd();
-        let reply: Value = this.timed("send", self.send_invocation(to, &envelope).invoke_async(&mut con)).await?;
-        send_reply(reply)
-    }
-
-    /// Several sends in one pipeline: one round trip, executed in order. On a cluster, where a
-    /// pipeline must stay in one slot, the sends to each recipient go in order and different
-    /// recipients' sends at once (each to its own shard).
+    /// Several sends in one pipeline: one round trip, executed in order.
     pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
-        if this.links.cmd().is_cluster() {
-            let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
-            for (i, (to, _)) in sends.iter().enumerate() {
-                by_recipient.entry(to).or_default().push(i);
-            }
-            let per_recipient = by_recipient.into_values().map(|indices| async move {
-                let mut results = Vec::with_capacity(indices.len());
-                for i in indices {
-                    let (to, envelope) = &sends[i];
-                    results.push((i, self.send(to, envelope.clone()).await));
-                }
-                results
-            });
-            let mut results: Vec<Option<Result<MsgId, SendError>>> = sends.iter().map(|_| None).collect();
-            let done: Vec<_> = stream::iter(per_recipient).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
-            for (i, result) in done.into_iter().flatten() {
-                results[i] = Some(result);
-            }
-            return results.into_iter().map(|r| r.expect("every send answered")).collect();
+        if this.links.is_cluster() {
+            return self.send_per_recipient(sends).await;
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -783,6 +758,35 @@ impl RedisEngine {
             Ok(_) => sends.iter().map(|_| Err(Unavailable("short pipeline reply".into()).into())).collect(),
             Err(e) => sends.iter().map(|_| Err(e.clone().into())).collect(),
         }
+    }
+
+    /// On a cluster a pipeline must stay in one slot (and redis-rs retries a whole pipeline
+    /// when any reply in it is a redirect, which would store the others twice): each
+    /// recipient's sends go one after the other, in order, and different recipients' at once.
+    async fn send_per_recipient(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
+        for (i, (to, _)) in sends.iter().enumerate() {
+            by_recipient.entry(to).or_default().push(i);
+        }
+        let per_recipient = by_recipient.into_values().map(|indices| async move {
+            let mut results = Vec::with_capacity(indices.len());
+            for i in indices {
+                let (to, envelope) = &sends[i];
+                results.push((i, self.send_one(to, envelope).await));
+            }
+            results
+        });
+        let done: Vec<_> = stream::iter(per_recipient).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+        let mut results: Vec<_> = done.into_iter().flatten().collect();
+        results.sort_unstable_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
+    pub async fn send_one(&self, to: &UserId, envelope: &Bytes) -> Result<MsgId, SendError> {
+        let this = &self.inner;
+        let mut con = this.links.cmd();
+        let reply: Value = this.timed("send", self.send_invocation(to, envelope).invoke_async(&mut con)).await?;
+        send_reply(reply)
     }
 
     fn send_invocation<'a>(&'a self, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
@@ -1012,7 +1016,7 @@ async fn remover(links: Arc<Links>, keys: Keys, mut queue: mpsc::UnboundedReceiv
         let mut con = links.cmd();
         let result = if pipe.is_empty() {
             Ok(())
-        } else if con.is_cluster() {
+        } else if links.is_cluster() {
             // A cluster pipeline goes to one shard: each user's removal on its own, many at once.
             let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
             let remove = |command: &&redis::Cmd| {

@@ -153,6 +153,22 @@ fn duplicates(tally: &Tally) -> usize {
     tally.seen.lock().unwrap().values().flat_map(|m| m.values()).map(|n| n - 1).sum()
 }
 
+/// Awaits an `exchange` that a fault hit midway (the fault is over, the traffic must not be):
+/// every receipted message arrived at `to`, on the one connection its receiver opened.
+pub(crate) async fn all_delivered_on_one_connection(
+    tally: &Tally,
+    sender: tokio::task::JoinHandle<()>,
+    receiver: tokio::task::JoinHandle<()>,
+    to: &str,
+    count: usize,
+) {
+    assert!(!receiver.is_finished(), "the traffic ended before the fault did");
+    sender.await.unwrap();
+    receiver.await.unwrap();
+    assert_all_delivered(tally, &[to.to_owned()], count);
+    assert_eq!(tally.receiver_connections(), 1, "the receiver had to reconnect to get its messages");
+}
+
 pub(crate) fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) {
     let seen = tally.seen.lock().unwrap();
     for user in recipients {

@@ -119,6 +119,11 @@ impl Redis {
         redis_cli(self.port, args)
     }
 
+    /// Whether the node answers `ROLE` as a master.
+    pub fn is_master(&self) -> bool {
+        self.cli(&["ROLE"]).is_some_and(|role| role.starts_with("master"))
+    }
+
     /// Field `name` of `INFO replication` (e.g. `master_repl_offset`).
     pub fn replication(&self, name: &str) -> Option<String> {
         let info = self.cli(&["INFO", "replication"])?;
@@ -648,18 +653,20 @@ impl RedisCluster {
             })
         };
         let topology = self.topology();
-        let master = topology.iter().find(|f| f[2].contains("master") && owns(f)).expect("a master owns the slot");
-        let port: u16 = master[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-        self.nodes.iter().position(|n| n.port == port).expect("the owner is one of ours")
+        self.index_of(topology.iter().find(|f| f[2].contains("master") && owns(f)).expect("a master owns the slot"))
     }
 
     /// The index in `nodes` of a replica of the master `nodes[master]`.
     pub fn replica_of(&self, master: usize) -> usize {
         let id = self.nodes[master].cli(&["CLUSTER", "MYID"]).unwrap().trim().to_owned();
         let topology = self.topology();
-        let replica = topology.iter().find(|f| f[3] == id).expect("the master has a replica");
-        let port: u16 = replica[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-        self.nodes.iter().position(|n| n.port == port).expect("the replica is one of ours")
+        self.index_of(topology.iter().find(|f| f[3] == id).expect("the master has a replica"))
+    }
+
+    /// The index in `nodes` of the node a `CLUSTER NODES` line describes (`ip:port@bus`).
+    fn index_of(&self, fields: &[String]) -> usize {
+        let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+        self.nodes.iter().position(|n| n.port == port).expect("the node is one of ours")
     }
 
     /// Moves `slot` to `nodes[to]` the way `redis-cli --cluster reshard` does: both ends marked
@@ -693,7 +700,7 @@ impl RedisCluster {
         ok(target, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
         ok(source, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
         for (i, node) in self.nodes.iter().enumerate() {
-            if i != from && i != to && node.cli(&["ROLE"]).is_some_and(|r| r.starts_with("master")) {
+            if i != from && i != to && node.is_master() {
                 ok(node, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
             }
         }
