@@ -8,7 +8,7 @@ PYTHON ?= python3
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
 run:
-	$(CARGO) run --release --bin enigma-server
+	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
 test: lint unit-and-integration helm-check
@@ -16,6 +16,7 @@ test: lint unit-and-integration helm-check
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --locked --no-default-features --lib --bin enigma-server -- -D warnings
 
 unit-and-integration:
 	$(CARGO) test --all-targets --locked

@@ -3,161 +3,29 @@
 //! A message travels socket → [`session`] → [`engine`] (memory, or Redis shared by many
 //! replicas) → [`hub`] of the replica holding the recipient's socket → [`session`] → socket.
 //! The server never sees plaintext: payloads are opaque strings sealed by the clients.
+//! `docs/architecture.md` walks one envelope through the rooms, function by function.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`server`] | the run loop: listeners, shared state, drain on shutdown |
+//! | [`config`] | settings: defaults, TOML file, `ENIGMA__…` environment, validation |
+//! | [`http`] | routes: login, lookup, health, readiness, metrics, the WebSocket upgrade |
+//! | [`session`] | one WebSocket's life |
+//! | [`hub`] | which local session holds which user's socket |
+//! | [`engine`] | storage and delivery: memory, or Redis (single, Sentinel, Cluster) |
+//! | [`protocol`] | the wire: ids, frames, error and close codes, REST bodies, key rules |
+//! | [`telemetry`] | logs and metric names |
+//! | `sdk` | the client SDK behind the `enigma` CLI (feature `client`) |
 
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod protocol;
+#[cfg(feature = "client")]
 pub mod sdk;
+pub mod server;
 pub mod session;
 pub mod telemetry;
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::serve::ListenerExt;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::config::Settings;
-use crate::engine::Engine;
-use crate::hub::Hub;
-
-/// Everything a request or a session needs.
-pub struct State {
-    pub settings: Settings,
-    pub engine: Engine,
-    pub hub: Arc<Hub>,
-    /// Cancelled when the server starts draining: sessions close with 1001.
-    pub shutdown: CancellationToken,
-    pub draining: AtomicBool,
-    /// Upgraded sockets, which axum's graceful shutdown does not wait for.
-    pub tracker: TaskTracker,
-    pub metrics: Option<PrometheusHandle>,
-}
-
-pub type AppState = Arc<State>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Storage(#[from] engine::Unavailable),
-    #[error("server failed: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Serves on `listener` until `shutdown` resolves, then drains: readiness turns false, new
-/// sockets are refused, open ones are closed with 1001, and the call returns within
-/// `server.shutdown_grace_ms`.
-pub async fn run(
-    settings: Settings,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    // The recorder first: the engine already measures while it connects.
-    let metrics = telemetry::prometheus();
-    telemetry::register_all();
-    let stopping = CancellationToken::new();
-    let limits = &settings.limits;
-    let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
-    let engine = Engine::from_settings(&settings, hub.clone()).await?;
-    let grace = settings.server.shutdown_grace();
-    let state = Arc::new(State {
-        settings,
-        engine,
-        hub,
-        shutdown: stopping,
-        draining: AtomicBool::new(false),
-        tracker: TaskTracker::new(),
-        metrics,
-    });
-    metrics::gauge!(telemetry::metric::DRAINING).set(0.0);
-
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, engine = state.engine.name(), "enigma relay listening");
-    // A line on stdout for scripts and tests that start the server on port 0.
-    println!("listening on {addr}");
-
-    let drain = {
-        let state = state.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("draining: refusing new sockets, closing open ones with 1001");
-            state.draining.store(true, Ordering::Release);
-            metrics::gauge!(telemetry::metric::DRAINING).set(1.0);
-            state.shutdown.cancel();
-        }
-    };
-    if let Some(addr) = state.settings.metrics_addr() {
-        let metrics_listener = TcpListener::bind(addr).await?;
-        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-        let stopped = state.shutdown.clone();
-        let app = http::metrics_router(state.clone());
-        tokio::spawn(async move {
-            let served =
-                axum::serve(metrics_listener, app).with_graceful_shutdown(async move { stopped.cancelled().await });
-            if let Err(e) = served.await {
-                tracing::warn!(error = %e, "metrics listener failed");
-            }
-        });
-    }
-    // No Nagle: a relay writes small frames that must leave now, not after the peer's
-    // delayed ACK (that showed as a ~40 ms p99 plateau under load).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let stopped = state.shutdown.clone();
-    let server = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(async move { stopped.cancelled().await });
-    let serve = tokio::spawn(async move { server.await });
-
-    drain.await;
-    let finished = tokio::time::timeout(grace, async {
-        // HTTP first: a socket still being admitted becomes a tracked session (closed at
-        // once with 1001) before the tracker is waited for.
-        let _ = serve.await;
-        state.tracker.close();
-        state.tracker.wait().await;
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!(sockets = state.hub.len(), "grace period over; exiting with connections still open");
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not when
-/// the future is first polled: a SIGTERM that arrives while the server is still starting must
-/// drain it, not kill it.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let terminate = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        async move {
-            match (terminate, interrupt) {
-                (Ok(mut terminate), Ok(mut interrupt)) => {
-                    tokio::select! {
-                        _ = terminate.recv() => {},
-                        _ = interrupt.recv() => {},
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+pub use server::{AppState, Error, State, run, shutdown_signal};
