@@ -41,6 +41,11 @@ pub struct ServerSettings {
     pub ping_interval_ms: u64,
     /// A socket from which nothing (not even a pong) arrived for this long is dropped.
     pub idle_timeout_ms: u64,
+    /// A request head (the WebSocket handshake too) must arrive within this long after the
+    /// connection opened or the previous response; it also bounds idle keep-alive connections.
+    pub request_head_timeout_ms: u64,
+    /// The longest request head (request line and headers); longer ones get 431.
+    pub max_request_head_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +123,9 @@ impl Default for ServerSettings {
             shutdown_grace_ms: 10_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
+            request_head_timeout_ms: 10_000,
+            // Room for the longest public key in the login path, percent-encoded (3 × 8 KiB).
+            max_request_head_bytes: 32 * 1024,
         }
     }
 }
@@ -202,6 +210,7 @@ impl Settings {
             ("server.shutdown_grace_ms", self.server.shutdown_grace_ms as usize),
             ("server.ping_interval_ms", self.server.ping_interval_ms as usize),
             ("server.idle_timeout_ms", self.server.idle_timeout_ms as usize),
+            ("server.request_head_timeout_ms", self.server.request_head_timeout_ms as usize),
             ("limits.max_public_key_bytes", self.limits.max_public_key_bytes),
             ("limits.max_payload_bytes", self.limits.max_payload_bytes),
             ("limits.inbox_capacity", self.limits.inbox_capacity),
@@ -217,6 +226,9 @@ impl Settings {
         }
         if self.server.idle_timeout_ms <= self.server.ping_interval_ms {
             return Err(invalid("server.idle_timeout_ms", "must be longer than server.ping_interval_ms"));
+        }
+        if self.server.max_request_head_bytes < 8192 {
+            return Err(invalid("server.max_request_head_bytes", "must be at least 8192"));
         }
         if self.limits.max_payload_bytes > 16 * 1024 * 1024 {
             return Err(invalid("limits.max_payload_bytes", "must be at most 16 MiB"));
@@ -284,6 +296,12 @@ impl ServerSettings {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            head_timeout: Duration::from_millis(self.request_head_timeout_ms),
+            max_head_bytes: self.max_request_head_bytes,
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub mod conformance;
 mod deploy_assets;
 mod faults;
 mod harness;
+mod hostile;
 mod load;
 mod observability;
 mod replicas;

@@ -6,11 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod connections;
+
+pub use connections::ConnectionLimits;
 
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -82,30 +85,14 @@ pub async fn run(
             state.shutdown.cancel();
         }
     };
+    let limits = state.settings.server.connection_limits();
     if let Some(addr) = state.settings.metrics_addr() {
         let metrics_listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-        let stopped = state.shutdown.clone();
         let app = http::metrics_router(state.clone());
-        tokio::spawn(async move {
-            let served =
-                axum::serve(metrics_listener, app).with_graceful_shutdown(async move { stopped.cancelled().await });
-            if let Err(e) = served.await {
-                tracing::warn!(error = %e, "metrics listener failed");
-            }
-        });
+        tokio::spawn(connections::serve(metrics_listener, app, limits, state.shutdown.clone()));
     }
-    // No Nagle: a relay writes small frames that must leave now, not after the peer's
-    // delayed ACK (that showed as a ~40 ms p99 plateau under load).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let stopped = state.shutdown.clone();
-    let server = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(async move { stopped.cancelled().await });
-    let serve = tokio::spawn(async move { server.await });
+    let serve = tokio::spawn(connections::serve(listener, http::router(state.clone()), limits, state.shutdown.clone()));
 
     drain.await;
     let finished = tokio::time::timeout(grace, async {
