@@ -36,6 +36,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod load;
+mod misbehaviour;
 mod observability;
 mod replicas;
 mod sentinel;

@@ -1,0 +1,262 @@
+//! WebSocket and HTTP misbehaviour written byte by byte on raw TCP: broken frames, broken
+//! handshakes, oversized and trickled request heads, thousands of half-open connections. Each
+//! gets a clear refusal or close code, and two users chatting meanwhile never notice.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{DEADLINE, Server, ServerConfig, Ws};
+
+/// A raw TCP connection to the server's port.
+struct Raw {
+    tcp: TcpStream,
+}
+
+impl Raw {
+    async fn open(server: &Server) -> Raw {
+        let addr = server.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Raw { tcp }
+    }
+
+    /// Writes a request head and returns the response head's status and the rest read so far.
+    async fn request(&mut self, head: &str) -> (u16, String) {
+        self.tcp.write_all(head.as_bytes()).await.expect("write head");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut buf))
+                .await
+                .expect("timed out reading the response head")
+                .expect("read");
+            assert!(n > 0, "connection closed before a response head: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+        (status, text)
+    }
+
+    async fn upgrade(server: &Server, path: &str) -> Raw {
+        let mut raw = Raw::open(server).await;
+        let (status, head) = raw.request(&handshake(path, "13", true)).await;
+        assert_eq!(status, 101, "{head}");
+        raw
+    }
+
+    /// Reads server frames until a close frame (its code) or the end of the connection (`None`).
+    async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout_at(deadline, self.tcp.read_exact(&mut head)).await;
+            if read.expect("timed out waiting for a close frame").is_err() {
+                return None;
+            }
+            let mut len = u64::from(head[1] & 0x7f);
+            if len == 126 {
+                len = u64::from(self.tcp.read_u16().await.ok()?);
+            } else if len == 127 {
+                len = self.tcp.read_u64().await.ok()?;
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.tcp.read_exact(&mut payload).await.ok()?;
+            if head[0] & 0x0f == 0x8 {
+                return Some(if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 });
+            }
+        }
+    }
+}
+
+fn handshake(path: &str, version: &str, with_key: bool) -> String {
+    let key = if with_key { "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" } else { "" };
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\
+         Sec-WebSocket-Version: {version}\r\n\r\n"
+    )
+}
+
+/// One WebSocket frame as a client writes it (RFC 6455 §5.2), masked unless told otherwise.
+fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Two users exchanging messages in the background until stopped; returns how many round
+/// trips they completed. Any failure to exchange fails the test.
+struct Chat {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<usize>,
+}
+
+impl Chat {
+    async fn start(server: &Server) -> Chat {
+        let (alice, bob) = (server.new_user().await, server.new_user().await);
+        let mut a = server.connect(&alice).await;
+        let mut b = server.connect(&bob).await;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(async move {
+            let mut round = 0;
+            loop {
+                a.send_msg(&alice, &bob, &format!("ping {round}")).await;
+                assert_eq!(b.recv_json().await["payload"], format!("ping {round}"));
+                b.send_msg(&bob, &alice, &format!("pong {round}")).await;
+                assert_eq!(a.recv_json().await["payload"], format!("pong {round}"));
+                round += 1;
+                if stopped.try_recv().is_ok() {
+                    return round;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Chat { stop, done }
+    }
+
+    /// Stops the chat and requires that it went on during the attack.
+    async fn finish(self, at_least: usize) {
+        let _ = self.stop.send(());
+        let rounds = tokio::time::timeout(DEADLINE, self.done).await.expect("chat stuck").expect("chat failed");
+        assert!(rounds >= at_least, "the users exchanged only {rounds} round trips during the attack");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_websocket_frames_get_clear_close_codes() {
+    let server = Server::start(&ServerConfig::memory());
+    let chat = Chat::start(&server).await;
+    let user = server.new_user().await;
+    let mut ping_126 = vec![b'p'; 126];
+    ping_126[0] = b'P';
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("unmasked client frame", frame(true, 0, 0x1, false, b"{}"), 1002),
+        ("reserved bit set", frame(true, 0b100, 0x1, true, b"{}"), 1002),
+        ("fragmented ping", frame(false, 0, 0x9, true, b"x"), 1002),
+        ("continuation without a start", frame(true, 0, 0x0, true, b"{}"), 1002),
+        ("invalid UTF-8 in a text frame", frame(true, 0, 0x1, true, &[b'"', 0xff, 0xfe, b'"']), 1007),
+        ("ping over 125 bytes", frame(true, 0, 0x9, true, &ping_126), 1002),
+    ];
+    for (what, bytes, code) in cases {
+        let mut raw = Raw::upgrade(&server, &format!("/ws/{user}")).await;
+        raw.tcp.write_all(&bytes).await.expect("write frame");
+        assert_eq!(raw.close_code().await, Some(code), "{what}");
+    }
+    chat.finish(3).await;
+}
+
+#[tokio::test]
+async fn broken_handshakes_are_refused_with_a_reason() {
+    let server = Server::start(&ServerConfig::memory());
+    let user = server.new_user().await;
+    for path in [format!("/ws/{user}"), format!("/connect/{user}")] {
+        for (what, head) in [("wrong version", handshake(&path, "8", true)), ("no key", handshake(&path, "13", false))]
+        {
+            let mut raw = Raw::open(&server).await;
+            let (status, response) = raw.request(&head).await;
+            assert!((400..500).contains(&status), "{what} on {path}: {response}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431() {
+    let server = Server::start(&ServerConfig::memory());
+    let mut raw = Raw::open(&server).await;
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let (status, _) = raw.request(&head).await;
+    assert_eq!(status, 431);
+    // A login with the longest key, percent-encoded, still fits.
+    let key = "%2B".repeat(8 * 1024);
+    let mut raw = Raw::open(&server).await;
+    let (status, response) = raw.request(&format!("GET /login/{key} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    assert_eq!(status, 200, "{response}");
+}
+
+/// Reads until the server closes the connection; returns how long that took.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+            Err(_) => panic!("still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_off() {
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__REQUEST_HEAD_TIMEOUT_MS", 1000));
+    let chat = Chat::start(&server).await;
+    let mut raw = Raw::open(&server).await;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: yes\r\n";
+    let started = Instant::now();
+    for byte in head {
+        if raw.tcp.write_all(&[*byte]).await.is_err() {
+            break; // cut off while trickling
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = closed_within(&mut raw.tcp, Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "the head trickled for {:?}", started.elapsed());
+    chat.finish(3).await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("server status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_half_open_connections_cost_little_and_are_closed() {
+    const CONNECTIONS: usize = 5_000;
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__REQUEST_HEAD_TIMEOUT_MS", 2000));
+    let chat = Chat::start(&server).await;
+    let before = rss_kib(server.pid());
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut raw = Raw::open(&server).await;
+        // Half of them start a request head and never finish it.
+        if i % 2 == 0 {
+            raw.tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+        }
+        held.push(raw);
+    }
+    let during = rss_kib(server.pid());
+    let per_connection = (during.saturating_sub(before)) * 1024 / CONNECTIONS as u64;
+    assert!(per_connection < 16 * 1024, "{per_connection} bytes of RSS per half-open connection");
+    let deadline = Duration::from_secs(10);
+    for raw in &mut held {
+        closed_within(&mut raw.tcp, deadline).await;
+    }
+    chat.finish(3).await;
+    // The server still takes new users afterwards.
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let mut ws = Ws::connect(&server.ws_url(&format!("/ws/{}", server.new_user().await)), None).await;
+    ws.send_text("{}").await;
+    assert_eq!(ws.recv_json().await["code"], "invalid_frame");
+}
