@@ -3,6 +3,7 @@
 //! when its handle drops (also on a panic), every test gets its own ports and key prefix, so
 //! tests run in parallel. Test files import from here only, never from each other.
 
+mod backend;
 mod cluster;
 mod keys;
 mod ports;
@@ -10,9 +11,11 @@ mod proxy;
 mod redis;
 mod sentinel;
 mod server;
+mod traffic;
 mod wait;
 mod ws;
 
+pub use backend::Backend;
 pub use cluster::RedisCluster;
 pub use keys::random_key;
 pub use ports::free_port;
@@ -20,5 +23,9 @@ pub use proxy::Blackhole;
 pub use redis::Redis;
 pub use sentinel::Sentinel;
 pub use server::{Server, ServerConfig};
+pub use traffic::{
+    CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, next_json,
+    receive_all, send_until_receipted,
+};
 pub use wait::{DEADLINE, wait_until};
 pub use ws::Ws;
