@@ -11,6 +11,7 @@ mod proxy;
 mod redis;
 mod sentinel;
 mod server;
+mod tempdir;
 mod traffic;
 mod wait;
 mod ws;
@@ -23,6 +24,7 @@ pub use proxy::Blackhole;
 pub use redis::Redis;
 pub use sentinel::Sentinel;
 pub use server::{Server, ServerConfig};
+pub use tempdir::TempDir;
 pub use traffic::{
     CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, next_json,
     receive_all, send_until_receipted,

@@ -2,17 +2,18 @@
 //! frozen, crashed and restarted on demand, and killed (directory removed) when dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::DEADLINE;
 use super::ports::free_port;
+use super::tempdir::TempDir;
 
 /// A `redis-server` of this test's own, on a free port, without persistence unless asked.
 pub struct Redis {
     child: Child,
     pub port: u16,
-    pub dir: std::path::PathBuf,
+    /// Its data directory (removed after the process is killed, when the handle drops).
+    pub dir: TempDir,
     args: Vec<String>,
 }
 
@@ -29,19 +30,13 @@ impl Redis {
 
     /// One attempt on a given port (`None` if the port was taken meanwhile).
     pub fn start_on(port: u16, extra: &[&str]) -> Option<Redis> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "enigma-itc-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("redis");
         let mut args: Vec<String> =
             ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-        args.extend(["--dir".into(), dir.display().to_string()]);
+        args.extend(["--dir".into(), dir.path().display().to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut redis = Redis { child: spawn_redis(&args), port, dir, args };
         if redis.wait_ready() {
@@ -140,7 +135,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -6,26 +6,27 @@ use std::time::{Duration, Instant};
 
 use super::ports::free_port;
 use super::redis::{Redis, redis_cli};
+use super::tempdir::TempDir;
 
 /// A Redis Sentinel of this test's own (`redis-server --sentinel`) on a free port, watching
 /// `master` under the name `mymaster` (quorum 1, down after 1 s). Stopped when dropped.
 pub struct Sentinel {
     child: Child,
     pub port: u16,
-    dir: std::path::PathBuf,
+    /// Holds `sentinel.conf` (Sentinel rewrites it); removed after the process is killed.
+    _dir: TempDir,
 }
 
 impl Sentinel {
     pub fn start(master: &Redis) -> Sentinel {
         for _ in 0..20 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!("enigma-its-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let conf = dir.join("sentinel.conf");
+            let dir = TempDir::new("sentinel");
+            let conf = dir.path().join("sentinel.conf");
             let text = format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
                  sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n",
-                dir.display(),
+                dir.path().display(),
                 master.port
             );
             std::fs::write(&conf, text).unwrap();
@@ -36,7 +37,7 @@ impl Sentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (make test installs it)");
-            let mut sentinel = Sentinel { child, port, dir };
+            let mut sentinel = Sentinel { child, port, _dir: dir };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = sentinel.child.try_wait() {
@@ -71,6 +72,5 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
