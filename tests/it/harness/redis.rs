@@ -53,7 +53,9 @@ impl Redis {
                 return false; // exited: most likely the port was taken meanwhile
             }
             if self.cli(&["PING"]).map(|o| o.trim() == "PONG").unwrap_or(false) {
-                return true;
+                // A PONG may come from another test's server that won the race for the port
+                // (ours then exits): only our own process counts.
+                return answered_by(self.port, self.child.id());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -136,6 +138,12 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the server answering on `port` is the process `pid` (`process_id` in `INFO server`).
+fn answered_by(port: u16, pid: u32) -> bool {
+    let info = redis_cli(port, &["INFO", "server"]).unwrap_or_default();
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).is_some_and(|p| p.trim() == pid.to_string())
 }
 
 /// Runs `redis-cli -p port args…` and returns its output, if it succeeded.
