@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, TempDir, Ws, random_key};
+use crate::harness::{ClosedPort, DEADLINE, Redis, TempDir, Ws, random_key};
 use enigma::sdk::{self, ConnectOptions, Content, Identity, PublicKey};
 
 /// A text no test could produce by accident, to search for in storage and logs.
@@ -500,7 +500,8 @@ fn flip_a_ciphertext_bit(payload: &str) -> String {
 fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
     let dir = TempDir::new("keygen");
     // No server needed; a closed port makes sure nothing is contacted.
-    let cli = Cli::at(&dir, "http://127.0.0.1:9");
+    let closed = ClosedPort::bind();
+    let cli = Cli::at(&dir, &closed.url());
     let key = dir.path().join("keys").join("me.key");
     let public = cli.ok(&key, &["keygen"]).trim().to_owned();
     assert_eq!(public.len(), 43, "base64url of 32 bytes: {public}");
@@ -567,7 +568,8 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     assert!(lookup.stdout.contains("not an Enigma key"), "{}", lookup.stdout);
 
     // Not logged in on this server; another server; an unreachable one; https.
-    let other = Cli::at(&dir, "http://127.0.0.1:9");
+    let closed = ClosedPort::bind();
+    let other = Cli::at(&dir, &closed.url());
     expect(other.run(&alice.key, &["send", &alice.id, "hi"], ""), 1, "not logged in");
     expect(other.run(&alice.key, &["login"], ""), 1, "cannot reach the server");
     let tls = Cli::at(&dir, "https://example.org");

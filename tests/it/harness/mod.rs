@@ -19,7 +19,7 @@ mod ws;
 pub use backend::Backend;
 pub use cluster::RedisCluster;
 pub use keys::random_key;
-pub use ports::free_port;
+pub use ports::{ClosedPort, free_port};
 pub use proxy::Blackhole;
 pub use redis::Redis;
 pub use sentinel::Sentinel;
