@@ -8,12 +8,11 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, Server, ServerConfig, Ws, free_port, random_key, wait_until};
+use crate::harness::{DEADLINE, Redis, Server, ServerConfig, TempDir, Ws, free_port, random_key, wait_until};
 
 const TEMPLATE: &str = "deploy/local/nginx.conf.template";
 const USERS: usize = 12;
@@ -35,58 +34,40 @@ fn nginx_binary() -> Option<PathBuf> {
 struct Nginx {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    /// Its prefix (configuration, logs, temp files); removed after nginx stops.
+    _dir: TempDir,
 }
 
 impl Nginx {
     fn start(binary: &Path, upstreams: &[SocketAddr]) -> Nginx {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "enigma-it-nginx-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let dir = TempDir::new("nginx");
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(TEMPLATE)).unwrap();
         let servers: Vec<String> =
             upstreams.iter().map(|a| format!("        server {a} max_fails=1 fail_timeout=10s;")).collect();
+        let error_log = dir.path().join("error.log");
         for _ in 0..20 {
             let port = free_port();
-            let conf = dir.join("nginx.conf");
+            let conf = dir.path().join("nginx.conf");
             let text =
                 template.replace("@LISTEN@", &format!("127.0.0.1:{port}")).replace("@UPSTREAMS@", &servers.join("\n"));
             std::fs::write(&conf, text).unwrap();
-            let mut prefix = dir.display().to_string();
+            let mut prefix = dir.path().display().to_string();
             prefix.push('/');
-            let child = Command::new(binary)
+            let mut child = Command::new(binary)
                 .args(["-p", &prefix, "-c", &conf.display().to_string()])
-                .args(["-e", &dir.join("error.log").display().to_string(), "-g", "daemon off;"])
+                .args(["-e", &error_log.display().to_string(), "-g", "daemon off;"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            let mut nginx = Nginx { child, port, dir: dir.clone() };
-            if nginx.wait_listening() {
-                return nginx;
+            if wait_listening(&mut child, port) {
+                return Nginx { child, port, _dir: dir };
             }
-            nginx.stop();
-            std::mem::forget(nginx); // keep the directory for the next attempt
+            stop(&mut child);
         }
-        panic!("could not start nginx; see {}/error.log", dir.display());
-    }
-
-    fn wait_listening(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false; // exited: most likely the port was taken meanwhile
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        // The directory goes away with the panic, so the log goes into the message.
+        panic!("could not start nginx; error.log:\n{}", std::fs::read_to_string(&error_log).unwrap_or_default());
     }
 
     fn url(&self, path: &str) -> String {
@@ -96,27 +77,41 @@ impl Nginx {
     fn ws_url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{path}", self.port)
     }
-
-    /// SIGTERM (nginx's fast shutdown: the master stops its workers), SIGKILL if that hangs.
-    fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop(&mut self.child);
     }
+}
+
+/// Whether nginx listens on `port`; false if it exited (most likely the port was taken).
+fn wait_listening(child: &mut Child, port: u16) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGTERM (nginx's fast shutdown: the master stops its workers), SIGKILL if that hangs.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Open connections of each replica (`None`: stopped), read from its own `/metrics`.

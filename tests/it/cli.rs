@@ -18,31 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, Ws, random_key};
+use crate::harness::{ClosedPort, DEADLINE, Redis, TempDir, Ws, random_key};
 use enigma::sdk::{self, ConnectOptions, Content, Identity, PublicKey};
-
-/// A directory of this test's own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "enigma-cli-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A text no test could produce by accident, to search for in storage and logs.
 fn secret(what: &str) -> String {
@@ -291,11 +268,11 @@ struct Run {
 
 impl Cli {
     fn of(dir: &TempDir, server: &LoggedServer) -> Cli {
-        Cli { home: dir.0.clone(), server: server.url(), log: Some(server.log.clone()) }
+        Cli { home: dir.path().to_owned(), server: server.url(), log: Some(server.log.clone()) }
     }
 
     fn at(dir: &TempDir, server: &str) -> Cli {
-        Cli { home: dir.0.clone(), server: server.into(), log: None }
+        Cli { home: dir.path().to_owned(), server: server.into(), log: None }
     }
 
     fn command(&self, key: &Path, args: &[&str]) -> Command {
@@ -375,8 +352,8 @@ fn conversation(engine: Engine) {
     let prefix = format!("cli{}:", std::process::id());
     let redis = matches!(engine, Engine::Redis).then(Redis::start);
     let server = match &redis {
-        Some(redis) => LoggedServer::redis(&dir.0, redis, &prefix),
-        None => LoggedServer::memory(&dir.0),
+        Some(redis) => LoggedServer::redis(dir.path(), redis, &prefix),
+        None => LoggedServer::memory(dir.path()),
     };
     let cli = Cli::of(&dir, &server);
     let alice = cli.user("alice");
@@ -461,7 +438,7 @@ fn two_clis_talk_through_the_redis_engine() {
 #[tokio::test]
 async fn a_tampered_payload_is_refused_by_the_recipient() {
     let dir = TempDir::new("tamper");
-    let server = LoggedServer::memory(&dir.0);
+    let server = LoggedServer::memory(dir.path());
     let cli = Cli::of(&dir, &server);
     let (alice, bob, carol) = (cli.user("alice"), cli.user("bob"), cli.user("carol"));
 
@@ -523,8 +500,9 @@ fn flip_a_ciphertext_bit(payload: &str) -> String {
 fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
     let dir = TempDir::new("keygen");
     // No server needed; a closed port makes sure nothing is contacted.
-    let cli = Cli::at(&dir, "http://127.0.0.1:9");
-    let key = dir.0.join("keys").join("me.key");
+    let closed = ClosedPort::bind();
+    let cli = Cli::at(&dir, &closed.url());
+    let key = dir.path().join("keys").join("me.key");
     let public = cli.ok(&key, &["keygen"]).trim().to_owned();
     assert_eq!(public.len(), 43, "base64url of 32 bytes: {public}");
     let original = std::fs::read_to_string(&key).unwrap();
@@ -550,10 +528,10 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
 
     // The default location is under $HOME/.config/enigma/.
     let mut command = Command::new(env!("CARGO_BIN_EXE_enigma"));
-    command.env_clear().env("HOME", &dir.0).arg("keygen");
+    command.env_clear().env("HOME", dir.path()).arg("keygen");
     let mut proc = Proc::spawn("enigma keygen (default path)", &mut command);
     assert_eq!(proc.wait_exit(), 0, "{}", proc.context());
-    assert!(dir.0.join(".config/enigma/identity.key").is_file());
+    assert!(dir.path().join(".config/enigma/identity.key").is_file());
 
     // whoami works offline and says what is missing.
     let whoami = cli.run(&key, &["whoami"], "");
@@ -565,7 +543,7 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
 #[tokio::test]
 async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     let dir = TempDir::new("errors");
-    let server = LoggedServer::memory(&dir.0);
+    let server = LoggedServer::memory(dir.path());
     let cli = Cli::of(&dir, &server);
     let alice = cli.user("alice");
     let expect = |run: Run, code: i32, text: &str| {
@@ -578,7 +556,7 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     expect(cli.run(&alice.key, &["send", unknown, "hi"], ""), 1, "not found");
     expect(cli.run(&alice.key, &["send", &alice.id, ""], ""), 1, "empty");
     expect(cli.run(&alice.key, &["send", &alice.id, "-"], "\n"), 1, "empty");
-    expect(cli.run(&dir.0.join("nobody.key"), &["send", &alice.id, "hi"], ""), 1, "enigma keygen");
+    expect(cli.run(&dir.path().join("nobody.key"), &["send", &alice.id, "hi"], ""), 1, "enigma keygen");
     expect(cli.run(&alice.key, &["send"], ""), 2, "Usage");
 
     // A key registered by another kind of client (an RSA key, like the web client's).
@@ -590,7 +568,8 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     assert!(lookup.stdout.contains("not an Enigma key"), "{}", lookup.stdout);
 
     // Not logged in on this server; another server; an unreachable one; https.
-    let other = Cli::at(&dir, "http://127.0.0.1:9");
+    let closed = ClosedPort::bind();
+    let other = Cli::at(&dir, &closed.url());
     expect(other.run(&alice.key, &["send", &alice.id, "hi"], ""), 1, "not logged in");
     expect(other.run(&alice.key, &["login"], ""), 1, "cannot reach the server");
     let tls = Cli::at(&dir, "https://example.org");
@@ -607,7 +586,7 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
 #[test]
 fn a_replaced_listener_stops_instead_of_fighting() {
     let dir = TempDir::new("replaced");
-    let server = LoggedServer::memory(&dir.0);
+    let server = LoggedServer::memory(dir.path());
     let cli = Cli::of(&dir, &server);
     let bob = cli.user("bob");
     let mut first = cli.spawn(&bob.key, &["listen"]);
@@ -622,7 +601,7 @@ fn a_replaced_listener_stops_instead_of_fighting() {
 #[test]
 fn chat_sends_typed_lines_and_prints_incoming_ones() {
     let dir = TempDir::new("chat");
-    let server = LoggedServer::memory(&dir.0);
+    let server = LoggedServer::memory(dir.path());
     let cli = Cli::of(&dir, &server);
     let (alice, bob) = (cli.user("alice"), cli.user("bob"));
     let mut a = cli.spawn(&alice.key, &["chat", &bob.id]);
@@ -654,7 +633,7 @@ async fn the_sdk_reconnects_and_loses_nothing() {
     let prefix = format!("rc{}:", std::process::id());
     let env = [("ENIGMA__REDIS__URL", redis.url()), ("ENIGMA__REDIS__PREFIX", prefix)];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = LoggedServer::start(&dir.0, &env, "127.0.0.1:0");
+    let server = LoggedServer::start(dir.path(), &env, "127.0.0.1:0");
     let addr = server.addr.to_string();
     let url = server.url();
 
@@ -689,7 +668,7 @@ async fn the_sdk_reconnects_and_loses_nothing() {
     let sender = sending.sender();
     let bob_for_send = bob_id.clone();
     let pending = tokio::spawn(async move { sender.send(&bob_for_send, "two").await });
-    let server = LoggedServer::start(&dir.0, &env, &addr);
+    let server = LoggedServer::start(dir.path(), &env, &addr);
     tokio::time::timeout(DEADLINE, pending).await.expect("the send completes").unwrap().unwrap();
     assert_eq!(next_text(tokio::time::timeout(DEADLINE, receiving.recv()).await.unwrap()), "two");
 
@@ -699,7 +678,7 @@ async fn the_sdk_reconnects_and_loses_nothing() {
         .await
         .expect("bob notices the crash")
         .unwrap();
-    let _server = LoggedServer::start(&dir.0, &env, &addr);
+    let _server = LoggedServer::start(dir.path(), &env, &addr);
     tokio::time::timeout(DEADLINE, status.wait_for(|s| *s == sdk::Status::Connected)).await.unwrap().unwrap();
     for text in ["three", "four"] {
         tokio::time::timeout(DEADLINE, sending.send(&bob_id, text)).await.unwrap().unwrap();

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::harness::{Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws, wait_until};
+use crate::harness::{
+    Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws, all_delivered_on_one_connection, assert_all_delivered,
+    exchange, wait_until,
+};
 
 /// Users until every master owns at least one of their records.
 async fn users_on_every_master(s: &Server, cluster: &RedisCluster, count: usize) -> Vec<String> {
@@ -86,8 +89,6 @@ async fn sharded_subscriptions_come_back_after_every_node_drops_them() {
 /// subscription moves to the new master late; the message numbers reveal the gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
-    use crate::faults::{assert_all_delivered, exchange};
-
     const COUNT: usize = 300;
     let cluster = RedisCluster::start(3, 1);
     let s = Server::start(
@@ -131,8 +132,6 @@ fn other_master(cluster: &RedisCluster, user: &str) -> (u16, usize) {
 /// the session re-read what was announced meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrating_under_traffic_loses_nothing_and_live_delivery_follows_it() {
-    use crate::faults::{all_delivered_on_one_connection, exchange};
-
     const COUNT: usize = 3000;
     let cluster = RedisCluster::start(3, 0);
     let s = Server::start(&ServerConfig::cluster(&cluster).with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200));

@@ -6,49 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, RedisCluster, Sentinel, Server, ServerConfig, Ws};
+use crate::harness::{Backend, DEADLINE, Server, Ws, wait_until};
 
 const PEM_B64: &str = include_str!("fixtures/rsa2048-pem.b64");
 const DER_B64: &str = include_str!("fixtures/rsa2048-der.b64");
-
-/// One engine: memory, a Redis of the test's own, a Redis Cluster of its own, or a Redis
-/// named by a Sentinel of its own.
-pub enum Backend {
-    Memory,
-    Redis(Redis),
-    Cluster(RedisCluster),
-    /// The master and the Sentinel watching it (dropped in this order).
-    Sentinel(Redis, Sentinel),
-}
-
-impl Backend {
-    pub fn memory() -> Self {
-        Backend::Memory
-    }
-    pub fn redis() -> Self {
-        Backend::Redis(Redis::start())
-    }
-    /// Three masters: users' slots fall on every one of them.
-    pub fn cluster() -> Self {
-        Backend::Cluster(RedisCluster::start(3, 0))
-    }
-    pub fn sentinel() -> Self {
-        let master = Redis::start();
-        let sentinel = Sentinel::start(&master);
-        Backend::Sentinel(master, sentinel)
-    }
-    pub fn config(&self) -> ServerConfig {
-        match self {
-            Backend::Memory => ServerConfig::memory(),
-            Backend::Redis(redis) => ServerConfig::redis(redis),
-            Backend::Cluster(cluster) => ServerConfig::cluster(cluster),
-            Backend::Sentinel(_, sentinel) => ServerConfig::sentinel(sentinel),
-        }
-    }
-    pub fn server(&self) -> Server {
-        Server::start(&self.config())
-    }
-}
 
 both_engines!(
     with_cluster:
@@ -429,7 +390,7 @@ async fn silent_peers_are_dropped_and_live_ones_kept(b: Backend) {
     assert!(quiet, "the live socket got no data frame and was not closed for 1.5 s (over 3 idle timeouts)");
     // The server gave up on the silent one (4408). Its client, reading only now, may see the
     // reset of the closed connection before the close frame: the server's count is the proof.
-    crate::harness::wait_until("the silent socket to be dropped as idle", DEADLINE, || async {
+    wait_until("the silent socket to be dropped as idle", DEADLINE, || async {
         s.metric("enigma_connections_closed_total{reason=\"idle\"}").await == 1.0
     })
     .await;

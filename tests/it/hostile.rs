@@ -7,8 +7,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::conformance::Backend;
-use crate::harness::{DEADLINE, Ws};
+
+use crate::harness::{Backend, DEADLINE, Ws};
 
 both_engines!(
     a_json_array_is_never_taken_as_an_envelope,

@@ -5,8 +5,7 @@ use std::collections::HashSet;
 
 use futures_util::future::join_all;
 
-use crate::conformance::Backend;
-use crate::harness::{Server, Ws};
+use crate::harness::{Backend, Server, Ws};
 
 both_engines!(multi_thread: ring_of_1000_users_each_message_exactly_once, thousand_messages_from_one_sender_arrive_in_order);
 

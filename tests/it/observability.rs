@@ -2,8 +2,7 @@
 
 use serde_json::json;
 
-use crate::conformance::Backend;
-use crate::harness::random_key;
+use crate::harness::{Backend, Server, ServerConfig, free_port, random_key};
 
 both_engines!(metrics_move_with_real_traffic);
 
@@ -83,19 +82,11 @@ async fn metrics_move_with_real_traffic(b: Backend) {
     }
 }
 
-impl Backend {
-    pub fn is_redis(&self) -> bool {
-        self.config().redis_url.is_some()
-    }
-}
-
 /// `server.metrics_addr`: `/metrics` on a listener of its own (and nothing else there).
 #[tokio::test]
 async fn metrics_on_a_separate_port() {
-    let port = crate::harness::free_port();
-    let s = crate::harness::Server::start(
-        &crate::harness::ServerConfig::memory().with("ENIGMA__SERVER__METRICS_ADDR", format!("127.0.0.1:{port}")),
-    );
+    let port = free_port();
+    let s = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__METRICS_ADDR", format!("127.0.0.1:{port}")));
     s.new_user().await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let metrics = s.http.get(url("/metrics")).send().await.unwrap();

@@ -3,8 +3,7 @@
 
 use futures_util::future::join_all;
 
-use crate::conformance::Backend;
-use crate::harness::{Server, random_key};
+use crate::harness::{Backend, Server, random_key};
 
 /// Each `async fn name(b: Backend)` below as a test on every Redis topology.
 macro_rules! on_every_redis {

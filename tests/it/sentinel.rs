@@ -1,8 +1,9 @@
 //! Redis Sentinel mode: the relay talks to the master the Sentinels name and follows it
 //! across a failover.
 
-use crate::faults::{all_delivered_on_one_connection, exchange};
-use crate::harness::{DEADLINE, Redis, Sentinel, Server, ServerConfig, wait_until};
+use crate::harness::{
+    DEADLINE, Redis, Sentinel, Server, ServerConfig, all_delivered_on_one_connection, exchange, wait_until,
+};
 
 /// A master, its replica and a Sentinel watching them; the replica is known to the Sentinel.
 async fn replicated() -> (Redis, Redis, Sentinel) {

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Server, ServerConfig};
+use crate::harness::{Server, ServerConfig, TempDir};
 
 fn run_with_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_enigma-server"))
@@ -32,28 +32,24 @@ fn a_bad_value_fails_startup_naming_its_key() {
 
 #[test]
 fn a_config_file_with_an_unknown_key_is_refused() {
-    let dir = std::env::temp_dir().join(format!("enigma-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("typo.toml");
+    let dir = TempDir::new("cfg");
+    let file = dir.path().join("typo.toml");
     std::fs::write(&file, "[server]\nadress = \"127.0.0.1:0\"\n").unwrap();
     let (code, stderr) = run_with_env(&[], &["--config", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("adress"), "{stderr}");
-    let (code, stderr) = run_with_env(&[], &["--config", dir.join("missing.toml").to_str().unwrap()]);
+    let (code, stderr) = run_with_env(&[], &["--config", dir.path().join("missing.toml").to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn file_settings_apply_and_environment_overrides_them() {
-    let dir = std::env::temp_dir().join(format!("enigma-cfg2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("enigma.toml");
+    let dir = TempDir::new("cfg");
+    let file = dir.path().join("enigma.toml");
     std::fs::write(&file, "[limits]\nmax_public_key_bytes = 10\ninbox_capacity = 5\n").unwrap();
     let config =
         ServerConfig::memory().with("ENIGMA_CONFIG", file.display()).with("ENIGMA__LIMITS__MAX_PUBLIC_KEY_BYTES", 12);
     let s = Server::start(&config);
     assert_eq!(s.get("/login/AAAAAAAAAAAA").await.0, 200, "12 bytes allowed by the environment");
     assert_eq!(s.get("/login/AAAAAAAAAAAAA").await.0, 400, "13 bytes refused");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,195 @@
+//! An `enigma-server` process per replica, configured for one engine through `ENIGMA__…`
+//! variables, with the HTTP and WebSocket calls the tests make against it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::DEADLINE;
+use super::cluster::RedisCluster;
+use super::keys::random_key;
+use super::redis::Redis;
+use super::sentinel::Sentinel;
+use super::ws::Ws;
+
+/// A running `enigma-server` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+/// How to start a replica: engine and any `ENIGMA__…` overrides.
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    pub redis_url: Option<String>,
+    pub prefix: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerConfig {
+    pub fn memory() -> Self {
+        Self::default()
+    }
+    pub fn redis(redis: &Redis) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(redis.url()),
+            prefix: format!("t{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: Vec::new(),
+        }
+    }
+    pub fn cluster(cluster: &RedisCluster) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(cluster.url()),
+            prefix: format!("c{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: vec![("ENIGMA__REDIS__MODE".into(), "cluster".into())],
+        }
+    }
+    pub fn sentinel(sentinel: &Sentinel) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self {
+            redis_url: Some(sentinel.url()),
+            prefix: format!("s{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+            env: vec![
+                ("ENIGMA__REDIS__MODE".into(), "sentinel".into()),
+                ("ENIGMA__REDIS__SENTINEL_MASTER".into(), "mymaster".into()),
+            ],
+        }
+    }
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Server {
+    pub fn start(config: &ServerConfig) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_enigma-server"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+            .env("ENIGMA__LOG__LEVEL", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        if let Some(url) = &config.redis_url {
+            command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix);
+        }
+        for (k, v) in &config.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn enigma-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("enigma-server did not start listening ({status:?})");
+            }
+        };
+        Server { child, addr, http: reqwest::Client::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a GET over a plain TCP socket (for requests an HTTP client refuses to build) and
+    /// returns the response's status code.
+    pub async fn raw_get_status(&self, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        // The server may answer (and close) before it has read the whole request.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response)).await;
+        let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head:?}"))
+    }
+
+    /// The sum of a metric's series on `/metrics` (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Logs a key in and returns its user id.
+    pub async fn login(&self, key: &str) -> String {
+        let (status, body) = self.get(&format!("/login/{key}")).await;
+        assert_eq!(status, 200, "login failed: {body}");
+        body["userId"].as_str().unwrap().to_owned()
+    }
+
+    /// A fresh user with a random key.
+    pub async fn new_user(&self) -> String {
+        self.login(&random_key()).await
+    }
+
+    pub async fn connect(&self, user: &str) -> Ws {
+        Ws::connect(&self.ws_url(&format!("/connect/{user}")), None).await
+    }
+
+    pub async fn connect_v1(&self, user: &str) -> Ws {
+        Ws::connect(&self.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,88 @@
+//! The WebSocket client the tests drive: every wait has a deadline, so a missing frame fails
+//! the test instead of hanging it.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::DEADLINE;
+
+/// A WebSocket client with deadlines on every wait.
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str, protocol: Option<&str>) -> Ws {
+        Self::try_connect(url, protocol).await.expect("WebSocket connect")
+    }
+
+    pub async fn try_connect(url: &str, protocol: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        if let Some(p) = protocol {
+            request.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        let (inner, response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)??;
+        let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Ws { inner, protocol })
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) {
+        self.inner.send(Message::Binary(Bytes::copy_from_slice(data))).await.expect("send");
+    }
+
+    /// Sends a spec envelope.
+    pub async fn send_msg(&mut self, from: &str, to: &str, payload: &str) {
+        self.send_json(json!({"from": from, "to": to, "payload": payload})).await;
+    }
+
+    /// The next data or close frame (pings and pongs skipped).
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let message =
+                tokio::time::timeout(DEADLINE, self.inner.next()).await.expect("timed out waiting for a frame");
+            match message {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        match self.next().await {
+            Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("frame is JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame and returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next().await {
+                Some(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Some(Message::Close(None)) | None => return (u16::from(CloseCode::Abnormal), String::new()),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+    }
+}
