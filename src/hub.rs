@@ -158,7 +158,8 @@ impl Hub {
     }
 
     /// Makes a new session the user's socket on this replica. An older session here keeps
-    /// its socket until the new one is attached (`set_generation`).
+    /// its socket until the new one is attached (`set_generation`). Called by the session's
+    /// registration guard (`session::Attached`), whose drop undoes it through `Engine::detach`.
     pub fn register(&self, user: &UserId) -> Arc<Link> {
         let link = Arc::new(Link {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -187,7 +188,8 @@ impl Hub {
         link
     }
 
-    /// Removes the session; returns true if the user has no socket here any more.
+    /// Removes the session; returns true if the user has no socket here any more. Called by
+    /// the engine's `detach`, which stops listening for the user when this returns true.
     pub fn unregister(&self, link: &Link) -> bool {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(&link.user) else { return true };

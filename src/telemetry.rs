@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
+use crate::session::{CloseReason, RejectReason};
 
 /// Every series the server exports (all prefixed `enigma_`).
 pub mod metric {
@@ -72,11 +73,11 @@ pub fn register_all() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in ["peer", "too_big", "shutdown", "replaced", "slow_consumer", "idle", "unavailable", "other"] {
-        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason).increment(0);
+    for reason in CloseReason::ALL {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
     }
-    for reason in ["forbidden", "too_large", "user_not_found", "inbox_full", "unavailable"] {
-        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason).increment(0);
+    for reason in RejectReason::ALL {
+        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
     }
     for result in ["found", "not_found"] {
         metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);

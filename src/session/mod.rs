@@ -1,0 +1,150 @@
+//! One WebSocket's life, from the upgrade to the close frame.
+//!
+//! One task per socket: it reads client frames, talks to the engine, and writes to the socket
+//! itself; frames are buffered and flushed once per step, so a burst of deliveries leaves in
+//! one write. What waits for a socket is bounded: the hub's queue (frames and bytes; past it a
+//! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
+//! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
+//!
+//! The rooms: `attachment` (the hub and engine registration, one guard), `socket` (the loop
+//! that moves bytes), `cursor` (ordering and de-duplication, pure), `requests` (what a client
+//! frame asks: sends, acks, and the replies), `inbound` (parsing a client frame), `closing`
+//! (close codes, reasons and their metric labels).
+
+mod attachment;
+mod closing;
+mod cursor;
+mod inbound;
+mod requests;
+mod socket;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::hub::Link;
+use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
+use crate::telemetry::metric;
+
+pub use self::attachment::Attached;
+pub use self::closing::CloseReason;
+pub use self::requests::RejectReason;
+
+use self::closing::Closing;
+use self::cursor::Cursor;
+use self::requests::PendingSend;
+
+/// How long a closing socket may take to get its close frame out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The outcome of checking a connecting user, decided before the upgrade completes, so that
+/// when a client sees its socket open it already is the user's live connection (and a
+/// connection opened after it is newer, on any replica).
+pub enum Admission {
+    Accepted(Attached),
+    UnknownUser,
+    Unavailable,
+}
+
+pub async fn admit(state: &AppState, user_id: &str) -> Admission {
+    let Some(user) = UserId::parse(user_id) else { return Admission::UnknownUser };
+    match state.engine.public_key(&user).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Admission::UnknownUser,
+        Err(e) => {
+            tracing::warn!(user = %user, error = %e, "cannot check user on connect");
+            return Admission::Unavailable;
+        }
+    }
+    match Attached::attach(state, &user).await {
+        Ok(attached) => Admission::Accepted(attached),
+        Err(e) => {
+            tracing::warn!(user = %user, error = %e, "cannot attach session");
+            Admission::Unavailable
+        }
+    }
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission) {
+    let attached = match admission {
+        Admission::Accepted(attached) => attached,
+        Admission::UnknownUser => {
+            let frame = error_frame(ErrorCode::UserNotFound, "user not found", None);
+            return reject(&mut socket, frame, Closing::USER_NOT_FOUND).await;
+        }
+        Admission::Unavailable => {
+            let frame = error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None);
+            return reject(&mut socket, frame, Closing::UNAVAILABLE).await;
+        }
+    };
+    let link = attached.link().clone();
+    // Every line logged while serving says whose socket it is.
+    let span = tracing::info_span!("session", user = %link.user, conn = link.id);
+    run(socket, state, attached, link).instrument(span).await
+}
+
+async fn run(socket: WebSocket, state: AppState, attached: Attached, link: Arc<Link>) {
+    let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
+    metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
+    metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
+    let send_timeout = state.settings.limits.send_timeout();
+    let mut session = Session {
+        state,
+        user: link.user.clone(),
+        link,
+        acknowledging,
+        socket,
+        pending: Vec::new(),
+        written: Vec::new(),
+        unflushed: false,
+        send_timeout,
+        cursor: Cursor::default(),
+        last_seen: Instant::now(),
+    };
+    let closing = session.run().await;
+
+    drop(attached); // detach before the close frame: a reconnect may come right after it
+    metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
+    metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
+    if closing == Closing::REPLACED {
+        metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
+    }
+    tracing::debug!(code = closing.code, reason = closing.reason, "session closed");
+    // Always tried: it also flushes the reply to a client's own close (queued by tungstenite)
+    // and tells a slow reader it was cut off; on a dead socket it fails at once.
+    let _ = tokio::time::timeout(CLOSE_GRACE, session.socket.send(closing.message())).await;
+}
+
+/// Refuses a socket: one error frame, then a close frame.
+async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
+    let send = async {
+        socket.send(Message::Text(frame.into())).await?;
+        socket.send(closing.message()).await
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
+}
+
+/// One admitted socket. Its methods live in the rooms that use them: `socket` (the loop,
+/// reading the inbox, writing) and `requests` (answering client frames).
+struct Session {
+    state: AppState,
+    user: UserId,
+    link: Arc<Link>,
+    acknowledging: bool,
+    socket: WebSocket,
+    /// Validated sends waiting to be stored together (see `requests`).
+    pending: Vec<PendingSend>,
+    /// Inbox ids fed to the socket since the last flush.
+    written: Vec<MsgId>,
+    /// Frames were fed since the last flush.
+    unflushed: bool,
+    send_timeout: Duration,
+    /// What was sent, and whether live deliveries may go out (see `cursor`).
+    cursor: Cursor,
+    /// When the peer last sent anything (pings check it against the idle timeout).
+    last_seen: Instant,
+}

@@ -1,0 +1,260 @@
+//! What a client frame asks, and the answers: sends are validated, batched and stored in one
+//! engine call; acknowledgements remove messages; every refusal is an error frame, in the
+//! order of the frames that caused it.
+
+use axum::extract::ws::Message;
+use futures_util::FutureExt;
+
+use super::Session;
+use super::closing::Closing;
+use super::inbound::{Acks, Inbound, describe_parse_error};
+use crate::engine::SendError;
+use crate::protocol::{ErrorCode, MsgId, RawPayload, UserId, envelope, error_frame};
+use crate::telemetry::{self, metric};
+
+/// Sends stored in one engine call at most.
+const SEND_BATCH: usize = 64;
+
+/// The `reason` label of `enigma_messages_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Forbidden,
+    TooLarge,
+    UserNotFound,
+    InboxFull,
+    Unavailable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Forbidden,
+        RejectReason::TooLarge,
+        RejectReason::UserNotFound,
+        RejectReason::InboxFull,
+        RejectReason::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UserNotFound => "user_not_found",
+            RejectReason::InboxFull => "inbox_full",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+
+    fn count(self) {
+        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => self.as_str()).increment(1);
+    }
+}
+
+/// Why a send is refused: error code, message, and its label among rejected messages (none
+/// for a malformed frame, which is not counted as a message).
+type Refusal = (ErrorCode, String, Option<RejectReason>);
+
+/// A validated send, waiting to be stored with the others of its batch.
+pub(super) struct PendingSend {
+    to: UserId,
+    envelope: bytes::Bytes,
+    reference: Option<String>,
+}
+
+impl Session {
+    /// A frame from the client, and every further frame already received (none is waited
+    /// for): their sends are stored together, so a busy socket costs one round trip per batch
+    /// rather than per message, while a quiet one still sends each message at once.
+    pub(super) async fn on_frames(&mut self, first: Message) -> Result<(), Closing> {
+        let mut message = first;
+        // Every frame counts, not only sends: a client flooding acks or bad frames must not
+        // keep this loop from kicks, pings and deliveries.
+        for _ in 1..SEND_BATCH {
+            if let Err(closing) = self.on_message(message).await {
+                // A send followed by a Close (or a broken frame) is still stored.
+                let _ = self.store_pending().await;
+                return Err(closing);
+            }
+            match self.socket.recv().now_or_never() {
+                Some(Some(Ok(next))) => message = next,
+                Some(Some(Err(e))) => {
+                    let _ = self.store_pending().await;
+                    return Err(Closing::from_read_error(e));
+                }
+                Some(None) => {
+                    let _ = self.store_pending().await;
+                    return Err(Closing::PEER_GONE);
+                }
+                None => return self.store_pending().await,
+            }
+        }
+        if let Err(closing) = self.on_message(message).await {
+            let _ = self.store_pending().await;
+            return Err(closing);
+        }
+        self.store_pending().await
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                self.store_pending().await?; // answers stay in the order of the frames
+                self.error(
+                    ErrorCode::BinaryNotSupported,
+                    "binary frames are not supported; send JSON text frames",
+                    None,
+                )
+                .await
+            }
+            Message::Close(_) => Err(Closing::PEER_GONE),
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
+        let frame: Inbound = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let (code, message) = describe_parse_error(text, &e);
+                self.store_pending().await?; // answers stay in the order of the frames
+                return self.error(code, &message, None).await;
+            }
+        };
+        // Only acknowledging clients get receipts, so only theirs carry a `ref` back.
+        let reference = frame.reference.as_deref().filter(|_| self.acknowledging);
+        if let Some(ack) = frame.ack {
+            self.store_pending().await?;
+            return self.on_ack(ack, reference).await;
+        }
+        match self.validate_send(&frame) {
+            Ok((to, envelope)) => {
+                self.pending.push(PendingSend { to, envelope, reference: reference.map(str::to_owned) });
+                Ok(())
+            }
+            Err((code, message, reason)) => {
+                if let Some(reason) = reason {
+                    reason.count();
+                }
+                self.store_pending().await?; // answers stay in the order of the frames
+                self.error(code, &message, reference).await
+            }
+        }
+    }
+
+    /// A send frame's recipient and envelope, or why it is refused.
+    fn validate_send(&self, frame: &Inbound<'_>) -> Result<(UserId, bytes::Bytes), Refusal> {
+        let (Some(from), Some(to), Some(payload)) = (&frame.from, &frame.to, &frame.payload) else {
+            let missing = ["from", "to", "payload"]
+                .into_iter()
+                .zip([frame.from.is_none(), frame.to.is_none(), frame.payload.is_none()])
+                .filter_map(|(name, absent)| absent.then_some(name))
+                .collect::<Vec<_>>()
+                .join("`, `");
+            return Err((ErrorCode::InvalidFrame, format!("missing field `{missing}`"), None));
+        };
+        if from.as_ref() != self.user.as_str() {
+            let message = "`from` must be your own user id".into();
+            return Err((ErrorCode::Forbidden, message, Some(RejectReason::Forbidden)));
+        }
+        let Some(payload) = RawPayload::new(payload) else {
+            return Err((ErrorCode::InvalidFrame, "field `payload` must be a string".into(), None));
+        };
+        let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.decoded_len());
+        if len > max {
+            let message = format!("payload exceeds {max} bytes");
+            return Err((ErrorCode::PayloadTooLarge, message, Some(RejectReason::TooLarge)));
+        }
+        if len == 0 {
+            return Err((ErrorCode::InvalidFrame, "payload is empty".into(), None));
+        }
+        let Some(to) = UserId::parse(to) else {
+            return Err((ErrorCode::UserNotFound, "user not found".into(), Some(RejectReason::UserNotFound)));
+        };
+        let envelope = envelope(&self.user, &to, payload).into();
+        Ok((to, envelope))
+    }
+
+    /// Stores the queued sends, in order, in one engine call (one Redis round trip), and
+    /// answers each with its receipt or error.
+    pub(super) async fn store_pending(&mut self) -> Result<(), Closing> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
+        let results = self.state.engine.send_many(&sends).await;
+        for (send, result) in batch.iter().zip(results) {
+            self.report_send(send.reference.as_deref(), result).await?;
+        }
+        Ok(())
+    }
+
+    async fn report_send(&mut self, reference: Option<&str>, result: Result<MsgId, SendError>) -> Result<(), Closing> {
+        match result {
+            Ok(id) => {
+                telemetry::hot().accepted.increment(1);
+                match reference {
+                    Some(reference) => self.receipt(reference, id).await,
+                    None => Ok(()),
+                }
+            }
+            Err(e) => {
+                let (code, message, reason) = match &e {
+                    SendError::UserNotFound => (ErrorCode::UserNotFound, "user not found", RejectReason::UserNotFound),
+                    SendError::InboxFull => {
+                        (ErrorCode::InboxFull, "recipient's inbox is full; retry later", RejectReason::InboxFull)
+                    }
+                    SendError::Unavailable(err) => {
+                        tracing::warn!(error = %err, "send failed");
+                        (ErrorCode::Unavailable, "service unavailable, retry later", RejectReason::Unavailable)
+                    }
+                };
+                reason.count();
+                self.error(code, message, reference).await
+            }
+        }
+    }
+
+    async fn on_ack(&mut self, ack: Acks, reference: Option<&str>) -> Result<(), Closing> {
+        if !self.acknowledging {
+            return self
+                .error(ErrorCode::InvalidFrame, "acknowledgements need the enigma.v1 subprotocol", reference)
+                .await;
+        }
+        let ids: Option<Vec<MsgId>> = match &ack {
+            Acks::One(id) => id.parse().ok().map(|id| vec![id]),
+            Acks::Many(ids) => ids.iter().map(|id| id.parse().ok()).collect(),
+        };
+        let Some(ids) = ids.filter(|ids| !ids.is_empty()) else {
+            return self
+                .error(ErrorCode::InvalidFrame, "`ack` must be a message id or a non-empty list of ids", reference)
+                .await;
+        };
+        match self.state.engine.remove(&self.user, &ids).await {
+            Ok(()) => {
+                metrics::counter!(metric::ACKS).increment(ids.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ack failed");
+                self.error(ErrorCode::Unavailable, "service unavailable, retry the acknowledgement", reference).await
+            }
+        }
+    }
+
+    async fn receipt(&mut self, reference: &str, id: MsgId) -> Result<(), Closing> {
+        #[derive(serde::Serialize)]
+        struct Receipt<'a> {
+            #[serde(rename = "ref")]
+            reference: &'a str,
+            id: String,
+            status: &'static str,
+        }
+        let frame = serde_json::to_string(&Receipt { reference, id: id.to_string(), status: "stored" }).expect("plain");
+        self.feed(Message::Text(frame.into())).await
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {
+        self.feed(Message::Text(error_frame(code, message, reference).into())).await
+    }
+}

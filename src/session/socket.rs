@@ -1,0 +1,266 @@
+//! The socket loop: one `select!` over kicks, client frames, re-read requests, live
+//! deliveries and pings. It moves bytes: what a delivery means is the cursor's decision, what
+//! a client frame asks is `requests`' business.
+//!
+//! Deliveries are ordered and de-duplicated by inbox id: the backlog is read after the doorbell
+//! is subscribed, and live notifications at or below the last id sent are skipped.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::SinkExt;
+
+use super::Session;
+use super::closing::Closing;
+use super::cursor::Decision;
+use crate::hub::Link;
+use crate::protocol::Delivery;
+use crate::telemetry::{self, metric};
+
+/// Inbox entries read per round trip while catching up.
+const BACKLOG_PAGE: usize = 256;
+/// Queued live deliveries written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How soon a failed inbox read is tried again.
+const STALE_RETRY: Duration = Duration::from_millis(250);
+
+/// How a delivery reached the session (a metrics label).
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Live,
+    Backlog,
+}
+
+impl Session {
+    pub(super) async fn run(&mut self) -> Closing {
+        match Box::pin(self.resync()).await {
+            Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
+            Err(closing) => return closing,
+        }
+        let server = &self.state.settings.server;
+        let (ping_every, idle_timeout) = (server.ping_interval(), server.idle_timeout());
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let link = self.link.clone();
+        // Built once, not on every turn of the loop (this loop runs once per message).
+        let mut kicked = std::pin::pin!(link.kicked());
+        let mut resync = std::pin::pin!(link.resync_requested());
+        let mut retry = std::pin::pin!(tokio::time::sleep(STALE_RETRY));
+        loop {
+            let was_stale = self.cursor.is_stale();
+            let mut reread = false;
+            let step = tokio::select! {
+                // Biased: a requested re-read must run before any later live delivery, or a
+                // delivery could overtake one whose doorbell was missed.
+                biased;
+                code = &mut kicked => Err(Closing::from_kick(code)),
+                frame = self.socket.recv() => match frame {
+                    Some(Ok(message)) => {
+                        self.last_seen = Instant::now();
+                        // Boxed: its state (an engine call) would otherwise sit in every idle
+                        // socket's task.
+                        Box::pin(self.on_frames(message)).await
+                    }
+                    Some(Err(e)) => Err(Closing::from_read_error(e)),
+                    None => Err(Closing::PEER_GONE),
+                },
+                _ = &mut resync => {
+                    resync.set(link.resync_requested());
+                    reread = true;
+                    Box::pin(self.resync()).await.map(drop)
+                }
+                _ = &mut retry, if self.cursor.is_stale() => {
+                    reread = true;
+                    Box::pin(self.resync()).await.map(drop)
+                }
+                delivery = link.next() => self.forward_live(delivery).await,
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > idle_timeout {
+                        Err(Closing::IDLE)
+                    } else {
+                        self.feed(Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            let step = match step {
+                Ok(()) => self.flush().await,
+                Err(closing) => Err(closing),
+            };
+            // Armed when the session becomes stale and after each failed re-read; other traffic
+            // must not keep pushing the retry away.
+            if self.cursor.is_stale() && (!was_stale || reread) {
+                retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
+            }
+            if let Err(closing) = step {
+                return closing;
+            }
+        }
+    }
+
+    /// Re-reads the inbox after the last id sent, then forwards what is still queued only if
+    /// no doorbell was missed meanwhile (otherwise the next re-read gets it). A takeover
+    /// announced while doorbells were being missed may have been missed too: the generation
+    /// is checked.
+    async fn resync(&mut self) -> Result<usize, Closing> {
+        self.link.begin_resync();
+        let state = match self.state.engine.resync_state(&self.user).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the inbox state; will retry");
+                self.cursor.read_failed();
+                return Ok(0);
+            }
+        };
+        if let Some(newest) = state.generation {
+            self.state.hub.takeover(&self.user, newest); // no-op unless newer than ours
+        }
+        let Some(sent) = self.catch_up().await? else {
+            self.cursor.read_failed();
+            return Ok(0);
+        };
+        self.cursor.caught_up(state.sequence);
+        while let Some(delivery) = self.link.try_next() {
+            self.forward(delivery, Path::Live).await?;
+        }
+        self.flush().await?;
+        Ok(sent)
+    }
+
+    /// Sends everything stored after the last id sent; returns how many messages that was, or
+    /// `None` if the inbox could not be read.
+    async fn catch_up(&mut self) -> Result<Option<usize>, Closing> {
+        let mut sent = 0;
+        loop {
+            if let Some(code) = self.link.is_kicked() {
+                return Err(Closing::from_kick(code));
+            }
+            let after = self.cursor.read_after();
+            let page = match self.state.engine.backlog(&self.user, after, BACKLOG_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read backlog; will retry");
+                    return Ok(None);
+                }
+            };
+            let full = page.len() == BACKLOG_PAGE;
+            sent += page.len();
+            for delivery in page {
+                self.forward(delivery, Path::Backlog).await?;
+            }
+            self.flush().await?;
+            if !full {
+                return Ok(Some(sent));
+            }
+        }
+    }
+
+    /// Writes a delivery if the cursor lets it through.
+    async fn forward(&mut self, delivery: Delivery, path: Path) -> Result<(), Closing> {
+        let decision = match path {
+            Path::Backlog => self.cursor.backlog(&delivery),
+            Path::Live => self.cursor.live(&delivery, self.link.is_lagged()),
+        };
+        match decision {
+            Decision::Send => {}
+            Decision::Skip | Decision::HoldBack => return Ok(()),
+            Decision::Reread => {
+                self.link.request_resync();
+                return Ok(());
+            }
+        }
+        let hot = telemetry::hot();
+        match path {
+            Path::Live => hot.delivered_live.increment(1),
+            Path::Backlog => hot.delivered_backlog.increment(1),
+        }
+        // Envelopes are JSON the server itself serialized: always UTF-8.
+        let Ok(text) = Utf8Bytes::try_from(delivery.frame(self.acknowledging)) else {
+            tracing::error!(id = %delivery.id, "stored envelope is not UTF-8; skipped");
+            return Ok(());
+        };
+        self.written.push(delivery.id);
+        self.feed(Message::Text(text)).await
+    }
+
+    /// A live delivery, and whatever else is queued behind it (one flush for all of them).
+    async fn forward_live(&mut self, first: Delivery) -> Result<(), Closing> {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(delivery) = next {
+            if let Some(code) = self.link.is_kicked() {
+                return Err(Closing::from_kick(code));
+            }
+            self.forward(delivery, Path::Live).await?;
+            count += 1;
+            next = if count < WRITE_BATCH { self.link.try_next() } else { None };
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to the socket's buffer (written out by `flush`, or earlier when full).
+    pub(super) async fn feed(&mut self, message: Message) -> Result<(), Closing> {
+        self.unflushed = true;
+        let link = self.link.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &link).await {
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
+            Waited::TimedOut => Err(Closing::slow_consumer()),
+            Waited::Kicked(code) => Err(Closing::from_kick(code)),
+        }
+    }
+
+    /// Writes out what was fed. A spec client cannot acknowledge, so what was written to its
+    /// socket leaves the inbox now; if the write fails, it stays and comes again next time.
+    async fn flush(&mut self) -> Result<(), Closing> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        let link = self.link.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &link).await {
+            Waited::Done(Ok(())) => self.unflushed = false,
+            Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
+            Waited::TimedOut => return Err(Closing::slow_consumer()),
+            Waited::Kicked(code) => return Err(Closing::from_kick(code)),
+        }
+        if self.written.is_empty() {
+            return Ok(());
+        }
+        // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
+        let now = crate::engine::unix_ms();
+        let latency = &telemetry::hot().delivery_latency;
+        for id in &self.written {
+            latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
+        }
+        if self.acknowledging {
+            self.written.clear();
+        } else {
+            self.state.engine.forget_delivered(&self.user, std::mem::take(&mut self.written));
+        }
+        Ok(())
+    }
+}
+
+enum Waited<T> {
+    Done(T),
+    TimedOut,
+    Kicked(u16),
+}
+
+/// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
+/// socket blocked on a slow reader must not hold up a takeover or a shutdown. Polled once
+/// before any timer is armed: the common case (a socket with room) costs no timer at all.
+async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) -> Waited<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    tokio::select! {
+        biased;
+        out = &mut fut => return Waited::Done(out),
+        _ = std::future::ready(()) => {}
+    }
+    tokio::select! {
+        waited = tokio::time::timeout(limit, fut) => match waited {
+            Ok(out) => Waited::Done(out),
+            Err(_) => Waited::TimedOut,
+        },
+        code = link.kicked() => Waited::Kicked(code),
+    }
+}
