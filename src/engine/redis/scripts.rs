@@ -1,9 +1,9 @@
 //! The Lua scripts (`send.lua`, `attach.lua` beside this file) and how their answers read.
 //!
 //! The `.lua` files are templates: `$DOORBELL` becomes the announcement's Lua expression from
-//! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. Their text is kept
-//! free of comments so the rendered scripts (and their SHA1s in Redis's script cache) stay
-//! exactly what earlier releases loaded.
+//! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. Their text (free of
+//! comments, opening with an empty line) renders to exactly the scripts earlier releases
+//! loaded, SHA1s included, so the refactor changed nothing in Redis.
 
 use redis::{Script, Value};
 
