@@ -1,0 +1,201 @@
+//! Connecting: which kind of Redis to reach and how (`Connector`), the engine's two live
+//! connections (`Connections`: commands, subscriptions), and the first connection's retry.
+
+use std::future::Future;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{ProtocolVersion, RedisResult};
+
+use super::super::Unavailable;
+use super::conn::{Conn, each_concurrently};
+use super::push::PushHandler;
+use super::sentinel::{Role, SentinelConnector};
+use crate::config::{RedisMode, Settings};
+use crate::telemetry::metric;
+
+/// How to (re)connect: a client for commands and one, speaking RESP3, for subscriptions.
+#[allow(clippy::large_enum_variant, reason = "one per engine: its size does not matter")]
+pub(super) enum Connector {
+    Single { client: redis::Client, pubsub_client: redis::Client },
+    Sentinel(SentinelConnector),
+    Cluster { client: ClusterClient, pubsub_client: ClusterClient },
+}
+
+/// The same client speaking RESP3 (pushes: what a subscription connection needs).
+pub(super) fn with_resp3(client: &redis::Client) -> RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(resp3))
+}
+
+impl Connector {
+    /// `push` receives the subscription connection's pushes (a cluster client takes it now).
+    pub(super) fn from_settings(
+        settings: &Settings,
+        timeout: Duration,
+        push: &PushHandler,
+    ) -> Result<Self, Unavailable> {
+        let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
+        Ok(match settings.redis.mode {
+            RedisMode::Single => {
+                let url = settings.redis_urls()[0];
+                let client = redis::Client::open(url).map_err(unavailable)?;
+                let pubsub_client = with_resp3(&client).map_err(unavailable)?;
+                Connector::Single { client, pubsub_client }
+            }
+            RedisMode::Sentinel => Connector::Sentinel(SentinelConnector::from_settings(settings)?),
+            RedisMode::Cluster => {
+                let seeds = settings.redis_urls();
+                let builder = || {
+                    ClusterClientBuilder::new(seeds.clone())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        // Sends to a slot being migrated are refused with TRYAGAIN for a moment:
+                        // retry soon and a few times (the default waits over a second).
+                        .retries(6)
+                        .min_retry_wait(5)
+                        .max_retry_wait(timeout.as_millis() as u64 / 4)
+                        .retry_wait_formula(10, 2)
+                };
+                let client = builder().build().map_err(unavailable)?;
+                let pubsub_client = builder()
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(push.clone())
+                    .build()
+                    .map_err(unavailable)?;
+                Connector::Cluster { client, pubsub_client }
+            }
+        })
+    }
+
+    fn config(timeout: Duration) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
+    }
+
+    pub(super) async fn cmd(&self, timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Connector::Single { client, .. } => {
+                client.get_connection_manager_with_config(Self::config(timeout)).await.map(Conn::Single)
+            }
+            Connector::Sentinel(sentinel) => sentinel.connect(Role::Commands, Self::config(timeout)).await,
+            Connector::Cluster { client, .. } => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+
+    pub(super) async fn pubsub(&self, push: &PushHandler, timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Connector::Single { pubsub_client, .. } => {
+                let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
+                pubsub_client.get_connection_manager_with_config(config).await.map(Conn::Single)
+            }
+            Connector::Sentinel(sentinel) => {
+                let config = Self::config(timeout).set_push_sender(push.clone()).set_automatic_resubscription();
+                sentinel.connect(Role::Subscriptions, config).await
+            }
+            // The push sender was given to the cluster client when it was built.
+            Connector::Cluster { pubsub_client, .. } => pubsub_client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+/// The two connections, replaceable when one goes dead, and how to make new ones. (Not to be
+/// confused with `hub::Link`, a socket's mailbox.)
+pub(super) struct Connections {
+    cmd: RwLock<Conn>,
+    pubsub: RwLock<Conn>,
+    pub(super) connector: Connector,
+    pub(super) push: PushHandler,
+    pub(super) timeout: Duration,
+    /// Whether the subscription connection is known to work (readiness depends on it).
+    up: AtomicBool,
+}
+
+impl Connections {
+    /// Connects both, retrying while Redis is not reachable yet.
+    pub(super) async fn open(connector: Connector, push: PushHandler, timeout: Duration) -> Result<Self, Unavailable> {
+        let cmd = retry_connect(|| connector.cmd(timeout)).await?;
+        let pubsub = retry_connect(|| connector.pubsub(&push, timeout)).await?;
+        Ok(Self {
+            cmd: RwLock::new(cmd),
+            pubsub: RwLock::new(pubsub),
+            connector,
+            push,
+            timeout,
+            up: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn cmd(&self) -> Conn {
+        self.cmd.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(super) fn pubsub(&self) -> Conn {
+        self.pubsub.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
+    pub(super) fn publish_command(&self) -> &'static str {
+        match self.connector {
+            Connector::Single { .. } | Connector::Sentinel(_) => "PUBLISH",
+            Connector::Cluster { .. } => "SPUBLISH",
+        }
+    }
+    /// Makes both connections anew and puts them in place of the old ones.
+    pub(super) async fn reconnect(&self) -> Result<(), Unavailable> {
+        let (cmd, pubsub) =
+            tokio::join!(self.connector.cmd(self.timeout), self.connector.pubsub(&self.push, self.timeout));
+        let unavailable = |e: redis::RedisError| Unavailable(format!("reconnecting: {e}"));
+        let (cmd, pubsub) = (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?);
+        *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
+        *self.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
+        Ok(())
+    }
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.connector, Connector::Cluster { .. })
+    }
+    /// Publishes `payload` on every channel, many at once (each to its own shard on a cluster).
+    pub(super) async fn publish_each(&self, channels: &[String], payload: &[u8]) -> RedisResult<()> {
+        let con = self.cmd();
+        let publish = |channel: &String| {
+            let mut con = con.clone();
+            let publish = redis::cmd(self.publish_command()).arg(channel).arg(payload).to_owned();
+            async move { publish.query_async::<()>(&mut con).await }
+        };
+        each_concurrently(channels, publish).await
+    }
+    pub(super) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+    pub(super) fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        metrics::gauge!(metric::REDIS_LINK_UP).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// The first connection may take a while (Redis starting next to us): retry with backoff.
+async fn retry_connect<F, Fut>(mut connect: F) -> Result<Conn, Unavailable>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RedisResult<Conn>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match connect().await {
+            Ok(con) => return Ok(con),
+            Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The key schema: every Redis key and channel name the engine uses, in one place.
+//!
+//! Every per-user name carries the user id as a `{hash tag}`, so one user's record, inbox,
+//! channel and connection counter live in one Redis Cluster slot (the table is in `mod.rs`).
+
+use sha2::{Digest, Sha256};
+
+use crate::protocol::UserId;
+
+#[derive(Clone)]
+pub(super) struct Keys {
+    pub(super) prefix: String,
+}
+
+impl Keys {
+    pub(super) fn user(&self, user: &UserId) -> String {
+        format!("{}user:{{{user}}}", self.prefix)
+    }
+    pub(super) fn inbox(&self, user: &UserId) -> String {
+        format!("{}inbox:{{{user}}}", self.prefix)
+    }
+    pub(super) fn generation(&self, user: &UserId) -> String {
+        format!("{}conn:{{{user}}}", self.prefix)
+    }
+    pub(super) fn channel(&self, user: &UserId) -> String {
+        format!("{}deliver:{{{user}}}", self.prefix)
+    }
+    /// A link probe of this replica; on a cluster `tag` places it in a slot of one shard.
+    pub(super) fn probe(&self, replica: &str, tag: Option<&str>) -> String {
+        match tag {
+            Some(tag) => format!("{}probe:{{{tag}}}:{replica}", self.prefix),
+            None => format!("{}probe:{replica}", self.prefix),
+        }
+    }
+    pub(super) fn key_index(&self, public_key: &str) -> String {
+        let digest = Sha256::digest(public_key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}pk:{hex}", self.prefix)
+    }
+    /// The user of a doorbell channel name, if it is one of ours.
+    pub(super) fn channel_user(&self, channel: &[u8]) -> Option<UserId> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?.strip_prefix(b"deliver:{")?;
+        let uid = rest.strip_suffix(b"}")?;
+        UserId::parse(std::str::from_utf8(uid).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_user_as_hash_tag() {
+        let keys = Keys { prefix: "t:".into() };
+        let user = UserId::random();
+        assert_eq!(keys.inbox(&user), format!("t:inbox:{{{user}}}"));
+        assert_eq!(keys.channel_user(keys.channel(&user).as_bytes()), Some(user.clone()));
+        assert_eq!(keys.channel_user(b"other:deliver:{x}"), None);
+        assert!(keys.key_index("abc").starts_with("t:pk:"));
+        assert_eq!(keys.key_index("abc").len(), "t:pk:".len() + 64);
+    }
+}

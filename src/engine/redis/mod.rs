@@ -1,0 +1,353 @@
+//! The Redis engine: any number of replicas share one Redis and act as one server.
+//!
+//! Keys (every per-user key carries the user id as a `{hash tag}`, so one user's record,
+//! inbox, channel and connection counter live in one Redis Cluster slot; see `keys`):
+//!
+//! | key                        | type    | what                                          |
+//! |----------------------------|---------|-----------------------------------------------|
+//! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number) |
+//! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`)    |
+//! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`) until removed |
+//! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover)      |
+//! | `<p>deliver:{uid}`         | channel | doorbell (see `doorbell`): `m<id> <seq>\n<envelope>`, `t<generation>`, `e<replica>:<n>` |
+//! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
+//!
+//! A send is one script: check the recipient, check the inbox's room, XADD, refresh the TTL,
+//! PUBLISH: stored and announced, or refused, never announced without being stored.
+//! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
+//!
+//! The subscription link is watched end to end: every `redis.probe_interval_ms` the replica
+//! publishes a probe on its own channel (on a cluster one per shard, in a slot each master
+//! owns) and expects it back. A link that dropped (a disconnection push) or went quiet (three
+//! probes missing: a hung connection never errors) is rebuilt, every local user is subscribed
+//! again and every session re-reads its inbox; while that lasts, `/readyz` fails.
+//!
+//! On a cluster a node ends the subscriptions of a slot it gives away (migration, failover)
+//! with an unasked `sunsubscribe`: those users are subscribed again on the new owner and their
+//! sessions re-read their inboxes, for what was announced to nobody in between.
+//!
+//! The rooms: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
+//! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
+//! receives), `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
+//! `slots` (cluster slot maths).
+
+mod commands;
+mod conn;
+mod connect;
+mod doorbell;
+mod keys;
+mod push;
+mod remover;
+mod scripts;
+mod sentinel;
+mod slots;
+mod subscriber;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, RedisResult, Value};
+use tokio_util::sync::CancellationToken;
+
+use self::commands::{Command, timed};
+use self::conn::CLUSTER_CONCURRENCY;
+use self::connect::{Connections, Connector};
+use self::keys::Keys;
+use self::push::PushHandler;
+use self::remover::{REMOVAL_QUEUE, RemovalQueue, remover};
+use self::scripts::{Scripts, send_reply};
+use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
+use self::supervisor::Supervisor;
+use super::{SendError, Unavailable};
+use crate::config::{Limits, Settings};
+use crate::hub::{Hub, Link};
+use crate::protocol::{Delivery, MsgId, UserId};
+use crate::telemetry::metric;
+
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Hub>,
+    keys: Keys,
+    limits: Limits,
+    timeout: Duration,
+    connections: Arc<Connections>,
+    subscriptions: SubscriptionQueue,
+    removals: RemovalQueue,
+    scripts: Scripts,
+    /// Ends the background tasks (subscriber, remover, supervisor) when the engine is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RedisEngine {
+    pub async fn connect(settings: &Settings, hub: Arc<Hub>) -> Result<Self, Unavailable> {
+        let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
+        let keys = Keys { prefix: settings.redis.prefix.clone() };
+
+        let replica = uuid::Uuid::new_v4().simple().to_string();
+        let (subscriptions, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
+        let push = PushHandler::new(hub.clone(), keys.clone(), replica, subscriptions.clone());
+        let connector = Connector::from_settings(settings, timeout, &push)?;
+        let connections = Arc::new(Connections::open(connector, push, timeout).await?);
+
+        for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS, metric::REDIS_MOVED_SUBSCRIPTIONS] {
+            metrics::counter!(counter).increment(0);
+        }
+        let stop = CancellationToken::new();
+        let (removals, removal_queue) = RemovalQueue::new(REMOVAL_QUEUE);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(remover(connections.clone(), keys.clone(), removal_queue)));
+        let subscriber = Subscriber::new(connections.clone(), hub.clone(), keys.clone()).run(requests);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
+        let interval = Duration::from_millis(settings.redis.probe_interval_ms);
+        let mut supervisor =
+            Supervisor::new(connections.clone(), subscriptions.clone(), hub.clone(), keys.clone(), interval);
+        // The first link check doubles as the initial subscription of the probe channels.
+        supervisor.recover_link(false).await;
+        tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hub,
+                keys,
+                limits: settings.limits.clone(),
+                timeout,
+                scripts: Scripts::new(connections.publish_command()),
+                connections,
+                subscriptions,
+                removals,
+                stop,
+            }),
+        })
+    }
+
+    pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
+        let this = &self.inner;
+        let index = this.keys.key_index(public_key);
+        let mut con = this.connections.cmd();
+        let existing: Option<String> = this.timed(Command::LoginGet, con.get(&index)).await?;
+        if let Some(user) = existing {
+            return parse_indexed(&user);
+        }
+        // Create the record first, then claim the key: whoever claims it first wins, and a
+        // loser's record (never announced to anyone) is removed again.
+        let user = UserId::random();
+        let record = this.keys.user(&user);
+        let created = super::memory::unix_ms();
+        let fields = [("publicKey", public_key), ("createdAt", &created.to_string())];
+        let mut claim = redis::cmd("SET");
+        claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET");
+        let previous: Option<String> = if this.connections.is_cluster() {
+            // The record and the index are in different slots: two commands, in this order.
+            let _: () = this.timed(Command::LoginClaim, con.hset_multiple(&record, &fields)).await?;
+            this.timed(Command::LoginClaim, claim.query_async(&mut con)).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.hset_multiple(&record, &fields).ignore().add_command(claim);
+            let (previous,): (Option<String>,) = this.timed(Command::LoginClaim, pipe.query_async(&mut con)).await?;
+            previous
+        };
+        match previous {
+            None => Ok(user),
+            Some(winner) => {
+                let _: RedisResult<()> = con.del(&record).await;
+                parse_indexed(&winner)
+            }
+        }
+    }
+
+    pub async fn public_key(&self, user: &UserId) -> Result<Option<String>, Unavailable> {
+        let mut con = self.inner.connections.cmd();
+        self.inner.timed(Command::Lookup, con.hget(self.inner.keys.user(user), "publicKey")).await
+    }
+
+    /// Several sends in one pipeline: one round trip, executed in order.
+    pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        let this = &self.inner;
+        if this.connections.is_cluster() {
+            return self.send_per_recipient(sends).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (to, envelope) in sends {
+            pipe.invoke_script(&self.send_invocation(to, envelope));
+        }
+        let mut con = this.connections.cmd();
+        let mut replies: Result<Vec<RedisResult<Value>>, Unavailable> =
+            this.timed(Command::Send, pipe.query_async(&mut con)).await;
+        // A pipeline does not load the script by itself (a restarted or failed-over Redis has
+        // lost it): every EVALSHA then failed without effect, so load it and run them again.
+        let missing_script = |r: &RedisResult<Value>| {
+            r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        };
+        // Only when every command failed so: a pipeline is not atomic, and if some of it ran
+        // (the script was loaded meanwhile), running it again would store those twice; the
+        // failed ones are then answered `unavailable` and retried by their senders.
+        if replies.as_ref().is_ok_and(|all| !all.is_empty() && all.iter().all(missing_script)) {
+            let invocation = this.scripts.send.prepare_invoke();
+            if this.timed(Command::Send, invocation.load_async(&mut con)).await.is_ok() {
+                replies = this.timed(Command::Send, pipe.query_async(&mut con)).await;
+            }
+        }
+        match replies {
+            Ok(replies) if replies.len() == sends.len() => replies
+                .into_iter()
+                .map(|reply| reply.map_err(|e| Unavailable(e.to_string()).into()).and_then(send_reply))
+                .collect(),
+            Ok(_) => sends.iter().map(|_| Err(Unavailable("short pipeline reply".into()).into())).collect(),
+            Err(e) => sends.iter().map(|_| Err(e.clone().into())).collect(),
+        }
+    }
+
+    /// On a cluster a pipeline must stay in one slot (and redis-rs retries a whole pipeline
+    /// when any reply in it is a redirect, which would store the others twice): each
+    /// recipient's sends go one after the other, in order, and different recipients' at once.
+    async fn send_per_recipient(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
+        for (i, (to, _)) in sends.iter().enumerate() {
+            by_recipient.entry(to).or_default().push(i);
+        }
+        let per_recipient = by_recipient.into_values().map(|indices| async move {
+            let mut results = Vec::with_capacity(indices.len());
+            for i in indices {
+                let (to, envelope) = &sends[i];
+                results.push((i, self.send_one(to, envelope).await));
+            }
+            results
+        });
+        let done: Vec<_> = stream::iter(per_recipient).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+        let mut results: Vec<_> = done.into_iter().flatten().collect();
+        results.sort_unstable_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
+    pub async fn send_one(&self, to: &UserId, envelope: &Bytes) -> Result<MsgId, SendError> {
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        let reply: Value = this.timed(Command::Send, self.send_invocation(to, envelope).invoke_async(&mut con)).await?;
+        send_reply(reply)
+    }
+
+    fn send_invocation<'a>(&'a self, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
+        let this = &self.inner;
+        let mut invocation = this.scripts.send.prepare_invoke();
+        invocation
+            .key(this.keys.user(to))
+            .key(this.keys.inbox(to))
+            .arg(envelope.as_ref())
+            .arg(this.limits.inbox_capacity)
+            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000))
+            .arg(this.keys.channel(to));
+        invocation
+    }
+
+    pub async fn backlog(
+        &self,
+        user: &UserId,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, Unavailable> {
+        let mut con = self.inner.connections.cmd();
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: StreamRangeReply = self
+            .inner
+            .timed(Command::Backlog, con.xrange_count(self.inner.keys.inbox(user), start, "+", limit))
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|entry| {
+                let id: MsgId = entry.id.parse().ok()?;
+                let (mut envelope, mut seq) = (None, 0);
+                for (field, value) in entry.map {
+                    match (field.as_str(), value) {
+                        ("e", Value::BulkString(bytes)) => envelope = Some(Bytes::from(bytes)),
+                        ("s", Value::BulkString(n)) => seq = std::str::from_utf8(&n).ok()?.parse().ok()?,
+                        _ => {}
+                    }
+                }
+                Some(Delivery { id, ts: id.ms, seq, envelope: envelope? })
+            })
+            .collect())
+    }
+
+    pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
+        let mut con = self.inner.connections.cmd();
+        let ids: Vec<String> = ids.iter().map(MsgId::to_string).collect();
+        let _: usize = self.inner.timed(Command::Remove, con.xdel(self.inner.keys.inbox(user), &ids)).await?;
+        Ok(())
+    }
+
+    pub fn forget_delivered(&self, user: &UserId, ids: Vec<MsgId>) {
+        // A full queue skips the removal (see `RemovalQueue::forget`): delivered again later.
+        self.inner.removals.forget(user, ids);
+    }
+
+    pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {
+        let this = &self.inner;
+        // Removals this replica queued for earlier connections land before this one reads the
+        // inbox, so a reconnecting client does not get again what it was just given.
+        let _ = tokio::time::timeout(this.timeout, this.removals.barrier()).await;
+        // Subscribe first, read later: a message stored after the subscription is announced
+        // to us, one stored before it is in the backlog the session reads next.
+        // Subscribing may take a few command timeouts on a cluster (subscribe, echo, once more).
+        this.subscriptions.settle(&link.user, this.timeout * 4).await?;
+        let mut con = this.connections.cmd();
+        let mut invocation = this.scripts.attach.prepare_invoke();
+        invocation.key(this.keys.generation(&link.user)).arg(this.keys.channel(&link.user));
+        let generation: u64 = this.timed(Command::Attach, invocation.invoke_async(&mut con)).await?;
+        this.hub.set_generation(link, generation);
+        Ok(())
+    }
+
+    /// The message counter and the connection generation: both keys are in the user's slot,
+    /// so one pipeline reads them, on a cluster too.
+    pub async fn resync_state(&self, user: &UserId) -> Result<super::ResyncState, Unavailable> {
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        let mut pipe = redis::pipe();
+        pipe.hget(this.keys.user(user), "seq").get(this.keys.generation(user));
+        let (sequence, generation): (Option<u64>, Option<u64>) =
+            this.timed(Command::ResyncState, pipe.query_async(&mut con)).await?;
+        Ok(super::ResyncState { sequence: sequence.unwrap_or(0), generation })
+    }
+
+    pub fn detach(&self, link: &Link) {
+        if self.inner.hub.unregister(link) {
+            self.inner.subscriptions.settle_later(&link.user);
+        }
+    }
+
+    pub async fn ready(&self) -> bool {
+        let this = &self.inner;
+        if !this.connections.is_up() {
+            return false;
+        }
+        let mut con = this.connections.cmd();
+        this.timed(Command::Ping, redis::cmd("PING").query_async::<()>(&mut con)).await.is_ok()
+    }
+}
+
+impl Inner {
+    async fn timed<T>(&self, command: Command, fut: impl Future<Output = RedisResult<T>>) -> Result<T, Unavailable> {
+        timed(command, self.timeout, fut).await
+    }
+}
+
+fn parse_indexed(user: &str) -> Result<UserId, Unavailable> {
+    UserId::parse(user).ok_or_else(|| Unavailable(format!("key index holds a malformed user id {user:?}")))
+}
