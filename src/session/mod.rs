@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
+use futures_util::SinkExt;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -114,9 +115,16 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, link: Arc<L
         metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
     }
     tracing::debug!(code = closing.code, reason = closing.reason, "session closed");
-    // Always tried: it also flushes the reply to a client's own close (queued by tungstenite)
-    // and tells a slow reader it was cut off; on a dead socket it fails at once.
-    let _ = tokio::time::timeout(CLOSE_GRACE, session.socket.send(closing.message())).await;
+    // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
+    // fails at once. After the client's own close, tungstenite has queued the echo of it and
+    // refuses a second close frame: that echo must still be flushed, or the client sees the
+    // TCP connection drop without a close handshake (RFC 6455 §5.5.1; browsers report 1006).
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if session.socket.send(closing.message()).await.is_err() {
+            let _ = session.socket.flush().await;
+        }
+    })
+    .await;
 }
 
 /// Refuses a socket: one error frame, then a close frame.

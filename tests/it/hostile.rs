@@ -7,7 +7,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-
 use crate::harness::{Backend, DEADLINE, Ws};
 
 both_engines!(
@@ -126,5 +125,29 @@ async fn a_clients_close_is_answered_with_a_close_frame_while_catching_up(b: Bac
         // Acknowledging, so the backlog stays until acknowledged whatever happens here.
         let mut ws = Ws::connect(&server.ws_url(&format!("{path}{user}")), Some("enigma.v1")).await;
         close_and_expect_reply(&mut ws).await;
+    }
+}
+
+/// SIGTERM and the client's close cross: the client still gets a close frame (1001 or the echo
+/// of its own), never a reset.
+#[tokio::test]
+async fn a_clients_close_is_answered_with_a_close_frame_while_draining() {
+    let server = crate::harness::Server::start(&crate::harness::ServerConfig::memory());
+    let user = server.new_user().await;
+    let mut ws = server.connect(&user).await;
+    let status = std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status();
+    assert!(status.expect("kill").success());
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+    let _ = ws.inner.send(Message::Close(Some(frame))).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.inner.next()).await.expect("timed out waiting for the close") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert!([1000, 1001].contains(&u16::from(frame.code)), "closed with {frame:?}");
+                return;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame while draining: {other:?}"),
+        }
     }
 }
