@@ -6,8 +6,8 @@
 //!   matches receipts and error frames to the waiting senders, answers liveness with pings,
 //!   and on a lost connection reconnects with exponential backoff and jitter, then replays
 //!   every send that got neither a receipt nor an error (the recipient drops the duplicate by
-//!   the message id inside the sealed payload). Close codes 4409 (replaced) and 4404 (unknown
-//!   user) stop it for good: reconnecting would fight the newer connection, or fail forever.
+//!   the message id inside the sealed payload). The close codes for "replaced" and "unknown
+//!   user" stop it for good: reconnecting would fight the newer connection, or fail forever.
 //! - the *opener* takes deliveries in order, fetches the sender's key (cached), opens the
 //!   payload, hands the message to the application and only then acknowledges it. Messages
 //!   the server redelivers after a reconnect are recognised by inbox id and not handed out
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Url;
 use serde::Deserialize;
+use serde_json::value::to_raw_value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -34,9 +35,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::crypto::{Content, Identity, PublicKey};
 use super::error::{Error, OpenError};
+use crate::protocol::{
+    AckFrame, AckIds, ClientFrame, CloseCode, ErrorBody, ErrorCode, LoginResponse, LookupResponse, SendFrame,
+    ServerFrame,
+};
 
 /// The WebSocket subprotocol of acknowledged delivery (`docs/protocol.md`).
-pub const SUBPROTOCOL: &str = "enigma.v1";
+pub use crate::protocol::SUBPROTOCOL_V1 as SUBPROTOCOL;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -131,12 +136,10 @@ impl Client {
         if status != 200 {
             return Err(http_error(status, &body));
         }
-        let user = body
-            .get("userId")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| Error::Protocol(format!("login answer without `userId`: {body}")))?;
-        self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), self.identity().public_key().clone());
-        Ok(user.to_owned())
+        let LoginResponse { user_id: user, .. } = LoginResponse::deserialize(&body)
+            .map_err(|_| Error::Protocol(format!("login answer without `userId`: {body}")))?;
+        self.inner.keys.lock().expect("not poisoned").insert(user.clone(), self.identity().public_key().clone());
+        Ok(user)
     }
 
     /// The public key registered for `user`, exactly as the directory holds it (whatever
@@ -144,11 +147,9 @@ impl Client {
     pub async fn lookup_raw(&self, user: &str) -> Result<String, Error> {
         let (status, body) = self.get(&["connect", user]).await?;
         match status {
-            200 => body
-                .get("publicKey")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| Error::Protocol(format!("lookup answer without `publicKey`: {body}"))),
+            200 => LookupResponse::deserialize(&body)
+                .map(|found| found.public_key)
+                .map_err(|_| Error::Protocol(format!("lookup answer without `publicKey`: {body}"))),
             404 => Err(Error::UserNotFound(user.to_owned())),
             _ => Err(http_error(status, &body)),
         }
@@ -190,7 +191,7 @@ impl Client {
     /// connection reconnects by itself.
     pub async fn connect(&self, user: &str, options: ConnectOptions) -> Result<Connection, Error> {
         // Catch a stale user id (another server, another key) with a clear message, before a
-        // socket would be closed with 4404 or deliver payloads sealed for another key.
+        // socket would be closed as unknown or deliver payloads sealed for another key.
         let registered = match self.lookup_raw(user).await {
             Err(Error::UserNotFound(_)) => return Err(Error::UserNotFound(user.to_owned())),
             other => other?,
@@ -244,7 +245,7 @@ fn parse_server_url(server: &str) -> Result<Url, Error> {
 }
 
 fn http_error(status: u16, body: &serde_json::Value) -> Error {
-    let message = body.get("error").and_then(|v| v.as_str()).map(str::to_owned).unwrap_or_else(|| body.to_string());
+    let message = ErrorBody::deserialize(body).map(|b| b.error).unwrap_or_else(|_| body.to_string());
     Error::Http { status, message }
 }
 
@@ -397,9 +398,16 @@ impl Sender {
             return Err(Error::PayloadTooLarge { size: payload.len(), max: self.max_payload_bytes });
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let frame = serde_json::json!({"from": &*self.user, "to": to, "payload": payload, "ref": seq.to_string()});
+        let payload = to_raw_value(&payload).expect("a string");
+        let frame = ClientFrame::Send(SendFrame {
+            from: (&*self.user).into(),
+            to: to.into(),
+            payload: &payload,
+            reference: Some(seq.to_string().into()),
+        })
+        .to_json();
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Send { seq, frame: frame.to_string(), reply }).is_err() {
+        if self.commands.send(Command::Send { seq, frame, reply }).is_err() {
             return Err(self.closed());
         }
         match tokio::time::timeout_at(deadline, answer).await {
@@ -607,20 +615,6 @@ struct Pending {
     reply: oneshot::Sender<Result<String, Error>>,
 }
 
-/// A frame from the server: a delivery, a receipt or an error.
-#[derive(Deserialize)]
-struct ServerFrame {
-    id: Option<String>,
-    ts: Option<u64>,
-    from: Option<String>,
-    payload: Option<String>,
-    #[serde(rename = "ref")]
-    reference: Option<String>,
-    status: Option<String>,
-    error: Option<String>,
-    code: Option<String>,
-}
-
 impl Driver {
     async fn run(mut self, first: Socket) {
         let mut socket = first;
@@ -757,7 +751,7 @@ impl Driver {
         let lost = |e: tungstenite::Error| format!("connection lost: {}", chain(&e));
         if !self.acks.is_empty() {
             let acks = std::mem::take(&mut self.acks);
-            let frame = serde_json::json!({ "ack": acks }).to_string();
+            let frame = ClientFrame::Ack(AckFrame { ids: AckIds::Many(acks), reference: None }).to_json();
             socket.feed(WsMessage::Text(frame.into())).await.map_err(lost)?;
         }
         for frame in frames {
@@ -767,67 +761,70 @@ impl Driver {
     }
 
     async fn on_text(&mut self, text: &str) -> Option<Outcome> {
-        let frame: ServerFrame = match serde_json::from_str(text) {
+        let frame = match ServerFrame::parse(text) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a frame that is not a JSON object");
                 return None;
             }
         };
-        let answered = frame.reference.as_deref().and_then(|r| r.parse::<u64>().ok()).and_then(|seq| {
-            // Receipts and errors without a known ref: a send that was cancelled, or an answer
-            // to a frame we did not send with a ref (an `ack`).
-            self.pending.remove(&seq)
-        });
-        if let Some(error) = frame.error {
-            let code = frame.code.unwrap_or_default();
-            match answered {
-                Some(pending) => {
-                    let _ = pending.reply.send(Err(Error::Refused { code, message: error }));
-                }
-                None => tracing::warn!(%code, %error, "error frame from the server"),
+        // Receipts and errors without a known ref: a send that was cancelled, or an answer
+        // to a frame we did not send with a ref (an `ack`).
+        let answered = frame.reference().and_then(|r| r.parse::<u64>().ok()).and_then(|seq| self.pending.remove(&seq));
+        match (frame, answered) {
+            (ServerFrame::Error(error), Some(pending)) => {
+                let _ = pending.reply.send(Err(Error::Refused { code: error.code, message: error.error.into_owned() }));
             }
-            return None;
-        }
-        if let Some(pending) = answered {
-            let result = match (frame.status.as_deref(), frame.id) {
-                (Some("stored"), Some(id)) => Ok(id),
-                _ => Err(Error::Protocol(format!("unexpected answer to a send: {text}"))),
-            };
-            let _ = pending.reply.send(result);
-            return None;
-        }
-        if let (Some(id), Some(from), Some(payload)) = (frame.id, frame.from, frame.payload) {
-            if let Some(deliveries) = &self.deliveries {
-                // Waiting here when the application does not keep up stops reading the
-                // socket: the server's bounded queue then decides (4429, messages kept).
-                let delivery = Inbound::Delivery { id, ts: frame.ts.unwrap_or(0), from, payload };
-                if deliveries.send(delivery).await.is_err() {
-                    self.deliveries = None;
+            (ServerFrame::Error(error), None) => {
+                tracing::warn!(code = %error.code, error = %error.error, "error frame from the server");
+            }
+            (ServerFrame::Receipt(receipt), Some(pending)) => {
+                let _ = pending.reply.send(Ok(receipt.id.into_owned()));
+            }
+            (_, Some(pending)) => {
+                let _ = pending.reply.send(Err(Error::Protocol(format!("unexpected answer to a send: {text}"))));
+            }
+            (ServerFrame::Delivery(delivery), None) if delivery.id.is_some() => {
+                if let Some(deliveries) = &self.deliveries {
+                    // Waiting here when the application does not keep up stops reading the
+                    // socket: the server's bounded queue then decides (a slow-consumer close, messages kept).
+                    let delivery = Inbound::Delivery {
+                        id: delivery.id.unwrap_or_default(),
+                        ts: delivery.ts.unwrap_or(0),
+                        from: delivery.from,
+                        payload: delivery.payload,
+                    };
+                    if deliveries.send(delivery).await.is_err() {
+                        self.deliveries = None;
+                    }
                 }
             }
-            return None;
+            _ => tracing::debug!(frame = %text, "ignoring an unknown frame"),
         }
-        tracing::debug!(frame = %text, "ignoring an unknown frame");
         None
     }
 
     fn on_close(&mut self, frame: Option<CloseFrame>) -> Outcome {
-        let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
-        match code {
-            4409 => Outcome::Stop(Stop::Replaced),
-            4404 => Outcome::Stop(Stop::UserNotFound(
+        let (code, reason) = frame
+            .map(|f| (u16::from(f.code), f.reason.to_string()))
+            .unwrap_or((CloseCode::NoStatus.as_u16(), String::new()));
+        match CloseCode::from_u16(code) {
+            CloseCode::Replaced => Outcome::Stop(Stop::Replaced),
+            CloseCode::UserNotFound => Outcome::Stop(Stop::UserNotFound(
                 self.url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_owned(),
             )),
             // We broke the protocol: reconnecting would repeat it.
-            1002 | 1003 | 1007 | 1008 => Outcome::Stop(Stop::Closed { code, reason }),
-            1009 => {
+            CloseCode::ProtocolError
+            | CloseCode::UnsupportedData
+            | CloseCode::InvalidPayload
+            | CloseCode::PolicyViolation => Outcome::Stop(Stop::Closed { code, reason }),
+            CloseCode::MessageTooBig => {
                 // A frame far over the server's limit. It is the largest unanswered send;
                 // fail it rather than replaying it on every connection.
                 let largest = self.pending.iter().max_by_key(|(_, p)| p.frame.len()).map(|(seq, _)| *seq);
                 if let Some(pending) = largest.and_then(|seq| self.pending.remove(&seq)) {
                     let _ = pending.reply.send(Err(Error::Refused {
-                        code: "payload_too_large".into(),
+                        code: ErrorCode::PayloadTooLarge.into(),
                         message: "the frame exceeds the server's size limit".into(),
                     }));
                 }
