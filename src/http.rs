@@ -18,7 +18,9 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
 use crate::engine::Unavailable;
-use crate::protocol::{ErrorBody, ErrorCode, LoginResponse, LookupResponse, SUBPROTOCOL_V1, UserId, validate_public_key};
+use crate::protocol::{
+    ErrorBody, ErrorCode, LoginResponse, LookupResponse, SUBPROTOCOL_V1, UserId, validate_public_key,
+};
 use crate::session;
 use crate::telemetry::metric;
 

@@ -290,7 +290,9 @@ pub enum ServerFrame {
     Receipt(ReceiptFrame<'static>),
     Error(ErrorFrame<'static>),
     /// A JSON object of no known shape (perhaps from a newer server), with its `ref` if any.
-    Other { reference: Option<String> },
+    Other {
+        reference: Option<String>,
+    },
 }
 
 impl ServerFrame {
@@ -438,7 +440,10 @@ mod tests {
     fn acks_round_trip() {
         let acks = [
             (AckIds::One("1-2".into()), Some(vec![MsgId { ms: 1, seq: 2 }])),
-            (AckIds::Many(vec!["1-2".into(), "3-4".into()]), Some(vec![MsgId { ms: 1, seq: 2 }, MsgId { ms: 3, seq: 4 }])),
+            (
+                AckIds::Many(vec!["1-2".into(), "3-4".into()]),
+                Some(vec![MsgId { ms: 1, seq: 2 }, MsgId { ms: 3, seq: 4 }]),
+            ),
             (AckIds::Many(vec![]), None),
             (AckIds::Many(vec!["1-2".into(), "x".into()]), None),
         ];
@@ -477,7 +482,10 @@ mod tests {
         let newer = ServerFrame::parse(r#"{"error":"slow down","code":"rate_limited"}"#).unwrap();
         let ServerFrame::Error(newer) = newer else { panic!("an error") };
         assert_eq!(newer.code, AnyErrorCode::Unknown("rate_limited".into()));
-        assert_eq!(ErrorFrame { reference: None, ..newer.clone() }.to_json(), r#"{"error":"slow down","code":"rate_limited"}"#);
+        assert_eq!(
+            ErrorFrame { reference: None, ..newer.clone() }.to_json(),
+            r#"{"error":"slow down","code":"rate_limited"}"#
+        );
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub enum Error {
     #[error("the server closed the connection: {reason} (code {code})")]
     Closed { code: u16, reason: String },
 
-    #[error("the server does not offer the {SUBPROTOCOL_V1} subprotocol (acknowledged delivery); is it an Enigma relay?")]
+    #[error(
+        "the server does not offer the {SUBPROTOCOL_V1} subprotocol (acknowledged delivery); is it an Enigma relay?"
+    )]
     NoSubprotocol,
 
     #[error("the message is {size} bytes once sealed; the limit is {max}")]

@@ -87,7 +87,8 @@ pub async fn login(client: &reqwest::Client, replica: &Replica, key: &str) -> Re
         let body = response.text().await.unwrap_or_default();
         return Err(format!("login on {}: HTTP {status}: {body}", replica.authority));
     }
-    let body: LoginResponse = response.json().await.map_err(|e| format!("login on {}: {}", replica.authority, chain(&e)))?;
+    let body: LoginResponse =
+        response.json().await.map_err(|e| format!("login on {}: {}", replica.authority, chain(&e)))?;
     Ok(body.user_id)
 }
 
