@@ -18,7 +18,9 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
 use crate::engine::Unavailable;
-use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, validate_public_key};
+use crate::protocol::{
+    ErrorBody, ErrorCode, LoginResponse, LookupResponse, SUBPROTOCOL_V1, UserId, validate_public_key,
+};
 use crate::session;
 use crate::telemetry::metric;
 
@@ -48,7 +50,7 @@ impl From<Unavailable> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message, "code": self.code }))).into_response()
+        (self.status, Json(ErrorBody { error: self.message, code: Some(self.code.into()) })).into_response()
     }
 }
 
@@ -94,8 +96,7 @@ async fn login(State(state): State<AppState>, key: Result<Path<String>, PathReje
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string()))?;
     let user = state.engine.login(&key).await?;
     metrics::counter!(metric::LOGINS).increment(1);
-    // The spec names the field `userId`; the protocol's web client reads `user`.
-    Ok(Json(json!({ "userId": user.as_str(), "user": user.as_str() })).into_response())
+    Ok(Json(LoginResponse::new(user.as_str())).into_response())
 }
 
 async fn login_without_key() -> ApiError {
@@ -144,7 +145,7 @@ async fn lookup(state: &AppState, user_id: &str) -> Result<Response, ApiError> {
     let outcome = if found.is_some() { "found" } else { "not_found" };
     metrics::counter!(metric::LOOKUPS, "result" => outcome).increment(1);
     let (user, key) = found.ok_or_else(ApiError::user_not_found)?;
-    Ok(Json(json!({ "userId": user.as_str(), "user": user.as_str(), "publicKey": key })).into_response())
+    Ok(Json(LookupResponse::new(user.as_str(), key)).into_response())
 }
 
 async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) -> Response {
@@ -202,7 +203,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::InvalidFrame, "no such endpoint")
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
 }
 
 async fn method_not_allowed() -> ApiError {

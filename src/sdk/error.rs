@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use crate::protocol::{AnyErrorCode, ErrorCode, SUBPROTOCOL_V1};
+
 /// Anything the SDK can report.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,7 +40,7 @@ pub enum Error {
 
     /// The server refused a send; `code` is the machine-readable code of its error frame.
     #[error("the server refused the message: {message} ({code})")]
-    Refused { code: String, message: String },
+    Refused { code: AnyErrorCode, message: String },
 
     /// A delivery that could not be opened. It has been acknowledged (it would otherwise be
     /// redelivered forever); the error is reported so that it is not lost silently.
@@ -54,7 +56,9 @@ pub enum Error {
     #[error("the server closed the connection: {reason} (code {code})")]
     Closed { code: u16, reason: String },
 
-    #[error("the server does not offer the enigma.v1 subprotocol (acknowledged delivery); is it an Enigma relay?")]
+    #[error(
+        "the server does not offer the {SUBPROTOCOL_V1} subprotocol (acknowledged delivery); is it an Enigma relay?"
+    )]
     NoSubprotocol,
 
     #[error("the message is {size} bytes once sealed; the limit is {max}")]
@@ -84,7 +88,7 @@ impl Error {
         match self {
             Error::Unreachable { .. } | Error::Timeout(_) => true,
             Error::Http { status, .. } => *status >= 500,
-            Error::Refused { code, .. } => matches!(code.as_str(), "unavailable" | "inbox_full"),
+            Error::Refused { code, .. } => code.is(ErrorCode::Unavailable) || code.is(ErrorCode::InboxFull),
             _ => false,
         }
     }

@@ -19,18 +19,23 @@
 //!
 //! - [`crypto`]: HPKE sealing (RFC 9180, auth mode) and the payload format;
 //! - [`keyfile`]: the private key file (mode 0600, never clobbered);
-//! - [`client`]: REST calls and the acknowledged WebSocket connection that reconnects with
-//!   backoff and loses nothing;
+//! - [`client`]: REST calls (login, key lookup) and opening a socket;
+//! - [`connection`]: the acknowledged WebSocket connection that reconnects with backoff and
+//!   loses nothing (its socket task lives in `driver`);
 //! - [`error`]: typed errors.
 //!
 //! The server never sees plaintext: payloads are sealed here before they leave, and opened
 //! here after they arrive.
 
 pub mod client;
+pub mod connection;
 pub mod crypto;
 pub mod error;
 pub mod keyfile;
 
-pub use client::{Client, ConnectOptions, Connection, Message, Receipt, SUBPROTOCOL, Sender, Status};
+mod driver;
+
+pub use client::{Client, SUBPROTOCOL};
+pub use connection::{ConnectOptions, Connection, Message, Receipt, Sender, Status};
 pub use crypto::{Content, Identity, PublicKey};
 pub use error::{Error, OpenError};

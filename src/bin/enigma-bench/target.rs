@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use serde::Deserialize;
+use enigma::protocol::LoginResponse;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -79,11 +79,6 @@ pub fn run_nonce() -> String {
 
 /// `GET /login/{key}` → the user id.
 pub async fn login(client: &reqwest::Client, replica: &Replica, key: &str) -> Result<String, String> {
-    #[derive(Deserialize)]
-    struct LoggedIn {
-        #[serde(rename = "userId")]
-        user_id: String,
-    }
     let url = format!("http://{}/login/{key}", replica.authority);
     let response =
         client.get(&url).send().await.map_err(|e| format!("login on {}: {}", replica.authority, chain(&e)))?;
@@ -92,7 +87,8 @@ pub async fn login(client: &reqwest::Client, replica: &Replica, key: &str) -> Re
         let body = response.text().await.unwrap_or_default();
         return Err(format!("login on {}: HTTP {status}: {body}", replica.authority));
     }
-    let body: LoggedIn = response.json().await.map_err(|e| format!("login on {}: {}", replica.authority, chain(&e)))?;
+    let body: LoginResponse =
+        response.json().await.map_err(|e| format!("login on {}: {}", replica.authority, chain(&e)))?;
     Ok(body.user_id)
 }
 

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use bytes::BytesMut;
+use enigma::protocol::{ClientFrame, SendFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Hex digits for the sequence number plus those for the send-time stamp.
@@ -26,12 +27,15 @@ impl FrameBuilder {
     /// `payload_bytes` must be at least [`STAMP_LEN`]; the rest is padding.
     pub fn new(from: &str, to: &str, payload_bytes: usize) -> FrameBuilder {
         assert!(payload_bytes >= STAMP_LEN, "payload too short for the stamp");
-        let head = format!("{{\"from\":\"{from}\",\"to\":\"{to}\",{PAYLOAD_FIELD}");
-        let stamp_at = head.len();
-        let mut template = head.into_bytes();
-        template.resize(stamp_at + STAMP_LEN, b'0');
-        template.resize(stamp_at + payload_bytes, b'x');
-        template.extend_from_slice(b"\"}");
+        let mut padding = "0".repeat(STAMP_LEN);
+        padding.extend(std::iter::repeat_n('x', payload_bytes - STAMP_LEN));
+        let payload = serde_json::value::to_raw_value(&padding).expect("a string");
+        let send = SendFrame { from: from.into(), to: to.into(), payload: &payload, reference: None };
+        let template = ClientFrame::Send(send).to_json().into_bytes();
+        // The payload is the last field written and its padding needs no escape: the stamp
+        // is the start of the padding, just before the closing `"}`.
+        let stamp_at = template.len() - "\"}".len() - payload_bytes;
+        assert_eq!(&template[stamp_at..stamp_at + payload_bytes], padding.as_bytes());
         // Room for a few frames: each is dropped once tungstenite has copied it, and `reserve`
         // then reclaims the space.
         FrameBuilder { buf: BytesMut::with_capacity(template.len() * 4), template, stamp_at }
@@ -83,14 +87,9 @@ pub fn classify(text: &str) -> Inbound<'_> {
             return Inbound::Stamped { seq, stamp_ns };
         }
     }
-    #[derive(serde::Deserialize)]
-    struct ErrorFrame {
-        code: Option<String>,
-        error: Option<String>,
-    }
-    match serde_json::from_str::<ErrorFrame>(text) {
-        Ok(ErrorFrame { code: Some(code), .. }) => Inbound::Error(code),
-        Ok(ErrorFrame { error: Some(_), .. }) => Inbound::Error("unknown".into()),
+    match ServerFrame::parse(text) {
+        Ok(ServerFrame::Error(error)) if error.code.as_str().is_empty() => Inbound::Error("unknown".into()),
+        Ok(ServerFrame::Error(error)) => Inbound::Error(error.code.as_str().to_owned()),
         _ => Inbound::Other(text),
     }
 }
@@ -141,6 +140,7 @@ impl SeqTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use enigma::protocol::{ErrorCode, error_frame};
 
     #[test]
     fn frames_round_trip() {
@@ -173,7 +173,9 @@ mod tests {
     fn classifies_server_frames() {
         let delivered = r#"{"from":"a","to":"b","payload":"000000000000000a000000000000000bxx"}"#;
         assert_eq!(classify(delivered), Inbound::Stamped { seq: 10, stamp_ns: 11 });
-        assert_eq!(classify(r#"{"error":"full","code":"inbox_full"}"#), Inbound::Error("inbox_full".into()));
+        let full = error_frame(ErrorCode::InboxFull, "full", None);
+        assert_eq!(classify(&full), Inbound::Error(ErrorCode::InboxFull.as_str().into()));
+        assert_eq!(classify(r#"{"error":"full"}"#), Inbound::Error("unknown".into()));
         assert_eq!(
             classify(r#"{"from":"a","to":"b","payload":"short"}"#),
             Inbound::Other(r#"{"from":"a","to":"b","payload":"short"}"#)

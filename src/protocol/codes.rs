@@ -1,0 +1,241 @@
+//! The names the two sides agree on: the subprotocol, error codes and close codes.
+//!
+//! Each has one table here (`as_str`, `as_u16`) and its parse is that table read backwards,
+//! so a code cannot be spelt one way by the server and another by a client.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// WebSocket subprotocol of the acknowledging extension (see `docs/protocol.md`).
+pub const SUBPROTOCOL_V1: &str = "enigma.v1";
+
+/// Machine-readable error codes carried by error frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidFrame,
+    BinaryNotSupported,
+    Forbidden,
+    UserNotFound,
+    PayloadTooLarge,
+    InboxFull,
+    Unavailable,
+    Internal,
+    /// No such HTTP endpoint.
+    NotFound,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidFrame,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::Forbidden,
+        ErrorCode::UserNotFound,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::InboxFull,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::NotFound,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InboxFull => "inbox_full",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|code| code.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// An error code as a client reads it: one this build knows, or one a newer server sent
+/// (kept as spelt, so it can still be shown and logged).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AnyErrorCode {
+    Known(ErrorCode),
+    Unknown(String),
+}
+
+impl AnyErrorCode {
+    pub fn parse(s: &str) -> AnyErrorCode {
+        ErrorCode::parse(s).map_or_else(|| AnyErrorCode::Unknown(s.to_owned()), AnyErrorCode::Known)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AnyErrorCode::Known(code) => code.as_str(),
+            AnyErrorCode::Unknown(code) => code,
+        }
+    }
+
+    /// Whether `self` is the known code `code`.
+    pub fn is(&self, code: ErrorCode) -> bool {
+        *self == AnyErrorCode::Known(code)
+    }
+}
+
+impl From<ErrorCode> for AnyErrorCode {
+    fn from(code: ErrorCode) -> Self {
+        AnyErrorCode::Known(code)
+    }
+}
+
+impl fmt::Display for AnyErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AnyErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AnyErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(AnyErrorCode::parse(&code))
+    }
+}
+
+/// Close codes of the protocol: those the server sends (4000–4999 are private-use codes in
+/// RFC 6455) and the standard ones a client must tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// The peer is done (also what a client's own close says).
+    Normal,
+    /// The server is shutting down; reconnect (to another replica).
+    GoingAway,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+    /// The peer sent a kind of data it does not accept.
+    UnsupportedData,
+    /// A close frame without a code (never sent; what a reader reports instead).
+    NoStatus,
+    /// Text that is not UTF-8.
+    InvalidPayload,
+    PolicyViolation,
+    /// A frame over the size limit (far beyond the payload limit).
+    MessageTooBig,
+    /// The server cannot serve right now (storage unreachable); reconnect later.
+    TryAgainLater,
+    /// The user of the socket does not exist.
+    UserNotFound,
+    /// Nothing arrived from the peer within the idle timeout.
+    IdleTimeout,
+    /// A newer connection of the same user took over.
+    Replaced,
+    /// The client does not read fast enough; its messages stay stored.
+    SlowConsumer,
+    /// Any other code.
+    Other(u16),
+}
+
+impl CloseCode {
+    const NAMED: [CloseCode; 13] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::UnsupportedData,
+        CloseCode::NoStatus,
+        CloseCode::InvalidPayload,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::TryAgainLater,
+        CloseCode::UserNotFound,
+        CloseCode::IdleTimeout,
+        CloseCode::Replaced,
+        CloseCode::SlowConsumer,
+    ];
+
+    pub const fn as_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::UnsupportedData => 1003,
+            CloseCode::NoStatus => 1005,
+            CloseCode::InvalidPayload => 1007,
+            CloseCode::PolicyViolation => 1008,
+            CloseCode::MessageTooBig => 1009,
+            CloseCode::TryAgainLater => 1013,
+            CloseCode::UserNotFound => 4404,
+            CloseCode::IdleTimeout => 4408,
+            CloseCode::Replaced => 4409,
+            CloseCode::SlowConsumer => 4429,
+            CloseCode::Other(code) => code,
+        }
+    }
+
+    pub fn from_u16(code: u16) -> CloseCode {
+        Self::NAMED.into_iter().find(|c| c.as_u16() == code).unwrap_or(CloseCode::Other(code))
+    }
+}
+
+/// The server's close codes as numbers, for code that writes close frames.
+pub mod close {
+    use super::CloseCode;
+
+    pub const GOING_AWAY: u16 = CloseCode::GoingAway.as_u16();
+    pub const PROTOCOL_ERROR: u16 = CloseCode::ProtocolError.as_u16();
+    pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
+    pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.as_u16();
+    pub const USER_NOT_FOUND: u16 = CloseCode::UserNotFound.as_u16();
+    pub const IDLE_TIMEOUT: u16 = CloseCode::IdleTimeout.as_u16();
+    pub const REPLACED: u16 = CloseCode::Replaced.as_u16();
+    pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.as_u16();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            let any: AnyErrorCode = serde_json::from_value(serde_json::to_value(code).unwrap()).unwrap();
+            assert!(any.is(code));
+        }
+        assert_eq!(ErrorCode::NotFound.as_str(), "not_found");
+        let newer: AnyErrorCode = serde_json::from_str(r#""rate_limited""#).unwrap();
+        assert_eq!(newer, AnyErrorCode::Unknown("rate_limited".into()));
+        assert_eq!(serde_json::to_string(&newer).unwrap(), r#""rate_limited""#);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in CloseCode::NAMED {
+            assert_eq!(CloseCode::from_u16(code.as_u16()), code);
+        }
+        assert_eq!(CloseCode::from_u16(4999), CloseCode::Other(4999));
+        assert_eq!(close::REPLACED, 4409);
+        assert_eq!(close::USER_NOT_FOUND, 4404);
+    }
+}

@@ -1,0 +1,25 @@
+//! The wire: what clients send, what the server answers, and the error and close codes.
+//!
+//! One definition for every side: the server, the SDK, the CLI and the load generator all
+//! write and read frames through these types, so no code, name or field is spelt twice.
+//!
+//! - [`ids`]: user ids and inbox message ids;
+//! - [`codes`]: the subprotocol name, error codes and close codes;
+//! - [`frames`]: WebSocket frames, client and server, each serialized and parsed here;
+//! - [`rest`]: the HTTP API's JSON bodies;
+//! - [`keys`]: which public keys the directory accepts.
+
+pub mod codes;
+pub mod frames;
+pub mod ids;
+pub mod keys;
+pub mod rest;
+
+pub use codes::{AnyErrorCode, CloseCode, ErrorCode, SUBPROTOCOL_V1, close};
+pub use frames::{
+    AckFrame, AckIds, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, Refusal, SendFrame,
+    ServerFrame, envelope, error_frame, receipt_frame,
+};
+pub use ids::{MsgId, UserId};
+pub use keys::{KeyError, validate_public_key};
+pub use rest::{ErrorBody, LoginResponse, LookupResponse};

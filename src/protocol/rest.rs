@@ -1,0 +1,90 @@
+//! The JSON bodies of the HTTP API: login, key lookup and errors. `http` writes them; the
+//! SDK and the load generator read them.
+
+use serde::{Deserialize, Serialize};
+
+use super::codes::AnyErrorCode;
+
+/// `GET /login/{publicKey}`: the user id of that key. The spec names the field `userId`;
+/// the protocol's web client reads `user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginResponse {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// Readers need only `userId`: an older or other server may leave this out.
+    #[serde(default)]
+    pub user: String,
+}
+
+impl LoginResponse {
+    pub fn new(user_id: &str) -> Self {
+        LoginResponse { user_id: user_id.to_owned(), user: user_id.to_owned() }
+    }
+}
+
+/// `GET /connect/{userId}`: the public key registered for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResponse {
+    /// Readers need only `publicKey`.
+    #[serde(rename = "userId", default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(rename = "publicKey")]
+    pub public_key: String,
+}
+
+impl LookupResponse {
+    pub fn new(user_id: &str, public_key: String) -> Self {
+        LookupResponse { user_id: user_id.to_owned(), user: user_id.to_owned(), public_key }
+    }
+}
+
+/// Every HTTP error: `{"error": "...", "code": "..."}`. The message is for people; the code
+/// is for programs (absent from other servers' errors, hence optional when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<AnyErrorCode>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(value: &T) -> (T, serde_json::Value) {
+        let text = serde_json::to_string(value).unwrap();
+        (serde_json::from_str(&text).unwrap(), serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn login_round_trips() {
+        let login = LoginResponse::new("u1");
+        let (read, json) = round_trip(&login);
+        assert_eq!(read, login);
+        assert_eq!(json, serde_json::json!({"userId": "u1", "user": "u1"}));
+        let spec_only: LoginResponse = serde_json::from_str(r#"{"userId":"u2"}"#).unwrap();
+        assert_eq!(spec_only.user_id, "u2");
+    }
+
+    #[test]
+    fn lookup_round_trips() {
+        let lookup = LookupResponse::new("u1", "a+b/c=".into());
+        let (read, json) = round_trip(&lookup);
+        assert_eq!(read, lookup);
+        assert_eq!(json, serde_json::json!({"userId": "u1", "user": "u1", "publicKey": "a+b/c="}));
+        assert!(serde_json::from_str::<LookupResponse>(r#"{"userId":"u1"}"#).is_err());
+    }
+
+    #[test]
+    fn error_bodies_round_trip() {
+        let body = ErrorBody { error: "user not found".into(), code: Some(ErrorCode::UserNotFound.into()) };
+        let (read, json) = round_trip(&body);
+        assert_eq!(read, body);
+        assert_eq!(json, serde_json::json!({"error": "user not found", "code": "user_not_found"}));
+        let bare: ErrorBody = serde_json::from_str(r#"{"error":"nope"}"#).unwrap();
+        assert_eq!(bare, ErrorBody { error: "nope".into(), code: None });
+    }
+}
