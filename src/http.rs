@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{MatchedPath, Path, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -107,11 +107,15 @@ async fn login_without_key() -> ApiError {
 async fn connect(
     State(state): State<AppState>,
     method: Method,
+    headers: HeaderMap,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        // A request that asks for a WebSocket but gets the handshake wrong (version, key) is told
+        // why, not answered with the key lookup it did not ask for.
+        Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
         Err(_) if method == Method::GET || method == Method::HEAD => match lookup(&state, &user_id).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -120,14 +124,36 @@ async fn connect(
     }
 }
 
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"))))
+}
+
+fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> Response {
+    let status = match rejection {
+        WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_) => StatusCode::UPGRADE_REQUIRED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut response =
+        ApiError::new(status, ErrorCode::InvalidFrame, format!("WebSocket handshake refused: {rejection}"))
+            .into_response();
+    // RFC 6455 §4.4: a version mismatch names the version the server speaks.
+    response.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+    response
+}
+
 /// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client).
 async fn websocket_only(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
         Err(rejection) => ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             ErrorCode::InvalidFrame,

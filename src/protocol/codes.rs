@@ -201,8 +201,10 @@ impl CloseCode {
 pub mod close {
     use super::CloseCode;
 
+    pub const NORMAL: u16 = CloseCode::Normal.as_u16();
     pub const GOING_AWAY: u16 = CloseCode::GoingAway.as_u16();
     pub const PROTOCOL_ERROR: u16 = CloseCode::ProtocolError.as_u16();
+    pub const INVALID_PAYLOAD: u16 = CloseCode::InvalidPayload.as_u16();
     pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
     pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.as_u16();
     pub const USER_NOT_FOUND: u16 = CloseCode::UserNotFound.as_u16();

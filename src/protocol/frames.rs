@@ -57,14 +57,11 @@ impl<'a> RawPayload<'a> {
         (literal.len() >= 2 && literal.starts_with('"')).then_some(Self(literal))
     }
 
-    /// The length of the string it denotes, in bytes (what the payload limit is about).
-    pub fn decoded_len(&self) -> usize {
-        let content = &self.0[1..self.0.len() - 1];
-        if !content.contains('\\') {
-            return content.len();
-        }
-        // Escapes are rare in sealed (base64) payloads: decode only then.
-        serde_json::from_str::<String>(self.0).map_or(usize::MAX, |s| s.len())
+    /// The payload's length as it is stored and forwarded: the bytes between the quotes,
+    /// escapes as written. The payload limit is about this, not the decoded length: a payload
+    /// written as `\u0041` escapes would otherwise cost six times the limit in storage.
+    pub fn stored_len(&self) -> usize {
+        self.0.len() - 2
     }
 }
 
@@ -370,10 +367,10 @@ mod tests {
         let (from, to) = (UserId::random(), UserId::random());
         let raw_payload = raw(r#""a\"b\u00e9""#);
         let payload = RawPayload::new(&raw_payload).unwrap();
-        assert_eq!(payload.decoded_len(), "a\"bé".len());
+        assert_eq!(payload.stored_len(), r#"a\"b\u00e9"#.len());
         let env: serde_json::Value = serde_json::from_slice(&envelope(&from, &to, payload)).unwrap();
         assert_eq!(env, serde_json::json!({"from": from.as_str(), "to": to.as_str(), "payload": "a\"bé"}));
-        assert_eq!(RawPayload::new(&raw(r#""abc""#)).unwrap().decoded_len(), 3);
+        assert_eq!(RawPayload::new(&raw(r#""abc""#)).unwrap().stored_len(), 3);
         assert!(RawPayload::new(&raw("5")).is_none());
     }
 

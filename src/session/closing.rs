@@ -15,7 +15,7 @@ pub(super) struct Closing {
 }
 
 impl Closing {
-    pub(super) const PEER_GONE: Closing = Closing { code: 1000, reason: "" };
+    pub(super) const PEER_GONE: Closing = Closing { code: close::NORMAL, reason: "" };
     pub(super) const SLOW: Closing =
         Closing { code: close::SLOW_CONSUMER, reason: "slow consumer: outbound queue full" };
     pub(super) const SHUTDOWN: Closing = Closing { code: close::GOING_AWAY, reason: "server shutting down; reconnect" };
@@ -31,6 +31,10 @@ impl Closing {
                 Closing { code: close::MESSAGE_TOO_BIG, reason: "frame exceeds the size limit" }
             }
             Ok(tungstenite::Error::Protocol(_)) => Closing { code: close::PROTOCOL_ERROR, reason: "protocol error" },
+            // RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection with 1007.
+            Ok(tungstenite::Error::Utf8(_)) => {
+                Closing { code: close::INVALID_PAYLOAD, reason: "text frame is not valid UTF-8" }
+            }
             _ => Closing::PEER_GONE,
         }
     }
@@ -97,7 +101,7 @@ impl CloseReason {
 
     fn from_code(code: u16) -> CloseReason {
         match code {
-            1000 => CloseReason::Peer,
+            close::NORMAL => CloseReason::Peer,
             close::MESSAGE_TOO_BIG => CloseReason::TooBig,
             close::GOING_AWAY => CloseReason::Shutdown,
             close::REPLACED => CloseReason::Replaced,

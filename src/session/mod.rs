@@ -14,7 +14,6 @@
 mod attachment;
 mod closing;
 mod cursor;
-mod inbound;
 mod requests;
 mod socket;
 

@@ -7,9 +7,10 @@ use futures_util::FutureExt;
 
 use super::Session;
 use super::closing::Closing;
-use super::inbound::{Acks, Inbound, describe_parse_error};
 use crate::engine::SendError;
-use crate::protocol::{ErrorCode, MsgId, RawPayload, UserId, envelope, error_frame};
+use crate::protocol::{
+    AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, receipt_frame,
+};
 use crate::telemetry::{self, metric};
 
 /// Sends stored in one engine call at most.
@@ -112,54 +113,50 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
-        let frame: Inbound = match serde_json::from_str(text) {
+        // Only acknowledging clients get receipts, so only theirs carry a `ref` back.
+        let acknowledging = self.acknowledging;
+        let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(e) => {
-                let (code, message) = describe_parse_error(text, &e);
+            Err(refusal) => {
                 self.store_pending().await?; // answers stay in the order of the frames
-                return self.error(code, &message, None).await;
+                let reference = refusal.reference.as_deref().filter(|_| acknowledging);
+                return self.error(refusal.code, &refusal.message, reference).await;
             }
         };
-        // Only acknowledging clients get receipts, so only theirs carry a `ref` back.
-        let reference = frame.reference.as_deref().filter(|_| self.acknowledging);
-        if let Some(ack) = frame.ack {
-            self.store_pending().await?;
-            return self.on_ack(ack, reference).await;
-        }
-        match self.validate_send(&frame) {
-            Ok((to, envelope)) => {
-                self.pending.push(PendingSend { to, envelope, reference: reference.map(str::to_owned) });
-                Ok(())
+        match frame {
+            ClientFrame::Ack(ack) => {
+                self.store_pending().await?;
+                self.on_ack(&ack.ids, ack.reference.as_deref().filter(|_| acknowledging)).await
             }
-            Err((code, message, reason)) => {
-                if let Some(reason) = reason {
-                    reason.count();
+            ClientFrame::Send(send) => {
+                let reference = send.reference.as_deref().filter(|_| acknowledging);
+                match self.validate_send(&send) {
+                    Ok((to, envelope)) => {
+                        self.pending.push(PendingSend { to, envelope, reference: reference.map(str::to_owned) });
+                        Ok(())
+                    }
+                    Err((code, message, reason)) => {
+                        if let Some(reason) = reason {
+                            reason.count();
+                        }
+                        self.store_pending().await?; // answers stay in the order of the frames
+                        self.error(code, &message, reference).await
+                    }
                 }
-                self.store_pending().await?; // answers stay in the order of the frames
-                self.error(code, &message, reference).await
             }
         }
     }
 
-    /// A send frame's recipient and envelope, or why it is refused.
-    fn validate_send(&self, frame: &Inbound<'_>) -> Result<(UserId, bytes::Bytes), Refusal> {
-        let (Some(from), Some(to), Some(payload)) = (&frame.from, &frame.to, &frame.payload) else {
-            let missing = ["from", "to", "payload"]
-                .into_iter()
-                .zip([frame.from.is_none(), frame.to.is_none(), frame.payload.is_none()])
-                .filter_map(|(name, absent)| absent.then_some(name))
-                .collect::<Vec<_>>()
-                .join("`, `");
-            return Err((ErrorCode::InvalidFrame, format!("missing field `{missing}`"), None));
-        };
-        if from.as_ref() != self.user.as_str() {
+    /// A send's recipient and envelope, or why it is refused.
+    fn validate_send(&self, send: &SendFrame<'_>) -> Result<(UserId, bytes::Bytes), Refusal> {
+        if send.from.as_ref() != self.user.as_str() {
             let message = "`from` must be your own user id".into();
             return Err((ErrorCode::Forbidden, message, Some(RejectReason::Forbidden)));
         }
-        let Some(payload) = RawPayload::new(payload) else {
+        let Some(payload) = RawPayload::new(send.payload) else {
             return Err((ErrorCode::InvalidFrame, "field `payload` must be a string".into(), None));
         };
-        let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.decoded_len());
+        let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.stored_len());
         if len > max {
             let message = format!("payload exceeds {max} bytes");
             return Err((ErrorCode::PayloadTooLarge, message, Some(RejectReason::TooLarge)));
@@ -167,7 +164,7 @@ impl Session {
         if len == 0 {
             return Err((ErrorCode::InvalidFrame, "payload is empty".into(), None));
         }
-        let Some(to) = UserId::parse(to) else {
+        let Some(to) = UserId::parse(&send.to) else {
             return Err((ErrorCode::UserNotFound, "user not found".into(), Some(RejectReason::UserNotFound)));
         };
         let envelope = envelope(&self.user, &to, payload).into();
@@ -215,17 +212,13 @@ impl Session {
         }
     }
 
-    async fn on_ack(&mut self, ack: Acks, reference: Option<&str>) -> Result<(), Closing> {
+    async fn on_ack(&mut self, ack: &AckIds, reference: Option<&str>) -> Result<(), Closing> {
         if !self.acknowledging {
             return self
                 .error(ErrorCode::InvalidFrame, "acknowledgements need the enigma.v1 subprotocol", reference)
                 .await;
         }
-        let ids: Option<Vec<MsgId>> = match &ack {
-            Acks::One(id) => id.parse().ok().map(|id| vec![id]),
-            Acks::Many(ids) => ids.iter().map(|id| id.parse().ok()).collect(),
-        };
-        let Some(ids) = ids.filter(|ids| !ids.is_empty()) else {
+        let Some(ids) = ack.msg_ids() else {
             return self
                 .error(ErrorCode::InvalidFrame, "`ack` must be a message id or a non-empty list of ids", reference)
                 .await;
@@ -243,15 +236,7 @@ impl Session {
     }
 
     async fn receipt(&mut self, reference: &str, id: MsgId) -> Result<(), Closing> {
-        #[derive(serde::Serialize)]
-        struct Receipt<'a> {
-            #[serde(rename = "ref")]
-            reference: &'a str,
-            id: String,
-            status: &'static str,
-        }
-        let frame = serde_json::to_string(&Receipt { reference, id: id.to_string(), status: "stored" }).expect("plain");
-        self.feed(Message::Text(frame.into())).await
+        self.feed(Message::Text(receipt_frame(reference, id).into())).await
     }
 
     async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {

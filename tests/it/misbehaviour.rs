@@ -2,12 +2,14 @@
 //! handshakes, oversized and trickled request heads, thousands of half-open connections. Each
 //! gets a clear refusal or close code, and two users chatting meanwhile never notice.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{DEADLINE, Server, ServerConfig, Ws};
+use crate::harness::{DEADLINE, Server, ServerConfig, Ws, wait_until};
 
 /// A raw TCP connection to the server's port.
 struct Raw {
@@ -104,11 +106,12 @@ fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8
     out
 }
 
-/// Two users exchanging messages in the background until stopped; returns how many round
-/// trips they completed. Any failure to exchange fails the test.
+/// Two users exchanging messages in the background for the whole attack. Any failure to
+/// exchange fails the test.
 struct Chat {
+    rounds: Arc<AtomicUsize>,
     stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<usize>,
+    done: tokio::task::JoinHandle<()>,
 }
 
 impl Chat {
@@ -117,28 +120,35 @@ impl Chat {
         let mut a = server.connect(&alice).await;
         let mut b = server.connect(&bob).await;
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let counter = rounds.clone();
         let done = tokio::spawn(async move {
-            let mut round = 0;
-            loop {
+            for round in 0.. {
                 a.send_msg(&alice, &bob, &format!("ping {round}")).await;
                 assert_eq!(b.recv_json().await["payload"], format!("ping {round}"));
                 b.send_msg(&bob, &alice, &format!("pong {round}")).await;
                 assert_eq!(a.recv_json().await["payload"], format!("pong {round}"));
-                round += 1;
+                counter.fetch_add(1, Ordering::Relaxed);
                 if stopped.try_recv().is_ok() {
-                    return round;
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        Chat { stop, done }
+        Chat { rounds, stop, done }
     }
 
-    /// Stops the chat and requires that it went on during the attack.
-    async fn finish(self, at_least: usize) {
+    /// Requires the chat to have gone on through the attack and to still go on: a few more
+    /// round trips after it, within the deadline.
+    async fn finish(self) {
+        let after_attack = self.rounds.load(Ordering::Relaxed);
+        wait_until("the users keep chatting", DEADLINE, || {
+            let rounds = self.rounds.clone();
+            async move { rounds.load(Ordering::Relaxed) >= after_attack + 3 }
+        })
+        .await;
         let _ = self.stop.send(());
-        let rounds = tokio::time::timeout(DEADLINE, self.done).await.expect("chat stuck").expect("chat failed");
-        assert!(rounds >= at_least, "the users exchanged only {rounds} round trips during the attack");
+        tokio::time::timeout(DEADLINE, self.done).await.expect("chat stuck").expect("chat failed");
     }
 }
 
@@ -162,7 +172,7 @@ async fn broken_websocket_frames_get_clear_close_codes() {
         raw.tcp.write_all(&bytes).await.expect("write frame");
         assert_eq!(raw.close_code().await, Some(code), "{what}");
     }
-    chat.finish(3).await;
+    chat.finish().await;
 }
 
 #[tokio::test]
@@ -221,7 +231,7 @@ async fn a_trickled_request_head_is_cut_off() {
     }
     let _ = closed_within(&mut raw.tcp, Duration::from_secs(5)).await;
     assert!(started.elapsed() < Duration::from_secs(4), "the head trickled for {:?}", started.elapsed());
-    chat.finish(3).await;
+    chat.finish().await;
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -252,7 +262,7 @@ async fn thousands_of_half_open_connections_cost_little_and_are_closed() {
     for raw in &mut held {
         closed_within(&mut raw.tcp, deadline).await;
     }
-    chat.finish(3).await;
+    chat.finish().await;
     // The server still takes new users afterwards.
     let (status, body) = server.get("/healthz").await;
     assert_eq!(status, 200, "{body}");
