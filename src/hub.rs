@@ -1,9 +1,9 @@
 //! The local switchboard: which socket on this replica belongs to which user.
 //!
-//! Engines ring the hub's doorbell (`deliver`, `takeover`, `resync_all`); the hub hands the
+//! Engines ring the hub's doorbell (`deliver`, `takeover`, `reread_all`); the hub hands the
 //! news to the one session that holds the user's socket here. The hub never blocks: when a
 //! doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded because the
-//! engine's doorbell link had a gap) the session is marked *lagged* and asked to re-read its
+//! engine's doorbell mailbox had a gap) the session is marked *lagged* and asked to re-read its
 //! inbox, which is the source of truth. A lost doorbell costs a read, never a message, and
 //! never an ordering: a lagged session forwards nothing live until it has re-read.
 
@@ -18,7 +18,7 @@ use crate::protocol::{Delivery, UserId, close};
 
 /// The hub's handle on one session; the session holds the same `Arc`.
 #[derive(Debug)]
-pub struct Link {
+pub struct Mailbox {
     pub id: u64,
     pub user: UserId,
     /// Live deliveries waiting for the session (a plain deque: an idle socket costs nothing).
@@ -29,25 +29,25 @@ pub struct Link {
     queued_bytes: AtomicUsize,
     /// A doorbell was not queued since the session last started re-reading its inbox.
     lagged: AtomicBool,
-    resync: Notify,
+    reread: Notify,
     /// Cancelled on takeover and on server shutdown (a child of the shutdown token).
     kicked: CancellationToken,
     kick_code: AtomicU16,
 }
 
-impl Link {
+impl Mailbox {
     /// Resolves when the session must re-read its inbox (a doorbell may have been missed). A
     /// request made while nobody waits is kept for the next wait.
-    pub fn resync_requested(&self) -> tokio::sync::futures::Notified<'_> {
-        self.resync.notified()
+    pub fn reread_requested(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reread.notified()
     }
 
     /// Starts a re-read: doorbells missed from now on will be noticed by `is_lagged`.
-    pub fn begin_resync(&self) {
+    pub fn begin_reread(&self) {
         self.lagged.store(false, Ordering::SeqCst);
     }
 
-    /// Whether a doorbell was missed since `begin_resync`: queued deliveries may then sit
+    /// Whether a doorbell was missed since `begin_reread`: queued deliveries may then sit
     /// behind a gap and must not be forwarded before the next re-read.
     pub fn is_lagged(&self) -> bool {
         self.lagged.load(Ordering::SeqCst)
@@ -96,13 +96,13 @@ impl Link {
     }
 
     /// A missed doorbell was noticed by the session itself (a skipped message number).
-    pub fn request_resync(&self) {
+    pub fn request_reread(&self) {
         self.lag();
     }
 
     fn lag(&self) {
         self.lagged.store(true, Ordering::SeqCst);
-        self.resync.notify_one();
+        self.reread.notify_one();
     }
 
     fn ring(&self, delivery: Delivery, byte_budget: usize) {
@@ -121,14 +121,14 @@ impl Link {
 
 #[derive(Debug)]
 struct Slot {
-    link: Arc<Link>,
+    mailbox: Arc<Mailbox>,
     /// Connection generation claimed from the engine, once attached.
     generation: Option<u64>,
     /// Highest generation announced for this user by any replica.
     newest_seen: u64,
     /// The live connection this one is about to replace: it ends only once the new one is
     /// attached, so a failed attach does not cost the user their working connection.
-    previous: Option<(Arc<Link>, Option<u64>)>,
+    previous: Option<(Arc<Mailbox>, Option<u64>)>,
 }
 
 #[derive(Debug)]
@@ -137,7 +137,7 @@ pub struct Hub {
     next_id: AtomicU64,
     queue: usize,
     byte_budget: usize,
-    /// Set while the engine's doorbell link may have missed messages: nothing is forwarded
+    /// Set while the engine's doorbell mailbox may have missed messages: nothing is forwarded
     /// live, every doorbell becomes a re-read.
     degraded: AtomicBool,
     shutdown: CancellationToken,
@@ -160,8 +160,8 @@ impl Hub {
     /// Makes a new session the user's socket on this replica. An older session here keeps
     /// its socket until the new one is attached (`set_generation`). Called by the session's
     /// registration guard (`session::Attached`), whose drop undoes it through `Engine::detach`.
-    pub fn register(&self, user: &UserId) -> Arc<Link> {
-        let link = Arc::new(Link {
+    pub fn register(&self, user: &UserId) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
             queue: Mutex::new(VecDeque::new()),
@@ -169,47 +169,47 @@ impl Hub {
             queued: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
             lagged: AtomicBool::new(false),
-            resync: Notify::new(),
+            reread: Notify::new(),
             kicked: self.shutdown.child_token(),
             kick_code: AtomicU16::new(0),
         });
         let mut slots = self.lock();
         let previous = match slots.remove(user) {
             None => None,
-            Some(old) if old.generation.is_some() => Some((old.link, old.generation)),
+            Some(old) if old.generation.is_some() => Some((old.mailbox, old.generation)),
             Some(old) => {
                 // Still attaching and already superseded: it never becomes live.
-                old.link.kick(close::REPLACED);
+                old.mailbox.kick(close::REPLACED);
                 old.previous
             }
         };
         let newest_seen = previous.as_ref().and_then(|(_, g)| *g).unwrap_or(0);
-        slots.insert(user.clone(), Slot { link: link.clone(), generation: None, newest_seen, previous });
-        link
+        slots.insert(user.clone(), Slot { mailbox: mailbox.clone(), generation: None, newest_seen, previous });
+        mailbox
     }
 
     /// Removes the session; returns true if the user has no socket here any more. Called by
     /// the engine's `detach`, which stops listening for the user when this returns true.
-    pub fn unregister(&self, link: &Link) -> bool {
+    pub fn unregister(&self, mailbox: &Mailbox) -> bool {
         let mut slots = self.lock();
-        let Some(slot) = slots.get_mut(&link.user) else { return true };
-        if slot.link.id == link.id {
+        let Some(slot) = slots.get_mut(&mailbox.user) else { return true };
+        if slot.mailbox.id == mailbox.id {
             match slot.previous.take() {
                 // The attach failed: the connection it was to replace stays the live one. It
                 // got no doorbells meanwhile, so it re-reads its inbox.
                 Some((previous, generation)) if slot.generation.is_none() => {
                     previous.lag();
-                    slot.link = previous;
+                    slot.mailbox = previous;
                     slot.generation = generation;
                     false
                 }
                 _ => {
-                    slots.remove(&link.user);
+                    slots.remove(&mailbox.user);
                     true
                 }
             }
         } else {
-            if slot.previous.as_ref().is_some_and(|(p, _)| p.id == link.id) {
+            if slot.previous.as_ref().is_some_and(|(p, _)| p.id == mailbox.id) {
                 slot.previous = None;
             }
             false
@@ -223,15 +223,15 @@ impl Hub {
     /// Records the generation the engine gave this session's connection: the session is now
     /// the user's live connection here; the one it replaces ends; if a newer connection was
     /// announced meanwhile (on any replica), this one is already obsolete.
-    pub fn set_generation(&self, link: &Link, generation: u64) {
+    pub fn set_generation(&self, mailbox: &Mailbox, generation: u64) {
         let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&link.user).filter(|s| s.link.id == link.id) {
+        if let Some(slot) = slots.get_mut(&mailbox.user).filter(|s| s.mailbox.id == mailbox.id) {
             slot.generation = Some(generation);
             if let Some((previous, _)) = slot.previous.take() {
                 previous.kick(close::REPLACED);
             }
             if generation < slot.newest_seen {
-                slot.link.kick(close::REPLACED);
+                slot.mailbox.kick(close::REPLACED);
             }
         }
     }
@@ -242,7 +242,7 @@ impl Hub {
         if let Some(slot) = slots.get_mut(user) {
             slot.newest_seen = slot.newest_seen.max(generation);
             if slot.generation.is_some_and(|g| g < generation) {
-                slot.link.kick(close::REPLACED);
+                slot.mailbox.kick(close::REPLACED);
             }
         }
     }
@@ -251,31 +251,31 @@ impl Hub {
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {
             if self.degraded.load(Ordering::SeqCst) {
-                slot.link.lag();
+                slot.mailbox.lag();
             } else {
-                slot.link.ring(delivery, self.byte_budget);
+                slot.mailbox.ring(delivery, self.byte_budget);
             }
         }
     }
 
     /// While degraded, doorbells only ask sessions to re-read (see the type's docs). Leaving
-    /// the degraded state must follow `resync_all`, so that a live delivery can never be
+    /// the degraded state must follow `reread_all`, so that a live delivery can never be
     /// forwarded ahead of the gap's re-read.
     pub fn set_degraded(&self, degraded: bool) {
         self.degraded.store(degraded, Ordering::SeqCst);
     }
 
-    /// Every session re-reads its inbox (after the doorbell link was down).
-    pub fn resync_all(&self) {
+    /// Every session re-reads its inbox (after the doorbell mailbox was down).
+    pub fn reread_all(&self) {
         for slot in self.lock().values() {
-            slot.link.lag();
+            slot.mailbox.lag();
         }
     }
 
     /// The user's session here, if any, re-reads its inbox (its doorbells may have been lost).
-    pub fn resync(&self, user: &UserId) {
+    pub fn reread(&self, user: &UserId) {
         if let Some(slot) = self.lock().get(user) {
-            slot.link.lag();
+            slot.mailbox.lag();
         }
     }
 
@@ -338,56 +338,56 @@ mod tests {
         assert!(!hub.unregister(&new), "the old connection is still registered");
         assert!(old.is_kicked().is_none());
         assert!(old.is_lagged(), "it missed doorbells meanwhile and must re-read");
-        tokio::time::timeout(std::time::Duration::from_secs(1), old.resync_requested()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), old.reread_requested()).await.unwrap();
     }
 
     #[tokio::test]
     async fn generations_decide_across_replicas() {
         let hub = hub(4);
         let user = UserId::random();
-        let link = hub.register(&user);
+        let mailbox = hub.register(&user);
         // A newer connection is announced before ours learned its own generation.
         hub.takeover(&user, 7);
-        hub.set_generation(&link, 6);
-        assert_eq!(link.kicked().await, close::REPLACED);
-        hub.unregister(&link);
+        hub.set_generation(&mailbox, 6);
+        assert_eq!(mailbox.kicked().await, close::REPLACED);
+        hub.unregister(&mailbox);
 
-        let link = hub.register(&user);
-        hub.set_generation(&link, 9);
+        let mailbox = hub.register(&user);
+        hub.set_generation(&mailbox, 9);
         hub.takeover(&user, 9); // our own announcement
         hub.takeover(&user, 8); // an older connection's late announcement
-        assert!(link.is_kicked().is_none());
+        assert!(mailbox.is_kicked().is_none());
         hub.takeover(&user, 10);
-        assert_eq!(link.is_kicked(), Some(close::REPLACED));
+        assert_eq!(mailbox.is_kicked(), Some(close::REPLACED));
     }
 
     #[tokio::test]
-    async fn missed_doorbells_turn_into_a_lagged_resync() {
+    async fn missed_doorbells_turn_into_a_lagged_reread() {
         let hub = hub(1);
         let user = UserId::random();
-        let link = hub.register(&user);
-        hub.set_generation(&link, 1);
-        link.begin_resync();
+        let mailbox = hub.register(&user);
+        hub.set_generation(&mailbox, 1);
+        mailbox.begin_reread();
         hub.deliver(&user, delivery(1));
-        assert!(!link.is_lagged());
+        assert!(!mailbox.is_lagged());
         hub.deliver(&user, delivery(2)); // queue full: not lost, a re-read is requested
-        assert!(link.is_lagged());
-        tokio::time::timeout(std::time::Duration::from_secs(1), link.resync_requested()).await.unwrap();
-        assert_eq!(link.next().await.id.seq, 1);
+        assert!(mailbox.is_lagged());
+        tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.reread_requested()).await.unwrap();
+        assert_eq!(mailbox.next().await.id.seq, 1);
 
         hub.set_degraded(true);
-        link.begin_resync();
+        mailbox.begin_reread();
         hub.deliver(&user, delivery(3));
-        assert!(link.try_next().is_none(), "nothing is forwarded live while degraded");
-        assert!(link.is_lagged());
+        assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");
+        assert!(mailbox.is_lagged());
     }
 
     #[tokio::test]
     async fn shutdown_kicks_every_session_with_1001() {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(4, 1024, shutdown.clone());
-        let link = hub.register(&UserId::random());
+        let mailbox = hub.register(&UserId::random());
         shutdown.cancel();
-        assert_eq!(link.kicked().await, close::GOING_AWAY);
+        assert_eq!(mailbox.kicked().await, close::GOING_AWAY);
     }
 }

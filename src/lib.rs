@@ -28,4 +28,4 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 
-pub use server::{AppState, Error, State, run, shutdown_signal};
+pub use server::{AppState, Error, Shared, run, shutdown_signal};

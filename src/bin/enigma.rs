@@ -169,7 +169,7 @@ impl Profile {
 
     /// Our user id on this server, as `login` stored it.
     fn user_id(&self, client: &Client) -> Result<String, Failure> {
-        State::load(&self.key, client.identity())
+        StateFile::load(&self.key, client.identity())
             .users
             .get(client.server().as_str())
             .cloned()
@@ -202,27 +202,27 @@ impl Profile {
 /// User ids this key got from servers, next to the key file.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct State {
+struct StateFile {
     /// The key the ids belong to; a regenerated key invalidates them.
     public_key: String,
     /// Server URL → user id.
     users: BTreeMap<String, String>,
 }
 
-impl State {
+impl StateFile {
     fn path(key: &Path) -> PathBuf {
         let mut name = key.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".state.json");
         key.with_file_name(name)
     }
 
-    fn load(key: &Path, identity: &Identity) -> State {
+    fn load(key: &Path, identity: &Identity) -> StateFile {
         let public_key = identity.public_key().to_base64url();
         std::fs::read_to_string(Self::path(key))
             .ok()
-            .and_then(|text| serde_json::from_str::<State>(&text).ok())
+            .and_then(|text| serde_json::from_str::<StateFile>(&text).ok())
             .filter(|state| state.public_key == public_key)
-            .unwrap_or(State { public_key, users: BTreeMap::new() })
+            .unwrap_or(StateFile { public_key, users: BTreeMap::new() })
     }
 
     /// Replaces the file atomically (a temporary file and a rename).
@@ -252,7 +252,7 @@ fn keygen(profile: &Profile, force: bool) -> Result<(), Failure> {
 async fn login(profile: &Profile) -> Result<(), Failure> {
     let client = profile.client()?;
     let user = client.login().await?;
-    let mut state = State::load(&profile.key, client.identity());
+    let mut state = StateFile::load(&profile.key, client.identity());
     state.users.insert(client.server().to_string(), user.clone());
     state.save(&profile.key)?;
     eprintln!("logged in to {}; your user id:", client.server());

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::SendError;
 use crate::config::Limits;
-use crate::hub::{Hub, Link};
+use crate::hub::{Hub, Mailbox};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 #[derive(Clone)]
@@ -132,15 +132,15 @@ impl MemoryEngine {
         }
     }
 
-    pub fn attach(&self, link: &Link) {
+    pub fn attach(&self, mailbox: &Mailbox) {
         // One process: the hub already replaced any older local session; the generation
         // keeps the same bookkeeping as across replicas.
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.inner.hub.set_generation(link, generation);
+        self.inner.hub.set_generation(mailbox, generation);
     }
 
-    pub fn detach(&self, link: &Link) {
-        self.inner.hub.unregister(link);
+    pub fn detach(&self, mailbox: &Mailbox) {
+        self.inner.hub.unregister(mailbox);
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::hub::{Hub, Link};
+use crate::hub::{Hub, Mailbox};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 pub use self::memory::{MemoryEngine, unix_ms};
@@ -36,7 +36,7 @@ pub enum SendError {
 
 /// Read before an inbox read.
 #[derive(Debug, Clone, Copy)]
-pub struct ResyncState {
+pub struct ReadMark {
     /// The number of the last message sent to the user (0: none yet): every message numbered
     /// up to it is in the inbox read that follows, or was delivered already, so the next live
     /// one must carry the number after it.
@@ -133,33 +133,33 @@ impl Engine {
 
     /// Makes a registered session live: its doorbell is listened to, and every older
     /// connection of the user, on any replica, is told to end.
-    pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {
+    pub async fn attach(&self, mailbox: &Mailbox) -> Result<(), Unavailable> {
         match self {
             Engine::Memory(e) => {
-                e.attach(link);
+                e.attach(mailbox);
                 Ok(())
             }
-            Engine::Redis(e) => e.attach(link).await,
+            Engine::Redis(e) => e.attach(mailbox).await,
         }
     }
 
     /// What a session reads before it re-reads its inbox, in one round trip.
-    pub async fn resync_state(&self, user: &UserId) -> Result<ResyncState, Unavailable> {
+    pub async fn read_mark(&self, user: &UserId) -> Result<ReadMark, Unavailable> {
         match self {
-            Engine::Memory(e) => Ok(ResyncState { sequence: e.sequence(user), generation: None }),
-            Engine::Redis(e) => e.resync_state(user).await,
+            Engine::Memory(e) => Ok(ReadMark { sequence: e.sequence(user), generation: None }),
+            Engine::Redis(e) => e.read_mark(user).await,
         }
     }
 
     /// The session ended; stop listening for the user if no other session here needs it.
-    pub fn detach(&self, link: &Link) {
+    pub fn detach(&self, mailbox: &Mailbox) {
         match self {
-            Engine::Memory(e) => e.detach(link),
-            Engine::Redis(e) => e.detach(link),
+            Engine::Memory(e) => e.detach(mailbox),
+            Engine::Redis(e) => e.detach(mailbox),
         }
     }
 
-    /// Whether the store answers and the doorbell link is up.
+    /// Whether the store answers and the doorbell mailbox is up.
     pub async fn ready(&self) -> bool {
         match self {
             Engine::Memory(_) => true,

@@ -142,7 +142,7 @@ impl<'a> ClientFrame<'a> {
     /// it holds; otherwise it is a send and needs `from`, `to` and `payload`. Unknown fields
     /// are ignored. The payload is borrowed from `text` as its raw literal, never decoded.
     pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, Refusal<'a>> {
-        let frame: Inbound<'a> = match serde_json::from_str(text) {
+        let frame: ClientFields<'a> = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
                 let (code, message) = describe_parse_error(text, &e);
@@ -153,7 +153,7 @@ impl<'a> ClientFrame<'a> {
         if text.trim_start_matches([' ', '\t', '\n', '\r']).as_bytes().first() != Some(&b'{') {
             return Err(not_an_object());
         }
-        let Inbound { from, to, payload, reference, ack } = frame;
+        let ClientFields { from, to, payload, reference, ack } = frame;
         if let Some(ids) = ack {
             return Ok(ClientFrame::Ack(AckFrame { ids, reference }));
         }
@@ -182,7 +182,7 @@ impl<'a> ClientFrame<'a> {
 
 /// What a client frame may hold; which of it makes a valid frame is decided in `parse`.
 #[derive(Debug, Deserialize)]
-struct Inbound<'a> {
+struct ClientFields<'a> {
     #[serde(borrow, default)]
     from: Option<Cow<'a, str>>,
     #[serde(borrow, default)]

@@ -367,7 +367,7 @@ pub(super) struct Ledger {
     contents: RecentSet,
 }
 
-pub(super) enum Inbound {
+pub(super) enum FromServer {
     Delivery {
         id: String,
         ts: u64,
@@ -391,7 +391,7 @@ pub(super) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
 struct Opener {
     client: Client,
     user: String,
-    deliveries: mpsc::Receiver<Inbound>,
+    deliveries: mpsc::Receiver<FromServer>,
     out: mpsc::Sender<Result<Message, Error>>,
     commands: mpsc::UnboundedSender<Command>,
     ledger: Arc<Mutex<Ledger>>,
@@ -404,8 +404,8 @@ impl Opener {
     async fn run(mut self) {
         while let Some(inbound) = self.deliveries.recv().await {
             let (id, ts, from, payload) = match inbound {
-                Inbound::Delivery { id, ts, from, payload } => (id, ts, from, payload),
-                Inbound::Stopped(error) => {
+                FromServer::Delivery { id, ts, from, payload } => (id, ts, from, payload),
+                FromServer::Stopped(error) => {
                     let _ = self.out.send(Err(error)).await;
                     return;
                 }

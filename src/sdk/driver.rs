@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Socket, chain, open_socket};
-use super::connection::{Command, ConnectOptions, Inbound, Status, Stop, backoff};
+use super::connection::{Command, ConnectOptions, FromServer, Status, Stop, backoff};
 use super::error::Error;
 use crate::protocol::{AckFrame, AckIds, ClientFrame, CloseCode, ErrorCode, ServerFrame};
 
@@ -29,7 +29,7 @@ pub(super) struct Driver {
     pub(super) url: Url,
     pub(super) options: ConnectOptions,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
-    pub(super) deliveries: Option<mpsc::Sender<Inbound>>,
+    pub(super) deliveries: Option<mpsc::Sender<FromServer>>,
     pub(super) status: watch::Sender<Status>,
     pub(super) stopped: Arc<OnceLock<Stop>>,
     pub(super) cancel: CancellationToken,
@@ -217,7 +217,7 @@ impl Driver {
                 if let Some(deliveries) = &self.deliveries {
                     // Waiting here when the application does not keep up stops reading the
                     // socket: the server's bounded queue then decides (a slow-consumer close, messages kept).
-                    let delivery = Inbound::Delivery {
+                    let delivery = FromServer::Delivery {
                         id: delivery.id.unwrap_or_default(),
                         ts: delivery.ts.unwrap_or(0),
                         from: delivery.from,
@@ -272,7 +272,7 @@ impl Driver {
         if !matches!(stop, Stop::ByClient)
             && let Some(deliveries) = self.deliveries.take()
         {
-            let _ = deliveries.send(Inbound::Stopped(stop.to_error())).await;
+            let _ = deliveries.send(FromServer::Stopped(stop.to_error())).await;
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::hub::Hub;
 use crate::{http, telemetry};
 
 /// Everything a request or a session needs.
-pub struct State {
+pub struct Shared {
     pub settings: Settings,
     pub engine: Engine,
     pub hub: Arc<Hub>,
@@ -33,7 +33,7 @@ pub struct State {
     pub metrics: Option<PrometheusHandle>,
 }
 
-pub type AppState = Arc<State>;
+pub type AppState = Arc<Shared>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,7 +59,7 @@ pub async fn run(
     let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
     let grace = settings.server.shutdown_grace();
-    let state = Arc::new(State {
+    let state = Arc::new(Shared {
         settings,
         engine,
         hub,

@@ -25,7 +25,7 @@ use futures_util::SinkExt;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::hub::Link;
+use crate::hub::Mailbox;
 use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
 use crate::telemetry::metric;
 
@@ -81,21 +81,21 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
             return reject(&mut socket, frame, Closing::UNAVAILABLE).await;
         }
     };
-    let link = attached.link().clone();
+    let mailbox = attached.mailbox().clone();
     // Every line logged while serving says whose socket it is.
-    let span = tracing::info_span!("session", user = %link.user, conn = link.id);
-    run(socket, state, attached, link).instrument(span).await
+    let span = tracing::info_span!("session", user = %mailbox.user, conn = mailbox.id);
+    run(socket, state, attached, mailbox).instrument(span).await
 }
 
-async fn run(socket: WebSocket, state: AppState, attached: Attached, link: Arc<Link>) {
+async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Arc<Mailbox>) {
     let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
     metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
     metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
     let send_timeout = state.settings.limits.send_timeout();
     let mut session = Session {
         state,
-        user: link.user.clone(),
-        link,
+        user: mailbox.user.clone(),
+        mailbox,
         acknowledging,
         socket,
         pending: Vec::new(),
@@ -140,7 +140,7 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
 struct Session {
     state: AppState,
     user: UserId,
-    link: Arc<Link>,
+    mailbox: Arc<Mailbox>,
     acknowledging: bool,
     socket: WebSocket,
     /// Validated sends waiting to be stored together (see `requests`).

@@ -14,7 +14,7 @@ use futures_util::SinkExt;
 use super::Session;
 use super::closing::Closing;
 use super::cursor::Decision;
-use crate::hub::Link;
+use crate::hub::Mailbox;
 use crate::protocol::Delivery;
 use crate::telemetry::{self, metric};
 
@@ -34,17 +34,17 @@ enum Path {
 
 impl Session {
     pub(super) async fn run(&mut self) -> Closing {
-        match Box::pin(self.resync()).await {
+        match Box::pin(self.reread_inbox()).await {
             Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
             Err(closing) => return closing,
         }
         let server = &self.state.settings.server;
         let (ping_every, idle_timeout) = (server.ping_interval(), server.idle_timeout());
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let link = self.link.clone();
+        let mailbox = self.mailbox.clone();
         // Built once, not on every turn of the loop (this loop runs once per message).
-        let mut kicked = std::pin::pin!(link.kicked());
-        let mut resync = std::pin::pin!(link.resync_requested());
+        let mut kicked = std::pin::pin!(mailbox.kicked());
+        let mut reread_requested = std::pin::pin!(mailbox.reread_requested());
         let mut retry = std::pin::pin!(tokio::time::sleep(STALE_RETRY));
         loop {
             let was_stale = self.cursor.is_stale();
@@ -64,16 +64,16 @@ impl Session {
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
                     None => Err(Closing::PEER_GONE),
                 },
-                _ = &mut resync => {
-                    resync.set(link.resync_requested());
+                _ = &mut reread_requested => {
+                    reread_requested.set(mailbox.reread_requested());
                     reread = true;
-                    Box::pin(self.resync()).await.map(drop)
+                    Box::pin(self.reread_inbox()).await.map(drop)
                 }
                 _ = &mut retry, if self.cursor.is_stale() => {
                     reread = true;
-                    Box::pin(self.resync()).await.map(drop)
+                    Box::pin(self.reread_inbox()).await.map(drop)
                 }
-                delivery = link.next() => self.forward_live(delivery).await,
+                delivery = mailbox.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
                         Err(Closing::IDLE)
@@ -101,9 +101,9 @@ impl Session {
     /// no doorbell was missed meanwhile (otherwise the next re-read gets it). A takeover
     /// announced while doorbells were being missed may have been missed too: the generation
     /// is checked.
-    async fn resync(&mut self) -> Result<usize, Closing> {
-        self.link.begin_resync();
-        let state = match self.state.engine.resync_state(&self.user).await {
+    async fn reread_inbox(&mut self) -> Result<usize, Closing> {
+        self.mailbox.begin_reread();
+        let state = match self.state.engine.read_mark(&self.user).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the inbox state; will retry");
@@ -119,7 +119,7 @@ impl Session {
             return Ok(0);
         };
         self.cursor.caught_up(state.sequence);
-        while let Some(delivery) = self.link.try_next() {
+        while let Some(delivery) = self.mailbox.try_next() {
             self.forward(delivery, Path::Live).await?;
         }
         self.flush().await?;
@@ -131,7 +131,7 @@ impl Session {
     async fn catch_up(&mut self) -> Result<Option<usize>, Closing> {
         let mut sent = 0;
         loop {
-            if let Some(code) = self.link.is_kicked() {
+            if let Some(code) = self.mailbox.is_kicked() {
                 return Err(Closing::from_kick(code));
             }
             let after = self.cursor.read_after();
@@ -158,13 +158,13 @@ impl Session {
     async fn forward(&mut self, delivery: Delivery, path: Path) -> Result<(), Closing> {
         let decision = match path {
             Path::Backlog => self.cursor.backlog(&delivery),
-            Path::Live => self.cursor.live(&delivery, self.link.is_lagged()),
+            Path::Live => self.cursor.live(&delivery, self.mailbox.is_lagged()),
         };
         match decision {
             Decision::Send => {}
             Decision::Skip | Decision::HoldBack => return Ok(()),
             Decision::Reread => {
-                self.link.request_resync();
+                self.mailbox.request_reread();
                 return Ok(());
             }
         }
@@ -187,12 +187,12 @@ impl Session {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(delivery) = next {
-            if let Some(code) = self.link.is_kicked() {
+            if let Some(code) = self.mailbox.is_kicked() {
                 return Err(Closing::from_kick(code));
             }
             self.forward(delivery, Path::Live).await?;
             count += 1;
-            next = if count < WRITE_BATCH { self.link.try_next() } else { None };
+            next = if count < WRITE_BATCH { self.mailbox.try_next() } else { None };
         }
         Ok(())
     }
@@ -200,8 +200,8 @@ impl Session {
     /// Hands a frame to the socket's buffer (written out by `flush`, or earlier when full).
     pub(super) async fn feed(&mut self, message: Message) -> Result<(), Closing> {
         self.unflushed = true;
-        let link = self.link.clone();
-        match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &link).await {
+        let mailbox = self.mailbox.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &mailbox).await {
             Waited::Done(Ok(())) => Ok(()),
             Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
             Waited::TimedOut => Err(Closing::slow_consumer()),
@@ -215,8 +215,8 @@ impl Session {
         if !self.unflushed {
             return Ok(());
         }
-        let link = self.link.clone();
-        match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &link).await {
+        let mailbox = self.mailbox.clone();
+        match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &mailbox).await {
             Waited::Done(Ok(())) => self.unflushed = false,
             Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
             Waited::TimedOut => return Err(Closing::slow_consumer()),
@@ -249,7 +249,7 @@ enum Waited<T> {
 /// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
 /// socket blocked on a slow reader must not hold up a takeover or a shutdown. Polled once
 /// before any timer is armed: the common case (a socket with room) costs no timer at all.
-async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) -> Waited<F::Output> {
+async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, mailbox: &Mailbox) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
     tokio::select! {
         biased;
@@ -261,6 +261,6 @@ async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, link: &Link) 
             Ok(out) => Waited::Done(out),
             Err(_) => Waited::TimedOut,
         },
-        code = link.kicked() => Waited::Kicked(code),
+        code = mailbox.kicked() => Waited::Kicked(code),
     }
 }

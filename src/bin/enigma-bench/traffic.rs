@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::{Percentiles, Step};
 use crate::target::Ws;
-use crate::wire::{Arrival, FrameBuilder, Inbound, SeqTracker, classify};
+use crate::wire::{Arrival, FrameBuilder, Received, SeqTracker, classify};
 
 /// Frames written before a flush: one syscall carries many frames when a sender is behind.
 const SEND_BATCH: usize = 64;
@@ -212,7 +212,7 @@ pub fn spawn_receiver(pair: usize, mut ws: Ws, shared: Arc<Shared>) -> JoinHandl
                 Some(Ok(Message::Text(text))) => {
                     let now = shared.clock.now_ns();
                     match classify(text.as_str()) {
-                        Inbound::Stamped { seq, stamp_ns } => {
+                        Received::Stamped { seq, stamp_ns } => {
                             let arrival = tracker.observe(seq);
                             // The step's first messages may be released (and stamped) up to
                             // the horizon before its start; a past step's are older than that.
@@ -235,8 +235,8 @@ pub fn spawn_receiver(pair: usize, mut ws: Ws, shared: Arc<Shared>) -> JoinHandl
                                 }
                             }
                         }
-                        Inbound::Error(code) => shared.shard(pair).error(&code),
-                        Inbound::Other(_) => shared.shard(pair).error("unexpected_frame"),
+                        Received::Error(code) => shared.shard(pair).error(&code),
+                        Received::Other(_) => shared.shard(pair).error("unexpected_frame"),
                     }
                 }
                 Some(Ok(Message::Close(frame))) => return socket_closed(&shared, pair, close_kind(frame)),
@@ -265,7 +265,7 @@ fn on_sender_frame(shared: &Shared, pair: usize, message: Option<Result<Message,
     match message {
         Some(Ok(Message::Text(text))) => {
             match classify(text.as_str()) {
-                Inbound::Error(code) => shared.shard(pair).error(&code),
+                Received::Error(code) => shared.shard(pair).error(&code),
                 _ => shared.shard(pair).error("unexpected_frame"),
             }
             true

@@ -65,7 +65,7 @@ fn read_hex(digits: &[u8]) -> Option<u64> {
 
 /// What a received text frame is.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Inbound<'a> {
+pub enum Received<'a> {
     /// One of ours: its sequence number and send-time stamp (ns on the run's clock).
     Stamped { seq: u64, stamp_ns: u64 },
     /// An error frame, by code.
@@ -78,19 +78,19 @@ pub enum Inbound<'a> {
 /// the JSON: at 100k messages/s the generator's CPU is the server's CPU on a 2-core machine.
 /// The server writes the payload exactly as sent (it never re-encodes it), so the stamp is
 /// always the first 32 characters of the field.
-pub fn classify(text: &str) -> Inbound<'_> {
+pub fn classify(text: &str) -> Received<'_> {
     if let Some(at) = text.find(PAYLOAD_FIELD) {
         let start = at + PAYLOAD_FIELD.len();
         if let Some(stamp) = text.as_bytes().get(start..start + STAMP_LEN)
             && let (Some(seq), Some(stamp_ns)) = (read_hex(&stamp[..16]), read_hex(&stamp[16..]))
         {
-            return Inbound::Stamped { seq, stamp_ns };
+            return Received::Stamped { seq, stamp_ns };
         }
     }
     match ServerFrame::parse(text) {
-        Ok(ServerFrame::Error(error)) if error.code.as_str().is_empty() => Inbound::Error("unknown".into()),
-        Ok(ServerFrame::Error(error)) => Inbound::Error(error.code.as_str().to_owned()),
-        _ => Inbound::Other(text),
+        Ok(ServerFrame::Error(error)) if error.code.as_str().is_empty() => Received::Error("unknown".into()),
+        Ok(ServerFrame::Error(error)) => Received::Error(error.code.as_str().to_owned()),
+        _ => Received::Other(text),
     }
 }
 
@@ -151,7 +151,7 @@ mod tests {
             assert_eq!(value["from"], "alice");
             assert_eq!(value["to"], "bob");
             assert_eq!(value["payload"].as_str().unwrap().len(), 64);
-            assert_eq!(classify(frame.as_str()), Inbound::Stamped { seq, stamp_ns: ts });
+            assert_eq!(classify(frame.as_str()), Received::Stamped { seq, stamp_ns: ts });
         }
     }
 
@@ -172,13 +172,13 @@ mod tests {
     #[test]
     fn classifies_server_frames() {
         let delivered = r#"{"from":"a","to":"b","payload":"000000000000000a000000000000000bxx"}"#;
-        assert_eq!(classify(delivered), Inbound::Stamped { seq: 10, stamp_ns: 11 });
+        assert_eq!(classify(delivered), Received::Stamped { seq: 10, stamp_ns: 11 });
         let full = error_frame(ErrorCode::InboxFull, "full", None);
-        assert_eq!(classify(&full), Inbound::Error(ErrorCode::InboxFull.as_str().into()));
-        assert_eq!(classify(r#"{"error":"full"}"#), Inbound::Error("unknown".into()));
+        assert_eq!(classify(&full), Received::Error(ErrorCode::InboxFull.as_str().into()));
+        assert_eq!(classify(r#"{"error":"full"}"#), Received::Error("unknown".into()));
         assert_eq!(
             classify(r#"{"from":"a","to":"b","payload":"short"}"#),
-            Inbound::Other(r#"{"from":"a","to":"b","payload":"short"}"#)
+            Received::Other(r#"{"from":"a","to":"b","payload":"short"}"#)
         );
     }
 

@@ -66,7 +66,7 @@ use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
 use self::supervisor::Supervisor;
 use super::{SendError, Unavailable};
 use crate::config::{Limits, Settings};
-use crate::hub::{Hub, Link};
+use crate::hub::{Hub, Mailbox};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -297,7 +297,7 @@ impl RedisEngine {
         self.inner.removals.forget(user, ids);
     }
 
-    pub async fn attach(&self, link: &Link) -> Result<(), Unavailable> {
+    pub async fn attach(&self, mailbox: &Mailbox) -> Result<(), Unavailable> {
         let this = &self.inner;
         // Removals this replica queued for earlier connections land before this one reads the
         // inbox, so a reconnecting client does not get again what it was just given.
@@ -305,30 +305,30 @@ impl RedisEngine {
         // Subscribe first, read later: a message stored after the subscription is announced
         // to us, one stored before it is in the backlog the session reads next.
         // Subscribing may take a few command timeouts on a cluster (subscribe, echo, once more).
-        this.subscriptions.settle(&link.user, this.timeout * 4).await?;
+        this.subscriptions.settle(&mailbox.user, this.timeout * 4).await?;
         let mut con = this.connections.cmd();
         let mut invocation = this.scripts.attach.prepare_invoke();
-        invocation.key(this.keys.generation(&link.user)).arg(this.keys.channel(&link.user));
+        invocation.key(this.keys.generation(&mailbox.user)).arg(this.keys.channel(&mailbox.user));
         let generation: u64 = this.timed(Command::Attach, invocation.invoke_async(&mut con)).await?;
-        this.hub.set_generation(link, generation);
+        this.hub.set_generation(mailbox, generation);
         Ok(())
     }
 
     /// The message counter and the connection generation: both keys are in the user's slot,
     /// so one pipeline reads them, on a cluster too.
-    pub async fn resync_state(&self, user: &UserId) -> Result<super::ResyncState, Unavailable> {
+    pub async fn read_mark(&self, user: &UserId) -> Result<super::ReadMark, Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
         let mut pipe = redis::pipe();
         pipe.hget(this.keys.user(user), "seq").get(this.keys.generation(user));
         let (sequence, generation): (Option<u64>, Option<u64>) =
-            this.timed(Command::ResyncState, pipe.query_async(&mut con)).await?;
-        Ok(super::ResyncState { sequence: sequence.unwrap_or(0), generation })
+            this.timed(Command::ReadMark, pipe.query_async(&mut con)).await?;
+        Ok(super::ReadMark { sequence: sequence.unwrap_or(0), generation })
     }
 
-    pub fn detach(&self, link: &Link) {
-        if self.inner.hub.unregister(link) {
-            self.inner.subscriptions.settle_later(&link.user);
+    pub fn detach(&self, mailbox: &Mailbox) {
+        if self.inner.hub.unregister(mailbox) {
+            self.inner.subscriptions.settle_later(&mailbox.user);
         }
     }
 

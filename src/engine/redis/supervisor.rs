@@ -222,7 +222,7 @@ impl Supervisor {
         self.connections.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
         // Re-read requests first, live forwarding after: see `Hub::set_degraded`.
-        self.hub.resync_all();
+        self.hub.reread_all();
         self.hub.set_degraded(false);
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
     }
