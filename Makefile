@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration helm-check bench build release clean cluster cluster-down
+.PHONY: run test lint unit-and-integration api-check helm-check fuzz bench build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -11,7 +11,7 @@ run:
 	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration helm-check
+test: lint unit-and-integration api-check helm-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -20,6 +20,17 @@ lint:
 
 unit-and-integration:
 	$(CARGO) test --all-targets --locked
+
+## The HTTP API against its own OpenAPI document: schemathesis, all checks, live memory-engine server.
+api-check:
+	bash tests/api/schemathesis.sh
+
+## Each fuzz target for FUZZ_SECONDS (default 600) on the nightly toolchain; what the fuzzers keep
+## lands in fuzz/corpus/ (minimised) and crashes in fuzz/artifacts/: commit both, `make test` replays them.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= client_frame envelope public_key doorbell config
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 ## The Helm chart, linted and rendered by the real Helm engine, every object validated.
 helm-check:

@@ -170,17 +170,25 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let settings: Settings = builder
-            .add_source(
+        Self::build(
+            builder.add_source(
                 config::Environment::with_prefix("ENIGMA")
                     .prefix_separator("__")
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("server.cors_origins")
                     .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+            ),
+        )
+    }
+
+    /// Settings from a TOML document alone (defaults for what it leaves out), validated.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::build(config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)))
+    }
+
+    fn build(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self, ConfigError> {
+        let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }

@@ -13,16 +13,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
 use crate::engine::Unavailable;
 use crate::protocol::{
-    ErrorBody, ErrorCode, LoginResponse, LookupResponse, SUBPROTOCOL_V1, UserId, validate_public_key,
+    ErrorBody, ErrorCode, Health, LoginResponse, LookupResponse, Readiness, SUBPROTOCOL_V1, UserId, validate_public_key,
 };
-use crate::session;
 use crate::telemetry::metric;
+use crate::{openapi, session};
 
 /// A client-facing error.
 #[derive(Debug)]
@@ -65,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_requests))
@@ -82,9 +82,39 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     }
 }
 
-/// `GET /login/{publicKey}`: the key is the whole rest of the path (raw base64 keeps its
-/// `/` and `+`; `%2F`, `%2B`, `%3D` name the same key).
-async fn login(State(state): State<AppState>, key: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+/// Register a public key and get its user id.
+///
+/// Idempotent: the same key always gets the same id, also when two replicas register it at the
+/// same moment. The key is the WHOLE rest of the path: raw base64 keeps its `/` and `+`
+/// (`/login/MIIBIjANBgkq…/…+…=`), and the percent-encoded forms (`%2F`, `%2B`, `%3D`) name the
+/// same key. Keys are opaque strings: only their length (`limits.max_public_key_bytes`, 8 KiB by
+/// default) and alphabet are checked — letters, digits, `+ / = - _` (base64, base64url, hex),
+/// and space and line breaks (PEM text). The protocol's web client sends base64 of an RSA PEM.
+#[utoipa::path(
+    get,
+    path = "/login/{publicKey}",
+    tag = "directory",
+    params((
+        "publicKey" = String,
+        Path,
+        description = "The public key: base64, base64url, hex or PEM text, raw or percent-encoded",
+        min_length = 1,
+        max_length = 8192,
+        pattern = r"^[A-Za-z0-9+/=_\- \r\n]+$",
+        example = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="
+    )),
+    responses(
+        (status = 200, description = "Registered (or already registered): the key's user id", body = LoginResponse),
+        (status = 400, description = "Empty, too long, or a character outside the alphabet", body = ErrorBody,
+            example = json!({"error": "public key contains a character outside base64, base64url, hex and PEM: '<'", "code": "invalid_frame"})),
+        (status = 503, description = "Storage unreachable; retry", body = ErrorBody,
+            example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
+    )
+)]
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let Path(key) = key.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -103,8 +133,27 @@ async fn login_without_key() -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "public key is empty: use /login/{publicKey}")
 }
 
-/// `/connect/{userId}`: a WebSocket upgrade (spec 0.3.0) or a key lookup.
-async fn connect(
+/// Look up a user's public key (or open the user's WebSocket).
+///
+/// Without a WebSocket handshake this returns the public key exactly as it was registered.
+/// With one (`Upgrade: websocket`, spec 0.3.0) it opens the user's socket, like `/ws/{userId}`;
+/// a broken handshake is refused with 400 or 426. User ids are matched in their canonical form
+/// (lowercase, hyphenated UUID); anything else is not found.
+#[utoipa::path(
+    get,
+    path = "/connect/{userId}",
+    tag = "directory",
+    params(("userId" = String, Path, description = "A user id (canonical UUID)",
+        example = "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6")),
+    responses(
+        (status = 200, description = "The user's public key, byte for byte as registered", body = LookupResponse),
+        (status = 404, description = "No such user", body = ErrorBody,
+            example = json!({"error": "user not found", "code": "user_not_found"})),
+        (status = 503, description = "Storage unreachable; retry", body = ErrorBody,
+            example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
+    )
+)]
+pub(crate) async fn connect(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
@@ -120,8 +169,14 @@ async fn connect(
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
-        Err(_) => method_not_allowed().await.into_response(),
+        Err(_) => with_allow(method_not_allowed().await.into_response(), "GET,HEAD"),
     }
+}
+
+/// A 405 names the methods the path takes (RFC 9110 §15.5.6).
+fn with_allow(mut response: Response, methods: &'static str) -> Response {
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(methods));
+    response
 }
 
 fn asks_for_websocket(headers: &HeaderMap) -> bool {
@@ -144,15 +199,21 @@ fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> Response {
     response
 }
 
-/// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client).
+/// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client); a plain request
+/// gets 426. Not in the OpenAPI document: its frames are described in `docs/protocol.md`.
 async fn websocket_only(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        // GET opens a socket over HTTP/1.1, CONNECT over HTTP/2 (RFC 8441).
+        Err(_) if method != Method::GET && method != Method::CONNECT => {
+            with_allow(method_not_allowed().await.into_response(), "GET")
+        }
         Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
         Err(rejection) => ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -202,15 +263,25 @@ async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) 
         .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission)))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Readiness: storage reachable (the doorbell link up) and not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Readiness),
+        (status = 503, description = "Not ready: storage unreachable or draining", body = Readiness,
+            example = json!({"ready": false, "draining": true, "storage": true, "engine": "redis"})),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::Acquire);
     let storage = state.engine.ready().await;
-    let body = json!({ "ready": !draining && storage, "draining": draining, "storage": storage, "engine": state.engine.name() });
-    let status = if !draining && storage { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = Readiness { ready: !draining && storage, draining, storage, engine: state.engine.name().to_owned() };
+    let status = if body.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
@@ -219,7 +290,14 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(render_metrics)).fallback(not_found).with_state(state)
 }
 
-async fn render_metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics (text exposition format); `docs/operations.md` lists every series.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Every series", content_type = "text/plain; version=0.0.4", body = String,
+            example = "# TYPE enigma_connections_open gauge\nenigma_connections_open 3\n"),
+        (status = 404, description = "Metrics are not enabled", body = ErrorBody),
+    ))]
+pub(crate) async fn render_metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => {
             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()

@@ -19,8 +19,11 @@
 
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod hub;
+pub mod openapi;
 pub mod protocol;
 #[cfg(feature = "client")]
 pub mod sdk;

@@ -6,7 +6,7 @@
 //! plain enum: there are exactly two, and it keeps every call static.
 
 mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 

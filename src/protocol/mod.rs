@@ -22,4 +22,4 @@ pub use frames::{
 };
 pub use ids::{MsgId, UserId};
 pub use keys::{KeyError, validate_public_key};
-pub use rest::{ErrorBody, LoginResponse, LookupResponse};
+pub use rest::{ErrorBody, Health, LoginResponse, LookupResponse, Readiness};

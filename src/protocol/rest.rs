@@ -2,12 +2,14 @@
 //! SDK and the load generator read them.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::codes::AnyErrorCode;
 
 /// `GET /login/{publicKey}`: the user id of that key. The spec names the field `userId`;
 /// the protocol's web client reads `user`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"userId": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", "user": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6"}))]
 pub struct LoginResponse {
     #[serde(rename = "userId")]
     pub user_id: String,
@@ -22,8 +24,9 @@ impl LoginResponse {
     }
 }
 
-/// `GET /connect/{userId}`: the public key registered for a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `GET /connect/{userId}`: the public key registered for a user, byte for byte as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"userId": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", "user": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", "publicKey": "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="}))]
 pub struct LookupResponse {
     /// Readers need only `publicKey`.
     #[serde(rename = "userId", default)]
@@ -42,11 +45,35 @@ impl LookupResponse {
 
 /// Every HTTP error: `{"error": "...", "code": "..."}`. The message is for people; the code
 /// is for programs (absent from other servers' errors, hence optional when read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": "user not found", "code": "user_not_found"}))]
 pub struct ErrorBody {
+    /// For people: what went wrong and what to do.
     pub error: String,
+    /// For programs: `invalid_frame`, `user_not_found`, `not_found`, `unavailable`, … (the
+    /// error codes of `docs/protocol.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "user_not_found")]
     pub code: Option<AnyErrorCode>,
+}
+
+/// `GET /healthz`: the process is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /readyz`: whether this replica should get traffic (storage reachable, not draining).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"ready": true, "draining": false, "storage": true, "engine": "redis"}))]
+pub struct Readiness {
+    pub ready: bool,
+    pub draining: bool,
+    /// The store answers and the doorbell link is up.
+    pub storage: bool,
+    /// `memory` or `redis`.
+    pub engine: String,
 }
 
 #[cfg(test)]

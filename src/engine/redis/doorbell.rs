@@ -18,7 +18,7 @@ const ECHO_NUMBER: u8 = b':';
 
 /// One announcement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Doorbell {
+pub(crate) enum Doorbell {
     /// A stored message: `m<id> <seq>\n<envelope>` (id and number as in the inbox).
     Message { id: MsgId, seq: u64, envelope: Bytes },
     /// A newer connection of the user, to end older ones: `t<generation>`.
@@ -31,7 +31,7 @@ pub(super) enum Doorbell {
 }
 
 impl Doorbell {
-    pub(super) fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
             Doorbell::Message { id, seq, envelope } => {
                 let mut out = vec![MESSAGE];
@@ -52,7 +52,7 @@ impl Doorbell {
 
     /// `None` for anything malformed: a doorbell that cannot be read is ignored (the inbox
     /// still holds the message; the session's numbering notices the gap).
-    pub(super) fn decode(payload: Vec<u8>) -> Option<Self> {
+    pub(crate) fn decode(payload: Vec<u8>) -> Option<Self> {
         match *payload.first()? {
             MESSAGE => {
                 let body = payload.iter().position(|&b| b == MESSAGE_BODY)?;

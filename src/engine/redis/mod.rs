@@ -34,7 +34,7 @@
 mod commands;
 mod conn;
 mod connect;
-mod doorbell;
+pub(crate) mod doorbell;
 mod keys;
 mod push;
 mod remover;
