@@ -159,7 +159,7 @@ impl Hub {
 
     /// Makes a new session the user's socket on this replica. An older session here keeps
     /// its socket until the new one is attached (`set_generation`). Called by the session's
-    /// registration guard (`session::Attached`), whose drop undoes it through `Engine::detach`.
+    /// registration guard (`session::Attached`), whose drop undoes it (`unregister`).
     pub fn register(&self, user: &UserId) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -189,7 +189,7 @@ impl Hub {
     }
 
     /// Removes the session; returns true if the user has no socket here any more. Called by
-    /// the engine's `detach`, which stops listening for the user when this returns true.
+    /// the session's attachment guard, which then tells the engine to stop listening for the user.
     pub fn unregister(&self, mailbox: &Mailbox) -> bool {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(&mailbox.user) else { return true };

@@ -138,10 +138,6 @@ impl MemoryEngine {
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.hub.set_generation(mailbox, generation);
     }
-
-    pub fn detach(&self, mailbox: &Mailbox) {
-        self.inner.hub.unregister(mailbox);
-    }
 }
 
 impl Inner {

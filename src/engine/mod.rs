@@ -151,15 +151,16 @@ impl Engine {
         }
     }
 
-    /// The session ended; stop listening for the user if no other session here needs it.
-    pub fn detach(&self, mailbox: &Mailbox) {
+    /// The user has no session on this replica any more (the hub said so): stop listening for
+    /// the user's doorbell.
+    pub fn release(&self, user: &UserId) {
         match self {
-            Engine::Memory(e) => e.detach(mailbox),
-            Engine::Redis(e) => e.detach(mailbox),
+            Engine::Memory(_) => {} // the hub is the memory engine's only listener
+            Engine::Redis(e) => e.release(user),
         }
     }
 
-    /// Whether the store answers and the doorbell mailbox is up.
+    /// Whether the store answers and the doorbell link is up.
     pub async fn ready(&self) -> bool {
         match self {
             Engine::Memory(_) => true,

@@ -2,21 +2,20 @@
 //! (also when the upgrade never completes): registered in this replica's hub, then attached
 //! to the engine (the user's doorbell listened to, a connection generation claimed).
 //!
-//! Who does what: the guard calls `hub.register` and `engine.attach`; on drop it calls
-//! `engine.detach`, which takes the mailbox out of the hub (`hub.unregister`) and, when that was
-//! the user's last session here, lets the engine stop listening for the user. The hub half of
-//! the undo sits in the engine because only the engine knows whether `unregister` left the
-//! user without a local session, and so whether to unsubscribe.
+//! Who does what: the guard alone registers (`hub.register`, then `engine.attach`) and undoes it
+//! on drop (`hub.unregister`, then `engine.release` when that left the user without a session
+//! on this replica, so the engine stops listening for the user's doorbell).
 
 use std::sync::Arc;
 
 use crate::AppState;
 use crate::engine::{Engine, Unavailable};
-use crate::hub::Mailbox;
+use crate::hub::{Hub, Mailbox};
 use crate::protocol::UserId;
 
 /// A session registered in the hub and attached to the engine; detached when dropped.
 pub struct Attached {
+    hub: Arc<Hub>,
     engine: Engine,
     mailbox: Arc<Mailbox>,
 }
@@ -26,7 +25,7 @@ impl Attached {
     /// connection of the user keeps working; if it fails, dropping the guard gives it back.
     pub(super) async fn attach(state: &AppState, user: &UserId) -> Result<Attached, Unavailable> {
         let mailbox = state.hub.register(user);
-        let attached = Attached { engine: state.engine.clone(), mailbox };
+        let attached = Attached { hub: state.hub.clone(), engine: state.engine.clone(), mailbox };
         state.engine.attach(&attached.mailbox).await?;
         Ok(attached)
     }
@@ -38,6 +37,8 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.engine.detach(&self.mailbox);
+        if self.hub.unregister(&self.mailbox) {
+            self.engine.release(&self.mailbox.user);
+        }
     }
 }

@@ -326,10 +326,8 @@ impl RedisEngine {
         Ok(super::ReadMark { sequence: sequence.unwrap_or(0), generation })
     }
 
-    pub fn detach(&self, mailbox: &Mailbox) {
-        if self.inner.hub.unregister(mailbox) {
-            self.inner.subscriptions.settle_later(&mailbox.user);
-        }
+    pub fn release(&self, user: &UserId) {
+        self.inner.subscriptions.settle_later(user);
     }
 
     pub async fn ready(&self) -> bool {

@@ -69,7 +69,7 @@ impl SubscriptionQueue {
         }
     }
 
-    /// Unsubscribes the user if the hub no longer holds it, without waiting (`detach` is not
+    /// Unsubscribes the user if the hub no longer holds it, without waiting (`release` is not
     /// async). When the queue is full the subscription stays: it only brings doorbells the hub
     /// ignores, the user's next `settle` finds it in place, and the next full resubscription
     /// ends it.
