@@ -13,8 +13,8 @@
 //! (`auth.token_keys`, or one generated once and kept in the engine).
 
 mod routes;
-mod settings;
 pub mod sealing;
+mod settings;
 pub mod tokens;
 
 use axum::http::HeaderMap;
@@ -22,8 +22,8 @@ use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use base64::Engine as _;
 
 pub use self::routes::router;
-pub use self::settings::{AuthMode, AuthSettings};
 use self::sealing::{BASE64, ClaimKey, decode_any_base64};
+pub use self::settings::{AuthMode, AuthSettings};
 use self::tokens::{Claims, Keyring, Kind, sha256_hex};
 use crate::engine::{Engine, Unavailable, UserRecord};
 use crate::protocol::auth::bearer_from_protocol;

@@ -29,7 +29,10 @@ async fn challenge(
     Ok(Json(answer).into_response())
 }
 
-async fn token(State(state): State<AppState>, body: Result<Json<TokenRequest>, JsonRejection>) -> Result<Response, Response> {
+async fn token(
+    State(state): State<AppState>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, Response> {
     let Json(request) = body.map_err(bad_body)?;
     let answer = state.auth.redeem(&state.engine, &request.challenge, &request.secret).await.map_err(refused)?;
     Ok(Json(answer).into_response())
@@ -37,7 +40,11 @@ async fn token(State(state): State<AppState>, body: Result<Json<TokenRequest>, J
 
 /// Public (like the key directory): whether a user is protected. With a bearer token, also
 /// whether the token is valid for that user; an invalid one is a 401.
-async fn status(State(state): State<AppState>, headers: HeaderMap, Path(user_id): Path<String>) -> Result<Response, Response> {
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Result<Response, Response> {
     let user = UserId::parse(&user_id).ok_or_else(|| refused(AuthError::UserNotFound))?;
     let record = state.engine.user_record(&user).await.map_err(|e| ApiError::from(e).into_response())?;
     let record = record.ok_or_else(|| refused(AuthError::UserNotFound))?;

@@ -82,14 +82,8 @@ impl ClaimKey {
                 let info = challenge_info(user_id);
                 // The crate draws its randomness from the OS generator; a failure there is
                 // reported by panicking inside the call, which no input can cause.
-                let (enc, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
-                    &hpke::OpModeS::Base,
-                    public,
-                    &info,
-                    secret,
-                    &[],
-                )
-                .ok()?;
+                let (enc, ciphertext) =
+                    hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[]).ok()?;
                 let mut sealed = enc.to_bytes().to_vec();
                 sealed.extend_from_slice(&ciphertext);
                 Some(sealed)

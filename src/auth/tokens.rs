@@ -68,7 +68,12 @@ impl Keyring {
         for (kid, secret) in keys {
             verifying.insert(kid.clone(), DecodingKey::from_secret(secret).map_err(unusable)?);
         }
-        Ok(Keyring { kid: kid.clone(), signing: EncodingKey::from_secret(secret).map_err(unusable)?, verifying, validation })
+        Ok(Keyring {
+            kid: kid.clone(),
+            signing: EncodingKey::from_secret(secret).map_err(unusable)?,
+            verifying,
+            validation,
+        })
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -160,8 +165,14 @@ mod tests {
         assert_eq!(a.verify(&good, Kind::Challenge), Err(Refusal::Malformed));
         assert_eq!(a.verify(&a.sign(&claims(Kind::Access, -60)), Kind::Access), Err(Refusal::Expired));
         // Same key id, other secret (another deployment); other key id; other audience.
-        assert_eq!(a.verify(&ring("k1", 2, "a").sign(&claims(Kind::Access, 60)), Kind::Access), Err(Refusal::BadSignature));
-        assert_eq!(a.verify(&ring("k2", 1, "a").sign(&claims(Kind::Access, 60)), Kind::Access), Err(Refusal::BadSignature));
+        assert_eq!(
+            a.verify(&ring("k1", 2, "a").sign(&claims(Kind::Access, 60)), Kind::Access),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            a.verify(&ring("k2", 1, "a").sign(&claims(Kind::Access, 60)), Kind::Access),
+            Err(Refusal::BadSignature)
+        );
         let mut other_aud = claims(Kind::Access, 60);
         other_aud.aud = "b".into();
         assert_eq!(a.verify(&a.sign(&other_aud), Kind::Access), Err(Refusal::WrongAudience));

@@ -25,5 +25,6 @@ pub use frames::{
 pub use ids::{MsgId, UserId};
 pub use keys::{KeyError, validate_public_key};
 pub use rest::{
-    AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, LoginResponse, LookupResponse, TokenRequest, TokenResponse,
+    AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, LoginResponse, LookupResponse, TokenRequest,
+    TokenResponse,
 };

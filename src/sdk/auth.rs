@@ -14,7 +14,9 @@ use super::client::{Client, Socket, http_error, open_socket};
 use super::crypto::now_ms;
 use super::error::Error;
 use crate::protocol::auth::ALG_HPKE_X25519;
-use crate::protocol::{AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse};
+use crate::protocol::{
+    AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse,
+};
 
 /// A token is renewed this long before it expires, so that it is still valid on arrival.
 const RENEW_BEFORE_MS: u64 = 60_000;
@@ -45,7 +47,8 @@ impl Client {
         if challenge.alg != ALG_HPKE_X25519 {
             return Err(Error::Protocol(format!("challenge sealed with `{}`, not for this key", challenge.alg)));
         }
-        let sealed = STANDARD.decode(&challenge.sealed).map_err(|_| Error::Protocol("sealed challenge is not base64".into()))?;
+        let sealed =
+            STANDARD.decode(&challenge.sealed).map_err(|_| Error::Protocol("sealed challenge is not base64".into()))?;
         let secret = self
             .identity()
             .open_challenge(user, &sealed)
@@ -81,7 +84,8 @@ impl Client {
     pub async fn auth_status(&self, user: &str) -> Result<AuthStatus, Error> {
         let url = self.endpoint(&["auth", "status", user]);
         let mut request = self.inner.http.get(url);
-        let token = self.inner.token.lock().expect("not poisoned").as_ref().filter(|t| t.user == user).map(|t| t.token.clone());
+        let token =
+            self.inner.token.lock().expect("not poisoned").as_ref().filter(|t| t.user == user).map(|t| t.token.clone());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -17,7 +17,9 @@ mod traffic;
 mod wait;
 mod ws;
 
-pub use auth::{Claimant, TEST_KID, TEST_SECRET, access_claims, expect_unauthorized, forge, test_token_keys, ws_with_token};
+pub use auth::{
+    Claimant, TEST_KID, TEST_SECRET, access_claims, expect_unauthorized, forge, test_token_keys, ws_with_token,
+};
 pub use backend::Backend;
 pub use cluster::RedisCluster;
 pub use keys::random_key;

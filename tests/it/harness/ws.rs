@@ -35,7 +35,10 @@ impl Ws {
     }
 
     /// Opens a socket with extra request headers (`Authorization`, several subprotocols…).
-    pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         let mut request = url.into_client_request()?;
         for (name, value) in headers {
             request.headers_mut().insert(
