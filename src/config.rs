@@ -23,6 +23,7 @@ pub struct Settings {
     pub limits: Limits,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub auth: crate::auth::AuthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +178,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("server.cors_origins")
+                    .with_list_parse_key("auth.token_keys")
                     .try_parsing(true),
             ),
         )
@@ -271,6 +273,7 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
+        self.auth.validate().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
 use crate::engine::Unavailable;
@@ -32,7 +32,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
     fn user_not_found() -> Self {
@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(openapi::document))
+        .merge(crate::auth::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_requests))
@@ -73,7 +74,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new().allow_methods([Method::GET, Method::OPTIONS]).allow_headers(Any);
+    // Headers are mirrored, not `*`: a wildcard does not cover `Authorization` (Fetch standard).
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request());
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {
@@ -161,7 +165,7 @@ pub(crate) async fn connect(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade).await,
         // A request that asks for a WebSocket but gets the handshake wrong (version, key) is told
         // why, not answered with the key lookup it did not ask for.
         Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
@@ -209,7 +213,7 @@ async fn websocket_only(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => open_socket(state, &user_id, upgrade).await,
+        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade).await,
         // GET opens a socket over HTTP/1.1, CONNECT over HTTP/2 (RFC 8441).
         Err(_) if method != Method::GET && method != Method::CONNECT => {
             with_allow(method_not_allowed().await.into_response(), "GET")
@@ -235,7 +239,7 @@ async fn lookup(state: &AppState, user_id: &str) -> Result<Response, ApiError> {
     Ok(Json(LookupResponse::new(user.as_str(), key)).into_response())
 }
 
-async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) -> Response {
+async fn open_socket(state: AppState, user_id: &str, headers: &HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
             .into_response();
@@ -244,7 +248,7 @@ async fn open_socket(state: AppState, user_id: &str, upgrade: WebSocketUpgrade) 
     // Room for the largest accepted payload inside its envelope (escaping may grow it), so
     // an oversized payload gets an error frame; far larger frames end the connection (1009).
     let max_message = limits.max_payload_bytes * 2 + 16 * 1024;
-    let admission = session::admit(&state, user_id).await;
+    let admission = session::admit(&state, user_id, crate::auth::bearer(headers)).await;
     if state.draining.load(Ordering::Acquire) {
         drop(admission); // detaches
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")

@@ -8,6 +8,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | the run loop: listeners, shared state, drain on shutdown |
+//! | [`auth`] | proof of possession of the registered key, tokens, who may open a socket |
 //! | [`config`] | settings: defaults, TOML file, `ENIGMA__…` environment, validation |
 //! | [`http`] | routes: login, lookup, health, readiness, metrics, the WebSocket upgrade |
 //! | [`session`] | one WebSocket's life |
@@ -17,6 +18,7 @@
 //! | [`telemetry`] | logs and metric names |
 //! | `sdk` | the client SDK behind the `enigma` CLI (feature `client`) |
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 #[doc(hidden)]

@@ -38,6 +38,12 @@ pub mod metric {
     /// Subscriptions a cluster node ended because their slot moved (migration, failover),
     /// subscribed again where the slot lives now.
     pub const REDIS_MOVED_SUBSCRIPTIONS: &str = "enigma_redis_moved_subscriptions_total";
+    /// Challenges sealed (`POST /auth/challenge`).
+    pub const AUTH_CHALLENGES: &str = "enigma_auth_challenges_total";
+    /// Access tokens issued for answered challenges.
+    pub const AUTH_TOKENS_ISSUED: &str = "enigma_auth_tokens_issued_total";
+    /// Refused tokens, tickets and answers, by `reason` (`auth::Refusal`).
+    pub const AUTH_REFUSALS: &str = "enigma_auth_refusals_total";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -70,6 +76,8 @@ pub fn register_all() {
         metric::MESSAGES_ACCEPTED,
         metric::ACKS,
         metric::SLOW_CONSUMERS,
+        metric::AUTH_CHALLENGES,
+        metric::AUTH_TOKENS_ISSUED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -78,6 +86,9 @@ pub fn register_all() {
     }
     for reason in RejectReason::ALL {
         metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+    for reason in crate::auth::Refusal::ALL {
+        metrics::counter!(metric::AUTH_REFUSALS, "reason" => reason.as_str()).increment(0);
     }
     for result in ["found", "not_found"] {
         metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);

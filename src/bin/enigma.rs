@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Keygen { force } => keygen(&profile, force),
         Command::Login => login(&profile).await,
-        Command::Whoami => whoami(&profile),
+        Command::Whoami => whoami(&profile).await,
         Command::Lookup { user } => lookup(&profile, &user).await,
         Command::Send { user, text, timeout } => send(&profile, &user, &text, timeout).await,
         Command::Listen { json, count } => listen(&profile, json, count).await,
@@ -259,7 +259,7 @@ async fn login(profile: &Profile) -> Result<(), Failure> {
     out(&user)
 }
 
-fn whoami(profile: &Profile) -> Result<(), Failure> {
+async fn whoami(profile: &Profile) -> Result<(), Failure> {
     let client = profile.client()?;
     let key = client.identity().public_key();
     let user = profile.user_id(&client);
@@ -271,7 +271,14 @@ fn whoami(profile: &Profile) -> Result<(), Failure> {
         key.fingerprint(),
         profile.key.display()
     ))?;
-    user.map(drop)
+    let user = user?;
+    // Asked of the server; whoami still answers offline with what it knows locally.
+    let protection = match client.auth_status(&user).await {
+        Ok(status) if status.protected => "yes (only this key's holder can connect as this user)".to_owned(),
+        Ok(_) => "no (anyone who knows the user id can connect as it; `enigma listen` claims it)".to_owned(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    out(&format!("protected:   {protection}"))
 }
 
 async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {

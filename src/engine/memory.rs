@@ -1,7 +1,7 @@
 //! The embedded engine: everything in this process, lost on restart. Same ids, limits and
 //! ordering as the Redis engine, so one conformance suite covers both.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -25,12 +25,17 @@ struct Inner {
     directory: RwLock<Directory>,
     inboxes: Mutex<HashMap<UserId, Inbox>>,
     generations: AtomicU64,
+    /// Answered challenge ids until they expire (single use); expired ones are swept on
+    /// every insert, so it holds at most the challenges answered within one challenge lifetime.
+    burnt: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
 struct Directory {
     by_key: HashMap<String, UserId>,
     keys: HashMap<UserId, String>,
+    /// Users who proved possession of their key once (see `auth`).
+    protected: HashSet<UserId>,
 }
 
 struct Inbox {
@@ -50,6 +55,7 @@ impl MemoryEngine {
                 directory: RwLock::default(),
                 inboxes: Mutex::default(),
                 generations: AtomicU64::new(0),
+                burnt: Mutex::default(),
             }),
         }
     }
@@ -70,6 +76,31 @@ impl MemoryEngine {
 
     pub fn public_key(&self, user: &UserId) -> Option<String> {
         self.inner.read().keys.get(user).cloned()
+    }
+
+    pub fn user_record(&self, user: &UserId) -> Option<super::UserRecord> {
+        let dir = self.inner.read();
+        let public_key = dir.keys.get(user)?.clone();
+        Some(super::UserRecord { public_key, protected: dir.protected.contains(user) })
+    }
+
+    pub fn protect(&self, user: &UserId) {
+        let mut dir = self.inner.write();
+        if dir.keys.contains_key(user) {
+            dir.protected.insert(user.clone());
+        }
+    }
+
+    /// True the first time `jti` is burnt within `ttl`.
+    pub fn burn_challenge(&self, jti: &str, ttl: Duration) -> bool {
+        let mut burnt = self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        burnt.retain(|_, until| *until > now);
+        if burnt.contains_key(jti) {
+            return false;
+        }
+        burnt.insert(jti.to_owned(), now + ttl);
+        true
     }
 
     pub fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {

@@ -34,6 +34,14 @@ pub enum SendError {
     Unavailable(#[from] Unavailable),
 }
 
+/// A user's directory entry as a socket's admission reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub public_key: String,
+    /// The user proved possession of the key once: every later socket needs a token.
+    pub protected: bool,
+}
+
 /// Read before an inbox read.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadMark {
@@ -81,6 +89,42 @@ impl Engine {
         match self {
             Engine::Memory(e) => Ok(e.public_key(user)),
             Engine::Redis(e) => e.public_key(user).await,
+        }
+    }
+
+    /// The key and protection of `user`, in one round trip.
+    pub async fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.user_record(user)),
+            Engine::Redis(e) => e.user_record(user).await,
+        }
+    }
+
+    /// Marks `user` protected, for good (it is stored with the user's record).
+    pub async fn protect(&self, user: &UserId) -> Result<(), Unavailable> {
+        match self {
+            Engine::Memory(e) => {
+                e.protect(user);
+                Ok(())
+            }
+            Engine::Redis(e) => e.protect(user).await,
+        }
+    }
+
+    /// Burns a challenge id for `ttl`: true the first time, on any replica; false on replays.
+    pub async fn burn_challenge(&self, jti: &str, ttl: std::time::Duration) -> Result<bool, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.burn_challenge(jti, ttl)),
+            Engine::Redis(e) => e.burn_challenge(jti, ttl.as_millis() as u64).await,
+        }
+    }
+
+    /// The token key shared by every replica when none is configured: the Redis engine stores
+    /// `candidate` once and every replica reads the winner; the memory engine is one process.
+    pub async fn shared_token_key(&self, candidate: &str) -> Result<String, Unavailable> {
+        match self {
+            Engine::Memory(_) => Ok(candidate.to_owned()),
+            Engine::Redis(e) => e.shared_token_key(candidate).await,
         }
     }
 

@@ -10,6 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// WebSocket subprotocol of the acknowledging extension (see `docs/protocol.md`).
 pub const SUBPROTOCOL_V1: &str = "enigma.v1";
 
+/// Prefix of the `Sec-WebSocket-Protocol` entry that carries a bearer token for clients that
+/// cannot set `Authorization` on a WebSocket (browsers): `enigma.bearer.<token>`. The server
+/// never echoes it, so such a client must offer [`SUBPROTOCOL_V1`] as well.
+pub const BEARER_PROTOCOL_PREFIX: &str = "enigma.bearer.";
+
 /// Machine-readable error codes carried by error frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -24,10 +29,14 @@ pub enum ErrorCode {
     Internal,
     /// No such HTTP endpoint.
     NotFound,
+    /// The user is protected (or the server requires a token) and no valid token was shown.
+    Unauthorized,
+    /// The user's registered key is of a kind that cannot prove possession (see `docs/security.md`).
+    UnsupportedKey,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::BinaryNotSupported,
@@ -38,6 +47,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::NotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::UnsupportedKey,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -52,6 +63,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UnsupportedKey => "unsupported_key",
         }
     }
 
@@ -146,6 +159,8 @@ pub enum CloseCode {
     TryAgainLater,
     /// The user of the socket does not exist.
     UserNotFound,
+    /// The socket needs a valid token (a protected user, or `auth.mode = required`).
+    Unauthorized,
     /// Nothing arrived from the peer within the idle timeout.
     IdleTimeout,
     /// A newer connection of the same user took over.
@@ -157,7 +172,7 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    const NAMED: [CloseCode; 13] = [
+    const NAMED: [CloseCode; 14] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -168,6 +183,7 @@ impl CloseCode {
         CloseCode::MessageTooBig,
         CloseCode::TryAgainLater,
         CloseCode::UserNotFound,
+        CloseCode::Unauthorized,
         CloseCode::IdleTimeout,
         CloseCode::Replaced,
         CloseCode::SlowConsumer,
@@ -185,6 +201,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => 1009,
             CloseCode::TryAgainLater => 1013,
             CloseCode::UserNotFound => 4404,
+            CloseCode::Unauthorized => 4401,
             CloseCode::IdleTimeout => 4408,
             CloseCode::Replaced => 4409,
             CloseCode::SlowConsumer => 4429,
@@ -208,6 +225,7 @@ pub mod close {
     pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
     pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.as_u16();
     pub const USER_NOT_FOUND: u16 = CloseCode::UserNotFound.as_u16();
+    pub const UNAUTHORIZED: u16 = CloseCode::Unauthorized.as_u16();
     pub const IDLE_TIMEOUT: u16 = CloseCode::IdleTimeout.as_u16();
     pub const REPLACED: u16 = CloseCode::Replaced.as_u16();
     pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.as_u16();
@@ -239,5 +257,6 @@ mod tests {
         assert_eq!(CloseCode::from_u16(4999), CloseCode::Other(4999));
         assert_eq!(close::REPLACED, 4409);
         assert_eq!(close::USER_NOT_FOUND, 4404);
+        assert_eq!(close::UNAUTHORIZED, 4401);
     }
 }

@@ -7,19 +7,24 @@
 //! - [`codes`]: the subprotocol name, error codes and close codes;
 //! - [`frames`]: WebSocket frames, client and server, each serialized and parsed here;
 //! - [`rest`]: the HTTP API's JSON bodies;
-//! - [`keys`]: which public keys the directory accepts.
+//! - [`keys`]: which public keys the directory accepts;
+//! - [`auth`]: how challenges are sealed and tokens carried.
 
+pub mod auth;
 pub mod codes;
 pub mod frames;
 pub mod ids;
 pub mod keys;
 pub mod rest;
 
-pub use codes::{AnyErrorCode, CloseCode, ErrorCode, SUBPROTOCOL_V1, close};
+pub use codes::{AnyErrorCode, BEARER_PROTOCOL_PREFIX, CloseCode, ErrorCode, SUBPROTOCOL_V1, close};
 pub use frames::{
     AckFrame, AckIds, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, Refusal, SendFrame,
     ServerFrame, envelope, error_frame, receipt_frame,
 };
 pub use ids::{MsgId, UserId};
 pub use keys::{KeyError, validate_public_key};
-pub use rest::{ErrorBody, Health, LoginResponse, LookupResponse, Readiness};
+pub use rest::{
+    AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, Health, LoginResponse, LookupResponse, Readiness,
+    TokenRequest, TokenResponse,
+};

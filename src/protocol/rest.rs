@@ -43,6 +43,60 @@ impl LookupResponse {
     }
 }
 
+/// `POST /auth/challenge`: the user who wants to prove possession of their registered key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+}
+
+/// The answer to [`ChallengeRequest`]: a random secret sealed to the user's registered key,
+/// and a signed ticket to hand back with the opened secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// Opaque (a short-lived signed JWT); returned as is in [`TokenRequest::challenge`].
+    pub challenge: String,
+    /// How `sealed` was made: `hpke-x25519` or `rsa-oaep-sha256` (see `docs/protocol.md`).
+    pub alg: String,
+    /// The sealed secret, standard base64 (with padding).
+    pub sealed: String,
+    /// Until when the challenge can be answered, in milliseconds since the Unix epoch.
+    #[serde(rename = "expiresAt")]
+    pub expires_at: u64,
+}
+
+/// `POST /auth/token`: the ticket and the opened secret (base64, either alphabet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub challenge: String,
+    pub secret: String,
+}
+
+/// A bearer token for `Authorization: Bearer …` (or the `enigma.bearer.…` subprotocol entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// Milliseconds since the Unix epoch.
+    #[serde(rename = "expiresAt")]
+    pub expires_at: u64,
+}
+
+/// `GET /auth/status/{userId}`: whether the user is protected; with a valid bearer token for
+/// that user, `authenticated` is true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthStatus {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    pub protected: bool,
+    #[serde(default)]
+    pub authenticated: bool,
+    /// The server's `auth.mode`: `claim` or `required`.
+    #[serde(default)]
+    pub mode: String,
+}
+
 /// Every HTTP error: `{"error": "...", "code": "..."}`. The message is for people; the code
 /// is for programs (absent from other servers' errors, hence optional when read).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

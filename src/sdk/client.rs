@@ -27,13 +27,15 @@ pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A client of one server with one identity. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<ClientInner>,
+    pub(super) inner: Arc<ClientInner>,
 }
 
-struct ClientInner {
-    http: reqwest::Client,
+pub(super) struct ClientInner {
+    pub(super) http: reqwest::Client,
     base: Url,
     identity: Identity,
+    /// The last access token (see `auth`), reused until shortly before it expires.
+    pub(super) token: Mutex<Option<super::auth::CachedToken>>,
     /// Public keys by user id. A user id names one key forever (the server derives nothing
     /// from it and never rebinds it), so entries never go stale.
     keys: Mutex<HashMap<String, PublicKey>>,
@@ -55,7 +57,9 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::InvalidUrl { url: server.into(), reason: chain(&e) })?;
-        Ok(Client { inner: Arc::new(ClientInner { http, base, identity, keys: Mutex::default() }) })
+        Ok(Client {
+            inner: Arc::new(ClientInner { http, base, identity, token: Mutex::default(), keys: Mutex::default() }),
+        })
     }
 
     pub fn server(&self) -> &Url {
@@ -139,11 +143,11 @@ impl Client {
         }
         let mut url = self.endpoint(&["ws", user]);
         url.set_scheme("ws").expect("http and ws are both special schemes");
-        let socket = open_socket(&url, options.connect_timeout).await?;
+        let socket = self.open_socket(&url, user, options.connect_timeout).await?;
         Ok(Connection::start(self.clone(), user.to_owned(), url, options, socket))
     }
 
-    fn endpoint(&self, segments: &[&str]) -> Url {
+    pub(super) fn endpoint(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.base.clone();
         url.path_segments_mut().expect("validated http URL").pop_if_empty().extend(segments);
         url
@@ -157,6 +161,15 @@ impl Client {
             Error::Unreachable { url: self.inner.base.to_string(), reason }
         };
         let response = self.inner.http.get(url).send().await.map_err(unreachable)?;
+        self.read_body(response).await
+    }
+
+    /// The status and JSON body (or the text as a JSON string) of a response.
+    pub(super) async fn read_body(&self, response: reqwest::Response) -> Result<(u16, serde_json::Value), Error> {
+        let unreachable = |e: reqwest::Error| {
+            let reason = std::error::Error::source(&e).map(chain).unwrap_or_else(|| e.to_string());
+            Error::Unreachable { url: self.inner.base.to_string(), reason }
+        };
         let status = response.status().as_u16();
         let text = response.text().await.map_err(unreachable)?;
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
@@ -182,7 +195,7 @@ fn parse_server_url(server: &str) -> Result<Url, Error> {
     Ok(url)
 }
 
-fn http_error(status: u16, body: &serde_json::Value) -> Error {
+pub(super) fn http_error(status: u16, body: &serde_json::Value) -> Error {
     let message = ErrorBody::deserialize(body).map(|b| b.error).unwrap_or_else(|_| body.to_string());
     Error::Http { status, message }
 }
@@ -203,10 +216,15 @@ pub(super) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-pub(super) async fn open_socket(url: &Url, limit: Duration) -> Result<Socket, Error> {
+/// Opens a socket, showing `token` (if any) as `Authorization: Bearer`.
+pub(super) async fn open_socket(url: &Url, limit: Duration, token: Option<&str>) -> Result<Socket, Error> {
     let unreachable = |reason: String| Error::Unreachable { url: url.to_string(), reason };
     let mut request = url.as_str().into_client_request().map_err(|e| unreachable(chain(&e)))?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", SUBPROTOCOL.parse().expect("valid header value"));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().map_err(|_| Error::Protocol("unusable token".into()))?;
+        request.headers_mut().insert("Authorization", value);
+    }
     let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
     match tokio::time::timeout(limit, connecting).await {
         Err(_) => Err(Error::Timeout(limit)),

@@ -229,6 +229,7 @@ pub struct Connection {
 
 impl Connection {
     pub(super) fn start(client: Client, user: String, url: Url, options: ConnectOptions, socket: Socket) -> Connection {
+        let client_for_driver = client.clone();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::Connected);
         let (incoming_tx, incoming) = mpsc::channel(64);
@@ -261,6 +262,8 @@ impl Connection {
             max_payload_bytes: options.max_payload_bytes,
         };
         let driver = Driver {
+            client: client_for_driver,
+            user: user.clone(),
             url,
             options,
             commands,

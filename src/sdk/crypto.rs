@@ -149,6 +149,19 @@ impl Identity {
         hpke::single_shot_open::<Aead, Kdf, Kem>(&mode, &self.secret, &enc, &info(from, to), ciphertext, &[])
             .map_err(|_| OpenError::Authentication)
     }
+
+    /// Opens a challenge the server sealed to this key for `user_id` (`docs/protocol.md`,
+    /// "Authentication"): HPKE base mode, `enc (32) || ciphertext`.
+    pub fn open_challenge(&self, user_id: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < KEY_LEN + TAG_LEN {
+            return Err(OpenError::Malformed("challenge too short"));
+        }
+        let (enc, ciphertext) = sealed.split_at(KEY_LEN);
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| OpenError::Malformed("bad key"))?;
+        let info = crate::protocol::auth::challenge_info(user_id);
+        hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, &info, ciphertext, &[])
+            .map_err(|_| OpenError::Authentication)
+    }
 }
 
 impl std::fmt::Debug for Identity {

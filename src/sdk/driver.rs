@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Socket, chain, open_socket};
+use super::client::{Client, Socket, chain};
 use super::connection::{Command, ConnectOptions, FromServer, Status, Stop, backoff};
 use super::error::Error;
 use crate::protocol::{AckFrame, AckIds, ClientFrame, CloseCode, ErrorCode, ServerFrame};
@@ -26,6 +26,9 @@ enum Outcome {
 
 /// Owns the socket across reconnects.
 pub(super) struct Driver {
+    /// Reconnects authenticate through it (a fresh token once the old one is about to expire).
+    pub(super) client: Client,
+    pub(super) user: String,
     pub(super) url: Url,
     pub(super) options: ConnectOptions,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
@@ -69,7 +72,7 @@ impl Driver {
                     return self.finish(stop).await;
                 }
                 let opening = tokio::select! {
-                    opening = open_socket(&self.url, self.options.connect_timeout) => opening,
+                    opening = self.client.open_socket(&self.url, &self.user, self.options.connect_timeout) => opening,
                     _ = self.cancel.cancelled() => return self.finish(Stop::ByClient).await,
                 };
                 match opening {
@@ -239,6 +242,12 @@ impl Driver {
             .unwrap_or((CloseCode::NoStatus.as_u16(), String::new()));
         match CloseCode::from_u16(code) {
             CloseCode::Replaced => Outcome::Stop(Stop::Replaced),
+            CloseCode::Unauthorized => {
+                // The token was refused (expired meanwhile, or its key rotated away): the next
+                // attempt proves possession again.
+                self.client.forget_token();
+                Outcome::Reconnect(format!("refused by the server: {reason} ({code})"))
+            }
             CloseCode::UserNotFound => Outcome::Stop(Stop::UserNotFound(
                 self.url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_owned(),
             )),

@@ -20,6 +20,7 @@
 //! - [`crypto`]: HPKE sealing (RFC 9180, auth mode) and the payload format;
 //! - [`keyfile`]: the private key file (mode 0600, never clobbered);
 //! - [`client`]: REST calls (login, key lookup) and opening a socket;
+//! - [`auth`]: proving possession of the key for a bearer token, shown on every socket;
 //! - [`connection`]: the acknowledged WebSocket connection that reconnects with backoff and
 //!   loses nothing (its socket task lives in `driver`);
 //! - [`error`]: typed errors.
@@ -27,6 +28,7 @@
 //! The server never sees plaintext: payloads are sealed here before they leave, and opened
 //! here after they arrive.
 
+pub mod auth;
 pub mod client;
 pub mod connection;
 pub mod crypto;

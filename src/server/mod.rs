@@ -15,6 +15,7 @@ mod connections;
 
 pub use connections::ConnectionLimits;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
@@ -24,6 +25,7 @@ use crate::{http, telemetry};
 pub struct Shared {
     pub settings: Settings,
     pub engine: Engine,
+    pub auth: Auth,
     pub hub: Arc<Hub>,
     /// Cancelled when the server starts draining: sessions close with 1001.
     pub shutdown: CancellationToken,
@@ -58,10 +60,12 @@ pub async fn run(
     let limits = &settings.limits;
     let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
+    let auth = Auth::from_settings(&settings.auth, &engine).await?;
     let grace = settings.server.shutdown_grace();
     let state = Arc::new(Shared {
         settings,
         engine,
+        auth,
         hub,
         shutdown: stopping,
         draining: AtomicBool::new(false),

@@ -24,6 +24,7 @@ impl Closing {
     pub(super) const UNAVAILABLE: Closing =
         Closing { code: close::TRY_AGAIN_LATER, reason: "storage unavailable; retry later" };
     pub(super) const USER_NOT_FOUND: Closing = Closing { code: close::USER_NOT_FOUND, reason: "user not found" };
+    pub(super) const UNAUTHORIZED: Closing = Closing { code: close::UNAUTHORIZED, reason: "unauthorized" };
 
     pub(super) fn from_read_error(error: axum::Error) -> Closing {
         match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {

@@ -25,6 +25,7 @@ use futures_util::SinkExt;
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::auth::Refusal;
 use crate::hub::Mailbox;
 use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
 use crate::telemetry::metric;
@@ -47,17 +48,28 @@ pub enum Admission {
     Accepted(Attached),
     UnknownUser,
     Unavailable,
+    /// No valid token for a protected user (or in `required` mode): refused before the
+    /// session registers anywhere, so the user's live connection is not displaced.
+    Unauthorized(Refusal),
 }
 
-pub async fn admit(state: &AppState, user_id: &str) -> Admission {
+/// Checks the user and the bearer `token` (already taken from the request; `Err` if what was
+/// shown is not a bearer token at all), then makes the session the user's live connection.
+pub async fn admit(state: &AppState, user_id: &str, token: Result<Option<String>, Refusal>) -> Admission {
     let Some(user) = UserId::parse(user_id) else { return Admission::UnknownUser };
-    match state.engine.public_key(&user).await {
-        Ok(Some(_)) => {}
+    // The key and the protection in one round trip: a token check adds no storage call.
+    let record = match state.engine.user_record(&user).await {
+        Ok(Some(record)) => record,
         Ok(None) => return Admission::UnknownUser,
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot check user on connect");
             return Admission::Unavailable;
         }
+    };
+    let checked = token.map_err(Refusal::count).and_then(|token| state.auth.admit(token.as_deref(), &user, &record));
+    if let Err(refusal) = checked {
+        tracing::info!(user = %user, reason = refusal.as_str(), "socket refused: not authenticated");
+        return Admission::Unauthorized(refusal);
     }
     match Attached::attach(state, &user).await {
         Ok(attached) => Admission::Accepted(attached),
@@ -79,6 +91,10 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         Admission::Unavailable => {
             let frame = error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None);
             return reject(&mut socket, frame, Closing::UNAVAILABLE).await;
+        }
+        Admission::Unauthorized(refusal) => {
+            let frame = error_frame(ErrorCode::Unauthorized, refusal.message(), None);
+            return reject(&mut socket, frame, Closing::UNAUTHORIZED).await;
         }
     };
     let mailbox = attached.mailbox().clone();

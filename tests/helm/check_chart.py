@@ -20,6 +20,7 @@ Prints one line per check and ends with "N passed, M failed"; exits 1 on failure
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import os
@@ -505,7 +506,8 @@ def check_redis_wiring(r: Rendered, values: dict | None, mode: str) -> None:
     merged = merged_values(values)
     url = r.env_var("ENIGMA__REDIS__URL")
     password = r.env_var("REDIS_PASSWORD")
-    secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret")}
+    # The token key Secret (`<fullname>-auth`) is not part of the Redis wiring: check_auth_secret.
+    secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret") if not s["metadata"]["name"].endswith("-auth")}
 
     def secret_ref(env: dict) -> tuple[str, str]:
         ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -633,12 +635,32 @@ def check_config_rolls_pods() -> None:
     expect(a != b, "changing config does not change checksum/config")
 
 
+def check_auth_secret() -> None:
+    # Generated once (kept on uninstall), read by every replica; or an existing Secret, not rendered.
+    r = render(None)
+    name = r.relay()["metadata"]["name"] + "-auth"
+    secret = next((s for s in r.of_kind("Secret") if s["metadata"]["name"] == name), None)
+    expect(secret is not None, f"no Secret {name}")
+    expect(secret["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "token key Secret not kept")
+    keys = base64.b64decode(secret["data"]["token-keys"]).decode()
+    expect(keys.startswith("k1:") and len(base64.b64decode(keys[3:])) == 32, f"token key {keys!r}")
+    ref = r.env_var("ENIGMA__AUTH__TOKEN_KEYS")["valueFrom"]["secretKeyRef"]
+    expect((ref["name"], ref["key"]) == (name, "token-keys"), f"token keys from {ref}")
+    expect(r.env_var("ENIGMA__AUTH__MODE").get("value") == "claim", "auth mode")
+    r = render({"auth": {"mode": "required", "tokenKeys": {"existingSecret": "mine", "existingSecretKey": "k"}}})
+    expect(not [s for s in r.of_kind("Secret") if s["metadata"]["name"].endswith("-auth")], "Secret rendered anyway")
+    ref = r.env_var("ENIGMA__AUTH__TOKEN_KEYS")["valueFrom"]["secretKeyRef"]
+    expect((ref["name"], ref["key"]) == ("mine", "k"), f"token keys from {ref}")
+    expect(r.env_var("ENIGMA__AUTH__MODE").get("value") == "required", "auth mode")
+
+
 def check_release_names() -> None:
     # A release named like the chart gets plain names; others get "<release>-enigma".
     r = render(None, name="prod")
     expect(r.relay()["metadata"]["name"] == "prod-enigma", f"name {r.relay()['metadata']['name']}")
     r = render({"fullnameOverride": "relay"}, name="prod")
-    expect({o["metadata"]["name"] for o in r.objects if o["kind"] != "Pod"} == {"relay"}, "fullnameOverride not applied")
+    expect({o["metadata"]["name"] for o in r.objects if o["kind"] != "Pod"} == {"relay", "relay-auth"},
+           "fullnameOverride not applied")
 
 
 def merged_values(values: dict | None) -> dict:
@@ -684,6 +706,7 @@ def main() -> int:
 
     check("config changes roll the pods", check_config_rolls_pods)
     check("release and fullname overrides", check_release_names)
+    check("authentication token key Secret", check_auth_secret)
 
     for name, values, needles in INVALID_SETS:
         def refused(values=values, needles=needles):

@@ -27,6 +27,7 @@ macro_rules! both_engines {
     };
 }
 
+mod auth;
 mod balancer;
 mod cli;
 mod cluster;

@@ -25,11 +25,15 @@ pub(super) enum Command {
     Probe,
     Subscribe,
     Unsubscribe,
+    /// The user record read when a socket opens (key and protection, one round trip).
+    Admit,
+    /// Authentication: burning a challenge, marking a user protected, the shared token key.
+    Auth,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 12] = [
+    const ALL: [Command; 14] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -42,6 +46,8 @@ impl Command {
         Command::Probe,
         Command::Subscribe,
         Command::Unsubscribe,
+        Command::Admit,
+        Command::Auth,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -59,6 +65,8 @@ impl Command {
             Command::Probe => "probe",
             Command::Subscribe => "subscribe",
             Command::Unsubscribe => "unsubscribe",
+            Command::Admit => "admit",
+            Command::Auth => "auth",
         }
     }
 

@@ -37,6 +37,14 @@ impl Keys {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}pk:{hex}", self.prefix)
     }
+    /// A challenge id, once answered (single use across replicas).
+    pub(super) fn burnt_challenge(&self, jti: &str) -> String {
+        format!("{}auth:jti:{jti}", self.prefix)
+    }
+    /// The token signing key generated once for the deployment when none is configured.
+    pub(super) fn token_key(&self) -> String {
+        format!("{}auth:token-key", self.prefix)
+    }
     /// The user of a doorbell channel name, if it is one of ours.
     pub(super) fn channel_user(&self, channel: &[u8]) -> Option<UserId> {
         let rest = channel.strip_prefix(self.prefix.as_bytes())?.strip_prefix(b"deliver:{")?;

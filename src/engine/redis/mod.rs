@@ -5,7 +5,9 @@
 //!
 //! | key                        | type    | what                                          |
 //! |----------------------------|---------|-----------------------------------------------|
-//! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number) |
+//! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number), `protected` (`1` once claimed) |
+//! | `<p>auth:jti:<id>`         | STRING  | a challenge already answered (`SET NX PX`: single use) |
+//! | `<p>auth:token-key`        | STRING  | the token key generated once when none is configured (`SET NX GET`) |
 //! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`)    |
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`) until removed |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover)      |
@@ -31,6 +33,7 @@
 //! receives), `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
 //! `slots` (cluster slot maths).
 
+mod auth;
 mod commands;
 mod conn;
 mod connect;

@@ -3,6 +3,7 @@
 //! when its handle drops (also on a panic), every test gets its own ports and key prefix, so
 //! tests run in parallel. Test files import from here only, never from each other.
 
+mod auth;
 mod backend;
 mod cluster;
 mod keys;
@@ -16,6 +17,9 @@ mod traffic;
 mod wait;
 mod ws;
 
+pub use auth::{
+    Claimant, TEST_KID, TEST_SECRET, access_claims, expect_unauthorized, forge, test_token_keys, ws_with_token,
+};
 pub use backend::Backend;
 pub use cluster::RedisCluster;
 pub use keys::random_key;

@@ -34,6 +34,25 @@ impl Ws {
         Ok(Ws { inner, protocol })
     }
 
+    /// Opens a socket with extra request headers (`Authorization`, several subprotocols…).
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (inner, response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)??;
+        let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Ws { inner, protocol })
+    }
+
     pub async fn send_json(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;
     }
