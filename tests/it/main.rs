@@ -40,6 +40,7 @@ mod hostile;
 mod load;
 mod misbehaviour;
 mod observability;
+mod partitions;
 mod replicas;
 mod sentinel;
 mod startup;

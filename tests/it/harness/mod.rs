@@ -5,7 +5,10 @@
 
 mod backend;
 mod cluster;
+mod delay;
+mod flow;
 mod keys;
+mod netns;
 mod ports;
 mod proxy;
 mod redis;
@@ -18,7 +21,10 @@ mod ws;
 
 pub use backend::Backend;
 pub use cluster::RedisCluster;
+pub use delay::DelayProxy;
+pub use flow::{Flow, FlowTally};
 pub use keys::random_key;
+pub use netns::{Host, Lan, NsProcess, NsRedis};
 pub use ports::{ClosedPort, free_port};
 pub use proxy::Blackhole;
 pub use redis::Redis;
