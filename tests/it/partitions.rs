@@ -4,7 +4,7 @@
 //! clients keep sending; nothing receipted may be lost. Each test prints its figures.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
@@ -12,16 +12,13 @@ use crate::harness::{
 };
 
 /// Short timeouts so a cut is noticed in about a second (the defaults are for production).
+/// Replicas of one Redis share its keys (each test has a Redis of its own).
 fn replica(redis_url: String, host: &Host) -> Server {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let config = ServerConfig {
-        redis_url: Some(redis_url),
-        prefix: format!("n{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
-        ..ServerConfig::default()
-    }
-    .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
-    .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200)
-    .in_host(host);
+    let config =
+        ServerConfig { redis_url: Some(redis_url), prefix: "enigma-netns:".to_owned(), ..ServerConfig::default() }
+            .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
+            .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200)
+            .in_host(host);
     Server::start(&config)
 }
 
@@ -121,15 +118,12 @@ async fn delay_and_loss_between_replicas_and_redis_lose_nothing() {
         DelayProxy::start(lan.gateway.into(), SocketAddr::new(redis.ip.into(), redis.port), Duration::ZERO).await;
     let url = format!("redis://{}/", proxy.addr);
     // Production timeouts: a 400 ms round trip must not be taken for an outage.
+    // One key prefix for both replicas: they share the users.
+    let prefix = format!("d{}x{}:", std::process::id(), lan.gateway);
     let start = |host: &Host| {
-        static N: AtomicU32 = AtomicU32::new(0);
         Server::start(
-            &ServerConfig {
-                redis_url: Some(url.clone()),
-                prefix: format!("d{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
-                ..ServerConfig::default()
-            }
-            .in_host(host),
+            &ServerConfig { redis_url: Some(url.clone()), prefix: prefix.clone(), ..ServerConfig::default() }
+                .in_host(host),
         )
     };
     let (a, b) = (start(&a_host), start(&b_host));

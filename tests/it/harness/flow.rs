@@ -34,6 +34,8 @@ pub struct FlowTally {
     pub latencies: Mutex<Vec<Duration>>,
     pub sender_connections: AtomicUsize,
     pub receiver_connections: AtomicUsize,
+    /// Set when the sender has stopped (its last message is receipted or abandoned).
+    sender_done: AtomicBool,
     attempts: Mutex<HashMap<usize, Instant>>,
 }
 
@@ -171,11 +173,12 @@ async fn send(
             }
         }
     }
+    tally.sender_done.store(true, Ordering::Release);
 }
 
 async fn receive(urls: Vec<String>, user: String, tally: Arc<FlowTally>, stop: Arc<AtomicBool>) {
     let done = |tally: &FlowTally| {
-        stop.load(Ordering::Acquire) && {
+        tally.sender_done.load(Ordering::Acquire) && {
             let seen = tally.seen.lock().unwrap();
             tally.receipted.lock().unwrap().iter().all(|s| seen.contains_key(s))
         }
@@ -185,6 +188,7 @@ async fn receive(urls: Vec<String>, user: String, tally: Arc<FlowTally>, stop: A
         let mut ws = connect_any(&urls, &user).await;
         tally.receiver_connections.fetch_add(1, Ordering::Relaxed);
         let mut last_id: Option<String> = None;
+        let mut last_heard = Instant::now();
         loop {
             if done(&tally) {
                 return;
@@ -193,12 +197,24 @@ async fn receive(urls: Vec<String>, user: String, tally: Arc<FlowTally>, stop: A
                 let since = *stopped_at.get_or_insert_with(Instant::now);
                 assert!(since.elapsed() < FINISH, "{user} still misses {:?}", tally.lost());
             }
+            // A heartbeat, as a real client has: a connection that answers nothing (not even
+            // a ping) for `SILENCE` is dead, whatever TCP thinks.
+            if last_heard.elapsed() > SILENCE {
+                break;
+            }
             let frame = match tokio::time::timeout(Duration::from_millis(200), ws.inner.next()).await {
-                Err(_) => continue, // quiet: look at `done` again
+                Err(_) => {
+                    let _ = ws.inner.send(Message::Ping(Default::default())).await;
+                    continue; // quiet: look at `done` again
+                }
                 Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(t.as_str()).unwrap_or_default(),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {
+                    last_heard = Instant::now();
+                    continue;
+                }
                 Ok(_) => break, // closed: reconnect
             };
+            last_heard = Instant::now();
             let Some(id) = frame["id"].as_str() else { continue };
             // Within one connection ids strictly increase (enigma.v1's promise); a message
             // stored twice by a retried send has two ids and may arrive twice.
