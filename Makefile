@@ -4,6 +4,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 
 .PHONY: run test lint unit-and-integration helm-check bench build release clean cluster cluster-down
+.PHONY: prometheus-check soak
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -11,7 +12,7 @@ run:
 	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration helm-check
+test: lint unit-and-integration helm-check prometheus-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -44,3 +45,13 @@ release:
 
 clean:
 	$(CARGO) clean
+
+## The alert rules: `promtool check rules`, and promtool unit tests (each alert fires on its
+## condition and stays silent otherwise; deploy/prometheus/tests/).
+prometheus-check:
+	$(PYTHON) tests/prometheus/check_rules.py
+
+## 30 minutes (SOAK_MINUTES) at half the saturation rate with reconnect churn, sampled every
+## minute; writes docs/soak/ (not part of `make test`).
+soak:
+	bash scripts/soak.sh
