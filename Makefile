@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 
 .PHONY: run test lint unit-and-integration helm-check bench build release clean cluster cluster-down
-.PHONY: prometheus-check soak
+.PHONY: prometheus-check
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -51,7 +51,3 @@ clean:
 prometheus-check:
 	$(PYTHON) tests/prometheus/check_rules.py
 
-## 30 minutes (SOAK_MINUTES) at half the saturation rate with reconnect churn, sampled every
-## minute; writes docs/soak/ (not part of `make test`).
-soak:
-	bash scripts/soak.sh

@@ -42,5 +42,6 @@ mod misbehaviour;
 mod observability;
 mod partitions;
 mod replicas;
+mod rollout;
 mod sentinel;
 mod startup;

@@ -34,6 +34,8 @@ pub struct FlowTally {
     pub latencies: Mutex<Vec<Duration>>,
     pub sender_connections: AtomicUsize,
     pub receiver_connections: AtomicUsize,
+    /// The longest the sender went without a receipt (a reconnection's cost, seen by a user).
+    pub longest_gap: Mutex<Duration>,
     /// Set when the sender has stopped (its last message is receipted or abandoned).
     sender_done: AtomicBool,
     attempts: Mutex<HashMap<usize, Instant>>,
@@ -144,6 +146,7 @@ async fn send(
     let mut ws = connect_any(&urls, &from).await;
     tally.sender_connections.fetch_add(1, Ordering::Relaxed);
     let mut seq = 0usize;
+    let mut last_receipt = Instant::now();
     loop {
         // Stop between messages only: the one in flight is retried until receipted.
         if stop.load(Ordering::Acquire) {
@@ -156,8 +159,13 @@ async fn send(
             Err(_) => None,
         };
         match reply {
-            Some(r) if r["status"] == "stored" && r["ref"] == seq.to_string() => {
+            Some(r) if r["status"] == "stored" && r["ref"].as_str() == Some(seq.to_string().as_str()) => {
                 tally.receipted.lock().unwrap().insert(seq);
+                {
+                    let mut gap = tally.longest_gap.lock().unwrap();
+                    *gap = (*gap).max(last_receipt.elapsed());
+                }
+                last_receipt = Instant::now();
                 seq += 1;
                 tokio::time::sleep(pace).await;
             }
