@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration api-check helm-check fuzz bench build release clean cluster cluster-down
+.PHONY: run test lint unit-and-integration api-check helm-check prometheus-check fuzz bench build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
@@ -11,7 +11,7 @@ run:
 	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration api-check helm-check
+test: lint unit-and-integration api-check helm-check prometheus-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -55,3 +55,9 @@ release:
 
 clean:
 	$(CARGO) clean
+
+## The alert rules: `promtool check rules`, and promtool unit tests (each alert fires on its
+## condition and stays silent otherwise; deploy/prometheus/tests/).
+prometheus-check:
+	$(PYTHON) tests/prometheus/check_rules.py
+

@@ -6,113 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{DEADLINE, Redis, Server, ServerConfig, TempDir, Ws, free_port, random_key, wait_until};
+use crate::harness::{DEADLINE, Nginx, Redis, Server, ServerConfig, Ws, nginx_binary, random_key, wait_until};
 
-const TEMPLATE: &str = "deploy/local/nginx.conf.template";
 const USERS: usize = 12;
 const PENDING: usize = 3;
-
-/// The `nginx` binary: `$NGINX`, else on the PATH, else where Debian puts it.
-fn nginx_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NGINX") {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("nginx"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// An nginx of this test's own, in a temporary prefix, on a free port; stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    /// Its prefix (configuration, logs, temp files); removed after nginx stops.
-    _dir: TempDir,
-}
-
-impl Nginx {
-    fn start(binary: &Path, upstreams: &[SocketAddr]) -> Nginx {
-        let dir = TempDir::new("nginx");
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(TEMPLATE)).unwrap();
-        let servers: Vec<String> =
-            upstreams.iter().map(|a| format!("        server {a} max_fails=1 fail_timeout=10s;")).collect();
-        let error_log = dir.path().join("error.log");
-        for _ in 0..20 {
-            let port = free_port();
-            let conf = dir.path().join("nginx.conf");
-            let text =
-                template.replace("@LISTEN@", &format!("127.0.0.1:{port}")).replace("@UPSTREAMS@", &servers.join("\n"));
-            std::fs::write(&conf, text).unwrap();
-            let mut prefix = dir.path().display().to_string();
-            prefix.push('/');
-            let mut child = Command::new(binary)
-                .args(["-p", &prefix, "-c", &conf.display().to_string()])
-                .args(["-e", &error_log.display().to_string(), "-g", "daemon off;"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            if wait_listening(&mut child, port) {
-                return Nginx { child, port, _dir: dir };
-            }
-            stop(&mut child);
-        }
-        // The directory goes away with the panic, so the log goes into the message.
-        panic!("could not start nginx; error.log:\n{}", std::fs::read_to_string(&error_log).unwrap_or_default());
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn ws_url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-/// Whether nginx listens on `port`; false if it exited (most likely the port was taken).
-fn wait_listening(child: &mut Child, port: u16) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < DEADLINE {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// SIGTERM (nginx's fast shutdown: the master stops its workers), SIGKILL if that hangs.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
 /// Open connections of each replica (`None`: stopped), read from its own `/metrics`.
 async fn open_connections(replicas: &[Option<Server>]) -> Vec<usize> {

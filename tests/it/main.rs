@@ -41,6 +41,8 @@ mod hostile;
 mod load;
 mod misbehaviour;
 mod observability;
+mod partitions;
 mod replicas;
+mod rollout;
 mod sentinel;
 mod startup;

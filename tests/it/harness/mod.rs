@@ -6,7 +6,11 @@
 mod auth;
 mod backend;
 mod cluster;
+mod delay;
+mod flow;
 mod keys;
+mod netns;
+mod nginx;
 mod ports;
 mod proxy;
 mod redis;
@@ -22,7 +26,11 @@ pub use auth::{
 };
 pub use backend::Backend;
 pub use cluster::RedisCluster;
+pub use delay::DelayProxy;
+pub use flow::{Flow, FlowTally};
 pub use keys::random_key;
+pub use netns::{Host, Lan, NsProcess, NsRedis};
+pub use nginx::{Nginx, nginx_binary};
 pub use ports::{ClosedPort, free_port};
 pub use proxy::Blackhole;
 pub use redis::Redis;

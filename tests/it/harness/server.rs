@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::DEADLINE;
 use super::cluster::RedisCluster;
 use super::keys::random_key;
+use super::netns::Host;
 use super::redis::Redis;
 use super::sentinel::Sentinel;
 use super::ws::Ws;
@@ -30,6 +31,8 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     pub prefix: String,
     pub env: Vec<(String, String)>,
+    /// The network namespace to run in (listening on its address), instead of loopback.
+    pub host: Option<Host>,
 }
 
 impl ServerConfig {
@@ -42,6 +45,7 @@ impl ServerConfig {
             redis_url: Some(redis.url()),
             prefix: format!("t{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: Vec::new(),
+            host: None,
         }
     }
     pub fn cluster(cluster: &RedisCluster) -> Self {
@@ -50,6 +54,7 @@ impl ServerConfig {
             redis_url: Some(cluster.url()),
             prefix: format!("c{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: vec![("ENIGMA__REDIS__MODE".into(), "cluster".into())],
+            host: None,
         }
     }
     pub fn sentinel(sentinel: &Sentinel) -> Self {
@@ -61,7 +66,13 @@ impl ServerConfig {
                 ("ENIGMA__REDIS__MODE".into(), "sentinel".into()),
                 ("ENIGMA__REDIS__SENTINEL_MASTER".into(), "mymaster".into()),
             ],
+            host: None,
         }
+    }
+    /// Runs the replica inside `host`'s namespace, listening on its address.
+    pub fn in_host(mut self, host: &Host) -> Self {
+        self.host = Some(host.clone());
+        self
     }
     pub fn with(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_string(), value.to_string()));
@@ -71,11 +82,15 @@ impl ServerConfig {
 
 impl Server {
     pub fn start(config: &ServerConfig) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_enigma-server"));
+        let binary = env!("CARGO_BIN_EXE_enigma-server");
+        let (mut command, addr) = match &config.host {
+            Some(host) => (host.command(binary), format!("{}:0", host.ip)),
+            None => (Command::new(binary), "127.0.0.1:0".to_owned()),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+            .env("ENIGMA__SERVER__ADDR", addr)
             .env("ENIGMA__LOG__LEVEL", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
