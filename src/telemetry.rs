@@ -38,6 +38,10 @@ pub mod metric {
     /// Subscriptions a cluster node ended because their slot moved (migration, failover),
     /// subscribed again where the slot lives now.
     pub const REDIS_MOVED_SUBSCRIPTIONS: &str = "enigma_redis_moved_subscriptions_total";
+    /// Refusals by rate limit (`limit`: login, challenge, socket_address, socket_user, send).
+    pub const RATE_LIMITED: &str = "enigma_rate_limited_total";
+    /// Connections refused at accept by a cap (`cap`: replica, address).
+    pub const CONNECTIONS_REFUSED: &str = "enigma_connections_refused_total";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -81,6 +85,10 @@ pub fn register_all() {
     }
     for result in ["found", "not_found"] {
         metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);
+    }
+    crate::limits::register_metrics();
+    for cap in ["replica", "address"] {
+        metrics::counter!(metric::CONNECTIONS_REFUSED, "cap" => cap).increment(0);
     }
     let _ = hot(); // the per-message series, delivered{path} included
     metrics::gauge!(metric::CONNECTIONS_OPEN).set(0.0);

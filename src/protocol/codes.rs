@@ -24,10 +24,12 @@ pub enum ErrorCode {
     Internal,
     /// No such HTTP endpoint.
     NotFound,
+    /// A rate limit refused the request; retry after `retry_after_ms` (or `Retry-After`).
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::BinaryNotSupported,
@@ -38,6 +40,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::NotFound,
+        ErrorCode::RateLimited,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -226,9 +230,9 @@ mod tests {
             assert!(any.is(code));
         }
         assert_eq!(ErrorCode::NotFound.as_str(), "not_found");
-        let newer: AnyErrorCode = serde_json::from_str(r#""rate_limited""#).unwrap();
-        assert_eq!(newer, AnyErrorCode::Unknown("rate_limited".into()));
-        assert_eq!(serde_json::to_string(&newer).unwrap(), r#""rate_limited""#);
+        let newer: AnyErrorCode = serde_json::from_str(r#""sender_banned""#).unwrap();
+        assert_eq!(newer, AnyErrorCode::Unknown("sender_banned".into()));
+        assert_eq!(serde_json::to_string(&newer).unwrap(), r#""sender_banned""#);
     }
 
     #[test]

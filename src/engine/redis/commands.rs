@@ -25,11 +25,12 @@ pub(super) enum Command {
     Probe,
     Subscribe,
     Unsubscribe,
+    Limit,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 12] = [
+    const ALL: [Command; 13] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -42,6 +43,7 @@ impl Command {
         Command::Probe,
         Command::Subscribe,
         Command::Unsubscribe,
+        Command::Limit,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -59,6 +61,7 @@ impl Command {
             Command::Probe => "probe",
             Command::Subscribe => "subscribe",
             Command::Unsubscribe => "unsubscribe",
+            Command::Limit => "limit",
         }
     }
 
