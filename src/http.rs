@@ -23,7 +23,7 @@ use crate::limits::{self, Refused};
 use crate::protocol::{
     ErrorBody, ErrorCode, LoginResponse, LookupResponse, SUBPROTOCOL_V1, UserId, validate_public_key,
 };
-use crate::server::OverCapacity;
+use crate::server::{ConnectionSlot, OverCapacity};
 use crate::session;
 use crate::telemetry::metric;
 
@@ -167,13 +167,14 @@ async fn connect(
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     over: Option<Extension<OverCapacity>>,
+    slot: Option<Extension<ConnectionSlot>>,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => {
             let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-            open_socket(state, &user_id, upgrade, client, over.is_some()).await
+            open_socket(state, &user_id, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
         }
         // A request that asks for a WebSocket but gets the handshake wrong (version, key) is told
         // why, not answered with the key lookup it did not ask for.
@@ -212,13 +213,14 @@ async fn websocket_only(
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     over: Option<Extension<OverCapacity>>,
+    slot: Option<Extension<ConnectionSlot>>,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => {
             let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-            open_socket(state, &user_id, upgrade, client, over.is_some()).await
+            open_socket(state, &user_id, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
         }
         Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
         Err(rejection) => ApiError::new(
@@ -247,6 +249,7 @@ async fn open_socket(
     upgrade: WebSocketUpgrade,
     client: IpAddr,
     over_capacity: bool,
+    slot: Option<ConnectionSlot>,
 ) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
@@ -283,7 +286,12 @@ async fn open_socket(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::serve(socket, state, admission).await;
+                drop(slot); // the socket counted against the connection caps until now
+            })
+        })
 }
 
 async fn healthz() -> Json<serde_json::Value> {

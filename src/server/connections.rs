@@ -58,6 +58,11 @@ struct Counts {
     by_address: HashMap<IpAddr, usize>,
 }
 
+/// A request extension: the connection's place among the counted ones. An upgraded socket
+/// leaves hyper's connection task at once, so its session holds a clone until it ends.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<Counted>);
+
 /// One connection's place in `Counts`, given back on drop.
 struct Counted {
     counts: Arc<Mutex<Counts>>,
@@ -142,11 +147,14 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
         if let Some(OverCapacity(cap)) = over {
             metrics::counter!(metric::CONNECTIONS_REFUSED, "cap" => cap).increment(1);
         }
+        let counted = ConnectionSlot(Arc::new(counted));
+        let slot = counted.clone();
         let first_request = Arc::new(Notify::new());
         let seen = first_request.clone();
         let service = router.clone().map_request(move |mut request: axum::http::Request<Incoming>| {
             seen.notify_one();
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(slot.clone());
             if let Some(over) = over {
                 request.extensions_mut().insert(over);
             }
@@ -157,7 +165,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
             builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service)).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _counted = counted; // an upgraded socket counts until its session ends too
+            let _counted = counted;
             let mut connection = std::pin::pin!(connection);
             // hyper's header timeout starts once it knows the HTTP version; a client that sends
             // nothing (or half an HTTP/2 preface) is bounded here.

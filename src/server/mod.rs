@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 mod connections;
 
-pub use connections::{ConnectionLimits, OverCapacity};
+pub use connections::{ConnectionLimits, ConnectionSlot, OverCapacity};
 
 use crate::config::Settings;
 use crate::engine::Engine;

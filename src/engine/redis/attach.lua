@@ -1,4 +1,4 @@
-
+#!lua flags=allow-oom
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local clock = redis.call('TIME')
   redis.call('SET', KEYS[1], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))

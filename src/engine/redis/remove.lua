@@ -1,4 +1,4 @@
-
+#!lua flags=allow-oom
 local removed = 0
 for i = 1, #ARGV do
   local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]

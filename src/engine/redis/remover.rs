@@ -111,9 +111,9 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
                 pipe.invoke_script(&removal(&script, &keys, user, ids)).ignore();
             }
             let mut result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
-            // A restarted or failed-over Redis has lost the script, and a pipeline does not load
-            // it: load it and run them all again (a removal done twice changes nothing).
-            if result.as_ref().is_err_and(|e| e.0.contains("NOSCRIPT")) {
+            // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
+            // load it: load it and run them all again (a removal done twice changes nothing).
+            if result.is_err() {
                 let invocation = script.prepare_invoke();
                 if timed(Command::Remove, connections.timeout, invocation.load_async(&mut con)).await.is_ok() {
                     result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;

@@ -130,11 +130,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("61fd4d184d2237f40d3c9b21ad407ffa2eab1768", "3fe36ce767dd86e7ac526af2951b6e0ee42e46fd")
+            expected("61fd4d184d2237f40d3c9b21ad407ffa2eab1768", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("f3ba0f5a575cc8f98180eb309183f29d09b417bf", "087bfaab9f39c4633daf2cf185a106297c5f38ab")
+            expected("f3ba0f5a575cc8f98180eb309183f29d09b417bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }
