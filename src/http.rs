@@ -161,6 +161,7 @@ async fn login_without_key() -> ApiError {
 }
 
 /// `/connect/{userId}`: a WebSocket upgrade (spec 0.3.0) or a key lookup.
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn connect(
     State(state): State<AppState>,
     method: Method,

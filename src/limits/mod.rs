@@ -64,7 +64,10 @@ impl RateSettings {
     pub fn invalid(&self) -> Option<&'static str> {
         self.all()
             .into_iter()
-            .find(|(_, r)| !r.is_off() && !(r.per_second.is_finite() && r.per_second > 0.0))
+            .find(|(_, r)| {
+                let refills = r.per_second.is_finite() && r.per_second > 0.0;
+                !r.is_off() && !refills
+            })
             .map(|(k, _)| k)
     }
 
