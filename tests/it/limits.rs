@@ -183,8 +183,17 @@ async fn socket_opens_are_limited_per_user(b: Backend) {
 }
 
 async fn a_byte_flood_to_throwaway_recipients_is_refused_early(b: Backend) {
-    // The defaults: 64 KiB payloads to four recipients, as fast as the server takes them.
-    let s = b.server();
+    // The defaults (the harness turns limits off unless told): 64 KiB payloads to four
+    // recipients, as fast as the server takes them.
+    let defaults = [
+        ("ENIGMA__LIMITS__INBOX_SHARE", "1000"),
+        ("ENIGMA__LIMITS__INBOX_SHARE_BYTES", "8388608"),
+        ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST", "1000"),
+        ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND", "20"),
+        ("ENIGMA__RATE__SEND_BYTES_PER_USER__BURST", "16777216"),
+        ("ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND", "262144"),
+    ];
+    let s = Server::start(&config(&b, &defaults));
     let sender = s.new_user().await;
     let mut recipients = Vec::new();
     for _ in 0..4 {
