@@ -24,6 +24,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub auth: crate::auth::AuthSettings,
+    /// Rate limits (see `crate::limits`).
+    pub rate: crate::limits::RateSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +49,15 @@ pub struct ServerSettings {
     pub request_head_timeout_ms: u64,
     /// The longest request head (request line and headers); longer ones get 431.
     pub max_request_head_bytes: usize,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDRs or addresses);
+    /// a forwarded header from anyone else is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Open connections (HTTP and WebSocket) this replica serves at once; past it 503, or 1013
+    /// on a socket. 0: no cap.
+    pub max_connections: usize,
+    /// Open connections from one client address (the TCP peer; trusted proxies are exempt,
+    /// their clients are limited by rate instead). 0: no cap.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +77,16 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// How long a full outbound queue may stay full before the socket is closed.
     pub send_timeout_ms: u64,
+    /// Messages one sender may have waiting in one recipient's inbox: a flood refuses the
+    /// flooder, not the recipient's other contacts. 0: no share (only the capacity).
+    pub inbox_share: usize,
+    /// Payload bytes one sender may have waiting in one recipient's inbox. 0: no share.
+    pub inbox_share_bytes: usize,
+    /// Payload bytes an inbox may hold, from all senders together.
+    pub inbox_max_bytes: usize,
+    /// Memory engine only: payload bytes stored in all inboxes together; past it sends are
+    /// refused (`unavailable`) rather than the process growing until it is killed.
+    pub memory_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +148,9 @@ impl Default for ServerSettings {
             request_head_timeout_ms: 10_000,
             // Room for the longest public key in the login path, percent-encoded (3 × 8 KiB).
             max_request_head_bytes: 32 * 1024,
+            trusted_proxies: Vec::new(),
+            max_connections: 20_000,
+            max_connections_per_address: 500,
         }
     }
 }
@@ -141,6 +165,11 @@ impl Default for Limits {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
             send_timeout_ms: 5_000,
+            // Well below the capacity, above a phone's backlog flush (500).
+            inbox_share: 1_000,
+            inbox_share_bytes: 8 * 1024 * 1024,
+            inbox_max_bytes: 64 * 1024 * 1024,
+            memory_max_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -179,6 +208,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("server.cors_origins")
                     .with_list_parse_key("auth.token_keys")
+                    .with_list_parse_key("server.trusted_proxies")
                     .try_parsing(true),
             ),
         )
@@ -270,6 +300,28 @@ impl Settings {
         if self.redis.prefix.contains(['{', '}']) {
             return Err(invalid("redis.prefix", "must not contain `{` or `}` (they are Redis Cluster hash tags)"));
         }
+        crate::limits::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|bad| invalid("server.trusted_proxies", format!("`{bad}` is not an address or CIDR")))?;
+        if let Some(key) = self.rate.invalid() {
+            return Err(invalid(key, "per_second must be a positive number when burst is set"));
+        }
+        let bytes = self.rate.send_bytes_per_user;
+        // Room for one envelope of the largest payload (ids and JSON around it).
+        if !bytes.is_off() && bytes.burst < self.limits.max_payload_bytes as u64 + 4096 {
+            return Err(invalid("rate.send_bytes_per_user", "burst must hold one payload of limits.max_payload_bytes"));
+        }
+        if self.limits.inbox_max_bytes < self.limits.max_payload_bytes {
+            return Err(invalid("limits.inbox_max_bytes", "must hold one payload of limits.max_payload_bytes"));
+        }
+        if self.limits.inbox_share_bytes != 0 && self.limits.inbox_share_bytes < self.limits.max_payload_bytes {
+            return Err(invalid(
+                "limits.inbox_share_bytes",
+                "must hold one payload of limits.max_payload_bytes (or be 0)",
+            ));
+        }
+        if self.limits.memory_max_bytes < self.limits.max_payload_bytes {
+            return Err(invalid("limits.memory_max_bytes", "must hold one payload of limits.max_payload_bytes"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -308,10 +360,17 @@ impl ServerSettings {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+    /// The trusted proxies (validated at startup).
+    pub fn trusted_proxies(&self) -> crate::limits::TrustedProxies {
+        crate::limits::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
+    }
     pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
         crate::server::ConnectionLimits {
             head_timeout: Duration::from_millis(self.request_head_timeout_ms),
             max_head_bytes: self.max_request_head_bytes,
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            trusted: crate::limits::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default(),
         }
     }
 }

@@ -2,24 +2,27 @@
 //! Every error is `{"error": "...", "code": "..."}` with a 4xx for client mistakes and an
 //! opaque 503 for storage trouble (details go to the log, not to the client).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{MatchedPath, Path, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
 use crate::engine::Unavailable;
+use crate::limits::{self, Refused};
 use crate::protocol::{
     ErrorBody, ErrorCode, Health, LoginResponse, LookupResponse, Readiness, SUBPROTOCOL_V1, UserId, validate_public_key,
 };
+use crate::server::{ConnectionSlot, OverCapacity};
 use crate::telemetry::metric;
 use crate::{openapi, session};
 
@@ -29,11 +32,13 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
     }
     fn user_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::UserNotFound, "user not found")
@@ -47,9 +52,28 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Limited(limited) => {
+                let mut error =
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "too many requests; retry later");
+                error.retry_after = Some(limited.retry_after_secs());
+                error
+            }
+            Refused::Unavailable(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message, code: Some(self.code.into()) })).into_response()
+        let mut response =
+            (self.status, Json(ErrorBody { error: self.message, code: Some(self.code.into()) })).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -68,9 +92,35 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(refuse_over_capacity))
         .layer(middleware::from_fn(track_requests))
         .layer(cors)
         .with_state(state)
+}
+
+/// A connection over a connection cap gets 503 (a WebSocket handshake is let through, to be
+/// closed with 1013 by `open_socket`: a socket client reads close codes, not statuses).
+async fn refuse_over_capacity(request: Request, next: Next) -> Response {
+    if request.extensions().get::<OverCapacity>().is_some() && !asks_for_websocket(request.headers()) {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "server is at capacity; retry later",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy forwarded.
+pub(crate) fn client_address(state: &AppState, peer: Option<&ConnectInfo<SocketAddr>>, headers: &HeaderMap) -> IpAddr {
+    match peer {
+        Some(ConnectInfo(peer)) => state.trusted_proxies.client(*peer, headers),
+        None => IpAddr::from([0, 0, 0, 0]), // not served by the accept loop (in-process tests)
+    }
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -117,8 +167,12 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
+    limits::check_login(&state.engine, &state.settings.rate, client).await?;
     let Path(key) = key.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -157,15 +211,22 @@ async fn login_without_key() -> ApiError {
             example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
     )
 )]
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 pub(crate) async fn connect(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    over: Option<Extension<OverCapacity>>,
+    slot: Option<Extension<ConnectionSlot>>,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade).await,
+        Ok(upgrade) => {
+            let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
+            open_socket(state, &user_id, &headers, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
+        }
         // A request that asks for a WebSocket but gets the handshake wrong (version, key) is told
         // why, not answered with the key lookup it did not ask for.
         Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
@@ -205,15 +266,22 @@ fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> Response {
 
 /// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client); a plain request
 /// gets 426. Not in the OpenAPI document: its frames are described in `docs/protocol.md`.
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn websocket_only(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    over: Option<Extension<OverCapacity>>,
+    slot: Option<Extension<ConnectionSlot>>,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade).await,
+        Ok(upgrade) => {
+            let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
+            open_socket(state, &user_id, &headers, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
+        }
         // GET opens a socket over HTTP/1.1, CONNECT over HTTP/2 (RFC 8441).
         Err(_) if method != Method::GET && method != Method::CONNECT => {
             with_allow(method_not_allowed().await.into_response(), "GET")
@@ -239,10 +307,29 @@ async fn lookup(state: &AppState, user_id: &str) -> Result<Response, ApiError> {
     Ok(Json(LookupResponse::new(user.as_str(), key)).into_response())
 }
 
-async fn open_socket(state: AppState, user_id: &str, headers: &HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+async fn open_socket(
+    state: AppState,
+    user_id: &str,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
+    client: IpAddr,
+    over_capacity: bool,
+    slot: Option<ConnectionSlot>,
+) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
             .into_response();
+    }
+    if over_capacity {
+        // Upgraded only to be closed with 1013 (try again later), which a socket client reads.
+        return upgrade.on_upgrade(session::refuse_over_capacity);
+    }
+    // A socket open costs the address's and (for a well-formed id) the user's budget, before
+    // anything is looked up; refused with 429 and `Retry-After`.
+    if let Some(user) = UserId::parse(user_id)
+        && let Err(refused) = limits::check_socket(&state.engine, &state.settings.rate, client, &user).await
+    {
+        return ApiError::from(refused).into_response();
     }
     let limits = &state.settings.limits;
     // Room for the largest accepted payload inside its envelope (escaping may grow it), so
@@ -264,7 +351,12 @@ async fn open_socket(state: AppState, user_id: &str, headers: &HeaderMap, upgrad
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::serve(socket, state, admission).await;
+                drop(slot); // the socket counted against the connection caps until now
+            })
+        })
 }
 
 /// Liveness: the process answers.

@@ -13,6 +13,7 @@
 //! | [`http`] | routes: login, lookup, health, readiness, metrics, the WebSocket upgrade |
 //! | [`session`] | one WebSocket's life |
 //! | [`hub`] | which local session holds which user's socket |
+//! | [`limits`] | rate limits across replicas, client addresses behind trusted proxies |
 //! | [`engine`] | storage and delivery: memory, or Redis (single, Sentinel, Cluster) |
 //! | [`protocol`] | the wire: ids, frames, error and close codes, REST bodies, key rules |
 //! | [`telemetry`] | logs and metric names |
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod fuzz;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod openapi;
 pub mod protocol;
 #[cfg(feature = "client")]

@@ -44,6 +44,10 @@ pub mod metric {
     pub const AUTH_TOKENS_ISSUED: &str = "enigma_auth_tokens_issued_total";
     /// Refused tokens, tickets and answers, by `reason` (`auth::Refusal`).
     pub const AUTH_REFUSALS: &str = "enigma_auth_refusals_total";
+    /// Refusals by rate limit (`limit`: login, challenge, socket_address, socket_user, send).
+    pub const RATE_LIMITED: &str = "enigma_rate_limited_total";
+    /// Connections refused at accept by a cap (`cap`: replica, address).
+    pub const CONNECTIONS_REFUSED: &str = "enigma_connections_refused_total";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -92,6 +96,10 @@ pub fn register_all() {
     }
     for result in ["found", "not_found"] {
         metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);
+    }
+    crate::limits::register_metrics();
+    for cap in ["replica", "address"] {
+        metrics::counter!(metric::CONNECTIONS_REFUSED, "cap" => cap).increment(0);
     }
     let _ = hot(); // the per-message series, delivered{path} included
     metrics::gauge!(metric::CONNECTIONS_OPEN).set(0.0);

@@ -144,6 +144,7 @@ up() {
     ENIGMA__SERVER__ADDR="127.0.0.1:$port" \
       ENIGMA__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
       ENIGMA__LOG__FORMAT=json \
+      ENIGMA__SERVER__TRUSTED_PROXIES="${ENIGMA__SERVER__TRUSTED_PROXIES:-127.0.0.1}" \
       nohup "$bin" >>"$RUN/replica-$port.log" 2>&1 </dev/null &
     echo $! >"$RUN/replica-$port.pid"
   done

@@ -2,15 +2,18 @@
 //! `GET /auth/status/{userId}`. Refusals are 401 with `WWW-Authenticate` (RFC 6750).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::{AuthError, Refusal, bearer};
 use crate::AppState;
-use crate::http::ApiError;
+use crate::http::{ApiError, client_address};
+use crate::limits;
 use crate::protocol::{AuthStatus, ChallengeRequest, ErrorCode, TokenRequest, UserId};
 
 pub fn router() -> Router<AppState> {
@@ -22,8 +25,15 @@ pub fn router() -> Router<AppState> {
 
 async fn challenge(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
+    // Sealing costs CPU (RSA especially): each address gets a budget, as logins do.
+    let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
+    limits::check_challenge(&state.engine, &state.settings.rate, client)
+        .await
+        .map_err(|refused| ApiError::from(refused).into_response())?;
     let Json(request) = body.map_err(bad_body)?;
     let answer = state.auth.challenge(&state.engine, &request.user_id).await.map_err(refused)?;
     Ok(Json(answer).into_response())

@@ -1,5 +1,8 @@
 //! The embedded engine: everything in this process, lost on restart. Same ids, limits and
-//! ordering as the Redis engine, so one conformance suite covers both.
+//! ordering as the Redis engine, so one conformance suite covers both: the inbox capacity in
+//! messages and bytes, each sender's share of an inbox, the rate limiters' buckets. On top,
+//! a total byte budget (`limits.memory_max_bytes`): a full process refuses sends, as a full
+//! Redis does, instead of growing until it is killed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::SendError;
+use super::Unavailable;
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
+use crate::limits::{Ask, Buckets, Rate, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 #[derive(Clone)]
@@ -23,11 +28,27 @@ struct Inner {
     limits: Limits,
     /// public key → user, and user → public key, under one lock so login is atomic.
     directory: RwLock<Directory>,
-    inboxes: Mutex<HashMap<UserId, Inbox>>,
+    inboxes: Mutex<Store>,
     generations: AtomicU64,
     /// Answered challenge ids until they expire (single use); expired ones are swept on
     /// every insert, so it holds at most the challenges answered within one challenge lifetime.
     burnt: Mutex<HashMap<String, Instant>>,
+    /// Rate-limit buckets by `kind:subject`, with their rates (to forget refilled ones).
+    buckets: Mutex<HashMap<String, (Buckets, Vec<Rate>)>>,
+}
+
+/// Bucket records kept before refilled ones are swept out.
+const BUCKETS_SWEEP_AT: usize = 65_536;
+
+/// How often expired inboxes are swept out (a sweep is a pass over every inbox).
+const EXPIRY_SWEEP: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Store {
+    inboxes: HashMap<UserId, Inbox>,
+    /// Envelope bytes stored in every inbox together.
+    bytes: usize,
+    swept: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -43,7 +64,41 @@ struct Inbox {
     /// Messages ever sent to the user (the last one's number).
     count: u64,
     written: Instant,
-    messages: BTreeMap<MsgId, (u64, Bytes)>,
+    messages: BTreeMap<MsgId, Stored>,
+    /// Envelope bytes in `messages`.
+    bytes: usize,
+    /// Messages and bytes waiting per sender (its share).
+    senders: HashMap<UserId, (usize, usize)>,
+}
+
+struct Stored {
+    seq: u64,
+    envelope: Bytes,
+    from: UserId,
+}
+
+impl Inbox {
+    fn take(&mut self, id: &MsgId) -> Option<usize> {
+        let stored = self.messages.remove(id)?;
+        let size = stored.envelope.len();
+        self.bytes -= size;
+        if let Some((n, b)) = self.senders.get_mut(&stored.from) {
+            *n -= 1;
+            *b -= size;
+            if *n == 0 {
+                self.senders.remove(&stored.from);
+            }
+        }
+        Some(size)
+    }
+
+    fn clear(&mut self) -> usize {
+        let bytes = self.bytes;
+        self.messages.clear();
+        self.senders.clear();
+        self.bytes = 0;
+        bytes
+    }
 }
 
 impl MemoryEngine {
@@ -56,6 +111,7 @@ impl MemoryEngine {
                 inboxes: Mutex::default(),
                 generations: AtomicU64::new(0),
                 burnt: Mutex::default(),
+                buckets: Mutex::default(),
             }),
         }
     }
@@ -103,23 +159,38 @@ impl MemoryEngine {
         true
     }
 
-    pub fn send(&self, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
+    pub fn send(&self, from: &UserId, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
         if !self.inner.read().keys.contains_key(to) {
             return Err(SendError::UserNotFound);
         }
-        let ttl = Duration::from_secs(self.inner.limits.inbox_ttl_secs);
-        let mut inboxes = self.inner.inboxes();
+        let limits = &self.inner.limits;
+        let ttl = Duration::from_secs(limits.inbox_ttl_secs);
+        let size = envelope.len();
+        let mut store = self.inner.inboxes();
+        store.sweep(ttl);
+        let Store { inboxes, bytes: total, .. } = &mut *store;
         let inbox = inboxes.entry(to.clone()).or_insert_with(|| Inbox {
             last: MsgId::default(),
             count: 0,
             written: Instant::now(),
             messages: BTreeMap::new(),
+            bytes: 0,
+            senders: HashMap::new(),
         });
         if inbox.written.elapsed() > ttl {
-            inbox.messages.clear(); // expired, as a Redis key with a TTL would have
+            *total -= inbox.clear(); // expired, as a Redis key with a TTL would have
         }
-        if inbox.messages.len() >= self.inner.limits.inbox_capacity {
+        if inbox.messages.len() >= limits.inbox_capacity || inbox.bytes + size > limits.inbox_max_bytes {
             return Err(SendError::InboxFull);
+        }
+        let (held, held_bytes) = inbox.senders.get(from).copied().unwrap_or_default();
+        if (limits.inbox_share > 0 && held >= limits.inbox_share)
+            || (limits.inbox_share_bytes > 0 && held_bytes + size > limits.inbox_share_bytes)
+        {
+            return Err(SendError::OverShare);
+        }
+        if *total + size > limits.memory_max_bytes {
+            return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
         }
         let now = unix_ms();
         let id = if now > inbox.last.ms {
@@ -131,34 +202,57 @@ impl MemoryEngine {
         inbox.count += 1;
         let seq = inbox.count;
         inbox.written = Instant::now();
-        inbox.messages.insert(id, (seq, envelope.clone()));
+        inbox.messages.insert(id, Stored { seq, envelope: envelope.clone(), from: from.clone() });
+        inbox.bytes += size;
+        let share = inbox.senders.entry(from.clone()).or_default();
+        share.0 += 1;
+        share.1 += size;
+        *total += size;
         // Rung under the inbox lock, so notifications keep the inbox's order.
         self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });
         Ok(id)
     }
 
+    /// Takes tokens from the buckets of `kind:subject` (see `crate::limits::Buckets`).
+    pub fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Verdict {
+        let now = unix_ms();
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= BUCKETS_SWEEP_AT {
+            // Full buckets are worth nothing: forgetting them changes no answer.
+            buckets.retain(|_, (b, rates)| !b.refilled(rates, now));
+        }
+        let (bucket, rates) = buckets
+            .entry(format!("{kind}:{subject}"))
+            .or_insert_with(|| (Buckets::full(asks, now), asks.iter().map(|a| a.rate).collect()));
+        rates.clear();
+        rates.extend(asks.iter().map(|a| a.rate));
+        bucket.take(asks, now)
+    }
+
     pub fn backlog(&self, user: &UserId, after: Option<MsgId>, limit: usize) -> Vec<Delivery> {
-        let inboxes = self.inner.inboxes();
-        let Some(inbox) = inboxes.get(user) else { return Vec::new() };
+        let store = self.inner.inboxes();
+        let Some(inbox) = store.inboxes.get(user) else { return Vec::new() };
         let range = match after {
             Some(after) => inbox.messages.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => inbox.messages.range(..),
         };
         range
             .take(limit)
-            .map(|(id, (seq, env))| Delivery { id: *id, ts: id.ms, seq: *seq, envelope: env.clone() })
+            .map(|(id, m)| Delivery { id: *id, ts: id.ms, seq: m.seq, envelope: m.envelope.clone() })
             .collect()
     }
 
     /// The number of the last message sent to `user` (0: none yet).
     pub fn sequence(&self, user: &UserId) -> u64 {
-        self.inner.inboxes().get(user).map_or(0, |inbox| inbox.count)
+        self.inner.inboxes().inboxes.get(user).map_or(0, |inbox| inbox.count)
     }
 
     pub fn remove(&self, user: &UserId, ids: &[MsgId]) {
-        if let Some(inbox) = self.inner.inboxes().get_mut(user) {
+        let mut store = self.inner.inboxes();
+        let Store { inboxes, bytes, .. } = &mut *store;
+        if let Some(inbox) = inboxes.get_mut(user) {
             for id in ids {
-                inbox.messages.remove(id);
+                *bytes -= inbox.take(id).unwrap_or(0);
             }
         }
     }
@@ -178,8 +272,27 @@ impl Inner {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Directory> {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
-    fn inboxes(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Inbox>> {
+    fn inboxes(&self) -> std::sync::MutexGuard<'_, Store> {
         self.inboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store {
+    /// Drops inboxes nobody wrote to for `ttl`, as Redis expires them, at most once a minute:
+    /// an inbox must not wait for a new message to expire.
+    fn sweep(&mut self, ttl: Duration) {
+        if self.swept.is_some_and(|at| at.elapsed() < EXPIRY_SWEEP) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        // Emptied, not forgotten: the message counter goes on, as the user record's does in Redis.
+        let mut freed = 0;
+        for inbox in self.inboxes.values_mut() {
+            if inbox.written.elapsed() > ttl && !inbox.messages.is_empty() {
+                freed += inbox.clear();
+            }
+        }
+        self.bytes -= freed;
     }
 }
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::config::Settings;
 use crate::hub::{Hub, Mailbox};
+use crate::limits::{Ask, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 pub use self::memory::{MemoryEngine, unix_ms};
@@ -30,6 +31,10 @@ pub enum SendError {
     UserNotFound,
     #[error("recipient's inbox is full")]
     InboxFull,
+    /// The sender already has its share (`limits.inbox_share`, `inbox_share_bytes`) of the
+    /// recipient's inbox waiting; other senders still get through.
+    #[error("sender's share of the recipient's inbox is used up")]
+    OverShare,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
@@ -128,13 +133,22 @@ impl Engine {
         }
     }
 
-    /// Stores several envelopes in order, in one round trip where the engine can; one result
-    /// per envelope.
-    pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    /// Stores several envelopes of `from` in order, in one round trip where the engine can;
+    /// one result per envelope.
+    pub async fn send_many(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         match self {
-            Engine::Memory(e) => sends.iter().map(|(to, envelope)| e.send(to, envelope.clone())).collect(),
-            Engine::Redis(e) if sends.len() == 1 => vec![e.send_one(&sends[0].0, &sends[0].1).await],
-            Engine::Redis(e) => e.send_many(sends).await,
+            Engine::Memory(e) => sends.iter().map(|(to, envelope)| e.send(from, to, envelope.clone())).collect(),
+            Engine::Redis(e) if sends.len() == 1 => vec![e.send_one(from, &sends[0].0, &sends[0].1).await],
+            Engine::Redis(e) => e.send_many(from, sends).await,
+        }
+    }
+
+    /// Takes tokens from the buckets of `subject` under `kind` (see `crate::limits`), shared by
+    /// every replica of this engine.
+    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+        match self {
+            Engine::Memory(e) => Ok(e.take_tokens(kind, subject, asks)),
+            Engine::Redis(e) => e.take_tokens(kind, subject, asks).await,
         }
     }
 

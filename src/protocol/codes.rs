@@ -33,10 +33,12 @@ pub enum ErrorCode {
     Unauthorized,
     /// The user's registered key is of a kind that cannot prove possession (see `docs/security.md`).
     UnsupportedKey,
+    /// A rate limit refused the request; retry after `retry_after_ms` (or `Retry-After`).
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::BinaryNotSupported,
@@ -49,6 +51,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Unauthorized,
         ErrorCode::UnsupportedKey,
+        ErrorCode::RateLimited,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::UnsupportedKey => "unsupported_key",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -244,9 +248,9 @@ mod tests {
             assert!(any.is(code));
         }
         assert_eq!(ErrorCode::NotFound.as_str(), "not_found");
-        let newer: AnyErrorCode = serde_json::from_str(r#""rate_limited""#).unwrap();
-        assert_eq!(newer, AnyErrorCode::Unknown("rate_limited".into()));
-        assert_eq!(serde_json::to_string(&newer).unwrap(), r#""rate_limited""#);
+        let newer: AnyErrorCode = serde_json::from_str(r#""sender_banned""#).unwrap();
+        assert_eq!(newer, AnyErrorCode::Unknown("sender_banned".into()));
+        assert_eq!(serde_json::to_string(&newer).unwrap(), r#""sender_banned""#);
     }
 
     #[test]

@@ -257,6 +257,9 @@ pub struct ErrorFrame<'a> {
     pub code: AnyErrorCode,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<Cow<'a, str>>,
+    /// With `rate_limited`: how long until the same request would pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorFrame<'_> {
@@ -266,7 +269,24 @@ impl ErrorFrame<'_> {
 }
 
 pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
-    ErrorFrame { error: message.into(), code: code.into(), reference: reference.map(Cow::Borrowed) }.to_json()
+    ErrorFrame {
+        error: message.into(),
+        code: code.into(),
+        reference: reference.map(Cow::Borrowed),
+        retry_after_ms: None,
+    }
+    .to_json()
+}
+
+/// A `rate_limited` error frame: retry after `retry_after_ms`.
+pub fn rate_limited_frame(message: &str, reference: Option<&str>, retry_after_ms: u64) -> String {
+    ErrorFrame {
+        error: message.into(),
+        code: ErrorCode::RateLimited.into(),
+        reference: reference.map(Cow::Borrowed),
+        retry_after_ms: Some(retry_after_ms),
+    }
+    .to_json()
 }
 
 /// A delivery as a client reads it: the envelope, with `id` and `ts` when the connection
@@ -307,6 +327,7 @@ impl ServerFrame {
             status: Option<String>,
             error: Option<String>,
             code: Option<AnyErrorCode>,
+            retry_after_ms: Option<u64>,
         }
         let f: Loose = serde_json::from_str(text)?;
         if let Some(error) = f.error {
@@ -315,6 +336,7 @@ impl ServerFrame {
                 error: error.into(),
                 code,
                 reference: f.reference.map(Cow::Owned),
+                retry_after_ms: f.retry_after_ms,
             }));
         }
         match (f.status.as_deref(), f.id, f.reference, f.from, f.payload) {
@@ -476,13 +498,20 @@ mod tests {
                 assert_eq!(read.reference.as_deref(), reference);
             }
         }
-        let newer = ServerFrame::parse(r#"{"error":"slow down","code":"rate_limited"}"#).unwrap();
+        let newer = ServerFrame::parse(r#"{"error":"slow down","code":"sender_banned"}"#).unwrap();
         let ServerFrame::Error(newer) = newer else { panic!("an error") };
-        assert_eq!(newer.code, AnyErrorCode::Unknown("rate_limited".into()));
+        assert_eq!(newer.code, AnyErrorCode::Unknown("sender_banned".into()));
         assert_eq!(
             ErrorFrame { reference: None, ..newer.clone() }.to_json(),
-            r#"{"error":"slow down","code":"rate_limited"}"#
+            r#"{"error":"slow down","code":"sender_banned"}"#
         );
+        let limited = rate_limited_frame("slow down", Some("r7"), 1500);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&limited).unwrap(),
+            serde_json::json!({"error": "slow down", "code": "rate_limited", "ref": "r7", "retry_after_ms": 1500})
+        );
+        let ServerFrame::Error(read) = ServerFrame::parse(&limited).unwrap() else { panic!("an error") };
+        assert_eq!((read.code, read.retry_after_ms), (AnyErrorCode::Known(ErrorCode::RateLimited), Some(1500)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 mod connections;
 
-pub use connections::ConnectionLimits;
+pub use connections::{ConnectionLimits, ConnectionSlot, OverCapacity};
 
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -33,6 +33,8 @@ pub struct Shared {
     /// Upgraded sockets, which axum's graceful shutdown does not wait for.
     pub tracker: TaskTracker,
     pub metrics: Option<PrometheusHandle>,
+    /// Whose forwarded client addresses count (`server.trusted_proxies`).
+    pub trusted_proxies: crate::limits::TrustedProxies,
 }
 
 pub type AppState = Arc<Shared>;
@@ -62,7 +64,9 @@ pub async fn run(
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
     let auth = Auth::from_settings(&settings.auth, &engine).await?;
     let grace = settings.server.shutdown_grace();
+    let trusted_proxies = settings.server.trusted_proxies();
     let state = Arc::new(Shared {
+        trusted_proxies,
         settings,
         engine,
         auth,
@@ -94,7 +98,7 @@ pub async fn run(
         let metrics_listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
         let app = http::metrics_router(state.clone());
-        tokio::spawn(connections::serve(metrics_listener, app, limits, state.shutdown.clone()));
+        tokio::spawn(connections::serve(metrics_listener, app, limits.clone(), state.shutdown.clone()));
     }
     let serve = tokio::spawn(connections::serve(listener, http::router(state.clone()), limits, state.shutdown.clone()));
 

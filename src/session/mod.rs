@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::auth::Refusal;
 use crate::hub::Mailbox;
+use crate::limits::SendBudget;
 use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
 use crate::telemetry::metric;
 
@@ -120,6 +121,7 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Ar
         send_timeout,
         cursor: Cursor::default(),
         last_seen: Instant::now(),
+        budget: SendBudget::default(),
     };
     let closing = session.run().await;
 
@@ -140,6 +142,12 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Ar
         }
     })
     .await;
+}
+
+/// A socket opened over a connection cap: closed at once with 1013 (try again later).
+pub async fn refuse_over_capacity(mut socket: WebSocket) {
+    let frame = error_frame(ErrorCode::Unavailable, "server is at capacity; retry later", None);
+    reject(&mut socket, frame, Closing::UNAVAILABLE).await
 }
 
 /// Refuses a socket: one error frame, then a close frame.
@@ -170,4 +178,6 @@ struct Session {
     cursor: Cursor,
     /// When the peer last sent anything (pings check it against the idle timeout).
     last_seen: Instant,
+    /// The slice of the user's send budget this socket holds (see `crate::limits`).
+    budget: SendBudget,
 }

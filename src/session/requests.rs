@@ -8,8 +8,10 @@ use futures_util::FutureExt;
 use super::Session;
 use super::closing::Closing;
 use crate::engine::SendError;
+use crate::limits::Refused;
 use crate::protocol::{
-    AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, receipt_frame,
+    AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, rate_limited_frame,
+    receipt_frame,
 };
 use crate::telemetry::{self, metric};
 
@@ -23,15 +25,21 @@ pub enum RejectReason {
     TooLarge,
     UserNotFound,
     InboxFull,
+    /// The sender's share of the recipient's inbox is used up (`limits.inbox_share`).
+    InboxShare,
+    /// The sender's send rate (`rate.send_*_per_user`).
+    RateLimited,
     Unavailable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Forbidden,
         RejectReason::TooLarge,
         RejectReason::UserNotFound,
         RejectReason::InboxFull,
+        RejectReason::InboxShare,
+        RejectReason::RateLimited,
         RejectReason::Unavailable,
     ];
 
@@ -41,6 +49,8 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::UserNotFound => "user_not_found",
             RejectReason::InboxFull => "inbox_full",
+            RejectReason::InboxShare => "inbox_share",
+            RejectReason::RateLimited => "rate_limited",
             RejectReason::Unavailable => "unavailable",
         }
     }
@@ -132,8 +142,19 @@ impl Session {
                 let reference = send.reference.as_deref().filter(|_| acknowledging);
                 match self.validate_send(&send) {
                     Ok((to, envelope)) => {
-                        self.pending.push(PendingSend { to, envelope, reference: reference.map(str::to_owned) });
-                        Ok(())
+                        let stored = envelope.len() as u64;
+                        let rates = &self.state.settings.rate;
+                        match self.budget.spend(&self.state.engine, rates, &self.user, stored).await {
+                            Ok(()) => {
+                                let reference = reference.map(str::to_owned);
+                                self.pending.push(PendingSend { to, envelope, reference });
+                                Ok(())
+                            }
+                            Err(refused) => {
+                                self.store_pending().await?; // answers stay in the order of the frames
+                                self.refused(refused, reference).await
+                            }
+                        }
                     }
                     Err((code, message, reason)) => {
                         if let Some(reason) = reason {
@@ -179,7 +200,7 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.pending);
         let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
-        let results = self.state.engine.send_many(&sends).await;
+        let results = self.state.engine.send_many(&self.user, &sends).await;
         for (send, result) in batch.iter().zip(results) {
             self.report_send(send.reference.as_deref(), result).await?;
         }
@@ -201,6 +222,13 @@ impl Session {
                     SendError::InboxFull => {
                         (ErrorCode::InboxFull, "recipient's inbox is full; retry later", RejectReason::InboxFull)
                     }
+                    // The same code (the recipient cannot take more from this sender), its own
+                    // words and metric label: it is this sender's share that is used up.
+                    SendError::OverShare => (
+                        ErrorCode::InboxFull,
+                        "you have too many messages waiting for this recipient; retry once they read them",
+                        RejectReason::InboxShare,
+                    ),
                     SendError::Unavailable(err) => {
                         tracing::warn!(error = %err, "send failed");
                         (ErrorCode::Unavailable, "service unavailable, retry later", RejectReason::Unavailable)
@@ -237,6 +265,23 @@ impl Session {
 
     async fn receipt(&mut self, reference: &str, id: MsgId) -> Result<(), Closing> {
         self.feed(Message::Text(receipt_frame(reference, id).into())).await
+    }
+
+    /// A send the rate limit refused (nothing stored), or whose check could not be made.
+    async fn refused(&mut self, refused: Refused, reference: Option<&str>) -> Result<(), Closing> {
+        match refused {
+            Refused::Limited(limited) => {
+                RejectReason::RateLimited.count();
+                let message = "sending too fast; retry after retry_after_ms";
+                let frame = rate_limited_frame(message, reference, limited.retry_after_ms());
+                self.feed(Message::Text(frame.into())).await
+            }
+            Refused::Unavailable(e) => {
+                tracing::warn!(error = %e, "send budget check failed");
+                RejectReason::Unavailable.count();
+                self.error(ErrorCode::Unavailable, "service unavailable, retry later", reference).await
+            }
+        }
     }
 
     async fn error(&mut self, code: ErrorCode, message: &str, reference: Option<&str>) -> Result<(), Closing> {

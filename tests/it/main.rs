@@ -38,6 +38,7 @@ mod faults;
 // handle held only to be dropped) is not dead code.
 pub mod harness;
 mod hostile;
+mod limits;
 mod load;
 mod misbehaviour;
 mod observability;

@@ -29,11 +29,12 @@ pub(super) enum Command {
     Admit,
     /// Authentication: burning a challenge, marking a user protected, the shared token key.
     Auth,
+    Limit,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 14] = [
+    const ALL: [Command; 15] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -48,6 +49,7 @@ impl Command {
         Command::Unsubscribe,
         Command::Admit,
         Command::Auth,
+        Command::Limit,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -67,6 +69,7 @@ impl Command {
             Command::Unsubscribe => "unsubscribe",
             Command::Admit => "admit",
             Command::Auth => "auth",
+            Command::Limit => "limit",
         }
     }
 

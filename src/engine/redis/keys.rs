@@ -19,6 +19,14 @@ impl Keys {
     pub(super) fn inbox(&self, user: &UserId) -> String {
         format!("{}inbox:{{{user}}}", self.prefix)
     }
+    /// What each sender has waiting in the user's inbox (see `scripts::SEND`).
+    pub(super) fn shares(&self, user: &UserId) -> String {
+        format!("{}shares:{{{user}}}", self.prefix)
+    }
+    /// A rate-limit bucket; a user's `subject` is `{uid}`, its hash tag.
+    pub(super) fn rate(&self, kind: &str, subject: &str) -> String {
+        format!("{}rate:{kind}:{subject}", self.prefix)
+    }
     pub(super) fn generation(&self, user: &UserId) -> String {
         format!("{}conn:{{{user}}}", self.prefix)
     }

@@ -9,12 +9,15 @@
 //! | `<p>auth:jti:<id>`         | STRING  | a challenge already answered (`SET NX PX`: single use) |
 //! | `<p>auth:token-key`        | STRING  | the token key generated once when none is configured (`SET NX GET`) |
 //! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`)    |
-//! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`) until removed |
-//! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover)      |
+//! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`, `f` sender) until removed |
+//! | `<p>shares:{uid}`          | HASH    | per sender `n:<uid>`, `b:<uid>` waiting, `bytes` of all; expires with the inbox |
+//! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover); expires after `inbox_ttl_secs` |
+//! | `<p>rate:<limit>:<subject>`| HASH    | a rate-limit bucket (`limit.lua`); expires once full again |
 //! | `<p>deliver:{uid}`         | channel | doorbell (see `doorbell`): `m<id> <seq>\n<envelope>`, `t<generation>`, `e<replica>:<n>` |
 //! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
 //!
-//! A send is one script: check the recipient, check the inbox's room, XADD, refresh the TTL,
+//! A send is one script: check the recipient, the inbox's room and the sender's share, XADD,
+//! count the share, refresh the TTLs,
 //! PUBLISH: stored and announced, or refused, never announced without being stored.
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
 //!
@@ -70,6 +73,7 @@ use self::supervisor::Supervisor;
 use super::{SendError, Unavailable};
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
+use crate::limits::{Ask, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -179,15 +183,15 @@ impl RedisEngine {
     }
 
     /// Several sends in one pipeline: one round trip, executed in order.
-    pub async fn send_many(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    pub async fn send_many(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
         if this.connections.is_cluster() {
-            return self.send_per_recipient(sends).await;
+            return self.send_per_recipient(from, sends).await;
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (to, envelope) in sends {
-            pipe.invoke_script(&self.send_invocation(to, envelope));
+            pipe.invoke_script(&self.send_invocation(from, to, envelope));
         }
         let mut con = this.connections.cmd();
         let mut replies: Result<Vec<RedisResult<Value>>, Unavailable> =
@@ -219,7 +223,7 @@ impl RedisEngine {
     /// On a cluster a pipeline must stay in one slot (and redis-rs retries a whole pipeline
     /// when any reply in it is a redirect, which would store the others twice): each
     /// recipient's sends go one after the other, in order, and different recipients' at once.
-    async fn send_per_recipient(&self, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    async fn send_per_recipient(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
         let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
         for (i, (to, _)) in sends.iter().enumerate() {
             by_recipient.entry(to).or_default().push(i);
@@ -228,7 +232,7 @@ impl RedisEngine {
             let mut results = Vec::with_capacity(indices.len());
             for i in indices {
                 let (to, envelope) = &sends[i];
-                results.push((i, self.send_one(to, envelope).await));
+                results.push((i, self.send_one(from, to, envelope).await));
             }
             results
         });
@@ -238,24 +242,49 @@ impl RedisEngine {
         results.into_iter().map(|(_, result)| result).collect()
     }
 
-    pub async fn send_one(&self, to: &UserId, envelope: &Bytes) -> Result<MsgId, SendError> {
+    pub async fn send_one(&self, from: &UserId, to: &UserId, envelope: &Bytes) -> Result<MsgId, SendError> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
-        let reply: Value = this.timed(Command::Send, self.send_invocation(to, envelope).invoke_async(&mut con)).await?;
+        let invocation = self.send_invocation(from, to, envelope);
+        let reply: Value = this.timed(Command::Send, invocation.invoke_async(&mut con)).await?;
         send_reply(reply)
     }
 
-    fn send_invocation<'a>(&'a self, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
+    fn send_invocation<'a>(&'a self, from: &UserId, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
         let this = &self.inner;
+        let limits = &this.limits;
         let mut invocation = this.scripts.send.prepare_invoke();
         invocation
             .key(this.keys.user(to))
             .key(this.keys.inbox(to))
+            .key(this.keys.shares(to))
             .arg(envelope.as_ref())
-            .arg(this.limits.inbox_capacity)
-            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000))
-            .arg(this.keys.channel(to));
+            .arg(limits.inbox_capacity)
+            .arg(limits.inbox_ttl_secs.saturating_mul(1000))
+            .arg(this.keys.channel(to))
+            .arg(from.as_str())
+            .arg(limits.inbox_share)
+            .arg(limits.inbox_share_bytes)
+            .arg(limits.inbox_max_bytes);
         invocation
+    }
+
+    /// One rate-limit check: one script call on the bucket's key (one slot).
+    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+        let this = &self.inner;
+        let ttl = asks.iter().map(|a| a.rate.refill_time()).max().unwrap_or_default();
+        let mut invocation = this.scripts.limit.prepare_invoke();
+        invocation.key(this.keys.rate(kind, subject)).arg(ttl.as_millis().max(1000) as u64);
+        for ask in asks {
+            invocation.arg(ask.rate.burst).arg(ask.rate.per_second).arg(ask.want).arg(ask.min);
+        }
+        let mut con = this.connections.cmd();
+        let reply: Vec<u64> = this.timed(Command::Limit, invocation.invoke_async(&mut con)).await?;
+        match reply.as_slice() {
+            [1, granted @ ..] if granted.len() == asks.len() => Ok(Verdict::Granted(granted.to_vec())),
+            [0, wait] => Ok(Verdict::Limited(Duration::from_millis(*wait))),
+            _ => Err(Unavailable(format!("unexpected reply to a rate-limit check: {reply:?}"))),
+        }
     }
 
     pub async fn backlog(
@@ -289,9 +318,10 @@ impl RedisEngine {
     }
 
     pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
-        let mut con = self.inner.connections.cmd();
-        let ids: Vec<String> = ids.iter().map(MsgId::to_string).collect();
-        let _: usize = self.inner.timed(Command::Remove, con.xdel(self.inner.keys.inbox(user), &ids)).await?;
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        let invocation = remover::removal(&this.scripts.remove, &this.keys, user, ids);
+        let _: usize = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
         Ok(())
     }
 
@@ -311,7 +341,10 @@ impl RedisEngine {
         this.subscriptions.settle(&mailbox.user, this.timeout * 4).await?;
         let mut con = this.connections.cmd();
         let mut invocation = this.scripts.attach.prepare_invoke();
-        invocation.key(this.keys.generation(&mailbox.user)).arg(this.keys.channel(&mailbox.user));
+        invocation
+            .key(this.keys.generation(&mailbox.user))
+            .arg(this.keys.channel(&mailbox.user))
+            .arg(this.limits.inbox_ttl_secs.saturating_mul(1000));
         let generation: u64 = this.timed(Command::Attach, invocation.invoke_async(&mut con)).await?;
         this.hub.set_generation(mailbox, generation);
         Ok(())

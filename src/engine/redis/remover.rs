@@ -1,6 +1,7 @@
 //! The remover: messages written to specification clients leave their inboxes in pipelined
 //! batches, one round trip for many sessions' writes; a barrier answers once every removal
-//! queued before it is done.
+//! queued before it is done. A removal is the `REMOVE` script (it gives the senders' shares
+//! back), which may safely run twice.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,10 +9,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{Command, timed};
-use super::conn::each_concurrently;
+use futures_util::{StreamExt, stream};
+
+use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
+use super::scripts::remove_script;
 use crate::protocol::{MsgId, UserId};
+
+/// The removal of `ids` from `user`'s inbox, shares given back.
+pub(super) fn removal<'a>(
+    script: &'a redis::Script,
+    keys: &Keys,
+    user: &UserId,
+    ids: &[MsgId],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(keys.inbox(user)).key(keys.shares(user));
+    for id in ids {
+        invocation.arg(id.to_string());
+    }
+    invocation
+}
 
 /// Removals queued per pipeline (one round trip).
 const REMOVAL_BATCH: usize = 512;
@@ -68,33 +87,39 @@ impl RemovalQueue {
 }
 
 pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue: mpsc::Receiver<Removal>) {
+    let script = remove_script();
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, REMOVAL_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
+        let mut removals = Vec::new();
         let mut barriers = Vec::new();
-        for removal in batch.drain(..) {
-            match removal {
-                Removal::Delivered(user, ids) => {
-                    let ids: Vec<String> = ids.iter().map(MsgId::to_string).collect();
-                    pipe.xdel(keys.inbox(&user), &ids).ignore();
-                }
+        for queued in batch.drain(..) {
+            match queued {
+                Removal::Delivered(user, ids) => removals.push((user, ids)),
                 Removal::Barrier(done) => barriers.push(done),
             }
         }
         let mut con = connections.cmd();
-        let result = if pipe.is_empty() {
+        let result = if removals.is_empty() {
             Ok(())
         } else if connections.is_cluster() {
-            // A cluster pipeline goes to one shard: each user's removal on its own, many at once.
-            let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
-            let remove = |command: &&redis::Cmd| {
-                let mut con = con.clone();
-                let command = (*command).clone();
-                async move { command.query_async::<()>(&mut con).await }
-            };
-            timed(Command::Remove, connections.timeout, each_concurrently(&commands, remove)).await
+            // A cluster pipeline goes to one shard: each user's removal on its own, many at once
+            // (`invoke_async` loads the script on a shard that lacks it).
+            timed(Command::Remove, connections.timeout, remove_each(removals, &script, &keys, &con)).await
         } else {
-            timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await
+            let mut pipe = redis::pipe();
+            for (user, ids) in &removals {
+                pipe.invoke_script(&removal(&script, &keys, user, ids)).ignore();
+            }
+            let mut result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
+            // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
+            // load it: load it and run them all again (a removal done twice changes nothing).
+            if result.is_err() {
+                let invocation = script.prepare_invoke();
+                if timed(Command::Remove, connections.timeout, invocation.load_async(&mut con)).await.is_ok() {
+                    result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
+                }
+            }
+            result
         };
         if let Err(e) = result {
             // Still stored: delivered again on the next connection rather than lost.
@@ -104,6 +129,23 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
             let _ = done.send(());
         }
     }
+}
+
+/// Runs each removal on its own, many at once (on a cluster each goes to its slot's shard).
+async fn remove_each(
+    removals: Vec<(UserId, Vec<MsgId>)>,
+    script: &redis::Script,
+    keys: &Keys,
+    con: &Conn,
+) -> redis::RedisResult<()> {
+    let results: Vec<redis::RedisResult<()>> = stream::iter(removals.into_iter().map(|(user, ids)| {
+        let (mut con, script, keys) = (con.clone(), script.clone(), keys.clone());
+        async move { removal(&script, &keys, &user, &ids).invoke_async::<()>(&mut con).await }
+    }))
+    .buffer_unordered(CLUSTER_CONCURRENCY)
+    .collect()
+    .await;
+    results.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -14,8 +14,13 @@ use crate::protocol::MsgId;
 /// Appends an envelope to the recipient's inbox and rings its doorbell, in one step. Each
 /// message gets the next number of its recipient (field `seq` of the user record), stored with
 /// it and announced with it, so a session notices a doorbell that never came.
-/// KEYS: user record, inbox. ARGV: envelope, capacity, ttl (ms), channel.
-/// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox.
+/// The inbox's share record (a hash in the same slot) counts what each sender has waiting
+/// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
+/// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
+/// KEYS: user record, inbox, shares. ARGV: envelope, capacity, ttl (ms), channel, sender,
+/// share (messages, 0: none), share (bytes, 0: none), inbox byte cap.
+/// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
+/// over its share.
 ///
 /// The channel is an argument, not a key: on a cluster it is in the keys' slot all the same,
 /// and a declared key that never exists would make every send to a slot being migrated fail
@@ -23,10 +28,22 @@ use crate::protocol::MsgId;
 const SEND: &str = include_str!("send.lua");
 
 /// Claims the next connection generation of a user and announces it, so that older
-/// connections on every replica end. The counter never expires: one
-/// restarting at 1 would make every older connection look newer. (KEYS: counter. ARGV:
-/// channel, for the reason given at `SEND`.)
+/// connections on every replica end. The counter expires (ARGV[2], ms) like any abandoned
+/// record, and starts again at Redis's clock in milliseconds, not at 1: a connection older
+/// than the expiry still counts as older. (KEYS: counter. ARGV: channel, for the reason given
+/// at `SEND`; ttl.)
 const ATTACH: &str = include_str!("attach.lua");
+
+/// Removes delivered or acknowledged entries and gives their senders' shares back; an id
+/// no longer there changes nothing, so a removal may run twice. KEYS: inbox, shares. ARGV:
+/// ids. Returns how many were removed.
+const REMOVE: &str = include_str!("remove.lua");
+
+/// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
+/// clock: up to two dimensions in one hash (`at`, `t1`, `t2`) that expires once it would be
+/// full again. KEYS: the bucket. ARGV: ttl (ms), then per dimension burst, per second, want,
+/// min. Returns `{1, granted…}` or `{0, retry after ms}`.
+const LIMIT: &str = include_str!("limit.lua");
 
 /// Where a template takes its doorbell expression.
 const DOORBELL: &str = "$DOORBELL";
@@ -34,14 +51,26 @@ const DOORBELL: &str = "$DOORBELL";
 pub(super) struct Scripts {
     pub(super) send: Script,
     pub(super) attach: Script,
+    pub(super) remove: Script,
+    pub(super) limit: Script,
 }
 
 impl Scripts {
     /// `publish` is `PUBLISH`, or `SPUBLISH` on a cluster (the channel is in the same `{uid}`
     /// slot as the keys, so a script stays on one shard).
     pub(super) fn new(publish: &str) -> Self {
-        Self { send: Script::new(&send_source(publish)), attach: Script::new(&attach_source(publish)) }
+        Self {
+            send: Script::new(&send_source(publish)),
+            attach: Script::new(&attach_source(publish)),
+            remove: remove_script(),
+            limit: Script::new(LIMIT),
+        }
     }
+}
+
+/// The removal script, for the remover task (which starts before `Scripts`).
+pub(super) fn remove_script() -> Script {
+    Script::new(REMOVE)
 }
 
 fn send_source(publish: &str) -> String {
@@ -62,6 +91,7 @@ pub(super) fn send_reply(reply: Value) -> Result<MsgId, SendError> {
     match &reply {
         Value::Int(-1) => Err(SendError::UserNotFound),
         Value::Int(-2) => Err(SendError::InboxFull),
+        Value::Int(-3) => Err(SendError::OverShare),
         Value::BulkString(id) => parse_id(id).ok_or_else(unexpected),
         Value::SimpleString(id) => parse_id(id.as_bytes()).ok_or_else(unexpected),
         _ => Err(unexpected()),
@@ -88,8 +118,9 @@ mod tests {
         assert!(attach_source("PUBLISH").contains(&doorbell::lua_takeover("generation")));
     }
 
-    /// Redis caches scripts by SHA1: these are the scripts of the releases before the
-    /// templates, so every replica runs the very same code. Change them only with the scripts.
+    /// Redis caches scripts by SHA1, and replicas of two releases may run side by side during a
+    /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
+    /// inbox shares (send: sender field and share record; attach: the counter's expiry).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -99,11 +130,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("8e386d02388d4ecfb70c8b54bc148cd569aa0204", "fa919ad79178c8fd8cc92a8c3a5aab4916659622")
+            expected("61fd4d184d2237f40d3c9b21ad407ffa2eab1768", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("53d0def73f4997d12f04bfedf0760e0f96742330", "c0064a62add219a81f218e6beb7be2f51bf75d32")
+            expected("f3ba0f5a575cc8f98180eb309183f29d09b417bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

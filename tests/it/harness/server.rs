@@ -18,6 +18,19 @@ use super::redis::Redis;
 use super::sentinel::Sentinel;
 use super::ws::Ws;
 
+/// Every per-client limit off (see `Server::start`).
+const UNLIMITED: [(&str, &str); 9] = [
+    ("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0"),
+    ("ENIGMA__LIMITS__INBOX_SHARE", "0"),
+    ("ENIGMA__LIMITS__INBOX_SHARE_BYTES", "0"),
+    ("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", "0"),
+    ("ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST", "0"),
+    ("ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST", "0"),
+    ("ENIGMA__RATE__SOCKET_PER_USER__BURST", "0"),
+    ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST", "0"),
+    ("ENIGMA__RATE__SEND_BYTES_PER_USER__BURST", "0"),
+];
+
 /// A running `enigma-server` process.
 pub struct Server {
     child: Child,
@@ -94,6 +107,12 @@ impl Server {
             .env("ENIGMA__LOG__LEVEL", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        // The limits (tests/it/limits.rs sets the ones it checks) would refuse the load and
+        // slow-reader scenarios of other tests, which send thousands from one user and one
+        // address: off unless a test sets them (its variables come later and win).
+        for (k, v) in UNLIMITED {
+            command.env(k, v);
+        }
         if let Some(url) = &config.redis_url {
             command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix);
         }

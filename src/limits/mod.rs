@@ -1,0 +1,237 @@
+//! Rate limits that hold across replicas: registrations and challenges per client address,
+//! socket opens per address and per user, sends per user (messages and bytes per second, with
+//! a burst).
+//!
+//! Every budget is a token bucket kept by the engine (`bucket`): in Redis one script call per
+//! check (`engine/redis/limit.lua`, state in a hash with a TTL, Redis's clock), in the memory
+//! engine a map in the process. A client gets nothing back by reconnecting or switching
+//! replica, since no replica keeps a budget of its own — except the send lease: a session
+//! takes a slice of its user's send budget at once (`SendBudget`) and spends it locally, so the
+//! send path pays one limiter round trip per slice, not per message. A lease left unspent when
+//! the socket closes is simply gone: reconnecting never adds to a budget.
+
+mod address;
+mod bucket;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use self::address::TrustedProxies;
+pub use self::bucket::{Ask, Buckets, Rate, Verdict};
+
+use crate::engine::{Engine, Unavailable};
+use crate::protocol::UserId;
+use crate::telemetry::metric;
+
+/// The `[rate]` section: each budget's `burst` and `per_second`; `burst = 0` turns one off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSettings {
+    /// `GET /login/…` per client address.
+    pub login_per_address: Rate,
+    /// Challenge requests (claiming a user id) per client address.
+    pub challenge_per_address: Rate,
+    /// WebSocket opens per client address.
+    pub socket_per_address: Rate,
+    /// WebSocket opens per user.
+    pub socket_per_user: Rate,
+    /// Messages sent per user.
+    pub send_messages_per_user: Rate,
+    /// Payload bytes sent per user (as stored).
+    pub send_bytes_per_user: Rate,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        // A school behind one NAT address: 300 registrations and sockets in a burst pass, then
+        // 5 a second (300 a minute); a flood of thousands waits. A phone back online flushes
+        // 500 queued messages at once; after the burst 20 a second, far above typing.
+        Self {
+            login_per_address: Rate::new(400, 5.0),
+            challenge_per_address: Rate::new(400, 5.0),
+            socket_per_address: Rate::new(400, 5.0),
+            socket_per_user: Rate::new(60, 1.0),
+            send_messages_per_user: Rate::new(1_000, 20.0),
+            send_bytes_per_user: Rate::new(16 * 1024 * 1024, 256.0 * 1024.0),
+        }
+    }
+}
+
+impl RateSettings {
+    /// The first bad budget: a burst needs a positive refill rate.
+    pub fn invalid(&self) -> Option<&'static str> {
+        self.all()
+            .into_iter()
+            .find(|(_, r)| {
+                let refills = r.per_second.is_finite() && r.per_second > 0.0;
+                !r.is_off() && !refills
+            })
+            .map(|(k, _)| k)
+    }
+
+    fn all(&self) -> [(&'static str, Rate); 6] {
+        [
+            ("rate.login_per_address", self.login_per_address),
+            ("rate.challenge_per_address", self.challenge_per_address),
+            ("rate.socket_per_address", self.socket_per_address),
+            ("rate.socket_per_user", self.socket_per_user),
+            ("rate.send_messages_per_user", self.send_messages_per_user),
+            ("rate.send_bytes_per_user", self.send_bytes_per_user),
+        ]
+    }
+}
+
+/// Which budget refused: the `limit` label of `enigma_rate_limited_total` and part of the
+/// bucket's key. Never a user id or an address in a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Login,
+    Challenge,
+    SocketPerAddress,
+    SocketPerUser,
+    Send,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 5] =
+        [Limit::Login, Limit::Challenge, Limit::SocketPerAddress, Limit::SocketPerUser, Limit::Send];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Login => "login",
+            Limit::Challenge => "challenge",
+            Limit::SocketPerAddress => "socket_address",
+            Limit::SocketPerUser => "socket_user",
+            Limit::Send => "send",
+        }
+    }
+
+    fn refused(self) {
+        metrics::counter!(metric::RATE_LIMITED, "limit" => self.as_str()).increment(1);
+    }
+}
+
+/// A refusal: try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: Limit,
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds for `Retry-After` (never 0: that would invite an instant retry).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_millis().div_ceil(1000).max(1) as u64
+    }
+    pub fn retry_after_ms(&self) -> u64 {
+        self.retry_after.as_millis().max(1) as u64
+    }
+}
+
+/// Why a limited action did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("rate limited")]
+    Limited(Limited),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Takes one token of a per-address or per-user budget.
+async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result<(), Refused> {
+    if rate.is_off() {
+        return Ok(());
+    }
+    let asks = [Ask { rate, want: 1, min: 1 }];
+    match engine.take_tokens(limit.as_str(), subject, &asks).await? {
+        Verdict::Granted(_) => Ok(()),
+        Verdict::Limited(retry_after) => {
+            limit.refused();
+            Err(Refused::Limited(Limited { limit, retry_after }))
+        }
+    }
+}
+
+/// A registration (`GET /login/…`) from `client`.
+pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
+    one(engine, Limit::Login, rates.login_per_address, &client.to_string()).await
+}
+
+/// A challenge request from `client`: for the endpoint that issues challenges to call
+/// before it seals one.
+pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
+    one(engine, Limit::Challenge, rates.challenge_per_address, &client.to_string()).await
+}
+
+/// A WebSocket open by `client` as `user`: both budgets, the address's first.
+pub async fn check_socket(engine: &Engine, rates: &RateSettings, client: IpAddr, user: &UserId) -> Result<(), Refused> {
+    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &client.to_string()).await?;
+    // The user's braces make it the bucket's hash tag: the user's slot on a cluster.
+    one(engine, Limit::SocketPerUser, rates.socket_per_user, &format!("{{{user}}}")).await
+}
+
+/// The send budget a session holds: tokens leased from its user's shared budget, spent here.
+#[derive(Debug, Default)]
+pub struct SendBudget {
+    messages: u64,
+    bytes: u64,
+}
+
+impl SendBudget {
+    /// Spends one message of `bytes`, leasing more from the shared budget when this lease
+    /// is spent (a slice of a tenth of the burst, so a busy sender pays one round trip per
+    /// tenth of its burst).
+    pub async fn spend(
+        &mut self,
+        engine: &Engine,
+        rates: &RateSettings,
+        user: &UserId,
+        bytes: u64,
+    ) -> Result<(), Refused> {
+        let (msgs, size) = (rates.send_messages_per_user, rates.send_bytes_per_user);
+        let need_msgs = u64::from(!msgs.is_off() && self.messages == 0);
+        let need_bytes = if size.is_off() { 0 } else { bytes.saturating_sub(self.bytes) };
+        if need_msgs > 0 || need_bytes > 0 {
+            let mut asks = Vec::with_capacity(2);
+            // An off dimension asks for nothing (burst 0 would never grant).
+            let ask = |rate: Rate, need: u64| Ask { rate, want: need.max(rate.burst / 10), min: need };
+            if !msgs.is_off() {
+                asks.push(ask(msgs, need_msgs));
+            }
+            if !size.is_off() {
+                asks.push(ask(size, need_bytes));
+            }
+            match engine.take_tokens(Limit::Send.as_str(), &format!("{{{user}}}"), &asks).await? {
+                Verdict::Granted(granted) => {
+                    let mut granted = granted.into_iter();
+                    if !msgs.is_off() {
+                        self.messages += granted.next().unwrap_or(0);
+                    }
+                    if !size.is_off() {
+                        self.bytes += granted.next().unwrap_or(0);
+                    }
+                }
+                Verdict::Limited(retry_after) => {
+                    Limit::Send.refused();
+                    return Err(Refused::Limited(Limited { limit: Limit::Send, retry_after }));
+                }
+            }
+        }
+        if !msgs.is_off() {
+            self.messages = self.messages.saturating_sub(1);
+        }
+        if !size.is_off() {
+            self.bytes = self.bytes.saturating_sub(bytes);
+        }
+        Ok(())
+    }
+}
+
+/// Registers the refusal counters at 0, so dashboards and alerts see every series.
+pub fn register_metrics() {
+    for limit in Limit::ALL {
+        metrics::counter!(metric::RATE_LIMITED, "limit" => limit.as_str()).increment(0);
+    }
+}

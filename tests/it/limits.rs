@@ -1,0 +1,283 @@
+//! Nobody drowns anybody: a flooder is refused its share of a recipient's inbox while the
+//! recipient's other contacts get through; budgets (logins per address, sends per user)
+//! hold across reconnects and replicas; refusals are clear (429 + `Retry-After`, or a
+//! `rate_limited` frame with `retry_after_ms` and the `ref`) and store nothing; connection caps
+//! refuse the extra connections, not the existing users.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, DEADLINE, Redis, Server, ServerConfig, Ws, random_key};
+
+both_engines!(
+    a_flood_refuses_the_flooder_not_the_friend,
+    a_login_flood_is_throttled_per_address,
+    the_send_budget_survives_reconnects_and_replicas,
+    socket_opens_are_limited_per_user,
+    a_byte_flood_to_throwaway_recipients_is_refused_early,
+);
+
+/// Two replicas on a Redis (one server on the memory engine, which has no second replica).
+fn replicas(b: &Backend, config: ServerConfig) -> (Server, Option<Server>) {
+    let first = Server::start(&config);
+    let second = b.is_redis().then(|| Server::start(&config));
+    (first, second)
+}
+
+fn config(b: &Backend, env: &[(&str, &str)]) -> ServerConfig {
+    env.iter().fold(b.config(), |c, (k, v)| c.with(k, v))
+}
+
+/// Sends with a `ref` and returns the one answer to it (receipt or error).
+async fn send_v1(ws: &mut Ws, from: &str, to: &str, payload: &str, reference: &str) -> Value {
+    ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": reference})).await;
+    loop {
+        let frame = ws.recv_json().await;
+        if frame["ref"] == reference {
+            return frame;
+        }
+    }
+}
+
+async fn a_flood_refuses_the_flooder_not_the_friend(b: Backend) {
+    const SHARE: usize = 100;
+    let share = SHARE.to_string();
+    let c = config(&b, &[("ENIGMA__LIMITS__INBOX_SHARE", &share), ("ENIGMA__LIMITS__INBOX_CAPACITY", "300")]);
+    let (a, other) = replicas(&b, c);
+    let bside = other.as_ref().unwrap_or(&a);
+    let (attacker, friend, victim) = (a.new_user().await, bside.new_user().await, bside.new_user().await);
+    // The attacker on replica A floods the offline victim, pipelining every send.
+    let mut flood = a.connect_v1(&attacker).await;
+    let total = SHARE + 150;
+    for i in 0..total {
+        flood
+            .send_json(json!({"from": attacker, "to": victim, "payload": format!("junk{i}"), "ref": i.to_string()}))
+            .await;
+    }
+    let (mut stored, mut refused) = (0, 0);
+    while stored + refused < total {
+        let frame = flood.recv_json().await;
+        match (frame["status"].as_str(), frame["code"].as_str()) {
+            (Some("stored"), _) => stored += 1,
+            (_, Some("inbox_full")) => refused += 1,
+            other => panic!("unexpected answer {other:?}: {frame}"),
+        }
+    }
+    assert_eq!((stored, refused), (SHARE, total - SHARE), "the attacker holds exactly its share");
+    // The friend, on replica B, still gets through: every message.
+    let mut f = bside.connect_v1(&friend).await;
+    for i in 0..20 {
+        let answer = send_v1(&mut f, &friend, &victim, &format!("hi{i}"), &format!("f{i}")).await;
+        assert_eq!(answer["status"], "stored", "friend's message {i}: {answer}");
+    }
+    // The victim connects (a spec client: delivered means removed) and gets the share and the friend's.
+    let mut v = bside.connect(&victim).await;
+    let (mut junk, mut from_friend) = (0, 0);
+    while junk + from_friend < SHARE + 20 {
+        let m = v.recv_json().await;
+        if m["from"] == friend.as_str() { from_friend += 1 } else { junk += 1 }
+    }
+    assert_eq!((junk, from_friend), (SHARE, 20));
+    // Delivered messages give the share back: the attacker may send again (the removal is
+    // asynchronous for spec clients, hence the wait).
+    let started = std::time::Instant::now();
+    for n in 0.. {
+        let answer = send_v1(&mut flood, &attacker, &victim, "again", &format!("again{n}")).await;
+        if answer["status"] == "stored" {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the attacker's share was never given back: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn login_status(server: &Server, local: &str) -> (u16, Option<String>, Value) {
+    let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap();
+    let response = client.get(server.url(&format!("/login/{}", random_key()))).send().await.expect("login");
+    let status = response.status().as_u16();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_login_flood_is_throttled_per_address(b: Backend) {
+    let c = config(
+        &b,
+        &[("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", "20"), ("ENIGMA__RATE__LOGIN_PER_ADDRESS__PER_SECOND", "0.2")],
+    );
+    let (a, other) = replicas(&b, c);
+    for i in 0..20 {
+        assert_eq!(login_status(&a, "127.0.0.1").await.0, 200, "login {i} is within the burst");
+    }
+    let (status, retry, body) = login_status(&a, "127.0.0.1").await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=6).contains(&retry), "Retry-After {retry}");
+    // The other replica knows the same budget.
+    if let Some(other) = &other {
+        assert_eq!(login_status(other, "127.0.0.1").await.0, 429, "switching replica resets nothing");
+    }
+    // Another address is another budget.
+    assert_eq!(login_status(other.as_ref().unwrap_or(&a), "127.0.0.2").await.0, 200);
+    // A forged X-Forwarded-For from an untrusted peer is ignored.
+    let forged = a.http.get(a.url(&format!("/login/{}", random_key()))).header("x-forwarded-for", "203.0.113.7");
+    assert_eq!(forged.send().await.unwrap().status().as_u16(), 429);
+}
+
+async fn the_send_budget_survives_reconnects_and_replicas(b: Backend) {
+    let c = config(
+        &b,
+        &[
+            ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST", "30"),
+            ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND", "0.1"),
+        ],
+    );
+    let (a, other) = replicas(&b, c);
+    let (sender, buddy) = (a.new_user().await, a.new_user().await);
+    let mut ws = a.connect_v1(&sender).await;
+    for i in 0..30 {
+        assert_eq!(send_v1(&mut ws, &sender, &buddy, "m", &i.to_string()).await["status"], "stored", "send {i}");
+    }
+    let refused = send_v1(&mut ws, &sender, &buddy, "over", "over").await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some_and(|ms| ms > 1000), "{refused}");
+    // The socket stays usable (a malformed frame is still answered).
+    ws.send_text("{}").await;
+    assert_eq!(ws.recv_json().await["code"], "invalid_frame");
+    ws.close().await;
+    // Reconnecting, on the other replica if there is one, gives no fresh budget.
+    let second = other.as_ref().unwrap_or(&a);
+    let mut ws = second.connect_v1(&sender).await;
+    assert_eq!(send_v1(&mut ws, &sender, &buddy, "again", "again").await["code"], "rate_limited");
+    // Nothing was stored for the refused sends: the buddy has exactly the 30.
+    let mut inbox = second.connect(&buddy).await;
+    for i in 0..30 {
+        assert_eq!(inbox.recv_json().await["payload"], "m", "message {i}");
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), inbox.inner.next()).await;
+    assert!(extra.is_err(), "a refused send was stored: {extra:?}");
+}
+
+async fn socket_opens_are_limited_per_user(b: Backend) {
+    let c = config(
+        &b,
+        &[("ENIGMA__RATE__SOCKET_PER_USER__BURST", "3"), ("ENIGMA__RATE__SOCKET_PER_USER__PER_SECOND", "0.1")],
+    );
+    let (a, other) = replicas(&b, c);
+    let user = a.new_user().await;
+    for _ in 0..3 {
+        a.connect(&user).await.close().await;
+    }
+    let second = other.as_ref().unwrap_or(&a);
+    match Ws::try_connect(&second.ws_url(&format!("/ws/{user}")), None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            assert!(response.headers().get("retry-after").is_some());
+        }
+        other => panic!("a fourth socket open should be refused with 429, got {:?}", other.map(|_| ())),
+    }
+    // Another user is not affected.
+    let someone = a.new_user().await;
+    second.connect(&someone).await.close().await;
+}
+
+async fn a_byte_flood_to_throwaway_recipients_is_refused_early(b: Backend) {
+    // The defaults (the harness turns limits off unless told): 64 KiB payloads to four
+    // recipients, as fast as the server takes them.
+    let defaults = [
+        ("ENIGMA__LIMITS__INBOX_SHARE", "1000"),
+        ("ENIGMA__LIMITS__INBOX_SHARE_BYTES", "8388608"),
+        ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST", "1000"),
+        ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND", "20"),
+        ("ENIGMA__RATE__SEND_BYTES_PER_USER__BURST", "16777216"),
+        ("ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND", "262144"),
+    ];
+    let s = Server::start(&config(&b, &defaults));
+    let sender = s.new_user().await;
+    let mut recipients = Vec::new();
+    for _ in 0..4 {
+        recipients.push(s.new_user().await);
+    }
+    let payload = "p".repeat(64 * 1024 - 16);
+    let mut ws = s.connect_v1(&sender).await;
+    let started = std::time::Instant::now();
+    let total = 4 * 200;
+    for i in 0..total {
+        let to = &recipients[i % 4];
+        ws.send_json(json!({"from": sender, "to": to, "payload": payload, "ref": i.to_string()})).await;
+    }
+    let (mut stored, mut refused) = (0usize, 0usize);
+    while stored + refused < total {
+        let frame = ws.recv_json().await;
+        match (frame["status"].as_str(), frame["code"].as_str()) {
+            (Some("stored"), _) => stored += 1,
+            (_, Some("rate_limited" | "inbox_full")) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // The send budget: a 16 MiB burst and 256 KiB/s, about 256 envelopes of 64 KiB plus four
+    // a second, out of 800 tried (51 MB).
+    let allowed = 16 * 1024 * 1024 + (started.elapsed().as_secs_f64().ceil() as usize + 1) * 256 * 1024;
+    let stored_bytes = stored * 64 * 1024;
+    assert!(stored_bytes <= allowed, "{stored} envelopes of 64 KiB stored ({allowed} bytes allowed)");
+    assert!(refused >= total / 2, "{refused} refused");
+}
+
+#[tokio::test]
+async fn a_full_redis_answers_unavailable_and_loses_nothing() {
+    let redis = Redis::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let server = Server::start(&ServerConfig::redis(&redis));
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    let payload = "q".repeat(60 * 1024);
+    let mut stored = 0;
+    let mut answer = Value::Null;
+    for i in 0..400 {
+        answer = send_v1(&mut ws, &sender, &receiver, &payload, &i.to_string()).await;
+        if answer["status"] != "stored" {
+            break;
+        }
+        stored += 1;
+    }
+    assert_eq!(answer["code"], "unavailable", "a full Redis refuses: {answer}");
+    assert!(stored > 10, "only {stored} stored before Redis was full");
+    // Everything stored is still there, and the receiver can still connect and take it (the
+    // scripts a reader runs may run on a full Redis; removing frees memory).
+    let mut r = server.connect(&receiver).await;
+    for i in 0..stored {
+        assert_eq!(r.recv_json().await["payload"].as_str().map(str::len), Some(payload.len()), "message {i}");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_while_existing_users_keep_working() {
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        users.push(server.new_user().await);
+    }
+    let mut a = server.connect(&users[0]).await;
+    let mut b = server.connect(&users[1]).await;
+    // More sockets from the same address until the cap (4, counting the HTTP client's pooled
+    // connection) refuses one: closed with 1013, try again later.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for user in &users[2..] {
+        let mut ws = server.connect(user).await;
+        // A refused socket gets an error frame, then the close frame; a live one stays quiet.
+        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                assert!(text.contains("unavailable"), "{text}");
+                refused = Some(ws.expect_close().await.0);
+                break;
+            }
+            _ => held.push(ws),
+        }
+    }
+    assert_eq!(refused, Some(1013), "a socket over the cap is closed with 1013");
+    assert_eq!(server.raw_get_status("/healthz").await, 503, "HTTP over the cap gets 503");
+    // The users already connected keep talking.
+    a.send_msg(&users[0], &users[1], "still here").await;
+    assert_eq!(b.recv_json().await["payload"], "still here");
+}
