@@ -20,9 +20,13 @@ use utoipa::OpenApi;
         crate::http::healthz,
         crate::http::readyz,
         crate::http::render_metrics,
+        crate::auth::routes::challenge,
+        crate::auth::routes::token,
+        crate::auth::routes::status,
     ),
     tags(
         (name = "directory", description = "Public keys and user ids"),
+        (name = "authentication", description = "Proof of possession of the registered key, and tokens"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -12,7 +12,7 @@
 //! Nothing here is sticky: tickets and tokens are verified with keys every replica holds
 //! (`auth.token_keys`, or one generated once and kept in the engine).
 
-mod routes;
+pub(crate) mod routes;
 pub mod sealing;
 mod settings;
 pub mod tokens;

@@ -14,7 +14,9 @@ use super::{AuthError, Refusal, bearer};
 use crate::AppState;
 use crate::http::{ApiError, client_address};
 use crate::limits;
-use crate::protocol::{AuthStatus, ChallengeRequest, ErrorCode, TokenRequest, UserId};
+use crate::protocol::{
+    AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse, UserId,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,7 +25,27 @@ pub fn router() -> Router<AppState> {
         .route("/auth/status/{user_id}", get(status))
 }
 
-async fn challenge(
+/// Ask for a challenge: a random secret sealed to the user's registered public key.
+///
+/// Only the holder of the private key can open it. X25519 keys (32 bytes in base64 or base64url:
+/// the SDK's and the web page's) are sealed with HPKE (RFC 9180); RSA keys (SubjectPublicKeyInfo
+/// as base64 DER, PEM, or base64 of PEM: the protocol's web client's) with RSA-OAEP-SHA256. Other
+/// keys cannot be claimed (422). `docs/protocol.md` gives the exact exchange.
+#[utoipa::path(post, path = "/auth/challenge", tag = "authentication",
+    request_body = ChallengeRequest,
+    responses(
+        (status = 200, description = "The sealed secret and the ticket to return with it", body = ChallengeResponse),
+        (status = 400, description = "The body is not `{\"userId\": \"…\"}`", body = ErrorBody,
+            example = json!({"error": "invalid request body: …", "code": "invalid_frame"})),
+        (status = 404, description = "No such user", body = ErrorBody,
+            example = json!({"error": "user not found", "code": "user_not_found"})),
+        (status = 422, description = "The registered key cannot prove possession", body = ErrorBody,
+            example = json!({"error": "the registered key cannot prove possession (only X25519 and RSA keys can): this user cannot be protected", "code": "unsupported_key"})),
+        (status = 429, description = "Too many challenges from this address; retry after `Retry-After` seconds", body = ErrorBody,
+            example = json!({"error": "too many requests; retry later", "code": "rate_limited"})),
+        (status = 503, description = "Storage unreachable; retry", body = ErrorBody),
+    ))]
+pub(crate) async fn challenge(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
@@ -39,7 +61,22 @@ async fn challenge(
     Ok(Json(answer).into_response())
 }
 
-async fn token(
+/// Answer a challenge with the opened secret and get a bearer token.
+///
+/// The first successful answer makes the user *protected*: from then on every socket for that
+/// user needs a token (`Authorization: Bearer`, or a `Sec-WebSocket-Protocol` entry
+/// `enigma.bearer.<token>` offered together with `enigma.v1`). A challenge answers once.
+#[utoipa::path(post, path = "/auth/token", tag = "authentication",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "A short-lived token for this user and key", body = TokenResponse),
+        (status = 400, description = "The body is not `{\"challenge\", \"secret\"}`", body = ErrorBody),
+        (status = 401, description = "Refused: the answer is wrong, expired, forged or replayed, or the token is invalid (`WWW-Authenticate: Bearer error=\"invalid_token\"`)", body = ErrorBody,
+            example = json!({"error": "the challenge was already answered", "code": "unauthorized"})),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 503, description = "Storage unreachable; retry", body = ErrorBody),
+    ))]
+pub(crate) async fn token(
     State(state): State<AppState>,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
@@ -50,7 +87,20 @@ async fn token(
 
 /// Public (like the key directory): whether a user is protected. With a bearer token, also
 /// whether the token is valid for that user; an invalid one is a 401.
-async fn status(
+/// Whether a user is protected (public, like the key directory). With a bearer token, also
+/// whether the token is valid for that user.
+#[utoipa::path(get, path = "/auth/status/{userId}", tag = "authentication",
+    params(("userId" = String, Path, description = "A user id (canonical UUID)",
+        example = "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6")),
+    responses(
+        (status = 200, description = "The user's protection, and whether the presented token is valid", body = AuthStatus),
+        (status = 401, description = "Refused: the answer is wrong, expired, forged or replayed, or the token is invalid (`WWW-Authenticate: Bearer error=\"invalid_token\"`)", body = ErrorBody,
+            example = json!({"error": "the challenge was already answered", "code": "unauthorized"})),
+        (status = 404, description = "No such user", body = ErrorBody,
+            example = json!({"error": "user not found", "code": "user_not_found"})),
+        (status = 503, description = "Storage unreachable; retry", body = ErrorBody),
+    ))]
+pub(crate) async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(user_id): Path<String>,

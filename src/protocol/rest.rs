@@ -44,7 +44,8 @@ impl LookupResponse {
 }
 
 /// `POST /auth/challenge`: the user who wants to prove possession of their registered key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"userId": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6"}))]
 pub struct ChallengeRequest {
     #[serde(rename = "userId")]
     pub user_id: String,
@@ -52,7 +53,8 @@ pub struct ChallengeRequest {
 
 /// The answer to [`ChallengeRequest`]: a random secret sealed to the user's registered key,
 /// and a signed ticket to hand back with the opened secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"challenge": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOi…", "alg": "hpke-x25519", "sealed": "BASE64…", "expiresAt": 1764364800000u64}))]
 pub struct ChallengeResponse {
     /// Opaque (a short-lived signed JWT); returned as is in [`TokenRequest::challenge`].
     pub challenge: String,
@@ -66,14 +68,16 @@ pub struct ChallengeResponse {
 }
 
 /// `POST /auth/token`: the ticket and the opened secret (base64, either alphabet).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"challenge": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOi…", "secret": "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="}))]
 pub struct TokenRequest {
     pub challenge: String,
     pub secret: String,
 }
 
 /// A bearer token for `Authorization: Bearer …` (or the `enigma.bearer.…` subprotocol entry).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOi…", "userId": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", "expiresAt": 1764368400000u64}))]
 pub struct TokenResponse {
     pub token: String,
     #[serde(rename = "userId")]
@@ -85,7 +89,8 @@ pub struct TokenResponse {
 
 /// `GET /auth/status/{userId}`: whether the user is protected; with a valid bearer token for
 /// that user, `authenticated` is true.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"userId": "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", "protected": true, "authenticated": false, "mode": "claim"}))]
 pub struct AuthStatus {
     #[serde(rename = "userId")]
     pub user_id: String,

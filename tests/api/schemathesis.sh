@@ -22,4 +22,4 @@ for _ in $(seq 1 100); do
 done
 [ -n "$addr" ] || { echo "api-check: the server did not start" >&2; cat "$log" >&2; exit 1; }
 
-"$st" run "http://$addr/openapi.json" --checks all --max-examples "${API_CHECK_EXAMPLES:-100}" --no-color
+"$st" --config-file tests/api/schemathesis.toml run "http://$addr/openapi.json" --checks all --max-examples "${API_CHECK_EXAMPLES:-100}" --no-color
