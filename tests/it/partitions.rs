@@ -207,7 +207,7 @@ async fn a_replica_cut_off_from_its_clients_they_reconnect_elsewhere_and_get_eve
 /// users of its own: one live connection per user).
 async fn users_by_shard(via: &Server, cluster: &NsCluster, cut: Ipv4Addr) -> (Vec<String>, Vec<String>) {
     let (mut on_cut, mut elsewhere) = (Vec::new(), Vec::new());
-    while on_cut.len() < 1 || elsewhere.len() < 3 {
+    while on_cut.is_empty() || elsewhere.len() < 3 {
         let user = via.new_user().await;
         if cluster.owner_of(&user) == cut {
             on_cut.push(user)
