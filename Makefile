@@ -61,3 +61,9 @@ clean:
 prometheus-check:
 	$(PYTHON) tests/prometheus/check_rules.py
 
+
+## A long run (SOAK_MINUTES, default 30) at half the saturation rate, sampled every minute:
+## relay RSS/CPU, Redis memory/keys; pass/fail lines, CSV and plot appended to docs/BENCHMARKS.md.
+.PHONY: soak
+soak:
+	bash scripts/soak.sh

@@ -43,6 +43,7 @@ mod load;
 mod misbehaviour;
 mod observability;
 mod partitions;
+mod prometheus;
 mod replicas;
 mod rollout;
 mod sentinel;

@@ -3,12 +3,12 @@
 //! degraded with nftables rules inside a namespace (and delayed by a proxy) while acknowledging
 //! clients keep sending; nothing receipted may be lost. Each test prints its figures.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    CONVERGE, DEADLINE, DelayProxy, Flow, FlowTally, Host, Lan, NsRedis, Server, ServerConfig, wait_until,
+    CONVERGE, DEADLINE, DelayProxy, Flow, FlowTally, Host, Lan, NsCluster, NsRedis, Server, ServerConfig, wait_until,
 };
 
 /// Short timeouts so a cut is noticed in about a second (the defaults are for production).
@@ -201,4 +201,111 @@ async fn a_replica_cut_off_from_its_clients_they_reconnect_elsewhere_and_get_eve
         assert!(tally.receiver_connections.load(Ordering::Relaxed) >= 2, "the receiver never moved");
     }
     cut_host.heal();
+}
+
+/// New users until one lives on the master at `cut` and three on the others (every flow has
+/// users of its own: one live connection per user).
+async fn users_by_shard(via: &Server, cluster: &NsCluster, cut: Ipv4Addr) -> (Vec<String>, Vec<String>) {
+    let (mut on_cut, mut elsewhere) = (Vec::new(), Vec::new());
+    while on_cut.is_empty() || elsewhere.len() < 3 {
+        let user = via.new_user().await;
+        if cluster.owner_of(&user) == cut {
+            on_cut.push(user)
+        } else {
+            elsewhere.push(user)
+        }
+        assert!(on_cut.len() + elsewhere.len() < 200, "users never landed on every shard");
+    }
+    (on_cut, elsewhere)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_cut_off_from_the_relays_refuses_its_users_only_and_recovers() {
+    let Some(mut lan) = Lan::new_or_skip("a_cluster_master_cut_off_from_the_relays") else { return };
+    let cluster = NsCluster::start(&mut lan, 3);
+    let (a_host, b_host) = (lan.host(), lan.host());
+    let start = |host: &Host| {
+        let config = ServerConfig {
+            redis_url: Some(cluster.url()),
+            prefix: "enigma-nscluster:".to_owned(),
+            ..ServerConfig::default()
+        }
+        .with("ENIGMA__REDIS__MODE", "cluster")
+        .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
+        .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200)
+        .in_host(host);
+        Server::start(&config)
+    };
+    let (a, b) = (start(&a_host), start(&b_host));
+    let cut_master = cluster.nodes[0].ip;
+    let (on_cut, elsewhere) = users_by_shard(&a, &cluster, cut_master).await;
+    // To a user on the master that will be cut off, and between users on the other two; each
+    // from one relay to the other.
+    let to_cut =
+        Flow::start(vec![ws(&a)], vec![ws(&b)], elsewhere[0].clone(), on_cut[0].clone(), Duration::from_millis(20));
+    let healthy =
+        Flow::start(vec![ws(&b)], vec![ws(&a)], elsewhere[1].clone(), elsewhere[2].clone(), Duration::from_millis(20));
+    to_cut.wait_receipted(20).await;
+    healthy.wait_receipted(20).await;
+
+    for host in [&a_host, &b_host] {
+        host.cut(cut_master, None);
+    }
+    let partition = Instant::now();
+    let (cut_before, healthy_before) = (to_cut.tally.receipted(), healthy.tally.receipted());
+    let healthy_errors_before = healthy.tally.errors();
+    let (mut samples, mut ready_samples) = (0u32, [0u32; 2]);
+    let mut unready_after = None;
+    while partition.elapsed() < Duration::from_secs(10) {
+        let states = [ready(&a).await, ready(&b).await];
+        samples += 1;
+        for (i, s) in states.iter().enumerate() {
+            ready_samples[i] += u32::from(*s == Some(200));
+        }
+        if unready_after.is_none() && states.iter().all(|s| *s == Some(503)) {
+            unready_after = Some(partition.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cut_during = to_cut.tally.receipted() - cut_before;
+    let healthy_during = healthy.tally.receipted() - healthy_before;
+    let healthy_errors = healthy.tally.errors() - healthy_errors_before;
+
+    for host in [&a_host, &b_host] {
+        host.heal();
+    }
+    let healed = Instant::now();
+    wait_until("both relays ready again by themselves", CONVERGE, || async {
+        ready(&a).await == Some(200) && ready(&b).await == Some(200)
+    })
+    .await;
+    let ready_after = healed.elapsed();
+    let resumed = to_cut.tally.receipted();
+    to_cut.wait_receipted(resumed + 20).await;
+    let sending_after = healed.elapsed();
+
+    let (cut_tally, healthy_tally) = (to_cut.finish().await, healthy.finish().await);
+    report("to the cut-off master's user", &cut_tally);
+    report("between the other masters' users", &healthy_tally);
+    println!(
+        "cluster master cut off from both relays 10 s: relays unready after {unready_after:?}, ready in \
+         {ready_samples:?} of {samples} samples; receipts during the cut: to its user {cut_during}, between the \
+         others {healthy_during} ({healthy_errors} errors); ready again {ready_after:?} and sending to its user \
+         {sending_after:?} after the heal"
+    );
+    assert_eq!(cut_tally.lost(), Vec::<usize>::new(), "receipted messages lost");
+    assert_eq!(healthy_tally.lost(), Vec::<usize>::new(), "receipted messages lost");
+    assert!(cut_during <= 2, "{cut_during} receipts for messages to a shard the relays cannot reach");
+    let codes: Vec<String> = cut_tally.errors.lock().unwrap().keys().cloned().collect();
+    assert_eq!(codes, ["unavailable"], "sends to the cut-off shard are refused as unavailable");
+    // The other shards keep storing: no error, receipts all along (their deliveries are late
+    // while the relays' subscription link is being rebuilt: p99 reported above).
+    assert_eq!(healthy_tally.errors(), 0, "sends between users of the reachable masters were refused");
+    assert!(healthy_during > 50, "traffic between the other masters' users stalled: {healthy_during}");
+    assert_eq!(healthy_tally.duplicates(), 0);
+    assert!(healthy_tally.latency(0.99) < Duration::from_secs(10), "p99 {:?}", healthy_tally.latency(0.99));
+    // Readiness means "the whole keyspace is reachable": one master out of reach fails it on
+    // every relay that cannot reach it (docs/operations.md says what that means behind a
+    // Service), and it comes back by itself.
+    assert!(unready_after.is_some(), "the relays stayed ready without one master");
 }

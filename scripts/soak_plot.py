@@ -1,0 +1,35 @@
+"""Plots a soak run's samples (scripts/soak.sh's CSV): relay RSS and CPU, Redis memory and keys
+per minute, one panel each, to a PNG."""
+
+import csv
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(csv_path: str, png_path: str) -> None:
+    rows = list(csv.DictReader(open(csv_path)))
+    x = [int(r["minute"]) + (0.5 if r["phase"] == "drained" else 0) for r in rows]
+    series = [
+        ("relay RSS (MiB)", [int(r["rss_kb"]) / 1024 for r in rows]),
+        ("relay CPU (% of a core)", [float(r["cpu_pct"]) for r in rows]),
+        ("Redis used_memory (MiB)", [int(r["redis_used_memory"]) / 2**20 for r in rows]),
+        ("Redis keys", [int(r["redis_keys"]) for r in rows]),
+    ]
+    fig, axes = plt.subplots(len(series), 1, sharex=True, figsize=(8, 9))
+    for ax, (label, ys) in zip(axes, series):
+        ax.plot(x, ys, marker="o")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("minute (last point: after the drain)")
+    fig.suptitle("Enigma relay soak")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
