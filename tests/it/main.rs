@@ -32,6 +32,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod deploy_assets;
+mod endings;
 mod faults;
 // `pub`: the harness is a toolbox for every test file; a helper no test uses today (or a
 // handle held only to be dropped) is not dead code.

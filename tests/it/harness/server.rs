@@ -172,12 +172,32 @@ impl Server {
         Ws::connect(&self.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+    /// Sends SIGTERM and waits (at most `DEADLINE`) for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit(DEADLINE).expect("enigma-server did not exit after SIGTERM")
+    }
+
+    /// Sends SIGTERM and returns at once: the server drains while the test watches.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+    }
+
+    /// The exit status once the process has exited, or `None` if it is still running after
+    /// `limit` (it is then killed by the drop).
+    pub fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for enigma-server") {
+                std::mem::forget(self);
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn kill(mut self) {
