@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::server::Server;
-use super::wait::{DEADLINE, wait_until};
+use super::wait::wait_until;
 use super::ws::Ws;
 
 /// Longest any fault test may take to converge.
@@ -32,10 +32,15 @@ async fn connect_any(urls: &[String], user: &str) -> Ws {
     }
 }
 
-/// The next text frame as JSON, or `None` when the connection ends (or stays silent).
+/// The next text frame as JSON, or `None` when the connection ends. Silence is not an end: a
+/// connection that stays open but delivers nothing for `CONVERGE` fails the test (a reconnect
+/// would read the stored backlog and hide that live delivery never came back).
 pub async fn next_json(ws: &mut Ws) -> Option<Value> {
     loop {
-        match tokio::time::timeout(DEADLINE, ws.inner.next()).await.ok()?? {
+        let Ok(next) = tokio::time::timeout(CONVERGE, ws.inner.next()).await else {
+            panic!("the connection stayed open but silent for {CONVERGE:?}");
+        };
+        match next? {
             Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             _ => return None,
