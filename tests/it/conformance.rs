@@ -2,11 +2,11 @@
 //! `redis::…`), most also on a Redis Cluster (`cluster::…`) and on a Redis named by a Sentinel
 //! (`sentinel::…`): they must behave the same.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, DEADLINE, Server, Ws, wait_until};
+use crate::harness::{Backend, DEADLINE, Server, Ws, fill_backlog, wait_until};
 
 const PEM_B64: &str = include_str!("fixtures/rsa2048-pem.b64");
 const DER_B64: &str = include_str!("fixtures/rsa2048-der.b64");
@@ -363,13 +363,37 @@ async fn cors_and_health_endpoints_answer(b: Backend) {
 }
 
 async fn sigterm_closes_sockets_with_1001_and_exits(b: Backend) {
-    let s = b.server();
-    let alice = s.new_user().await;
+    const GRACE_MS: u64 = 500;
+    let mut s = Server::start(&b.config().with("ENIGMA__SERVER__SHUTDOWN_GRACE_MS", GRACE_MS));
+    let (alice, bob, carol) = (s.new_user().await, s.new_user().await, s.new_user().await);
     let mut a = s.connect(&alice).await;
-    let status = s.terminate();
-    assert!(status.success(), "exit status {status:?}");
+    // Bob's session is stuck writing a backlog he does not read, with his sends waiting: it
+    // would take 2 s to end (1 s for its answers, 1 s for its close frame), so it holds the
+    // drain open past the grace period.
+    fill_backlog(&s, &bob).await;
+    let mut stuck = s.connect_v1(&bob).await;
+    for i in 0..5 {
+        stuck.send_json(json!({"from": bob, "to": carol, "payload": "x", "ref": i.to_string()})).await;
+    }
+    let terminated = Instant::now();
+    s.sigterm();
     let (code, _) = a.expect_close().await;
-    assert_eq!(code, 1001);
+    assert_eq!(code, 1001, "open sockets are closed with 1001");
+    // Draining now: not ready, and no new socket is accepted.
+    match s.http.get(s.url("/readyz")).send().await {
+        Ok(response) => assert_eq!(response.status().as_u16(), 503, "ready while draining"),
+        Err(_) => {} // the listener is closed: not ready either
+    }
+    let refused = Ws::try_connect(&s.ws_url(&format!("/connect/{carol}")), None).await;
+    assert!(refused.is_err(), "a new socket was accepted during the drain");
+    assert!(s.running(), "the checks above ran during the drain, not after the exit");
+    // Exits within the grace period, cutting Bob's session short (1 s of margin for the exit
+    // itself, still under the 2 s Bob's session would take).
+    let status = s.wait_exit(DEADLINE).expect("exits after SIGTERM");
+    let took = terminated.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_millis(GRACE_MS + 1000), "exited {took:?} after SIGTERM (grace {GRACE_MS} ms)");
+    drop(stuck);
 }
 
 async fn silent_peers_are_dropped_and_live_ones_kept(b: Backend) {

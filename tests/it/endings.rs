@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-use crate::harness::{Backend, DEADLINE, Server, Ws, wait_until};
+use crate::harness::{Backend, DEADLINE, Server, Ws, fill_backlog, wait_until};
 
 both_engines!(
     multi_thread:
@@ -21,27 +21,6 @@ both_engines!(
 
 /// Sends written while the session is busy.
 const SENDS: usize = 20;
-/// The backlog that fills the socket's buffers (kernel and tungstenite): 4 MB.
-const BACKLOG: usize = 256;
-const BACKLOG_PAYLOAD: usize = 16 * 1024;
-
-/// Stores a backlog for `bob` that his socket cannot take in at once.
-async fn fill_backlog(s: &Server, bob: &str) {
-    let alice = s.new_user().await;
-    let mut a = s.connect_v1(&alice).await;
-    let payload = "b".repeat(BACKLOG_PAYLOAD);
-    for i in 0..BACKLOG {
-        a.send_json(json!({"from": alice, "to": bob, "payload": payload, "ref": i.to_string()})).await;
-    }
-    for i in 0..BACKLOG {
-        let receipt = a.recv_json().await;
-        assert_eq!(
-            (receipt["ref"].as_str(), receipt["status"].as_str()),
-            (Some(i.to_string().as_str()), Some("stored"))
-        );
-    }
-}
-
 /// Bob connects (his session starts writing the backlog and blocks), then writes `SENDS`
 /// messages to Carol, `ref`s `s0…`, without reading anything.
 async fn busy_session_with_sends(s: &Server, bob: &str, carol: &str) -> Ws {

@@ -26,8 +26,8 @@ pub use sentinel::Sentinel;
 pub use server::{Server, ServerConfig};
 pub use tempdir::TempDir;
 pub use traffic::{
-    CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, next_json,
-    receive_all, send_until_receipted,
+    CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, fill_backlog,
+    next_json, receive_all, send_until_receipted,
 };
 pub use wait::{DEADLINE, wait_until};
 pub use ws::Ws;

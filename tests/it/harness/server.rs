@@ -178,6 +178,11 @@ impl Server {
         self.wait_exit(DEADLINE).expect("enigma-server did not exit after SIGTERM")
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait for enigma-server").is_none()
+    }
+
     /// Sends SIGTERM and returns at once: the server drains while the test watches.
     pub fn sigterm(&self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

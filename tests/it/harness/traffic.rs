@@ -184,3 +184,23 @@ pub fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) 
         assert!(missing.is_empty(), "{user} never got {missing:?}");
     }
 }
+
+/// Stores 4 MB of messages for `to` (from a fresh user, each receipted): more than a socket's
+/// buffers take in, so a session writing them to a client that does not read is stuck in a
+/// write, reading nothing, until it is ended.
+pub async fn fill_backlog(server: &Server, to: &str) {
+    const COUNT: usize = 256;
+    let from = server.new_user().await;
+    let mut ws = server.connect_v1(&from).await;
+    let payload = "b".repeat(16 * 1024);
+    for i in 0..COUNT {
+        ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": i.to_string()})).await;
+    }
+    for i in 0..COUNT {
+        let receipt = ws.recv_json().await;
+        assert_eq!(
+            (receipt["ref"].as_str(), receipt["status"].as_str()),
+            (Some(i.to_string().as_str()), Some("stored"))
+        );
+    }
+}
