@@ -196,7 +196,17 @@ async fn slow_reader_is_cut_off_others_unaffected_and_it_gets_everything_later(b
         .with("ENIGMA__LIMITS__SEND_TIMEOUT_MS", 300);
     let s = Server::start(&config);
     let (alice, bob, carol, dave) = (s.new_user().await, s.new_user().await, s.new_user().await, s.new_user().await);
-    let mut slow = s.connect_v1(&bob).await; // never reads until the end
+    let mut slow = s.connect_v1(&bob).await; // never reads until it is cut off
+    // Bob starts reading the moment the server cuts him off (the close frame waits behind what
+    // fitted in his socket for one second at most), so the close code can be checked.
+    let metrics = s.metrics();
+    let cut_off = tokio::spawn(async move {
+        wait_until("the slow reader to be cut off", CONVERGE, || async {
+            metrics.get("enigma_slow_consumer_disconnects_total").await >= 1.0
+        })
+        .await;
+        slow.expect_close().await
+    });
     let mut c = s.connect(&carol).await;
     let mut d = s.connect(&dave).await;
     let mut a = s.connect(&alice).await;
@@ -214,8 +224,9 @@ async fn slow_reader_is_cut_off_others_unaffected_and_it_gets_everything_later(b
         s.metric("enigma_slow_consumer_disconnects_total").await >= 1.0
     })
     .await;
+    let (code, reason) = cut_off.await.unwrap();
+    assert_eq!(code, 4429, "cut off as a slow consumer: {reason}");
     // Whatever reached Bob's old socket, unacknowledged, is not lost: all of it comes again.
-    drop(slow.inner.close(None).await);
     let mut bws = s.connect_v1(&bob).await;
     let mut ids = Vec::new();
     for i in 0..COUNT {

@@ -23,7 +23,7 @@ pub use ports::{ClosedPort, free_port};
 pub use proxy::Blackhole;
 pub use redis::Redis;
 pub use sentinel::Sentinel;
-pub use server::{Server, ServerConfig};
+pub use server::{Metrics, Server, ServerConfig};
 pub use tempdir::TempDir;
 pub use traffic::{
     CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, fill_backlog,

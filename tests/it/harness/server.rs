@@ -145,11 +145,12 @@ impl Server {
 
     /// The sum of a metric's series on `/metrics` (0 if absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.metrics().get(name).await
+    }
+
+    /// A handle on `/metrics` that a spawned task can own.
+    pub fn metrics(&self) -> Metrics {
+        Metrics { http: self.http.clone(), url: self.url("/metrics") }
     }
 
     /// Logs a key in and returns its user id.
@@ -216,5 +217,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads one server's `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Metrics {
+    /// The sum of a metric's series (0 if absent).
+    pub async fn get(&self, name: &str) -> f64 {
+        let text = self.http.get(&self.url).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
