@@ -145,29 +145,48 @@ async fn frozen_redis_server_stays_up_answers_errors_and_recovers() {
     assert_eq!(next["payload"], "after", "{next}");
 }
 
-/// The Centrifugo failure: the subscription connection hangs (half-open after a network
-/// fault) while Redis itself is fine. Nothing errors on its own; the probe must notice.
+/// The Centrifugo failure: the links to Redis hang (half-open after a network fault) while
+/// Redis itself is fine. Nothing errors on its own; the probe must notice (three probes missed
+/// in a row), readiness must fail meanwhile, and after the rebuild each session must re-read
+/// its inbox: a message stored by another replica during the outage (its announcement lost
+/// on the dead link) reaches the recipient on the socket it kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quietly_dead_links_are_noticed_and_replaced() {
+    const PROBE_MS: u64 = 500;
     let redis = Redis::start();
     let proxy = Blackhole::start(redis.port).await;
     let mut config = ServerConfig::redis(&redis)
         .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500)
-        .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 200);
+        .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", PROBE_MS);
+    let other = Server::start(&config); // straight to Redis
     config.redis_url = Some(proxy.url());
-    let s = Server::start(&config);
+    let s = Server::start(&config); // through the proxy
     let (alice, bob) = (s.new_user().await, s.new_user().await);
-    let mut a = s.connect_v1(&alice).await;
+    let mut a = other.connect_v1(&alice).await;
     let mut b = s.connect_v1(&bob).await;
     assert_eq!(s.metric("enigma_redis_dead_links_total").await, 0.0);
 
-    proxy.swallow_open_connections();
+    proxy.go_down();
+    let down = Instant::now();
+    // Stored during the outage by the other replica; its announcement dies on the dead link.
+    a.send_json(json!({"from": alice, "to": bob, "payload": "during", "ref": "d"})).await;
+    assert_eq!(a.recv_json().await["status"], "stored");
     wait_until("the dead link to be detected", DEADLINE, || async {
         s.metric("enigma_redis_dead_links_total").await >= 1.0
     })
     .await;
-    // Rebuilt on fresh connections: ready again, and Bob (still connected) gets live messages.
+    // Three probes missed in a row: the fault may come just after a probe came back, so up to
+    // four intervals; one more for the metric's poll and a loaded machine.
+    let noticed = down.elapsed();
+    assert!(noticed < Duration::from_millis(5 * PROBE_MS), "noticed after {noticed:?} (probe every {PROBE_MS} ms)");
+    wait_until("readiness to fail while the links are down", DEADLINE, || async { s.get("/readyz").await.0 == 503 })
+        .await;
+    proxy.heal();
+    // Rebuilt on fresh connections: ready again, and Bob (still connected) gets the message
+    // stored meanwhile (the re-read), then live ones.
     wait_until("readiness to return", CONVERGE, || async { s.get("/readyz").await.0 == 200 }).await;
+    assert_eq!(b.recv_json().await["payload"], "during", "the re-read after the rebuild");
+    let mut a = s.connect_v1(&alice).await;
     let start = Instant::now();
     loop {
         a.send_json(json!({"from": alice, "to": bob, "payload": "through", "ref": "q"})).await;
