@@ -41,6 +41,7 @@ mod hostile;
 mod load;
 mod misbehaviour;
 mod observability;
+mod promises;
 mod replicas;
 mod sentinel;
 mod startup;
