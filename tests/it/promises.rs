@@ -65,3 +65,14 @@ async fn an_outage_answers_logins_with_503_and_sockets_with_1013() {
     assert_eq!(frame["code"], "unavailable", "{frame}");
     assert_eq!(ws.expect_close().await.0, 1013);
 }
+
+/// A URL longer than the request head may be (`server.max_request_head_bytes`) is refused with
+/// 431, as `docs/protocol.md` says (it said 414, which hyper never reaches behind this limit);
+/// the server stays up.
+#[tokio::test]
+async fn a_url_past_the_head_limit_is_refused_with_431() {
+    let s = Server::start(&ServerConfig::memory());
+    let status = s.raw_get_status(&format!("/login/{}", "A".repeat(70 * 1024))).await;
+    assert_eq!(status, 431);
+    assert_eq!(s.get("/healthz").await.0, 200);
+}
