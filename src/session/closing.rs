@@ -53,6 +53,12 @@ impl Closing {
         Closing::SLOW
     }
 
+    /// The client ended the stream itself (its close frame, a broken or oversized frame, a
+    /// dropped connection): nothing after it is read.
+    pub(super) fn peer_ended(self) -> bool {
+        !matches!(self.code, close::SLOW_CONSUMER | close::GOING_AWAY | close::REPLACED | close::IDLE_TIMEOUT)
+    }
+
     pub(super) fn label(self) -> CloseReason {
         CloseReason::from_code(self.code)
     }

@@ -9,11 +9,13 @@
 //! The rooms: `attachment` (the hub and engine registration, one guard), `socket` (the loop
 //! that moves bytes), `cursor` (ordering and de-duplication, pure), `requests` (what a client
 //! frame asks: sends, acks, and the replies), `inbound` (parsing a client frame), `closing`
-//! (close codes, reasons and their metric labels).
+//! (close codes, reasons and their metric labels), `ending` (what was read before the end is
+//! stored or answered before the close frame).
 
 mod attachment;
 mod closing;
 mod cursor;
+mod ending;
 mod requests;
 mod socket;
 
@@ -122,10 +124,13 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Ar
         cursor: Cursor::default(),
         last_seen: Instant::now(),
         budget: SendBudget::default(),
+        ending: None,
     };
     let closing = session.run().await;
 
     drop(attached); // detach before the close frame: a reconnect may come right after it
+    // What the client wrote before the end is stored or answered before the close frame.
+    session.answer_what_was_read(closing).await;
     metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
     metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
     if closing == Closing::REPLACED {
@@ -180,4 +185,7 @@ struct Session {
     last_seen: Instant,
     /// The slice of the user's send budget this socket holds (see `crate::limits`).
     budget: SendBudget,
+    /// Set once the session has ended: writes no longer stop at a kick, only at this deadline
+    /// (see `ending`).
+    ending: Option<tokio::time::Instant>,
 }

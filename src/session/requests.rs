@@ -105,7 +105,7 @@ impl Session {
         self.store_pending().await
     }
 
-    async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
+    pub(super) async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {

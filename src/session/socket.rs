@@ -200,6 +200,13 @@ impl Session {
     /// Hands a frame to the socket's buffer (written out by `flush`, or earlier when full).
     pub(super) async fn feed(&mut self, message: Message) -> Result<(), Closing> {
         self.unflushed = true;
+        if let Some(deadline) = self.ending {
+            // The session has ended (a kick is why): answers wait for room until the deadline.
+            return match tokio::time::timeout_at(deadline, self.socket.feed(message)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(Closing::PEER_GONE),
+            };
+        }
         let mailbox = self.mailbox.clone();
         match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &mailbox).await {
             Waited::Done(Ok(())) => Ok(()),

@@ -7,8 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use crate::harness::{
-    Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws, all_delivered_on_one_connection, assert_all_delivered,
-    exchange, wait_until,
+    Blackhole, DEADLINE, RedisCluster, Server, ServerConfig, Ws, all_delivered_on_one_connection, exchange, wait_until,
 };
 
 /// Users until every master owns at least one of their records.
@@ -80,8 +79,10 @@ async fn sharded_subscriptions_come_back_after_every_node_drops_them() {
     wait_until("readiness", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
     // Every user, on every shard, gets live messages again.
     ring(&users, &mut sockets, "after").await;
-    // Every node reported its own drop; one recovery covered them all.
-    assert_eq!(s.metric("enigma_redis_resubscriptions_total").await, resubscribed + 1.0);
+    // Every node reported its own drop; the kills are three processes, so under load they
+    // may come apart: at most one recovery per dropped link, never a storm.
+    let recoveries = s.metric("enigma_redis_resubscriptions_total").await - resubscribed;
+    assert!((1.0..=3.0).contains(&recoveries), "{recoveries} recoveries for 3 dropped links");
 }
 
 /// A master fails over to its replica while acknowledging clients exchange messages: every
@@ -89,7 +90,8 @@ async fn sharded_subscriptions_come_back_after_every_node_drops_them() {
 /// subscription moves to the new master late; the message numbers reveal the gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
-    const COUNT: usize = 300;
+    // Enough traffic to outlast the failover (checked below): 300 could all be done first.
+    const COUNT: usize = 3000;
     let cluster = RedisCluster::start(3, 1);
     let s = Server::start(
         &ServerConfig::cluster(&cluster)
@@ -114,9 +116,10 @@ async fn a_master_failover_loses_no_receipted_message_and_delivery_resumes() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    sender.await.unwrap();
-    receiver.await.unwrap();
-    assert_all_delivered(&tally, &[bob], COUNT);
+    let at_promotion = tally.receipted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(at_promotion < COUNT, "the traffic was over before the failover");
+    all_delivered_on_one_connection(&tally, sender, receiver, &bob, COUNT).await;
+    println!("cluster failover: {at_promotion} of {COUNT} receipted at the promotion; all delivered on one connection");
 }
 
 /// Another master than the one owning `user`'s slot.

@@ -33,6 +33,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod deploy_assets;
+mod endings;
 mod faults;
 // `pub`: the harness is a toolbox for every test file; a helper no test uses today (or a
 // handle held only to be dropped) is not dead code.
@@ -44,6 +45,7 @@ mod misbehaviour;
 mod observability;
 mod partitions;
 mod prometheus;
+mod promises;
 mod replicas;
 mod rollout;
 mod sentinel;

@@ -73,7 +73,10 @@ async fn metrics_move_with_real_traffic(b: Backend) {
     assert_eq!(value("enigma_draining"), 0.0);
     if redis {
         assert_eq!(value("enigma_redis_link_up"), 1.0);
-        assert!(labelled("enigma_redis_command_duration_seconds_count", "command=\"send\"") == 3.0);
+        // Three sends, but sends written back to back share one pipelined call (and a cold
+        // script cache adds its load): the count depends on timing, not only on the traffic.
+        let sends = labelled("enigma_redis_command_duration_seconds_count", "command=\"send\"");
+        assert!((2.0..=4.0).contains(&sends), "{sends} timed send calls");
         assert!(value("enigma_redis_resubscriptions_total") >= 1.0, "the initial subscription counts");
     }
     // Labels are route templates and outcomes: never a user id, never a key.

@@ -78,6 +78,11 @@ async fn the_relay_follows_the_promotion_when_the_master_dies() {
     wait_until("the replica to catch up", DEADLINE, || async { master.copied_to(&replica) }).await;
 
     master.crash();
+    // No promotion can come before the Sentinel's `down-after-milliseconds` (1 s): a send now
+    // meets a dead master and is answered `unavailable`, with its ref.
+    a.send_json(serde_json::json!({"from": alice, "to": bob, "payload": "dead", "ref": "dead"})).await;
+    let reply = a.recv_json().await;
+    assert_eq!((reply["code"].as_str(), reply["ref"].as_str()), (Some("unavailable"), Some("dead")), "{reply}");
     wait_until("readiness to fail", DEADLINE, || async { s.get("/readyz").await.0 == 503 }).await;
     wait_until("the Sentinel to promote the replica", DEADLINE * 3, || async {
         sentinel.master_port() == Some(replica.port)
@@ -87,11 +92,14 @@ async fn the_relay_follows_the_promotion_when_the_master_dies() {
     for i in 0..20 {
         // Each send until receipted: the first may still meet the old link.
         let payload = format!("after {i}");
+        let start = std::time::Instant::now();
         loop {
             a.send_json(serde_json::json!({"from": alice, "to": bob, "payload": payload, "ref": payload})).await;
-            if a.recv_json().await["status"] == "stored" {
+            let reply = a.recv_json().await;
+            if reply["status"] == "stored" {
                 break;
             }
+            assert!(start.elapsed() < DEADLINE, "sends still refused after the promotion: {reply}");
         }
         assert_eq!(b.recv_json().await["payload"], payload, "live on the socket that stayed open");
     }

@@ -52,4 +52,13 @@ async fn file_settings_apply_and_environment_overrides_them() {
     let s = Server::start(&config);
     assert_eq!(s.get("/login/AAAAAAAAAAAA").await.0, 200, "12 bytes allowed by the environment");
     assert_eq!(s.get("/login/AAAAAAAAAAAAA").await.0, 400, "13 bytes refused");
+    // The file's own setting applies: an inbox holds 5 messages, not the default 10,000.
+    let (alice, bob) = (s.login("AAAAAAAAAAAA").await, s.login("BBBBBBBBBBBB").await);
+    let mut a = s.connect_v1(&alice).await;
+    for i in 0..6 {
+        a.send_json(serde_json::json!({"from": alice, "to": bob, "payload": "x", "ref": i.to_string()})).await;
+        let reply = a.recv_json().await;
+        let expected = if i < 5 { (None, Some("stored")) } else { (Some("inbox_full"), None) };
+        assert_eq!((reply["code"].as_str(), reply["status"].as_str()), expected, "send {i}: {reply}");
+    }
 }

@@ -39,11 +39,11 @@ pub use prometheus::{Prometheus, prometheus_binary};
 pub use proxy::Blackhole;
 pub use redis::Redis;
 pub use sentinel::Sentinel;
-pub use server::{Server, ServerConfig};
+pub use server::{Metrics, Server, ServerConfig};
 pub use tempdir::TempDir;
 pub use traffic::{
-    CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, next_json,
-    receive_all, send_until_receipted,
+    CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, fill_backlog,
+    next_json, receive_all, send_until_receipted,
 };
 pub use wait::{DEADLINE, wait_until};
 pub use ws::Ws;

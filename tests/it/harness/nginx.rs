@@ -3,6 +3,7 @@
 //! stopped on drop.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,7 +50,9 @@ impl Nginx {
             std::fs::write(&conf, text).unwrap();
             let mut prefix = dir.path().display().to_string();
             prefix.push('/');
+            // Its own process group: workers that outlive a killed master are killed with it.
             let mut child = Command::new(binary)
+                .process_group(0)
                 .args(["-p", &prefix, "-c", &conf.display().to_string()])
                 .args(["-e", &error_log.display().to_string(), "-g", "daemon off;"])
                 .stdout(Stdio::null())
@@ -99,12 +102,11 @@ fn wait_listening(child: &mut Child, port: u16) -> bool {
 fn stop(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
-        }
+    while start.elapsed() < Duration::from_secs(5) && matches!(child.try_wait(), Ok(None)) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    // The group's id is the master's pid (`process_group(0)`); "no such process" is fine.
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
 }

@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 pub struct Blackhole {
     pub port: u16,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// While set, connections made are black holes from the start (the link stays down).
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,10 +22,13 @@ impl Blackhole {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let generation = std::sync::Arc::new(AtomicU64::new(0));
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let current = generation.clone();
+        let is_down = down.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let born = current.load(Ordering::Acquire);
+                // Born down: a generation that never comes.
+                let born = current.load(Ordering::Acquire) + u64::from(is_down.load(Ordering::Acquire)) * u64::MAX / 2;
                 let current = current.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
@@ -34,12 +39,23 @@ impl Blackhole {
                 });
             }
         });
-        Blackhole { port, generation, task }
+        Blackhole { port, generation, down, task }
     }
 
     /// Every connection open now stops carrying bytes (without closing).
     pub fn swallow_open_connections(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Every connection open now, and every one made until `heal`, carries nothing.
+    pub fn go_down(&self) {
+        self.down.store(true, Ordering::Release);
+        self.swallow_open_connections();
+    }
+
+    /// Connections made from now on work again (those swallowed stay swallowed).
+    pub fn heal(&self) {
+        self.down.store(false, Ordering::Release);
     }
 
     pub fn url(&self) -> String {

@@ -179,11 +179,12 @@ impl Server {
 
     /// The sum of a metric's series on `/metrics` (0 if absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.metrics().get(name).await
+    }
+
+    /// A handle on `/metrics` that a spawned task can own.
+    pub fn metrics(&self) -> Metrics {
+        Metrics { http: self.http.clone(), url: self.url("/metrics") }
     }
 
     /// Logs a key in and returns its user id.
@@ -206,12 +207,37 @@ impl Server {
         Ws::connect(&self.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+    /// Sends SIGTERM and waits (at most `DEADLINE`) for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit(DEADLINE).expect("enigma-server did not exit after SIGTERM")
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait for enigma-server").is_none()
+    }
+
+    /// Sends SIGTERM and returns at once: the server drains while the test watches.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+    }
+
+    /// The exit status once the process has exited, or `None` if it is still running after
+    /// `limit` (it is then killed by the drop).
+    pub fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for enigma-server") {
+                std::mem::forget(self);
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn kill(mut self) {
@@ -225,5 +251,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads one server's `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Metrics {
+    /// The sum of a metric's series (0 if absent).
+    pub async fn get(&self, name: &str) -> f64 {
+        let text = self.http.get(&self.url).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }

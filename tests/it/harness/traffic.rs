@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::server::Server;
-use super::wait::{DEADLINE, wait_until};
+use super::wait::wait_until;
 use super::ws::Ws;
 
 /// Longest any fault test may take to converge.
@@ -32,10 +32,15 @@ async fn connect_any(urls: &[String], user: &str) -> Ws {
     }
 }
 
-/// The next text frame as JSON, or `None` when the connection ends (or stays silent).
+/// The next text frame as JSON, or `None` when the connection ends. Silence is not an end: a
+/// connection that stays open but delivers nothing for `CONVERGE` fails the test (a reconnect
+/// would read the stored backlog and hide that live delivery never came back).
 pub async fn next_json(ws: &mut Ws) -> Option<Value> {
     loop {
-        match tokio::time::timeout(DEADLINE, ws.inner.next()).await.ok()?? {
+        let Ok(next) = tokio::time::timeout(CONVERGE, ws.inner.next()).await else {
+            panic!("the connection stayed open but silent for {CONVERGE:?}");
+        };
+        match next? {
             Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             _ => return None,
@@ -177,5 +182,25 @@ pub fn assert_all_delivered(tally: &Tally, recipients: &[String], count: usize) 
             seen.get(user).map(|m| m.keys().map(|p| p.parse().unwrap()).collect()).unwrap_or_default();
         let missing: Vec<usize> = (0..count).filter(|i| !got.contains(i)).collect();
         assert!(missing.is_empty(), "{user} never got {missing:?}");
+    }
+}
+
+/// Stores 4 MB of messages for `to` (from a fresh user, each receipted): more than a socket's
+/// buffers take in, so a session writing them to a client that does not read is stuck in a
+/// write, reading nothing, until it is ended.
+pub async fn fill_backlog(server: &Server, to: &str) {
+    const COUNT: usize = 256;
+    let from = server.new_user().await;
+    let mut ws = server.connect_v1(&from).await;
+    let payload = "b".repeat(16 * 1024);
+    for i in 0..COUNT {
+        ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": i.to_string()})).await;
+    }
+    for i in 0..COUNT {
+        let receipt = ws.recv_json().await;
+        assert_eq!(
+            (receipt["ref"].as_str(), receipt["status"].as_str()),
+            (Some(i.to_string().as_str()), Some("stored"))
+        );
     }
 }
