@@ -32,7 +32,8 @@ impl Client {
     /// (from then on the user is protected on that server). `Ok(None)` from a server without
     /// authentication (it has no `/auth/challenge`).
     pub async fn authenticate(&self, user: &str) -> Result<Option<TokenResponse>, Error> {
-        let (status, body) = self.post(&["auth", "challenge"], &ChallengeRequest { user_id: user.to_owned(), alg: None }).await?;
+        let (status, body) =
+            self.post(&["auth", "challenge"], &ChallengeRequest { user_id: user.to_owned(), alg: None }).await?;
         match status {
             200 => {}
             // An older server, or one that predates authentication: the specification's way.
