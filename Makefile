@@ -11,7 +11,7 @@ run:
 	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration api-check helm-check prometheus-check
+test: lint unit-and-integration api-check helm-check prometheus-check browser-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -70,3 +70,8 @@ prometheus-check:
 .PHONY: soak
 soak:
 	bash scripts/soak.sh
+## The web page at / in Debian's headless chromium (playwright-core, node's test runner): two
+## browser users, browser <-> CLI, a server restart, RFC 9180 vectors; screenshots in docs/screenshots/.
+browser-check:
+	$(CARGO) build --locked --bins
+	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test --test-concurrency=1

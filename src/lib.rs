@@ -34,5 +34,6 @@ pub mod sdk;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod web;
 
 pub use server::{AppState, Error, Shared, run, shutdown_signal};

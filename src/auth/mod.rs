@@ -138,12 +138,18 @@ impl Auth {
     }
 
     /// Seals a fresh secret to `user`'s registered key.
-    pub async fn challenge(&self, engine: &Engine, user_id: &str) -> Result<ChallengeResponse, AuthError> {
+    pub async fn challenge(
+        &self,
+        engine: &Engine,
+        user_id: &str,
+        wanted_alg: Option<&str>,
+    ) -> Result<ChallengeResponse, AuthError> {
         let user = UserId::parse(user_id).ok_or(AuthError::UserNotFound)?;
         let record = engine.user_record(&user).await?.ok_or(AuthError::UserNotFound)?;
         let key = ClaimKey::parse(&record.public_key).ok_or(AuthError::UnsupportedKey)?;
         let secret = random_bytes::<32>();
-        let sealed = key.seal(user.as_str(), &secret).ok_or_else(|| Unavailable("sealing failed".into()))?;
+        let alg = key.alg(wanted_alg);
+        let sealed = key.seal(alg, user.as_str(), &secret).ok_or_else(|| Unavailable("sealing failed".into()))?;
         let now = now_secs();
         let exp = now + self.settings.challenge_ttl_secs;
         let ticket = Claims {
@@ -159,7 +165,7 @@ impl Auth {
         metrics::counter!(metric::AUTH_CHALLENGES).increment(1);
         Ok(ChallengeResponse {
             challenge: self.keyring.sign(&ticket),
-            alg: key.alg().to_owned(),
+            alg: alg.to_owned(),
             sealed: BASE64.encode(sealed),
             expires_at: exp * 1000,
         })

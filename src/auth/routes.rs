@@ -14,6 +14,7 @@ use super::{AuthError, Refusal, bearer};
 use crate::AppState;
 use crate::http::{ApiError, client_address};
 use crate::limits;
+use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM, ALG_RSA_OAEP_SHA256};
 use crate::protocol::{
     AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse, UserId,
 };
@@ -57,7 +58,16 @@ pub(crate) async fn challenge(
         .await
         .map_err(|refused| ApiError::from(refused).into_response())?;
     let Json(request) = body.map_err(bad_body)?;
-    let answer = state.auth.challenge(&state.engine, &request.user_id).await.map_err(refused)?;
+    let wanted = request.alg.as_deref();
+    if let Some(alg) = wanted
+        && ![ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM, ALG_RSA_OAEP_SHA256].contains(&alg)
+    {
+        let message = format!(
+            "unknown alg `{alg}`: ask for {ALG_HPKE_X25519}, {ALG_HPKE_X25519_AES256GCM} or {ALG_RSA_OAEP_SHA256}"
+        );
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, message).into_response());
+    }
+    let answer = state.auth.challenge(&state.engine, &request.user_id, wanted).await.map_err(refused)?;
     Ok(Json(answer).into_response())
 }
 

@@ -17,11 +17,12 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
 use rsa::traits::PublicKeyParts;
 
-use crate::protocol::auth::{ALG_HPKE_X25519, ALG_RSA_OAEP_SHA256, challenge_info};
+use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM, ALG_RSA_OAEP_SHA256, challenge_info};
 
 type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
 type Aead = hpke::aead::ChaCha20Poly1305;
+type AesAead = hpke::aead::AesGcm256;
 
 const X25519_LEN: usize = 32;
 const MIN_RSA_BITS: usize = 2048;
@@ -66,24 +67,32 @@ impl ClaimKey {
         rsa_checked(rsa::PublicKey::from_public_key_der(&bytes).ok()?)
     }
 
-    /// The `alg` a client reads to know how to open the sealed secret.
-    pub fn alg(&self) -> &'static str {
+    /// The `alg` a client reads to know how to open the sealed secret, given the `alg` the
+    /// client asked for (only X25519 keys have a choice: the ChaCha20-Poly1305 suite unless
+    /// the client asks for AES-256-GCM).
+    pub fn alg(&self, wanted: Option<&str>) -> &'static str {
         match self {
+            ClaimKey::X25519(_) if wanted == Some(ALG_HPKE_X25519_AES256GCM) => ALG_HPKE_X25519_AES256GCM,
             ClaimKey::X25519(_) => ALG_HPKE_X25519,
             ClaimKey::Rsa(_) => ALG_RSA_OAEP_SHA256,
         }
     }
 
-    /// Seals `secret` so that only the private key's holder can read it; `user_id` is bound
-    /// into HPKE's `info`. `None` only if the system's random generator fails.
-    pub fn seal(&self, user_id: &str, secret: &[u8]) -> Option<Vec<u8>> {
+    /// Seals `secret` with `alg` (from [`ClaimKey::alg`]) so that only the private key's
+    /// holder can read it; `user_id` is bound into HPKE's `info`. `None` only if the system's
+    /// random generator fails.
+    pub fn seal(&self, alg: &str, user_id: &str, secret: &[u8]) -> Option<Vec<u8>> {
         match self {
             ClaimKey::X25519(public) => {
                 let info = challenge_info(user_id);
                 // The crate draws its randomness from the OS generator; a failure there is
                 // reported by panicking inside the call, which no input can cause.
-                let (enc, ciphertext) =
-                    hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[]).ok()?;
+                let (enc, ciphertext) = if alg == ALG_HPKE_X25519_AES256GCM {
+                    hpke::single_shot_seal::<AesAead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[])
+                        .ok()?
+                } else {
+                    hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[]).ok()?
+                };
                 let mut sealed = enc.to_bytes().to_vec();
                 sealed.extend_from_slice(&ciphertext);
                 Some(sealed)
@@ -111,13 +120,13 @@ mod tests {
     #[test]
     fn recognises_the_kinds_from_the_registered_string() {
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8; 32]);
-        assert_eq!(ClaimKey::parse(&x).unwrap().alg(), ALG_HPKE_X25519);
+        assert_eq!(ClaimKey::parse(&x).unwrap().alg(None), ALG_HPKE_X25519);
         let padded = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-        assert_eq!(ClaimKey::parse(&padded).unwrap().alg(), ALG_HPKE_X25519);
-        assert_eq!(ClaimKey::parse(PEM_B64.trim()).unwrap().alg(), ALG_RSA_OAEP_SHA256);
-        assert_eq!(ClaimKey::parse(DER_B64.trim()).unwrap().alg(), ALG_RSA_OAEP_SHA256);
+        assert_eq!(ClaimKey::parse(&padded).unwrap().alg(None), ALG_HPKE_X25519);
+        assert_eq!(ClaimKey::parse(PEM_B64.trim()).unwrap().alg(None), ALG_RSA_OAEP_SHA256);
+        assert_eq!(ClaimKey::parse(DER_B64.trim()).unwrap().alg(None), ALG_RSA_OAEP_SHA256);
         let pem = String::from_utf8(BASE64.decode(PEM_B64.trim()).unwrap()).unwrap();
-        assert_eq!(ClaimKey::parse(&pem).unwrap().alg(), ALG_RSA_OAEP_SHA256);
+        assert_eq!(ClaimKey::parse(&pem).unwrap().alg(None), ALG_RSA_OAEP_SHA256);
         for other in ["", "abc", "not base64 at all!", &"A".repeat(44 * 3), "deadbeef", "-----BEGIN PUBLIC KEY-----"] {
             assert!(ClaimKey::parse(other).is_none(), "{other:?}");
         }
@@ -126,7 +135,8 @@ mod tests {
     #[test]
     fn seals_differently_each_time() {
         let key = ClaimKey::parse(DER_B64.trim()).unwrap();
-        let (a, b) = (key.seal("u", b"secret").unwrap(), key.seal("u", b"secret").unwrap());
+        let alg = key.alg(None);
+        let (a, b) = (key.seal(alg, "u", b"secret").unwrap(), key.seal(alg, "u", b"secret").unwrap());
         assert_eq!(a.len(), 256);
         assert_ne!(a, b);
     }

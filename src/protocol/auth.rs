@@ -4,6 +4,11 @@
 /// `alg` of a challenge sealed to an X25519 key: HPKE (RFC 9180) base mode,
 /// DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305; `sealed` = enc (32) || ct.
 pub const ALG_HPKE_X25519: &str = "hpke-x25519";
+/// `alg` of a challenge sealed to an X25519 key with HPKE's AES-256-GCM suite
+/// (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM), same `info` and layout; sealed
+/// only when the client asks for it (`alg` in the request): the web page's WebCrypto has no
+/// ChaCha20-Poly1305.
+pub const ALG_HPKE_X25519_AES256GCM: &str = "hpke-x25519-aes256gcm";
 /// `alg` of a challenge sealed to an RSA key: RSA-OAEP with SHA-256 (and MGF1-SHA-256), no label.
 pub const ALG_RSA_OAEP_SHA256: &str = "rsa-oaep-sha256";
 /// Domain separation label at the start of a challenge's HPKE `info` (distinct from the

@@ -49,6 +49,10 @@ impl LookupResponse {
 pub struct ChallengeRequest {
     #[serde(rename = "userId")]
     pub user_id: String,
+    /// How the client wants an X25519 challenge sealed: absent (or `hpke-x25519`) for
+    /// ChaCha20-Poly1305, `hpke-x25519-aes256gcm` for AES-256-GCM (what WebCrypto can open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
 }
 
 /// The answer to [`ChallengeRequest`]: a random secret sealed to the user's registered key,

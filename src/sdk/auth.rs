@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::client::{Client, Socket, http_error, open_socket};
 use super::crypto::now_ms;
 use super::error::Error;
-use crate::protocol::auth::ALG_HPKE_X25519;
+use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM};
 use crate::protocol::{
     AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse,
 };
@@ -32,7 +32,8 @@ impl Client {
     /// (from then on the user is protected on that server). `Ok(None)` from a server without
     /// authentication (it has no `/auth/challenge`).
     pub async fn authenticate(&self, user: &str) -> Result<Option<TokenResponse>, Error> {
-        let (status, body) = self.post(&["auth", "challenge"], &ChallengeRequest { user_id: user.to_owned() }).await?;
+        let (status, body) =
+            self.post(&["auth", "challenge"], &ChallengeRequest { user_id: user.to_owned(), alg: None }).await?;
         match status {
             200 => {}
             // An older server, or one that predates authentication: the specification's way.
@@ -44,14 +45,14 @@ impl Client {
         }
         let challenge = ChallengeResponse::deserialize(&body)
             .map_err(|_| Error::Protocol(format!("challenge answer without its fields: {body}")))?;
-        if challenge.alg != ALG_HPKE_X25519 {
+        if challenge.alg != ALG_HPKE_X25519 && challenge.alg != ALG_HPKE_X25519_AES256GCM {
             return Err(Error::Protocol(format!("challenge sealed with `{}`, not for this key", challenge.alg)));
         }
         let sealed =
             STANDARD.decode(&challenge.sealed).map_err(|_| Error::Protocol("sealed challenge is not base64".into()))?;
         let secret = self
             .identity()
-            .open_challenge(user, &sealed)
+            .open_challenge(user, &challenge.alg, &sealed)
             .map_err(|e| Error::KeyMismatch { user: format!("{user} (the challenge does not open: {e})") })?;
         let request = TokenRequest { challenge: challenge.challenge, secret: STANDARD.encode(secret) };
         let (status, body) = self.post(&["auth", "token"], &request).await?;

@@ -1,6 +1,8 @@
 //! End-to-end encryption of payloads: HPKE (RFC 9180) in auth mode.
 //!
-//! Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305. Every message gets a
+//! Suites: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, and ChaCha20-Poly1305 (format version 1)
+//! or AES-256-GCM (version 2, what a browser's WebCrypto can do). We seal version 2, so that
+//! every client, the web page included, can open what we send, and open both. Every message gets a
 //! fresh encapsulated key (the "fresh symmetric key per message" of the protocol's hybrid
 //! encryption), and auth mode mixes the sender's static key into the key schedule, so a
 //! recipient who opens a payload with the sender's directory key knows who sealed it.
@@ -8,7 +10,7 @@
 //! The wire form (documented in `docs/protocol.md`, "Payload format (HPKE)"):
 //!
 //! ```text
-//! payload = base64url-nopad( 0x01 || enc (32 bytes) || ciphertext (plaintext + 16-byte tag) )
+//! payload = base64url-nopad( version || enc (32 bytes) || ciphertext (plaintext + 16-byte tag) )
 //! info    = "enigma-hpke-v1" || 0x00 || from || 0x00 || to          (user ids, ASCII)
 //! plaintext = JSON {"id": "<uuid v4 chosen by the sender>", "ts": <ms since epoch>, "text": "…"}
 //! ```
@@ -29,9 +31,14 @@ use super::error::{Error, OpenError};
 type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
 type Aead = hpke::aead::ChaCha20Poly1305;
+type AesAead = hpke::aead::AesGcm256;
 
-/// First byte of every payload; a future format gets another number.
-pub const PAYLOAD_VERSION: u8 = 1;
+/// First byte of a payload sealed with ChaCha20-Poly1305 (opened, no longer sealed).
+pub const PAYLOAD_VERSION_CHACHA: u8 = 1;
+/// First byte of a payload sealed with AES-256-GCM: what we seal.
+pub const PAYLOAD_VERSION_AESGCM: u8 = 2;
+/// The version [`Identity::seal`] writes; a future format gets another number.
+pub const PAYLOAD_VERSION: u8 = PAYLOAD_VERSION_AESGCM;
 /// Domain separation label at the start of the HPKE `info`.
 const INFO_LABEL: &[u8] = b"enigma-hpke-v1";
 /// Bytes of an X25519 public key, private key and encapsulated key.
@@ -117,27 +124,39 @@ impl Identity {
         &self.public
     }
 
-    /// Seals `plaintext` from user `from` (whose key this is) to user `to`.
+    /// Seals `plaintext` from user `from` (whose key this is) to user `to`, format version 2
+    /// (AES-256-GCM), which every client of this format opens, the web page included.
     pub fn seal(&self, from: &str, to: &str, recipient: &PublicKey, plaintext: &[u8]) -> String {
+        self.seal_with::<AesAead>(PAYLOAD_VERSION_AESGCM, from, to, recipient, plaintext)
+    }
+
+    fn seal_with<A: hpke::aead::Aead>(
+        &self,
+        version: u8,
+        from: &str,
+        to: &str,
+        recipient: &PublicKey,
+        plaintext: &[u8],
+    ) -> String {
         let mode = OpModeS::Auth((self.secret.clone(), self.public.0.clone()));
         // Sealing fails only if the operating system's random generator does, which the
         // crate reports by panicking inside the call; no error value is left to handle.
         let (enc, ciphertext) =
-            hpke::single_shot_seal::<Aead, Kdf, Kem>(&mode, &recipient.0, &info(from, to), plaintext, &[])
+            hpke::single_shot_seal::<A, Kdf, Kem>(&mode, &recipient.0, &info(from, to), plaintext, &[])
                 .expect("HPKE seal with a valid X25519 key");
         let mut wire = Vec::with_capacity(1 + KEY_LEN + ciphertext.len());
-        wire.push(PAYLOAD_VERSION);
+        wire.push(version);
         wire.extend_from_slice(&enc.to_bytes());
         wire.extend_from_slice(&ciphertext);
         URL_SAFE_NO_PAD.encode(wire)
     }
 
     /// Opens a payload that user `from` (whose directory key is `sender`) sealed for user
-    /// `to` (whose key this is).
+    /// `to` (whose key this is), in either format version.
     pub fn open(&self, from: &str, to: &str, sender: &PublicKey, payload: &str) -> Result<Vec<u8>, OpenError> {
         let wire = URL_SAFE_NO_PAD.decode(payload).map_err(|_| OpenError::Malformed("not base64url"))?;
         let (&version, rest) = wire.split_first().ok_or(OpenError::Malformed("empty"))?;
-        if version != PAYLOAD_VERSION {
+        if version != PAYLOAD_VERSION_CHACHA && version != PAYLOAD_VERSION_AESGCM {
             return Err(OpenError::UnsupportedVersion(version));
         }
         if rest.len() < KEY_LEN + TAG_LEN {
@@ -146,21 +165,30 @@ impl Identity {
         let (enc, ciphertext) = rest.split_at(KEY_LEN);
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| OpenError::Malformed("bad key"))?;
         let mode = OpModeR::Auth(sender.0.clone());
-        hpke::single_shot_open::<Aead, Kdf, Kem>(&mode, &self.secret, &enc, &info(from, to), ciphertext, &[])
-            .map_err(|_| OpenError::Authentication)
+        let info = info(from, to);
+        let opened = if version == PAYLOAD_VERSION_AESGCM {
+            hpke::single_shot_open::<AesAead, Kdf, Kem>(&mode, &self.secret, &enc, &info, ciphertext, &[])
+        } else {
+            hpke::single_shot_open::<Aead, Kdf, Kem>(&mode, &self.secret, &enc, &info, ciphertext, &[])
+        };
+        opened.map_err(|_| OpenError::Authentication)
     }
 
     /// Opens a challenge the server sealed to this key for `user_id` (`docs/protocol.md`,
-    /// "Authentication"): HPKE base mode, `enc (32) || ciphertext`.
-    pub fn open_challenge(&self, user_id: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// "Authentication"): HPKE base mode, `enc (32) || ciphertext`, the AEAD named by `alg`.
+    pub fn open_challenge(&self, user_id: &str, alg: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < KEY_LEN + TAG_LEN {
             return Err(OpenError::Malformed("challenge too short"));
         }
         let (enc, ciphertext) = sealed.split_at(KEY_LEN);
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| OpenError::Malformed("bad key"))?;
         let info = crate::protocol::auth::challenge_info(user_id);
-        hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, &info, ciphertext, &[])
-            .map_err(|_| OpenError::Authentication)
+        let opened = if alg == crate::protocol::auth::ALG_HPKE_X25519_AES256GCM {
+            hpke::single_shot_open::<AesAead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, &info, ciphertext, &[])
+        } else {
+            hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, &info, ciphertext, &[])
+        };
+        opened.map_err(|_| OpenError::Authentication)
     }
 }
 
@@ -230,6 +258,21 @@ mod tests {
     }
 
     #[test]
+    fn seals_aes_gcm_and_still_opens_chacha() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let payload = alice.seal(ALICE, BOB, bob.public_key(), b"v2");
+        assert_eq!(URL_SAFE_NO_PAD.decode(&payload).unwrap()[0], PAYLOAD_VERSION_AESGCM);
+        assert_eq!(bob.open(ALICE, BOB, alice.public_key(), &payload).unwrap(), b"v2");
+        let old = alice.seal_with::<Aead>(PAYLOAD_VERSION_CHACHA, ALICE, BOB, bob.public_key(), b"v1");
+        assert_eq!(bob.open(ALICE, BOB, alice.public_key(), &old).unwrap(), b"v1");
+        // The version byte names the AEAD: a v1 body under a v2 byte does not open.
+        let mut relabelled = URL_SAFE_NO_PAD.decode(&old).unwrap();
+        relabelled[0] = PAYLOAD_VERSION_AESGCM;
+        let relabelled = URL_SAFE_NO_PAD.encode(relabelled);
+        assert_eq!(bob.open(ALICE, BOB, alice.public_key(), &relabelled), Err(OpenError::Authentication));
+    }
+
+    #[test]
     fn every_seal_is_fresh() {
         let (alice, bob) = (Identity::generate(), Identity::generate());
         let a = alice.seal(ALICE, BOB, bob.public_key(), b"same");
@@ -278,7 +321,7 @@ mod tests {
         assert_eq!(open("hello world"), Err(OpenError::Malformed("not base64url")));
         assert_eq!(open(""), Err(OpenError::Malformed("empty")));
         assert_eq!(open(&URL_SAFE_NO_PAD.encode([1u8; 20])), Err(OpenError::Malformed("too short")));
-        assert_eq!(open(&URL_SAFE_NO_PAD.encode([2u8; 60])), Err(OpenError::UnsupportedVersion(2)));
+        assert_eq!(open(&URL_SAFE_NO_PAD.encode([3u8; 60])), Err(OpenError::UnsupportedVersion(3)));
     }
 
     #[test]

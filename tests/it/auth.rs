@@ -127,7 +127,7 @@ async fn replicas_share_challenges_and_tokens(b: Backend) {
     assert_eq!(code, 200, "{challenge}");
     assert_eq!(challenge["alg"], "hpke-x25519");
     let sealed = STANDARD.decode(challenge["sealed"].as_str().unwrap()).unwrap();
-    let secret = bob.client.identity().open_challenge(&bob.user, &sealed).unwrap();
+    let secret = bob.client.identity().open_challenge(&bob.user, "hpke-x25519", &sealed).unwrap();
     let answer = json!({"challenge": challenge["challenge"], "secret": STANDARD.encode(&secret)});
     let wrong = json!({"challenge": challenge["challenge"], "secret": STANDARD.encode([0u8; 32])});
     let (code, challenge_header, _) = post(&bb, "/auth/token", wrong).await;

@@ -1,0 +1,171 @@
+// Helpers for the browser tests: relay processes and redis-server on free ports, Debian's
+// chromium through playwright-core with a fresh profile each, the CLI. Everything started
+// here is stopped by `cleanup()` (call it from `after`), and every wait has a deadline.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+const BIN = join(ROOT, "target/debug");
+export const SCREENSHOTS = join(ROOT, "docs/screenshots");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+const owned = [];
+const dirs = [];
+
+export function tempDir(prefix = "enigma-browser-") {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  dirs.push(dir);
+  return dir;
+}
+
+export function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on("error", rej);
+  });
+}
+
+export async function waitFor(what, check, ms = 15000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+function track(child, name) {
+  const entry = { child, name, log: "" };
+  child.stdout?.on("data", (d) => (entry.log += d));
+  child.stderr?.on("data", (d) => (entry.log += d));
+  owned.push(entry);
+  return entry;
+}
+
+export async function startRedis() {
+  const port = await freePort();
+  const dir = tempDir("enigma-redis-");
+  const entry = track(
+    spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir]),
+    "redis",
+  );
+  await waitFor("redis", () => entry.log.includes("Ready to accept connections"));
+  return { url: `redis://127.0.0.1:${port}`, port, stop: () => stop(entry) };
+}
+
+/** An enigma-server on `port` (a free one if not given); `redis` for the shared engine. */
+export async function startServer({ port, redis, prefix } = {}) {
+  port ??= await freePort();
+  const env = { PATH: process.env.PATH, ENIGMA__SERVER__ADDR: `127.0.0.1:${port}`, ENIGMA__LOG__LEVEL: "warn" };
+  if (redis) Object.assign(env, { ENIGMA__REDIS__URL: redis.url, ENIGMA__REDIS__PREFIX: prefix ?? "browser" });
+  const entry = track(spawn(join(BIN, "enigma-server"), [], { env }), "enigma-server");
+  await waitFor("enigma-server listening", () => entry.log.includes("listening on"), 30000);
+  return { port, url: `http://127.0.0.1:${port}`, stop: () => stop(entry), entry };
+}
+
+function stop(entry) {
+  return new Promise((res) => {
+    if (entry.child.exitCode !== null || entry.child.signalCode !== null) return res();
+    entry.child.once("exit", () => res());
+    entry.child.kill("SIGTERM");
+    setTimeout(() => entry.child.kill("SIGKILL"), 10000).unref();
+  });
+}
+
+/** A chromium with its own profile; records every request the pages make. */
+export async function launchBrowser() {
+  const profile = tempDir("enigma-chromium-");
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync",
+    ],
+    viewport: { width: 1100, height: 700 },
+  });
+  const requests = [];
+  context.on("request", (r) => requests.push(r.url()));
+  owned.push({ context, name: "chromium" });
+  return { context, requests, close: () => context.close() };
+}
+
+/** Opens the page and creates an identity; returns {page, userId}. */
+export async function newUser(context, base) {
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.errors = errors;
+  await page.goto(`${base}/`);
+  await page.click("#create");
+  await page.waitForSelector("#my-id:not(:empty)");
+  const userId = await page.textContent("#my-id");
+  await waitFor("the page to be online", async () => (await page.getAttribute("#status", "class")).includes("online"));
+  return { page, userId };
+}
+
+export async function addContact(page, userId, nickname) {
+  await page.fill("#add-id", userId);
+  await page.fill("#add-nick", nickname);
+  await page.click("#add-btn");
+  await page.waitForSelector(`#contacts li[data-user="${userId}"]`);
+}
+
+export async function sendText(page, text) {
+  await page.fill("#compose-text", text);
+  await page.click("#send");
+}
+
+/** The texts of the open chat's messages, in order. */
+export const texts = (page) => page.$$eval("#messages li .text", (els) => els.map((e) => e.textContent));
+
+export async function waitForText(page, text, ms = 15000) {
+  await waitFor(`"${text}" on the page`, async () => (await texts(page)).includes(text), ms);
+}
+
+export function shot(page, name) {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  return page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
+}
+
+/** Runs the CLI to completion. */
+export function cli(server, key, args, input = "") {
+  return execFileSync(join(BIN, "enigma"), ["--server", server, "--key", key, ...args], {
+    input, encoding: "utf8", timeout: 30000, env: { PATH: process.env.PATH, HOME: tempDir("enigma-home-") },
+  });
+}
+
+/** Starts a long-running CLI command (chat, listen); its output accumulates in `.log`. */
+export function cliSpawn(server, key, args) {
+  const entry = track(
+    spawn(join(BIN, "enigma"), ["--server", server, "--key", key, ...args], {
+      env: { PATH: process.env.PATH, HOME: tempDir("enigma-home-") },
+    }),
+    "enigma",
+  );
+  return entry;
+}
+export const stopProcess = stop;
+
+export async function cleanup() {
+  for (const entry of owned.reverse()) {
+    if (entry.context) await entry.context.close().catch(() => {});
+    else await stop(entry);
+  }
+  owned.length = 0;
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  dirs.length = 0;
+}

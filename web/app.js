@@ -1,0 +1,222 @@
+// The page: create or load the identity, then contacts and chats. Everything shown comes
+// from IndexedDB (store.js); the network side is relay.js; the sealing is payload.js.
+import * as store from "./store.js";
+import { Refusal, Relay, lookup, register } from "./relay.js";
+import { b64urlEncode, fingerprint } from "./payload.js";
+import { generateKeyPair, rawPublic } from "./hpke.js";
+
+const $ = (id) => document.getElementById(id);
+let me = null;
+let relay = null;
+let current = null; // the open chat's user id
+
+function show(id, on = true) {
+  $(id).hidden = !on;
+}
+
+function banner(text, action) {
+  $("banner-text").textContent = text;
+  show("banner", Boolean(text));
+  show("banner-action", Boolean(action));
+}
+
+async function createIdentity() {
+  $("create").disabled = true;
+  $("welcome-error").textContent = "";
+  try {
+    const pair = await generateKeyPair();
+    const publicRaw = await rawPublic(pair.publicKey);
+    const publicKey = b64urlEncode(publicRaw);
+    const userId = await register(publicKey);
+    const identity = { userId, publicKey, publicRaw, privateKey: pair.privateKey, created: Date.now() };
+    await store.putIdentity(identity);
+    await start(identity);
+  } catch (e) {
+    $("welcome-error").textContent = `Could not create the identity: ${e.message}`;
+    $("create").disabled = false;
+  }
+}
+
+async function start(identity) {
+  me = identity;
+  show("welcome", false);
+  show("app");
+  $("my-id").textContent = me.userId;
+  $("my-fp").textContent = await fingerprint(me.publicRaw);
+  relay = new Relay(me);
+  relay.addEventListener("state", ({ detail }) => {
+    $("status").textContent = detail.text;
+    $("status").className = `status ${detail.state}`;
+    if (detail.state === "replaced") banner(detail.text, true);
+    else if (detail.state === "gone") banner(detail.text);
+    else if (detail.state === "online") banner("");
+  });
+  relay.addEventListener("problem", ({ detail }) => banner(detail.text));
+  relay.addEventListener("message", ({ detail }) => onMessage(detail));
+  relay.addEventListener("update", ({ detail }) => current === detail.peer && renderMessages());
+  await renderContacts();
+  relay.start();
+}
+
+async function onMessage(m) {
+  let contact = await store.getContact(m.peer);
+  if (!contact) {
+    // A first message from someone new: they become a contact, named by their id until renamed.
+    let publicKey = "";
+    try {
+      publicKey = (await lookup(m.peer)).publicKey;
+    } catch {
+      /* shown without a fingerprint */
+    }
+    contact = { userId: m.peer, nickname: "", publicKey, unread: 0 };
+  }
+  if (m.dir === "in" && (current !== m.peer || document.hidden)) contact.unread = (contact.unread ?? 0) + 1;
+  await store.putContact(contact);
+  await renderContacts();
+  if (current === m.peer) await renderMessages();
+}
+
+async function addContact(event) {
+  event.preventDefault();
+  const id = $("add-id").value.trim().toLowerCase();
+  const nickname = $("add-nick").value.trim();
+  $("add-error").textContent = "";
+  if (!id) return;
+  try {
+    const { publicKey } = await lookup(id);
+    const existing = await store.getContact(id);
+    await store.putContact({ ...(existing ?? { unread: 0 }), userId: id, nickname: nickname || existing?.nickname || "", publicKey });
+    $("add-id").value = "";
+    $("add-nick").value = "";
+    await renderContacts();
+    await openChat(id);
+  } catch (e) {
+    $("add-error").textContent = e instanceof Refusal ? e.message : `Could not add the contact: ${e.message}`;
+  }
+}
+
+async function renderContacts() {
+  const list = $("contacts");
+  const all = (await store.contacts()).sort((a, b) => (a.nickname || a.userId).localeCompare(b.nickname || b.userId));
+  list.replaceChildren(
+    ...all.map((c) => {
+      const li = document.createElement("li");
+      li.dataset.user = c.userId;
+      li.className = c.userId === current ? "active" : "";
+      const names = document.createElement("div");
+      const name = document.createElement("div");
+      name.className = "name";
+      name.textContent = c.nickname || "(no nickname)";
+      const id = document.createElement("div");
+      id.className = "id";
+      id.textContent = c.userId;
+      names.append(name, id);
+      li.append(names);
+      if (c.unread) {
+        const badge = document.createElement("span");
+        badge.className = "unread";
+        badge.textContent = String(c.unread);
+        li.append(badge);
+      }
+      li.addEventListener("click", () => openChat(c.userId));
+      return li;
+    }),
+  );
+}
+
+async function openChat(id) {
+  current = id;
+  const contact = await store.getContact(id);
+  if (contact?.unread) {
+    contact.unread = 0;
+    await store.putContact(contact);
+  }
+  $("chat-title").textContent = contact?.nickname ? `${contact.nickname} (${id})` : id;
+  let fp = "";
+  try {
+    fp = `fingerprint ${await fingerprint((await lookup(id)).raw)} (compare it with theirs, out of band)`;
+  } catch (e) {
+    fp = e.message;
+  }
+  $("chat-fp").textContent = fp;
+  $("compose-text").disabled = false;
+  $("send").disabled = false;
+  $("compose-error").textContent = "";
+  await renderContacts();
+  await renderMessages();
+}
+
+const STATES = { sending: "sending…", stored: "sent", received: "", failed: "NOT SENT", refused: "" };
+
+async function renderMessages() {
+  if (!current) return;
+  const list = $("messages");
+  const messages = await store.messagesWith(current);
+  list.replaceChildren(
+    ...messages.map((m) => {
+      const li = document.createElement("li");
+      li.className = `${m.dir} ${m.state}`;
+      li.dataset.state = m.state;
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = m.state === "refused" ? m.error : m.text;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const when = new Date(m.ts).toLocaleTimeString();
+      meta.textContent = [when, STATES[m.state], m.state === "failed" ? m.error : ""].filter(Boolean).join(" · ");
+      li.append(text, meta);
+      return li;
+    }),
+  );
+  list.scrollTop = list.scrollHeight;
+}
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("compose-text").value;
+  if (!current || !text.trim()) return;
+  $("compose-error").textContent = "";
+  try {
+    await relay.send(current, text);
+    $("compose-text").value = "";
+  } catch (e) {
+    $("compose-error").textContent = `Not sent: ${e.message}`;
+  }
+}
+
+async function copy(event) {
+  const text = $(event.target.dataset.copy).textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    event.target.textContent = "copied";
+  } catch {
+    event.target.textContent = "select it";
+  }
+  setTimeout(() => (event.target.textContent = "copy"), 1500);
+}
+
+async function main() {
+  $("create").addEventListener("click", createIdentity);
+  $("add-form").addEventListener("submit", addContact);
+  $("compose").addEventListener("submit", send);
+  $("compose-text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      $("compose").requestSubmit();
+    }
+  });
+  $("banner-action").addEventListener("click", () => {
+    banner("");
+    relay.reconnectNow();
+  });
+  for (const b of document.querySelectorAll(".copy")) b.addEventListener("click", copy);
+  document.addEventListener("visibilitychange", () => !document.hidden && current && openChat(current));
+  const identity = await store.getIdentity();
+  if (identity) await start(identity);
+  else {
+    $("status").textContent = "no identity yet";
+    show("welcome");
+  }
+}
+
+main().catch((e) => banner(`The page failed to start: ${e.message}`));

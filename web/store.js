@@ -1,0 +1,73 @@
+// What the page keeps, in IndexedDB: its identity (the X25519 private key as a
+// non-extractable CryptoKey: the browser stores it, script can use it but never read it),
+// contacts, and every message. A received message is written here BEFORE it is acknowledged,
+// so a reload or a crash loses nothing; an outgoing one is written before it is sent, so it
+// is sent again after a reload until the server confirms it was stored.
+
+const DB = "enigma";
+const VERSION = 1;
+
+function request(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+let dbPromise;
+function db() {
+  dbPromise ??= new Promise((resolve, reject) => {
+    const open = indexedDB.open(DB, VERSION);
+    open.onupgradeneeded = () => {
+      const d = open.result;
+      d.createObjectStore("identity");
+      d.createObjectStore("contacts", { keyPath: "userId" });
+      const messages = d.createObjectStore("messages", { keyPath: "key" });
+      messages.createIndex("peer", "peer");
+      messages.createIndex("state", "state");
+    };
+    open.onsuccess = () => resolve(open.result);
+    open.onerror = () => reject(open.error);
+  });
+  return dbPromise;
+}
+
+async function tx(store, mode, fn) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const t = d.transaction(store, mode);
+    let result;
+    Promise.resolve(fn(t.objectStore(store))).then((r) => (result = r), reject);
+    t.oncomplete = () => resolve(result);
+    t.onerror = () => reject(t.error);
+    t.onabort = () => reject(t.error ?? new Error("transaction aborted"));
+  });
+}
+
+export const getIdentity = () => tx("identity", "readonly", (s) => request(s.get("me")));
+export const putIdentity = (me) => tx("identity", "readwrite", (s) => request(s.put(me, "me")));
+
+export const contacts = () => tx("contacts", "readonly", (s) => request(s.getAll()));
+export const getContact = (id) => tx("contacts", "readonly", (s) => request(s.get(id)));
+export const putContact = (c) => tx("contacts", "readwrite", (s) => request(s.put(c)));
+
+/** A message's key: "<peer>/<sender's message id>", so a redelivered one is recognised. */
+export const messageKey = (peer, id) => `${peer}/${id}`;
+export const getMessage = (key) => tx("messages", "readonly", (s) => request(s.get(key)));
+export const putMessage = (m) => tx("messages", "readwrite", (s) => request(s.put(m)));
+export const messagesWith = async (peer) =>
+  (await tx("messages", "readonly", (s) => request(s.index("peer").getAll(peer)))).sort((a, b) => a.order - b.order);
+export const pending = () => tx("messages", "readonly", (s) => request(s.index("state").getAll("sending")));
+
+/**
+ * Stores a received message unless one with the same sender and id is already stored;
+ * returns true when it is new. Check and write are one transaction.
+ */
+export function addReceived(m) {
+  return tx("messages", "readwrite", async (s) => {
+    const existing = await request(s.get(m.key));
+    if (existing) return false;
+    await request(s.put(m));
+    return true;
+  });
+}
