@@ -31,7 +31,7 @@ api-check:
 ## Each fuzz target for FUZZ_SECONDS (default 600) on the nightly toolchain; what the fuzzers keep
 ## lands in fuzz/corpus/ (minimised) and crashes in fuzz/artifacts/: commit both, `make test` replays them.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= client_frame envelope public_key doorbell config
+FUZZ_TARGETS ?= client_frame envelope public_key claim_key token doorbell config
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 

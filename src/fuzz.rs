@@ -4,18 +4,23 @@
 
 use std::path::Path;
 
+use crate::auth::sealing::ClaimKey;
+use crate::auth::tokens::{Keyring, Kind};
 use crate::config::Settings;
 use crate::engine::redis::doorbell::Doorbell;
+use crate::protocol::auth::bearer_from_protocol;
 use crate::protocol::{ClientFrame, RawPayload, ServerFrame, UserId, envelope, validate_public_key};
 
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
 /// A fuzz target: untrusted bytes in, a panic only when an invariant breaks.
 pub type Target = fn(&[u8]);
 
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("client_frame", client_frame),
     ("envelope", build_envelope),
     ("public_key", public_key),
+    ("claim_key", claim_key),
+    ("token", token),
     ("doorbell", doorbell),
     ("config", config),
 ];
@@ -66,6 +71,27 @@ pub fn public_key(data: &[u8]) {
     if validate_public_key(key, 8192).is_ok() {
         assert!(!key.is_empty() && key.len() <= 8192);
         assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "+/=-_ \n\r".contains(c)));
+    }
+}
+
+/// A registered key as the authentication reads it: recognised as a kind that can be claimed
+/// (X25519, RSA) or not; a recognised key can be sealed to.
+pub fn claim_key(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Some(key) = ClaimKey::parse(text) {
+        let alg = key.alg(None);
+        assert!(key.seal(alg, "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6", &[7; 32]).is_some(), "a recognised key seals");
+    }
+}
+
+/// A bearer token as a client presents it (header or subprotocol entry): refused with a reason,
+/// never a panic, and never accepted without this deployment's signature.
+pub fn token(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let keyring = Keyring::new(&[("k1".into(), b"fuzzing key, not secret".to_vec())], "enigma").expect("a keyring");
+    for candidate in [Some(text), bearer_from_protocol(text)].into_iter().flatten() {
+        assert!(keyring.verify(candidate, Kind::Access).is_err(), "an unsigned token was accepted");
+        assert!(keyring.verify(candidate, Kind::Challenge).is_err(), "an unsigned ticket was accepted");
     }
 }
 

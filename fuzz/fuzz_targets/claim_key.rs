@@ -1,0 +1,4 @@
+#![no_main]
+//! See `src/fuzz.rs` for what this target checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enigma::fuzz::claim_key(data));
