@@ -98,7 +98,14 @@ async fn newest_connection_wins_across_replicas(b: Backend) {
     let mut newest = s[0].connect(&bob).await;
     assert_eq!(new.expect_close().await.0, 4409);
     a.send_msg(&alice, &bob, "again").await;
-    assert_eq!(newest.recv_json().await["payload"], "again");
+    // A spec client's message leaves the inbox after it was written, asynchronously: a takeover
+    // racing that removal may hand "to the newest" to the new connection once more (the
+    // documented spec-client duplicate window). Nothing else may come first.
+    let mut first = newest.recv_json().await;
+    if first["payload"] == "to the newest" {
+        first = newest.recv_json().await;
+    }
+    assert_eq!(first["payload"], "again");
 }
 
 async fn three_replicas_every_pair_talks(b: Backend) {
