@@ -44,5 +44,6 @@ mod observability;
 mod partitions;
 mod replicas;
 mod rollout;
+mod secure;
 mod sentinel;
 mod startup;
