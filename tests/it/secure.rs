@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{CliUser, Nginx, Redis, Server, ServerConfig, TempDir, TestCa, nginx_binary};
+use crate::harness::{CliUser, DEADLINE, Nginx, Redis, Server, ServerConfig, TempDir, TestCa, free_port, nginx_binary};
 use enigma::sdk::PublicKey;
 
 fn fingerprint(public_key: &str) -> String {
@@ -107,4 +107,84 @@ fn plain_http_leaves_this_machine_only_when_asked() {
     // Accepted with the flag; whoami answers offline (no login there, so no request is made).
     assert!(asked.stdout.contains("server:      http://192.0.2.1:8000/"), "{}", asked.stdout);
     assert!(asked.stderr.contains("not logged in"), "{}", asked.stderr);
+}
+
+/// `server.metrics_public = false`: `/metrics` only on the metrics port, 404 on the public one.
+#[tokio::test]
+async fn metrics_stay_off_the_public_port_when_configured() {
+    let port = free_port();
+    let config = ServerConfig::memory()
+        .with("ENIGMA__SERVER__METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .with("ENIGMA__SERVER__METRICS_PUBLIC", "false");
+    let s = Server::start(&config);
+    s.new_user().await;
+    let (status, _) = s.get("/metrics").await;
+    assert_eq!(status, 404, "not on the public port");
+    let private = s.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    assert_eq!(private.status(), 200);
+    assert!(private.text().await.unwrap().contains("enigma_logins_total 1"));
+}
+
+/// A Redis password with an unencoded `/` (the URL then does not parse) never reaches stderr.
+#[test]
+fn a_redis_password_is_never_printed() {
+    let password = format!("Pa/ss-{}-w0rd", std::process::id());
+    for url in [format!("redis://:{password}@127.0.0.1:1/"), format!("rediss://enigma:{password}@127.0.0.1/0")] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_enigma-server"))
+            .env_clear()
+            .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+            .env("ENIGMA__REDIS__URL", &url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the server did not refuse {url}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("redis.url"), "the error names the key: {stderr}");
+        assert!(!stderr.contains("w0rd") && !stderr.contains("Pa/ss"), "the password leaked: {stderr}");
+        assert!(stderr.contains("***@"), "the URL is shown redacted: {stderr}");
+    }
+}
+
+/// The relay reaches Redis over TLS only (`rediss://`, its TLS port, a test CA), and messages
+/// flow: logins stored, a message sent and received.
+#[test]
+fn the_relay_talks_to_redis_over_tls() {
+    let ca = TestCa::new();
+    let tls_port = free_port();
+    let (cert, key, ca_file) =
+        (ca.cert.display().to_string(), ca.key.display().to_string(), ca.ca.display().to_string());
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let config = ServerConfig {
+        redis_url: Some(format!("rediss://localhost:{tls_port}/")),
+        prefix: format!("tls{}:", std::process::id()),
+        ..Default::default()
+    }
+    .with("ENIGMA__REDIS__TLS_CA_FILE", &ca_file);
+    let server = Server::start(&config);
+    let home = TempDir::new("redis-tls");
+    let alice = CliUser::new(home.path(), &server.url(""), "alice", &[]);
+    let bob = CliUser::new(home.path(), &server.url(""), "bob", &[]);
+    alice.register();
+    let (_, bob_id) = bob.register();
+    let record = format!("{}user:{{{bob_id}}}", config.prefix);
+    assert_eq!(redis.cli(&["EXISTS", &record]).unwrap().trim(), "1", "stored in that Redis");
+    alice.ok(&["send", &bob_id, "through rediss"]);
+    assert!(bob.ok(&["listen", "--count", "1"]).ends_with(": through rediss"));
 }
