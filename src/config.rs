@@ -34,8 +34,12 @@ pub struct ServerSettings {
     /// Address the HTTP/WebSocket listener binds (`ENIGMA__SERVER__ADDR`).
     pub addr: String,
     /// An extra listener serving only `/metrics` (e.g. `0.0.0.0:9100`), for scrapers kept off
-    /// the public port; `/metrics` stays on `addr` as well. Unset: none.
+    /// the public port; `/metrics` stays on `addr` as well unless `metrics_public = false`.
+    /// Unset: none.
     pub metrics_addr: Option<String>,
+    /// Whether `addr` serves `/metrics` too (`ENIGMA__SERVER__METRICS_PUBLIC`). `false` needs
+    /// `metrics_addr`; the Helm chart sets it so the Ingress can never expose metrics.
+    pub metrics_public: bool,
     /// Origins allowed by CORS; `["*"]` allows any (the API carries no cookies).
     pub cors_origins: Vec<String>,
     /// How long a SIGTERM drain may take before the process exits anyway.
@@ -106,6 +110,10 @@ pub struct RedisSettings {
     pub prefix: String,
     /// A Redis command that takes longer than this fails (and the client gets an error).
     pub command_timeout_ms: u64,
+    /// `rediss://` only: trust only the CA certificate(s) in this PEM file for Redis (a private
+    /// CA) instead of the platform's roots (`ENIGMA__REDIS__TLS_CA_FILE`). Single and cluster
+    /// modes; behind Sentinel the platform's roots apply (`SSL_CERT_FILE` can name the CA).
+    pub tls_ca_file: Option<String>,
     /// How often each replica checks its subscription link end to end (a probe published on
     /// its own channel must come back); three misses in a row count as a dead link.
     pub probe_interval_ms: u64,
@@ -141,6 +149,7 @@ impl Default for ServerSettings {
         Self {
             addr: "0.0.0.0:8000".into(),
             metrics_addr: None,
+            metrics_public: true,
             cors_origins: vec!["*".into()],
             shutdown_grace_ms: 10_000,
             ping_interval_ms: 20_000,
@@ -182,6 +191,7 @@ impl Default for RedisSettings {
             sentinel_master: "mymaster".into(),
             prefix: "enigma:".into(),
             command_timeout_ms: 2_000,
+            tls_ca_file: None,
             probe_interval_ms: 1_000,
         }
     }
@@ -234,6 +244,12 @@ impl Settings {
             .addr
             .parse::<SocketAddr>()
             .map_err(|e| invalid("server.addr", format!("`{}` is not host:port ({e})", self.server.addr)))?;
+        if !self.server.metrics_public && self.metrics_addr().is_none() {
+            return Err(invalid(
+                "server.metrics_public",
+                "false needs server.metrics_addr (else no port serves /metrics)",
+            ));
+        }
         if let Some(addr) = self.metrics_addr() {
             addr.parse::<SocketAddr>()
                 .map_err(|e| invalid("server.metrics_addr", format!("`{addr}` is not host:port ({e})")))?;
@@ -294,7 +310,16 @@ impl Settings {
                 return Err(invalid("redis.sentinel_master", "must name the master the Sentinels monitor"));
             }
             for url in urls {
-                redis::Client::open(url).map_err(|e| invalid("redis.url", format!("`{url}`: {e}")))?;
+                // Never echo the URL as given: it may carry a password (`secrets`).
+                let shown = crate::secrets::redact_url(url);
+                redis::Client::open(url).map_err(|e| invalid("redis.url", format!("`{shown}`: {e}")))?;
+            }
+            if let Some(path) = self.redis_tls_ca_file() {
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid("redis.tls_ca_file", format!("cannot read `{path}`: {e}")))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(invalid("redis.tls_ca_file", format!("`{path}` holds no PEM certificate")));
+                }
             }
         }
         if self.redis.prefix.contains(['{', '}']) {
@@ -335,6 +360,10 @@ impl Settings {
     }
 
     /// The separate metrics address, if one is configured (an empty value means none).
+    pub fn redis_tls_ca_file(&self) -> Option<&str> {
+        self.redis.tls_ca_file.as_deref().map(str::trim).filter(|p| !p.is_empty())
+    }
+
     pub fn metrics_addr(&self) -> Option<&str> {
         self.server.metrics_addr.as_deref().map(str::trim).filter(|a| !a.is_empty())
     }

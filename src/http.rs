@@ -79,6 +79,10 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.settings.server.cors_origins);
+    // With `server.metrics_public = false`, `/metrics` exists only on `server.metrics_addr`:
+    // the public port answers 404, so no proxy rule can leak it (its live-delivery counters
+    // would tell an outsider who is online).
+    let metrics = if state.settings.server.metrics_public { get(render_metrics) } else { get(not_found) };
     Router::new()
         .route("/login/{*public_key}", get(login))
         .route("/login", get(login_without_key))
@@ -87,7 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/{user_id}", any(websocket_only))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+        .route("/metrics", metrics)
         .route("/openapi.json", get(openapi::document))
         .merge(crate::auth::router())
         .merge(crate::web::router())

@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod protocol;
 #[cfg(feature = "client")]
 pub mod sdk;
+pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod telemetry;

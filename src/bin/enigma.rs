@@ -5,6 +5,12 @@
 //! ciphertext. The user id a server gave this key is remembered in a state file next to the
 //! key file (`<key>.state.json`), per server URL, because ids are per server.
 //!
+//! Contacts' keys are pinned on first use in `<key>.pins.json` (per server): a later lookup
+//! that returns another key stops `send`/`chat` with both fingerprints until `enigma trust
+//! <userId>` accepts it. Both files are 0600 and replaced atomically without following links.
+//! Servers are reached over https:// (the platform's roots, or `--ca-file`); plain http:// only
+//! to this machine unless `--insecure-http`.
+//!
 //! Output is for pipes as much as for people: results on stdout (one line per message with
 //! `listen`, JSON with `--json`), notices and errors on stderr, exit code 0 on success, 1 on
 //! any failure, 2 on a usage mistake.
@@ -29,6 +35,13 @@ struct Cli {
     /// ~/.config/enigma/identity.key].
     #[arg(long, global = true, env = "ENIGMA_KEY")]
     key: Option<PathBuf>,
+    /// Trust only the CA certificate(s) in this PEM file for https:// (a private CA).
+    #[arg(long, global = true, env = "ENIGMA_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a server on another machine (anyone on the path can then read
+    /// and swap the keys your messages are sealed to).
+    #[arg(long, global = true)]
+    insecure_http: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,8 +58,14 @@ enum Command {
     Login,
     /// Show your user id on this server, your public key and its fingerprint.
     Whoami,
-    /// Show the public key a user registered.
+    /// Show the public key a user registered, its fingerprint and whether it is the pinned one.
     Lookup {
+        /// The user's id.
+        user: String,
+    },
+    /// Accept the key a user now has on the server (after checking its fingerprint with them),
+    /// replacing the pinned one.
+    Trust {
         /// The user's id.
         user: String,
     },
@@ -84,9 +103,12 @@ struct Failure(String);
 impl From<sdk::Error> for Failure {
     fn from(error: sdk::Error) -> Self {
         let hint = match &error {
-            sdk::Error::Unreachable { .. } => "\n  is the server running? Choose it with --server or ENIGMA_SERVER.",
-            sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.",
-            _ => "",
+            sdk::Error::Unreachable { .. } => {
+                "\n  is the server running? Choose it with --server or ENIGMA_SERVER.".into()
+            }
+            sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.".into(),
+            sdk::Error::KeyChanged { user, .. } => format!("\n  to accept the new key: `enigma trust {user}`"),
+            _ => String::new(),
         };
         Failure(format!("{error}{hint}"))
     }
@@ -131,12 +153,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(path) => path,
         None => default_key_path()?,
     };
-    let profile = Profile { server: cli.server, key };
+    let profile = Profile { server: cli.server, key, ca_file: cli.ca_file, insecure_http: cli.insecure_http };
     match cli.command {
         Command::Keygen { force } => keygen(&profile, force),
         Command::Login => login(&profile).await,
         Command::Whoami => whoami(&profile).await,
         Command::Lookup { user } => lookup(&profile, &user).await,
+        Command::Trust { user } => trust(&profile, &user).await,
         Command::Send { user, text, timeout } => send(&profile, &user, &text, timeout).await,
         Command::Listen { json, count } => listen(&profile, json, count).await,
         Command::Chat { user } => chat(&profile, &user).await,
@@ -156,6 +179,8 @@ fn default_key_path() -> Result<PathBuf, Failure> {
 struct Profile {
     server: String,
     key: PathBuf,
+    ca_file: Option<PathBuf>,
+    insecure_http: bool,
 }
 
 impl Profile {
@@ -164,7 +189,14 @@ impl Profile {
     }
 
     fn client(&self) -> Result<Client, Failure> {
-        Ok(Client::new(&self.server, self.identity()?)?)
+        let identity = self.identity()?;
+        let pins = sdk::Pins::open(&pins_path(&self.key))?;
+        let options = sdk::ClientOptions {
+            ca_file: self.ca_file.clone(),
+            insecure_http: self.insecure_http,
+            pins: Some(std::sync::Arc::new(pins)),
+        };
+        Ok(Client::with_options(&self.server, identity, options)?)
     }
 
     /// Our user id on this server, as `login` stored it.
@@ -199,6 +231,13 @@ impl Profile {
     }
 }
 
+/// The pinned contact keys of this key file: `<key>.pins.json`.
+fn pins_path(key: &Path) -> PathBuf {
+    let mut name = key.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".pins.json");
+    key.with_file_name(name)
+}
+
 /// User ids this key got from servers, next to the key file.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -218,25 +257,20 @@ impl StateFile {
 
     fn load(key: &Path, identity: &Identity) -> StateFile {
         let public_key = identity.public_key().to_base64url();
-        std::fs::read_to_string(Self::path(key))
+        sdk::private_file::read_private(&Self::path(key))
             .ok()
             .and_then(|text| serde_json::from_str::<StateFile>(&text).ok())
             .filter(|state| state.public_key == public_key)
             .unwrap_or(StateFile { public_key, users: BTreeMap::new() })
     }
 
-    /// Replaces the file atomically (a temporary file and a rename).
+    /// Replaces the file atomically, mode 0600, never through a link (`private_file`).
     fn save(&self, key: &Path) -> Result<(), Failure> {
         let path = Self::path(key);
-        let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
         let mut text = serde_json::to_string_pretty(self).expect("plain struct");
         text.push('\n');
-        let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(Failure(format!("cannot save the login state to {}: {e}", path.display())));
-        }
-        Ok(())
+        sdk::private_file::write_private(&path, text.as_bytes())
+            .map_err(|e| Failure(format!("cannot save the login state to {}: {e}", path.display())))
     }
 }
 
@@ -264,12 +298,13 @@ async fn whoami(profile: &Profile) -> Result<(), Failure> {
     let key = client.identity().public_key();
     let user = profile.user_id(&client);
     out(&format!(
-        "user id:     {}\nserver:      {}\npublic key:  {}\nfingerprint: {}\nkey file:    {}",
+        "user id:     {}\nserver:      {}\npublic key:  {}\nfingerprint: {}\nkey file:    {}\npins:        {}",
         user.as_ref().map(String::as_str).unwrap_or("(not logged in)"),
         client.server(),
         key.to_base64url(),
         key.fingerprint(),
-        profile.key.display()
+        profile.key.display(),
+        pins_path(&profile.key).display()
     ))?;
     let user = user?;
     // Asked of the server; whoami still answers offline with what it knows locally.
@@ -284,11 +319,37 @@ async fn whoami(profile: &Profile) -> Result<(), Failure> {
 async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {
     let client = profile.client()?;
     let raw = client.lookup_raw(user).await?;
-    let fingerprint = match sdk::PublicKey::from_base64url(&raw) {
-        Ok(key) => key.fingerprint(),
-        Err(_) => "(not an Enigma key: registered by another kind of client; messages cannot be sealed for it)".into(),
+    let key = match sdk::PublicKey::from_base64url(&raw) {
+        Ok(key) => key,
+        Err(_) => {
+            let note = "(not an Enigma key: registered by another kind of client; messages cannot be sealed for it)";
+            return out(&format!("public key:  {raw}\nfingerprint: {note}"));
+        }
     };
-    out(&format!("public key:  {raw}\nfingerprint: {fingerprint}"))
+    // Looking a key up is a first use: it is pinned now, or compared with the pin.
+    let pinned = match client.check_pin(user, &key) {
+        Ok(Some(sdk::Verdict::Pinned)) => "yes (the key pinned earlier)".to_owned(),
+        Ok(Some(sdk::Verdict::FirstUse)) => {
+            "yes (first use: pinned now; check the fingerprint with the user)".to_owned()
+        }
+        Ok(None) => "no".to_owned(),
+        Err(sdk::Error::KeyChanged { pinned, .. }) => {
+            format!("NO: THE KEY CHANGED (pinned {pinned}); `enigma trust {user}` accepts the new one")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    out(&format!("public key:  {raw}\nfingerprint: {}\npinned:      {pinned}", key.fingerprint()))
+}
+
+async fn trust(profile: &Profile, user: &str) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let (key, previous) = client.trust(user).await?;
+    match previous {
+        Some(pin) if pin.public_key == key.to_base64url() => eprintln!("{user}'s key was already pinned"),
+        Some(pin) => eprintln!("{user}'s pinned key changed from {} to:", pin.fingerprint),
+        None => eprintln!("{user}'s key is now pinned:"),
+    }
+    out(&format!("fingerprint: {}", key.fingerprint()))
 }
 
 async fn send(profile: &Profile, to: &str, text: &str, timeout: u64) -> Result<(), Failure> {

@@ -101,7 +101,7 @@ impl Client {
     /// Opens a socket for `user`, authenticated unless the server has no authentication.
     pub(super) async fn open_socket(&self, url: &Url, user: &str, limit: Duration) -> Result<Socket, Error> {
         let token = self.bearer(user).await?;
-        open_socket(url, limit, token.as_deref()).await
+        open_socket(url, limit, token.as_deref(), self.inner.tls.clone()).await
     }
 
     async fn post<T: serde::Serialize>(&self, segments: &[&str], body: &T) -> Result<(u16, serde_json::Value), Error> {

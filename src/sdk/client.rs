@@ -1,8 +1,10 @@
-//! The client's REST side: login, key lookup and the key cache, and opening one socket
-//! (with the acknowledging subprotocol). [`Client::connect`] hands the socket to a
+//! The client's REST side: login, key lookup (checked against pinned keys, see `pins`) and
+//! the key cache, and opening one socket (with the acknowledging subprotocol, over TLS for an
+//! https:// server). [`Client::connect`] hands the socket to a
 //! [`Connection`](super::connection::Connection), which keeps it alive.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,17 +14,31 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::{self};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::connection::{ConnectOptions, Connection};
 use super::crypto::{Content, Identity, PublicKey};
 use super::error::{Error, OpenError};
+use super::pins::{Pin, Pins, Verdict};
+use super::tls::{client_config, parse_server_url};
 use crate::protocol::{ErrorBody, LoginResponse, LookupResponse};
 
 /// The WebSocket subprotocol of acknowledged delivery (`docs/protocol.md`).
 pub use crate::protocol::SUBPROTOCOL_V1 as SUBPROTOCOL;
 
 pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a [`Client`] reaches its server and whom it trusts.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Trust only the CA certificates in this PEM file (a private CA) instead of the
+    /// platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept plain http:// to hosts other than this machine (see [`super::tls`]).
+    pub insecure_http: bool,
+    /// Contacts' keys pinned on first use; without it every lookup is taken on trust.
+    pub pins: Option<Arc<Pins>>,
+}
 
 /// A client of one server with one identity. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
@@ -34,10 +50,13 @@ pub(super) struct ClientInner {
     pub(super) http: reqwest::Client,
     base: Url,
     identity: Identity,
+    /// The TLS configuration of an https:// server (also used for its wss:// sockets).
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    pins: Option<Arc<Pins>>,
     /// The last access token (see `auth`), reused until shortly before it expires.
     pub(super) token: Mutex<Option<super::auth::CachedToken>>,
-    /// Public keys by user id. A user id names one key forever (the server derives nothing
-    /// from it and never rebinds it), so entries never go stale.
+    /// Public keys by user id, once checked against the pins. A user id names one key for as
+    /// long as the directory is honest; a swap is caught by the pins (at the next process).
     keys: Mutex<HashMap<String, PublicKey>>,
 }
 
@@ -48,17 +67,35 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of the server at `server` (`http://host:port`, optionally with a path
-    /// prefix; `host:port` alone means http).
+    /// A client of the server at `server` (`https://host[:port]`, or `http://` to this
+    /// machine; optionally with a path prefix; `host:port` alone means http), trusting the
+    /// platform's roots, pinning nothing.
     pub fn new(server: &str, identity: Identity) -> Result<Client, Error> {
-        let base = parse_server_url(server)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::InvalidUrl { url: server.into(), reason: chain(&e) })?;
+        Client::with_options(server, identity, ClientOptions::default())
+    }
+
+    pub fn with_options(server: &str, identity: Identity, options: ClientOptions) -> Result<Client, Error> {
+        let base = parse_server_url(server, options.insecure_http)?;
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(30));
+        let tls = if base.scheme() == "https" {
+            let config = client_config(options.ca_file.as_deref())?;
+            builder = builder.tls_backend_preconfigured((*config).clone()).https_only(true);
+            Some(config)
+        } else {
+            None
+        };
+        let http = builder.build().map_err(|e| Error::InvalidUrl { url: server.into(), reason: chain(&e) })?;
         Ok(Client {
-            inner: Arc::new(ClientInner { http, base, identity, token: Mutex::default(), keys: Mutex::default() }),
+            inner: Arc::new(ClientInner {
+                http,
+                base,
+                identity,
+                tls,
+                pins: options.pins,
+                token: Mutex::default(),
+                keys: Mutex::default(),
+            }),
         })
     }
 
@@ -97,16 +134,52 @@ impl Client {
         }
     }
 
-    /// The Enigma public key of `user`, from the cache or the directory.
+    /// The Enigma public key of `user`, from the cache or the directory; with pins, a key
+    /// other than the pinned one is [`Error::KeyChanged`] (and nothing is sealed to it).
     pub async fn lookup(&self, user: &str) -> Result<PublicKey, Error> {
         if let Some(key) = self.inner.keys.lock().expect("not poisoned").get(user) {
             return Ok(key.clone());
         }
-        let raw = self.lookup_raw(user).await?;
-        let key = PublicKey::from_base64url(&raw)
-            .map_err(|e| Error::UnsupportedKey { user: user.to_owned(), reason: e.to_string() })?;
+        let key = self.lookup_unchecked(user).await?;
+        if let Some(pins) = &self.inner.pins {
+            pins.check(self.inner.base.as_str(), user, &key)?;
+        }
         self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), key.clone());
         Ok(key)
+    }
+
+    /// The directory's Enigma key of `user`, not compared with any pin.
+    pub async fn lookup_unchecked(&self, user: &str) -> Result<PublicKey, Error> {
+        let raw = self.lookup_raw(user).await?;
+        PublicKey::from_base64url(&raw)
+            .map_err(|e| Error::UnsupportedKey { user: user.to_owned(), reason: e.to_string() })
+    }
+
+    /// The pin of `user` on this server, if this client keeps pins and has one.
+    pub fn pin(&self, user: &str) -> Result<Option<Pin>, Error> {
+        match &self.inner.pins {
+            Some(pins) => pins.get(self.inner.base.as_str(), user),
+            None => Ok(None),
+        }
+    }
+
+    /// Accepts the key the directory now holds for `user` (after the user checked its
+    /// fingerprint): returns it and the pin it replaces.
+    pub async fn trust(&self, user: &str) -> Result<(PublicKey, Option<Pin>), Error> {
+        let pins = self.inner.pins.as_ref().ok_or_else(|| Error::Protocol("this client keeps no pins".into()))?;
+        let key = self.lookup_unchecked(user).await?;
+        let previous = pins.trust(self.inner.base.as_str(), user, &key)?;
+        self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), key.clone());
+        Ok((key, previous))
+    }
+
+    /// Whether `key` is the one pinned for `user` (pinning it if nothing was): `None` when this
+    /// client keeps no pins.
+    pub fn check_pin(&self, user: &str, key: &PublicKey) -> Result<Option<Verdict>, Error> {
+        match &self.inner.pins {
+            Some(pins) => pins.check(self.inner.base.as_str(), user, key).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Seals `content` from `from` (this client's user) to `to`, looking up `to`'s key.
@@ -123,6 +196,7 @@ impl Client {
             Ok(key) => key,
             Err(Error::UserNotFound(_)) => return Ok(Err(OpenError::UnknownSender)),
             Err(Error::UnsupportedKey { reason, .. }) => return Ok(Err(OpenError::UnsupportedSenderKey(reason))),
+            Err(e @ Error::KeyChanged { .. }) => return Ok(Err(OpenError::SenderKeyChanged(e.to_string()))),
             Err(e) => return Err(e),
         };
         Ok(self.identity().open(from, to, &sender, payload).and_then(|plain| Content::from_bytes(&plain)))
@@ -142,7 +216,8 @@ impl Client {
             return Err(Error::KeyMismatch { user: user.to_owned() });
         }
         let mut url = self.endpoint(&["ws", user]);
-        url.set_scheme("ws").expect("http and ws are both special schemes");
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme).expect("http(s) and ws(s) are all special schemes");
         let socket = self.open_socket(&url, user, options.connect_timeout).await?;
         Ok(Connection::start(self.clone(), user.to_owned(), url, options, socket))
     }
@@ -177,24 +252,6 @@ impl Client {
     }
 }
 
-fn parse_server_url(server: &str) -> Result<Url, Error> {
-    let invalid = |reason: &str| Error::InvalidUrl { url: server.into(), reason: reason.into() };
-    let with_scheme = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let url = Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err(invalid("https is not supported by this build (no TLS); use http:// or a TLS proxy")),
-        _ => return Err(invalid("the scheme must be http://")),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("no host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a server URL has no query or fragment"));
-    }
-    Ok(url)
-}
-
 pub(super) fn http_error(status: u16, body: &serde_json::Value) -> Error {
     let message = ErrorBody::deserialize(body).map(|b| b.error).unwrap_or_else(|_| body.to_string());
     Error::Http { status, message }
@@ -216,8 +273,14 @@ pub(super) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Opens a socket, showing `token` (if any) as `Authorization: Bearer`.
-pub(super) async fn open_socket(url: &Url, limit: Duration, token: Option<&str>) -> Result<Socket, Error> {
+/// Opens a socket (over TLS with `tls` for wss://), showing `token` (if any) as
+/// `Authorization: Bearer`.
+pub(super) async fn open_socket(
+    url: &Url,
+    limit: Duration,
+    token: Option<&str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Socket, Error> {
     let unreachable = |reason: String| Error::Unreachable { url: url.to_string(), reason };
     let mut request = url.as_str().into_client_request().map_err(|e| unreachable(chain(&e)))?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", SUBPROTOCOL.parse().expect("valid header value"));
@@ -225,7 +288,8 @@ pub(super) async fn open_socket(url: &Url, limit: Duration, token: Option<&str>)
         let value = format!("Bearer {token}").parse().map_err(|_| Error::Protocol("unusable token".into()))?;
         request.headers_mut().insert("Authorization", value);
     }
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connector = tls.map(Connector::Rustls);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
     match tokio::time::timeout(limit, connecting).await {
         Err(_) => Err(Error::Timeout(limit)),
         Ok(Ok((socket, _response))) => Ok(socket),
@@ -248,14 +312,14 @@ mod tests {
 
     #[test]
     fn server_urls() {
-        assert_eq!(parse_server_url("http://localhost:8000").unwrap().as_str(), "http://localhost:8000/");
-        assert_eq!(parse_server_url("localhost:8000").unwrap().as_str(), "http://localhost:8000/");
-        assert!(parse_server_url("https://example.org").unwrap_err().to_string().contains("TLS"));
-        assert!(parse_server_url("ftp://example.org").is_err());
-        assert!(parse_server_url("http://x/?a=b").is_err());
-        let client = Client::new("http://example.org/relay/", Identity::generate()).unwrap();
+        assert_eq!(parse_server_url("http://localhost:8000", false).unwrap().as_str(), "http://localhost:8000/");
+        assert_eq!(parse_server_url("localhost:8000", false).unwrap().as_str(), "http://localhost:8000/");
+        assert!(parse_server_url("ftp://example.org", false).is_err());
+        assert!(parse_server_url("http://x/?a=b", true).is_err());
+        let insecure = ClientOptions { insecure_http: true, ..Default::default() };
+        let client = Client::with_options("http://example.org/relay/", Identity::generate(), insecure.clone()).unwrap();
         assert_eq!(client.endpoint(&["login", "abc"]).as_str(), "http://example.org/relay/login/abc");
-        let client = Client::new("http://example.org", Identity::generate()).unwrap();
+        let client = Client::with_options("http://example.org", Identity::generate(), insecure).unwrap();
         assert_eq!(client.endpoint(&["connect", "a/b"]).as_str(), "http://example.org/connect/a%2Fb");
     }
 }

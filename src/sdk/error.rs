@@ -15,6 +15,9 @@ pub enum Error {
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
+    #[error("TLS: {0}")]
+    Tls(String),
+
     #[error("cannot reach the server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
 
@@ -37,6 +40,19 @@ pub enum Error {
     /// The server holds another public key for our own user id: the local state is stale.
     #[error("the server holds another public key for user {user}; log in again with this key")]
     KeyMismatch { user: String },
+
+    /// The directory returned another key for a contact than the one pinned earlier
+    /// ([`super::pins`]): a key swapped by whoever controls the directory, or a contact who
+    /// made a new key. Nothing is sealed to it until the user accepts it.
+    #[error(
+        "the key of user {user} CHANGED: pinned fingerprint {pinned}, the server now gives {presented}. \
+         Someone who can change the server's directory may be intercepting; or the contact made a new key. \
+         Nothing was sent. Check the new fingerprint with the contact, then accept it explicitly"
+    )]
+    KeyChanged { user: String, pinned: String, presented: String },
+
+    #[error("pin file {path}: {reason}")]
+    PinFile { path: PathBuf, reason: String },
 
     /// The server refused a send; `code` is the machine-readable code of its error frame.
     #[error("the server refused the message: {message} ({code})")]
@@ -115,6 +131,10 @@ pub enum OpenError {
 
     #[error("the sender's key is not an Enigma key ({0})")]
     UnsupportedSenderKey(String),
+
+    /// The sender's key in the directory is not the one pinned for them ([`Error::KeyChanged`]).
+    #[error("{0}")]
+    SenderKeyChanged(String),
 
     #[error("the decrypted content is invalid ({0})")]
     InvalidContent(String),

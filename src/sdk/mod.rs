@@ -23,6 +23,8 @@
 //! - [`auth`]: proving possession of the key for a bearer token, shown on every socket;
 //! - [`connection`]: the acknowledged WebSocket connection that reconnects with backoff and
 //!   loses nothing (its socket task lives in `driver`);
+//! - [`pins`]: contacts' keys pinned on first use, a changed key refused until trusted;
+//! - [`tls`]: https/wss (rustls) and the rule that plain http goes to loopback only;
 //! - [`error`]: typed errors.
 //!
 //! The server never sees plaintext: payloads are sealed here before they leave, and opened
@@ -34,10 +36,14 @@ pub mod connection;
 pub mod crypto;
 pub mod error;
 pub mod keyfile;
+pub mod pins;
+pub mod private_file;
+pub mod tls;
 
 mod driver;
 
-pub use client::{Client, SUBPROTOCOL};
+pub use client::{Client, ClientOptions, SUBPROTOCOL};
 pub use connection::{ConnectOptions, Connection, Message, Receipt, Sender, Status};
 pub use crypto::{Content, Identity, PublicKey};
 pub use error::{Error, OpenError};
+pub use pins::{Pin, Pins, Verdict};

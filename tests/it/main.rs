@@ -48,5 +48,6 @@ mod prometheus;
 mod promises;
 mod replicas;
 mod rollout;
+mod secure;
 mod sentinel;
 mod startup;

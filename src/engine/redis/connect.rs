@@ -40,10 +40,24 @@ impl Connector {
         push: &PushHandler,
     ) -> Result<Self, Unavailable> {
         let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
+        // rustls has two providers compiled in (the clients' reqwest brings aws-lc-rs): name
+        // one for the process, so `rediss://` never panics on the choice. Idempotent.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = match settings.redis_tls_ca_file() {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| Unavailable(format!("redis.tls_ca_file: {e}")))?),
+            }),
+            None => None,
+        };
         Ok(match settings.redis.mode {
             RedisMode::Single => {
                 let url = settings.redis_urls()[0];
-                let client = redis::Client::open(url).map_err(unavailable)?;
+                let client = match &certs {
+                    Some(certs) if url.starts_with("rediss://") => redis::Client::build_with_tls(url, certs.clone()),
+                    _ => redis::Client::open(url),
+                }
+                .map_err(unavailable)?;
                 let pubsub_client = with_resp3(&client).map_err(unavailable)?;
                 Connector::Single { client, pubsub_client }
             }
@@ -51,7 +65,12 @@ impl Connector {
             RedisMode::Cluster => {
                 let seeds = settings.redis_urls();
                 let builder = || {
-                    ClusterClientBuilder::new(seeds.clone())
+                    let builder = ClusterClientBuilder::new(seeds.clone());
+                    let builder = match &certs {
+                        Some(certs) => builder.certs(certs.clone()),
+                        None => builder,
+                    };
+                    builder
                         .connection_timeout(timeout)
                         .response_timeout(timeout)
                         // Sends to a slot being migrated are refused with TRYAGAIN for a moment:

@@ -5,6 +5,7 @@
 
 mod auth;
 mod backend;
+mod cli;
 mod cluster;
 mod delay;
 mod flow;
@@ -19,6 +20,7 @@ mod redis;
 mod sentinel;
 mod server;
 mod tempdir;
+mod tls;
 mod traffic;
 mod wait;
 mod ws;
@@ -27,6 +29,7 @@ pub use auth::{
     Claimant, TEST_KID, TEST_SECRET, access_claims, expect_unauthorized, forge, test_token_keys, ws_with_token,
 };
 pub use backend::Backend;
+pub use cli::{CliRun, CliUser};
 pub use cluster::RedisCluster;
 pub use delay::DelayProxy;
 pub use flow::{Flow, FlowTally};
@@ -41,6 +44,7 @@ pub use redis::Redis;
 pub use sentinel::Sentinel;
 pub use server::{Metrics, Server, ServerConfig};
 pub use tempdir::TempDir;
+pub use tls::TestCa;
 pub use traffic::{
     CONVERGE, Tally, all_delivered_on_one_connection, assert_all_delivered, duplicates, exchange, fill_backlog,
     next_json, receive_all, send_until_receipted,

@@ -36,6 +36,21 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(binary: &Path, upstreams: &[SocketAddr]) -> Nginx {
+        Self::start_listening(binary, upstreams, "")
+    }
+
+    /// The same, terminating TLS with `cert` and `key` (PEM files): `https_url` reaches it.
+    pub fn start_tls(binary: &Path, upstreams: &[SocketAddr], cert: &Path, key: &Path) -> Nginx {
+        // The template's `listen @LISTEN@;` gets the TLS parameters appended.
+        let tls = format!(" ssl; ssl_certificate {}; ssl_certificate_key {}", cert.display(), key.display());
+        Self::start_listening(binary, upstreams, &tls)
+    }
+
+    pub fn https_url(&self, host: &str) -> String {
+        format!("https://{host}:{}", self.port)
+    }
+
+    fn start_listening(binary: &Path, upstreams: &[SocketAddr], listen_suffix: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(TEMPLATE)).unwrap();
@@ -45,8 +60,9 @@ impl Nginx {
         for _ in 0..20 {
             let port = free_port();
             let conf = dir.path().join("nginx.conf");
-            let text =
-                template.replace("@LISTEN@", &format!("127.0.0.1:{port}")).replace("@UPSTREAMS@", &servers.join("\n"));
+            let text = template
+                .replace("@LISTEN@", &format!("127.0.0.1:{port}{listen_suffix}"))
+                .replace("@UPSTREAMS@", &servers.join("\n"));
             std::fs::write(&conf, text).unwrap();
             let mut prefix = dir.path().display().to_string();
             prefix.push('/');
