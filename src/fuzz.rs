@@ -36,6 +36,7 @@ pub fn client_frame(data: &[u8]) {
     if let ClientFrame::Send(send) = frame
         && let Some(payload) = RawPayload::new(send.payload)
         && payload.stored_len() > 0
+        && payload.is_decodable()
     {
         check_envelope(payload, send.payload.get());
     }

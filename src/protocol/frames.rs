@@ -63,6 +63,13 @@ impl<'a> RawPayload<'a> {
     pub fn stored_len(&self) -> usize {
         self.0.len() - 2
     }
+
+    /// Whether every escape decodes: JSON's syntax lets `\udc00` (a lone surrogate) through,
+    /// but no string holds it, so a recipient's parser would choke on the delivery. Decoded
+    /// only when there is an escape (sealed, base64 payloads have none).
+    pub fn is_decodable(&self) -> bool {
+        !self.0.contains('\\') || serde_json::from_str::<String>(self.0).is_ok()
+    }
 }
 
 /// The envelope as it is stored and delivered: exactly the spec's three fields, a
@@ -382,6 +389,15 @@ mod tests {
         assert_eq!(v["id"], "5-1");
         assert_eq!(v["ts"], 5);
         assert_eq!(v["payload"], "p");
+    }
+
+    #[test]
+    fn payloads_whose_escapes_decode_to_nothing_are_not_decodable() {
+        assert!(RawPayload::new(&raw(r#""plain base64+/=""#)).unwrap().is_decodable());
+        assert!(RawPayload::new(&raw(r#""a\"b\u00e9\ud83d\ude00""#)).unwrap().is_decodable());
+        // Found by the client_frame fuzzer: valid JSON syntax, but no string holds it.
+        assert!(!RawPayload::new(&raw(r#""x\ude00""#)).unwrap().is_decodable());
+        assert!(!RawPayload::new(&raw(r#""\ud83d""#)).unwrap().is_decodable());
     }
 
     #[test]

@@ -177,6 +177,11 @@ impl Session {
         let Some(payload) = RawPayload::new(send.payload) else {
             return Err((ErrorCode::InvalidFrame, "field `payload` must be a string".into(), None));
         };
+        if !payload.is_decodable() {
+            let message =
+                "field `payload` is not a valid JSON string: an escape decodes to no character (a lone surrogate?)";
+            return Err((ErrorCode::InvalidFrame, message.into(), None));
+        }
         let (max, len) = (self.state.settings.limits.max_payload_bytes, payload.stored_len());
         if len > max {
             let message = format!("payload exceeds {max} bytes");

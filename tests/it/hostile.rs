@@ -11,6 +11,7 @@ use crate::harness::{Backend, DEADLINE, Ws};
 
 both_engines!(
     a_json_array_is_never_taken_as_an_envelope,
+    a_payload_with_a_lone_surrogate_is_refused,
     escaped_payloads_are_limited_by_what_is_stored,
     a_clients_close_is_answered_with_a_close_frame_when_idle,
     a_clients_close_is_answered_with_a_close_frame_mid_batch,
@@ -42,6 +43,20 @@ async fn a_json_array_is_never_taken_as_an_envelope(b: Backend) {
     a.send_msg(&alice, &bob, "real").await;
     let got = bo.recv_json().await;
     assert_eq!(got, json!({"from": alice, "to": bob, "payload": "real"}));
+}
+
+/// `\ude00` alone is valid JSON syntax but no string: stored as sent, it would reach the
+/// recipient as a frame its JSON parser refuses (found by the client_frame fuzzer).
+async fn a_payload_with_a_lone_surrogate_is_refused(b: Backend) {
+    let server = b.server();
+    let (alice, bob) = (server.new_user().await, server.new_user().await);
+    let mut a = server.connect(&alice).await;
+    let mut bo = server.connect(&bob).await;
+    a.send_text(&format!(r#"{{"from":"{alice}","to":"{bob}","payload":"x\ude00"}}"#)).await;
+    let reply = a.recv_json().await;
+    assert_eq!(reply["code"], "invalid_frame", "{reply}");
+    a.send_text(&format!(r#"{{"from":"{alice}","to":"{bob}","payload":"pair \ud83d\ude00"}}"#)).await;
+    assert_eq!(bo.recv_json().await["payload"], "pair 😀", "the first frame Bob gets is the valid one");
 }
 
 /// The limit is about what is stored: a payload that decodes to the limit but is written with
