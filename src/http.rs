@@ -6,14 +6,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State, WebSocketUpgrade};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
@@ -120,11 +122,27 @@ async fn refuse_over_capacity(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// The client's address: the TCP peer, or what a trusted proxy forwarded.
-pub(crate) fn client_address(state: &AppState, peer: Option<&ConnectInfo<SocketAddr>>, headers: &HeaderMap) -> IpAddr {
-    match peer {
-        Some(ConnectInfo(peer)) => state.trusted_proxies.client(*peer, headers),
-        None => IpAddr::from([0, 0, 0, 0]), // not served by the accept loop (in-process tests)
+/// Who is asking: the client's address (the TCP peer, or what a trusted proxy forwarded) and,
+/// for a socket, its place under the connection caps (`server::connections` marks both).
+pub(crate) struct Client {
+    pub(crate) address: IpAddr,
+    over_capacity: bool,
+    slot: Option<ConnectionSlot>,
+}
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let address = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(peer)) => state.trusted_proxies.client(*peer, &parts.headers),
+            None => IpAddr::from([0, 0, 0, 0]), // not served by the accept loop (in-process tests)
+        };
+        Ok(Client {
+            address,
+            over_capacity: parts.extensions.get::<OverCapacity>().is_some(),
+            slot: parts.extensions.get::<ConnectionSlot>().cloned(),
+        })
     }
 }
 
@@ -172,12 +190,10 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
+    client: Client,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-    limits::check_login(&state.engine, &state.settings.rate, client).await?;
+    limits::check_login(&state.engine, &state.settings.rate, client.address).await?;
     let Path(key) = key.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -216,22 +232,16 @@ async fn login_without_key() -> ApiError {
             example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
     )
 )]
-#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 pub(crate) async fn connect(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    over: Option<Extension<OverCapacity>>,
-    slot: Option<Extension<ConnectionSlot>>,
+    client: Client,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => {
-            let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-            open_socket(state, &user_id, &headers, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
-        }
+        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade, client).await,
         // A request that asks for a WebSocket but gets the handshake wrong (version, key) is told
         // why, not answered with the key lookup it did not ask for.
         Err(rejection) if asks_for_websocket(&headers) => upgrade_refused(rejection),
@@ -271,22 +281,16 @@ fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> Response {
 
 /// `/ws/{userId}`: the WebSocket only (spec 0.3.1, the protocol's web client); a plain request
 /// gets 426. Not in the OpenAPI document: its frames are described in `docs/protocol.md`.
-#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn websocket_only(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    over: Option<Extension<OverCapacity>>,
-    slot: Option<Extension<ConnectionSlot>>,
+    client: Client,
     Path(user_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => {
-            let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-            open_socket(state, &user_id, &headers, upgrade, client, over.is_some(), slot.map(|s| s.0)).await
-        }
+        Ok(upgrade) => open_socket(state, &user_id, &headers, upgrade, client).await,
         // GET opens a socket over HTTP/1.1, CONNECT over HTTP/2 (RFC 8441).
         Err(_) if method != Method::GET && method != Method::CONNECT => {
             with_allow(method_not_allowed().await.into_response(), "GET")
@@ -317,10 +321,9 @@ async fn open_socket(
     user_id: &str,
     headers: &HeaderMap,
     upgrade: WebSocketUpgrade,
-    client: IpAddr,
-    over_capacity: bool,
-    slot: Option<ConnectionSlot>,
+    client: Client,
 ) -> Response {
+    let Client { address, over_capacity, slot } = client;
     if state.draining.load(Ordering::Acquire) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
             .into_response();
@@ -332,7 +335,7 @@ async fn open_socket(
     // A socket open costs the address's and (for a well-formed id) the user's budget, before
     // anything is looked up; refused with 429 and `Retry-After`.
     if let Some(user) = UserId::parse(user_id)
-        && let Err(refused) = limits::check_socket(&state.engine, &state.settings.rate, client, &user).await
+        && let Err(refused) = limits::check_socket(&state.engine, &state.settings.rate, address, &user).await
     {
         return ApiError::from(refused).into_response();
     }

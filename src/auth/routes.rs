@@ -2,17 +2,15 @@
 //! `GET /auth/status/{userId}`. Refusals are 401 with `WWW-Authenticate` (RFC 6750).
 
 use axum::extract::rejection::JsonRejection;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 
 use super::{AuthError, Refusal, bearer};
 use crate::AppState;
-use crate::http::{ApiError, client_address};
+use crate::http::{ApiError, Client};
 use crate::limits;
 use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM, ALG_RSA_OAEP_SHA256};
 use crate::protocol::{
@@ -48,13 +46,11 @@ pub fn router() -> Router<AppState> {
     ))]
 pub(crate) async fn challenge(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
+    client: Client,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
     // Sealing costs CPU (RSA especially): each address gets a budget, as logins do.
-    let client = client_address(&state, peer.as_ref().map(|p| &p.0), &headers);
-    limits::check_challenge(&state.engine, &state.settings.rate, client)
+    limits::check_challenge(&state.engine, &state.settings.rate, client.address)
         .await
         .map_err(|refused| ApiError::from(refused).into_response())?;
     let Json(request) = body.map_err(bad_body)?;
