@@ -17,6 +17,9 @@ both_engines!(
     the_send_budget_survives_reconnects_and_replicas,
     socket_opens_are_limited_per_user,
     a_byte_flood_to_throwaway_recipients_is_refused_early,
+    at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst,
+    at_the_defaults_a_school_behind_one_address_registers_and_connects,
+    at_the_defaults_a_login_flood_of_thousands_is_throttled,
 );
 
 /// Two replicas on a Redis (one server on the memory engine, which has no second replica).
@@ -280,4 +283,95 @@ async fn connections_over_the_cap_are_refused_while_existing_users_keep_working(
     // The users already connected keep talking.
     a.send_msg(&users[0], &users[1], "still here").await;
     assert_eq!(b.recv_json().await["payload"], "still here");
+}
+
+// The shipped defaults (`ServerConfig::with_shipped_limits`: nothing turned off, nothing
+// raised): what people really do passes, floods do not.
+
+async fn at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    let (phone, friend) = (s.new_user().await, s.new_user().await);
+    // A phone back online sends the 500 messages it queued offline, pipelined, 1 KiB each,
+    // to a friend who is offline: every one is stored.
+    let mut ws = s.connect_v1(&phone).await;
+    let payload = "b".repeat(1024);
+    const BACKLOG: usize = 500;
+    for i in 0..BACKLOG {
+        ws.send_json(json!({"from": phone, "to": friend, "payload": payload, "ref": i.to_string()})).await;
+    }
+    for i in 0..BACKLOG {
+        let answer = ws.recv_json().await;
+        assert_eq!(answer["status"], "stored", "message {i} of the backlog: {answer}");
+    }
+    // And the friend, connecting, gets the whole backlog.
+    let mut inbox = s.connect(&friend).await;
+    for i in 0..BACKLOG {
+        assert_eq!(inbox.recv_json().await["payload"].as_str().map(str::len), Some(1024), "message {i}");
+    }
+}
+
+async fn at_the_defaults_a_school_behind_one_address_registers_and_connects(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    const PUPILS: usize = 300;
+    // 300 registrations at once from 127.0.0.1 (a connection per request, as 300 phones would).
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let logins = (0..PUPILS).map(|_| {
+        let (client, url) = (client.clone(), s.url(&format!("/login/{}", random_key())));
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.expect("login");
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    });
+    let mut users = Vec::new();
+    for login in futures_util::future::join_all(logins).await {
+        let (status, body) = login.unwrap();
+        assert_eq!(status, 200, "registration {} of {PUPILS} from one address: {body}", users.len());
+        users.push(body["userId"].as_str().unwrap().to_owned());
+    }
+    drop(client);
+    // Then 300 sockets at once from the same address, all held open.
+    let urls: Vec<String> = users.iter().map(|u| s.ws_url(&format!("/connect/{u}"))).collect();
+    let opens = urls.iter().map(|url| Ws::try_connect(url, None));
+    let mut sockets = Vec::new();
+    for (i, open) in futures_util::future::join_all(opens).await.into_iter().enumerate() {
+        sockets.push(open.unwrap_or_else(|e| panic!("socket {i} of {PUPILS} from one address refused: {e}")));
+    }
+    // Every one of them is live: a message to each user arrives on its socket (a socket
+    // refused by a connection cap would have been closed with 1013 instead).
+    let teacher = s.new_user().await;
+    let mut desk = s.connect_v1(&teacher).await;
+    for (i, user) in users.iter().enumerate() {
+        let answer = send_v1(&mut desk, &teacher, user, "good morning", &i.to_string()).await;
+        assert_eq!(answer["status"], "stored", "{answer}");
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(ws.recv_json().await["payload"], "good morning", "socket {i}");
+    }
+    assert_eq!(s.metric("enigma_rate_limited_total").await, 0.0, "nothing was rate limited");
+    assert_eq!(s.metric("enigma_connections_refused_total").await, 0.0, "no connection was refused");
+}
+
+async fn at_the_defaults_a_login_flood_of_thousands_is_throttled(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    const FLOOD: usize = 3_000;
+    let started = std::time::Instant::now();
+    let mut statuses = futures_util::stream::iter(0..FLOOD)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.url(&format!("/login/{}", random_key())));
+            async move { http.get(url).send().await.expect("login").status().as_u16() }
+        })
+        .buffer_unordered(16);
+    let (mut accepted, mut throttled) = (0usize, 0usize);
+    while let Some(status) = statuses.next().await {
+        match status {
+            200 => accepted += 1,
+            429 => throttled += 1,
+            other => panic!("login answered {other}"),
+        }
+    }
+    // The default budget: a burst of 400, then 5 a second.
+    let allowed = 400 + (started.elapsed().as_secs_f64().ceil() as usize + 1) * 5;
+    assert!((300..=allowed).contains(&accepted), "{accepted} of {FLOOD} logins accepted ({allowed} allowed)");
+    assert_eq!(throttled, FLOOD - accepted, "the rest were throttled");
+    assert!(s.metric("enigma_rate_limited_total").await >= throttled as f64);
 }
