@@ -2,14 +2,17 @@
 //! recipient's other contacts get through; budgets (logins per address, sends per user)
 //! hold across reconnects and replicas; refusals are clear (429 + `Retry-After`, or a
 //! `rate_limited` frame with `retry_after_ms` and the `ref`) and store nothing; connection caps
-//! refuse the extra connections, not the existing users.
+//! refuse the extra connections, not the existing users. At the shipped defaults what people
+//! do passes (a 500-message backlog, a school of 300 behind one address) and floods do not;
+//! behind the local cluster's nginx the address limited is the one nginx forwards, and a
+//! forged one (through nginx or straight to a replica) buys nothing.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, DEADLINE, Redis, Server, ServerConfig, Ws, random_key};
+use crate::harness::{Backend, DEADLINE, Nginx, Redis, Server, ServerConfig, Ws, nginx_binary, random_key};
 
 both_engines!(
     a_flood_refuses_the_flooder_not_the_friend,
@@ -374,4 +377,57 @@ async fn at_the_defaults_a_login_flood_of_thousands_is_throttled(b: Backend) {
     assert!((300..=allowed).contains(&accepted), "{accepted} of {FLOOD} logins accepted ({allowed} allowed)");
     assert_eq!(throttled, FLOOD - accepted, "the rest were throttled");
     assert!(s.metric("enigma_rate_limited_total").await >= throttled as f64);
+}
+
+/// The status of a login at `base` from the local address `local`, with extra headers.
+async fn login_from(base: &str, local: &str, headers: &[(&str, &str)]) -> u16 {
+    let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap();
+    let request = headers
+        .iter()
+        .fold(client.get(format!("{base}/login/{}", random_key())), |r, (name, value)| r.header(*name, *value));
+    request.send().await.expect("login").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_forwarded_address_is_limited_and_a_forged_one_is_not() {
+    let Some(binary) = nginx_binary() else {
+        assert!(std::env::var_os("CI").is_none(), "nginx is required under CI (apt-get install nginx-light)");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n*** SKIPPED: no nginx binary ***\n");
+        return;
+    };
+    const BURST: usize = 10;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis)
+        .with("ENIGMA__SERVER__TRUSTED_PROXIES", "127.0.0.1")
+        .with("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", BURST)
+        .with("ENIGMA__RATE__LOGIN_PER_ADDRESS__PER_SECOND", "0.05");
+    let (a, b) = (Server::start(&config), Server::start(&config));
+    // nginx (the local cluster's template) connects to the replicas from 127.0.0.1.
+    let nginx = Nginx::start(&binary, &[a.addr, b.addr]);
+    let lb = nginx.url("");
+    // A client at 127.0.0.2 floods through nginx, claiming to be 198.18.0.7: round-robin over
+    // both replicas, one budget, that of 127.0.0.2 (nginx replaces the forged header).
+    let forged = [("x-forwarded-for", "198.18.0.7"), ("x-real-ip", "198.18.0.7")];
+    for i in 0..BURST {
+        assert_eq!(login_from(&lb, "127.0.0.2", &forged).await, 200, "login {i} is within the burst");
+    }
+    assert_eq!(login_from(&lb, "127.0.0.2", &forged).await, 429, "the flood is throttled");
+    // A fresh forged address through nginx gives no fresh budget.
+    let other_forgery = [("x-forwarded-for", "198.18.0.8")];
+    assert_eq!(login_from(&lb, "127.0.0.2", &other_forgery).await, 429, "a forged header passed through nginx");
+    // Another client behind the same nginx is another address: the replicas did not limit
+    // nginx's own address (127.0.0.1), they limited the one it forwarded.
+    for i in 0..3 {
+        assert_eq!(login_from(&lb, "127.0.0.3", &forged).await, 200, "another client's login {i}");
+    }
+    // Straight to a replica from a peer it does not trust (127.0.0.4), a forwarded header is
+    // ignored: a new forged address per request still spends 127.0.0.4's one budget.
+    let base = a.url("");
+    for i in 0..BURST {
+        let xff = format!("198.18.1.{i}");
+        assert_eq!(login_from(&base, "127.0.0.4", &[("x-forwarded-for", &xff)]).await, 200, "direct login {i}");
+    }
+    let refused = login_from(&base, "127.0.0.4", &[("x-forwarded-for", "198.18.1.200"), ("x-real-ip", "198.18.1.201")]);
+    assert_eq!(refused.await, 429, "a forged X-Forwarded-For from an untrusted peer bought a fresh budget");
+    assert_eq!(login_from(&b.url(""), "127.0.0.4", &[]).await, 429, "and the other replica agrees");
 }
