@@ -17,7 +17,15 @@
 #
 # Environment: BENCH_STEP (seconds per ramp step, default 3), BENCH_FIXED (seconds of the
 # fixed-rate runs, default 10), BENCH_PAIRS (default 100), BENCH_IDLE (idle sockets, default: as
-# many as fit), BENCH_OUT (default docs/BENCHMARKS.md), BENCH_SKIP_BUILD=1.
+# many as fit), BENCH_OUT (default docs/BENCHMARKS.md), BENCH_SKIP_BUILD=1,
+# BENCH_LIMITS (default `off`; `shipped` keeps the server's defaults).
+#
+# Limits: the scenarios are floods by design — 100 users on one address sending hundreds of
+# messages a second each, up to 50,000 sockets from 127.0.0.1 — which the shipped per-client
+# limits (docs/operations.md, "Limits") exist to refuse. So every server here runs with them
+# OFF (`ENIGMA__RATE__*__BURST=0`, no inbox share, no per-address connection cap), as the
+# integration tests' load scenarios do; the per-replica connection cap is raised to 100,000.
+# BENCH_LIMITS=shipped measures with the defaults instead (expect `rate_limited` refusals).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -137,6 +145,18 @@ start_cluster() {
     return 1
 }
 
+# The per-client limits for every server (see the header): off unless BENCH_LIMITS=shipped.
+limit_env=()
+if [[ ${BENCH_LIMITS:-off} != shipped ]]; then
+    limit_env=(
+        ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
+        ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
+        ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
+        ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
+        ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0
+    )
+fi
+
 # start_server REDIS_URL [MODE] (empty URL: memory engine); sets server_url and server_pid.
 server_url=
 server_pid=
@@ -144,7 +164,7 @@ start_server() {
     local port log
     port=$(free_port)
     log=$work/server-$port.log
-    ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
+    env "${limit_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import ipaddress
 import os
 import sys
 import time
@@ -53,10 +54,16 @@ VERBOSE = "-v" in sys.argv[1:]
 # Every key enigma-server accepts in its TOML file (src/config.rs denies unknown
 # ones). server.addr and redis.url come from environment variables in the chart.
 SERVER_KEYS = {
-    "server": {"addr", "cors_origins", "shutdown_grace_ms", "ping_interval_ms", "idle_timeout_ms"},
+    "server": {"addr", "cors_origins", "shutdown_grace_ms", "ping_interval_ms", "idle_timeout_ms",
+               "max_connections", "max_connections_per_address", "trusted_proxies"},
     "limits": {
         "max_public_key_bytes", "max_payload_bytes", "inbox_capacity", "inbox_ttl_secs",
         "outbound_queue_frames", "outbound_queue_bytes", "send_timeout_ms",
+        "inbox_share", "inbox_share_bytes", "inbox_max_bytes", "memory_max_bytes",
+    },
+    "rate": {
+        "login_per_address", "challenge_per_address", "socket_per_address", "socket_per_user",
+        "send_messages_per_user", "send_bytes_per_user",
     },
     "redis": {"url", "mode", "sentinel_master", "prefix", "command_timeout_ms", "probe_interval_ms"},
     "log": {"format", "level"},
@@ -265,8 +272,20 @@ IN_CHART_REDIS_PASSWORD_EPHEMERAL = {
     "terminationGracePeriodSeconds": 60,
 }
 
+# Limits raised and one turned off, the trusted proxies set by hand (behind the ingress).
+LIMITS_RAISED = {
+    "config": {
+        "server": {"trusted_proxies": ["10.42.0.0/16"], "max_connections_per_address": 0},
+        "limits": {"inbox_share": 5000},
+        "rate": {"send_messages_per_user": {"burst": 5000, "per_second": 100.5},
+                 "login_per_address": {"burst": 0, "per_second": 0}},
+    },
+    "ingress": {"enabled": True, "className": "nginx"},
+}
+
 VALID_SETS = {
     "defaults": None,
+    "limits-raised": LIMITS_RAISED,
     "production": PRODUCTION,
     "existing-secret-password": EXISTING_PASSWORD,
     "plain-url": PLAIN_URL,
@@ -278,6 +297,12 @@ VALID_SETS = {
 
 # (name, values, substrings the error must contain)
 INVALID_SETS = [
+    ("schema: unknown rate limit", {"config": {"rate": {"logins_per_address": {"burst": 1, "per_second": 1}}}},
+     ["'logins_per_address' not allowed"]),
+    ("schema: rate burst not an integer", {"config": {"rate": {"socket_per_user": {"burst": "many"}}}},
+     ["burst", "want integer"]),
+    ("schema: trusted proxy not a string", {"ingress": {"trustedProxies": [10]}},
+     ["trustedProxies", "want string"]),
     ("3 replicas without Redis", {"replicaCount": 3},
      ["replicaCount=3 needs Redis", "single-node", "redisServer.enabled=true"]),
     ("autoscaling without Redis", {"autoscaling": {"enabled": True}},
@@ -433,6 +458,8 @@ def check_relay_pod(r: Rendered, values: dict | None) -> None:
         expect(not unknown, f"TOML keys unknown to the server in [{section}]: {unknown}")
     for section, keys in merged["config"].items():
         for key, value in keys.items():
+            if (section, key) == ("server", "trusted_proxies"):
+                continue  # derived from the ingress too: check_trusted_proxies
             got = cfg[section][key]
             expect(got == value and type(got) is type(value),
                    f"TOML {section}.{key} = {got!r} ({type(got).__name__}), values say {value!r}")
@@ -593,6 +620,34 @@ def check_ingress(r: Rendered, values: dict | None) -> None:
         expect(ing["spec"]["ingressClassName"] == merged["ingress"]["className"], "ingressClassName")
 
 
+def check_trusted_proxies(r: Rendered, values: dict | None) -> None:
+    """The relay trusts config.server.trusted_proxies if set, else the ingress controller's
+    pods when the chart's ingress is on, else nobody (every forwarded header is ignored)."""
+    merged = merged_values(values)
+    got = r.config_toml()["server"].get("trusted_proxies")
+    explicit = merged["config"]["server"].get("trusted_proxies") or []
+    if explicit:
+        want = explicit
+    elif merged["ingress"]["enabled"]:
+        want = merged["ingress"]["trustedProxies"]
+        expect(want, "ingress enabled but ingress.trustedProxies is empty")
+    else:
+        want = []
+    expect(got == want, f"trusted_proxies = {got!r}, want {want!r}")
+    for entry in got:
+        ipaddress.ip_network(entry, strict=False)  # a CIDR or an address the relay can parse
+
+
+def check_rate_limits(r: Rendered, values: dict | None) -> None:
+    """Every rate limit is rendered as a { burst, per_second } table the relay reads."""
+    rate = r.config_toml().get("rate", {})
+    expect(set(rate) == SERVER_KEYS["rate"], f"[rate] has {sorted(rate)}")
+    for name, bucket in rate.items():
+        expect(set(bucket) == {"burst", "per_second"}, f"rate.{name} = {bucket}")
+        expect(isinstance(bucket["burst"], int) and bucket["burst"] >= 0, f"rate.{name}.burst")
+        expect(bucket["burst"] == 0 or bucket["per_second"] > 0, f"rate.{name} never refills")
+
+
 SERVICE_MONITOR_ENDPOINT_KEYS = {
     "port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels", "relabelings", "metricRelabelings",
 }
@@ -702,6 +757,8 @@ def main() -> int:
         mode = expected_mode(values)
         check(f"[{name}] Redis wiring ({mode})", check_redis_wiring, r, values, mode)
         check(f"[{name}] ingress", check_ingress, r, values)
+        check(f"[{name}] trusted proxies", check_trusted_proxies, r, values)
+        check(f"[{name}] rate limits", check_rate_limits, r, values)
         check(f"[{name}] ServiceMonitor (structural)", check_service_monitor, r, values)
 
     check("config changes roll the pods", check_config_rolls_pods)

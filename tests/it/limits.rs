@@ -2,14 +2,17 @@
 //! recipient's other contacts get through; budgets (logins per address, sends per user)
 //! hold across reconnects and replicas; refusals are clear (429 + `Retry-After`, or a
 //! `rate_limited` frame with `retry_after_ms` and the `ref`) and store nothing; connection caps
-//! refuse the extra connections, not the existing users.
+//! refuse the extra connections, not the existing users. At the shipped defaults what people
+//! do passes (a 500-message backlog, a school of 300 behind one address) and floods do not;
+//! behind the local cluster's nginx the address limited is the one nginx forwards, and a
+//! forged one (through nginx or straight to a replica) buys nothing.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, DEADLINE, Redis, Server, ServerConfig, Ws, random_key};
+use crate::harness::{Backend, DEADLINE, Nginx, Redis, Server, ServerConfig, Ws, nginx_binary, random_key};
 
 both_engines!(
     a_flood_refuses_the_flooder_not_the_friend,
@@ -17,6 +20,9 @@ both_engines!(
     the_send_budget_survives_reconnects_and_replicas,
     socket_opens_are_limited_per_user,
     a_byte_flood_to_throwaway_recipients_is_refused_early,
+    at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst,
+    at_the_defaults_a_school_behind_one_address_registers_and_connects,
+    at_the_defaults_a_login_flood_of_thousands_is_throttled,
 );
 
 /// Two replicas on a Redis (one server on the memory engine, which has no second replica).
@@ -280,4 +286,148 @@ async fn connections_over_the_cap_are_refused_while_existing_users_keep_working(
     // The users already connected keep talking.
     a.send_msg(&users[0], &users[1], "still here").await;
     assert_eq!(b.recv_json().await["payload"], "still here");
+}
+
+// The shipped defaults (`ServerConfig::with_shipped_limits`: nothing turned off, nothing
+// raised): what people really do passes, floods do not.
+
+async fn at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    let (phone, friend) = (s.new_user().await, s.new_user().await);
+    // A phone back online sends the 500 messages it queued offline, pipelined, 1 KiB each,
+    // to a friend who is offline: every one is stored.
+    let mut ws = s.connect_v1(&phone).await;
+    let payload = "b".repeat(1024);
+    const BACKLOG: usize = 500;
+    for i in 0..BACKLOG {
+        ws.send_json(json!({"from": phone, "to": friend, "payload": payload, "ref": i.to_string()})).await;
+    }
+    for i in 0..BACKLOG {
+        let answer = ws.recv_json().await;
+        assert_eq!(answer["status"], "stored", "message {i} of the backlog: {answer}");
+    }
+    // And the friend, connecting, gets the whole backlog.
+    let mut inbox = s.connect(&friend).await;
+    for i in 0..BACKLOG {
+        assert_eq!(inbox.recv_json().await["payload"].as_str().map(str::len), Some(1024), "message {i}");
+    }
+}
+
+async fn at_the_defaults_a_school_behind_one_address_registers_and_connects(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    const PUPILS: usize = 300;
+    // 300 registrations at once from 127.0.0.1 (a connection per request, as 300 phones would).
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let logins = (0..PUPILS).map(|_| {
+        let (client, url) = (client.clone(), s.url(&format!("/login/{}", random_key())));
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.expect("login");
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    });
+    let mut users = Vec::new();
+    for login in futures_util::future::join_all(logins).await {
+        let (status, body) = login.unwrap();
+        assert_eq!(status, 200, "registration {} of {PUPILS} from one address: {body}", users.len());
+        users.push(body["userId"].as_str().unwrap().to_owned());
+    }
+    drop(client);
+    // Then 300 sockets at once from the same address, all held open.
+    let urls: Vec<String> = users.iter().map(|u| s.ws_url(&format!("/connect/{u}"))).collect();
+    let opens = urls.iter().map(|url| Ws::try_connect(url, None));
+    let mut sockets = Vec::new();
+    for (i, open) in futures_util::future::join_all(opens).await.into_iter().enumerate() {
+        sockets.push(open.unwrap_or_else(|e| panic!("socket {i} of {PUPILS} from one address refused: {e}")));
+    }
+    // Every one of them is live: a message to each user arrives on its socket (a socket
+    // refused by a connection cap would have been closed with 1013 instead).
+    let teacher = s.new_user().await;
+    let mut desk = s.connect_v1(&teacher).await;
+    for (i, user) in users.iter().enumerate() {
+        let answer = send_v1(&mut desk, &teacher, user, "good morning", &i.to_string()).await;
+        assert_eq!(answer["status"], "stored", "{answer}");
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(ws.recv_json().await["payload"], "good morning", "socket {i}");
+    }
+    assert_eq!(s.metric("enigma_rate_limited_total").await, 0.0, "nothing was rate limited");
+    assert_eq!(s.metric("enigma_connections_refused_total").await, 0.0, "no connection was refused");
+}
+
+async fn at_the_defaults_a_login_flood_of_thousands_is_throttled(b: Backend) {
+    let s = Server::start(&b.config().with_shipped_limits());
+    const FLOOD: usize = 3_000;
+    let started = std::time::Instant::now();
+    let mut statuses = futures_util::stream::iter(0..FLOOD)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.url(&format!("/login/{}", random_key())));
+            async move { http.get(url).send().await.expect("login").status().as_u16() }
+        })
+        .buffer_unordered(16);
+    let (mut accepted, mut throttled) = (0usize, 0usize);
+    while let Some(status) = statuses.next().await {
+        match status {
+            200 => accepted += 1,
+            429 => throttled += 1,
+            other => panic!("login answered {other}"),
+        }
+    }
+    // The default budget: a burst of 400, then 5 a second.
+    let allowed = 400 + (started.elapsed().as_secs_f64().ceil() as usize + 1) * 5;
+    assert!((300..=allowed).contains(&accepted), "{accepted} of {FLOOD} logins accepted ({allowed} allowed)");
+    assert_eq!(throttled, FLOOD - accepted, "the rest were throttled");
+    assert!(s.metric("enigma_rate_limited_total").await >= throttled as f64);
+}
+
+/// The status of a login at `base` from the local address `local`, with extra headers.
+async fn login_from(base: &str, local: &str, headers: &[(&str, &str)]) -> u16 {
+    let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap();
+    let request = headers
+        .iter()
+        .fold(client.get(format!("{base}/login/{}", random_key())), |r, (name, value)| r.header(*name, *value));
+    request.send().await.expect("login").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_forwarded_address_is_limited_and_a_forged_one_is_not() {
+    let Some(binary) = nginx_binary() else {
+        assert!(std::env::var_os("CI").is_none(), "nginx is required under CI (apt-get install nginx-light)");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n*** SKIPPED: no nginx binary ***\n");
+        return;
+    };
+    const BURST: usize = 10;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis)
+        .with("ENIGMA__SERVER__TRUSTED_PROXIES", "127.0.0.1")
+        .with("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", BURST)
+        .with("ENIGMA__RATE__LOGIN_PER_ADDRESS__PER_SECOND", "0.05");
+    let (a, b) = (Server::start(&config), Server::start(&config));
+    // nginx (the local cluster's template) connects to the replicas from 127.0.0.1.
+    let nginx = Nginx::start(&binary, &[a.addr, b.addr]);
+    let lb = nginx.url("");
+    // A client at 127.0.0.2 floods through nginx, claiming to be 198.18.0.7: round-robin over
+    // both replicas, one budget, that of 127.0.0.2 (nginx replaces the forged header).
+    let forged = [("x-forwarded-for", "198.18.0.7"), ("x-real-ip", "198.18.0.7")];
+    for i in 0..BURST {
+        assert_eq!(login_from(&lb, "127.0.0.2", &forged).await, 200, "login {i} is within the burst");
+    }
+    assert_eq!(login_from(&lb, "127.0.0.2", &forged).await, 429, "the flood is throttled");
+    // A fresh forged address through nginx gives no fresh budget.
+    let other_forgery = [("x-forwarded-for", "198.18.0.8")];
+    assert_eq!(login_from(&lb, "127.0.0.2", &other_forgery).await, 429, "a forged header passed through nginx");
+    // Another client behind the same nginx is another address: the replicas did not limit
+    // nginx's own address (127.0.0.1), they limited the one it forwarded.
+    for i in 0..3 {
+        assert_eq!(login_from(&lb, "127.0.0.3", &forged).await, 200, "another client's login {i}");
+    }
+    // Straight to a replica from a peer it does not trust (127.0.0.4), a forwarded header is
+    // ignored: a new forged address per request still spends 127.0.0.4's one budget.
+    let base = a.url("");
+    for i in 0..BURST {
+        let xff = format!("198.18.1.{i}");
+        assert_eq!(login_from(&base, "127.0.0.4", &[("x-forwarded-for", &xff)]).await, 200, "direct login {i}");
+    }
+    let refused = login_from(&base, "127.0.0.4", &[("x-forwarded-for", "198.18.1.200"), ("x-real-ip", "198.18.1.201")]);
+    assert_eq!(refused.await, 429, "a forged X-Forwarded-For from an untrusted peer bought a fresh budget");
+    assert_eq!(login_from(&b.url(""), "127.0.0.4", &[]).await, 429, "and the other replica agrees");
 }

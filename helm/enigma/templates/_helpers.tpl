@@ -258,6 +258,10 @@ print as 1e+06).
 {{- $v }}
 {{- else if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) }}
 {{- if eq (float64 $v) (floor $v) }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- else if kindIs "map" $v }}
+{{- $items := list }}
+{{- range $k, $item := $v }}{{ $items = append $items (printf "%s = %s" $k (include "enigma.tomlValue" $item)) }}{{ end }}
+{{- printf "{ %s }" (join ", " $items) }}
 {{- else if kindIs "slice" $v }}
 {{- $items := list }}
 {{- range $v }}{{ $items = append $items (include "enigma.tomlValue" .) }}{{ end }}
@@ -271,7 +275,12 @@ print as 1e+06).
 {{- define "enigma.configToml" -}}
 # enigma-server configuration, rendered by the {{ include "enigma.chart" . }} Helm chart.
 # ENIGMA__SECTION__KEY environment variables override these values.
-{{- range $section, $settings := .Values.config }}
+{{- $config := deepCopy .Values.config }}
+{{- /* Behind the chart's ingress the controller's pods name the client (see values.yaml). */}}
+{{- if and .Values.ingress.enabled (empty (dig "server" "trusted_proxies" list $config)) }}
+{{- $_ := set $config.server "trusted_proxies" .Values.ingress.trustedProxies }}
+{{- end }}
+{{- range $section, $settings := $config }}
 
 [{{ $section }}]
 {{- range $key, $value := $settings }}

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub env: Vec<(String, String)>,
     /// The network namespace to run in (listening on its address), instead of loopback.
     pub host: Option<Host>,
+    /// Keep the shipped per-client limits instead of turning them off (see `Server::start`).
+    pub shipped_limits: bool,
 }
 
 impl ServerConfig {
@@ -58,7 +60,7 @@ impl ServerConfig {
             redis_url: Some(redis.url()),
             prefix: format!("t{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: Vec::new(),
-            host: None,
+            ..Self::default()
         }
     }
     pub fn cluster(cluster: &RedisCluster) -> Self {
@@ -67,7 +69,7 @@ impl ServerConfig {
             redis_url: Some(cluster.url()),
             prefix: format!("c{}x{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
             env: vec![("ENIGMA__REDIS__MODE".into(), "cluster".into())],
-            host: None,
+            ..Self::default()
         }
     }
     pub fn sentinel(sentinel: &Sentinel) -> Self {
@@ -79,12 +81,17 @@ impl ServerConfig {
                 ("ENIGMA__REDIS__MODE".into(), "sentinel".into()),
                 ("ENIGMA__REDIS__SENTINEL_MASTER".into(), "mymaster".into()),
             ],
-            host: None,
+            ..Self::default()
         }
     }
     /// Runs the replica inside `host`'s namespace, listening on its address.
     pub fn in_host(mut self, host: &Host) -> Self {
         self.host = Some(host.clone());
+        self
+    }
+    /// The per-client limits as shipped (the defaults a deployment gets), not turned off.
+    pub fn with_shipped_limits(mut self) -> Self {
+        self.shipped_limits = true;
         self
     }
     pub fn with(mut self, key: &str, value: impl ToString) -> Self {
@@ -110,8 +117,10 @@ impl Server {
         // The limits (tests/it/limits.rs sets the ones it checks) would refuse the load and
         // slow-reader scenarios of other tests, which send thousands from one user and one
         // address: off unless a test sets them (its variables come later and win).
-        for (k, v) in UNLIMITED {
-            command.env(k, v);
+        if !config.shipped_limits {
+            for (k, v) in UNLIMITED {
+                command.env(k, v);
+            }
         }
         if let Some(url) = &config.redis_url {
             command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix);
