@@ -10,13 +10,13 @@
 //! through a temporary file and a rename so that a crash leaves either the old key or the new
 //! one, never half of each. Like ssh, loading refuses a key file others can read.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Identity;
 use super::error::Error;
+use super::private_file::{create_new_private, write_private};
 
 const VERSION: u32 = 1;
 const SUITE: &str = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305";
@@ -70,34 +70,13 @@ impl Identity {
         text.push('\n');
         if !overwrite {
             // create_new: if another process created the file meanwhile, fail rather than clobber.
-            return write_new(path, text.as_bytes()).map_err(|e| match e.kind() {
+            return create_new_private(path, text.as_bytes()).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Error::KeyFileExists { path: path.to_owned() },
                 _ => fail(e),
             });
         }
-        let temporary = temporary_sibling(path);
-        let written = write_new(&temporary, text.as_bytes()).and_then(|()| std::fs::rename(&temporary, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        written.map_err(fail)
+        write_private(path, text.as_bytes()).map_err(fail)
     }
-}
-
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Creates `path` (which must not exist) readable and writable by its owner only, and syncs it.
-fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -137,7 +116,7 @@ fn check_private(path: &Path) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("enigma-keyfile-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
@@ -187,7 +166,7 @@ mod tests {
         let missing = Identity::load(&dir.join("missing")).unwrap_err().to_string();
         assert!(missing.contains("enigma keygen"), "{missing}");
         let path = dir.join("garbage");
-        write_new(&path, b"hello").unwrap();
+        create_new_private(&path, b"hello").unwrap();
         assert!(Identity::load(&path).unwrap_err().to_string().contains("not an Enigma key file"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -46,7 +46,7 @@ fn temporary_sibling(path: &Path) -> PathBuf {
 }
 
 /// Creates `path` (which must not exist, not even as a link) with mode 0600, and syncs it.
-pub(super) fn create_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn create_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
