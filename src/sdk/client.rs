@@ -97,6 +97,12 @@ impl Client {
         }
     }
 
+    /// Puts `user`'s key in the cache, as a lookup would (tests open payloads without a server).
+    #[cfg(test)]
+    pub(super) fn remember_key(&self, user: &str, key: PublicKey) {
+        self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), key);
+    }
+
     /// The Enigma public key of `user`, from the cache or the directory.
     pub async fn lookup(&self, user: &str) -> Result<PublicKey, Error> {
         if let Some(key) = self.inner.keys.lock().expect("not poisoned").get(user) {
