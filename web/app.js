@@ -173,14 +173,18 @@ async function renderMessages() {
 
 async function send(event) {
   event.preventDefault();
-  const text = $("compose-text").value;
+  const input = $("compose-text");
+  const text = input.value;
   if (!current || !text.trim()) return;
   $("compose-error").textContent = "";
+  // Emptied at once, not after the send: clearing it later erased what the user had typed
+  // meanwhile (the next message, lost without a trace).
+  input.value = "";
   try {
     await relay.send(current, text);
-    $("compose-text").value = "";
   } catch (e) {
     $("compose-error").textContent = `Not sent: ${e.message}`;
+    if (!input.value) input.value = text; // back in the field, to retry
   }
 }
 

@@ -134,6 +134,12 @@ impl Client {
         }
     }
 
+    /// Puts `user`'s key in the cache, as a lookup would (tests open payloads without a server).
+    #[cfg(test)]
+    pub(super) fn remember_key(&self, user: &str, key: PublicKey) {
+        self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), key);
+    }
+
     /// The Enigma public key of `user`, from the cache or the directory; with pins, a key
     /// other than the pinned one is [`Error::KeyChanged`] (and nothing is sealed to it).
     pub async fn lookup(&self, user: &str) -> Result<PublicKey, Error> {

@@ -511,4 +511,56 @@ mod tests {
         assert!(set.contains(&(RecentSet::CAPACITY - 1).to_string()));
         assert_eq!(set.order.len(), RecentSet::CAPACITY);
     }
+
+    /// The server may deliver one inbox id twice (a redelivery after a lost acknowledgement)
+    /// and a retried send under a new id: the application sees the message once, and each
+    /// delivery is acknowledged so that it leaves the inbox.
+    #[tokio::test]
+    async fn repeated_deliveries_reach_the_application_once() {
+        use super::super::crypto::Identity;
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        // Never contacted: both keys are in the cache.
+        let client = Client::new("http://127.0.0.1:9", bob).unwrap();
+        client.remember_key("alice", alice.public_key().clone());
+        let content = Content::new("once only");
+        let sealed = || alice.seal("alice", "bob", client.identity().public_key(), &content.to_bytes());
+        let other = Content::new("the next one");
+        let (deliveries, delivered) = mpsc::channel(16);
+        let (out, mut app) = mpsc::channel(16);
+        let (commands, mut acks) = mpsc::unbounded_channel();
+        let opener = Opener {
+            client: client.clone(),
+            user: "bob".into(),
+            deliveries: delivered,
+            out,
+            commands,
+            ledger: Arc::default(),
+            auto_ack: true,
+            cancel: CancellationToken::new(),
+            backoff_max: Duration::from_secs(1),
+        };
+        let delivery =
+            |id: &str, payload: String| FromServer::Delivery { id: id.into(), ts: 1, from: "alice".into(), payload };
+        let first = sealed();
+        deliveries.send(delivery("1-0", first.clone())).await.unwrap();
+        deliveries.send(delivery("1-0", first)).await.unwrap(); // the same id again
+        deliveries.send(delivery("2-0", sealed())).await.unwrap(); // the same message, resent
+        let next = alice.seal("alice", "bob", client.identity().public_key(), &other.to_bytes());
+        deliveries.send(delivery("3-0", next)).await.unwrap();
+        drop(deliveries);
+        opener.run().await;
+        let mut seen = Vec::new();
+        while let Ok(item) = app.try_recv() {
+            let message = item.expect("opened");
+            seen.push((message.id, message.text));
+        }
+        assert_eq!(seen, [("1-0".to_owned(), "once only".to_owned()), ("3-0".into(), "the next one".into())]);
+        let mut acked = Vec::new();
+        while let Ok(command) = acks.try_recv() {
+            if let Command::Ack(id) = command {
+                acked.push(id);
+            }
+        }
+        assert_eq!(acked, ["1-0", "1-0", "2-0", "3-0"], "every delivery acknowledged");
+    }
 }

@@ -2,7 +2,7 @@
 // chromium through playwright-core with a fresh profile each, the CLI. Everything started
 // here is stopped by `cleanup()` (call it from `after`), and every wait has a deadline.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { mkdtempSync, rmSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -67,10 +67,11 @@ export async function startRedis() {
 }
 
 /** An enigma-server on `port` (a free one if not given); `redis` for the shared engine. */
-export async function startServer({ port, redis, prefix } = {}) {
+export async function startServer({ port, redis, prefix, env: extra } = {}) {
   port ??= await freePort();
   const env = { PATH: process.env.PATH, ENIGMA__SERVER__ADDR: `127.0.0.1:${port}`, ENIGMA__LOG__LEVEL: "warn" };
   if (redis) Object.assign(env, { ENIGMA__REDIS__URL: redis.url, ENIGMA__REDIS__PREFIX: prefix ?? "browser" });
+  Object.assign(env, extra ?? {}); // settings of one test (a rate budget…)
   const entry = track(spawn(join(BIN, "enigma-server"), [], { env }), "enigma-server");
   await waitFor("enigma-server listening", () => entry.log.includes("listening on"), 30000);
   return { port, url: `http://127.0.0.1:${port}`, stop: () => stop(entry), entry };
@@ -168,4 +169,35 @@ export async function cleanup() {
   owned.length = 0;
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
   dirs.length = 0;
+}
+
+/** The sum of a metric's series on a server's `/metrics` (0 if absent). */
+export async function metric(server, name) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return text.split("\n")
+    .filter((l) => l === name || l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+}
+
+/** nginx in front of `servers`, configured from `deploy/local/nginx.conf.template` exactly as
+ * `make cluster` and `tests/it/harness/nginx.rs` render it, in a prefix of its own. */
+export async function startNginx(servers) {
+  const nginx = process.env.NGINX ?? "/usr/sbin/nginx";
+  const dir = tempDir("enigma-nginx-");
+  mkdirSync(join(dir, "tmp"));
+  const template = readFileSync(join(ROOT, "deploy/local/nginx.conf.template"), "utf8");
+  const upstreams = servers.map((s) => `        server 127.0.0.1:${s.port} max_fails=1 fail_timeout=10s;`).join("\n");
+  const port = await freePort();
+  const conf = join(dir, "nginx.conf");
+  writeFileSync(conf, template.replace("@LISTEN@", `127.0.0.1:${port}`).replace("@UPSTREAMS@", upstreams));
+  // Its own process group (detached): its workers are stopped with it.
+  const child = spawn(nginx, ["-p", `${dir}/`, "-c", conf, "-e", join(dir, "error.log"), "-g", "daemon off;"], {
+    detached: true,
+  });
+  const entry = track(child, "nginx");
+  await waitFor("nginx listening", async () => {
+    if (child.exitCode !== null) throw new Error(`nginx exited: ${entry.log}`);
+    return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;
+  });
+  return { port, url: `http://127.0.0.1:${port}` };
 }

@@ -102,6 +102,15 @@ impl ServerConfig {
 
 impl Server {
     pub fn start(config: &ServerConfig) -> Server {
+        Self::spawn(config, None)
+    }
+
+    /// Like `start`, with the server's stderr (its log) written to `log`.
+    pub fn start_logging_to(config: &ServerConfig, log: &std::path::Path) -> Server {
+        Self::spawn(config, Some(Stdio::from(std::fs::File::create(log).expect("create the log file"))))
+    }
+
+    fn spawn(config: &ServerConfig, stderr: Option<Stdio>) -> Server {
         let binary = env!("CARGO_BIN_EXE_enigma-server");
         let (mut command, addr) = match &config.host {
             Some(host) => (host.command(binary), format!("{}:0", host.ip)),
@@ -113,7 +122,9 @@ impl Server {
             .env("ENIGMA__SERVER__ADDR", addr)
             .env("ENIGMA__LOG__LEVEL", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+            .stderr(stderr.unwrap_or_else(|| {
+                if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
+            }));
         // The limits (tests/it/limits.rs sets the ones it checks) would refuse the load and
         // slow-reader scenarios of other tests, which send thousands from one user and one
         // address: off unless a test sets them (its variables come later and win).
