@@ -12,6 +12,8 @@
 #                           then a ramp
 #   idle connections        as many sockets as the file-descriptor limit allows (≤ 50,000),
 #                           memory and Redis engines, server RSS per connection
+#   cost per message        the fixed 20,000 msgs/s runs (memory engine included): CPU time of
+#                           each relay and redis-server from /proc per delivered message
 #
 # Every run gets freshly started servers (and Redis), so none inherits another's backlog.
 #
@@ -84,11 +86,14 @@ free_port() {
 }
 
 redis_port=
+# The redis-servers of the current setup, `LABEL=PID,…` for enigma-bench --cpu-pid.
+redis_pids=
 start_redis() {
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients 1000 --dir "$work" --logfile "$work/redis-$redis_port.log" --daemonize no &
     pids+=($!)
+    redis_pids=redis-server=$!
     local i
     for i in $(seq 1 100); do
         [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && return
@@ -125,6 +130,7 @@ start_cluster() {
         done
         [[ -n $up ]] || { echo "bench: could not start a cluster node" >&2; return 1; }
         pids+=("$pid")
+        redis_pids=${redis_pids:+$redis_pids,}redis-$i=$pid
         nodes+=("127.0.0.1:$port")
         cluster_urls=${cluster_urls:+$cluster_urls,}redis://127.0.0.1:$port/
     done
@@ -144,6 +150,13 @@ start_server() {
     local port log
     port=$(free_port)
     log=$work/server-$port.log
+    # The generator is one address sending 200+ messages/s per user: the per-address limits
+    # are off and the per-user send budgets far above the load, still on (their leases are
+    # part of what a message costs).
+    ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0 ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 \
+        ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 \
+        ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000 \
+        ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000 \
     ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
@@ -167,7 +180,7 @@ bench() {
     local name=$1
     shift
     local shown="enigma-bench $*"
-    shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
+    shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/--cpu-pid [^ ]+/--cpu-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
     echo "bench: $shown" >&2
     echo "$shown" >"$work/results/$name.cmd"
     if ! "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
@@ -184,8 +197,10 @@ bench() {
 # urls and server_pids (comma-separated) for enigma-bench.
 urls=
 server_pids=
+cpu=()
 fresh() {
     stop_all
+    redis_pids=
     case $1 in
     memory)
         start_server ""
@@ -206,6 +221,8 @@ fresh() {
         urls=$server_url server_pids=$server_pid
         ;;
     esac
+    cpu=()
+    if [[ -n $redis_pids ]]; then cpu=(--cpu-pid "$redis_pids"); fi
 }
 
 common=(--pairs "$pairs" --payload-bytes 256 --warmup 1s --drain 10s)
@@ -217,20 +234,23 @@ bench memory-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ra
 half=$(jq '(.saturation.max_sustained_rate // 4000) / 2 | floor' "$work/results/memory-ramp.json")
 fresh memory
 bench memory-half --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate "$half"
+# The same fixed load as the Redis runs, for the cost-per-message table.
+fresh memory
+bench memory-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
 
 # --- Redis engine, one replica, then two (each pair's sender and recipient on different ones)
 for setup in redis1 redis2; do
     fresh $setup
-    bench $setup-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+    bench $setup-20k --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" --duration "${fixed}s" --rate 20000
     fresh $setup
-    bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
+    bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
 done
 
 # --- Redis Cluster, 3 masters, one replica
 fresh cluster3
-bench cluster3-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+bench cluster3-20k --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" --duration "${fixed}s" --rate 20000
 fresh cluster3
-bench cluster3-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
+bench cluster3-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
 
 # --- idle connections: what fits in the descriptor limit (generator and server have one each)
 idle=${BENCH_IDLE:-$((fd_limit - 1000 < 50000 ? fd_limit - 1000 : 50000))}
@@ -299,6 +319,18 @@ idle_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" the
 idle_mem_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-memory)
 logins=$(j '.setup.logins_per_sec // "n/a" | if type == "number" then floor else . end' idle-redis1)
 
+# cost_row TITLE NAME: one row of the cost-per-message table from a fixed-rate run's JSON.
+cost_row() {
+    jq -r --arg title "$1" '
+        def us: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
+        def per_core: if . == null or . == 0 then "-" else (1e6 / . / 1000 | round | tostring) + "k" end;
+        def role(r): [.cpu[] | select(.role == r) | .us_per_msg] | if length == 0 then null elif any(. == null) then null else add end;
+        if .mode == null then "| \($title) | run failed | | | | | | |" else
+        .steps[0] as $s | ($s | role("relay")) as $relay | ($s | role("other")) as $redis |
+        "| \($title) | \($s.delivered) | \($s.achieved_rate | floor) | **\($relay | us)** | **\($redis | us)** | \($s | role("generator") | us) | \($relay | per_core) | \($redis | per_core) |"
+        end' "$r/$2.json"
+}
+
 tmp_out=$(mktemp "${TMPDIR:-/tmp}/benchmarks.XXXXXX")
 {
     cat <<EOF
@@ -331,6 +363,22 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | memory engine: p99 at half the saturation rate ($half_rate msgs/s) | p99 $half_p99 ms ($half_ok) |
 | idle connections: ≥ 50,000 on one replica at ≤ 8 KiB RSS each | $idle_n sockets, $idle_kib KiB each (Redis engine); $idle_mem_kib KiB (memory engine) |
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) |
+
+## Cost per message
+
+CPU time (user + system, all threads, from \`/proc/PID/stat\`) of each process over the
+fixed 20,000 msgs/s run (${fixed} s, drain included), divided by the messages delivered. It is
+what decides how many relay replicas and Redis shards a load needs (see the sizing table in
+[operations.md](operations.md)), and unlike throughput it hardly depends on what else runs on
+the machine. Several relays or Redis nodes: their sum. Targets: relay on Redis ≤ 15 µs,
+redis-server ≤ 5 µs.
+
+| setup | delivered | msgs/s | relay CPU µs/msg | redis-server CPU µs/msg | generator µs/msg | msgs/s per relay core | msgs/s per Redis core |
+|---|---:|---:|---:|---:|---:|---:|---:|
+$(cost_row "memory engine" memory-20k)
+$(cost_row "Redis, 1 replica" redis1-20k)
+$(cost_row "Redis, 2 replicas (pairs across them)" redis2-20k)
+$(cost_row "Redis Cluster, 3 masters, 1 replica" cluster3-20k)
 
 ## How to read the figures
 
@@ -370,7 +418,7 @@ addresses only.
 ## Results
 
 EOF
-    section "Memory engine (one process, nothing durable)" memory-ramp memory-half
+    section "Memory engine (one process, nothing durable)" memory-ramp memory-half memory-20k
     section "Redis engine, 1 replica (stored before announced)" redis1-20k redis1-ramp
     section "Redis engine, 2 replicas (sender and recipient on different replicas)" redis2-20k redis2-ramp
     section "Redis Cluster, 3 masters, 1 replica (sharded pub/sub)" cluster3-20k cluster3-ramp

@@ -28,7 +28,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::{Report, Saturation, Setup, Step};
+use crate::report::{ProcessCost, Report, Saturation, Setup, Step};
 use crate::target::Replica;
 use crate::traffic::{Clock, Sender, Shared};
 
@@ -94,6 +94,11 @@ struct Args {
     /// with --connections their VmRSS is read before and after the sockets open.
     #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// Other processes whose CPU time per delivered message is reported (e.g. redis-server):
+    /// `PID` or `LABEL=PID`, repeated or comma-separated (the label defaults to the command
+    /// name). The generator and every --server-pid are always reported.
+    #[arg(long = "cpu-pid", value_name = "[LABEL=]PID", value_delimiter = ',')]
+    cpu_pids: Vec<String>,
     /// How long idle sockets are held before the final RSS reading.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     hold: Duration,
@@ -326,6 +331,29 @@ fn server_pids(args: &Args) -> Result<Vec<String>, String> {
     }
 }
 
+/// The processes charged per delivered message: the generator, the relays, the `--cpu-pid`s.
+fn watched(args: &Args, server_pids: &[String]) -> Result<Vec<(procfs::Watched, &'static str)>, String> {
+    let mut watched = vec![(procfs::Watched { label: "generator".into(), pid: "self".into() }, "generator")];
+    for (i, pid) in server_pids.iter().enumerate() {
+        let label = if server_pids.len() > 1 { format!("relay {}", i + 1) } else { "relay".into() };
+        watched.push((procfs::Watched { label, pid: pid.clone() }, "relay"));
+    }
+    for spec in &args.cpu_pids {
+        let (label, pid) = match spec.split_once('=') {
+            Some((label, pid)) => (Some(label.trim().to_owned()), pid.trim()),
+            None => (None, spec.trim()),
+        };
+        if pid.parse::<u32>().is_err() || label.as_ref().is_some_and(|l| l.is_empty()) {
+            return Err(format!("--cpu-pid {spec}: expected PID or LABEL=PID"));
+        }
+        let Some(name) = procfs::command_name(pid).filter(|_| procfs::cpu_ticks(pid).is_some()) else {
+            return Err(format!("--cpu-pid {spec}: cannot read /proc/{pid}/stat"));
+        };
+        watched.push((procfs::Watched { label: label.unwrap_or(name), pid: pid.to_owned() }, "other"));
+    }
+    Ok(watched)
+}
+
 fn per_sec(n: u64, d: Duration) -> f64 {
     if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() }
 }
@@ -334,6 +362,7 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
     let pairs = args.pairs;
     check_fd_limit(2 * pairs as u64, args.concurrency)?;
     let server_pids = server_pids(args)?;
+    let watched = watched(args, &server_pids)?;
     // User 2p sends, user 2p+1 receives; with several replicas they sit on neighbouring ones.
     let replica_of = |u: usize| (u / 2 + u % 2) % replicas.len();
     let (ids, login_time) = login_all(replicas, 2 * pairs, replica_of, args.concurrency, progress).await?;
@@ -378,7 +407,7 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
         connect_secs: connect_time.as_secs_f64(),
         connects_per_sec: per_sec(2 * pairs as u64, connect_time),
     };
-    let mut runner = StepRunner { args, shared: &shared, senders: &mut senders, progress, server_pids };
+    let mut runner = StepRunner { args, shared: &shared, senders: &mut senders, progress, server_pids, watched };
     if !args.warmup.is_zero() {
         runner.run("warmup", args.rate, args.warmup).await;
     }
@@ -416,6 +445,7 @@ struct StepRunner<'a> {
     senders: &'a mut Vec<Sender>,
     progress: &'a Progress,
     server_pids: Vec<String>,
+    watched: Vec<(procfs::Watched, &'static str)>,
 }
 
 impl StepRunner<'_> {
@@ -427,12 +457,17 @@ impl StepRunner<'_> {
         };
         let (generator, server) =
             (procfs::CpuMeter::start(vec!["self".into()]), procfs::CpuMeter::start(self.server_pids.clone()));
+        let processes: Vec<procfs::Watched> = self.watched.iter().map(|(w, _)| w.clone()).collect();
+        let cost = procfs::CostMeter::start(&processes);
         let pairs = self.args.pairs;
         let mut step =
             traffic::run_step(self.senders, self.shared, pairs, rate, duration, self.args.drain, &on_progress).await;
         // Over the whole step, drain included: a saturated server keeps working while it drains.
         step.generator_cpu_pct = generator.percent();
         step.server_cpu_pct = server.percent();
+        let roles = self.watched.iter().map(|(_, role)| *role);
+        step.cpu =
+            cost.stop().into_iter().zip(roles).map(|(spent, role)| ProcessCost::of(spent, role, step.delivered)).collect();
         step
     }
 }
@@ -599,5 +634,19 @@ mod tests {
         args.check().unwrap();
         assert_eq!(args.format(), Format::Text);
         assert!(Args::parse_from(["enigma-bench", "--payload-bytes", "8"]).check().is_err());
+    }
+
+    #[test]
+    fn cpu_pids_are_checked_and_labelled() {
+        let me = std::process::id().to_string();
+        let args = Args::parse_from(["enigma-bench", "--cpu-pid", &format!("redis={me},{me}")]);
+        let all = watched(&args, std::slice::from_ref(&me)).unwrap();
+        let labels: Vec<_> = all.iter().map(|(w, role)| (w.label.as_str(), *role)).collect();
+        assert_eq!(labels[..3], [("generator", "generator"), ("relay", "relay"), ("redis", "other")]);
+        assert_eq!(all[3].0.label, procfs::command_name(&me).unwrap());
+        for bad in ["x", "=1", "redis=", "4294967295999"] {
+            let args = Args::parse_from(["enigma-bench", "--cpu-pid", bad]);
+            assert!(watched(&args, &[]).is_err(), "{bad}");
+        }
     }
 }
