@@ -32,6 +32,7 @@ mod balancer;
 mod cli;
 mod cluster;
 mod conformance;
+mod costs;
 mod deploy_assets;
 mod faults;
 // `pub`: the harness is a toolbox for every test file; a helper no test uses today (or a

@@ -466,8 +466,12 @@ impl StepRunner<'_> {
         step.generator_cpu_pct = generator.percent();
         step.server_cpu_pct = server.percent();
         let roles = self.watched.iter().map(|(_, role)| *role);
-        step.cpu =
-            cost.stop().into_iter().zip(roles).map(|(spent, role)| ProcessCost::of(spent, role, step.delivered)).collect();
+        step.cpu = cost
+            .stop()
+            .into_iter()
+            .zip(roles)
+            .map(|(spent, role)| ProcessCost::of(spent, role, step.delivered))
+            .collect();
         step
     }
 }
