@@ -411,7 +411,9 @@ target/release/enigma-bench --url http://127.0.0.1:8000 --connections 10000 --se
 \`\`\`
 
 Several \`--url\`s (comma-separated) spread the pairs over replicas, each pair's sender and
-recipient on different ones. \`--json\` (or \`--json-file PATH\`) for scripts, \`--format
+recipient on different ones. \`--cpu-pid [LABEL=]PID\` (repeatable) adds a process, e.g.
+redis-server, to the CPU-per-delivered-message figures (the generator and every \`--server-pid\`
+are always in them). \`--json\` (or \`--json-file PATH\`) for scripts, \`--format
 markdown\` for tables like the ones below, \`--help\` for the rest. Traffic goes to loopback
 addresses only.
 

@@ -333,7 +333,8 @@ fn server_pids(args: &Args) -> Result<Vec<String>, String> {
 
 /// The processes charged per delivered message: the generator, the relays, the `--cpu-pid`s.
 fn watched(args: &Args, server_pids: &[String]) -> Result<Vec<(procfs::Watched, &'static str)>, String> {
-    let mut watched = vec![(procfs::Watched { label: "generator".into(), pid: "self".into() }, "generator")];
+    let me = std::process::id().to_string();
+    let mut watched = vec![(procfs::Watched { label: "generator".into(), pid: me }, "generator")];
     for (i, pid) in server_pids.iter().enumerate() {
         let label = if server_pids.len() > 1 { format!("relay {}", i + 1) } else { "relay".into() };
         watched.push((procfs::Watched { label, pid: pid.clone() }, "relay"));

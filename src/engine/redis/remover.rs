@@ -125,12 +125,15 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
     }
 }
 
+/// One user's delivered ids.
+type UserRemoval = (UserId, Vec<MsgId>);
+
 /// Takes a batch apart: one removal per user (a session writes one message at a time, so a
 /// busy user's removals arrive one by one; one script call for all of them costs Redis a
 /// fraction of one each), in the order their users first came, ids in queue order; and the
 /// barriers.
-fn merge(batch: &mut Vec<Removal>) -> (Vec<(UserId, Vec<MsgId>)>, Vec<oneshot::Sender<()>>) {
-    let mut removals: Vec<(UserId, Vec<MsgId>)> = Vec::new();
+fn merge(batch: &mut Vec<Removal>) -> (Vec<UserRemoval>, Vec<oneshot::Sender<()>>) {
+    let mut removals: Vec<UserRemoval> = Vec::new();
     let mut index: HashMap<UserId, usize> = HashMap::new();
     let mut barriers = Vec::new();
     for queued in batch.drain(..) {
