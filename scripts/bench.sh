@@ -369,8 +369,9 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 CPU time (user + system, all threads, from \`/proc/PID/stat\`) of each process over the
 fixed 20,000 msgs/s run (${fixed} s, drain included), divided by the messages delivered. It is
 what decides how many relay replicas and Redis shards a load needs (see the sizing table in
-[operations.md](operations.md)), and unlike throughput it hardly depends on what else runs on
-the machine. Several relays or Redis nodes: their sum. Targets: relay on Redis ≤ 15 µs,
+[operations.md](operations.md)). It depends far less than throughput on what else runs on the
+machine, but not nothing (steal time and cold caches count as CPU): on a busy machine expect
+±20 % between runs. Several relays or Redis nodes: their sum. Targets: relay on Redis ≤ 15 µs,
 redis-server ≤ 5 µs.
 
 | setup | delivered | msgs/s | relay CPU µs/msg | redis-server CPU µs/msg | generator µs/msg | msgs/s per relay core | msgs/s per Redis core |
