@@ -13,6 +13,7 @@
 //! Everything is bounded: a fixed number of steps, timeouts on every login, connect and drain,
 //! and traffic only to loopback addresses. The process exits by itself.
 
+mod cost;
 mod idle;
 mod procfs;
 mod report;
@@ -331,30 +332,6 @@ fn server_pids(args: &Args) -> Result<Vec<String>, String> {
     }
 }
 
-/// The processes charged per delivered message: the generator, the relays, the `--cpu-pid`s.
-fn watched(args: &Args, server_pids: &[String]) -> Result<Vec<(procfs::Watched, &'static str)>, String> {
-    let me = std::process::id().to_string();
-    let mut watched = vec![(procfs::Watched { label: "generator".into(), pid: me }, "generator")];
-    for (i, pid) in server_pids.iter().enumerate() {
-        let label = if server_pids.len() > 1 { format!("relay {}", i + 1) } else { "relay".into() };
-        watched.push((procfs::Watched { label, pid: pid.clone() }, "relay"));
-    }
-    for spec in &args.cpu_pids {
-        let (label, pid) = match spec.split_once('=') {
-            Some((label, pid)) => (Some(label.trim().to_owned()), pid.trim()),
-            None => (None, spec.trim()),
-        };
-        if pid.parse::<u32>().is_err() || label.as_ref().is_some_and(|l| l.is_empty()) {
-            return Err(format!("--cpu-pid {spec}: expected PID or LABEL=PID"));
-        }
-        let Some(name) = procfs::command_name(pid).filter(|_| procfs::cpu_ticks(pid).is_some()) else {
-            return Err(format!("--cpu-pid {spec}: cannot read /proc/{pid}/stat"));
-        };
-        watched.push((procfs::Watched { label: label.unwrap_or(name), pid: pid.to_owned() }, "other"));
-    }
-    Ok(watched)
-}
-
 fn per_sec(n: u64, d: Duration) -> f64 {
     if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() }
 }
@@ -363,7 +340,7 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
     let pairs = args.pairs;
     check_fd_limit(2 * pairs as u64, args.concurrency)?;
     let server_pids = server_pids(args)?;
-    let watched = watched(args, &server_pids)?;
+    let watched = cost::watched(&args.cpu_pids, &server_pids)?;
     // User 2p sends, user 2p+1 receives; with several replicas they sit on neighbouring ones.
     let replica_of = |u: usize| (u / 2 + u % 2) % replicas.len();
     let (ids, login_time) = login_all(replicas, 2 * pairs, replica_of, args.concurrency, progress).await?;
@@ -639,19 +616,5 @@ mod tests {
         args.check().unwrap();
         assert_eq!(args.format(), Format::Text);
         assert!(Args::parse_from(["enigma-bench", "--payload-bytes", "8"]).check().is_err());
-    }
-
-    #[test]
-    fn cpu_pids_are_checked_and_labelled() {
-        let me = std::process::id().to_string();
-        let args = Args::parse_from(["enigma-bench", "--cpu-pid", &format!("redis={me},{me}")]);
-        let all = watched(&args, std::slice::from_ref(&me)).unwrap();
-        let labels: Vec<_> = all.iter().map(|(w, role)| (w.label.as_str(), *role)).collect();
-        assert_eq!(labels[..3], [("generator", "generator"), ("relay", "relay"), ("redis", "other")]);
-        assert_eq!(all[3].0.label, procfs::command_name(&me).unwrap());
-        for bad in ["x", "=1", "redis=", "4294967295999"] {
-            let args = Args::parse_from(["enigma-bench", "--cpu-pid", bad]);
-            assert!(watched(&args, &[]).is_err(), "{bad}");
-        }
     }
 }
