@@ -12,19 +12,22 @@
 #                           then a ramp
 #   idle connections        as many sockets as the file-descriptor limit allows (≤ 50,000),
 #                           memory and Redis engines, server RSS per connection
+#   cost per message        the fixed 20,000 msgs/s runs (memory engine included): CPU time of
+#                           each relay and redis-server from /proc per delivered message
 #
 # Every run gets freshly started servers (and Redis), so none inherits another's backlog.
 #
 # Environment: BENCH_STEP (seconds per ramp step, default 3), BENCH_FIXED (seconds of the
 # fixed-rate runs, default 10), BENCH_PAIRS (default 100), BENCH_IDLE (idle sockets, default: as
 # many as fit), BENCH_OUT (default docs/BENCHMARKS.md), BENCH_SKIP_BUILD=1,
-# BENCH_LIMITS (default `off`; `shipped` keeps the server's defaults).
+# BENCH_LIMITS (default `on`; `off`; `shipped`).
 #
 # Limits: the scenarios are floods by design — 100 users on one address sending hundreds of
 # messages a second each, up to 50,000 sockets from 127.0.0.1 — which the shipped per-client
-# limits (docs/operations.md, "Limits") exist to refuse. So every server here runs with them
-# OFF (`ENIGMA__RATE__*__BURST=0`, no inbox share, no per-address connection cap), as the
-# integration tests' load scenarios do; the per-replica connection cap is raised to 100,000.
+# limits (docs/operations.md, "Limits") exist to refuse. So every server here runs with the
+# per-address limits OFF, no inbox share and the per-replica connection cap raised to 100,000;
+# the per-user send budgets stay ON but far above the load (`on`: their leases are part of what
+# a message costs), or go off too (`BENCH_LIMITS=off`: compare the two for the limits' cost).
 # BENCH_LIMITS=shipped measures with the defaults instead (expect `rate_limited` refusals).
 set -euo pipefail
 
@@ -92,11 +95,14 @@ free_port() {
 }
 
 redis_port=
+# The redis-servers of the current setup, `LABEL=PID,…` for enigma-bench --cpu-pid.
+redis_pids=
 start_redis() {
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients 1000 --dir "$work" --logfile "$work/redis-$redis_port.log" --daemonize no &
     pids+=($!)
+    redis_pids=redis-server=$!
     local i
     for i in $(seq 1 100); do
         [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && return
@@ -133,6 +139,7 @@ start_cluster() {
         done
         [[ -n $up ]] || { echo "bench: could not start a cluster node" >&2; return 1; }
         pids+=("$pid")
+        redis_pids=${redis_pids:+$redis_pids,}redis-$i=$pid
         nodes+=("127.0.0.1:$port")
         cluster_urls=${cluster_urls:+$cluster_urls,}redis://127.0.0.1:$port/
     done
@@ -145,17 +152,27 @@ start_cluster() {
     return 1
 }
 
-# The per-client limits for every server (see the header): off unless BENCH_LIMITS=shipped.
+# The per-client limits for every server (see the header).
 limit_env=()
-if [[ ${BENCH_LIMITS:-off} != shipped ]]; then
-    limit_env=(
-        ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
-        ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
-        ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
-        ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
-        ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0
-    )
-fi
+case ${BENCH_LIMITS:-on} in
+    on) limit_env=(
+            ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
+            ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
+            ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
+            ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
+            ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000
+            ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000
+        ) ;;
+    off) limit_env=(
+            ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
+            ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
+            ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
+            ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
+            ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0
+        ) ;;
+    shipped) ;;
+    *) echo "bench: BENCH_LIMITS is on, off or shipped" >&2; exit 2 ;;
+esac
 
 # start_server REDIS_URL [MODE] (empty URL: memory engine); sets server_url and server_pid.
 server_url=
@@ -187,7 +204,7 @@ bench() {
     local name=$1
     shift
     local shown="enigma-bench $*"
-    shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
+    shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/--cpu-pid [^ ]+/--cpu-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
     echo "bench: $shown" >&2
     echo "$shown" >"$work/results/$name.cmd"
     if ! "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
@@ -204,8 +221,10 @@ bench() {
 # urls and server_pids (comma-separated) for enigma-bench.
 urls=
 server_pids=
+cpu=()
 fresh() {
     stop_all
+    redis_pids=
     case $1 in
     memory)
         start_server ""
@@ -226,6 +245,8 @@ fresh() {
         urls=$server_url server_pids=$server_pid
         ;;
     esac
+    cpu=()
+    if [[ -n $redis_pids ]]; then cpu=(--cpu-pid "$redis_pids"); fi
 }
 
 common=(--pairs "$pairs" --payload-bytes 256 --warmup 1s --drain 10s)
@@ -237,20 +258,23 @@ bench memory-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ra
 half=$(jq '(.saturation.max_sustained_rate // 4000) / 2 | floor' "$work/results/memory-ramp.json")
 fresh memory
 bench memory-half --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate "$half"
+# The same fixed load as the Redis runs, for the cost-per-message table.
+fresh memory
+bench memory-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
 
 # --- Redis engine, one replica, then two (each pair's sender and recipient on different ones)
 for setup in redis1 redis2; do
     fresh $setup
-    bench $setup-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+    bench $setup-20k --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" --duration "${fixed}s" --rate 20000
     fresh $setup
-    bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
+    bench $setup-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
 done
 
 # --- Redis Cluster, 3 masters, one replica
 fresh cluster3
-bench cluster3-20k --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+bench cluster3-20k --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" --duration "${fixed}s" --rate 20000
 fresh cluster3
-bench cluster3-ramp --url "$urls" --server-pid "$server_pids" "${common[@]}" "${ramp[@]}" --rate 10000
+bench cluster3-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
 
 # --- idle connections: what fits in the descriptor limit (generator and server have one each)
 idle=${BENCH_IDLE:-$((fd_limit - 1000 < 50000 ? fd_limit - 1000 : 50000))}
@@ -319,6 +343,18 @@ idle_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" the
 idle_mem_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-memory)
 logins=$(j '.setup.logins_per_sec // "n/a" | if type == "number" then floor else . end' idle-redis1)
 
+# cost_row TITLE NAME: one row of the cost-per-message table from a fixed-rate run's JSON.
+cost_row() {
+    jq -r --arg title "$1" '
+        def us: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
+        def per_core: if . == null or . == 0 then "-" else (1e6 / . / 1000 | round | tostring) + "k" end;
+        def role(r): [.cpu[] | select(.role == r) | .us_per_msg] | if length == 0 then null elif any(. == null) then null else add end;
+        if .mode == null then "| \($title) | run failed | | | | | | |" else
+        .steps[0] as $s | ($s | role("relay")) as $relay | ($s | role("other")) as $redis |
+        "| \($title) | \($s.delivered) | \($s.achieved_rate | floor) | **\($relay | us)** | **\($redis | us)** | \($s | role("generator") | us) | \($relay | per_core) | \($redis | per_core) |"
+        end' "$r/$2.json"
+}
+
 tmp_out=$(mktemp "${TMPDIR:-/tmp}/benchmarks.XXXXXX")
 {
     cat <<EOF
@@ -352,6 +388,23 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | idle connections: ≥ 50,000 on one replica at ≤ 8 KiB RSS each | $idle_n sockets, $idle_kib KiB each (Redis engine); $idle_mem_kib KiB (memory engine) |
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) |
 
+## Cost per message
+
+CPU time (user + system, all threads, from \`/proc/PID/stat\`) of each process over the
+fixed 20,000 msgs/s run (${fixed} s, drain included), divided by the messages delivered. It is
+what decides how many relay replicas and Redis shards a load needs (see the sizing table in
+[operations.md](operations.md)). It depends far less than throughput on what else runs on the
+machine, but not nothing (steal time and cold caches count as CPU): on a busy machine expect
+±20 % between runs. Several relays or Redis nodes: their sum. Targets: relay on Redis ≤ 15 µs,
+redis-server ≤ 5 µs.
+
+| setup | delivered | msgs/s | relay CPU µs/msg | redis-server CPU µs/msg | generator µs/msg | msgs/s per relay core | msgs/s per Redis core |
+|---|---:|---:|---:|---:|---:|---:|---:|
+$(cost_row "memory engine" memory-20k)
+$(cost_row "Redis, 1 replica" redis1-20k)
+$(cost_row "Redis, 2 replicas (pairs across them)" redis2-20k)
+$(cost_row "Redis Cluster, 3 masters, 1 replica" cluster3-20k)
+
 ## How to read the figures
 
 - **Open loop.** Send times are fixed in advance (message \`k\` at \`start + k/rate\`, spread
@@ -383,14 +436,16 @@ target/release/enigma-bench --url http://127.0.0.1:8000 --connections 10000 --se
 \`\`\`
 
 Several \`--url\`s (comma-separated) spread the pairs over replicas, each pair's sender and
-recipient on different ones. \`--json\` (or \`--json-file PATH\`) for scripts, \`--format
+recipient on different ones. \`--cpu-pid [LABEL=]PID\` (repeatable) adds a process, e.g.
+redis-server, to the CPU-per-delivered-message figures (the generator and every \`--server-pid\`
+are always in them). \`--json\` (or \`--json-file PATH\`) for scripts, \`--format
 markdown\` for tables like the ones below, \`--help\` for the rest. Traffic goes to loopback
 addresses only.
 
 ## Results
 
 EOF
-    section "Memory engine (one process, nothing durable)" memory-ramp memory-half
+    section "Memory engine (one process, nothing durable)" memory-ramp memory-half memory-20k
     section "Redis engine, 1 replica (stored before announced)" redis1-20k redis1-ramp
     section "Redis engine, 2 replicas (sender and recipient on different replicas)" redis2-20k redis2-ramp
     section "Redis Cluster, 3 masters, 1 replica (sharded pub/sub)" cluster3-20k cluster3-ramp

@@ -32,6 +32,7 @@ mod balancer;
 mod cli;
 mod cluster;
 mod conformance;
+mod costs;
 mod deploy_assets;
 mod endings;
 mod faults;

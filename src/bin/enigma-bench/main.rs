@@ -13,6 +13,7 @@
 //! Everything is bounded: a fixed number of steps, timeouts on every login, connect and drain,
 //! and traffic only to loopback addresses. The process exits by itself.
 
+mod cost;
 mod idle;
 mod procfs;
 mod report;
@@ -28,7 +29,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::{Report, Saturation, Setup, Step};
+use crate::report::{ProcessCost, Report, Saturation, Setup, Step};
 use crate::target::Replica;
 use crate::traffic::{Clock, Sender, Shared};
 
@@ -94,6 +95,11 @@ struct Args {
     /// with --connections their VmRSS is read before and after the sockets open.
     #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// Other processes whose CPU time per delivered message is reported (e.g. redis-server):
+    /// `PID` or `LABEL=PID`, repeated or comma-separated (the label defaults to the command
+    /// name). The generator and every --server-pid are always reported.
+    #[arg(long = "cpu-pid", value_name = "[LABEL=]PID", value_delimiter = ',')]
+    cpu_pids: Vec<String>,
     /// How long idle sockets are held before the final RSS reading.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     hold: Duration,
@@ -334,6 +340,7 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
     let pairs = args.pairs;
     check_fd_limit(2 * pairs as u64, args.concurrency)?;
     let server_pids = server_pids(args)?;
+    let watched = cost::watched(&args.cpu_pids, &server_pids)?;
     // User 2p sends, user 2p+1 receives; with several replicas they sit on neighbouring ones.
     let replica_of = |u: usize| (u / 2 + u % 2) % replicas.len();
     let (ids, login_time) = login_all(replicas, 2 * pairs, replica_of, args.concurrency, progress).await?;
@@ -378,7 +385,7 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
         connect_secs: connect_time.as_secs_f64(),
         connects_per_sec: per_sec(2 * pairs as u64, connect_time),
     };
-    let mut runner = StepRunner { args, shared: &shared, senders: &mut senders, progress, server_pids };
+    let mut runner = StepRunner { args, shared: &shared, senders: &mut senders, progress, server_pids, watched };
     if !args.warmup.is_zero() {
         runner.run("warmup", args.rate, args.warmup).await;
     }
@@ -416,6 +423,7 @@ struct StepRunner<'a> {
     senders: &'a mut Vec<Sender>,
     progress: &'a Progress,
     server_pids: Vec<String>,
+    watched: Vec<(procfs::Watched, &'static str)>,
 }
 
 impl StepRunner<'_> {
@@ -427,12 +435,21 @@ impl StepRunner<'_> {
         };
         let (generator, server) =
             (procfs::CpuMeter::start(vec!["self".into()]), procfs::CpuMeter::start(self.server_pids.clone()));
+        let processes: Vec<procfs::Watched> = self.watched.iter().map(|(w, _)| w.clone()).collect();
+        let cost = procfs::CostMeter::start(&processes);
         let pairs = self.args.pairs;
         let mut step =
             traffic::run_step(self.senders, self.shared, pairs, rate, duration, self.args.drain, &on_progress).await;
         // Over the whole step, drain included: a saturated server keeps working while it drains.
         step.generator_cpu_pct = generator.percent();
         step.server_cpu_pct = server.percent();
+        let roles = self.watched.iter().map(|(_, role)| *role);
+        step.cpu = cost
+            .stop()
+            .into_iter()
+            .zip(roles)
+            .map(|(spent, role)| ProcessCost::of(spent, role, step.delivered))
+            .collect();
         step
     }
 }

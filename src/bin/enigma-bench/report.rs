@@ -81,10 +81,70 @@ pub struct Step {
     pub generator_cpu_pct: Option<f64>,
     /// CPU used by the `--server-pid` processes during the step, in percent of one core.
     pub server_cpu_pct: Option<f64>,
+    /// CPU time per delivered message of the generator, each `--server-pid` (role `relay`) and
+    /// each `--cpu-pid` (role `other`, e.g. redis-server), over the step, drain included.
+    pub cpu: Vec<ProcessCost>,
     /// Why this step counts as saturated (`None`: it held): achieved below `--min-delivery`,
     /// p99 above `--max-p99-ms`, anything lost, duplicated or reordered, or errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub saturated: Option<String>,
+}
+
+/// What one process spent on a step's messages.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCost {
+    pub label: String,
+    pub pid: String,
+    /// `generator`, `relay` (a `--server-pid`) or `other` (a `--cpu-pid`).
+    pub role: &'static str,
+    /// User + system CPU seconds (none: the process could not be read).
+    pub cpu_secs: Option<f64>,
+    /// In percent of one core.
+    pub cpu_pct: Option<f64>,
+    /// CPU microseconds per message delivered in the step (none when nothing was delivered).
+    pub us_per_msg: Option<f64>,
+}
+
+impl ProcessCost {
+    pub fn of(spent: crate::procfs::Spent, role: &'static str, delivered: u64) -> ProcessCost {
+        let cpu_secs = spent.cpu_secs;
+        ProcessCost {
+            cpu_pct: cpu_secs.filter(|_| spent.wall_secs > 0.0).map(|c| c / spent.wall_secs * 100.0),
+            us_per_msg: cpu_secs.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64),
+            label: spent.watched.label,
+            pid: spent.watched.pid,
+            role,
+            cpu_secs,
+        }
+    }
+}
+
+impl Step {
+    /// CPU µs per delivered message of all processes of a role (none if any is unknown).
+    pub fn us_per_msg(&self, role: &str) -> Option<f64> {
+        let mut of_role = self.cpu.iter().filter(|c| c.role == role).peekable();
+        of_role.peek()?;
+        of_role.map(|c| c.us_per_msg).sum()
+    }
+
+    /// `relay 12.3 · redis-server 4.1 (generator 20.0)`: CPU µs per delivered message.
+    pub fn cost_line(&self) -> String {
+        let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let mut parts: Vec<String> = Vec::new();
+        let relays = self.cpu.iter().filter(|c| c.role == "relay").count();
+        if relays > 1 {
+            parts.push(format!("relays {}", us(self.us_per_msg("relay"))));
+        }
+        for c in self.cpu.iter().filter(|c| c.role != "generator") {
+            parts.push(format!("{} {}", c.label, us(c.us_per_msg)));
+        }
+        let generator = self.cpu.iter().find(|c| c.role == "generator");
+        let mut line = parts.join(" · ");
+        if let Some(g) = generator {
+            let _ = write!(line, "{}(generator {})", if line.is_empty() { "" } else { " " }, us(g.us_per_msg));
+        }
+        line
+    }
 }
 
 /// The outcome of a ramp.
@@ -211,6 +271,9 @@ impl Report {
                 pct(step.generator_cpu_pct),
                 pct(step.server_cpu_pct)
             );
+            if !step.cpu.is_empty() {
+                let _ = writeln!(out, "  CPU µs per delivered message: {}", step.cost_line());
+            }
             if let Some(reason) = &step.saturated {
                 let _ = writeln!(out, "  saturated: {reason}");
             }
@@ -241,15 +304,15 @@ impl Report {
         if !self.steps.is_empty() {
             out.push_str(
                 "| offered msgs/s | achieved msgs/s | % | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms \
-                 | send lag p99 ms | lost | dup | reord | errors | CPU gen/server % | verdict |\n",
+                 | send lag p99 ms | lost | dup | reord | errors | CPU gen/server % | CPU µs per msg | verdict |\n",
             );
-            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n");
             for step in &self.steps {
                 let l = &step.latency_ms;
                 let errors = if step.errors > 0 { format!("{} ({})", step.errors, kinds(step)) } else { "0".into() };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+                    "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
                     step.offered_rate,
                     rate(step.achieved_rate),
                     step.achieved_ratio * 100.0,
@@ -265,6 +328,7 @@ impl Report {
                     errors,
                     pct(step.generator_cpu_pct),
                     pct(step.server_cpu_pct),
+                    step.cost_line(),
                     step.saturated.as_deref().unwrap_or("held"),
                 );
             }

@@ -419,6 +419,7 @@ pub async fn run_step(
         send_lag_ms: Percentiles::of(&t.send_lag_us),
         generator_cpu_pct: None,
         server_cpu_pct: None,
+        cpu: Vec::new(),
         saturated: None,
     }
 }

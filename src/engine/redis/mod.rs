@@ -10,14 +10,14 @@
 //! | `<p>auth:token-key`        | STRING  | the token key generated once when none is configured (`SET NX GET`) |
 //! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`)    |
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`, `f` sender) until removed |
-//! | `<p>shares:{uid}`          | HASH    | per sender `n:<uid>`, `b:<uid>` waiting, `bytes` of all; expires with the inbox |
+//! | `<p>shares:{uid}`          | HASH    | per sender `n:<uid>`, `b:<uid>` waiting, `bytes` of all, `x` last TTL refresh (ms); expires with the inbox |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover); expires after `inbox_ttl_secs` |
 //! | `<p>rate:<limit>:<subject>`| HASH    | a rate-limit bucket (`limit.lua`); expires once full again |
 //! | `<p>deliver:{uid}`         | channel | doorbell (see `doorbell`): `m<id> <seq>\n<envelope>`, `t<generation>`, `e<replica>:<n>` |
 //! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
 //!
 //! A send is one script: check the recipient, the inbox's room and the sender's share, XADD,
-//! count the share, refresh the TTLs,
+//! count the share, refresh the TTLs (every 1/64 of the TTL, see `scripts`),
 //! PUBLISH: stored and announced, or refused, never announced without being stored.
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
 //!

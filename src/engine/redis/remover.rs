@@ -1,8 +1,9 @@
 //! The remover: messages written to specification clients leave their inboxes in pipelined
-//! batches, one round trip for many sessions' writes; a barrier answers once every removal
-//! queued before it is done. A removal is the `REMOVE` script (it gives the senders' shares
+//! batches, one round trip for many sessions' writes and one script call per user; a barrier
+//! answers once every removal queued before it is done. A removal is the `REMOVE` script (it gives the senders' shares
 //! back), which may safely run twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -90,14 +91,7 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
     let script = remove_script();
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, REMOVAL_BATCH).await > 0 {
-        let mut removals = Vec::new();
-        let mut barriers = Vec::new();
-        for queued in batch.drain(..) {
-            match queued {
-                Removal::Delivered(user, ids) => removals.push((user, ids)),
-                Removal::Barrier(done) => barriers.push(done),
-            }
-        }
+        let (removals, barriers) = merge(&mut batch);
         let mut con = connections.cmd();
         let result = if removals.is_empty() {
             Ok(())
@@ -131,6 +125,32 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
     }
 }
 
+/// One user's delivered ids.
+type UserRemoval = (UserId, Vec<MsgId>);
+
+/// Takes a batch apart: one removal per user (a session writes one message at a time, so a
+/// busy user's removals arrive one by one; one script call for all of them costs Redis a
+/// fraction of one each), in the order their users first came, ids in queue order; and the
+/// barriers.
+fn merge(batch: &mut Vec<Removal>) -> (Vec<UserRemoval>, Vec<oneshot::Sender<()>>) {
+    let mut removals: Vec<UserRemoval> = Vec::new();
+    let mut index: HashMap<UserId, usize> = HashMap::new();
+    let mut barriers = Vec::new();
+    for queued in batch.drain(..) {
+        match queued {
+            Removal::Delivered(user, ids) => match index.get(&user) {
+                Some(&i) => removals[i].1.extend(ids),
+                None => {
+                    index.insert(user.clone(), removals.len());
+                    removals.push((user, ids));
+                }
+            },
+            Removal::Barrier(done) => barriers.push(done),
+        }
+    }
+    (removals, barriers)
+}
+
 /// Runs each removal on its own, many at once (on a cluster each goes to its slot's shard).
 async fn remove_each(
     removals: Vec<(UserId, Vec<MsgId>)>,
@@ -153,6 +173,23 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_batch_makes_one_removal_per_user() {
+        let (a, b) = (UserId::random(), UserId::random());
+        let id = |seq| MsgId { ms: 1, seq };
+        let (done, _wait) = oneshot::channel();
+        let mut batch = vec![
+            Removal::Delivered(a.clone(), vec![id(1)]),
+            Removal::Delivered(b.clone(), vec![id(7)]),
+            Removal::Barrier(done),
+            Removal::Delivered(a.clone(), vec![id(2), id(3)]),
+        ];
+        let (removals, barriers) = merge(&mut batch);
+        assert_eq!(removals, vec![(a, vec![id(1), id(2), id(3)]), (b, vec![id(7)])]);
+        assert_eq!(barriers.len(), 1);
+        assert!(batch.is_empty());
+    }
 
     #[tokio::test]
     async fn a_full_queue_skips_removals_and_bounds_barriers() {

@@ -17,6 +17,11 @@ use crate::protocol::MsgId;
 /// The inbox's share record (a hash in the same slot) counts what each sender has waiting
 /// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
 /// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
+/// Per message it runs seven commands (EXISTS, HMGET, XLEN, HINCRBY, XADD, HSET, PUBLISH): the
+/// share counts are read once and written in one HSET, and the TTLs are refreshed only when the
+/// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL,
+/// or the inbox was empty: both keys then expire `ttl + ttl/64` after it, so never sooner than
+/// `ttl` after the last write, and a send seldom pays for two PEXPIREs.
 /// KEYS: user record, inbox, shares. ARGV: envelope, capacity, ttl (ms), channel, sender,
 /// share (messages, 0: none), share (bytes, 0: none), inbox byte cap.
 /// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
@@ -36,7 +41,8 @@ const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
 /// no longer there changes nothing, so a removal may run twice. KEYS: inbox, shares. ARGV:
-/// ids. Returns how many were removed.
+/// ids. Returns how many were removed. One XDEL for all ids, one HMGET and one HSET/HDEL for
+/// all senders' shares.
 const REMOVE: &str = include_str!("remove.lua");
 
 /// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
@@ -120,7 +126,8 @@ mod tests {
 
     /// Redis caches scripts by SHA1, and replicas of two releases may run side by side during a
     /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
-    /// inbox shares (send: sender field and share record; attach: the counter's expiry).
+    /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
+    /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -130,11 +137,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("61fd4d184d2237f40d3c9b21ad407ffa2eab1768", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("70a6ac8298b3a6ff8d5183453f162192e9156d39", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("f3ba0f5a575cc8f98180eb309183f29d09b417bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("1f06b74e3332908cfb85197821766e545c299f08", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

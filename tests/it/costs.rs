@@ -1,0 +1,96 @@
+//! What a message costs Redis: the commands a send and a removal run (counted by Redis itself
+//! in `INFO commandstats`, not timed), and that the cheaper TTL refresh still keeps every
+//! inbox at least `limits.inbox_ttl_secs` after its last write.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Redis, Server, ServerConfig, Ws};
+
+/// Sends with a `ref` and returns the one answer to it (receipt or error).
+async fn send(ws: &mut Ws, from: &str, to: &str, payload: &str, reference: &str) -> Value {
+    ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": reference})).await;
+    loop {
+        let frame = ws.recv_json().await;
+        if frame["ref"] == reference {
+            return frame;
+        }
+    }
+}
+
+/// Calls of each command since the last `CONFIG RESETSTAT` (scripts' inner calls included).
+fn calls(redis: &Redis, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).expect("INFO answers");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().and_then(|n| n.parse().ok()).expect("a call count"))
+}
+
+#[tokio::test]
+async fn a_send_refreshes_the_ttls_seldom_and_counts_the_share_in_one_write() {
+    let redis = Redis::start();
+    let server = Server::start(&ServerConfig::redis(&redis));
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    assert_eq!(send(&mut ws, &sender, &receiver, "first", "0").await["status"], "stored");
+    redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
+    const SENDS: u64 = 50;
+    for i in 1..=SENDS {
+        assert_eq!(send(&mut ws, &sender, &receiver, "m", &i.to_string()).await["status"], "stored");
+    }
+    assert_eq!(calls(&redis, "xadd"), SENDS);
+    // Seven commands a send: the message number is the only HINCRBY, the share one HSET, and
+    // no PEXPIRE while the last refresh is recent (it was, a moment ago).
+    assert_eq!(calls(&redis, "hincrby"), SENDS, "the share is counted with one HSET, not three HINCRBYs");
+    assert_eq!(calls(&redis, "hset"), SENDS);
+    assert_eq!(calls(&redis, "pexpire"), 0, "TTLs refreshed on every send");
+    // The receiver takes all 51; they leave the inbox with one XDEL and one share update per
+    // removal script call, however many ids it carries.
+    redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
+    let mut r = server.connect(&receiver).await;
+    let mut got = 0;
+    while got <= SENDS {
+        if r.recv_json().await.get("payload").is_some() {
+            got += 1;
+        }
+    }
+    let deadline = Instant::now() + crate::harness::DEADLINE;
+    while redis
+        .cli(&["--scan", "--pattern", "*inbox*"])
+        .is_some_and(|keys| keys.lines().any(|k| redis.cli(&["XLEN", k]).is_some_and(|n| n.trim() != "0")))
+    {
+        assert!(Instant::now() < deadline, "delivered messages were not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let scripts = calls(&redis, "evalsha") + calls(&redis, "eval");
+    assert!(scripts >= 1);
+    assert!(calls(&redis, "xdel") <= scripts, "one XDEL per removal, not per id");
+    assert_eq!(calls(&redis, "hincrby"), 0, "shares given back with one write, not per id");
+}
+
+#[tokio::test]
+async fn an_inbox_outlives_its_ttl_after_every_write() {
+    const TTL_MS: i64 = 64_000;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis).with("ENIGMA__LIMITS__INBOX_TTL_SECS", TTL_MS / 1000);
+    let server = Server::start(&config);
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    assert_eq!(send(&mut ws, &sender, &receiver, "first", "1").await["status"], "stored");
+    // Time passes between writes (less than 1/64 of the TTL: no refresh is due): the later
+    // write must still leave both keys the whole TTL.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(send(&mut ws, &sender, &receiver, "second", "2").await["status"], "stored");
+    let written = Instant::now();
+    for pattern in ["*inbox*", "*shares*"] {
+        let key = redis.cli(&["--scan", "--pattern", pattern]).expect("SCAN answers");
+        let key = key.lines().next().unwrap_or_else(|| panic!("no key {pattern}"));
+        let pttl: i64 = redis.cli(&["PTTL", key]).expect("PTTL answers").trim().parse().expect("a number");
+        let since = written.elapsed().as_millis() as i64;
+        assert!(pttl >= TTL_MS - since, "{key} expires in {pttl} ms, {since} ms after the last write");
+        assert!(pttl <= TTL_MS + TTL_MS / 64, "{key} kept {pttl} ms, more than TTL + TTL/64");
+    }
+}
