@@ -96,8 +96,8 @@ async function onMessage(m) {
     }
     contact = { userId: m.peer, nickname: "", publicKey, unread: 0 };
   }
-  if (m.dir === "in" && (current !== m.peer || document.hidden)) contact.unread = (contact.unread ?? 0) + 1;
-  await store.putContact(contact);
+  // One transaction: several messages arriving together each count (and a pin is kept).
+  await store.touchContact(m.peer, contact, m.dir === "in" && (current !== m.peer || document.hidden));
   await renderContacts();
   if (current === m.peer) await renderMessages();
 }
@@ -203,15 +203,23 @@ async function renderMessages() {
 
 async function send(event) {
   event.preventDefault();
-  const text = $("compose-text").value;
-  if (!current || !text.trim()) return;
+  const input = $("compose-text");
+  const text = input.value;
+  const to = current;
+  if (!to || !text.trim()) return;
   $("compose-error").textContent = "";
+  // Taken at once: the key check awaits, and a message typed meanwhile must not be wiped.
+  input.value = "";
+  const giveBack = () => input.value || (input.value = text);
   try {
-    const change = await keyChange(current);
-    if (change) return refuseChangedKey(current, change);
-    await relay.send(current, text);
-    $("compose-text").value = "";
+    const change = await keyChange(to);
+    if (change) {
+      giveBack();
+      return refuseChangedKey(to, change);
+    }
+    await relay.send(to, text);
   } catch (e) {
+    giveBack();
     $("compose-error").textContent = `Not sent: ${e.message}`;
   }
 }

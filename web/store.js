@@ -52,6 +52,18 @@ export const getContact = (id) => tx("contacts", "readonly", (s) => request(s.ge
 export const putContact = (c) => tx("contacts", "readwrite", (s) => request(s.put(c)));
 
 /**
+ * Creates the contact from `fresh` if it is new and counts one unread message if `unread`;
+ * read and write are one transaction, so messages arriving together each count.
+ */
+export function touchContact(userId, fresh, unread) {
+  return tx("contacts", "readwrite", async (s) => {
+    const c = (await request(s.get(userId))) ?? fresh;
+    if (unread) c.unread = (c.unread ?? 0) + 1;
+    await request(s.put(c));
+  });
+}
+
+/**
  * Pins a contact's key fingerprint on first use (trust on first use) and compares later ones:
  * returns null when `fp` is the pinned one (or was just pinned), else `{ pinned, now }`.
  * `trust` replaces the pin (the user accepted the new key). Check and write are one transaction.
