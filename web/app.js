@@ -58,6 +58,32 @@ async function start(identity) {
   relay.start();
 }
 
+/**
+ * The contact's key as the directory gives it now, checked against the pinned fingerprint:
+ * null if it is the pinned key (pinned now on first use), else `{ pinned, now }`.
+ */
+async function keyChange(id) {
+  return store.checkPin(id, await fingerprint((await lookup(id)).raw));
+}
+
+/** Refuses to send to a contact whose key changed, until the user trusts the new key. */
+function refuseChangedKey(id, change) {
+  const error = $("compose-error");
+  error.textContent =
+    `Not sent: the key of ${id} CHANGED. Pinned fingerprint ${change.pinned}, the directory now gives ${change.now}. ` +
+    "Someone may be impersonating them: compare the new fingerprint with theirs, out of band. ";
+  const trust = document.createElement("button");
+  trust.id = "trust-key";
+  trust.type = "button";
+  trust.textContent = "Trust the new key";
+  trust.addEventListener("click", async () => {
+    await store.checkPin(id, change.now, true);
+    error.textContent = "";
+    await openChat(id);
+  });
+  error.append(trust);
+}
+
 async function onMessage(m) {
   let contact = await store.getContact(m.peer);
   if (!contact) {
@@ -70,8 +96,8 @@ async function onMessage(m) {
     }
     contact = { userId: m.peer, nickname: "", publicKey, unread: 0 };
   }
-  if (m.dir === "in" && (current !== m.peer || document.hidden)) contact.unread = (contact.unread ?? 0) + 1;
-  await store.putContact(contact);
+  // One transaction: several messages arriving together each count (and a pin is kept).
+  await store.touchContact(m.peer, contact, m.dir === "in" && (current !== m.peer || document.hidden));
   await renderContacts();
   if (current === m.peer) await renderMessages();
 }
@@ -86,6 +112,7 @@ async function addContact(event) {
     const { publicKey } = await lookup(id);
     const existing = await store.getContact(id);
     await store.putContact({ ...(existing ?? { unread: 0 }), userId: id, nickname: nickname || existing?.nickname || "", publicKey });
+    await keyChange(id); // pins the key on first use
     $("add-id").value = "";
     $("add-nick").value = "";
     await renderContacts();
@@ -134,7 +161,10 @@ async function openChat(id) {
   $("chat-title").textContent = contact?.nickname ? `${contact.nickname} (${id})` : id;
   let fp = "";
   try {
-    fp = `fingerprint ${await fingerprint((await lookup(id)).raw)} (compare it with theirs, out of band)`;
+    const change = await keyChange(id);
+    fp = change
+      ? `KEY CHANGED: pinned ${change.pinned}, now ${change.now}`
+      : `fingerprint ${await fingerprint((await lookup(id)).raw)} (compare it with theirs, out of band)`;
   } catch (e) {
     fp = e.message;
   }
@@ -175,16 +205,22 @@ async function send(event) {
   event.preventDefault();
   const input = $("compose-text");
   const text = input.value;
-  if (!current || !text.trim()) return;
+  const to = current;
+  if (!to || !text.trim()) return;
   $("compose-error").textContent = "";
-  // Emptied at once, not after the send: clearing it later erased what the user had typed
-  // meanwhile (the next message, lost without a trace).
+  // Taken at once: the key check awaits, and a message typed meanwhile must not be wiped.
   input.value = "";
+  const giveBack = () => input.value || (input.value = text);
   try {
-    await relay.send(current, text);
+    const change = await keyChange(to);
+    if (change) {
+      giveBack();
+      return refuseChangedKey(to, change);
+    }
+    await relay.send(to, text);
   } catch (e) {
+    giveBack();
     $("compose-error").textContent = `Not sent: ${e.message}`;
-    if (!input.value) input.value = text; // back in the field, to retry
   }
 }
 

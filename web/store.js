@@ -51,6 +51,32 @@ export const contacts = () => tx("contacts", "readonly", (s) => request(s.getAll
 export const getContact = (id) => tx("contacts", "readonly", (s) => request(s.get(id)));
 export const putContact = (c) => tx("contacts", "readwrite", (s) => request(s.put(c)));
 
+/**
+ * Creates the contact from `fresh` if it is new and counts one unread message if `unread`;
+ * read and write are one transaction, so messages arriving together each count.
+ */
+export function touchContact(userId, fresh, unread) {
+  return tx("contacts", "readwrite", async (s) => {
+    const c = (await request(s.get(userId))) ?? fresh;
+    if (unread) c.unread = (c.unread ?? 0) + 1;
+    await request(s.put(c));
+  });
+}
+
+/**
+ * Pins a contact's key fingerprint on first use (trust on first use) and compares later ones:
+ * returns null when `fp` is the pinned one (or was just pinned), else `{ pinned, now }`.
+ * `trust` replaces the pin (the user accepted the new key). Check and write are one transaction.
+ */
+export function checkPin(userId, fp, trust = false) {
+  return tx("contacts", "readwrite", async (s) => {
+    const c = (await request(s.get(userId))) ?? { userId, nickname: "", unread: 0 };
+    if (c.pinnedFp && c.pinnedFp !== fp && !trust) return { pinned: c.pinnedFp, now: fp };
+    if (c.pinnedFp !== fp) await request(s.put({ ...c, pinnedFp: fp }));
+    return null;
+  });
+}
+
 /** A message's key: "<peer>/<sender's message id>", so a redelivered one is recognised. */
 export const messageKey = (peer, id) => `${peer}/${id}`;
 export const getMessage = (key) => tx("messages", "readonly", (s) => request(s.get(key)));

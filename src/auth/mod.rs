@@ -12,6 +12,7 @@
 //! Nothing here is sticky: tickets and tokens are verified with keys every replica holds
 //! (`auth.token_keys`, or one generated once and kept in the engine).
 
+pub mod canonical;
 pub(crate) mod routes;
 pub mod sealing;
 mod settings;

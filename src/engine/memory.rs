@@ -53,7 +53,8 @@ struct Store {
 
 #[derive(Default)]
 struct Directory {
-    by_key: HashMap<String, UserId>,
+    /// By index material (`auth::canonical`): every spelling of a recognised key is one user.
+    by_key: HashMap<Vec<u8>, UserId>,
     keys: HashMap<UserId, String>,
     /// Users who proved possession of their key once (see `auth`).
     protected: HashSet<UserId>,
@@ -117,15 +118,17 @@ impl MemoryEngine {
     }
 
     pub fn login(&self, public_key: &str) -> UserId {
-        if let Some(user) = self.inner.read().by_key.get(public_key) {
+        // Nothing outlives the process here, so there are no records from before normalisation.
+        let material = crate::auth::canonical::index_material(public_key).primary;
+        if let Some(user) = self.inner.read().by_key.get(&material) {
             return user.clone();
         }
         let mut dir = self.inner.write();
-        if let Some(user) = dir.by_key.get(public_key) {
+        if let Some(user) = dir.by_key.get(&material) {
             return user.clone();
         }
         let user = UserId::random();
-        dir.by_key.insert(public_key.to_owned(), user.clone());
+        dir.by_key.insert(material, user.clone());
         dir.keys.insert(user.clone(), public_key.to_owned());
         user
     }

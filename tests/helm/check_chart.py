@@ -283,6 +283,36 @@ LIMITS_RAISED = {
     "ingress": {"enabled": True, "className": "nginx"},
 }
 
+# TLS to an external Redis with a private CA from a Secret (and Sentinel's roots via SSL_CERT_FILE).
+REDIS_TLS = {
+    "replicaCount": 2,
+    "redis": {"url": "rediss://:$(REDIS_PASSWORD)@redis.db.svc:6380/0",
+              "existingSecret": "redis-auth", "existingSecretPasswordKey": "password",
+              "tls": {"caSecret": "redis-ca", "caSecretKey": "ca.pem"}},
+}
+
+# The in-chart Redis with its password in a Secret of the operator's.
+IN_CHART_REDIS_EXISTING_SECRET = {
+    "replicaCount": 2,
+    "redis": {"existingSecret": "my-redis", "existingSecretPasswordKey": "pw"},
+    "redisServer": {"enabled": True},
+}
+
+# A LoadBalancer exposure: clients' addresses are allowed with an extra rule; custom selectors.
+NETWORK_POLICY_CUSTOM = {
+    "service": {"type": "LoadBalancer"},
+    "networkPolicy": {
+        "ingressController": {"namespaceSelector": {"matchLabels": {"team": "edge"}},
+                              "podSelector": {"matchLabels": {"app": "traefik"}}},
+        "monitoring": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+        "extraIngress": [{"from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+                          "ports": [{"port": "http", "protocol": "TCP"}]}],
+    },
+}
+
+NO_NETWORK_POLICY = {"replicaCount": 2, "redisServer": {"enabled": True}, "networkPolicy": {"enabled": False}}
+
 VALID_SETS = {
     "defaults": None,
     "limits-raised": LIMITS_RAISED,
@@ -293,6 +323,10 @@ VALID_SETS = {
     "sentinel": SENTINEL,
     "in-chart-redis": IN_CHART_REDIS,
     "in-chart-redis-password-ephemeral": IN_CHART_REDIS_PASSWORD_EPHEMERAL,
+    "redis-tls": REDIS_TLS,
+    "in-chart-redis-existing-secret": IN_CHART_REDIS_EXISTING_SECRET,
+    "network-policy-custom": NETWORK_POLICY_CUSTOM,
+    "no-network-policy": NO_NETWORK_POLICY,
 }
 
 # (name, values, substrings the error must contain)
@@ -330,6 +364,16 @@ INVALID_SETS = [
     ("in-chart Redis and an external URL",
      {"redisServer": {"enabled": True}, "redis": {"url": "redis://redis:6379/0"}},
      ["choose one Redis"]),
+    ("a Redis CA with a plain redis:// URL",
+     {"redis": {"url": "redis://redis:6379/0", "tls": {"caSecret": "ca"}}},
+     ["redis.tls.caSecret is set but redis.url is not rediss://"]),
+    ("a Redis CA with the in-chart Redis",
+     {"redisServer": {"enabled": True}, "redis": {"tls": {"caSecret": "ca"}}},
+     ["in-chart Redis speaks plain TCP"]),
+    ("metrics on the public port", {"metricsPort": 8000},
+     ["metricsPort must differ from containerPort"]),
+    ("schema: unknown networkPolicy key", {"networkPolicy": {"ingressNamespace": "x"}},
+     ["'ingressNamespace' not allowed"]),
     ("idle timeout not above the ping interval",
      {"config": {"server": {"idle_timeout_ms": 20000}}},
      ["idle_timeout_ms must be longer"]),
@@ -409,7 +453,7 @@ def check_relay_pod(r: Rendered, values: dict | None) -> None:
 
     # Ports and probes.
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    expect(ports == {"http": merged["containerPort"]}, f"container ports {ports}")
+    expect(ports == {"http": merged["containerPort"], "metrics": merged["metricsPort"]}, f"container ports {ports}")
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         got = c.get(probe, {}).get("httpGet", {})
         expect(got.get("path") == path and got.get("port") == "http",
@@ -486,8 +530,10 @@ def check_relay_pod(r: Rendered, values: dict | None) -> None:
     expect(svc["spec"]["selector"].items() <= pod_labels.items(), "Service selector does not match the relay pods")
     expect(svc["spec"]["type"] == merged["service"]["type"], f"Service type {svc['spec']['type']}")
     sp = svc["spec"]["ports"]
-    expect(len(sp) == 1 and sp[0]["name"] == "http" and sp[0]["port"] == merged["service"]["port"]
+    expect(len(sp) == 2 and sp[0]["name"] == "http" and sp[0]["port"] == merged["service"]["port"]
            and sp[0]["targetPort"] == "http", f"Service ports {sp}")
+    expect(sp[1] == {"name": "metrics", "port": merged["service"]["metricsPort"], "targetPort": "metrics",
+                     "protocol": "TCP"}, f"Service metrics port {sp[1]}")
     for o in r.objects:  # no other pod (Redis, helm test) may receive relay traffic
         if o is dep or o["kind"] not in ("Deployment", "StatefulSet", "Pod"):
             continue
@@ -584,16 +630,29 @@ def check_redis_wiring(r: Rendered, values: dict | None, mode: str) -> None:
         expect("--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", f"Redis args {args}")
         persistent = merged["redisServer"]["persistence"]["enabled"]
         expect(bool(sts["spec"].get("volumeClaimTemplates")) == persistent, "volumeClaimTemplates vs persistence")
-        if merged["redis"]["password"]:
-            expect("--requirepass" in args and args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)",
-                   "in-chart Redis does not require the password")
-            expect(password is not None and secret_ref(password)[1] == "redis-password", "relay password source")
-            expect(any(e["name"] == "REDIS_PASSWORD" for e in rc.get("env", [])), "Redis container lacks REDIS_PASSWORD")
+        # Always a password: given, from an existing Secret, or generated (check_generated_password).
+        expect("--requirepass" in args and args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)",
+               "in-chart Redis does not require the password")
+        expect(url["value"].startswith("redis://:$(REDIS_PASSWORD)@"), f"URL {url['value']} carries no password")
+        want = ((merged["redis"]["existingSecret"], merged["redis"]["existingSecretPasswordKey"])
+                if merged["redis"]["existingSecret"] else (r.relay()["metadata"]["name"], "redis-password"))
+        expect(password is not None and secret_ref(password) == want, f"relay password source {password}")
+        redis_pw = next((e for e in rc.get("env", []) if e["name"] == "REDIS_PASSWORD"), None)
+        expect(redis_pw is not None and secret_ref(redis_pw) == want, f"Redis container password {redis_pw}")
+        if merged["redis"]["existingSecret"]:
+            expect(not secrets, "chart rendered a Secret although an existing one is used")
         else:
-            expect("--requirepass" not in args, "requirepass without a password")
+            data = secrets[r.relay()["metadata"]["name"]]["data"]
+            given = merged["redis"]["password"]
+            got = base64.b64decode(data["redis-password"]).decode()
+            expect(got == given if given else (len(got) == 32 and got.isalnum()), "in-chart Redis password")
         expect("in-chart Redis" in r.notes, "NOTES do not mention the in-chart Redis")
     secret = secrets.get(r.relay()["metadata"]["name"])
-    if secret is not None:
+    generated = mode == "server" and not merged["redis"]["password"] and not merged["redis"]["existingSecret"]
+    if generated:  # a fresh random value each offline render: no checksum (it is kept across upgrades)
+        expect("checksum/secret" not in r.relay()["spec"]["template"]["metadata"].get("annotations", {}),
+               "checksum of a generated password")
+    elif secret is not None:
         annotations = r.relay()["spec"]["template"]["metadata"]["annotations"]
         text = r.files[f"{CHART.name}/templates/secret.yaml"]
         expect(annotations.get("checksum/secret") == hashlib.sha256(text.encode()).hexdigest(),
@@ -675,13 +734,161 @@ def check_service_monitor(r: Rendered, values: dict | None) -> None:
     expect(len(sm["spec"]["endpoints"]) == 1, "expected one endpoint")
     for ep in sm["spec"]["endpoints"]:
         expect(set(ep) <= SERVICE_MONITOR_ENDPOINT_KEYS, f"unknown endpoint keys {set(ep) - SERVICE_MONITOR_ENDPOINT_KEYS}")
-        expect(ep["port"] == "http" and ep["port"] in service_ports, f"endpoint port {ep['port']}")
+        # The metrics-only port: the public one does not serve /metrics (check_metrics_private).
+        expect(ep["port"] == "metrics" and ep["port"] in service_ports, f"endpoint port {ep['port']}")
         expect(ep["path"] == "/metrics", f"endpoint path {ep['path']}")
         for key in ("interval", "scrapeTimeout"):
             if key in ep:
                 expect(isinstance(ep[key], str) and ep[key][-1] in "smh", f"{key} {ep[key]!r}")
     for k, v in merged["metrics"]["serviceMonitor"]["labels"].items():
         expect(sm["metadata"]["labels"].get(k) == v, f"ServiceMonitor label {k}")
+
+
+def check_metrics_private(r: Rendered, values: dict | None) -> None:
+    """/metrics only on its own port: the server is told so, and only that port leads to it."""
+    merged = merged_values(values)
+    expect(merged["metricsPort"] != merged["containerPort"], "metrics port is the public port")
+    addr = r.env_var("ENIGMA__SERVER__METRICS_ADDR")
+    expect(addr and addr.get("value") == f"{merged['bindHost']}:{merged['metricsPort']}", f"metrics_addr {addr}")
+    public = r.env_var("ENIGMA__SERVER__METRICS_PUBLIC")
+    expect(public and public.get("value") == "false", f"metrics_public {public}")
+    cfg = r.config_toml().get("server", {})
+    expect("metrics_public" not in cfg and "metrics_addr" not in cfg, "config overrides the metrics settings")
+    names = [e["name"] for e in r.env()]
+    expect(names.count("ENIGMA__SERVER__METRICS_PUBLIC") == 1, "metrics_public set twice")
+    ports = {p["name"]: p["containerPort"] for p in r.relay_container()["ports"]}
+    expect(ports["metrics"] == merged["metricsPort"], f"container ports {ports}")
+    ing = r.maybe("Ingress")
+    for rule in (ing["spec"]["rules"] if ing else []):
+        for p in rule["http"]["paths"]:
+            expect(p["backend"]["service"]["port"] == {"name": "http"}, f"Ingress routes to {p['backend']}")
+
+
+def _peer_matches(peer: dict, want: dict) -> bool:
+    return {k: v for k, v in peer.items()} == want
+
+
+def check_network_policies(r: Rendered, values: dict | None) -> None:
+    merged = merged_values(values)
+    np_values = merged["networkPolicy"]
+    policies = r.of_kind("NetworkPolicy")
+    if not np_values["enabled"]:
+        expect(not policies, "NetworkPolicy rendered although disabled")
+        return
+    relay_labels = r.relay()["spec"]["template"]["metadata"]["labels"]
+    relay_np = r.one("NetworkPolicy", r.relay()["metadata"]["name"])
+    spec = relay_np["spec"]
+    expect(spec["podSelector"]["matchLabels"].items() <= relay_labels.items(), "relay policy does not select the relay")
+    expect(spec["policyTypes"] == ["Ingress"], f"policyTypes {spec['policyTypes']}")
+    for o in r.objects:  # Redis and the test pod are not governed by the relay's policy
+        if o["kind"] in ("StatefulSet", "Pod"):
+            labels = (o["spec"]["template"]["metadata"] if o["kind"] != "Pod" else o["metadata"]).get("labels", {})
+            expect(not spec["podSelector"]["matchLabels"].items() <= labels.items(), f"relay policy selects {o['kind']}")
+    ic, mon = np_values["ingressController"], np_values["monitoring"]
+    extra = np_values["extraIngress"]
+    chart_rules = spec["ingress"][: len(spec["ingress"]) - len(extra)]
+    expect(spec["ingress"][len(chart_rules):] == extra, "extraIngress not appended as given")
+    test_labels = None
+    if merged["tests"]["enabled"]:
+        test_labels = r.one("Pod")["metadata"]["labels"]
+    for rule in chart_rules:
+        # A rule without `from` (or with an empty peer) would admit every pod in the cluster.
+        expect(rule.get("from") and all(rule["from"]), f"rule admits anyone: {rule}")
+        ports = [p["port"] for p in rule["ports"]]
+        expect(len(ports) == 1 and ports[0] in ("http", "metrics"), f"rule ports {ports}")
+        for peer in rule["from"]:
+            if ports == ["metrics"]:
+                expect(_peer_matches(peer, {"namespaceSelector": mon["namespaceSelector"],
+                                            "podSelector": mon["podSelector"]}), f"metrics peer {peer}")
+                expect(peer["namespaceSelector"], "metrics open to every namespace")
+            elif "namespaceSelector" in peer:
+                expect(_peer_matches(peer, {"namespaceSelector": ic["namespaceSelector"],
+                                            "podSelector": ic["podSelector"]}), f"client peer {peer}")
+                expect(peer["namespaceSelector"] and peer["podSelector"], "clients open to too many pods")
+            else:  # the helm test pod, in the release namespace
+                expect(test_labels and set(peer) == {"podSelector"}
+                       and peer["podSelector"]["matchLabels"].items() <= test_labels.items()
+                       and not peer["podSelector"]["matchLabels"].items() <= relay_labels.items(),
+                       f"unexpected peer {peer}")
+    kinds = sorted(p["port"] for rule in chart_rules for p in rule["ports"])
+    expect(kinds.count("metrics") == 1 and "http" in kinds, f"rules cover ports {kinds}")
+    redis = [p for p in policies if p is not relay_np]
+    if not merged["redisServer"]["enabled"]:
+        expect(not redis, "a Redis policy without the in-chart Redis")
+        return
+    expect(len(redis) == 1, f"{len(redis)} Redis policies")
+    sts = r.one("StatefulSet")
+    rspec = redis[0]["spec"]
+    expect(rspec["podSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items(),
+           "Redis policy does not select the Redis pod")
+    expect(rspec["policyTypes"] == ["Ingress"] and len(rspec["ingress"]) == 1, f"Redis policy {rspec}")
+    rule = rspec["ingress"][0]
+    expect(rule["ports"] == [{"port": "redis", "protocol": "TCP"}], f"Redis policy ports {rule['ports']}")
+    expect(len(rule["from"]) == 1 and set(rule["from"][0]) == {"podSelector"}, f"Redis peers {rule['from']}")
+    peer = rule["from"][0]["podSelector"]["matchLabels"]
+    expect(peer and peer.items() <= relay_labels.items(), "Redis does not admit the relay pods")
+    for o in r.objects:  # ... and nothing else the chart runs
+        if o is not r.relay() and o["kind"] in ("StatefulSet", "Pod"):
+            labels = (o["spec"]["template"]["metadata"] if o["kind"] != "Pod" else o["metadata"]).get("labels", {})
+            expect(not peer.items() <= labels.items(), f"Redis admits {o['kind']}/{o['metadata']['name']}")
+
+
+def check_redis_tls(r: Rendered, values: dict | None) -> None:
+    merged = merged_values(values)
+    tls = merged["redis"]["tls"]
+    ca_env = r.env_var("ENIGMA__REDIS__TLS_CA_FILE")
+    if not tls["caSecret"]:
+        expect(ca_env is None, "tls_ca_file set without a CA Secret")
+        return
+    pod = r.relay()["spec"]["template"]["spec"]
+    vol = next((v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == tls["caSecret"]), None)
+    expect(vol is not None, f"no volume from Secret {tls['caSecret']}")
+    items = vol["secret"]["items"]
+    expect(len(items) == 1 and items[0]["key"] == tls["caSecretKey"], f"CA items {items}")
+    mount = next((m for m in r.relay_container()["volumeMounts"] if m["name"] == vol["name"]), None)
+    expect(mount and mount.get("readOnly") is True, f"CA mount {mount}")
+    path = f"{mount['mountPath'].rstrip('/')}/{items[0]['path']}"
+    expect(ca_env and ca_env.get("value") == path, f"tls_ca_file {ca_env}, CA mounted at {path}")
+    expect((r.env_var("SSL_CERT_FILE") or {}).get("value") == path, "SSL_CERT_FILE")
+    url = r.env_var("ENIGMA__REDIS__URL")
+    expect("value" not in url or url["value"].startswith("rediss://"), f"URL {url}")
+
+
+def check_secrets_not_printed(r: Rendered, values: dict | None) -> None:
+    """Passwords reach the pods through secretKeyRef only: never in a manifest, the NOTES or the config."""
+    merged = merged_values(values)
+    secret_values = [merged["redis"]["password"]]
+    for sec in r.of_kind("Secret"):
+        secret_values += [base64.b64decode(v).decode() for v in sec.get("data", {}).values()]
+    for path, text in r.files.items():
+        if path.endswith("secret.yaml"):
+            continue
+        for value in filter(None, secret_values):
+            expect(value not in text, f"a secret value appears in {path}")
+
+
+def check_generated_password_kept() -> None:
+    """The in-chart Redis' generated password survives upgrades: secret.yaml reuses what `lookup`
+    finds. The offline renderer has no cluster (lookup is empty), so a copy of the chart whose
+    lookup returns an existing Secret stands in for the upgrade."""
+    import shutil
+    import tempfile
+    lookup = 'lookup "v1" "Secret" (include "enigma.namespace" .) $name'
+    text = (CHART / "templates" / "secret.yaml").read_text()
+    expect(text.count(lookup) == 1, "secret.yaml no longer looks its Secret up")
+    first = render(IN_CHART_REDIS).one("Secret", RELEASE)["data"]["redis-password"]
+    second = render(IN_CHART_REDIS).one("Secret", RELEASE)["data"]["redis-password"]
+    expect(first != second, "a fresh install does not generate a password")
+    kept = base64.b64encode(b"existingPassw0rd").decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / CHART.name
+        shutil.copytree(CHART, chart)
+        (chart / "templates" / "secret.yaml").write_text(
+            text.replace(lookup, f'(dict "data" (dict "redis-password" "{kept}"))'))
+        with helm_python.Chart.load(str(chart)) as c:
+            files = c.render(IN_CHART_REDIS, name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+    got = Rendered(files).one("Secret", RELEASE)["data"]["redis-password"]
+    expect(got == kept, f"upgrade replaced the password: {got}")
 
 
 def check_config_rolls_pods() -> None:
@@ -760,10 +967,15 @@ def main() -> int:
         check(f"[{name}] trusted proxies", check_trusted_proxies, r, values)
         check(f"[{name}] rate limits", check_rate_limits, r, values)
         check(f"[{name}] ServiceMonitor (structural)", check_service_monitor, r, values)
+        check(f"[{name}] /metrics only on the metrics port", check_metrics_private, r, values)
+        check(f"[{name}] NetworkPolicies", check_network_policies, r, values)
+        check(f"[{name}] Redis TLS CA", check_redis_tls, r, values)
+        check(f"[{name}] secrets never printed", check_secrets_not_printed, r, values)
 
     check("config changes roll the pods", check_config_rolls_pods)
     check("release and fullname overrides", check_release_names)
     check("authentication token key Secret", check_auth_secret)
+    check("in-chart Redis: generated password kept across upgrades", check_generated_password_kept)
 
     for name, values, needles in INVALID_SETS:
         def refused(values=values, needles=needles):

@@ -44,6 +44,7 @@ mod limits;
 mod load;
 mod misbehaviour;
 mod observability;
+mod one_key;
 mod partitions;
 mod prometheus;
 mod promises;

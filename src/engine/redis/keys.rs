@@ -40,8 +40,9 @@ impl Keys {
             None => format!("{}probe:{replica}", self.prefix),
         }
     }
-    pub(super) fn key_index(&self, public_key: &str) -> String {
-        let digest = Sha256::digest(public_key.as_bytes());
+    /// The index entry of a key's index material (`auth::canonical`).
+    pub(super) fn key_index(&self, material: &[u8]) -> String {
+        let digest = Sha256::digest(material);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}pk:{hex}", self.prefix)
     }
@@ -72,7 +73,7 @@ mod tests {
         assert_eq!(keys.inbox(&user), format!("t:inbox:{{{user}}}"));
         assert_eq!(keys.channel_user(keys.channel(&user).as_bytes()), Some(user.clone()));
         assert_eq!(keys.channel_user(b"other:deliver:{x}"), None);
-        assert!(keys.key_index("abc").starts_with("t:pk:"));
-        assert_eq!(keys.key_index("abc").len(), "t:pk:".len() + 64);
+        assert!(keys.key_index(b"abc").starts_with("t:pk:"));
+        assert_eq!(keys.key_index(b"abc").len(), "t:pk:".len() + 64);
     }
 }

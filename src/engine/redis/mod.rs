@@ -8,7 +8,7 @@
 //! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number), `protected` (`1` once claimed) |
 //! | `<p>auth:jti:<id>`         | STRING  | a challenge already answered (`SET NX PX`: single use) |
 //! | `<p>auth:token-key`        | STRING  | the token key generated once when none is configured (`SET NX GET`) |
-//! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`)    |
+//! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`); the key's canonical bytes when its kind is recognised, else (and for records from before that) its exact string (`login`) |
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`, `f` sender) until removed |
 //! | `<p>shares:{uid}`          | HASH    | per sender `n:<uid>`, `b:<uid>` waiting, `bytes` of all, `x` last TTL refresh (ms); expires with the inbox |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover); expires after `inbox_ttl_secs` |
@@ -42,6 +42,7 @@ mod conn;
 mod connect;
 pub(crate) mod doorbell;
 mod keys;
+mod login;
 mod push;
 mod remover;
 mod scripts;
@@ -140,41 +141,6 @@ impl RedisEngine {
                 stop,
             }),
         })
-    }
-
-    pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
-        let this = &self.inner;
-        let index = this.keys.key_index(public_key);
-        let mut con = this.connections.cmd();
-        let existing: Option<String> = this.timed(Command::LoginGet, con.get(&index)).await?;
-        if let Some(user) = existing {
-            return parse_indexed(&user);
-        }
-        // Create the record first, then claim the key: whoever claims it first wins, and a
-        // loser's record (never announced to anyone) is removed again.
-        let user = UserId::random();
-        let record = this.keys.user(&user);
-        let created = super::memory::unix_ms();
-        let fields = [("publicKey", public_key), ("createdAt", &created.to_string())];
-        let mut claim = redis::cmd("SET");
-        claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET");
-        let previous: Option<String> = if this.connections.is_cluster() {
-            // The record and the index are in different slots: two commands, in this order.
-            let _: () = this.timed(Command::LoginClaim, con.hset_multiple(&record, &fields)).await?;
-            this.timed(Command::LoginClaim, claim.query_async(&mut con)).await?
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.hset_multiple(&record, &fields).ignore().add_command(claim);
-            let (previous,): (Option<String>,) = this.timed(Command::LoginClaim, pipe.query_async(&mut con)).await?;
-            previous
-        };
-        match previous {
-            None => Ok(user),
-            Some(winner) => {
-                let _: RedisResult<()> = con.del(&record).await;
-                parse_indexed(&winner)
-            }
-        }
     }
 
     pub async fn public_key(&self, user: &UserId) -> Result<Option<String>, Unavailable> {
