@@ -35,7 +35,9 @@ async fn acking_an_unknown_or_already_acknowledged_id_is_not_an_error(b: Backend
     assert_eq!(bws.recv_json().await["payload"], "two");
 }
 
-/// `limits.inbox_ttl_secs` is the inbox's time to live in Redis, set again by every write.
+/// `limits.inbox_ttl_secs` is the inbox's time to live in Redis: at least that long after a
+/// write (the send script sets `ttl + ttl/64` and refreshes it every 1/64 of the TTL;
+/// `costs::an_inbox_outlives_its_ttl_after_every_write` shows a later write keeps it alive).
 #[tokio::test]
 async fn the_inbox_expires_after_its_ttl_refreshed_on_every_write() {
     let redis = Redis::start();
@@ -47,11 +49,10 @@ async fn the_inbox_expires_after_its_ttl_refreshed_on_every_write() {
     let mut a = s.connect_v1(&alice).await;
     a.send_json(json!({"from": alice, "to": bob, "payload": "one", "ref": "1"})).await;
     assert_eq!(a.recv_json().await["status"], "stored");
-    assert!((990..=1000).contains(&ttl()), "TTL {} after a write", ttl());
-    assert_eq!(redis.cli(&["EXPIRE", &key, "50"]).unwrap().trim(), "1");
+    assert!((990..=1016).contains(&ttl()), "TTL {} after a write", ttl());
     a.send_json(json!({"from": alice, "to": bob, "payload": "two", "ref": "2"})).await;
     assert_eq!(a.recv_json().await["status"], "stored");
-    assert!((990..=1000).contains(&ttl()), "TTL {} after the next write: not refreshed", ttl());
+    assert!((990..=1016).contains(&ttl()), "TTL {} after the next write", ttl());
 }
 
 /// While Redis is down: `/login` answers 503, a connecting socket gets `unavailable` and a
