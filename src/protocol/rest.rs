@@ -52,6 +52,7 @@ pub struct ChallengeRequest {
     /// How the client wants an X25519 challenge sealed: absent (or `hpke-x25519`) for
     /// ChaCha20-Poly1305, `hpke-x25519-aes256gcm` for AES-256-GCM (what WebCrypto can open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(hpke-x25519|hpke-x25519-aes256gcm|rsa-oaep-sha256)$", example = "hpke-x25519-aes256gcm")]
     pub alg: Option<String>,
 }
 
