@@ -130,7 +130,8 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Ar
 
     drop(attached); // detach before the close frame: a reconnect may come right after it
     // What the client wrote before the end is stored or answered before the close frame.
-    session.answer_what_was_read(closing).await;
+    // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
+    Box::pin(session.answer_what_was_read(closing)).await;
     metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
     metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
     if closing == Closing::REPLACED {
