@@ -101,12 +101,10 @@ pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission)
         }
     };
     let mailbox = attached.mailbox().clone();
-    // Every line logged while serving says whose socket it is.
+    // Every line logged while serving says whose socket it is. Entered around each step rather
+    // than by wrapping a second async fn: an async fn's arguments are stored again in its own
+    // state, so passing the socket down one more level costs a copy of it in every idle task.
     let span = tracing::info_span!("session", user = %mailbox.user, conn = mailbox.id);
-    run(socket, state, attached, mailbox).instrument(span).await
-}
-
-async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Arc<Mailbox>) {
     let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
     metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
     metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
@@ -126,18 +124,18 @@ async fn run(socket: WebSocket, state: AppState, attached: Attached, mailbox: Ar
         budget: SendBudget::default(),
         ending: None,
     };
-    let closing = session.run().await;
+    let closing = session.run().instrument(span.clone()).await;
 
     drop(attached); // detach before the close frame: a reconnect may come right after it
     // What the client wrote before the end is stored or answered before the close frame.
     // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
-    Box::pin(session.answer_what_was_read(closing)).await;
+    Box::pin(session.answer_what_was_read(closing)).instrument(span.clone()).await;
     metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
     metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
     if closing == Closing::REPLACED {
         metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
     }
-    tracing::debug!(code = closing.code, reason = closing.reason, "session closed");
+    tracing::debug!(parent: &span, code = closing.code, reason = closing.reason, "session closed");
     // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
     // fails at once. After the client's own close, tungstenite has queued the echo of it and
     // refuses a second close frame: that echo must still be flushed, or the client sees the
