@@ -359,12 +359,7 @@ async fn open_socket(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                session::serve(socket, state, admission).await;
-                drop(slot); // the socket counted against the connection caps until now
-            })
-        })
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot)))
 }
 
 /// Liveness: the process answers.

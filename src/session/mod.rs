@@ -19,11 +19,13 @@ mod ending;
 mod requests;
 mod socket;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::SinkExt;
+use futures_util::future::Either;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -31,6 +33,7 @@ use crate::auth::Refusal;
 use crate::hub::Mailbox;
 use crate::limits::SendBudget;
 use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
+use crate::server::ConnectionSlot;
 use crate::telemetry::metric;
 
 pub use self::attachment::Attached;
@@ -83,69 +86,89 @@ pub async fn admit(state: &AppState, user_id: &str, token: Result<Option<String>
     }
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve(mut socket: WebSocket, state: AppState, admission: Admission) {
-    let attached = match admission {
-        Admission::Accepted(attached) => attached,
+/// Serves one upgraded socket until it closes; `slot` (its place under the connection caps) is
+/// held until then.
+///
+/// Not an `async fn`: an async fn keeps its arguments in its own state, and the session moves
+/// the socket into itself, so every idle socket's task would carry the WebSocket twice. Built
+/// here instead, the session is the only copy the returned future holds.
+pub fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    admission: Admission,
+    slot: Option<ConnectionSlot>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (frame, closing) = match admission {
+        Admission::Accepted(attached) => {
+            let session = Session::new(socket, state, attached.mailbox().clone());
+            return Either::Left(session.serve(attached, slot));
+        }
         Admission::UnknownUser => {
-            let frame = error_frame(ErrorCode::UserNotFound, "user not found", None);
-            return reject(&mut socket, frame, Closing::USER_NOT_FOUND).await;
+            (error_frame(ErrorCode::UserNotFound, "user not found", None), Closing::USER_NOT_FOUND)
         }
         Admission::Unavailable => {
-            let frame = error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None);
-            return reject(&mut socket, frame, Closing::UNAVAILABLE).await;
+            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::UNAVAILABLE)
         }
         Admission::Unauthorized(refusal) => {
-            let frame = error_frame(ErrorCode::Unauthorized, refusal.message(), None);
-            return reject(&mut socket, frame, Closing::UNAUTHORIZED).await;
+            (error_frame(ErrorCode::Unauthorized, refusal.message(), None), Closing::UNAUTHORIZED)
         }
     };
-    let mailbox = attached.mailbox().clone();
-    // Every line logged while serving says whose socket it is. Entered around each step rather
-    // than by wrapping a second async fn: an async fn's arguments are stored again in its own
-    // state, so passing the socket down one more level costs a copy of it in every idle task.
-    let span = tracing::info_span!("session", user = %mailbox.user, conn = mailbox.id);
-    let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
-    metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
-    metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
-    let send_timeout = state.settings.limits.send_timeout();
-    let mut session = Session {
-        state,
-        user: mailbox.user.clone(),
-        mailbox,
-        acknowledging,
-        socket,
-        pending: Vec::new(),
-        written: Vec::new(),
-        unflushed: false,
-        send_timeout,
-        cursor: Cursor::default(),
-        last_seen: Instant::now(),
-        budget: SendBudget::default(),
-        ending: None,
-    };
-    let closing = session.run().instrument(span.clone()).await;
-
-    drop(attached); // detach before the close frame: a reconnect may come right after it
-    // What the client wrote before the end is stored or answered before the close frame.
-    // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
-    Box::pin(session.answer_what_was_read(closing)).instrument(span.clone()).await;
-    metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
-    metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
-    if closing == Closing::REPLACED {
-        metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
-    }
-    tracing::debug!(parent: &span, code = closing.code, reason = closing.reason, "session closed");
-    // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
-    // fails at once. After the client's own close, tungstenite has queued the echo of it and
-    // refuses a second close frame: that echo must still be flushed, or the client sees the
-    // TCP connection drop without a close handshake (RFC 6455 §5.5.1; browsers report 1006).
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if session.socket.send(closing.message()).await.is_err() {
-            let _ = session.socket.flush().await;
-        }
+    Either::Right(async move {
+        reject(&mut socket, frame, closing).await;
+        drop(slot);
     })
-    .await;
+}
+
+impl Session {
+    fn new(socket: WebSocket, state: AppState, mailbox: Arc<Mailbox>) -> Session {
+        let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
+        let send_timeout = state.settings.limits.send_timeout();
+        Session {
+            state,
+            user: mailbox.user.clone(),
+            mailbox,
+            acknowledging,
+            socket,
+            pending: Vec::new(),
+            written: Vec::new(),
+            unflushed: false,
+            send_timeout,
+            cursor: Cursor::default(),
+            last_seen: Instant::now(),
+            budget: SendBudget::default(),
+            ending: None,
+        }
+    }
+
+    async fn serve(mut self, attached: Attached, slot: Option<ConnectionSlot>) {
+        // Every line logged while serving says whose socket it is.
+        let span = tracing::info_span!("session", user = %self.user, conn = self.mailbox.id);
+        metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
+        metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
+        let closing = self.run().instrument(span.clone()).await;
+
+        drop(attached); // detach before the close frame: a reconnect may come right after it
+        // What the client wrote before the end is stored or answered before the close frame.
+        // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
+        Box::pin(self.answer_what_was_read(closing)).instrument(span.clone()).await;
+        metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
+        if closing == Closing::REPLACED {
+            metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
+        }
+        tracing::debug!(parent: &span, code = closing.code, reason = closing.reason, "session closed");
+        // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
+        // fails at once. After the client's own close, tungstenite has queued the echo of it and
+        // refuses a second close frame: that echo must still be flushed, or the client sees the
+        // TCP connection drop without a close handshake (RFC 6455 §5.5.1; browsers report 1006).
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            if self.socket.send(closing.message()).await.is_err() {
+                let _ = self.socket.flush().await;
+            }
+        })
+        .await;
+        drop(slot); // the socket counted against the connection caps until now
+    }
 }
 
 /// A socket opened over a connection cap: closed at once with 1013 (try again later).
