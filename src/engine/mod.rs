@@ -47,6 +47,15 @@ pub struct UserRecord {
     pub protected: bool,
 }
 
+/// A message written to a specification client's socket, for `Engine::forget_delivered`: its
+/// envelope tells the Redis engine the sender and size to give back (`protocol::envelope_sender`)
+/// without reading the entry again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub id: MsgId,
+    pub envelope: Bytes,
+}
+
 /// Read before an inbox read.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadMark {
@@ -135,10 +144,9 @@ impl Engine {
 
     /// Stores several envelopes of `from` in order, in one round trip where the engine can;
     /// one result per envelope.
-    pub async fn send_many(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    pub async fn send_many(&self, from: &UserId, sends: Vec<(UserId, Bytes)>) -> Vec<Result<MsgId, SendError>> {
         match self {
-            Engine::Memory(e) => sends.iter().map(|(to, envelope)| e.send(from, to, envelope.clone())).collect(),
-            Engine::Redis(e) if sends.len() == 1 => vec![e.send_one(from, &sends[0].0, &sends[0].1).await],
+            Engine::Memory(e) => sends.into_iter().map(|(to, envelope)| e.send(from, &to, envelope)).collect(),
             Engine::Redis(e) => e.send_many(from, sends).await,
         }
     }
@@ -182,10 +190,10 @@ impl Engine {
     /// Removes messages written to a specification client's socket, without waiting: the
     /// engine may batch removals of many sessions into one round trip. A failed removal leaves
     /// the messages stored (delivered again on the next connection, never lost).
-    pub fn forget_delivered(&self, user: &UserId, ids: Vec<MsgId>) {
+    pub fn forget_delivered(&self, user: &UserId, written: Vec<Written>) {
         match self {
-            Engine::Memory(e) => e.remove(user, &ids),
-            Engine::Redis(e) => e.forget_delivered(user, ids),
+            Engine::Memory(e) => e.remove(user, &written.iter().map(|w| w.id).collect::<Vec<_>>()),
+            Engine::Redis(e) => e.forget_delivered(user, written),
         }
     }
 

@@ -87,6 +87,18 @@ pub fn envelope(from: &UserId, to: &UserId, payload: RawPayload<'_>) -> Vec<u8> 
     out
 }
 
+/// The sender of an envelope [`envelope`] wrote (its first field), without parsing the rest;
+/// `None` for anything else.
+pub fn envelope_sender(envelope: &[u8]) -> Option<&str> {
+    let rest = envelope.strip_prefix(b"{\"from\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let sender = std::str::from_utf8(&rest[..end]).ok()?;
+    // A user id as `UserId::parse` takes it (canonical), checked without allocating.
+    let mut canonical = uuid::Uuid::encode_buffer();
+    let uuid = uuid::Uuid::try_parse(sender).ok()?;
+    (uuid.hyphenated().encode_lower(&mut canonical) == sender).then_some(sender)
+}
+
 // ---- client frames ----
 
 /// A send: `{from, to, payload, ref?}`. `payload` is kept as its raw JSON value (the server
@@ -374,6 +386,25 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_sender_of_an_envelope_is_its_first_field() {
+        let (from, to) = (UserId::random(), UserId::random());
+        let payload: Box<RawValue> = raw("\"aGk=\"");
+        let written = envelope(&from, &to, RawPayload::new(&payload).unwrap());
+        assert_eq!(envelope_sender(&written), Some(from.as_str()));
+        let upper = from.as_str().to_uppercase();
+        for other in [
+            b"".as_slice(),
+            b"{}",
+            b"{\"to\":\"x\",\"from\":\"y\"}",
+            b"{\"from\":\"not-a-user\",\"to\":\"x\"}",
+            format!("{{\"from\":\"{upper}\",\"to\":\"x\"}}").as_bytes(),
+            b"{\"from\":\"unterminated",
+        ] {
+            assert_eq!(envelope_sender(other), None, "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

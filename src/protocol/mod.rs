@@ -20,7 +20,7 @@ pub mod rest;
 pub use codes::{AnyErrorCode, BEARER_PROTOCOL_PREFIX, CloseCode, ErrorCode, SUBPROTOCOL_V1, close};
 pub use frames::{
     AckFrame, AckIds, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, Refusal, SendFrame,
-    ServerFrame, envelope, error_frame, rate_limited_frame, receipt_frame,
+    ServerFrame, envelope, envelope_sender, error_frame, rate_limited_frame, receipt_frame,
 };
 pub use ids::{MsgId, UserId};
 pub use keys::{KeyError, validate_public_key};

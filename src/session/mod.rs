@@ -30,9 +30,10 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::Refusal;
+use crate::engine::Written;
 use crate::hub::Mailbox;
 use crate::limits::SendBudget;
-use crate::protocol::{ErrorCode, MsgId, SUBPROTOCOL_V1, UserId, error_frame};
+use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame};
 use crate::server::ConnectionSlot;
 use crate::telemetry::metric;
 
@@ -196,8 +197,8 @@ struct Session {
     socket: WebSocket,
     /// Validated sends waiting to be stored together (see `requests`).
     pending: Vec<PendingSend>,
-    /// Inbox ids fed to the socket since the last flush.
-    written: Vec<MsgId>,
+    /// Messages fed to the socket since the last flush.
+    written: Vec<Written>,
     /// Frames were fed since the last flush.
     unflushed: bool,
     send_timeout: Duration,

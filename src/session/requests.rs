@@ -205,7 +205,7 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.pending);
         let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
-        let results = self.state.engine.send_many(&self.user, &sends).await;
+        let results = self.state.engine.send_many(&self.user, sends).await;
         for (send, result) in batch.iter().zip(results) {
             self.report_send(send.reference.as_deref(), result).await?;
         }

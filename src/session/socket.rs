@@ -14,6 +14,7 @@ use futures_util::SinkExt;
 use super::Session;
 use super::closing::Closing;
 use super::cursor::Decision;
+use crate::engine::Written;
 use crate::hub::Mailbox;
 use crate::protocol::Delivery;
 use crate::telemetry::{self, metric};
@@ -178,7 +179,7 @@ impl Session {
             tracing::error!(id = %delivery.id, "stored envelope is not UTF-8; skipped");
             return Ok(());
         };
-        self.written.push(delivery.id);
+        self.written.push(Written { id: delivery.id, envelope: delivery.envelope });
         self.feed(Message::Text(text)).await
     }
 
@@ -235,8 +236,8 @@ impl Session {
         // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
         let now = crate::engine::unix_ms();
         let latency = &telemetry::hot().delivery_latency;
-        for id in &self.written {
-            latency.record(now.saturating_sub(id.ms) as f64 / 1000.0);
+        for written in &self.written {
+            latency.record(now.saturating_sub(written.id.ms) as f64 / 1000.0);
         }
         if self.acknowledging {
             self.written.clear();

@@ -43,12 +43,13 @@ async fn a_send_refreshes_the_ttls_seldom_and_counts_the_share_in_one_write() {
     }
     assert_eq!(calls(&redis, "xadd"), SENDS);
     // Seven commands a send: the message number is the only HINCRBY, the share one HSET, and
-    // no PEXPIRE while the last refresh is recent (it was, a moment ago).
+    // no PEXPIRE while the last refresh is recent (it was, a moment ago), inbox empty or not.
     assert_eq!(calls(&redis, "hincrby"), SENDS, "the share is counted with one HSET, not three HINCRBYs");
     assert_eq!(calls(&redis, "hset"), SENDS);
     assert_eq!(calls(&redis, "pexpire"), 0, "TTLs refreshed on every send");
-    // The receiver takes all 51; they leave the inbox with one XDEL and one share update per
-    // removal script call, however many ids it carries.
+    // The receiver takes all 51; they leave the inbox with one XDEL each and one share update
+    // per removal script call, however many ids it carries; the relay names each message's
+    // sender and size (it just wrote the envelope), so nothing is read back.
     redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
     let mut r = server.connect(&receiver).await;
     let mut got = 0;
@@ -67,7 +68,11 @@ async fn a_send_refreshes_the_ttls_seldom_and_counts_the_share_in_one_write() {
     }
     let scripts = calls(&redis, "evalsha") + calls(&redis, "eval");
     assert!(scripts >= 1);
-    assert!(calls(&redis, "xdel") <= scripts, "one XDEL per removal, not per id");
+    // XRANGE only for the session's backlog reads (51 messages: a page or two), never per id.
+    assert!(calls(&redis, "xrange") <= 3, "removed entries are read back: {} XRANGEs", calls(&redis, "xrange"));
+    assert_eq!(calls(&redis, "xdel"), SENDS + 1, "one XDEL per message");
+    assert!(calls(&redis, "hset") <= scripts, "shares given back with one write per call, not per id");
+    assert!(calls(&redis, "hdel") <= scripts, "shares given back with one write per call, not per id");
     assert_eq!(calls(&redis, "hincrby"), 0, "shares given back with one write, not per id");
 }
 
@@ -92,5 +97,69 @@ async fn an_inbox_outlives_its_ttl_after_every_write() {
         let since = written.elapsed().as_millis() as i64;
         assert!(pttl >= TTL_MS - since, "{key} expires in {pttl} ms, {since} ms after the last write");
         assert!(pttl <= TTL_MS + TTL_MS / 64, "{key} kept {pttl} ms, more than TTL + TTL/64");
+    }
+}
+
+/// The share record holds no counts once nothing waits (only `x`, the last TTL refresh).
+fn shares_left(redis: &Redis) -> Vec<String> {
+    let key = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
+    let key = key.lines().next().expect("a share record");
+    let fields = redis.cli(&["HKEYS", key]).expect("HKEYS answers");
+    fields.lines().filter(|f| *f != "x").map(str::to_owned).collect()
+}
+
+/// Removals name each message's sender and size when the relay wrote it (a specification
+/// client), and read it back in Redis when only its id is known (an acknowledgement): both give
+/// the sender's share back exactly.
+#[tokio::test]
+async fn written_and_acknowledged_messages_give_their_shares_back() {
+    const SHARE: u64 = 3;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis).with("ENIGMA__LIMITS__INBOX_SHARE", SHARE);
+    let server = Server::start(&config);
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    for acknowledging in [false, true] {
+        for i in 0..SHARE {
+            assert_eq!(
+                send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}{i}")).await["status"],
+                "stored"
+            );
+        }
+        let over = send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}over")).await;
+        assert_eq!(over["code"], "inbox_full", "the share is used up: {over}");
+        assert!(!shares_left(&redis).is_empty());
+        let mut r = if acknowledging { server.connect_v1(&receiver).await } else { server.connect(&receiver).await };
+        let mut ids = Vec::new();
+        while (ids.len() as u64) < SHARE {
+            let m = r.recv_json().await;
+            if m.get("payload").is_some() {
+                ids.push(m["id"].clone());
+            }
+        }
+        if acknowledging {
+            r.send_json(json!({"ack": ids})).await;
+        }
+        let deadline = Instant::now() + crate::harness::DEADLINE;
+        while !shares_left(&redis).is_empty() {
+            assert!(Instant::now() < deadline, "shares not given back: {:?}", shares_left(&redis));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}again")).await["status"], "stored");
+        // Take that one too, so the next round starts from an empty inbox.
+        loop {
+            let m = r.recv_json().await;
+            if m.get("payload").is_some() {
+                if acknowledging {
+                    r.send_json(json!({"ack": m["id"]})).await;
+                }
+                break;
+            }
+        }
+        drop(r);
+        while !shares_left(&redis).is_empty() {
+            assert!(Instant::now() < deadline, "shares not given back: {:?}", shares_left(&redis));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -16,9 +16,10 @@
 //! | `<p>deliver:{uid}`         | channel | doorbell (see `doorbell`): `m<id> <seq>\n<envelope>`, `t<generation>`, `e<replica>:<n>` |
 //! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
 //!
-//! A send is one script: check the recipient, the inbox's room and the sender's share, XADD,
-//! count the share, refresh the TTLs (every 1/64 of the TTL, see `scripts`),
-//! PUBLISH: stored and announced, or refused, never announced without being stored.
+//! A send is one script step: check the recipient, the inbox's room and the sender's share,
+//! XADD, count the share, refresh the TTLs (every 1/64 of the TTL, see `scripts`), PUBLISH:
+//! stored and announced, or refused, never announced without being stored. One script call
+//! carries the sends of every session of the replica that queued meanwhile (`sender`).
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.
 //!
 //! The subscription link is watched end to end: every `redis.probe_interval_ms` the replica
@@ -33,7 +34,7 @@
 //!
 //! The rooms: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
 //! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
-//! receives), `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
+//! receives), `sender`, `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
 //! `slots` (cluster slot maths).
 
 mod auth;
@@ -46,6 +47,7 @@ mod login;
 mod push;
 mod remover;
 mod scripts;
+mod sender;
 mod sentinel;
 mod slots;
 mod subscriber;
@@ -68,10 +70,11 @@ use self::connect::{Connections, Connector};
 use self::keys::Keys;
 use self::push::PushHandler;
 use self::remover::{REMOVAL_QUEUE, RemovalQueue, remover};
-use self::scripts::{Scripts, send_reply};
+use self::scripts::{Scripts, send_replies};
+use self::sender::{MESSAGES_PER_CALL, Message, SEND_QUEUE, SendQueue, sender};
 use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
 use self::supervisor::Supervisor;
-use super::{SendError, Unavailable};
+use super::{SendError, Unavailable, Written};
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
 use crate::limits::{Ask, Verdict};
@@ -91,6 +94,7 @@ struct Inner {
     connections: Arc<Connections>,
     subscriptions: SubscriptionQueue,
     removals: RemovalQueue,
+    sends: SendQueue,
     scripts: Scripts,
     /// Ends the background tasks (subscriber, remover, supervisor) when the engine is dropped.
     stop: CancellationToken,
@@ -119,6 +123,11 @@ impl RedisEngine {
         let stop = CancellationToken::new();
         let (removals, removal_queue) = RemovalQueue::new(REMOVAL_QUEUE);
         tokio::spawn(stop.clone().run_until_cancelled_owned(remover(connections.clone(), keys.clone(), removal_queue)));
+        let scripts = Scripts::new(connections.publish_command());
+        let (sends, send_queue) = SendQueue::new(SEND_QUEUE);
+        let send_task =
+            sender(connections.clone(), scripts.send.clone(), keys.clone(), settings.limits.clone(), send_queue);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(send_task));
         let subscriber = Subscriber::new(connections.clone(), hub.clone(), keys.clone()).run(requests);
         tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
         let interval = Duration::from_millis(settings.redis.probe_interval_ms);
@@ -134,10 +143,11 @@ impl RedisEngine {
                 keys,
                 limits: settings.limits.clone(),
                 timeout,
-                scripts: Scripts::new(connections.publish_command()),
+                scripts,
                 connections,
                 subscriptions,
                 removals,
+                sends,
                 stop,
             }),
         })
@@ -148,57 +158,38 @@ impl RedisEngine {
         self.inner.timed(Command::Lookup, con.hget(self.inner.keys.user(user), "publicKey")).await
     }
 
-    /// Several sends in one pipeline: one round trip, executed in order.
-    pub async fn send_many(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    /// Stores sends of `from`, in order: with every other session's sends of the moment in one
+    /// round trip (`sender`), or on a cluster one call per recipient.
+    pub async fn send_many(&self, from: &UserId, sends: Vec<(UserId, Bytes)>) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
         if this.connections.is_cluster() {
-            return self.send_per_recipient(from, sends).await;
+            return self.send_per_recipient(from, &sends).await;
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (to, envelope) in sends {
-            pipe.invoke_script(&self.send_invocation(from, to, envelope));
-        }
-        let mut con = this.connections.cmd();
-        let mut replies: Result<Vec<RedisResult<Value>>, Unavailable> =
-            this.timed(Command::Send, pipe.query_async(&mut con)).await;
-        // A pipeline does not load the script by itself (a restarted or failed-over Redis has
-        // lost it): every EVALSHA then failed without effect, so load it and run them again.
-        let missing_script = |r: &RedisResult<Value>| {
-            r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        };
-        // Only when every command failed so: a pipeline is not atomic, and if some of it ran
-        // (the script was loaded meanwhile), running it again would store those twice; the
-        // failed ones are then answered `unavailable` and retried by their senders.
-        if replies.as_ref().is_ok_and(|all| !all.is_empty() && all.iter().all(missing_script)) {
-            let invocation = this.scripts.send.prepare_invoke();
-            if this.timed(Command::Send, invocation.load_async(&mut con)).await.is_ok() {
-                replies = this.timed(Command::Send, pipe.query_async(&mut con)).await;
-            }
-        }
-        match replies {
-            Ok(replies) if replies.len() == sends.len() => replies
-                .into_iter()
-                .map(|reply| reply.map_err(|e| Unavailable(e.to_string()).into()).and_then(send_reply))
-                .collect(),
-            Ok(_) => sends.iter().map(|_| Err(Unavailable("short pipeline reply".into()).into())).collect(),
-            Err(e) => sends.iter().map(|_| Err(e.clone().into())).collect(),
-        }
+        this.sends.send(from, sends, this.timeout).await
     }
 
-    /// On a cluster a pipeline must stay in one slot (and redis-rs retries a whole pipeline
+    /// On a cluster a script must stay in one slot (and redis-rs retries a whole pipeline
     /// when any reply in it is a redirect, which would store the others twice): each
-    /// recipient's sends go one after the other, in order, and different recipients' at once.
+    /// recipient's sends are one call (or one after the other, over `MESSAGES_PER_CALL`), in
+    /// order, and different recipients' at once.
     async fn send_per_recipient(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+        let this = &self.inner;
         let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
         for (i, (to, _)) in sends.iter().enumerate() {
             by_recipient.entry(to).or_default().push(i);
         }
         let per_recipient = by_recipient.into_values().map(|indices| async move {
             let mut results = Vec::with_capacity(indices.len());
-            for i in indices {
-                let (to, envelope) = &sends[i];
-                results.push((i, self.send_one(from, to, envelope).await));
+            for call in indices.chunks(MESSAGES_PER_CALL) {
+                let messages: Vec<Message<'_>> =
+                    call.iter().map(|&i| Message { from, to: &sends[i].0, envelope: &sends[i].1 }).collect();
+                let invocation = sender::invocation(&this.scripts.send, &this.keys, &this.limits, &messages);
+                let mut con = this.connections.cmd();
+                let replies = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
+                    Ok(reply) => send_replies(reply, call.len()),
+                    Err(e) => sender::unavailable(call.len(), &e.0),
+                };
+                results.extend(call.iter().copied().zip(replies));
             }
             results
         });
@@ -206,33 +197,6 @@ impl RedisEngine {
         let mut results: Vec<_> = done.into_iter().flatten().collect();
         results.sort_unstable_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, result)| result).collect()
-    }
-
-    pub async fn send_one(&self, from: &UserId, to: &UserId, envelope: &Bytes) -> Result<MsgId, SendError> {
-        let this = &self.inner;
-        let mut con = this.connections.cmd();
-        let invocation = self.send_invocation(from, to, envelope);
-        let reply: Value = this.timed(Command::Send, invocation.invoke_async(&mut con)).await?;
-        send_reply(reply)
-    }
-
-    fn send_invocation<'a>(&'a self, from: &UserId, to: &UserId, envelope: &Bytes) -> redis::ScriptInvocation<'a> {
-        let this = &self.inner;
-        let limits = &this.limits;
-        let mut invocation = this.scripts.send.prepare_invoke();
-        invocation
-            .key(this.keys.user(to))
-            .key(this.keys.inbox(to))
-            .key(this.keys.shares(to))
-            .arg(envelope.as_ref())
-            .arg(limits.inbox_capacity)
-            .arg(limits.inbox_ttl_secs.saturating_mul(1000))
-            .arg(this.keys.channel(to))
-            .arg(from.as_str())
-            .arg(limits.inbox_share)
-            .arg(limits.inbox_share_bytes)
-            .arg(limits.inbox_max_bytes);
-        invocation
     }
 
     /// One rate-limit check: one script call on the bucket's key (one slot).
@@ -286,14 +250,15 @@ impl RedisEngine {
     pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
-        let invocation = remover::removal(&this.scripts.remove, &this.keys, user, ids);
+        let acknowledged: Vec<Written> = ids.iter().map(|&id| Written { id, envelope: Bytes::new() }).collect();
+        let invocation = remover::removal(&this.scripts.remove, &this.keys, user, &acknowledged);
         let _: usize = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
         Ok(())
     }
 
-    pub fn forget_delivered(&self, user: &UserId, ids: Vec<MsgId>) {
+    pub fn forget_delivered(&self, user: &UserId, written: Vec<Written>) {
         // A full queue skips the removal (see `RemovalQueue::forget`): delivered again later.
-        self.inner.removals.forget(user, ids);
+        self.inner.removals.forget(user, written);
     }
 
     pub async fn attach(&self, mailbox: &Mailbox) -> Result<(), Unavailable> {

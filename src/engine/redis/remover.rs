@@ -1,5 +1,6 @@
 //! The remover: messages written to specification clients leave their inboxes in pipelined
-//! batches, one round trip for many sessions' writes and one script call per user; a barrier
+//! batches, one round trip for many sessions' writes and one script call for many users (one
+//! per user on a cluster); a barrier
 //! answers once every removal queued before it is done. A removal is the `REMOVE` script (it gives the senders' shares
 //! back), which may safely run twice.
 
@@ -12,26 +13,48 @@ use tokio::sync::{mpsc, oneshot};
 use super::commands::{Command, timed};
 use futures_util::{StreamExt, stream};
 
+use super::super::Written;
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
 use super::scripts::remove_script;
-use crate::protocol::{MsgId, UserId};
+use crate::protocol::{UserId, envelope_sender};
 
-/// The removal of `ids` from `user`'s inbox, shares given back.
+/// The removal of `written` from `user`'s inbox, shares given back. A message with an empty
+/// envelope (an acknowledged id) is read in Redis to learn its sender and size.
 pub(super) fn removal<'a>(
     script: &'a redis::Script,
     keys: &Keys,
     user: &UserId,
-    ids: &[MsgId],
+    written: &[Written],
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
-    invocation.key(keys.inbox(user)).key(keys.shares(user));
-    for id in ids {
-        invocation.arg(id.to_string());
+    add_removal(&mut invocation, keys, user, written);
+    invocation
+}
+
+/// The removals of several users in one call (single Redis only: the keys are in many slots).
+fn removals<'a>(script: &'a redis::Script, keys: &Keys, removals: &[UserRemoval]) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for (user, ids) in removals {
+        add_removal(&mut invocation, keys, user, ids);
     }
     invocation
 }
+
+fn add_removal(invocation: &mut redis::ScriptInvocation<'_>, keys: &Keys, user: &UserId, written: &[Written]) {
+    invocation.key(keys.inbox(user)).key(keys.shares(user)).arg(written.len());
+    for message in written {
+        // Only the server writes envelopes; one it cannot read is looked up in Redis instead.
+        match envelope_sender(&message.envelope) {
+            Some(sender) => invocation.arg(message.id.to_string()).arg(sender).arg(message.envelope.len()),
+            None => invocation.arg(message.id.to_string()).arg("").arg(0),
+        };
+    }
+}
+
+/// Users per removal call (single Redis): bounds how long one call holds Redis up.
+const USERS_PER_CALL: usize = 128;
 
 /// Removals queued per pipeline (one round trip).
 const REMOVAL_BATCH: usize = 512;
@@ -41,7 +64,7 @@ const REMOVAL_BATCH: usize = 512;
 pub(super) const REMOVAL_QUEUE: usize = 16 * REMOVAL_BATCH;
 
 pub(super) enum Removal {
-    Delivered(UserId, Vec<MsgId>),
+    Delivered(UserId, Vec<Written>),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -64,8 +87,8 @@ impl RemovalQueue {
     /// the messages stay stored and are delivered again on the client's next connection,
     /// the duplicate window specification clients already have (they de-duplicate by id).
     /// Returns whether it was queued.
-    pub(super) fn forget(&self, user: &UserId, ids: Vec<MsgId>) -> bool {
-        match self.queue.try_send(Removal::Delivered(user.clone(), ids)) {
+    pub(super) fn forget(&self, user: &UserId, written: Vec<Written>) -> bool {
+        match self.queue.try_send(Removal::Delivered(user.clone(), written)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let skipped = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -101,8 +124,8 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
             timed(Command::Remove, connections.timeout, remove_each(removals, &script, &keys, &con)).await
         } else {
             let mut pipe = redis::pipe();
-            for (user, ids) in &removals {
-                pipe.invoke_script(&removal(&script, &keys, user, ids)).ignore();
+            for call in removals.chunks(USERS_PER_CALL) {
+                pipe.invoke_script(&self::removals(&script, &keys, call)).ignore();
             }
             let mut result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
             // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
@@ -125,8 +148,8 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
     }
 }
 
-/// One user's delivered ids.
-type UserRemoval = (UserId, Vec<MsgId>);
+/// One user's delivered messages.
+type UserRemoval = (UserId, Vec<Written>);
 
 /// Takes a batch apart: one removal per user (a session writes one message at a time, so a
 /// busy user's removals arrive one by one; one script call for all of them costs Redis a
@@ -153,7 +176,7 @@ fn merge(batch: &mut Vec<Removal>) -> (Vec<UserRemoval>, Vec<oneshot::Sender<()>
 
 /// Runs each removal on its own, many at once (on a cluster each goes to its slot's shard).
 async fn remove_each(
-    removals: Vec<(UserId, Vec<MsgId>)>,
+    removals: Vec<UserRemoval>,
     script: &redis::Script,
     keys: &Keys,
     con: &Conn,
@@ -173,11 +196,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::protocol::MsgId;
 
     #[test]
     fn a_batch_makes_one_removal_per_user() {
         let (a, b) = (UserId::random(), UserId::random());
-        let id = |seq| MsgId { ms: 1, seq };
+        let id = |seq| Written { id: MsgId { ms: 1, seq }, envelope: bytes::Bytes::new() };
         let (done, _wait) = oneshot::channel();
         let mut batch = vec![
             Removal::Delivered(a.clone(), vec![id(1)]),
@@ -195,10 +219,10 @@ mod tests {
     async fn a_full_queue_skips_removals_and_bounds_barriers() {
         let (queue, mut receiver) = RemovalQueue::new(1);
         let user = UserId::random();
-        let id = MsgId { ms: 1, seq: 0 };
-        assert!(queue.forget(&user, vec![id]));
+        let id = Written { id: MsgId { ms: 1, seq: 0 }, envelope: bytes::Bytes::new() };
+        assert!(queue.forget(&user, vec![id.clone()]));
         // Full: skipped at once (the messages stay stored), never blocking the writer.
-        assert!(!queue.forget(&user, vec![id]));
+        assert!(!queue.forget(&user, vec![id.clone()]));
         // A barrier waits for room, within the caller's timeout.
         assert!(tokio::time::timeout(Duration::from_millis(20), queue.barrier()).await.is_err());
         // The first removal is still there, and once it is taken a barrier gets in.

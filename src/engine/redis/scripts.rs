@@ -1,9 +1,9 @@
-//! The Lua scripts (`send.lua`, `attach.lua` beside this file) and how their answers read.
+//! The Lua scripts (`send.lua`, `attach.lua`, `remove.lua`, `limit.lua` beside this file) and
+//! how their answers read.
 //!
 //! The `.lua` files are templates: `$DOORBELL` becomes the announcement's Lua expression from
-//! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. Their text (free of
-//! comments, opening with an empty line) renders to exactly the scripts earlier releases
-//! loaded, SHA1s included, so the refactor changed nothing in Redis.
+//! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. They carry no
+//! comments (Redis hashes the text: the SHA1s are pinned below); the comments are here.
 
 use redis::{Script, Value};
 
@@ -11,21 +11,28 @@ use super::super::{SendError, Unavailable};
 use super::doorbell;
 use crate::protocol::MsgId;
 
-/// Appends an envelope to the recipient's inbox and rings its doorbell, in one step. Each
-/// message gets the next number of its recipient (field `seq` of the user record), stored with
-/// it and announced with it, so a session notices a doorbell that never came.
+/// Stores a batch of messages, each appended to its recipient's inbox and announced on its
+/// doorbell in one step: stored and announced, or refused, never announced without being
+/// stored. Each message gets the next number of its recipient (field `seq` of the user record),
+/// stored with it and announced with it, so a session notices a doorbell that never came.
 /// The inbox's share record (a hash in the same slot) counts what each sender has waiting
 /// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
 /// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
 /// Per message it runs seven commands (EXISTS, HMGET, XLEN, HINCRBY, XADD, HSET, PUBLISH): the
 /// share counts are read once and written in one HSET, and the TTLs are refreshed only when the
-/// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL,
-/// or the inbox was empty: both keys then expire `ttl + ttl/64` after it, so never sooner than
-/// `ttl` after the last write, and a send seldom pays for two PEXPIREs.
-/// KEYS: user record, inbox, shares. ARGV: envelope, capacity, ttl (ms), channel, sender,
-/// share (messages, 0: none), share (bytes, 0: none), inbox byte cap.
-/// Returns the stream id, -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
-/// over its share.
+/// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL:
+/// both keys then expire `ttl + ttl/64` after it, so never sooner than `ttl` after the last
+/// write, and a send seldom pays for two PEXPIREs. The two keys always carry the same expiry
+/// (set by the same call, and a script sees one frozen clock), so an inbox that expired took
+/// its share record with it: a fresh `x` means the inbox has its expiry.
+/// One call carries many messages (`sender`): the cost of a call itself is shared by them.
+/// KEYS: per message its recipient's user record, inbox, shares. ARGV: capacity, ttl (ms),
+/// share (messages, 0: none), share (bytes, 0: none), inbox byte cap; then per message its
+/// envelope, channel, sender.
+/// Returns per message the stream id, -1 for an unknown recipient, -2 for a full inbox, -3 for
+/// a sender over its share, or the error that stopped it (each message on its own: one that
+/// fails does not take the others with it). `#!lua` without flags: refused as a whole, before
+/// any write, when Redis is over its memory limit.
 ///
 /// The channel is an argument, not a key: on a cluster it is in the keys' slot all the same,
 /// and a declared key that never exists would make every send to a slot being migrated fail
@@ -40,9 +47,10 @@ const SEND: &str = include_str!("send.lua");
 const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
-/// no longer there changes nothing, so a removal may run twice. KEYS: inbox, shares. ARGV:
-/// ids. Returns how many were removed. One XDEL for all ids, one HMGET and one HSET/HDEL for
-/// all senders' shares.
+/// no longer there changes nothing, so a removal may run twice. Any number of users at once
+/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per
+/// user the number of its ids, then the ids. Returns how many were removed. Per user one XDEL
+/// for all ids, one HMGET and one HSET/HDEL for all senders' shares.
 const REMOVE: &str = include_str!("remove.lua");
 
 /// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
@@ -80,7 +88,7 @@ pub(super) fn remove_script() -> Script {
 }
 
 fn send_source(publish: &str) -> String {
-    render(SEND, &doorbell::lua_message("id", "seq", "ARGV[1]"), publish)
+    render(SEND, &doorbell::lua_message("id", "seq", "envelope"), publish)
 }
 
 fn attach_source(publish: &str) -> String {
@@ -91,10 +99,22 @@ fn render(template: &str, doorbell: &str, publish: &str) -> String {
     template.replace(DOORBELL, doorbell).replace("'PUBLISH'", &format!("'{publish}'"))
 }
 
-/// The send script's answer: the stream id, or why the message was refused.
-pub(super) fn send_reply(reply: Value) -> Result<MsgId, SendError> {
+/// The send script's answer for `count` messages: one result each.
+pub(super) fn send_replies(reply: Value, count: usize) -> Vec<Result<MsgId, SendError>> {
+    match reply {
+        Value::Array(replies) if replies.len() == count => replies.into_iter().map(send_reply).collect(),
+        reply => {
+            let why = format!("unexpected reply to send ({count} messages): {reply:?}");
+            (0..count).map(|_| Err(Unavailable(why.clone()).into())).collect()
+        }
+    }
+}
+
+/// The send script's answer for one message: the stream id, or why it was refused.
+fn send_reply(reply: Value) -> Result<MsgId, SendError> {
     let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
     match &reply {
+        Value::ServerError(e) => Err(Unavailable(format!("send failed in Redis: {e:?}")).into()),
         Value::Int(-1) => Err(SendError::UserNotFound),
         Value::Int(-2) => Err(SendError::InboxFull),
         Value::Int(-3) => Err(SendError::OverShare),
@@ -120,7 +140,7 @@ mod tests {
                 assert!(source.contains(&format!("redis.call('{publish}', ")), "{source}");
             }
         }
-        assert!(send_source("PUBLISH").contains(&doorbell::lua_message("id", "seq", "ARGV[1]")));
+        assert!(send_source("PUBLISH").contains(&doorbell::lua_message("id", "seq", "envelope")));
         assert!(attach_source("PUBLISH").contains(&doorbell::lua_takeover("generation")));
     }
 
@@ -137,11 +157,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("70a6ac8298b3a6ff8d5183453f162192e9156d39", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("92cac53ed95a999f84f936ae50102b50dbdd684d", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("1f06b74e3332908cfb85197821766e545c299f08", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("1dc70c635f115a64dcc489a66af1e959f66bbe92", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

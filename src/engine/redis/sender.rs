@@ -1,0 +1,193 @@
+//! The sender: the sends of every session of this replica go to Redis together. Sessions queue
+//! their sends (one job per session batch, answered in order); one task takes whatever is
+//! queued, stores it with one `SEND` script call per [`MESSAGES_PER_CALL`] messages, all in one
+//! pipeline, and hands each job its results. While a round is in flight the next one gathers,
+//! so the busier the replica, the more messages each script call carries: the cost a call
+//! has whatever it carries (reading the command, setting up the script, the reply) is shared,
+//! on both sides of the link (issue 18: that fixed cost was most of Redis's time per message).
+//!
+//! Single Redis and Sentinel only. On a cluster a script must stay in one slot, so each
+//! recipient's messages are one call of their own (`RedisEngine::send_per_recipient`).
+//!
+//! A receipt still means stored: a result is the script's answer for that message, and a
+//! round that fails or times out answers every message in it `unavailable` (stored or not,
+//! as a timed-out command always was: the client retries, the spec's at-least-once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::{RedisResult, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::{SendError, Unavailable};
+use super::commands::{Command, timed};
+use super::connect::Connections;
+use super::keys::Keys;
+use super::scripts::send_replies;
+use crate::config::Limits;
+use crate::protocol::{MsgId, UserId};
+
+/// Messages per script call: a call runs alone in Redis, so this bounds how long one call
+/// holds everything else up (~1 ms).
+pub(super) const MESSAGES_PER_CALL: usize = 128;
+
+/// Jobs per round. A job is one session's batch (at most 64 sends, `session::requests`), so a
+/// round is at most 4,096 messages.
+const JOBS_PER_ROUND: usize = 64;
+
+/// Jobs waiting for a round: one per session at most (a session waits for its answers before
+/// it queues again), so only a replica with more sending sessions than this waits for room.
+pub(super) const SEND_QUEUE: usize = 4096;
+
+/// Results of one job, in the order of its sends.
+pub(super) type Results = Vec<Result<MsgId, SendError>>;
+
+pub(super) struct Job {
+    from: UserId,
+    sends: Vec<(UserId, Bytes)>,
+    answer: oneshot::Sender<Results>,
+}
+
+/// The sender's bounded queue.
+#[derive(Clone)]
+pub(super) struct SendQueue {
+    queue: mpsc::Sender<Job>,
+}
+
+impl SendQueue {
+    pub(super) fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
+        let (queue, receiver) = mpsc::channel(capacity);
+        (Self { queue }, receiver)
+    }
+
+    /// Stores `sends` of `from`, in order, with the other sessions' sends of the same round.
+    /// Waiting for room and for the round together take at most `timeout` plus one round's.
+    pub(super) async fn send(&self, from: &UserId, sends: Vec<(UserId, Bytes)>, timeout: Duration) -> Results {
+        let count = sends.len();
+        let (answer, answered) = oneshot::channel();
+        let job = Job { from: from.clone(), sends, answer };
+        let queued = async {
+            self.queue.send(job).await.ok()?;
+            answered.await.ok()
+        };
+        // A round is timed itself; this bounds the wait for room in a full queue.
+        match tokio::time::timeout(timeout * 2, queued).await {
+            Ok(Some(results)) => results,
+            Ok(None) => unavailable(count, "the engine is shutting down"),
+            Err(_) => unavailable(count, "timed out waiting for the sender"),
+        }
+    }
+}
+
+/// The sender task: one round at a time, until the queue closes.
+pub(super) async fn sender(
+    connections: Arc<Connections>,
+    script: Script,
+    keys: Keys,
+    limits: Limits,
+    mut queue: mpsc::Receiver<Job>,
+) {
+    // Loaded ahead, so the first round does not pay for NOSCRIPT (a restarted Redis still can:
+    // `store` loads it again then).
+    let load = script.prepare_invoke();
+    let _ = timed(Command::Send, connections.timeout, load.load_async(&mut connections.cmd())).await;
+    let mut jobs = Vec::with_capacity(JOBS_PER_ROUND);
+    while queue.recv_many(&mut jobs, JOBS_PER_ROUND).await > 0 {
+        let messages: Vec<Message<'_>> = jobs
+            .iter()
+            .flat_map(|job| job.sends.iter().map(move |(to, envelope)| Message { from: &job.from, to, envelope }))
+            .collect();
+        let results = store(&connections, &script, &keys, &limits, &messages).await;
+        drop(messages);
+        let mut results = results.into_iter();
+        for job in jobs.drain(..) {
+            // A session that gave up waiting (its timeout) is gone: nothing to tell it.
+            let _ = job.answer.send(results.by_ref().take(job.sends.len()).collect());
+        }
+    }
+}
+
+/// One message of a round.
+#[derive(Clone, Copy)]
+pub(super) struct Message<'a> {
+    pub(super) from: &'a UserId,
+    pub(super) to: &'a UserId,
+    pub(super) envelope: &'a Bytes,
+}
+
+/// The `SEND` call for `messages` (on a cluster: all to one recipient).
+pub(super) fn invocation<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    limits: &Limits,
+    messages: &[Message<'_>],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .arg(limits.inbox_capacity)
+        .arg(limits.inbox_ttl_secs.saturating_mul(1000))
+        .arg(limits.inbox_share)
+        .arg(limits.inbox_share_bytes)
+        .arg(limits.inbox_max_bytes);
+    for message in messages {
+        invocation
+            .key(keys.user(message.to))
+            .key(keys.inbox(message.to))
+            .key(keys.shares(message.to))
+            .arg(message.envelope.as_ref())
+            .arg(keys.channel(message.to))
+            .arg(message.from.as_str());
+    }
+    invocation
+}
+
+/// Stores a round in one pipeline: one result per message, in order.
+async fn store(
+    connections: &Connections,
+    script: &Script,
+    keys: &Keys,
+    limits: &Limits,
+    messages: &[Message<'_>],
+) -> Results {
+    let calls: Vec<&[Message<'_>]> = messages.chunks(MESSAGES_PER_CALL).collect();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for call in &calls {
+        pipe.invoke_script(&invocation(script, keys, limits, call));
+    }
+    let mut con = connections.cmd();
+    let timeout = connections.timeout;
+    let mut replies: Result<Vec<RedisResult<Value>>, Unavailable> =
+        timed(Command::Send, timeout, pipe.query_async(&mut con)).await;
+    // A pipeline does not load the script by itself (a restarted or failed-over Redis has
+    // lost it): every EVALSHA then failed without effect, so load it and run them again.
+    let missing_script = |r: &RedisResult<Value>| {
+        r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+    };
+    // Only when every call failed so: a pipeline is not atomic, and if some of it ran (the
+    // script was loaded meanwhile), running it again would store those twice; the failed
+    // ones are then answered `unavailable` and retried by their senders.
+    if replies.as_ref().is_ok_and(|all| !all.is_empty() && all.iter().all(missing_script)) {
+        let load = script.prepare_invoke();
+        if timed(Command::Send, timeout, load.load_async(&mut con)).await.is_ok() {
+            replies = timed(Command::Send, timeout, pipe.query_async(&mut con)).await;
+        }
+    }
+    match replies {
+        Ok(replies) if replies.len() == calls.len() => replies
+            .into_iter()
+            .zip(&calls)
+            .flat_map(|(reply, call)| match reply {
+                Ok(reply) => send_replies(reply, call.len()),
+                Err(e) => unavailable(call.len(), &e.to_string()),
+            })
+            .collect(),
+        Ok(_) => unavailable(messages.len(), "short pipeline reply"),
+        Err(e) => unavailable(messages.len(), &e.0),
+    }
+}
+
+pub(super) fn unavailable(count: usize, why: &str) -> Results {
+    (0..count).map(|_| Err(Unavailable(why.to_owned()).into())).collect()
+}
