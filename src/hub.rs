@@ -247,6 +247,16 @@ impl Hub {
         }
     }
 
+    /// The generation of `user`'s live connection here, when a message for the user may be
+    /// handed to it directly instead of through the doorbell (see `engine::redis::sender`):
+    /// attached, and the doorbell link healthy.
+    pub fn live_generation(&self, user: &UserId) -> Option<u64> {
+        if self.degraded.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.lock().get(user).and_then(|slot| slot.generation)
+    }
+
     /// A message for `user` was stored; hand it to the user's session here, if any.
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {

@@ -163,3 +163,43 @@ async fn written_and_acknowledged_messages_give_their_shares_back() {
         }
     }
 }
+
+/// The next delivery's payload (other frames skipped).
+async fn next_payload(ws: &mut Ws) -> Value {
+    loop {
+        let frame = ws.recv_json().await;
+        if frame.get("payload").is_some() {
+            return frame["payload"].clone();
+        }
+    }
+}
+
+/// A recipient connected to the sender's replica gets its messages from that replica directly:
+/// nothing is published (no doorbell for Redis to write and the replica to read back). One on
+/// another replica, or one that moved there, is rung as before.
+#[tokio::test]
+async fn a_recipient_on_the_same_replica_needs_no_doorbell() {
+    const SENDS: u64 = 20;
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis);
+    let (a, b) = (Server::start(&config), Server::start(&config));
+    let (sender, receiver) = (a.new_user().await, a.new_user().await);
+    let mut ws = a.connect_v1(&sender).await;
+    let mut here = a.connect(&receiver).await;
+    // The receiver's attach announced its generation once; what follows is the sends'.
+    redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
+    for i in 0..SENDS {
+        assert_eq!(send(&mut ws, &sender, &receiver, &format!("here{i}"), &format!("h{i}")).await["status"], "stored");
+        assert_eq!(next_payload(&mut here).await, format!("here{i}"));
+    }
+    assert_eq!(calls(&redis, "publish"), 0, "a doorbell was published for a local recipient");
+    // The receiver moves to replica B: A's session is replaced, and the next messages are rung.
+    let mut there = b.connect(&receiver).await;
+    redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
+    for i in 0..SENDS {
+        assert_eq!(send(&mut ws, &sender, &receiver, &format!("there{i}"), &format!("t{i}")).await["status"], "stored");
+        assert_eq!(next_payload(&mut there).await, format!("there{i}"));
+    }
+    assert_eq!(calls(&redis, "publish"), SENDS, "one doorbell a message for a recipient elsewhere");
+    drop(here);
+}

@@ -125,8 +125,14 @@ impl RedisEngine {
         tokio::spawn(stop.clone().run_until_cancelled_owned(remover(connections.clone(), keys.clone(), removal_queue)));
         let scripts = Scripts::new(connections.publish_command());
         let (sends, send_queue) = SendQueue::new(SEND_QUEUE);
-        let send_task =
-            sender(connections.clone(), scripts.send.clone(), keys.clone(), settings.limits.clone(), send_queue);
+        let send_task = sender(
+            connections.clone(),
+            hub.clone(),
+            scripts.send.clone(),
+            keys.clone(),
+            settings.limits.clone(),
+            send_queue,
+        );
         tokio::spawn(stop.clone().run_until_cancelled_owned(send_task));
         let subscriber = Subscriber::new(connections.clone(), hub.clone(), keys.clone()).run(requests);
         tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
@@ -182,13 +188,14 @@ impl RedisEngine {
             let mut results = Vec::with_capacity(indices.len());
             for call in indices.chunks(MESSAGES_PER_CALL) {
                 let messages: Vec<Message<'_>> =
-                    call.iter().map(|&i| Message { from, to: &sends[i].0, envelope: &sends[i].1 }).collect();
+                    call.iter().map(|&i| Message::new(&this.hub, from, &sends[i].0, &sends[i].1)).collect();
                 let invocation = sender::invocation(&this.scripts.send, &this.keys, &this.limits, &messages);
                 let mut con = this.connections.cmd();
-                let replies = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
+                let stored = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
                     Ok(reply) => send_replies(reply, call.len()),
                     Err(e) => sender::unavailable(call.len(), &e.0),
                 };
+                let replies = sender::deliver_here(&this.hub, &messages, stored);
                 results.extend(call.iter().copied().zip(replies));
             }
             results

@@ -26,12 +26,18 @@ use crate::protocol::MsgId;
 /// (set by the same call, and a script sees one frozen clock), so an inbox that expired took
 /// its share record with it: a fresh `x` means the inbox has its expiry.
 /// One call carries many messages (`sender`): the cost of a call itself is shared by them.
+/// A message whose recipient's live connection is on the sending replica is not published when
+/// that connection is still the user's newest (its generation, passed in, is the counter's):
+/// the replica hands it over itself. A newer connection anywhere has claimed a newer generation
+/// first (and reads the inbox after claiming it), so it finds the message stored or hears it.
 /// KEYS: per message its recipient's user record, inbox, shares. ARGV: capacity, ttl (ms),
 /// share (messages, 0: none), share (bytes, 0: none), inbox byte cap; then per message its
-/// envelope, channel, sender.
-/// Returns per message the stream id, -1 for an unknown recipient, -2 for a full inbox, -3 for
-/// a sender over its share, or the error that stopped it (each message on its own: one that
-/// fails does not take the others with it). `#!lua` without flags: refused as a whole, before
+/// envelope, channel, sender, connection counter and the local connection's generation (both
+/// empty when the recipient has none here).
+/// Returns per message the stream id (published), `{id, seq}` (stored, not published: the
+/// replica delivers it), -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
+/// over its share, or the error that stopped it (each message on its own: one that fails does
+/// not take the others with it). `#!lua` without flags: refused as a whole, before
 /// any write, when Redis is over its memory limit.
 ///
 /// The channel is an argument, not a key: on a cluster it is in the keys' slot all the same,
@@ -99,8 +105,16 @@ fn render(template: &str, doorbell: &str, publish: &str) -> String {
     template.replace(DOORBELL, doorbell).replace("'PUBLISH'", &format!("'{publish}'"))
 }
 
+/// A stored message: its id, and its number when the sending replica is to deliver it itself
+/// (not published, see `SEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) id: MsgId,
+    pub(super) local_seq: Option<u64>,
+}
+
 /// The send script's answer for `count` messages: one result each.
-pub(super) fn send_replies(reply: Value, count: usize) -> Vec<Result<MsgId, SendError>> {
+pub(super) fn send_replies(reply: Value, count: usize) -> Vec<Result<Stored, SendError>> {
     match reply {
         Value::Array(replies) if replies.len() == count => replies.into_iter().map(send_reply).collect(),
         reply => {
@@ -110,16 +124,24 @@ pub(super) fn send_replies(reply: Value, count: usize) -> Vec<Result<MsgId, Send
     }
 }
 
-/// The send script's answer for one message: the stream id, or why it was refused.
-fn send_reply(reply: Value) -> Result<MsgId, SendError> {
+/// The send script's answer for one message: where it was stored, or why it was refused.
+fn send_reply(reply: Value) -> Result<Stored, SendError> {
     let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
+    let published = |id| Stored { id, local_seq: None };
     match &reply {
+        Value::Array(local) => match local.as_slice() {
+            [Value::BulkString(id), Value::Int(seq)] => {
+                let seq = u64::try_from(*seq).ok();
+                parse_id(id).zip(seq).map(|(id, seq)| Stored { id, local_seq: Some(seq) }).ok_or_else(unexpected)
+            }
+            _ => Err(unexpected()),
+        },
         Value::ServerError(e) => Err(Unavailable(format!("send failed in Redis: {e:?}")).into()),
         Value::Int(-1) => Err(SendError::UserNotFound),
         Value::Int(-2) => Err(SendError::InboxFull),
         Value::Int(-3) => Err(SendError::OverShare),
-        Value::BulkString(id) => parse_id(id).ok_or_else(unexpected),
-        Value::SimpleString(id) => parse_id(id.as_bytes()).ok_or_else(unexpected),
+        Value::BulkString(id) => parse_id(id).map(published).ok_or_else(unexpected),
+        Value::SimpleString(id) => parse_id(id.as_bytes()).map(published).ok_or_else(unexpected),
         _ => Err(unexpected()),
     }
 }
@@ -157,11 +179,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("92cac53ed95a999f84f936ae50102b50dbdd684d", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("2128933ec65b2a283a39bd4cad14ba2e29beaf31", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("1dc70c635f115a64dcc489a66af1e959f66bbe92", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("076e5242d15a8839cb833f8b603dddb3581c0299", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

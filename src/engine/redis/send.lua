@@ -2,7 +2,7 @@
 local capacity, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local share, share_bytes, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local slack = math.floor(ttl / 64)
-local function send(user, inbox, shares, envelope, channel, sender)
+local function send(user, inbox, shares, envelope, channel, sender, conn, generation)
   if redis.call('EXISTS', user) == 0 then return -1 end
   local size = string.len(envelope)
   local held = redis.call('HMGET', shares, 'n:' .. sender, 'b:' .. sender, 'bytes', 'x')
@@ -21,13 +21,14 @@ local function send(user, inbox, shares, envelope, channel, sender)
     redis.call('PEXPIRE', inbox, ttl + slack)
     redis.call('PEXPIRE', shares, ttl + slack)
   end
+  if generation ~= '' and redis.pcall('GET', conn) == generation then return {id, seq} end
   redis.call('PUBLISH', channel, $DOORBELL)
   return id
 end
 local replies = {}
 for i = 1, #KEYS / 3 do
-  local k, a = 3 * i - 2, 3 * i + 3
-  local ok, reply = pcall(send, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2])
+  local k, a = 3 * i - 2, 5 * i + 1
+  local ok, reply = pcall(send, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
   if ok then
     replies[i] = reply
   elseif type(reply) == 'table' and reply.err then

@@ -6,6 +6,11 @@
 //! has whatever it carries (reading the command, setting up the script, the reply) is shared,
 //! on both sides of the link (issue 18: that fixed cost was most of Redis's time per message).
 //!
+//! A message whose recipient is connected to this replica is handed to its session here,
+//! after the round, instead of being published and heard back (the script checks, atomically,
+//! that this connection is still the user's newest; see `scripts::SEND`): no doorbell for Redis
+//! to write, nor for this replica to read and decode.
+//!
 //! Single Redis and Sentinel only. On a cluster a script must stay in one slot, so each
 //! recipient's messages are one call of their own (`RedisEngine::send_per_recipient`).
 //!
@@ -24,9 +29,10 @@ use super::super::{SendError, Unavailable};
 use super::commands::{Command, timed};
 use super::connect::Connections;
 use super::keys::Keys;
-use super::scripts::send_replies;
+use super::scripts::{Stored, send_replies};
 use crate::config::Limits;
-use crate::protocol::{MsgId, UserId};
+use crate::hub::Hub;
+use crate::protocol::{Delivery, MsgId, UserId};
 
 /// Messages per script call: a call runs alone in Redis, so this bounds how long one call
 /// holds everything else up (~1 ms).
@@ -83,6 +89,7 @@ impl SendQueue {
 /// The sender task: one round at a time, until the queue closes.
 pub(super) async fn sender(
     connections: Arc<Connections>,
+    hub: Arc<Hub>,
     script: Script,
     keys: Keys,
     limits: Limits,
@@ -96,9 +103,10 @@ pub(super) async fn sender(
     while queue.recv_many(&mut jobs, JOBS_PER_ROUND).await > 0 {
         let messages: Vec<Message<'_>> = jobs
             .iter()
-            .flat_map(|job| job.sends.iter().map(move |(to, envelope)| Message { from: &job.from, to, envelope }))
+            .flat_map(|job| job.sends.iter().map(|(to, envelope)| Message::new(&hub, &job.from, to, envelope)))
             .collect();
-        let results = store(&connections, &script, &keys, &limits, &messages).await;
+        let stored = store(&connections, &script, &keys, &limits, &messages).await;
+        let results = deliver_here(&hub, &messages, stored);
         drop(messages);
         let mut results = results.into_iter();
         for job in jobs.drain(..) {
@@ -114,6 +122,31 @@ pub(super) struct Message<'a> {
     pub(super) from: &'a UserId,
     pub(super) to: &'a UserId,
     pub(super) envelope: &'a Bytes,
+    /// The generation of the recipient's live connection on this replica, if any.
+    pub(super) local: Option<u64>,
+}
+
+impl<'a> Message<'a> {
+    pub(super) fn new(hub: &Hub, from: &'a UserId, to: &'a UserId, envelope: &'a Bytes) -> Self {
+        Self { from, to, envelope, local: hub.live_generation(to) }
+    }
+}
+
+/// Hands the messages the script did not publish to their recipients' sessions here (in
+/// order: one recipient's messages are in number order in a round, and rounds follow each
+/// other), and gives the senders their ids.
+pub(super) fn deliver_here(hub: &Hub, messages: &[Message<'_>], stored: Vec<Result<Stored, SendError>>) -> Results {
+    messages
+        .iter()
+        .zip(stored)
+        .map(|(message, stored)| {
+            let Stored { id, local_seq } = stored?;
+            if let Some(seq) = local_seq {
+                hub.deliver(message.to, Delivery { id, ts: id.ms, seq, envelope: message.envelope.clone() });
+            }
+            Ok(id)
+        })
+        .collect()
 }
 
 /// The `SEND` call for `messages` (on a cluster: all to one recipient).
@@ -138,6 +171,10 @@ pub(super) fn invocation<'a>(
             .arg(message.envelope.as_ref())
             .arg(keys.channel(message.to))
             .arg(message.from.as_str());
+        match message.local {
+            Some(generation) => invocation.arg(keys.generation(message.to)).arg(generation),
+            None => invocation.arg("").arg(""),
+        };
     }
     invocation
 }
@@ -149,7 +186,7 @@ async fn store(
     keys: &Keys,
     limits: &Limits,
     messages: &[Message<'_>],
-) -> Results {
+) -> Vec<Result<Stored, SendError>> {
     let calls: Vec<&[Message<'_>]> = messages.chunks(MESSAGES_PER_CALL).collect();
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -188,6 +225,6 @@ async fn store(
     }
 }
 
-pub(super) fn unavailable(count: usize, why: &str) -> Results {
+pub(super) fn unavailable<T>(count: usize, why: &str) -> Vec<Result<T, SendError>> {
     (0..count).map(|_| Err(Unavailable(why.to_owned()).into())).collect()
 }
