@@ -75,7 +75,18 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --d
 pids+=($!)
 for _ in $(seq 1 100); do [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
 port=$(free_port)
-ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=redis://127.0.0.1:$redis_port/ ENIGMA__LOG__LEVEL=warn \
+# The per-client limits off, as in `make bench` (BENCH_LIMITS=off): the generator is one address
+# whose users each send far more than a person and reconnect all the time; the soak watches
+# the relay's memory and losses, not its limiter (which would refuse most of the load).
+unlimited_clients=(
+    ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
+    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
+    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
+    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
+    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0
+)
+env "${unlimited_clients[@]}" \
+    ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=redis://127.0.0.1:$redis_port/ ENIGMA__LOG__LEVEL=warn \
     "$work/enigma-relay" >"$work/relay.log" 2>&1 &
 relay_pid=$!
 pids+=("$relay_pid")
@@ -138,6 +149,8 @@ duplicated=$(jq '[.steps[].duplicated] | add' "$work/bench.json" 2>/dev/null || 
 redelivered=$(jq '[.steps[].redelivered] | add' "$work/bench.json" 2>/dev/null || echo "?")
 acknowledged=$(jq '[.steps[].acknowledged] | add' "$work/bench.json" 2>/dev/null || echo "?")
 reconnects=$(jq '[.steps[].reconnects] | add' "$work/bench.json" 2>/dev/null || echo "?")
+errors=$(jq -c '[.steps[].errors] | add' "$work/bench.json" 2>/dev/null || echo "?")
+error_kinds=$(jq -c '[.steps[].errors_by_kind] | add' "$work/bench.json" 2>/dev/null || echo "?")
 if jq -e .acknowledging "$work/bench.json" >/dev/null 2>&1; then
     clients="acknowledging recipients (enigma.v1, every delivery acknowledged)"
 else
@@ -157,11 +170,11 @@ cp "$csv" "$keep/soak-$stamp.csv"
 python3 scripts/soak_plot.py "$csv" "$keep/soak-$stamp.png"
 
 verdicts=$(python3 - "$csv" "$baseline_memory" "$lost" "$left" "$bench_status" "$unsent" "$duplicated" \
-    "$redelivered" "$reconnects" <<'PY'
+    "$redelivered" "$reconnects" "$errors" "$error_kinds" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 baseline, lost, left, status = int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-unsent, duplicated, redelivered, reconnects = sys.argv[6:10]
+unsent, duplicated, redelivered, reconnects, errors, error_kinds = sys.argv[6:12]
 load = [r for r in rows if r["phase"] == "load"]
 drained = [r for r in rows if r["phase"] == "drained"][-1]
 ok = True
@@ -181,9 +194,10 @@ print(f"- Redis memory back to baseline after the drain: {'PASS' if back else 'F
       f"({baseline} → {drained['redis_used_memory']} bytes, +{grown}; {drained['redis_keys']} keys, "
       f"{left} messages left in inboxes)")
 ok &= back
-zero = lost == "0" and unsent == "0" and duplicated == "0" and status == 0
+zero = lost == "0" and unsent == "0" and duplicated == "0" and errors == "0" and status == 0
 print(f"- 0 lost: {'PASS' if zero else 'FAIL'} (lost {lost}, unsent {unsent}, duplicated {duplicated}, "
-      f"re-delivered as enigma.v1 allows {redelivered}, reconnections {reconnects}, enigma-bench exit {status})")
+      f"re-delivered as enigma.v1 allows {redelivered}, reconnections {reconnects}, errors {errors} {error_kinds}, "
+      f"enigma-bench exit {status})")
 ok &= zero
 print(f"- overall: {'PASS' if ok else 'FAIL'}")
 PY
