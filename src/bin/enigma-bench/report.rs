@@ -72,7 +72,8 @@ pub struct Step {
     /// Received again as `enigma.v1` allows (unacknowledged on a socket that closed, delivered
     /// again on the next): not a fault, counted apart from `duplicated`.
     pub redelivered: u64,
-    /// Deliveries acknowledged (`--ack`).
+    /// Deliveries acknowledged (`--ack`) by the end of the step's drain; the last batch (at
+    /// most 5 ms of deliveries) may go out after it, and is not counted.
     pub acknowledged: u64,
     /// Sockets closed and opened again (`--churn`), senders' and recipients'.
     pub reconnects: u64,
