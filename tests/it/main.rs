@@ -29,6 +29,7 @@ macro_rules! both_engines {
 
 mod auth;
 mod balancer;
+mod bench_churn;
 mod cli;
 mod cluster;
 mod conformance;

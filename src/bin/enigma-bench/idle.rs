@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::Progress;
 use crate::procfs::rss_kib;
+use crate::progress::Progress;
 use crate::report::Idle;
 use crate::target::{self, Replica, Ws};
 

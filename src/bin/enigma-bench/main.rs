@@ -11,12 +11,19 @@
 //!   failed;
 //! - `--connections N`: N idle sockets and the server's RSS per connection (`--server-pid`).
 //!
+//! In the traffic modes, `--ack` makes the recipients acknowledging `enigma.v1` clients (`ack`,
+//! `receiver`) and `--churn PERIOD` closes and reopens every socket about every PERIOD (`churn`).
+//!
 //! Everything is bounded: a fixed number of steps, timeouts on every login, connect and drain,
 //! and traffic only to loopback addresses. The process exits by itself.
 
+mod ack;
+mod churn;
 mod cost;
 mod idle;
 mod procfs;
+mod progress;
+mod receiver;
 mod report;
 mod target;
 mod traffic;
@@ -28,8 +35,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::churn::{Link, Schedule};
+use crate::progress::Progress;
+use crate::receiver::Recipient;
 use crate::report::{ProcessCost, Report, Saturation, Setup, Step};
 use crate::target::Replica;
 use crate::traffic::{Clock, Sender, Shared};
@@ -66,6 +75,14 @@ struct Args {
     /// Longest wait for in-flight messages after a step; what has not arrived by then is lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain: Duration,
+    /// Recipients use the acknowledged subprotocol (enigma.v1) and acknowledge every delivery
+    /// (in batches); re-deliveries it allows after a reconnect are counted apart from duplicates.
+    #[arg(long)]
+    ack: bool,
+    /// Reconnect churn: every socket is closed and opened again about every PERIOD (jittered,
+    /// spread over the pairs) while the traffic keeps its schedule: 10s, 500ms, 1m.
+    #[arg(long, value_name = "PERIOD", value_parser = parse_duration)]
+    churn: Option<Duration>,
 
     /// Find the saturation point: steps of growing rate.
     #[arg(long)]
@@ -168,64 +185,14 @@ impl Args {
         fail(self.connections.is_some_and(|n| n == 0 || n > 1_000_000), "--connections must be 1..=1000000")?;
         fail(self.source_ips.is_some_and(|k| k == 0 || k > 250), "--source-ips must be 1..=250")?;
         fail(self.ramp && self.connections.is_some(), "--ramp and --connections are separate modes")?;
+        fail(self.churn.is_some_and(|p| p < Duration::from_millis(100)), "--churn must be at least 100ms")?;
+        let traffic_only = self.ack || self.churn.is_some();
+        fail(traffic_only && self.connections.is_some(), "--ack and --churn drive traffic, not --connections")?;
         Ok(())
     }
 
     fn format(&self) -> Format {
         if self.json { Format::Json } else { self.format }
-    }
-}
-
-/// The progress bar on a terminal, per-step lines on stderr otherwise.
-pub struct Progress {
-    bar: Option<ProgressBar>,
-    quiet: bool,
-}
-
-impl Progress {
-    fn new(show_bar: bool, quiet: bool) -> Progress {
-        let bar = show_bar.then(|| {
-            // Hidden until the first phase starts, so no empty bar is drawn.
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
-            let style = ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-                .expect("valid template");
-            bar.set_style(style);
-            bar
-        });
-        Progress { bar, quiet }
-    }
-
-    fn start(&self, prefix: &str, len: u64) {
-        if let Some(bar) = &self.bar {
-            bar.reset();
-            bar.set_prefix(prefix.to_string());
-            bar.set_length(len);
-            bar.set_position(0);
-            if bar.is_hidden() {
-                bar.set_draw_target(ProgressDrawTarget::stderr());
-            }
-        }
-    }
-
-    pub fn set(&self, pos: u64, message: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(pos);
-            bar.set_message(message.to_string());
-        }
-    }
-
-    fn note(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None if !self.quiet => eprintln!("{line}"),
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
     }
 }
 
@@ -351,11 +318,20 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
     // Small: tungstenite zeroes `read_buffer_size` bytes before every read (even one that
     // finds nothing), so a large buffer costs a big memset per message.
     let config = target::ws_config(4096);
+    // Recipients (odd users) speak enigma.v1 with --ack; senders stay specification clients.
+    let links: Vec<Link> = (0..2 * pairs)
+        .map(|u| Link {
+            replica: replicas[replica_of(u)].clone(),
+            user: ids[u].clone(),
+            config,
+            subprotocol: (args.ack && u % 2 == 1).then_some(enigma::protocol::SUBPROTOCOL_V1),
+        })
+        .collect();
     let mut sockets: Vec<Option<target::Ws>> = (0..2 * pairs).map(|_| None).collect();
     let mut opens = futures_util::stream::iter(0..2 * pairs)
         .map(|u| {
-            let (replica, id) = (&replicas[replica_of(u)], &ids[u]);
-            async move { (u, target::open_ws(replica, id, None, config).await) }
+            let link = &links[u];
+            async move { (u, link.open().await) }
         })
         .buffer_unordered(args.concurrency);
     let mut opened = 0;
@@ -371,11 +347,15 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
     let shared = Shared::new(clock);
     let mut senders = Vec::with_capacity(pairs);
     let mut receivers = Vec::with_capacity(pairs);
-    let mut sockets = sockets.into_iter().map(|s| s.expect("every socket opened"));
+    let seed = clock.now_ns() ^ u64::from(std::process::id()) << 32;
+    let churn = |u: usize| args.churn.map(|period| Schedule::new(period, u, 2 * pairs, seed, clock.now_ns()));
+    let mut sockets = sockets.into_iter().zip(links).map(|(s, link)| (s.expect("every socket opened"), link));
     for p in 0..pairs {
-        let (send_ws, recv_ws) = (sockets.next().expect("2 per pair"), sockets.next().expect("2 per pair"));
-        senders.push(Sender::new(p, send_ws, &ids[2 * p], &ids[2 * p + 1], args.payload_bytes));
-        receivers.push(traffic::spawn_receiver(p, recv_ws, shared.clone()));
+        let ((send_ws, send_link), (recv_ws, recv_link)) =
+            (sockets.next().expect("2 per pair"), sockets.next().expect("2 per pair"));
+        senders.push(Sender::new(p, send_ws, send_link, churn(2 * p), &ids[2 * p + 1], args.payload_bytes));
+        let recipient = Recipient { pair: p, link: recv_link, churn: churn(2 * p + 1) };
+        receivers.push(receiver::spawn_receiver(recipient, recv_ws, shared.clone()));
     }
 
     let setup = Setup {
@@ -411,6 +391,8 @@ async fn run_traffic(args: &Args, replicas: &[Replica], threads: usize, progress
         threads,
         pairs: Some(pairs),
         payload_bytes: Some(args.payload_bytes),
+        acknowledging: args.ack,
+        churn_secs: args.churn.map(|p| p.as_secs_f64()),
         setup,
         steps,
         saturation,
@@ -469,6 +451,9 @@ fn judge(step: &Step, args: &Args) -> Option<String> {
     }
     if step.errors > 0 {
         why.push(format!("{} errors", step.errors));
+    }
+    if step.unsent > 0 {
+        why.push(format!("{} unsent", step.unsent));
     }
     (!why.is_empty()).then(|| why.join(", "))
 }
@@ -575,6 +560,8 @@ async fn run_idle(
         threads,
         pairs: None,
         payload_bytes: None,
+        acknowledging: false,
+        churn_secs: None,
         setup: Setup {
             logins: count,
             login_secs: login_time.as_secs_f64(),

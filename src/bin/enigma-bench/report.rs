@@ -56,6 +56,9 @@ pub struct Step {
     pub scheduled: u64,
     /// Messages written to sockets (less than `scheduled` only if sender sockets failed).
     pub sent: u64,
+    /// Scheduled and never written: failed sends (a sender socket that died or could not be
+    /// opened again), counted, never dropped silently.
+    pub unsent: u64,
     /// Unique messages received by the end of the drain period.
     pub delivered: u64,
     /// Unique messages received inside the sending window, per second of the window.
@@ -64,7 +67,16 @@ pub struct Step {
     pub achieved_ratio: f64,
     /// Sent but not received by the end of the drain period.
     pub lost: u64,
+    /// Received again with nothing allowing it: a real duplicate.
     pub duplicated: u64,
+    /// Received again as `enigma.v1` allows (unacknowledged on a socket that closed, delivered
+    /// again on the next): not a fault, counted apart from `duplicated`.
+    pub redelivered: u64,
+    /// Deliveries acknowledged (`--ack`) by the end of the step's drain; the last batch (at
+    /// most 5 ms of deliveries) may go out after it, and is not counted.
+    pub acknowledged: u64,
+    /// Sockets closed and opened again (`--churn`), senders' and recipients'.
+    pub reconnects: u64,
     pub reordered: u64,
     /// Messages of an earlier step that arrived during this one (not counted above).
     pub late: u64,
@@ -185,6 +197,11 @@ pub struct Report {
     pub pairs: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_bytes: Option<usize>,
+    /// Recipients on `enigma.v1`, acknowledging every delivery (`--ack`).
+    pub acknowledging: bool,
+    /// `--churn`: each socket closed and opened again about this often (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_secs: Option<f64>,
     pub setup: Setup,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
@@ -211,6 +228,18 @@ fn kinds(step: &Step) -> String {
 }
 
 impl Report {
+    /// `, acknowledging (enigma.v1), reconnect churn every ~10 s` (empty for plain clients).
+    fn clients(&self) -> String {
+        let mut out = String::new();
+        if self.acknowledging {
+            out.push_str(", acknowledging recipients (enigma.v1)");
+        }
+        if let Some(secs) = self.churn_secs {
+            let _ = write!(out, ", reconnect churn every ~{secs} s");
+        }
+        out
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain data")
     }
@@ -220,7 +249,7 @@ impl Report {
         let s = &self.setup;
         let _ = writeln!(out, "enigma-bench {} · {} · {} threads", self.mode, self.urls.join(" "), self.threads);
         if let (Some(pairs), Some(bytes)) = (self.pairs, self.payload_bytes) {
-            let _ = writeln!(out, "pairs {pairs}, payload {bytes} bytes");
+            let _ = writeln!(out, "pairs {pairs}, payload {bytes} bytes{}", self.clients());
         }
         let _ = writeln!(
             out,
@@ -257,9 +286,11 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  lost {}  duplicated {}  reordered {}  late {}  errors {}{}",
+                "  lost {}  unsent {}  duplicated {}  redelivered {}  reordered {}  late {}  errors {}{}",
                 step.lost,
+                step.unsent,
                 step.duplicated,
+                step.redelivered,
                 step.reordered,
                 step.late,
                 step.errors,
@@ -271,6 +302,9 @@ impl Report {
                 pct(step.generator_cpu_pct),
                 pct(step.server_cpu_pct)
             );
+            if self.acknowledging || self.churn_secs.is_some() {
+                let _ = writeln!(out, "  acknowledged {}  reconnections {}", step.acknowledged, step.reconnects);
+            }
             if !step.cpu.is_empty() {
                 let _ = writeln!(out, "  CPU µs per delivered message: {}", step.cost_line());
             }
@@ -330,6 +364,26 @@ impl Report {
                     pct(step.server_cpu_pct),
                     step.cost_line(),
                     step.saturated.as_deref().unwrap_or("held"),
+                );
+            }
+        }
+        if (self.acknowledging || self.churn_secs.is_some()) && !self.steps.is_empty() {
+            let _ = writeln!(out, "\nClients:{}.\n", self.clients());
+            out.push_str("| offered msgs/s | sent | unsent | delivered | lost | duplicated | redelivered (enigma.v1) | acknowledged | reconnections |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for step in &self.steps {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    step.offered_rate,
+                    step.sent,
+                    step.unsent,
+                    step.delivered,
+                    step.lost,
+                    step.duplicated,
+                    step.redelivered,
+                    step.acknowledged,
+                    step.reconnects
                 );
             }
         }

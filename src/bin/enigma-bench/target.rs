@@ -7,6 +7,8 @@ use std::time::Duration;
 use enigma::protocol::LoginResponse;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// One client WebSocket.
@@ -120,6 +122,18 @@ pub async fn open_ws(
     source: Option<Ipv4Addr>,
     config: WebSocketConfig,
 ) -> Result<Ws, String> {
+    open_ws_as(replica, user, source, config, None).await
+}
+
+/// Like [`open_ws`], asking for `subprotocol` (e.g. `enigma.v1`): tungstenite refuses a
+/// handshake whose answer does not name it, so a socket returned here speaks it.
+pub async fn open_ws_as(
+    replica: &Replica,
+    user: &str,
+    source: Option<Ipv4Addr>,
+    config: WebSocketConfig,
+    subprotocol: Option<&str>,
+) -> Result<Ws, String> {
     let open = async {
         let socket = if replica.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .map_err(|e| format!("socket: {e}"))?;
@@ -130,7 +144,12 @@ pub async fn open_ws(
         // Latency is the point of the exercise: never let Nagle hold a frame back.
         stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
         let url = format!("ws://{}/ws/{user}", replica.authority);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        let mut request = url.into_client_request().map_err(|e| format!("WebSocket request: {e}"))?;
+        if let Some(protocol) = subprotocol {
+            let value = protocol.parse().map_err(|_| format!("subprotocol {protocol:?}: not a header value"))?;
+            request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(|e| format!("WebSocket handshake with {}: {e}", replica.authority))?;
         Ok(ws)

@@ -29,16 +29,17 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::{self, Link, Schedule};
 use crate::report::{Percentiles, Step};
 use crate::target::Ws;
-use crate::wire::{Arrival, FrameBuilder, Received, SeqTracker, classify};
+use crate::wire::{FrameBuilder, Received, classify};
 
 /// Frames written before a flush: one syscall carries many frames when a sender is behind.
 const SEND_BATCH: usize = 64;
 /// How far ahead of their scheduled time messages may be released: tokio rounds a deadline up
 /// to its next 1 ms tick and the worker parks with a millisecond timeout, so a sleep ends up to
 /// ~2 ms after its deadline.
-const HORIZON_NS: u64 = 2_000_000;
+pub const HORIZON_NS: u64 = 2_000_000;
 /// Stats are sharded by pair so that the two halves of the runtime rarely wait on one lock.
 const SHARDS: usize = 32;
 /// Largest latency recorded (µs); beyond it values saturate.
@@ -68,13 +69,20 @@ impl Clock {
 /// What one shard saw during the current step.
 pub struct Tally {
     sent: u64,
-    delivered: u64,
-    in_window: u64,
-    duplicated: u64,
-    reordered: u64,
-    late: u64,
+    pub delivered: u64,
+    pub in_window: u64,
+    /// Received again with nothing allowing it (see `ack`).
+    pub duplicated: u64,
+    /// Received again as `enigma.v1` allows: unacknowledged on a socket that closed.
+    pub redelivered: u64,
+    /// Deliveries acknowledged (acknowledgement frames written).
+    pub acknowledged: u64,
+    /// Sockets closed and opened again by `--churn`.
+    pub reconnects: u64,
+    pub reordered: u64,
+    pub late: u64,
     errors: BTreeMap<String, u64>,
-    latency_us: Histogram<u64>,
+    pub latency_us: Histogram<u64>,
     send_lag_us: Histogram<u64>,
 }
 
@@ -86,6 +94,9 @@ impl Tally {
             delivered: 0,
             in_window: 0,
             duplicated: 0,
+            redelivered: 0,
+            acknowledged: 0,
+            reconnects: 0,
             reordered: 0,
             late: 0,
             errors: BTreeMap::new(),
@@ -94,7 +105,7 @@ impl Tally {
         }
     }
 
-    fn error(&mut self, kind: &str) {
+    pub fn error(&mut self, kind: &str) {
         *self.errors.entry(kind.to_string()).or_default() += 1;
     }
 
@@ -103,6 +114,9 @@ impl Tally {
         self.delivered += other.delivered;
         self.in_window += other.in_window;
         self.duplicated += other.duplicated;
+        self.redelivered += other.redelivered;
+        self.acknowledged += other.acknowledged;
+        self.reconnects += other.reconnects;
         self.reordered += other.reordered;
         self.late += other.late;
         for (k, v) in &other.errors {
@@ -118,13 +132,15 @@ pub struct Shared {
     pub clock: Clock,
     shards: Vec<Mutex<Tally>>,
     /// Scheduled start of the current step: earlier stamps are late arrivals of a past step.
-    step_start_ns: AtomicU64,
+    pub step_start_ns: AtomicU64,
     /// End of the current step's sending window, for the achieved rate.
-    window_end_ns: AtomicU64,
+    pub window_end_ns: AtomicU64,
     /// Sockets closed or failed since the start of the run.
     pub closed: AtomicU64,
     /// Stops the receivers at the end of the run.
     pub cancel: CancellationToken,
+    /// Failures whose reason has been printed (the first few only).
+    failures_noted: AtomicU64,
 }
 
 impl Shared {
@@ -136,10 +152,18 @@ impl Shared {
             window_end_ns: AtomicU64::new(u64::MAX),
             closed: AtomicU64::new(0),
             cancel: CancellationToken::new(),
+            failures_noted: AtomicU64::new(0),
         })
     }
 
-    fn shard(&self, pair: usize) -> MutexGuard<'_, Tally> {
+    /// Prints why a socket failed (the first few reasons: the counts are in the report).
+    pub fn note_failure(&self, reason: &str) {
+        if self.failures_noted.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!("enigma-bench: {reason}");
+        }
+    }
+
+    pub fn shard(&self, pair: usize) -> MutexGuard<'_, Tally> {
         self.shards[pair % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -162,17 +186,21 @@ impl Shared {
     }
 }
 
-/// The sending half of a pair: the sender's socket, its frame builder and next sequence number.
+/// The sending half of a pair: the sender's socket, its frame builder and next sequence
+/// number, where the socket is opened again and, with `--churn`, when.
 pub struct Sender {
     pair: usize,
     ws: Ws,
     frames: FrameBuilder,
     next_seq: u64,
+    link: Link,
+    churn: Option<Schedule>,
 }
 
 impl Sender {
-    pub fn new(pair: usize, ws: Ws, from: &str, to: &str, payload_bytes: usize) -> Sender {
-        Sender { pair, ws, frames: FrameBuilder::new(from, to, payload_bytes), next_seq: 0 }
+    pub fn new(pair: usize, ws: Ws, link: Link, churn: Option<Schedule>, to: &str, payload_bytes: usize) -> Sender {
+        let frames = FrameBuilder::new(&link.user, to, payload_bytes);
+        Sender { pair, ws, frames, next_seq: 0, link, churn }
     }
 }
 
@@ -198,63 +226,14 @@ impl Plan {
     }
 }
 
-/// Reads a recipient's socket until the run ends or the socket closes.
-pub fn spawn_receiver(pair: usize, mut ws: Ws, shared: Arc<Shared>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tracker = SeqTracker::default();
-        loop {
-            let message = tokio::select! {
-                biased;
-                _ = shared.cancel.cancelled() => return,
-                message = ws.next() => message,
-            };
-            match message {
-                Some(Ok(Message::Text(text))) => {
-                    let now = shared.clock.now_ns();
-                    match classify(text.as_str()) {
-                        Received::Stamped { seq, stamp_ns } => {
-                            let arrival = tracker.observe(seq);
-                            // The step's first messages may be released (and stamped) up to
-                            // the horizon before its start; a past step's are older than that.
-                            let start = shared.step_start_ns.load(Ordering::Relaxed);
-                            let mut tally = shared.shard(pair);
-                            if stamp_ns < start.saturating_sub(HORIZON_NS) {
-                                tally.late += 1;
-                                continue;
-                            }
-                            match arrival {
-                                Arrival::Duplicate => tally.duplicated += 1,
-                                Arrival::New | Arrival::Reordered => {
-                                    tally.reordered += u64::from(arrival == Arrival::Reordered);
-                                    tally.delivered += 1;
-                                    if now <= shared.window_end_ns.load(Ordering::Relaxed) {
-                                        tally.in_window += 1;
-                                    }
-                                    let latency_us = now.saturating_sub(stamp_ns) / 1000;
-                                    tally.latency_us.saturating_record(latency_us.max(1));
-                                }
-                            }
-                        }
-                        Received::Error(code) => shared.shard(pair).error(&code),
-                        Received::Other(_) => shared.shard(pair).error("unexpected_frame"),
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => return socket_closed(&shared, pair, close_kind(frame)),
-                Some(Err(_)) | None => return socket_closed(&shared, pair, "closed:lost".into()),
-                Some(Ok(_)) => {} // pings are answered by tungstenite
-            }
-        }
-    })
-}
-
-fn close_kind(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+pub fn close_kind(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
     match frame {
         Some(frame) => format!("closed:{}", u16::from(frame.code)),
         None => "closed:no_code".into(),
     }
 }
 
-fn socket_closed(shared: &Shared, pair: usize, kind: String) {
+pub fn socket_closed(shared: &Shared, pair: usize, kind: String) {
     shared.closed.fetch_add(1, Ordering::Relaxed);
     shared.shard(pair).error(&kind);
 }
@@ -264,10 +243,7 @@ fn socket_closed(shared: &Shared, pair: usize, kind: String) {
 fn on_sender_frame(shared: &Shared, pair: usize, message: Option<Result<Message, impl std::fmt::Display>>) -> bool {
     match message {
         Some(Ok(Message::Text(text))) => {
-            match classify(text.as_str()) {
-                Received::Error(code) => shared.shard(pair).error(&code),
-                _ => shared.shard(pair).error("unexpected_frame"),
-            }
+            on_sender_text(shared, pair, text.as_str());
             true
         }
         Some(Ok(Message::Close(frame))) => {
@@ -282,6 +258,37 @@ fn on_sender_frame(shared: &Shared, pair: usize, message: Option<Result<Message,
     }
 }
 
+fn on_sender_text(shared: &Shared, pair: usize, text: &str) {
+    match classify(text, false) {
+        Received::Error(code) => shared.shard(pair).error(&code),
+        _ => shared.shard(pair).error("unexpected_frame"),
+    }
+}
+
+/// Churns a sender's socket: closes it (reading the answers to what it sent) and opens a new
+/// one. Messages that fall due meanwhile wait in the schedule (bounded by it) and go out, late,
+/// on the new socket; if it cannot be opened, the pair's remaining messages are unsent.
+async fn reconnect_sender(mut sender: Sender, shared: &Shared) -> Option<Sender> {
+    let pair = sender.pair;
+    churn::close(sender.ws, |text| on_sender_text(shared, pair, text)).await;
+    let reopened = sender.link.reopen().await;
+    if let Some(schedule) = sender.churn.as_mut() {
+        schedule.advance(shared.clock.now_ns());
+    }
+    match reopened {
+        Ok(ws) => {
+            sender.ws = ws;
+            shared.shard(pair).reconnects += 1;
+            Some(sender)
+        }
+        Err(e) => {
+            shared.note_failure(&e);
+            socket_closed(shared, pair, "reconnect_failed".into());
+            None
+        }
+    }
+}
+
 /// Sends one pair's share of a step on schedule; gives the sender back unless its socket died.
 async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> Option<Sender> {
     let pair = sender.pair;
@@ -289,8 +296,13 @@ async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> 
     let mut lags = [0u64; SEND_BATCH];
     let mut j = 0;
     while j < count {
+        if sender.churn.as_ref().is_some_and(|c| c.due(shared.clock.now_ns())) {
+            sender = reconnect_sender(sender, &shared).await?;
+            continue;
+        }
         let due = plan.scheduled_ns(pair, j);
         if due > shared.clock.now_ns() + HORIZON_NS {
+            let wake = sender.churn.as_ref().map_or(due - HORIZON_NS, |c| c.next_ns().min(due - HORIZON_NS));
             // Read while waiting: error frames, close frames and the server's pings.
             tokio::select! {
                 biased;
@@ -299,7 +311,7 @@ async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> 
                         return None;
                     }
                 }
-                _ = tokio::time::sleep_until(shared.clock.at(due - HORIZON_NS)) => {}
+                _ = tokio::time::sleep_until(shared.clock.at(wake)) => {}
             }
             continue;
         }
@@ -409,8 +421,12 @@ pub async fn run_step(
         delivered: t.delivered,
         achieved_rate,
         achieved_ratio: if rate > 0 { achieved_rate / rate as f64 } else { 0.0 },
+        unsent: total.saturating_sub(t.sent),
         lost: t.sent.saturating_sub(t.delivered),
         duplicated: t.duplicated,
+        redelivered: t.redelivered,
+        acknowledged: t.acknowledged,
+        reconnects: t.reconnects,
         reordered: t.reordered,
         late: t.late,
         errors,

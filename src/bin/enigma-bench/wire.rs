@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use bytes::BytesMut;
-use enigma::protocol::{ClientFrame, SendFrame, ServerFrame};
+use enigma::protocol::{ClientFrame, DeliveryFrame, SendFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Hex digits for the sequence number plus those for the send-time stamp.
@@ -66,26 +66,38 @@ fn read_hex(digits: &[u8]) -> Option<u64> {
 /// What a received text frame is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received<'a> {
-    /// One of ours: its sequence number and send-time stamp (ns on the run's clock).
-    Stamped { seq: u64, stamp_ns: u64 },
+    /// One of ours: its sequence number, send-time stamp (ns on the run's clock) and, on an
+    /// acknowledging (`enigma.v1`) socket, the inbox id to acknowledge it by.
+    Stamped { seq: u64, stamp_ns: u64, id: Option<String> },
     /// An error frame, by code.
     Error(String),
     /// Anything else (counted as an error: the server sent something we did not ask for).
     Other(&'a str),
 }
 
-/// Classifies a frame. The fast path looks for the payload field directly instead of parsing
-/// the JSON: at 100k messages/s the generator's CPU is the server's CPU on a 2-core machine.
-/// The server writes the payload exactly as sent (it never re-encodes it), so the stamp is
-/// always the first 32 characters of the field.
-pub fn classify(text: &str) -> Received<'_> {
-    if let Some(at) = text.find(PAYLOAD_FIELD) {
-        let start = at + PAYLOAD_FIELD.len();
-        if let Some(stamp) = text.as_bytes().get(start..start + STAMP_LEN)
-            && let (Some(seq), Some(stamp_ns)) = (read_hex(&stamp[..16]), read_hex(&stamp[16..]))
+/// The stamp at the start of a payload: (sequence number, send time).
+fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
+    let stamp = payload.get(..STAMP_LEN)?;
+    Some((read_hex(&stamp[..16])?, read_hex(&stamp[16..])?))
+}
+
+/// Classifies a frame. A specification client's fast path looks for the payload field
+/// directly instead of parsing the JSON: at 100k messages/s the generator's CPU is the
+/// server's CPU on a 2-core machine. The server writes the payload exactly as sent (it never
+/// re-encodes it), so the stamp is always the first 32 characters of the field. An
+/// acknowledging socket's deliveries are read with the protocol's own parser, which gives
+/// the id to acknowledge.
+pub fn classify(text: &str, acknowledging: bool) -> Received<'_> {
+    if acknowledging {
+        if let Ok(ServerFrame::Delivery(DeliveryFrame { id: Some(id), payload, .. })) = ServerFrame::parse(text)
+            && let Some((seq, stamp_ns)) = read_stamp(payload.as_bytes())
         {
-            return Received::Stamped { seq, stamp_ns };
+            return Received::Stamped { seq, stamp_ns, id: Some(id) };
         }
+    } else if let Some(at) = text.find(PAYLOAD_FIELD)
+        && let Some((seq, stamp_ns)) = read_stamp(&text.as_bytes()[at + PAYLOAD_FIELD.len()..])
+    {
+        return Received::Stamped { seq, stamp_ns, id: None };
     }
     match ServerFrame::parse(text) {
         Ok(ServerFrame::Error(error)) if error.code.as_str().is_empty() => Received::Error("unknown".into()),
@@ -140,7 +152,7 @@ impl SeqTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use enigma::protocol::{ErrorCode, error_frame};
+    use enigma::protocol::{Delivery, ErrorCode, MsgId, error_frame};
 
     #[test]
     fn frames_round_trip() {
@@ -151,7 +163,7 @@ mod tests {
             assert_eq!(value["from"], "alice");
             assert_eq!(value["to"], "bob");
             assert_eq!(value["payload"].as_str().unwrap().len(), 64);
-            assert_eq!(classify(frame.as_str()), Received::Stamped { seq, stamp_ns: ts });
+            assert_eq!(classify(frame.as_str(), false), Received::Stamped { seq, stamp_ns: ts, id: None });
         }
     }
 
@@ -172,14 +184,36 @@ mod tests {
     #[test]
     fn classifies_server_frames() {
         let delivered = r#"{"from":"a","to":"b","payload":"000000000000000a000000000000000bxx"}"#;
-        assert_eq!(classify(delivered), Received::Stamped { seq: 10, stamp_ns: 11 });
+        assert_eq!(classify(delivered, false), Received::Stamped { seq: 10, stamp_ns: 11, id: None });
         let full = error_frame(ErrorCode::InboxFull, "full", None);
-        assert_eq!(classify(&full), Received::Error(ErrorCode::InboxFull.as_str().into()));
-        assert_eq!(classify(r#"{"error":"full"}"#), Received::Error("unknown".into()));
-        assert_eq!(
-            classify(r#"{"from":"a","to":"b","payload":"short"}"#),
-            Received::Other(r#"{"from":"a","to":"b","payload":"short"}"#)
-        );
+        for acknowledging in [false, true] {
+            assert_eq!(classify(&full, acknowledging), Received::Error(ErrorCode::InboxFull.as_str().into()));
+            assert_eq!(classify(r#"{"error":"full"}"#, acknowledging), Received::Error("unknown".into()));
+            assert_eq!(
+                classify(r#"{"from":"a","to":"b","payload":"short"}"#, acknowledging),
+                Received::Other(r#"{"from":"a","to":"b","payload":"short"}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn acknowledging_deliveries_carry_their_id() {
+        // Built by the server's own code: the envelope as stored, `id` and `ts` spliced in.
+        let mut builder = FrameBuilder::new("a", "b", 64);
+        let sent = builder.frame(10, 11);
+        let delivery = Delivery {
+            id: MsgId { ms: 1732563000123, seq: 4 },
+            ts: 1732563000123,
+            seq: 1,
+            envelope: bytes::Bytes::copy_from_slice(sent.as_str().as_bytes()),
+        };
+        let frame = delivery.frame(true);
+        let text = std::str::from_utf8(&frame).unwrap();
+        let expected = Received::Stamped { seq: 10, stamp_ns: 11, id: Some("1732563000123-4".into()) };
+        assert_eq!(classify(text, true), expected);
+        // A receipt is not a delivery.
+        let receipt = enigma::protocol::receipt_frame("r", MsgId { ms: 1, seq: 2 });
+        assert_eq!(classify(&receipt, true), Received::Other(&receipt));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod auth;
 mod backend;
+mod bench;
 mod cli;
 mod cluster;
 mod delay;
@@ -29,6 +30,7 @@ pub use auth::{
     Claimant, TEST_KID, TEST_SECRET, access_claims, expect_unauthorized, forge, test_token_keys, ws_with_token,
 };
 pub use backend::Backend;
+pub use bench::run_bench;
 pub use cli::{CliRun, CliUser};
 pub use cluster::RedisCluster;
 pub use delay::DelayProxy;
