@@ -197,6 +197,14 @@ impl Engine {
         }
     }
 
+    /// Waits (within the command timeout) until every removal queued by `forget_delivered` is
+    /// done: a draining replica calls it after its sessions closed.
+    pub async fn settle_removals(&self) {
+        if let Engine::Redis(e) = self {
+            e.settle_removals().await;
+        }
+    }
+
     /// Makes a registered session live: its doorbell is listened to, and every older
     /// connection of the user, on any replica, is told to end.
     pub async fn attach(&self, mailbox: &Mailbox) -> Result<(), Unavailable> {

@@ -109,6 +109,8 @@ pub async fn run(
         let _ = serve.await;
         state.tracker.close();
         state.tracker.wait().await;
+        // What the closed sessions wrote leaves the inboxes before the process does.
+        state.engine.settle_removals().await;
     })
     .await;
     if finished.is_err() {

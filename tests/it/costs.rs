@@ -194,11 +194,17 @@ async fn a_recipient_on_the_same_replica_needs_no_doorbell() {
     }
     assert_eq!(calls(&redis, "publish"), 0, "a doorbell was published for a local recipient");
     // The receiver moves to replica B: A's session is replaced, and the next messages are rung.
+    // (What A wrote in the last moments may come again from the inbox: A's removals are
+    // batched, the spec client's duplicate window, see docs/guarantees.md.)
     let mut there = b.connect(&receiver).await;
     redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
     for i in 0..SENDS {
         assert_eq!(send(&mut ws, &sender, &receiver, &format!("there{i}"), &format!("t{i}")).await["status"], "stored");
-        assert_eq!(next_payload(&mut there).await, format!("there{i}"));
+        let mut payload = next_payload(&mut there).await;
+        while payload.as_str().is_some_and(|p| p.starts_with("here")) {
+            payload = next_payload(&mut there).await;
+        }
+        assert_eq!(payload, format!("there{i}"));
     }
     assert_eq!(calls(&redis, "publish"), SENDS, "one doorbell a message for a recipient elsewhere");
     drop(here);

@@ -268,6 +268,10 @@ impl RedisEngine {
         self.inner.removals.forget(user, written);
     }
 
+    pub async fn settle_removals(&self) {
+        let _ = tokio::time::timeout(self.inner.timeout, self.inner.removals.barrier()).await;
+    }
+
     pub async fn attach(&self, mailbox: &Mailbox) -> Result<(), Unavailable> {
         let this = &self.inner;
         // Removals this replica queued for earlier connections land before this one reads the
