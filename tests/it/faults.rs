@@ -350,3 +350,59 @@ async fn batched_sends_survive_a_flushed_script_cache() {
         "the flushed script cache was hit (and recovered from)"
     );
 }
+
+/// A recipient on the sending replica gets its messages handed over there, not published: when
+/// the answer to a send is lost (Redis frozen past the command timeout; the send is answered
+/// `unavailable`, and the script runs when Redis thaws), the stored message must still reach
+/// the connected recipient without waiting for another message to reveal it.
+#[tokio::test]
+async fn a_local_recipient_gets_a_message_whose_send_timed_out() {
+    let redis = Redis::start();
+    // Probes far apart: the link recovery (which re-reads every inbox) stays out of this.
+    let config = ServerConfig::redis(&redis)
+        .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 300)
+        .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 60_000);
+    let server = Server::start(&config);
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    let mut r = server.connect(&receiver).await;
+    redis.pause();
+    ws.send_json(json!({"from": sender, "to": receiver, "payload": "frozen", "ref": "1"})).await;
+    let answer = next_json(&mut ws).await.expect("an answer to the send");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    redis.resume();
+    // Nothing else would bring the message: without the re-read this waits in vain.
+    let delivered = tokio::time::timeout(DEADLINE, next_json(&mut r)).await;
+    let delivered = delivered.expect("the stored message never reached the connected recipient");
+    let delivered = delivered.expect("a delivery, not a closed socket");
+    assert_eq!(delivered["payload"], "frozen");
+}
+
+/// Sends stored in one script call fail one by one: a recipient whose inbox Redis cannot
+/// append to (here the key was replaced by a string) gets its sender `unavailable`, and the
+/// messages around it in the same call are stored and receipted.
+#[tokio::test]
+async fn a_message_that_fails_in_redis_does_not_fail_the_others_of_its_call() {
+    let redis = Redis::start();
+    let server = Server::start(&ServerConfig::redis(&redis));
+    let (sender, broken, fine) = (server.new_user().await, server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    ws.send_json(json!({"from": sender, "to": broken, "payload": "first", "ref": "0"})).await;
+    assert_eq!(next_json(&mut ws).await.expect("a receipt")["status"], "stored");
+    let inbox = redis.cli(&["--scan", "--pattern", &format!("*inbox:{{{broken}}}")]).expect("SCAN answers");
+    let inbox = inbox.lines().next().expect("the inbox").to_owned();
+    redis.cli(&["DEL", &inbox]).expect("DEL answers");
+    redis.cli(&["SET", &inbox, "not a stream"]).expect("SET answers");
+    // Written back to back: the relay reads them as one batch, stored by one script call.
+    for (i, to) in [&fine, &broken, &fine].into_iter().enumerate() {
+        ws.send_json(json!({"from": sender, "to": to, "payload": format!("m{i}"), "ref": i.to_string()})).await;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
+        let answer = next_json(&mut ws).await.expect("an answer");
+        answers.insert(answer["ref"].as_str().expect("a ref").to_owned(), answer);
+    }
+    assert_eq!(answers["0"]["status"], "stored", "{answers:?}");
+    assert_eq!(answers["1"]["code"], "unavailable", "{answers:?}");
+    assert_eq!(answers["2"]["status"], "stored", "{answers:?}");
+}

@@ -69,7 +69,7 @@ use self::conn::CLUSTER_CONCURRENCY;
 use self::connect::{Connections, Connector};
 use self::keys::Keys;
 use self::push::PushHandler;
-use self::remover::{REMOVAL_QUEUE, RemovalQueue, remover};
+use self::remover::{Gone, REMOVAL_QUEUE, RemovalQueue, remover};
 use self::scripts::{Scripts, send_replies};
 use self::sender::{MESSAGES_PER_CALL, Message, SEND_QUEUE, SendQueue, sender};
 use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
@@ -96,7 +96,7 @@ struct Inner {
     removals: RemovalQueue,
     sends: SendQueue,
     scripts: Scripts,
-    /// Ends the background tasks (subscriber, remover, supervisor) when the engine is dropped.
+    /// Ends the background tasks (sender, subscriber, remover, supervisor) when the engine is dropped.
     stop: CancellationToken,
 }
 
@@ -257,7 +257,7 @@ impl RedisEngine {
     pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
-        let acknowledged: Vec<Written> = ids.iter().map(|&id| Written { id, envelope: Bytes::new() }).collect();
+        let acknowledged: Vec<Gone> = ids.iter().map(|&id| Gone::acknowledged(id)).collect();
         let invocation = remover::removal(&this.scripts.remove, &this.keys, user, &acknowledged);
         let _: usize = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
         Ok(())
@@ -265,7 +265,7 @@ impl RedisEngine {
 
     pub fn forget_delivered(&self, user: &UserId, written: Vec<Written>) {
         // A full queue skips the removal (see `RemovalQueue::forget`): delivered again later.
-        self.inner.removals.forget(user, written);
+        self.inner.removals.forget(user, written.iter().map(Gone::written).collect());
     }
 
     pub async fn settle_removals(&self) {

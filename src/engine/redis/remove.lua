@@ -51,10 +51,10 @@ local function remove(inbox, shares, first, last)
   chunks('HSET', shares, set)
   return removed
 end
-local removed, next = 0, 1
+local removed, at = 0, 1
 for u = 1, #KEYS / 2 do
-  local count = tonumber(ARGV[next])
-  removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], next + 1, next + 3 * count)
-  next = next + 3 * count + 1
+  local count = tonumber(ARGV[at])
+  removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], at + 1, at + 3 * count)
+  at = at + 3 * count + 1
 end
 return removed

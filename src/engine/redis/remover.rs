@@ -19,18 +19,42 @@ use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
 use super::scripts::remove_script;
-use crate::protocol::{UserId, envelope_sender};
+use crate::protocol::{MsgId, UserId, envelope_sender};
 
-/// The removal of `written` from `user`'s inbox, shares given back. A message with an empty
-/// envelope (an acknowledged id) is read in Redis to learn its sender and size.
+/// A message to remove: its id, and — when the relay wrote it and so knows — its sender and
+/// envelope size, so that the script gives the share back without reading the entry. Kept
+/// instead of the envelope: the removal queue holds ids and counts, not message bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Gone {
+    id: MsgId,
+    /// The sender's user id (always 36 ASCII bytes), if known.
+    sender: Option<[u8; 36]>,
+    size: usize,
+}
+
+impl Gone {
+    /// A message written to a socket: sender and size from its envelope (one the relay cannot
+    /// read is looked up in Redis instead; only the relay writes envelopes).
+    pub(super) fn written(written: &Written) -> Self {
+        let sender = envelope_sender(&written.envelope).and_then(|s| s.as_bytes().try_into().ok());
+        Self { id: written.id, sender, size: written.envelope.len() }
+    }
+
+    /// An acknowledged id: the script reads its sender and size.
+    pub(super) fn acknowledged(id: MsgId) -> Self {
+        Self { id, sender: None, size: 0 }
+    }
+}
+
+/// The removal of `gone` from `user`'s inbox, shares given back.
 pub(super) fn removal<'a>(
     script: &'a redis::Script,
     keys: &Keys,
     user: &UserId,
-    written: &[Written],
+    gone: &[Gone],
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
-    add_removal(&mut invocation, keys, user, written);
+    add_removal(&mut invocation, keys, user, gone);
     invocation
 }
 
@@ -43,12 +67,11 @@ fn removals<'a>(script: &'a redis::Script, keys: &Keys, removals: &[UserRemoval]
     invocation
 }
 
-fn add_removal(invocation: &mut redis::ScriptInvocation<'_>, keys: &Keys, user: &UserId, written: &[Written]) {
-    invocation.key(keys.inbox(user)).key(keys.shares(user)).arg(written.len());
-    for message in written {
-        // Only the server writes envelopes; one it cannot read is looked up in Redis instead.
-        match envelope_sender(&message.envelope) {
-            Some(sender) => invocation.arg(message.id.to_string()).arg(sender).arg(message.envelope.len()),
+fn add_removal(invocation: &mut redis::ScriptInvocation<'_>, keys: &Keys, user: &UserId, gone: &[Gone]) {
+    invocation.key(keys.inbox(user)).key(keys.shares(user)).arg(gone.len());
+    for message in gone {
+        match &message.sender {
+            Some(sender) => invocation.arg(message.id.to_string()).arg(&sender[..]).arg(message.size),
             None => invocation.arg(message.id.to_string()).arg("").arg(0),
         };
     }
@@ -65,7 +88,7 @@ const REMOVAL_BATCH: usize = 512;
 pub(super) const REMOVAL_QUEUE: usize = 16 * REMOVAL_BATCH;
 
 pub(super) enum Removal {
-    Delivered(UserId, Vec<Written>),
+    Delivered(UserId, Vec<Gone>),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -88,8 +111,8 @@ impl RemovalQueue {
     /// the messages stay stored and are delivered again on the client's next connection,
     /// the duplicate window specification clients already have (they de-duplicate by id).
     /// Returns whether it was queued.
-    pub(super) fn forget(&self, user: &UserId, written: Vec<Written>) -> bool {
-        match self.queue.try_send(Removal::Delivered(user.clone(), written)) {
+    pub(super) fn forget(&self, user: &UserId, gone: Vec<Gone>) -> bool {
+        match self.queue.try_send(Removal::Delivered(user.clone(), gone)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let skipped = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -172,7 +195,7 @@ async fn linger(queue: &mut mpsc::Receiver<Removal>, batch: &mut Vec<Removal>) {
 }
 
 /// One user's delivered messages.
-type UserRemoval = (UserId, Vec<Written>);
+type UserRemoval = (UserId, Vec<Gone>);
 
 /// Takes a batch apart: one removal per user (a session writes one message at a time, so a
 /// busy user's removals arrive one by one; one script call for all of them costs Redis a
@@ -219,12 +242,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::protocol::MsgId;
 
     #[test]
     fn a_batch_makes_one_removal_per_user() {
         let (a, b) = (UserId::random(), UserId::random());
-        let id = |seq| Written { id: MsgId { ms: 1, seq }, envelope: bytes::Bytes::new() };
+        let id = |seq| Gone::acknowledged(MsgId { ms: 1, seq });
         let (done, _wait) = oneshot::channel();
         let mut batch = vec![
             Removal::Delivered(a.clone(), vec![id(1)]),
@@ -242,10 +264,10 @@ mod tests {
     async fn a_full_queue_skips_removals_and_bounds_barriers() {
         let (queue, mut receiver) = RemovalQueue::new(1);
         let user = UserId::random();
-        let id = Written { id: MsgId { ms: 1, seq: 0 }, envelope: bytes::Bytes::new() };
-        assert!(queue.forget(&user, vec![id.clone()]));
+        let id = Gone::acknowledged(MsgId { ms: 1, seq: 0 });
+        assert!(queue.forget(&user, vec![id]));
         // Full: skipped at once (the messages stay stored), never blocking the writer.
-        assert!(!queue.forget(&user, vec![id.clone()]));
+        assert!(!queue.forget(&user, vec![id]));
         // A barrier waits for room, within the caller's timeout.
         assert!(tokio::time::timeout(Duration::from_millis(20), queue.barrier()).await.is_err());
         // The first removal is still there, and once it is taken a barrier gets in.

@@ -24,7 +24,10 @@ use crate::protocol::MsgId;
 /// both keys then expire `ttl + ttl/64` after it, so never sooner than `ttl` after the last
 /// write, and a send seldom pays for two PEXPIREs. The two keys always carry the same expiry
 /// (set by the same call, and a script sees one frozen clock), so an inbox that expired took
-/// its share record with it: a fresh `x` means the inbox has its expiry.
+/// its share record with it: a fresh `x` means the inbox has its expiry. (Only a deletion from
+/// outside — an operator's `DEL`, eviction, which `maxmemory-policy noeviction` rules out —
+/// could leave the share record without its inbox: the inbox recreated then gets its expiry at
+/// the next refresh, at most `ttl/64` later, if another message comes.)
 /// One call carries many messages (`sender`): the cost of a call itself is shared by them.
 /// A message whose recipient's live connection is on the sending replica is not published when
 /// that connection is still the user's newest (its generation, passed in, is the counter's):
@@ -36,8 +39,9 @@ use crate::protocol::MsgId;
 /// empty when the recipient has none here).
 /// Returns per message the stream id (published), `{id, seq}` (stored, not published: the
 /// replica delivers it), -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
-/// over its share, or the error that stopped it (each message on its own: one that fails does
-/// not take the others with it). `#!lua` without flags: refused as a whole, before
+/// over its share, or `{-4, error}` for the error that stopped it (each message on its own:
+/// one that fails does not take the others with it; a plain value, not an error reply, which
+/// redis-rs would turn into a failure of the whole call). `#!lua` without flags: refused as a whole, before
 /// any write, when Redis is over its memory limit.
 ///
 /// The channel is an argument, not a key: on a cluster it is in the keys' slot all the same,
@@ -130,6 +134,9 @@ fn send_reply(reply: Value) -> Result<Stored, SendError> {
     let published = |id| Stored { id, local_seq: None };
     match &reply {
         Value::Array(local) => match local.as_slice() {
+            [Value::Int(-4), Value::BulkString(error)] => {
+                Err(Unavailable(format!("send failed in Redis: {}", String::from_utf8_lossy(error))).into())
+            }
             [Value::BulkString(id), Value::Int(seq)] => {
                 let seq = u64::try_from(*seq).ok();
                 parse_id(id).zip(seq).map(|(id, seq)| Stored { id, local_seq: Some(seq) }).ok_or_else(unexpected)
@@ -166,6 +173,31 @@ mod tests {
         assert!(attach_source("PUBLISH").contains(&doorbell::lua_takeover("generation")));
     }
 
+    #[test]
+    fn send_replies_read_each_message_on_its_own() {
+        let id = || Value::BulkString(b"1700000000123-4".to_vec());
+        let replies = Value::Array(vec![
+            id(),
+            Value::Array(vec![id(), Value::Int(9)]),
+            Value::Int(-1),
+            Value::Int(-2),
+            Value::Int(-3),
+            Value::Array(vec![Value::Int(-4), Value::BulkString(b"WRONGTYPE".to_vec())]),
+            Value::Okay,
+        ]);
+        let read = send_replies(replies, 7);
+        let msg = MsgId { ms: 1_700_000_000_123, seq: 4 };
+        assert_eq!(read[0].as_ref().ok(), Some(&Stored { id: msg, local_seq: None }));
+        assert_eq!(read[1].as_ref().ok(), Some(&Stored { id: msg, local_seq: Some(9) }));
+        assert!(matches!(read[2], Err(SendError::UserNotFound)));
+        assert!(matches!(read[3], Err(SendError::InboxFull)));
+        assert!(matches!(read[4], Err(SendError::OverShare)));
+        assert!(matches!(&read[5], Err(SendError::Unavailable(e)) if e.0.contains("WRONGTYPE")));
+        assert!(matches!(read[6], Err(SendError::Unavailable(_))));
+        // A reply of the wrong length answers every message `unavailable`.
+        assert!(send_replies(Value::Array(vec![id()]), 2).iter().all(|r| matches!(r, Err(SendError::Unavailable(_)))));
+    }
+
     /// Redis caches scripts by SHA1, and replicas of two releases may run side by side during a
     /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
     /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
@@ -179,11 +211,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("2128933ec65b2a283a39bd4cad14ba2e29beaf31", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("55a6d70582fc1cd102c25d17f6a2c0fe3bfd330f", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("076e5242d15a8839cb833f8b603dddb3581c0299", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("e0c251ecb9bf1c6db7eeb404fe53311045ff4398", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

@@ -32,9 +32,9 @@ for i = 1, #KEYS / 3 do
   if ok then
     replies[i] = reply
   elseif type(reply) == 'table' and reply.err then
-    replies[i] = reply
+    replies[i] = {-4, reply.err}
   else
-    replies[i] = redis.error_reply(tostring(reply))
+    replies[i] = {-4, tostring(reply)}
   end
 end
 return replies

@@ -38,12 +38,17 @@ use crate::protocol::{Delivery, MsgId, UserId};
 /// holds everything else up (~1 ms).
 pub(super) const MESSAGES_PER_CALL: usize = 128;
 
-/// Jobs per round. A job is one session's batch (at most 64 sends, `session::requests`), so a
-/// round is at most 4,096 messages.
+/// Jobs taken from the queue at once. A job is one session's batch (at most 64 sends,
+/// `session::requests`), so that is at most 4,096 messages.
 const JOBS_PER_ROUND: usize = 64;
 
-/// Jobs waiting for a round: one per session at most (a session waits for its answers before
-/// it queues again), so only a replica with more sending sessions than this waits for room.
+/// Envelope bytes per round (one pipeline, one timeout): jobs taken together beyond it go in
+/// the rounds after, so a few large messages cannot make one slow round fail everyone's sends.
+const ROUND_BYTES: usize = 4 << 20;
+
+/// Jobs waiting for a round: about one per sending session (a session waits for its answers
+/// before it queues again; one that gave up waiting may leave a job behind it), so only a
+/// replica with more sending sessions than this waits for room.
 pub(super) const SEND_QUEUE: usize = 4096;
 
 /// Results of one job, in the order of its sends.
@@ -68,7 +73,9 @@ impl SendQueue {
     }
 
     /// Stores `sends` of `from`, in order, with the other sessions' sends of the same round.
-    /// Waiting for room and for the round together take at most `timeout` plus one round's.
+    /// Waits at most twice `timeout` for room and for the answer: a session answered
+    /// `unavailable` then may still see its sends stored by a round that was slower (as a timed
+    /// out command always could; the client retries, at least once).
     pub(super) async fn send(&self, from: &UserId, sends: Vec<(UserId, Bytes)>, timeout: Duration) -> Results {
         let count = sends.len();
         let (answer, answered) = oneshot::channel();
@@ -101,19 +108,35 @@ pub(super) async fn sender(
     let _ = timed(Command::Send, connections.timeout, load.load_async(&mut connections.cmd())).await;
     let mut jobs = Vec::with_capacity(JOBS_PER_ROUND);
     while queue.recv_many(&mut jobs, JOBS_PER_ROUND).await > 0 {
-        let messages: Vec<Message<'_>> = jobs
-            .iter()
-            .flat_map(|job| job.sends.iter().map(|(to, envelope)| Message::new(&hub, &job.from, to, envelope)))
-            .collect();
-        let stored = store(&connections, &script, &keys, &limits, &messages).await;
-        let results = deliver_here(&hub, &messages, stored);
-        drop(messages);
-        let mut results = results.into_iter();
-        for job in jobs.drain(..) {
-            // A session that gave up waiting (its timeout) is gone: nothing to tell it.
-            let _ = job.answer.send(results.by_ref().take(job.sends.len()).collect());
+        while !jobs.is_empty() {
+            let round: Vec<Job> = jobs.drain(..round_len(&jobs)).collect();
+            let messages: Vec<Message<'_>> = round
+                .iter()
+                .flat_map(|job| job.sends.iter().map(|(to, envelope)| Message::new(&hub, &job.from, to, envelope)))
+                .collect();
+            let stored = store(&connections, &script, &keys, &limits, &messages).await;
+            let results = deliver_here(&hub, &messages, stored);
+            drop(messages);
+            let mut results = results.into_iter();
+            for job in round {
+                // A session that gave up waiting (its timeout) is gone: nothing to tell it.
+                let _ = job.answer.send(results.by_ref().take(job.sends.len()).collect());
+            }
         }
     }
+}
+
+/// How many of `jobs` (at least one) the next round takes: up to [`ROUND_BYTES`] of envelopes.
+fn round_len(jobs: &[Job]) -> usize {
+    let mut bytes = 0;
+    let within = jobs
+        .iter()
+        .take_while(|job| {
+            bytes += job.sends.iter().map(|(_, envelope)| envelope.len()).sum::<usize>();
+            bytes <= ROUND_BYTES
+        })
+        .count();
+    within.max(1)
 }
 
 /// One message of a round.
@@ -134,12 +157,17 @@ impl<'a> Message<'a> {
 
 /// Hands the messages the script did not publish to their recipients' sessions here (in
 /// order: one recipient's messages are in number order in a round, and rounds follow each
-/// other), and gives the senders their ids.
+/// other), and gives the senders their ids. A local recipient's message whose answer was lost
+/// (a timed-out or failed round: it may be stored, and was then not published) makes that
+/// session re-read its inbox, so a stored message never waits for the next one to be noticed.
 pub(super) fn deliver_here(hub: &Hub, messages: &[Message<'_>], stored: Vec<Result<Stored, SendError>>) -> Results {
     messages
         .iter()
         .zip(stored)
         .map(|(message, stored)| {
+            if let (Err(SendError::Unavailable(_)), Some(_)) = (&stored, message.local) {
+                hub.reread(message.to);
+            }
             let Stored { id, local_seq } = stored?;
             if let Some(seq) = local_seq {
                 hub.deliver(message.to, Delivery { id, ts: id.ms, seq, envelope: message.envelope.clone() });
