@@ -34,7 +34,7 @@ impl CliUser {
     }
 
     pub fn run(&self, args: &[&str]) -> CliRun {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_enigma"))
+        let child = Command::new(env!("CARGO_BIN_EXE_enigma"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &self.home)
@@ -47,31 +47,7 @@ impl CliUser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn enigma");
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            text
-        });
-        let err = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("enigma {args:?} did not exit within {DEADLINE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        CliRun { code: status.code().unwrap_or(-1), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+        wait_for_exit(child, &format!("enigma {args:?}"), DEADLINE)
     }
 
     /// Runs and expects success; returns stdout, trimmed.
@@ -87,4 +63,33 @@ impl CliUser {
         let id = self.ok(&["login"]);
         (public_key, id)
     }
+}
+
+/// Collects a spawned process's piped stdout and stderr and waits for it to exit; panics (after
+/// killing it) if it is still running after `limit`: no process outlives its test.
+pub fn wait_for_exit(mut child: std::process::Child, what: &str, limit: Duration) -> CliRun {
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CliRun { code: status.code().unwrap_or(-1), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
