@@ -8,17 +8,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{Redis, Server, ServerConfig, Ws};
 
-/// Sends with a `ref` and returns the one answer to it (receipt or error).
-async fn send(ws: &mut Ws, from: &str, to: &str, payload: &str, reference: &str) -> Value {
-    ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": reference})).await;
-    loop {
-        let frame = ws.recv_json().await;
-        if frame["ref"] == reference {
-            return frame;
-        }
-    }
-}
-
 /// Calls of each command since the last `CONFIG RESETSTAT` (scripts' inner calls included).
 fn calls(redis: &Redis, command: &str) -> u64 {
     let stats = redis.cli(&["INFO", "commandstats"]).expect("INFO answers");
@@ -35,11 +24,11 @@ async fn a_send_refreshes_the_ttls_seldom_and_counts_the_share_in_one_write() {
     let server = Server::start(&ServerConfig::redis(&redis));
     let (sender, receiver) = (server.new_user().await, server.new_user().await);
     let mut ws = server.connect_v1(&sender).await;
-    assert_eq!(send(&mut ws, &sender, &receiver, "first", "0").await["status"], "stored");
+    assert_eq!(ws.send_answered(&sender, &receiver, "first", "0").await["status"], "stored");
     redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
     const SENDS: u64 = 50;
     for i in 1..=SENDS {
-        assert_eq!(send(&mut ws, &sender, &receiver, "m", &i.to_string()).await["status"], "stored");
+        assert_eq!(ws.send_answered(&sender, &receiver, "m", &i.to_string()).await["status"], "stored");
     }
     assert_eq!(calls(&redis, "xadd"), SENDS);
     // Seven commands a send: the message number is the only HINCRBY, the share one HSET, and
@@ -84,11 +73,11 @@ async fn an_inbox_outlives_its_ttl_after_every_write() {
     let server = Server::start(&config);
     let (sender, receiver) = (server.new_user().await, server.new_user().await);
     let mut ws = server.connect_v1(&sender).await;
-    assert_eq!(send(&mut ws, &sender, &receiver, "first", "1").await["status"], "stored");
+    assert_eq!(ws.send_answered(&sender, &receiver, "first", "1").await["status"], "stored");
     // Time passes between writes (less than 1/64 of the TTL: no refresh is due): the later
     // write must still leave both keys the whole TTL.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(send(&mut ws, &sender, &receiver, "second", "2").await["status"], "stored");
+    assert_eq!(ws.send_answered(&sender, &receiver, "second", "2").await["status"], "stored");
     let written = Instant::now();
     for pattern in ["*inbox*", "*shares*"] {
         let key = redis.cli(&["--scan", "--pattern", pattern]).expect("SCAN answers");
@@ -122,11 +111,11 @@ async fn written_and_acknowledged_messages_give_their_shares_back() {
     for acknowledging in [false, true] {
         for i in 0..SHARE {
             assert_eq!(
-                send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}{i}")).await["status"],
+                ws.send_answered(&sender, &receiver, "m", &format!("{acknowledging}{i}")).await["status"],
                 "stored"
             );
         }
-        let over = send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}over")).await;
+        let over = ws.send_answered(&sender, &receiver, "m", &format!("{acknowledging}over")).await;
         assert_eq!(over["code"], "inbox_full", "the share is used up: {over}");
         assert!(!shares_left(&redis).is_empty());
         let mut r = if acknowledging { server.connect_v1(&receiver).await } else { server.connect(&receiver).await };
@@ -145,7 +134,10 @@ async fn written_and_acknowledged_messages_give_their_shares_back() {
             assert!(Instant::now() < deadline, "shares not given back: {:?}", shares_left(&redis));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(send(&mut ws, &sender, &receiver, "m", &format!("{acknowledging}again")).await["status"], "stored");
+        assert_eq!(
+            ws.send_answered(&sender, &receiver, "m", &format!("{acknowledging}again")).await["status"],
+            "stored"
+        );
         // Take that one too, so the next round starts from an empty inbox.
         loop {
             let m = r.recv_json().await;
@@ -189,7 +181,10 @@ async fn a_recipient_on_the_same_replica_needs_no_doorbell() {
     // The receiver's attach announced its generation once; what follows is the sends'.
     redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
     for i in 0..SENDS {
-        assert_eq!(send(&mut ws, &sender, &receiver, &format!("here{i}"), &format!("h{i}")).await["status"], "stored");
+        assert_eq!(
+            ws.send_answered(&sender, &receiver, &format!("here{i}"), &format!("h{i}")).await["status"],
+            "stored"
+        );
         assert_eq!(next_payload(&mut here).await, format!("here{i}"));
     }
     assert_eq!(calls(&redis, "publish"), 0, "a doorbell was published for a local recipient");
@@ -199,7 +194,10 @@ async fn a_recipient_on_the_same_replica_needs_no_doorbell() {
     let mut there = b.connect(&receiver).await;
     redis.cli(&["CONFIG", "RESETSTAT"]).expect("CONFIG answers");
     for i in 0..SENDS {
-        assert_eq!(send(&mut ws, &sender, &receiver, &format!("there{i}"), &format!("t{i}")).await["status"], "stored");
+        assert_eq!(
+            ws.send_answered(&sender, &receiver, &format!("there{i}"), &format!("t{i}")).await["status"],
+            "stored"
+        );
         let mut payload = next_payload(&mut there).await;
         while payload.as_str().is_some_and(|p| p.starts_with("here")) {
             payload = next_payload(&mut there).await;

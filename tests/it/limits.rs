@@ -36,17 +36,6 @@ fn config(b: &Backend, env: &[(&str, &str)]) -> ServerConfig {
     env.iter().fold(b.config(), |c, (k, v)| c.with(k, v))
 }
 
-/// Sends with a `ref` and returns the one answer to it (receipt or error).
-async fn send_v1(ws: &mut Ws, from: &str, to: &str, payload: &str, reference: &str) -> Value {
-    ws.send_json(json!({"from": from, "to": to, "payload": payload, "ref": reference})).await;
-    loop {
-        let frame = ws.recv_json().await;
-        if frame["ref"] == reference {
-            return frame;
-        }
-    }
-}
-
 async fn a_flood_refuses_the_flooder_not_the_friend(b: Backend) {
     const SHARE: usize = 100;
     let share = SHARE.to_string();
@@ -75,7 +64,7 @@ async fn a_flood_refuses_the_flooder_not_the_friend(b: Backend) {
     // The friend, on replica B, still gets through: every message.
     let mut f = bside.connect_v1(&friend).await;
     for i in 0..20 {
-        let answer = send_v1(&mut f, &friend, &victim, &format!("hi{i}"), &format!("f{i}")).await;
+        let answer = f.send_answered(&friend, &victim, &format!("hi{i}"), &format!("f{i}")).await;
         assert_eq!(answer["status"], "stored", "friend's message {i}: {answer}");
     }
     // The victim connects (a spec client: delivered means removed) and gets the share and the friend's.
@@ -90,7 +79,7 @@ async fn a_flood_refuses_the_flooder_not_the_friend(b: Backend) {
     // asynchronous for spec clients, hence the wait).
     let started = std::time::Instant::now();
     for n in 0.. {
-        let answer = send_v1(&mut flood, &attacker, &victim, "again", &format!("again{n}")).await;
+        let answer = flood.send_answered(&attacker, &victim, "again", &format!("again{n}")).await;
         if answer["status"] == "stored" {
             break;
         }
@@ -143,9 +132,9 @@ async fn the_send_budget_survives_reconnects_and_replicas(b: Backend) {
     let (sender, buddy) = (a.new_user().await, a.new_user().await);
     let mut ws = a.connect_v1(&sender).await;
     for i in 0..30 {
-        assert_eq!(send_v1(&mut ws, &sender, &buddy, "m", &i.to_string()).await["status"], "stored", "send {i}");
+        assert_eq!(ws.send_answered(&sender, &buddy, "m", &i.to_string()).await["status"], "stored", "send {i}");
     }
-    let refused = send_v1(&mut ws, &sender, &buddy, "over", "over").await;
+    let refused = ws.send_answered(&sender, &buddy, "over", "over").await;
     assert_eq!(refused["code"], "rate_limited", "{refused}");
     assert!(refused["retry_after_ms"].as_u64().is_some_and(|ms| ms > 1000), "{refused}");
     // The socket stays usable (a malformed frame is still answered).
@@ -155,7 +144,7 @@ async fn the_send_budget_survives_reconnects_and_replicas(b: Backend) {
     // Reconnecting, on the other replica if there is one, gives no fresh budget.
     let second = other.as_ref().unwrap_or(&a);
     let mut ws = second.connect_v1(&sender).await;
-    assert_eq!(send_v1(&mut ws, &sender, &buddy, "again", "again").await["code"], "rate_limited");
+    assert_eq!(ws.send_answered(&sender, &buddy, "again", "again").await["code"], "rate_limited");
     // Nothing was stored for the refused sends: the buddy has exactly the 30.
     let mut inbox = second.connect(&buddy).await;
     for i in 0..30 {
@@ -240,7 +229,7 @@ async fn a_full_redis_answers_unavailable_and_loses_nothing() {
     let mut stored = 0;
     let mut answer = Value::Null;
     for i in 0..400 {
-        answer = send_v1(&mut ws, &sender, &receiver, &payload, &i.to_string()).await;
+        answer = ws.send_answered(&sender, &receiver, &payload, &i.to_string()).await;
         if answer["status"] != "stored" {
             break;
         }
@@ -344,7 +333,7 @@ async fn at_the_defaults_a_school_behind_one_address_registers_and_connects(b: B
     let teacher = s.new_user().await;
     let mut desk = s.connect_v1(&teacher).await;
     for (i, user) in users.iter().enumerate() {
-        let answer = send_v1(&mut desk, &teacher, user, "good morning", &i.to_string()).await;
+        let answer = desk.send_answered(&teacher, user, "good morning", &i.to_string()).await;
         assert_eq!(answer["status"], "stored", "{answer}");
     }
     for (i, ws) in sockets.iter_mut().enumerate() {

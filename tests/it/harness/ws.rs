@@ -83,6 +83,18 @@ impl Ws {
         }
     }
 
+    /// Sends `{from, to, payload, ref}` and returns the one answer to it (receipt or error),
+    /// skipping other frames.
+    pub async fn send_answered(&mut self, from: &str, to: &str, payload: &str, reference: &str) -> Value {
+        self.send_json(serde_json::json!({"from": from, "to": to, "payload": payload, "ref": reference})).await;
+        loop {
+            let frame = self.recv_json().await;
+            if frame["ref"] == reference {
+                return frame;
+            }
+        }
+    }
+
     pub async fn recv_json(&mut self) -> Value {
         match self.next().await {
             Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("frame is JSON"),
