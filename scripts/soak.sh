@@ -12,8 +12,8 @@
 #   - 0 messages lost (enigma-bench: sent and not received by the end of its drain), none
 #     unsent, no real duplicate (re-deliveries that enigma.v1 allows are reported apart).
 #
-# Environment: SOAK_MINUTES (default 30), SOAK_RATE (msgs/s; default 20000, half the
-# saturation rate of one relay on one Redis on a 2-core machine, docs/BENCHMARKS.md),
+# Environment: SOAK_MINUTES (default 30), SOAK_RATE (msgs/s; default 33000, half the
+# saturation rate of one relay on one Redis on a 2-core machine: 66,600, docs/BENCHMARKS.md),
 # SOAK_PAIRS (default 100), SOAK_CHURN (default 30s; each socket's reconnection period),
 # SOAK_BENCH_FLAGS (default `--ack --churn $SOAK_CHURN`; empty for specification clients on
 # one set of sockets), SOAK_OUT (default docs/BENCHMARKS.md), SOAK_KEEP (directory to keep the
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 minutes=${SOAK_MINUTES:-30}
-rate=${SOAK_RATE:-20000}
+rate=${SOAK_RATE:-33000}
 pairs=${SOAK_PAIRS:-100}
 churn=${SOAK_CHURN:-30s}
 read -r -a bench_flags <<<"${SOAK_BENCH_FLAGS-"--ack --churn $churn"}"

@@ -6,6 +6,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc rather than the system allocator: glibc keeps what a burst allocated (a backlog
+/// while Redis stalls) resident for good, jemalloc gives it back within about a second (its
+/// settings: .cargo/config.toml); it also costs less per idle socket. docs/BENCHMARKS.md has
+/// the measurements.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "enigma-server",

@@ -62,3 +62,28 @@ async fn file_settings_apply_and_environment_overrides_them() {
         assert_eq!((reply["code"].as_str(), reply["status"].as_str()), expected, "send {i}: {reply}");
     }
 }
+
+/// The relay's allocator is jemalloc with its background purging thread (the settings built in
+/// by .cargo/config.toml): what gives a burst's memory back to the system (docs/operations.md,
+/// "Memory"). With the system allocator, or without the settings, there is no such thread.
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[tokio::test]
+async fn the_relay_allocator_gives_memory_back_with_a_background_thread() {
+    let s = Server::start(&ServerConfig::memory());
+    let threads = format!("/proc/{}/task", s.pid());
+    let names = || {
+        std::fs::read_dir(&threads)
+            .map(|tasks| {
+                tasks
+                    .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                    .map(|name| name.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    crate::harness::wait_until("a jemalloc background thread in the relay", crate::harness::DEADLINE, || {
+        let found = names().iter().any(|name| name == "jemalloc_bg_thd");
+        async move { found }
+    })
+    .await;
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# scripts/stall_rss.sh: does the relay give back the memory a Redis stall made it take?
+# One relay and one Redis (no persistence) on free loopback ports, enigma-bench at RATE msgs/s
+# for DURATION s (100 pairs, acknowledging recipients, reconnect churn every 30 s); Redis is
+# stopped (SIGSTOP) for STALL s at STALL_AT s, so the relay's bounded in-flight buffers fill up;
+# the relay's RSS is printed every 5 s, then once more 12 s after the clients left.
+# Used for docs/BENCHMARKS.md (optimization log, the relay's allocator). Not in `make test`.
+#
+#   scripts/stall_rss.sh [DURATION=120] [STALL_AT=45] [STALL=2] [RATE=33000]
+#   RELAY=path/to/enigma-server (default target/release/enigma-server; built if missing)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+duration=${1:-120}; stall_at=${2:-45}; stall=${3:-2}; rate=${4:-33000}
+[[ -x target/release/enigma-server && -x target/release/enigma-bench ]] ||
+    cargo build --release --locked --bin enigma-server --bin enigma-bench
+relay=${RELAY:-target/release/enigma-server}
+bench=target/release/enigma-bench
+work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-stall.XXXXXX")
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --daemonize no >/dev/null &
+redis_pid=$!
+pids+=("$redis_pid")
+for _ in $(seq 1 100); do [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
+port=$(free_port)
+# The per-client limits off, as in `make soak`: one generator address, users far busier than people.
+env ENIGMA__SERVER__ADDR="127.0.0.1:$port" ENIGMA__REDIS__URL="redis://127.0.0.1:$redis_port/" ENIGMA__LOG__LEVEL=warn \
+    ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0 \
+    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0 \
+    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0 \
+    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0 \
+    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0 \
+    "$relay" >"$work/relay.log" 2>&1 &
+relay_pid=$!
+pids+=("$relay_pid")
+for _ in $(seq 1 300); do grep -q '^listening on' "$work/relay.log" && break; sleep 0.1; done
+grep -q '^listening on' "$work/relay.log" || { cat "$work/relay.log" >&2; exit 1; }
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$relay_pid/status"; }
+
+"$bench" --url "http://127.0.0.1:$port" --pairs 100 --rate "$rate" --duration "${duration}s" --warmup 0s \
+    --ack --churn 30s --drain 30s --quiet --json-file "$work/bench.json" >"$work/bench.txt" 2>&1 &
+bench_pid=$!
+pids+=("$bench_pid")
+series=""
+for ((t = 0; ; t += 5)); do
+    kill -0 "$bench_pid" 2>/dev/null || break
+    series+=" $(rss)"
+    if ((t == stall_at && stall > 0)); then
+        kill -STOP "$redis_pid"
+        sleep "$stall"
+        kill -CONT "$redis_pid"
+        series+=" [Redis stopped ${stall} s]"
+    fi
+    sleep 5
+done
+wait "$bench_pid" || true
+sleep 12
+echo "relay RSS KiB every 5 s:$series; 12 s after the clients left: $(rss)"
+jq -c '.steps[-1] | {sent, unsent, lost, duplicated, redelivered, reconnects, errors_by_kind}' "$work/bench.json"
