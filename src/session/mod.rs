@@ -178,13 +178,23 @@ pub async fn refuse_over_capacity(mut socket: WebSocket) {
     reject(&mut socket, frame, Closing::UNAVAILABLE).await
 }
 
-/// Refuses a socket: one error frame, then a close frame.
+/// Refuses a socket: one error frame, then a close frame, then the closing handshake (RFC 6455
+/// §7.1.1): what the client wrote meanwhile is read and dropped unanswered until its close
+/// frame (the close says the socket was refused before anything on it was accepted). Dropping
+/// the socket with unread data instead would reset the connection, and the client's kernel would
+/// discard the error and close frames before the client read them.
 async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
-    let send = async {
+    let refuse = async {
         socket.send(Message::Text(frame.into())).await?;
-        socket.send(closing.message()).await
+        socket.send(closing.message()).await?;
+        while let Some(message) = socket.recv().await {
+            if let Message::Close(_) = message? {
+                break;
+            }
+        }
+        Ok::<(), axum::Error>(())
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, refuse).await;
 }
 
 /// One admitted socket. Its methods live in the rooms that use them: `socket` (the loop,

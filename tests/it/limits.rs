@@ -277,6 +277,43 @@ async fn connections_over_the_cap_are_refused_while_existing_users_keep_working(
     assert_eq!(b.recv_json().await["payload"], "still here");
 }
 
+/// A client that writes before it reads still gets the refusal: the relay reads (and drops)
+/// what a refused socket sent until the client's close, instead of closing the connection with
+/// unread data, which resets it: the client's writes then failed with a reset or a broken pipe
+/// before it could read the error and the 1013 close.
+#[tokio::test]
+async fn a_refused_socket_gets_its_error_and_close_even_when_the_client_wrote_first() {
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        users.push(server.new_user().await);
+    }
+    let mut held = Vec::new();
+    for user in &users[1..] {
+        let mut ws = server.connect(user).await;
+        // A client that keeps writing for a while before it reads: the relay has long answered.
+        let writing = tokio::time::Instant::now();
+        for i in 0.. {
+            ws.send_msg(user, &users[0], &format!("m{i}")).await;
+            if writing.elapsed() > Duration::from_millis(200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                assert!(text.contains("unavailable"), "{text}");
+                assert_eq!(ws.expect_close().await.0, 1013, "a socket over the cap is closed with 1013");
+                return;
+            }
+            Ok(Some(Err(e))) => panic!("the refused socket was reset instead of closed: {e}"),
+            Ok(other) => panic!("unexpected: {other:?}"),
+            Err(_) => held.push(ws), // admitted: the sends were stored, nothing to answer
+        }
+    }
+    panic!("no socket was refused at the cap");
+}
+
 // The shipped defaults (`ServerConfig::with_shipped_limits`: nothing turned off, nothing
 // raised): what people really do passes, floods do not.
 
