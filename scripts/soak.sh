@@ -145,6 +145,7 @@ left=$(pending)
 
 lost=$(jq '[.steps[].lost] | add' "$work/bench.json" 2>/dev/null || echo "?")
 unsent=$(jq '[.steps[].unsent] | add' "$work/bench.json" 2>/dev/null || echo "?")
+refused=$(jq '[.steps[].refused // 0] | add' "$work/bench.json" 2>/dev/null || echo "?")
 duplicated=$(jq '[.steps[].duplicated] | add' "$work/bench.json" 2>/dev/null || echo "?")
 redelivered=$(jq '[.steps[].redelivered] | add' "$work/bench.json" 2>/dev/null || echo "?")
 acknowledged=$(jq '[.steps[].acknowledged] | add' "$work/bench.json" 2>/dev/null || echo "?")
@@ -170,11 +171,11 @@ cp "$csv" "$keep/soak-$stamp.csv"
 python3 scripts/soak_plot.py "$csv" "$keep/soak-$stamp.png"
 
 verdicts=$(python3 - "$csv" "$baseline_memory" "$lost" "$left" "$bench_status" "$unsent" "$duplicated" \
-    "$redelivered" "$reconnects" "$errors" "$error_kinds" <<'PY'
+    "$redelivered" "$reconnects" "$errors" "$error_kinds" "$refused" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 baseline, lost, left, status = int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-unsent, duplicated, redelivered, reconnects, errors, error_kinds = sys.argv[6:12]
+unsent, duplicated, redelivered, reconnects, errors, error_kinds, refused = sys.argv[6:13]
 load = [r for r in rows if r["phase"] == "load"]
 drained = [r for r in rows if r["phase"] == "drained"][-1]
 ok = True
@@ -194,8 +195,8 @@ print(f"- Redis memory back to baseline after the drain: {'PASS' if back else 'F
       f"({baseline} → {drained['redis_used_memory']} bytes, +{grown}; {drained['redis_keys']} keys, "
       f"{left} messages left in inboxes)")
 ok &= back
-zero = lost == "0" and unsent == "0" and duplicated == "0" and errors == "0" and status == 0
-print(f"- 0 lost: {'PASS' if zero else 'FAIL'} (lost {lost}, unsent {unsent}, duplicated {duplicated}, "
+zero = lost == "0" and unsent == "0" and refused == "0" and duplicated == "0" and errors == "0" and status == 0
+print(f"- 0 lost: {'PASS' if zero else 'FAIL'} (lost {lost}, unsent {unsent}, refused {refused}, duplicated {duplicated}, "
       f"re-delivered as enigma.v1 allows {redelivered}, reconnections {reconnects}, errors {errors} {error_kinds}, "
       f"enigma-bench exit {status})")
 ok &= zero

@@ -75,3 +75,63 @@ fn churn_run(acknowledging: bool) {
         assert_eq!((n("acknowledged"), n("redelivered")), (0, 0), "{step:#}");
     }
 }
+
+/// Redis stopped for 3 s while every socket reconnects about twice a second: the relay refuses
+/// the sockets it cannot attach meanwhile (an error frame, then close 1013, nothing read from
+/// them) and answers the sends it cannot store `unavailable`. The generator, like a real client,
+/// opens a refused socket again: every pair keeps sending to the end (the sends written on a
+/// refused socket are counted `refused`), and whatever did not arrive was answered with an
+/// error — nothing went missing silently.
+#[test]
+fn sockets_refused_while_redis_stalls_are_opened_again_and_nothing_goes_missing() {
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis);
+    let server = Server::start(&config);
+    let url = server.url("");
+    let args = [
+        "--url",
+        &url,
+        "--pairs",
+        "10",
+        "--rate",
+        "1000",
+        "--duration",
+        "8s",
+        "--warmup",
+        "0s",
+        "--drain",
+        "20s",
+        "--churn",
+        "500ms",
+        "--ack",
+        "--json",
+        "--quiet",
+    ];
+    let run = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            redis.pause();
+            std::thread::sleep(Duration::from_secs(3));
+            redis.resume();
+        });
+        run_bench(&args, Duration::from_secs(120))
+    });
+    let report: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("a JSON report:\n{}\n{}", run.stdout, run.stderr));
+    let step = &report["steps"][0];
+    let n = |field: &str| step[field].as_u64().unwrap_or_else(|| panic!("`{field}` in {step:#}"));
+    let kind = |kind: &str| step["errors_by_kind"][kind].as_u64().unwrap_or(0);
+    assert_eq!((n("scheduled"), n("unsent")), (8000, 0), "every pair sent to the end:\n{step:#}");
+    assert!(kind("reconnect_failed") == 0 && kind("closed:lost") == 0, "{step:#}");
+    assert!(n("lost") <= kind("unavailable"), "more lost than refused with `unavailable`:\n{step:#}");
+    assert_eq!(n("duplicated"), 0, "{step:#}");
+    // The stall happened while sockets reconnected.
+    assert!(kind("unavailable") + kind("closed:1013") > 0, "{step:#}");
+    eprintln!(
+        "refused sockets {}, refused sends {}, unavailable {}, lost {}",
+        kind("closed:1013"),
+        n("refused"),
+        kind("unavailable"),
+        n("lost")
+    );
+}

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::ack::{Outcome, PairTracker};
 use crate::churn::{self, Link, Schedule};
 use crate::target::Ws;
-use crate::traffic::{HORIZON_NS, Shared, close_kind, socket_closed};
+use crate::traffic::{HORIZON_NS, Shared, closed_by_server, open_again, socket_closed};
 use crate::wire::{Received, classify};
 
 /// Longest wait before waiting deliveries are acknowledged.
@@ -92,7 +92,19 @@ async fn receive(mut r: Recipient, mut ws: Ws, shared: Arc<Shared>) {
                     ack_armed = true;
                 }
             }
-            Some(Ok(Message::Close(frame))) => return socket_closed(&shared, pair, close_kind(frame)),
+            Some(Ok(Message::Close(frame))) => {
+                // A server going away, restarting or refusing the socket for now: open it again,
+                // as a real client does (nothing delivered on it goes unread: it was closed).
+                if closed_by_server(&shared, pair, frame).is_none() {
+                    return;
+                }
+                tracker.socket_closed();
+                ack_armed = false;
+                match open_again(&r.link, r.churn.as_mut(), &shared, pair).await {
+                    Some(new) => ws = new,
+                    None => return,
+                }
+            }
             Some(Err(_)) | None => return socket_closed(&shared, pair, "closed:lost".into()),
             Some(Ok(_)) => {} // pings are answered by tungstenite
         }
@@ -109,21 +121,7 @@ async fn reconnect(ws: Ws, r: &mut Recipient, tracker: &mut PairTracker, shared:
         churn::close(ws, |text| on_text(shared, pair, tracker, text, acknowledging)).await;
     }
     tracker.socket_closed();
-    let reopened = r.link.reopen().await;
-    if let Some(schedule) = r.churn.as_mut() {
-        schedule.advance(shared.clock.now_ns());
-    }
-    match reopened {
-        Ok(ws) => {
-            shared.shard(pair).reconnects += 1;
-            Some(ws)
-        }
-        Err(e) => {
-            shared.note_failure(&e);
-            socket_closed(shared, pair, "reconnect_failed".into());
-            None
-        }
-    }
+    open_again(&r.link, r.churn.as_mut(), shared, pair).await
 }
 
 /// Writes the waiting acknowledgement, if any. False if the socket refused it.

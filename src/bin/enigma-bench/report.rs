@@ -65,7 +65,11 @@ pub struct Step {
     pub achieved_rate: f64,
     /// `achieved_rate / offered_rate`.
     pub achieved_ratio: f64,
-    /// Sent but not received by the end of the drain period.
+    /// Sent on a socket the server refused before reading anything from it (closed with 1013,
+    /// try again later: at capacity, or its storage unavailable); never stored, so not lost.
+    /// The socket is opened again.
+    pub refused: u64,
+    /// Sent, not refused, and not received by the end of the drain period.
     pub lost: u64,
     /// Received again with nothing allowing it: a real duplicate.
     pub duplicated: u64,
@@ -286,9 +290,10 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  lost {}  unsent {}  duplicated {}  redelivered {}  reordered {}  late {}  errors {}{}",
+                "  lost {}  unsent {}  refused {}  duplicated {}  redelivered {}  reordered {}  late {}  errors {}{}",
                 step.lost,
                 step.unsent,
+                step.refused,
                 step.duplicated,
                 step.redelivered,
                 step.reordered,

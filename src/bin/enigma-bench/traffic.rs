@@ -27,6 +27,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::churn::{self, Link, Schedule};
@@ -69,6 +70,9 @@ impl Clock {
 /// What one shard saw during the current step.
 pub struct Tally {
     sent: u64,
+    /// Sent on a socket the server refused before reading anything from it (see
+    /// [`come_back`]): never stored, so neither delivered nor lost.
+    refused: u64,
     pub delivered: u64,
     pub in_window: u64,
     /// Received again with nothing allowing it (see `ack`).
@@ -91,6 +95,7 @@ impl Tally {
         let histogram = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds");
         Tally {
             sent: 0,
+            refused: 0,
             delivered: 0,
             in_window: 0,
             duplicated: 0,
@@ -111,6 +116,7 @@ impl Tally {
 
     fn merge(&mut self, other: &Tally) {
         self.sent += other.sent;
+        self.refused += other.refused;
         self.delivered += other.delivered;
         self.in_window += other.in_window;
         self.duplicated += other.duplicated;
@@ -191,6 +197,8 @@ impl Shared {
 pub struct Sender {
     pair: usize,
     ws: Ws,
+    /// Messages written on this socket.
+    written_here: u64,
     frames: FrameBuilder,
     next_seq: u64,
     link: Link,
@@ -200,7 +208,7 @@ pub struct Sender {
 impl Sender {
     pub fn new(pair: usize, ws: Ws, link: Link, churn: Option<Schedule>, to: &str, payload_bytes: usize) -> Sender {
         let frames = FrameBuilder::new(&link.user, to, payload_bytes);
-        Sender { pair, ws, frames, next_seq: 0, link, churn }
+        Sender { pair, ws, written_here: 0, frames, next_seq: 0, link, churn }
     }
 }
 
@@ -238,23 +246,75 @@ pub fn socket_closed(shared: &Shared, pair: usize, kind: String) {
     shared.shard(pair).error(&kind);
 }
 
-/// Handles a frame arriving on a sender's socket (only errors are expected there). Returns
-/// false once the socket is gone.
-fn on_sender_frame(shared: &Shared, pair: usize, message: Option<Result<Message, impl std::fmt::Display>>) -> bool {
+/// Whether a client opens its socket again after the server closed it with `code`, as a
+/// real client does: the server is going away or restarting (1001, 1012), or refused the
+/// socket for now (1013: at capacity, or its storage unavailable when the socket was attached;
+/// the relay then has read nothing from the socket). The close still counts as an error.
+pub fn come_back(code: CloseCode) -> bool {
+    matches!(code, CloseCode::Away | CloseCode::Restart | CloseCode::Again)
+}
+
+/// Counts a socket the server closed; `Some(code)` if the client should open it again (see
+/// [`come_back`]).
+pub fn closed_by_server(
+    shared: &Shared,
+    pair: usize,
+    frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> Option<CloseCode> {
+    let code = frame.as_ref().map(|frame| frame.code).filter(|code| come_back(*code));
+    socket_closed(shared, pair, close_kind(frame));
+    code
+}
+
+/// Opens a socket of `pair` again (with back-off, see [`Link::reopen`]), moving its churn
+/// schedule on; counted as a reconnection, or as a failure (`None`) if it cannot be opened.
+pub async fn open_again(link: &Link, churn: Option<&mut Schedule>, shared: &Shared, pair: usize) -> Option<Ws> {
+    let reopened = link.reopen().await;
+    if let Some(schedule) = churn {
+        schedule.advance(shared.clock.now_ns());
+    }
+    match reopened {
+        Ok(ws) => {
+            shared.shard(pair).reconnects += 1;
+            Some(ws)
+        }
+        Err(e) => {
+            shared.note_failure(&e);
+            socket_closed(shared, pair, "reconnect_failed".into());
+            None
+        }
+    }
+}
+
+/// What a frame read on a sender's socket leaves it in.
+enum SenderSocket {
+    Open,
+    /// Closed or failed for good.
+    Gone,
+    /// Closed by the server with a code asking the client to come back.
+    ComeBack(CloseCode),
+}
+
+/// Handles a frame arriving on a sender's socket (only errors are expected there).
+fn on_sender_frame(
+    shared: &Shared,
+    pair: usize,
+    message: Option<Result<Message, impl std::fmt::Display>>,
+) -> SenderSocket {
     match message {
         Some(Ok(Message::Text(text))) => {
             on_sender_text(shared, pair, text.as_str());
-            true
+            SenderSocket::Open
         }
-        Some(Ok(Message::Close(frame))) => {
-            socket_closed(shared, pair, close_kind(frame));
-            false
-        }
+        Some(Ok(Message::Close(frame))) => match closed_by_server(shared, pair, frame) {
+            Some(code) => SenderSocket::ComeBack(code),
+            None => SenderSocket::Gone,
+        },
         Some(Err(_)) | None => {
             socket_closed(shared, pair, "closed:lost".into());
-            false
+            SenderSocket::Gone
         }
-        Some(Ok(_)) => true,
+        Some(Ok(_)) => SenderSocket::Open,
     }
 }
 
@@ -271,22 +331,24 @@ fn on_sender_text(shared: &Shared, pair: usize, text: &str) {
 async fn reconnect_sender(mut sender: Sender, shared: &Shared) -> Option<Sender> {
     let pair = sender.pair;
     churn::close(sender.ws, |text| on_sender_text(shared, pair, text)).await;
-    let reopened = sender.link.reopen().await;
-    if let Some(schedule) = sender.churn.as_mut() {
-        schedule.advance(shared.clock.now_ns());
+    sender.ws = open_again(&sender.link, sender.churn.as_mut(), shared, pair).await?;
+    sender.written_here = 0;
+    Some(sender)
+}
+
+/// Opens a sender's socket again after the server closed it with `code` (see [`come_back`]).
+/// With 1013 the server refused the socket before reading from it: what was written on it is
+/// counted as refused (never stored), not as lost.
+async fn sender_comes_back(mut sender: Sender, shared: &Shared, code: CloseCode) -> Option<Sender> {
+    let pair = sender.pair;
+    if code == CloseCode::Again {
+        shared.shard(pair).refused += sender.written_here;
     }
-    match reopened {
-        Ok(ws) => {
-            sender.ws = ws;
-            shared.shard(pair).reconnects += 1;
-            Some(sender)
-        }
-        Err(e) => {
-            shared.note_failure(&e);
-            socket_closed(shared, pair, "reconnect_failed".into());
-            None
-        }
-    }
+    // Best effort: the reply to the server's close frame.
+    let _ = sender.ws.flush().await;
+    sender.ws = open_again(&sender.link, sender.churn.as_mut(), shared, pair).await?;
+    sender.written_here = 0;
+    Some(sender)
 }
 
 /// Sends one pair's share of a step on schedule; gives the sender back unless its socket died.
@@ -306,11 +368,11 @@ async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> 
             // Read while waiting: error frames, close frames and the server's pings.
             tokio::select! {
                 biased;
-                message = sender.ws.next() => {
-                    if !on_sender_frame(&shared, pair, message) {
-                        return None;
-                    }
-                }
+                message = sender.ws.next() => match on_sender_frame(&shared, pair, message) {
+                    SenderSocket::Open => {}
+                    SenderSocket::Gone => return None,
+                    SenderSocket::ComeBack(code) => sender = sender_comes_back(sender, &shared, code).await?,
+                },
                 _ = tokio::time::sleep_until(shared.clock.at(wake)) => {}
             }
             continue;
@@ -336,6 +398,7 @@ async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> 
             socket_closed(&shared, pair, "send_failed".into());
             return None;
         }
+        sender.written_here += n as u64;
         let mut tally = shared.shard(pair);
         tally.sent += n as u64;
         for lag in &lags[..n] {
@@ -422,7 +485,8 @@ pub async fn run_step(
         achieved_rate,
         achieved_ratio: if rate > 0 { achieved_rate / rate as f64 } else { 0.0 },
         unsent: total.saturating_sub(t.sent),
-        lost: t.sent.saturating_sub(t.delivered),
+        refused: t.refused,
+        lost: t.sent.saturating_sub(t.refused).saturating_sub(t.delivered),
         duplicated: t.duplicated,
         redelivered: t.redelivered,
         acknowledged: t.acknowledged,
