@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
+use axum::extract::ws::OnFailedUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State, WebSocketUpgrade};
 use axum::http::request::Parts;
@@ -328,9 +329,14 @@ async fn open_socket(
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
             .into_response();
     }
+    let limits = &state.settings.limits;
+    // Room for the largest accepted payload inside its envelope (escaping may grow it), so
+    // an oversized payload gets an error frame; far larger frames end the connection (1009).
+    let max_message = limits.max_payload_bytes * 2 + 16 * 1024;
     if over_capacity {
-        // Upgraded only to be closed with 1013 (try again later), which a socket client reads.
-        return upgrade.on_upgrade(session::refuse_over_capacity);
+        // Upgraded only to be closed with 1013 (try again later), which a socket client reads;
+        // what it wrote meanwhile is read (and dropped) within the same bounds as a session's.
+        return socket_upgrade(upgrade, max_message).on_upgrade(session::refuse_over_capacity);
     }
     // A socket open costs the address's and (for a well-formed id) the user's budget, before
     // anything is looked up; refused with 429 and `Retry-After`.
@@ -339,10 +345,6 @@ async fn open_socket(
     {
         return ApiError::from(refused).into_response();
     }
-    let limits = &state.settings.limits;
-    // Room for the largest accepted payload inside its envelope (escaping may grow it), so
-    // an oversized payload gets an error frame; far larger frames end the connection (1009).
-    let max_message = limits.max_payload_bytes * 2 + 16 * 1024;
     let admission = session::admit(&state, user_id, crate::auth::bearer(headers)).await;
     if state.draining.load(Ordering::Acquire) {
         drop(admission); // detaches
@@ -350,6 +352,13 @@ async fn open_socket(
             .into_response();
     }
     let tracker = state.tracker.clone();
+    socket_upgrade(upgrade, max_message)
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot)))
+}
+
+/// Every socket's upgrade, served or refused: the subprotocol, its buffers and the largest
+/// message read.
+fn socket_upgrade(upgrade: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade<impl OnFailedUpgrade> {
     upgrade
         .protocols([SUBPROTOCOL_V1])
         // Grows for larger frames; an idle socket keeps only this much.
@@ -359,7 +368,6 @@ async fn open_socket(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot)))
 }
 
 /// Liveness: the process answers.

@@ -277,6 +277,35 @@ async fn connections_over_the_cap_are_refused_while_existing_users_keep_working(
     assert_eq!(b.recv_json().await["payload"], "still here");
 }
 
+/// An `enigma.v1` client over the cap is refused like any other, with 1013: the refusal's
+/// upgrade names the subprotocol the client asked for (without it, the client's handshake
+/// failed — "no subprotocol" — and it never read the refusal).
+#[tokio::test]
+async fn an_acknowledging_client_over_the_cap_is_refused_with_1013_not_a_failed_handshake() {
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        users.push(server.new_user().await);
+    }
+    let mut held = Vec::new();
+    for user in &users {
+        let mut ws = match Ws::try_connect(&server.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await {
+            Ok(ws) => ws,
+            Err(e) => panic!("the handshake failed instead of a refusal: {e}"),
+        };
+        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                assert!(text.contains("unavailable"), "{text}");
+                assert_eq!(ws.expect_close().await.0, 1013, "a socket over the cap is closed with 1013");
+                return;
+            }
+            Ok(other) => panic!("unexpected: {other:?}"),
+            Err(_) => held.push(ws), // admitted, and quiet
+        }
+    }
+    panic!("no socket was refused at the cap");
+}
+
 /// A client that writes before it reads still gets the refusal: the relay reads (and drops)
 /// what a refused socket sent until the client's close, instead of closing the connection with
 /// unread data, which resets it: the client's writes then failed with a reset or a broken pipe
@@ -295,7 +324,7 @@ async fn a_refused_socket_gets_its_error_and_close_even_when_the_client_wrote_fi
         let writing = tokio::time::Instant::now();
         for i in 0.. {
             ws.send_msg(user, &users[0], &format!("m{i}")).await;
-            if writing.elapsed() > Duration::from_millis(200) {
+            if writing.elapsed() > Duration::from_millis(100) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
