@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// jemalloc rather than the system allocator: glibc keeps what a burst allocated (a backlog
-/// while Redis stalls) resident for good, jemalloc gives it back within about a second (its
-/// settings: .cargo/config.toml); it also costs less per idle socket. docs/BENCHMARKS.md has
-/// the measurements.
-#[cfg(not(target_env = "msvc"))]
+/// jemalloc rather than glibc's malloc: glibc keeps what a burst allocated (a backlog while
+/// Redis stalls) resident for good, jemalloc gives it back within about a second (its settings:
+/// .cargo/config.toml); it also costs less per idle socket. docs/BENCHMARKS.md has the
+/// measurements. Linux/glibc only: elsewhere jemalloc has no background thread to purge with.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
