@@ -12,8 +12,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${1:-120}; stall_at=${2:-45}; stall=${3:-2}; rate=${4:-33000}
-[[ -x target/release/enigma-server && -x target/release/enigma-bench ]] ||
-    cargo build --release --locked --bin enigma-server --bin enigma-bench
+cargo build --release --locked --bin enigma-server --bin enigma-bench
+((stall_at % 5 == 0)) || { echo "stall_rss: STALL_AT must be a multiple of 5 s (the sampling period)" >&2; exit 2; }
 relay=${RELAY:-target/release/enigma-server}
 bench=target/release/enigma-bench
 work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-stall.XXXXXX")
@@ -67,4 +67,4 @@ done
 wait "$bench_pid" || true
 sleep 12
 echo "relay RSS KiB every 5 s:$series; 12 s after the clients left: $(rss)"
-jq -c '.steps[-1] | {sent, unsent, lost, duplicated, redelivered, reconnects, errors_by_kind}' "$work/bench.json"
+jq -c '.steps[-1] | {sent, unsent, refused, lost, duplicated, redelivered, reconnects, errors_by_kind}' "$work/bench.json"

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::ack::{Outcome, PairTracker};
 use crate::churn::{self, Link, Schedule};
 use crate::target::Ws;
-use crate::traffic::{HORIZON_NS, Shared, closed_by_server, open_again, socket_closed};
+use crate::traffic::{HORIZON_NS, Shared, closed_by_server, leave_closed, open_again, socket_closed};
 use crate::wire::{Received, classify};
 
 /// Longest wait before waiting deliveries are acknowledged.
@@ -95,9 +95,8 @@ async fn receive(mut r: Recipient, mut ws: Ws, shared: Arc<Shared>) {
             Some(Ok(Message::Close(frame))) => {
                 // A server going away, restarting or refusing the socket for now: open it again,
                 // as a real client does (nothing delivered on it goes unread: it was closed).
-                if closed_by_server(&shared, pair, frame).is_none() {
-                    return;
-                }
+                let Some(code) = closed_by_server(&shared, pair, frame) else { return };
+                leave_closed(&mut ws, code).await;
                 tracker.socket_closed();
                 ack_armed = false;
                 match open_again(&r.link, r.churn.as_mut(), &shared, pair).await {

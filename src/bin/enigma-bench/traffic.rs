@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,6 +37,11 @@ use crate::wire::{FrameBuilder, Received, classify};
 
 /// Frames written before a flush: one syscall carries many frames when a sender is behind.
 const SEND_BATCH: usize = 64;
+/// How long a client waits before opening a socket the server refused with 1013 (try again
+/// later) again; going away and restarting (1001, 1012) are reopened at once.
+const AFTER_REFUSAL: Duration = Duration::from_millis(250);
+/// How long the reply to a server's close frame may take to leave.
+const CLOSE_REPLY: Duration = Duration::from_secs(1);
 /// How far ahead of their scheduled time messages may be released: tokio rounds a deadline up
 /// to its next 1 ms tick and the worker parks with a millisecond timeout, so a sleep ends up to
 /// ~2 ms after its deadline.
@@ -266,6 +271,15 @@ pub fn closed_by_server(
     code
 }
 
+/// Answers the server's close frame (best effort, bounded) before the socket is dropped, and
+/// waits a moment if the server asked to try again later.
+pub async fn leave_closed(ws: &mut Ws, code: CloseCode) {
+    let _ = tokio::time::timeout(CLOSE_REPLY, ws.flush()).await;
+    if code == CloseCode::Again {
+        tokio::time::sleep(AFTER_REFUSAL).await;
+    }
+}
+
 /// Opens a socket of `pair` again (with back-off, see [`Link::reopen`]), moving its churn
 /// schedule on; counted as a reconnection, or as a failure (`None`) if it cannot be opened.
 pub async fn open_again(link: &Link, churn: Option<&mut Schedule>, shared: &Shared, pair: usize) -> Option<Ws> {
@@ -344,8 +358,7 @@ async fn sender_comes_back(mut sender: Sender, shared: &Shared, code: CloseCode)
     if code == CloseCode::Again {
         shared.shard(pair).refused += sender.written_here;
     }
-    // Best effort: the reply to the server's close frame.
-    let _ = sender.ws.flush().await;
+    leave_closed(&mut sender.ws, code).await;
     sender.ws = open_again(&sender.link, sender.churn.as_mut(), shared, pair).await?;
     sender.written_here = 0;
     Some(sender)
@@ -357,9 +370,21 @@ async fn send_step(mut sender: Sender, plan: Arc<Plan>, shared: Arc<Shared>) -> 
     let count = plan.count(pair);
     let mut lags = [0u64; SEND_BATCH];
     let mut j = 0;
+    // Refusals are charged to the step they happen in, for what it sent (see `refused`).
+    sender.written_here = 0;
     while j < count {
         if sender.churn.as_ref().is_some_and(|c| c.due(shared.clock.now_ns())) {
             sender = reconnect_sender(sender, &shared).await?;
+            continue;
+        }
+        // A sender behind its schedule never waits below, so it reads here what the server
+        // said meanwhile (an error, a refusal) before it writes more.
+        if let Some(message) = sender.ws.next().now_or_never() {
+            match on_sender_frame(&shared, pair, message) {
+                SenderSocket::Open => {}
+                SenderSocket::Gone => return None,
+                SenderSocket::ComeBack(code) => sender = sender_comes_back(sender, &shared, code).await?,
+            }
             continue;
         }
         let due = plan.scheduled_ns(pair, j);
