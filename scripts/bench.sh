@@ -415,6 +415,10 @@ $(cost_row "Redis Cluster, 3 masters, 1 replica" cluster3-20k)
 - **achieved** counts messages received inside the sending window; **lost** is what had not
   arrived within the drain period (up to 10 s) after a step; duplicates and reordering are
   checked per pair with sequence numbers. **errors** are error frames and closed sockets.
+  A socket the server closes with 1001, 1012 or 1013 (going away, restarting, try again later)
+  is opened again, as a real client would; what was written on a socket refused with 1013
+  (the relay refuses a socket before reading from it: at capacity, or Redis unavailable when
+  the socket is attached) is counted **refused**, not lost.
 - **Saturation** (ramp): the highest step that held: achieved ≥ 95% of offered, p99 ≤ 50 ms,
   nothing lost, duplicated or reordered, no errors. Steps grow by 1.5× until one fails, then
   three bisection steps refine the point; each step lasts ${step} s after a 1 s warm-up.
