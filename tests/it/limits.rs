@@ -245,32 +245,50 @@ async fn a_full_redis_answers_unavailable_and_loses_nothing() {
     }
 }
 
-#[tokio::test]
-async fn connections_over_the_cap_are_refused_while_existing_users_keep_working() {
+/// A memory-engine relay taking 4 connections per address (the HTTP client's pooled connection
+/// counts), and six users of it.
+async fn capped_at_four() -> (Server, Vec<String>) {
     let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
     let mut users = Vec::new();
     for _ in 0..6 {
         users.push(server.new_user().await);
     }
+    (server, users)
+}
+
+/// Whether `ws` was refused: an `unavailable` error frame, then close 1013 (both asserted);
+/// false if it stays quiet for 500 ms (admitted). Anything else fails the test.
+async fn refused_with_1013(ws: &mut Ws) -> bool {
+    match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
+        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+            assert!(text.contains("unavailable"), "{text}");
+            assert_eq!(ws.expect_close().await.0, 1013, "a socket over the cap is closed with 1013");
+            true
+        }
+        Ok(Some(Err(e))) => panic!("the socket was reset instead of closed: {e}"),
+        Ok(other) => panic!("unexpected: {other:?}"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_while_existing_users_keep_working() {
+    let (server, users) = capped_at_four().await;
     let mut a = server.connect(&users[0]).await;
     let mut b = server.connect(&users[1]).await;
-    // More sockets from the same address until the cap (4, counting the HTTP client's pooled
-    // connection) refuses one: closed with 1013, try again later.
+    // More sockets from the same address until the cap refuses one: closed with 1013, try
+    // again later. A live one stays quiet.
     let mut held = Vec::new();
-    let mut refused = None;
+    let mut refused = false;
     for user in &users[2..] {
         let mut ws = server.connect(user).await;
-        // A refused socket gets an error frame, then the close frame; a live one stays quiet.
-        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
-                assert!(text.contains("unavailable"), "{text}");
-                refused = Some(ws.expect_close().await.0);
-                break;
-            }
-            _ => held.push(ws),
+        if refused_with_1013(&mut ws).await {
+            refused = true;
+            break;
         }
+        held.push(ws);
     }
-    assert_eq!(refused, Some(1013), "a socket over the cap is closed with 1013");
+    assert!(refused, "no socket was refused at the cap");
     assert_eq!(server.raw_get_status("/healthz").await, 503, "HTTP over the cap gets 503");
     // The users already connected keep talking.
     a.send_msg(&users[0], &users[1], "still here").await;
@@ -282,26 +300,17 @@ async fn connections_over_the_cap_are_refused_while_existing_users_keep_working(
 /// failed — "no subprotocol" — and it never read the refusal).
 #[tokio::test]
 async fn an_acknowledging_client_over_the_cap_is_refused_with_1013_not_a_failed_handshake() {
-    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
-    let mut users = Vec::new();
-    for _ in 0..6 {
-        users.push(server.new_user().await);
-    }
+    let (server, users) = capped_at_four().await;
     let mut held = Vec::new();
     for user in &users {
         let mut ws = match Ws::try_connect(&server.ws_url(&format!("/ws/{user}")), Some("enigma.v1")).await {
             Ok(ws) => ws,
             Err(e) => panic!("the handshake failed instead of a refusal: {e}"),
         };
-        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
-                assert!(text.contains("unavailable"), "{text}");
-                assert_eq!(ws.expect_close().await.0, 1013, "a socket over the cap is closed with 1013");
-                return;
-            }
-            Ok(other) => panic!("unexpected: {other:?}"),
-            Err(_) => held.push(ws), // admitted, and quiet
+        if refused_with_1013(&mut ws).await {
+            return;
         }
+        held.push(ws);
     }
     panic!("no socket was refused at the cap");
 }
@@ -312,15 +321,12 @@ async fn an_acknowledging_client_over_the_cap_is_refused_with_1013_not_a_failed_
 /// before it could read the error and the 1013 close.
 #[tokio::test]
 async fn a_refused_socket_gets_its_error_and_close_even_when_the_client_wrote_first() {
-    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 4));
-    let mut users = Vec::new();
-    for _ in 0..6 {
-        users.push(server.new_user().await);
-    }
+    let (server, users) = capped_at_four().await;
     let mut held = Vec::new();
     for user in &users[1..] {
         let mut ws = server.connect(user).await;
         // A client that keeps writing for a while before it reads: the relay has long answered.
+        // (An admitted socket stores the sends and has nothing to answer.)
         let writing = tokio::time::Instant::now();
         for i in 0.. {
             ws.send_msg(user, &users[0], &format!("m{i}")).await;
@@ -329,16 +335,10 @@ async fn a_refused_socket_gets_its_error_and_close_even_when_the_client_wrote_fi
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        match tokio::time::timeout(Duration::from_millis(500), ws.inner.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
-                assert!(text.contains("unavailable"), "{text}");
-                assert_eq!(ws.expect_close().await.0, 1013, "a socket over the cap is closed with 1013");
-                return;
-            }
-            Ok(Some(Err(e))) => panic!("the refused socket was reset instead of closed: {e}"),
-            Ok(other) => panic!("unexpected: {other:?}"),
-            Err(_) => held.push(ws), // admitted: the sends were stored, nothing to answer
+        if refused_with_1013(&mut ws).await {
+            return;
         }
+        held.push(ws);
     }
     panic!("no socket was refused at the cap");
 }
