@@ -24,24 +24,7 @@ fn churn_run(acknowledging: bool) {
     let config = ServerConfig::redis(&redis);
     let server = Server::start(&config);
     let url = server.url("");
-    let mut args = vec![
-        "--url",
-        &url,
-        "--pairs",
-        "10",
-        "--rate",
-        "1000",
-        "--duration",
-        "4s",
-        "--warmup",
-        "0s",
-        "--drain",
-        "20s",
-        "--churn",
-        "1s",
-        "--json",
-        "--quiet",
-    ];
+    let mut args = churn_args(&url, "4s", "1s");
     if acknowledging {
         args.push("--ack");
     }
@@ -88,25 +71,8 @@ fn sockets_refused_while_redis_stalls_are_opened_again_and_nothing_goes_missing(
     let config = ServerConfig::redis(&redis);
     let server = Server::start(&config);
     let url = server.url("");
-    let args = [
-        "--url",
-        &url,
-        "--pairs",
-        "10",
-        "--rate",
-        "1000",
-        "--duration",
-        "8s",
-        "--warmup",
-        "0s",
-        "--drain",
-        "20s",
-        "--churn",
-        "500ms",
-        "--ack",
-        "--json",
-        "--quiet",
-    ];
+    let mut args = churn_args(&url, "8s", "500ms");
+    args.push("--ack");
     let run = std::thread::scope(|scope| {
         scope.spawn(|| {
             std::thread::sleep(Duration::from_secs(2));
@@ -136,4 +102,27 @@ fn sockets_refused_while_redis_stalls_are_opened_again_and_nothing_goes_missing(
         kind("unavailable"),
         n("lost")
     );
+}
+
+/// enigma-bench for 10 pairs at 1,000 msgs/s over `duration`, every socket reopened about every
+/// `churn`, a JSON report.
+fn churn_args<'a>(url: &'a str, duration: &'a str, churn: &'a str) -> Vec<&'a str> {
+    vec![
+        "--url",
+        url,
+        "--pairs",
+        "10",
+        "--rate",
+        "1000",
+        "--duration",
+        duration,
+        "--warmup",
+        "0s",
+        "--drain",
+        "20s",
+        "--churn",
+        churn,
+        "--json",
+        "--quiet",
+    ]
 }
