@@ -330,6 +330,9 @@ impl Settings {
         if let Some(key) = self.rate.invalid() {
             return Err(invalid(key, "per_second must be a positive number when burst is set"));
         }
+        if let Some(key) = self.rate.address_prefix.invalid() {
+            return Err(invalid(key, "must be a prefix length: 1 to 32 for ipv4, 1 to 128 for ipv6"));
+        }
         let bytes = self.rate.send_bytes_per_user;
         // Room for one envelope of the largest payload (ids and JSON around it).
         if !bytes.is_off() && bytes.burst < self.limits.max_payload_bytes as u64 + 4096 {

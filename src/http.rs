@@ -338,14 +338,16 @@ async fn open_socket(
         // what it wrote meanwhile is read (and dropped) within the same bounds as a session's.
         return socket_upgrade(upgrade, max_message).on_upgrade(session::refuse_over_capacity);
     }
-    // A socket open costs the address's and (for a well-formed id) the user's budget, before
-    // anything is looked up; refused with 429 and `Retry-After`.
-    if let Some(user) = UserId::parse(user_id)
-        && let Err(refused) = limits::check_socket(&state.engine, &state.settings.rate, address, &user).await
-    {
+    // Every socket open costs its address's budget, before anything is looked up; the user's
+    // budget is spent only by a socket admitted as the user (`session::admit`). Refused with
+    // 429 and `Retry-After`.
+    if let Err(refused) = limits::check_socket_address(&state.engine, &state.settings.rate, address).await {
         return ApiError::from(refused).into_response();
     }
-    let admission = session::admit(&state, user_id, crate::auth::bearer(headers)).await;
+    let admission = match session::admit(&state, user_id, crate::auth::bearer(headers)).await {
+        session::Admission::Limited(refused) => return ApiError::from(refused).into_response(),
+        admission => admission,
+    };
     if state.draining.load(Ordering::Acquire) {
         drop(admission); // detaches
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")

@@ -2,7 +2,8 @@
 //! is a configured trusted proxy (`server.trusted_proxies`) — the address that proxy forwarded
 //! (`X-Forwarded-For`, read from the right: the nearest address no trusted proxy added;
 //! else `X-Real-IP`). A forwarded header from anyone else is ignored, so a client cannot
-//! pick a fresh address per request.
+//! pick a fresh address per request. Budgets then count per prefix (`PrefixLengths`), not per
+//! address.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -58,6 +59,46 @@ impl TrustedProxies {
     }
 }
 
+/// How per-address budgets group addresses: what one holder gets for free. An IPv6 host is
+/// given a /64 (2^64 addresses) by any provider, so a budget per full IPv6 address is a budget
+/// per attacker's whim; a budget per /64 is one per subscriber. `rate.address_prefix` sets the
+/// lengths (a /56 or /48 for providers that hand those out; a /24 for an IPv4 botnet-ish
+/// range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefixLengths {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for PrefixLengths {
+    fn default() -> Self {
+        Self { ipv4: 32, ipv6: 64 }
+    }
+}
+
+impl PrefixLengths {
+    /// The prefix `ip` belongs to (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn of(self, ip: IpAddr) -> IpNet {
+        let net = match canonical(ip) {
+            IpAddr::V4(v4) => ipnet::Ipv4Net::new(v4, self.ipv4.min(32)).map(IpNet::V4),
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, self.ipv6.min(128)).map(IpNet::V6),
+        };
+        net.map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
+    }
+
+    /// The first bad length, if any.
+    pub fn invalid(&self) -> Option<&'static str> {
+        if self.ipv4 == 0 || self.ipv4 > 32 {
+            return Some("rate.address_prefix.ipv4");
+        }
+        if self.ipv6 == 0 || self.ipv6 > 128 {
+            return Some("rate.address_prefix.ipv6");
+        }
+        None
+    }
+}
+
 fn parse_ip(text: &str) -> Option<IpAddr> {
     let text = text.trim();
     text.parse::<IpAddr>().ok().or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip())).map(canonical)
@@ -81,6 +122,23 @@ mod tests {
             map.append(*k, v.parse().unwrap());
         }
         map
+    }
+
+    #[test]
+    fn addresses_are_grouped_by_prefix() {
+        let lengths = PrefixLengths::default();
+        let of = |ip: &str| lengths.of(ip.parse().unwrap()).to_string();
+        assert_eq!(of("2001:db8:1::1"), "2001:db8:1::/64");
+        assert_eq!(of("2001:db8:1:0:ffff:1234:5678:9abc"), "2001:db8:1::/64");
+        assert_ne!(of("2001:db8:1:1::1"), of("2001:db8:1::1"));
+        assert_eq!(of("192.0.2.7"), "192.0.2.7/32");
+        assert_eq!(of("::ffff:192.0.2.7"), "192.0.2.7/32");
+        let wide = PrefixLengths { ipv4: 24, ipv6: 56 };
+        assert_eq!(wide.of("192.0.2.7".parse().unwrap()).to_string(), "192.0.2.0/24");
+        assert_eq!(wide.of("2001:db8:1:ff::1".parse().unwrap()).to_string(), "2001:db8:1::/56");
+        assert_eq!(PrefixLengths { ipv4: 33, ipv6: 64 }.invalid(), Some("rate.address_prefix.ipv4"));
+        assert_eq!(PrefixLengths { ipv4: 32, ipv6: 0 }.invalid(), Some("rate.address_prefix.ipv6"));
+        assert_eq!(lengths.invalid(), None);
     }
 
     #[test]

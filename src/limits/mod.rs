@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use self::address::TrustedProxies;
+pub use self::address::{PrefixLengths, TrustedProxies};
 pub use self::bucket::{Ask, Buckets, Rate, Verdict};
 
 use crate::engine::{Engine, Unavailable};
@@ -41,6 +41,8 @@ pub struct RateSettings {
     pub send_messages_per_user: Rate,
     /// Payload bytes sent per user (as stored).
     pub send_bytes_per_user: Rate,
+    /// How the per-address budgets group client addresses: IPv4 /32 and IPv6 /64 by default.
+    pub address_prefix: PrefixLengths,
 }
 
 impl Default for RateSettings {
@@ -55,6 +57,7 @@ impl Default for RateSettings {
             socket_per_user: Rate::new(60, 1.0),
             send_messages_per_user: Rate::new(1_000, 20.0),
             send_bytes_per_user: Rate::new(16 * 1024 * 1024, 256.0 * 1024.0),
+            address_prefix: PrefixLengths::default(),
         }
     }
 }
@@ -154,20 +157,33 @@ async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result
     }
 }
 
+/// The subject of a per-address budget: the client's prefix (`rate.address_prefix`), so that
+/// one holder of a /64 has one budget, not 2^64.
+fn by_prefix(rates: &RateSettings, client: IpAddr) -> String {
+    rates.address_prefix.of(client).to_string()
+}
+
 /// A registration (`GET /login/…`) from `client`.
 pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
-    one(engine, Limit::Login, rates.login_per_address, &client.to_string()).await
+    one(engine, Limit::Login, rates.login_per_address, &by_prefix(rates, client)).await
 }
 
 /// A challenge request from `client`: for the endpoint that issues challenges to call
 /// before it seals one.
 pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
-    one(engine, Limit::Challenge, rates.challenge_per_address, &client.to_string()).await
+    one(engine, Limit::Challenge, rates.challenge_per_address, &by_prefix(rates, client)).await
 }
 
-/// A WebSocket open by `client` as `user`: both budgets, the address's first.
-pub async fn check_socket(engine: &Engine, rates: &RateSettings, client: IpAddr, user: &UserId) -> Result<(), Refused> {
-    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &client.to_string()).await?;
+/// A WebSocket open by `client`, whatever it turns out to be: checked before anything is
+/// looked up, so every attempt (a refused one too) costs the address that made it.
+pub async fn check_socket_address(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
+    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &by_prefix(rates, client)).await
+}
+
+/// A WebSocket open admitted as `user`: checked only once the socket has shown it may act as
+/// the user (a valid token for a protected user), so someone who knows only the id cannot
+/// spend the owner's budget and lock the owner out.
+pub async fn check_socket_user(engine: &Engine, rates: &RateSettings, user: &UserId) -> Result<(), Refused> {
     // The user's braces make it the bucket's hash tag: the user's slot on a cluster.
     one(engine, Limit::SocketPerUser, rates.socket_per_user, &format!("{{{user}}}")).await
 }

@@ -32,8 +32,8 @@ use crate::AppState;
 use crate::auth::Refusal;
 use crate::engine::Written;
 use crate::hub::Mailbox;
-use crate::limits::SendBudget;
-use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame};
+use crate::limits::{self, Refused, SendBudget};
+use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame, rate_limited_frame};
 use crate::server::ConnectionSlot;
 use crate::telemetry::metric;
 
@@ -58,6 +58,9 @@ pub enum Admission {
     /// No valid token for a protected user (or in `required` mode): refused before the
     /// session registers anywhere, so the user's live connection is not displaced.
     Unauthorized(Refusal),
+    /// Authenticated, but over the user's socket budget (or the budget could not be read):
+    /// answered with 429 (or 503) before the upgrade.
+    Limited(Refused),
 }
 
 /// Checks the user and the bearer `token` (already taken from the request; `Err` if what was
@@ -77,6 +80,10 @@ pub async fn admit(state: &AppState, user_id: &str, token: Result<Option<String>
     if let Err(refusal) = checked {
         tracing::info!(user = %user, reason = refusal.as_str(), "socket refused: not authenticated");
         return Admission::Unauthorized(refusal);
+    }
+    // Only now, with the right to act as the user shown, does the open cost the user's budget.
+    if let Err(refused) = limits::check_socket_user(&state.engine, &state.settings.rate, &user).await {
+        return Admission::Limited(refused);
     }
     match Attached::attach(state, &user).await {
         Ok(attached) => Admission::Accepted(attached),
@@ -112,6 +119,15 @@ pub fn serve(
         }
         Admission::Unauthorized(refusal) => {
             (error_frame(ErrorCode::Unauthorized, refusal.message(), None), Closing::UNAUTHORIZED)
+        }
+        // `open_socket` answers these with 429 before upgrading; were one upgraded, the client
+        // still learns why and when to come back.
+        Admission::Limited(Refused::Limited(limited)) => (
+            rate_limited_frame("too many socket opens; retry later", None, limited.retry_after_ms()),
+            Closing::UNAVAILABLE,
+        ),
+        Admission::Limited(Refused::Unavailable(_)) => {
+            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::UNAVAILABLE)
         }
     };
     Either::Right(async move {

@@ -12,7 +12,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, DEADLINE, Nginx, Redis, Server, ServerConfig, Ws, nginx_binary, random_key};
+use crate::harness::{
+    Backend, Claimant, DEADLINE, Nginx, Redis, Server, ServerConfig, Ws, expect_unauthorized, nginx_binary, random_key,
+    test_token_keys,
+};
 
 both_engines!(
     a_flood_refuses_the_flooder_not_the_friend,
@@ -23,6 +26,7 @@ both_engines!(
     at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst,
     at_the_defaults_a_school_behind_one_address_registers_and_connects,
     at_the_defaults_a_login_flood_of_thousands_is_throttled,
+    sockets_refused_for_a_missing_token_do_not_lock_the_owner_out,
 );
 
 /// Two replicas on a Redis (one server on the memory engine, which has no second replica).
@@ -485,4 +489,43 @@ async fn behind_nginx_the_forwarded_address_is_limited_and_a_forged_one_is_not()
     let refused = login_from(&base, "127.0.0.4", &[("x-forwarded-for", "198.18.1.200"), ("x-real-ip", "198.18.1.201")]);
     assert_eq!(refused.await, 429, "a forged X-Forwarded-For from an untrusted peer bought a fresh budget");
     assert_eq!(login_from(&b.url(""), "127.0.0.4", &[]).await, 429, "and the other replica agrees");
+}
+
+/// Mallory knows only Bob's id. From another address she opens more token-less sockets as Bob
+/// than Bob's socket budget holds (shipped defaults: a burst of 60, then 1 a second), then keeps
+/// opening 2 a second, on every replica. Each is refused (`unauthorized`, 4401), and each of
+/// Bob's own reconnects with his token is admitted: a refusal costs the refused client's
+/// address, never the user it tried to be.
+async fn sockets_refused_for_a_missing_token_do_not_lock_the_owner_out(b: Backend) {
+    let config = b.config().with_shipped_limits().with("ENIGMA__AUTH__TOKEN_KEYS", test_token_keys());
+    let first = Server::start(&config);
+    let second = b.is_redis().then(|| Server::start(&config));
+    let replicas: Vec<&Server> = std::iter::once(&first).chain(second.as_ref()).collect();
+    let bob = Claimant::login(&first).await;
+    let token = bob.token().await;
+    let mallory: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let attempt = |n: usize| {
+        let url = replicas[n % replicas.len()].ws_url(&format!("/ws/{}", bob.user));
+        async move {
+            match Ws::try_connect_from(&url, mallory, &[]).await {
+                Ok(mut ws) => expect_unauthorized(&mut ws).await,
+                // Refused before the upgrade: fine for the test, it is Mallory who is refused.
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {}
+                Err(e) => panic!("Mallory's socket: {e}"),
+            }
+        }
+    };
+    for n in 0..70 {
+        attempt(n).await;
+    }
+    for round in 0..13 {
+        attempt(2 * round).await;
+        attempt(2 * round + 1).await;
+        let server = replicas[round % replicas.len()];
+        let url = server.ws_url(&format!("/ws/{}", bob.user));
+        match Ws::try_connect_with(&url, &[("Authorization", &format!("Bearer {token}"))]).await {
+            Ok(ws) => ws.close().await,
+            Err(e) => panic!("Bob's reconnect {round} with his token was refused: {e}"),
+        }
+    }
 }

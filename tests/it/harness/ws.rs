@@ -53,6 +53,37 @@ impl Ws {
         Ok(Ws { inner, protocol })
     }
 
+    /// Opens a socket from the local address `local` (another "client address" on loopback:
+    /// 127.0.0.2, …), with extra request headers.
+    pub async fn try_connect_from(
+        url: &str,
+        local: std::net::IpAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let server =
+            std::net::SocketAddr::new(host.parse().expect("an IP address in the URL"), uri.port_u16().unwrap());
+        let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        let connect = async {
+            let stream = socket.connect(server).await?;
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await
+        };
+        let (inner, response) = tokio::time::timeout(DEADLINE, connect)
+            .await
+            .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)??;
+        let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Ws { inner, protocol })
+    }
+
     pub async fn send_json(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;
     }
