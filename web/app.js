@@ -176,7 +176,33 @@ async function openChat(id) {
   await renderMessages();
 }
 
-const STATES = { sending: "sending…", stored: "sent", received: "", failed: "NOT SENT", refused: "" };
+const STATES = {
+  sending: "sending…", stored: "sent", received: "", failed: "NOT SENT", refused: "",
+  held: "KEY CHANGED · not opened, kept until you decide", discarded: "discarded",
+};
+
+/** The choice a held message waits for: trust the sender's new key (and open it), or discard it. */
+function decision(m) {
+  const box = document.createElement("span");
+  box.className = "decide";
+  const choose = (label, cls, act) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = cls;
+    b.textContent = label;
+    b.addEventListener("click", async () => {
+      for (const other of box.children) other.disabled = true;
+      await act(m.key);
+      await openChat(m.peer);
+    });
+    return b;
+  };
+  box.append(
+    choose("Trust the new key and open it", "trust-held", (key) => relay.trustHeld(key)),
+    choose("Discard", "discard-held", (key) => relay.discardHeld(key)),
+  );
+  return box;
+}
 
 async function renderMessages() {
   if (!current) return;
@@ -189,12 +215,14 @@ async function renderMessages() {
       li.dataset.state = m.state;
       const text = document.createElement("span");
       text.className = "text";
-      text.textContent = m.state === "refused" ? m.error : m.text;
+      const refused = m.state === "refused" || m.state === "held" || m.state === "discarded";
+      text.textContent = refused ? m.error : m.text;
       const meta = document.createElement("span");
       meta.className = "meta";
       const when = new Date(m.ts).toLocaleTimeString();
       meta.textContent = [when, STATES[m.state], m.state === "failed" ? m.error : ""].filter(Boolean).join(" · ");
       li.append(text, meta);
+      if (m.state === "held") li.append(decision(m));
       return li;
     }),
   );

@@ -3,8 +3,10 @@
 // after a drop, a restart or a 1001, stop and say so when another tab takes over (4409).
 // Every received message is stored before it is acknowledged; every outgoing one is stored
 // before it is sent and re-sent (same id, same ref) until the server's receipt arrives.
+// A message whose sender's key is not the pinned one is neither opened nor acknowledged: it
+// is kept ("held", on the server too) until the user trusts the new key or discards it.
 import * as store from "./store.js";
-import { b64Encode, openChallenge, openMessage, parsePublicKey, sealMessage } from "./payload.js";
+import { b64Encode, fingerprint, openChallenge, openMessage, parsePublicKey, sealMessage } from "./payload.js";
 
 const SUBPROTOCOL = "enigma.v1";
 const BEARER = "enigma.bearer.";
@@ -54,9 +56,12 @@ export async function register(publicKey) {
 }
 
 const keyCache = new Map();
-/** The directory key of `userId` (32 bytes); a Refusal if the user does not exist. */
-export async function lookup(userId) {
-  if (keyCache.has(userId)) return keyCache.get(userId);
+/**
+ * The directory key of `userId` (32 bytes); a Refusal if the user does not exist. `fresh` asks
+ * the directory again instead of this page's cache (a key swapped since it was cached).
+ */
+export async function lookup(userId, { fresh = false } = {}) {
+  if (!fresh && keyCache.has(userId)) return keyCache.get(userId);
   const r = await json("GET", `/connect/${encodeURIComponent(userId)}`);
   if (r.status === 404) throw new Refusal(`user not found: ${userId}`, "user_not_found");
   if (r.status !== 200) throw refusal(r, "looking up the user failed");
@@ -183,47 +188,134 @@ export class Relay extends EventTarget {
     }
     if (typeof frame.id === "string" && typeof frame.from === "string" && "payload" in frame) {
       // One at a time, in order: a message is stored, then acknowledged, then the next.
-      this.inbound = this.inbound.then(() => this.receive(ws, frame));
+      this.queue(() => this.receive(ws, frame));
     } else if (frame.status === "stored" && typeof frame.ref === "string") {
-      this.inbound = this.inbound.then(() => this.settle(frame.ref, { state: "stored" }));
+      this.queue(() => this.settle(frame.ref, { state: "stored" }));
     } else if (typeof frame.error === "string") {
       const text = frame.code === "rate_limited" && frame.retry_after_ms
         ? `rate limited: retry in ${Math.ceil(frame.retry_after_ms / 1000)} s`
         : frame.error;
       if (typeof frame.ref === "string") {
-        this.inbound = this.inbound.then(() => this.settle(frame.ref, { state: "failed", error: text, code: frame.code }));
+        this.queue(() => this.settle(frame.ref, { state: "failed", error: text, code: frame.code }));
       } else {
         this.emit("problem", { text, code: frame.code });
       }
     }
   }
 
+  /**
+   * Runs `step` after everything received before it; a step that fails is reported and does
+   * not stop the ones after it (their messages stay unacknowledged and come again).
+   */
+  queue(step) {
+    this.inbound = this.inbound.then(step).catch((e) => this.emit("problem", { text: `receiving failed: ${e.message}` }));
+    return this.inbound;
+  }
+
   async receive(ws, frame) {
     const from = frame.from;
-    let message;
-    try {
-      const sender = await lookup(from);
-      const content = await openMessage(this.me, from, sender.raw, frame.payload);
-      message = {
-        key: store.messageKey(from, content.id), peer: from, dir: "in", text: content.text,
-        ts: content.ts, msgId: content.id, state: "received", order: nextOrder(),
-      };
-    } catch (e) {
-      if (e instanceof TypeError) {
-        // The sender's key could not be fetched (server unreachable): not a refusal. Leave it
-        // unacknowledged; it comes again on the next connection.
-        return;
+    const heldKey = store.messageKey(from, `held-${frame.id}`);
+    const earlier = await store.getMessage(heldKey);
+    // The user decided about it already (discarded), but that acknowledgement was not sent.
+    if (earlier && earlier.state !== "held") return this.ack(ws, frame.id);
+    const message = await this.read(frame, heldKey);
+    if (!message) return; // the sender's key could not be fetched: it comes again
+    if (message.state === "held") {
+      // Shown as refused, NOT acknowledged: the server keeps it until the user decides.
+      if (!earlier) {
+        if (await store.addReceived(message)) this.emit("message", message);
+      } else if (earlier.pinned !== message.pinned || earlier.now !== message.now) {
+        await store.putMessage({ ...message, order: earlier.order });
+        this.emit("update", message);
       }
-      message = {
+      return;
+    }
+    // A held message that now reads otherwise (its key trusted, or the pinned key is back)
+    // takes its place.
+    if (earlier) message.order = earlier.order;
+    const isNew = earlier ? await store.replaceHeld(heldKey, message) : await store.addReceived(message);
+    if (isNew) this.emit("message", message);
+    else if (earlier) this.emit("update", message);
+    // Acknowledged only now that it is stored; if this socket is gone, the next one gets it again.
+    this.ack(ws, frame.id);
+  }
+
+  ack(ws, id) {
+    if (ws && this.ws === ws) this.sendFrame({ ack: id });
+  }
+
+  /**
+   * What a delivery is on this page: a received message; a refused one (it does not open);
+   * a held one (its sender's key is not the pinned one: not opened); or null when the key
+   * could not be fetched (server unreachable: not a refusal, it comes again).
+   */
+  async read(frame, heldKey) {
+    const from = frame.from;
+    try {
+      let sender = await lookup(from);
+      for (let fresh = false; ; fresh = true) {
+        // Pinned on first use; any other key is refused before anything is opened with it.
+        const change = await store.checkPin(from, await fingerprint(sender.raw));
+        if (change) {
+          return {
+            key: heldKey, peer: from, dir: "in", ts: frame.ts ?? Date.now(), msgId: frame.id, state: "held",
+            payload: frame.payload, pinned: change.pinned, now: change.now, order: nextOrder(),
+            error: `Refused: message ${frame.id} from ${from} comes with a key that is NOT the pinned one. ` +
+              `Pinned fingerprint ${change.pinned}, the directory now gives ${change.now}. ` +
+              "Someone may be impersonating them: compare the new fingerprint with theirs, out of band. " +
+              "It stays unread on the server until you decide.",
+          };
+        }
+        try {
+          const content = await openMessage(this.me, from, sender.raw, frame.payload);
+          return {
+            key: store.messageKey(from, content.id), peer: from, dir: "in", text: content.text,
+            ts: content.ts, msgId: content.id, state: "received", order: nextOrder(),
+          };
+        } catch (e) {
+          // This page's cached key may be older than the directory's (swapped since): ask again once.
+          const now = fresh ? null : await lookup(from, { fresh: true });
+          if (!now || now.publicKey === sender.publicKey) throw e;
+          sender = now;
+        }
+      }
+    } catch (e) {
+      if (e instanceof TypeError) return null;
+      return {
         key: store.messageKey(from, `refused-${frame.id}`), peer: from, dir: "in", ts: frame.ts ?? Date.now(),
         msgId: frame.id, state: "refused", error: `message ${frame.id} from ${from} refused: ${e.message}`,
         order: nextOrder(),
       };
     }
-    const isNew = await store.addReceived(message);
-    if (isNew) this.emit("message", message);
-    // Acknowledged only now that it is stored; if this socket is gone, the next one gets it again.
-    if (this.ws === ws) this.sendFrame({ ack: frame.id });
+  }
+
+  /**
+   * The user accepts the new key of a held message's sender (after checking it with them): the
+   * fingerprint they were shown is pinned, then the message is read again and acknowledged.
+   */
+  trustHeld(key) {
+    return this.queue(async () => {
+      const held = await store.getMessage(key);
+      if (held?.state !== "held") return;
+      await store.checkPin(held.peer, held.now, true);
+      await this.receive(this.ws, { id: held.msgId, from: held.peer, payload: held.payload, ts: held.ts });
+    });
+  }
+
+  /** The user discards a held message: kept here as discarded (never opened), acknowledged. */
+  discardHeld(key) {
+    return this.queue(async () => {
+      const held = await store.getMessage(key);
+      if (held?.state !== "held") return;
+      const discarded = {
+        ...held, state: "discarded", payload: undefined,
+        error: `Discarded unread: a message from ${held.peer} with a key that was not the pinned one ` +
+          `(pinned ${held.pinned}, presented ${held.now}).`,
+      };
+      await store.putMessage(discarded);
+      this.emit("update", discarded);
+      this.ack(this.ws, held.msgId);
+    });
   }
 
   async settle(ref, change) {

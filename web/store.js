@@ -2,7 +2,8 @@
 // non-extractable CryptoKey: the browser stores it, script can use it but never read it),
 // contacts, and every message. A received message is written here BEFORE it is acknowledged,
 // so a reload or a crash loses nothing; an outgoing one is written before it is sent, so it
-// is sent again after a reload until the server confirms it was stored.
+// is sent again after a reload until the server confirms it was stored. One whose sender's key
+// is not the pinned one is kept here "held", with its sealed payload, until the user decides.
 
 const DB = "enigma";
 const VERSION = 1;
@@ -93,6 +94,19 @@ export function addReceived(m) {
   return tx("messages", "readwrite", async (s) => {
     const existing = await request(s.get(m.key));
     if (existing) return false;
+    await request(s.put(m));
+    return true;
+  });
+}
+
+/**
+ * Replaces a held message (`heldKey`) by what it turned out to be (`m`, unless a message with
+ * its key is already stored); returns true when `m` is new. One transaction.
+ */
+export function replaceHeld(heldKey, m) {
+  return tx("messages", "readwrite", async (s) => {
+    await request(s.delete(heldKey));
+    if (await request(s.get(m.key))) return false;
     await request(s.put(m));
     return true;
   });
