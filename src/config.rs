@@ -91,6 +91,18 @@ pub struct Limits {
     /// Memory engine only: payload bytes stored in all inboxes together; past it sends are
     /// refused (`unavailable`) rather than the process growing until it is killed.
     pub memory_max_bytes: usize,
+    /// Messages all *strangers* together (senders the recipient never wrote to) may have
+    /// waiting in one inbox; one stranger may hold an eighth of it. What strangers cannot
+    /// take stays for the recipient's contacts, however many ids strangers make. 0: no pool
+    /// (every sender is treated as a contact).
+    pub stranger_pool: usize,
+    /// Payload bytes all strangers together may have waiting in one inbox (an eighth each).
+    pub stranger_pool_bytes: usize,
+    /// The most people one user's contact list holds; past it, whom the user writes to next
+    /// is not added (their replies then count as a stranger's).
+    pub max_contacts: usize,
+    /// How long a user's contact list is kept after the user last added to it.
+    pub contacts_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +191,15 @@ impl Default for Limits {
             inbox_share_bytes: 8 * 1024 * 1024,
             inbox_max_bytes: 64 * 1024 * 1024,
             memory_max_bytes: 512 * 1024 * 1024,
+            // Strangers (any number of fresh ids) never take more than half the inbox's messages
+            // and 24 of its 64 MiB: the rest stays for the people the recipient writes to. One
+            // stranger holds an eighth (625 messages, 3 MiB): a phone's first flush of 500 fits.
+            stranger_pool: 5_000,
+            stranger_pool_bytes: 24 * 1024 * 1024,
+            max_contacts: 5_000,
+            // A year: someone who has not written to anyone new for a year still has their
+            // contacts (the list is refreshed whenever they add one).
+            contacts_ttl_secs: 365 * 24 * 3600,
         }
     }
 }
@@ -337,6 +358,12 @@ impl Settings {
         // Room for one envelope of the largest payload (ids and JSON around it).
         if !bytes.is_off() && bytes.burst < self.limits.max_payload_bytes as u64 + 4096 {
             return Err(invalid("rate.send_bytes_per_user", "burst must hold one payload of limits.max_payload_bytes"));
+        }
+        if self.limits.stranger_pool > 0 && self.limits.stranger_pool_bytes / 8 < self.limits.max_payload_bytes {
+            return Err(invalid(
+                "limits.stranger_pool_bytes",
+                "an eighth of it (one stranger's part) must hold one payload of limits.max_payload_bytes",
+            ));
         }
         if self.limits.inbox_max_bytes < self.limits.max_payload_bytes {
             return Err(invalid("limits.inbox_max_bytes", "must hold one payload of limits.max_payload_bytes"));

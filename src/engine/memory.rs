@@ -58,6 +58,15 @@ struct Directory {
     keys: HashMap<UserId, String>,
     /// Users who proved possession of their key once (see `auth`).
     protected: HashSet<UserId>,
+    /// Whom each user wrote to, and when the list was last added to (it expires
+    /// `limits.contacts_ttl_secs` after that, as the Redis set does).
+    contacts: HashMap<UserId, (HashSet<UserId>, Instant)>,
+}
+
+impl Directory {
+    fn is_contact(&self, user: &UserId, sender: &UserId, ttl: Duration) -> bool {
+        self.contacts.get(user).is_some_and(|(people, at)| at.elapsed() <= ttl && people.contains(sender))
+    }
 }
 
 struct Inbox {
@@ -69,7 +78,17 @@ struct Inbox {
     /// Envelope bytes in `messages`.
     bytes: usize,
     /// Messages and bytes waiting per sender (its share).
-    senders: HashMap<UserId, (usize, usize)>,
+    senders: HashMap<UserId, Share>,
+    /// Messages and bytes waiting from strangers (the strangers' pool).
+    strangers: (usize, usize),
+}
+
+#[derive(Default, Clone, Copy)]
+struct Share {
+    messages: usize,
+    bytes: usize,
+    /// The sender's waiting messages count in the strangers' pool.
+    stranger: bool,
 }
 
 struct Stored {
@@ -83,10 +102,14 @@ impl Inbox {
         let stored = self.messages.remove(id)?;
         let size = stored.envelope.len();
         self.bytes -= size;
-        if let Some((n, b)) = self.senders.get_mut(&stored.from) {
-            *n -= 1;
-            *b -= size;
-            if *n == 0 {
+        if let Some(share) = self.senders.get_mut(&stored.from) {
+            share.messages -= 1;
+            share.bytes -= size;
+            if share.stranger {
+                self.strangers.0 = self.strangers.0.saturating_sub(1);
+                self.strangers.1 = self.strangers.1.saturating_sub(size);
+            }
+            if share.messages == 0 {
                 self.senders.remove(&stored.from);
             }
         }
@@ -97,6 +120,7 @@ impl Inbox {
         let bytes = self.bytes;
         self.messages.clear();
         self.senders.clear();
+        self.strangers = (0, 0);
         self.bytes = 0;
         bytes
     }
@@ -162,11 +186,33 @@ impl MemoryEngine {
         true
     }
 
-    pub fn send(&self, from: &UserId, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
-        if !self.inner.read().keys.contains_key(to) {
-            return Err(SendError::UserNotFound);
-        }
+    /// Adds `people` to `user`'s contacts, up to `limits.max_contacts`.
+    pub fn add_contacts(&self, user: &UserId, people: &[UserId]) {
         let limits = &self.inner.limits;
+        let ttl = Duration::from_secs(limits.contacts_ttl_secs);
+        let mut dir = self.inner.write();
+        let (known, at) = dir.contacts.entry(user.clone()).or_insert_with(|| (HashSet::new(), Instant::now()));
+        if at.elapsed() > ttl {
+            known.clear();
+        }
+        *at = Instant::now();
+        for person in people {
+            if known.len() >= limits.max_contacts {
+                break;
+            }
+            known.insert(person.clone());
+        }
+    }
+
+    pub fn send(&self, from: &UserId, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
+        let limits = &self.inner.limits;
+        let stranger = {
+            let dir = self.inner.read();
+            if !dir.keys.contains_key(to) {
+                return Err(SendError::UserNotFound);
+            }
+            limits.stranger_pool > 0 && !dir.is_contact(to, from, Duration::from_secs(limits.contacts_ttl_secs))
+        };
         let ttl = Duration::from_secs(limits.inbox_ttl_secs);
         let size = envelope.len();
         let mut store = self.inner.inboxes();
@@ -179,6 +225,7 @@ impl MemoryEngine {
             messages: BTreeMap::new(),
             bytes: 0,
             senders: HashMap::new(),
+            strangers: (0, 0),
         });
         if inbox.written.elapsed() > ttl {
             *total -= inbox.clear(); // expired, as a Redis key with a TTL would have
@@ -186,11 +233,21 @@ impl MemoryEngine {
         if inbox.messages.len() >= limits.inbox_capacity || inbox.bytes + size > limits.inbox_max_bytes {
             return Err(SendError::InboxFull);
         }
-        let (held, held_bytes) = inbox.senders.get(from).copied().unwrap_or_default();
-        if (limits.inbox_share > 0 && held >= limits.inbox_share)
-            || (limits.inbox_share_bytes > 0 && held_bytes + size > limits.inbox_share_bytes)
+        let held = inbox.senders.get(from).copied().unwrap_or_default();
+        if (limits.inbox_share > 0 && held.messages >= limits.inbox_share)
+            || (limits.inbox_share_bytes > 0 && held.bytes + size > limits.inbox_share_bytes)
         {
             return Err(SendError::OverShare);
+        }
+        // The same rules as `send.lua`: one stranger holds at most an eighth of the pool.
+        if stranger {
+            let (pool, pool_bytes) = (limits.stranger_pool, limits.stranger_pool_bytes);
+            if held.messages >= (pool / 8).max(1) || held.bytes + size > pool_bytes / 8 {
+                return Err(SendError::OverShare);
+            }
+            if inbox.strangers.0 >= pool || inbox.strangers.1 + size > pool_bytes {
+                return Err(SendError::StrangersFull);
+            }
         }
         if *total + size > limits.memory_max_bytes {
             return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
@@ -208,8 +265,17 @@ impl MemoryEngine {
         inbox.messages.insert(id, Stored { seq, envelope: envelope.clone(), from: from.clone() });
         inbox.bytes += size;
         let share = inbox.senders.entry(from.clone()).or_default();
-        share.0 += 1;
-        share.1 += size;
+        if stranger {
+            inbox.strangers.0 += 1;
+            inbox.strangers.1 += size;
+        } else if share.stranger {
+            // Now a contact: what it has waiting leaves the strangers' pool.
+            inbox.strangers.0 = inbox.strangers.0.saturating_sub(share.messages);
+            inbox.strangers.1 = inbox.strangers.1.saturating_sub(share.bytes);
+        }
+        share.stranger = stranger;
+        share.messages += 1;
+        share.bytes += size;
         *total += size;
         // Rung under the inbox lock, so notifications keep the inbox's order.
         self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });

@@ -35,6 +35,11 @@ pub enum SendError {
     /// recipient's inbox waiting; other senders still get through.
     #[error("sender's share of the recipient's inbox is used up")]
     OverShare,
+    /// The sender is a stranger to the recipient (never written to by them), and the part of
+    /// the inbox all strangers share (`limits.stranger_pool`) is full; contacts still get
+    /// through.
+    #[error("the recipient's inbox has no room left for strangers")]
+    StrangersFull,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
@@ -148,6 +153,18 @@ impl Engine {
         match self {
             Engine::Memory(e) => sends.into_iter().map(|(to, envelope)| e.send(from, &to, envelope)).collect(),
             Engine::Redis(e) => e.send_many(from, sends).await,
+        }
+    }
+
+    /// Makes `people` contacts of `user` (the user wrote to them): their messages to the user
+    /// are a contact's, not a stranger's (`limits.stranger_pool`).
+    pub async fn add_contacts(&self, user: &UserId, people: &[UserId]) -> Result<(), Unavailable> {
+        match self {
+            Engine::Memory(e) => {
+                e.add_contacts(user, people);
+                Ok(())
+            }
+            Engine::Redis(e) => e.add_contacts(user, people).await,
         }
     }
 

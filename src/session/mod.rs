@@ -153,6 +153,7 @@ impl Session {
             cursor: Cursor::default(),
             last_seen: Instant::now(),
             budget: SendBudget::default(),
+            contacts: std::collections::HashSet::new(),
             ending: None,
         }
     }
@@ -234,6 +235,9 @@ struct Session {
     last_seen: Instant,
     /// The slice of the user's send budget this socket holds (see `crate::limits`).
     budget: SendBudget,
+    /// Whom this socket has already made the user's contacts (each is told to the engine
+    /// once per socket; bounded by `requests::CONTACTS_REMEMBERED`).
+    contacts: std::collections::HashSet<UserId>,
     /// Set once the session has ended: writes no longer stop at a kick, only at this deadline
     /// (see `ending`).
     ending: Option<tokio::time::Instant>,

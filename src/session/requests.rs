@@ -27,18 +27,21 @@ pub enum RejectReason {
     InboxFull,
     /// The sender's share of the recipient's inbox is used up (`limits.inbox_share`).
     InboxShare,
+    /// The strangers' part of the recipient's inbox is full (`limits.stranger_pool`).
+    Strangers,
     /// The sender's send rate (`rate.send_*_per_user`).
     RateLimited,
     Unavailable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Forbidden,
         RejectReason::TooLarge,
         RejectReason::UserNotFound,
         RejectReason::InboxFull,
         RejectReason::InboxShare,
+        RejectReason::Strangers,
         RejectReason::RateLimited,
         RejectReason::Unavailable,
     ];
@@ -50,6 +53,7 @@ impl RejectReason {
             RejectReason::UserNotFound => "user_not_found",
             RejectReason::InboxFull => "inbox_full",
             RejectReason::InboxShare => "inbox_share",
+            RejectReason::Strangers => "strangers",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::Unavailable => "unavailable",
         }
@@ -59,6 +63,10 @@ impl RejectReason {
         metrics::counter!(metric::MESSAGES_REJECTED, "reason" => self.as_str()).increment(1);
     }
 }
+
+/// How many people a socket remembers having made contacts (then it forgets them all and
+/// tells the engine again: adding a contact twice changes nothing).
+const CONTACTS_REMEMBERED: usize = 1024;
 
 /// Why a send is refused: error code, message, and its label among rejected messages (none
 /// for a malformed frame, which is not counted as a message).
@@ -204,12 +212,41 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
+        self.make_contacts(&batch).await;
         let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
         let results = self.state.engine.send_many(&self.user, sends).await;
         for (send, result) in batch.iter().zip(results) {
             self.report_send(send.reference.as_deref(), result).await?;
         }
         Ok(())
+    }
+
+    /// Whom the user writes to becomes a contact: their messages back are not a stranger's
+    /// (`limits.stranger_pool`). Told to the engine once per socket and person, before the
+    /// message is stored, so a reply never finds the writer a stranger. A failure is logged
+    /// and tried again at the next message to them.
+    async fn make_contacts(&mut self, batch: &[PendingSend]) {
+        if self.state.settings.limits.stranger_pool == 0 {
+            return;
+        }
+        let mut new: Vec<UserId> = Vec::new();
+        for send in batch {
+            if send.to != self.user && !self.contacts.contains(&send.to) && !new.contains(&send.to) {
+                new.push(send.to.clone());
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        match self.state.engine.add_contacts(&self.user, &new).await {
+            Ok(()) => {
+                if self.contacts.len() + new.len() > CONTACTS_REMEMBERED {
+                    self.contacts.clear();
+                }
+                self.contacts.extend(new);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot add contacts; retried at the next message"),
+        }
     }
 
     async fn report_send(&mut self, reference: Option<&str>, result: Result<MsgId, SendError>) -> Result<(), Closing> {
@@ -233,6 +270,13 @@ impl Session {
                         ErrorCode::InboxFull,
                         "you have too many messages waiting for this recipient; retry once they read them",
                         RejectReason::InboxShare,
+                    ),
+                    // Its own words and label: the recipient takes messages from people it wrote
+                    // to, just not from more strangers now.
+                    SendError::StrangersFull => (
+                        ErrorCode::InboxFull,
+                        "the recipient's inbox has no room for messages from people they have not written to; retry later",
+                        RejectReason::Strangers,
                     ),
                     SendError::Unavailable(err) => {
                         tracing::warn!(error = %err, "send failed");

@@ -27,6 +27,7 @@ both_engines!(
     at_the_defaults_a_school_behind_one_address_registers_and_connects,
     at_the_defaults_a_login_flood_of_thousands_is_throttled,
     sockets_refused_for_a_missing_token_do_not_lock_the_owner_out,
+    fresh_ids_cannot_crowd_out_a_contact,
 );
 
 /// Two replicas on a Redis (one server on the memory engine, which has no second replica).
@@ -526,6 +527,83 @@ async fn sockets_refused_for_a_missing_token_do_not_lock_the_owner_out(b: Backen
         match Ws::try_connect_with(&url, &[("Authorization", &format!("Bearer {token}"))]).await {
             Ok(ws) => ws.close().await,
             Err(e) => panic!("Bob's reconnect {round} with his token was refused: {e}"),
+        }
+    }
+}
+
+/// A fresh user registered from the local address `local`.
+async fn user_from(server: &Server, local: &str) -> String {
+    let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap();
+    let response = client.get(server.url(&format!("/login/{}", random_key()))).send().await.expect("login");
+    assert_eq!(response.status().as_u16(), 200);
+    response.json::<Value>().await.unwrap()["userId"].as_str().unwrap().to_owned()
+}
+
+/// Each of `ids` fresh users made from 127.0.0.2 sends near-maximal payloads to the offline
+/// `victim` until refused; returns how many were stored.
+async fn strangers_flood(server: &Server, victim: &str, ids: usize) -> usize {
+    let mallory: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let payload = "x".repeat(60_000);
+    let mut stored = 0;
+    for _ in 0..ids {
+        let id = user_from(server, "127.0.0.2").await;
+        let url = server.ws_url(&format!("/ws/{id}"));
+        let mut ws = Ws::try_connect_from(&url, mallory, &[("Sec-WebSocket-Protocol", "enigma.v1")]).await.unwrap();
+        for n in 0.. {
+            let answer = ws.send_answered(&id, victim, &payload, &format!("m{n}")).await;
+            match (answer["status"].as_str(), answer["code"].as_str()) {
+                (Some("stored"), _) => stored += 1,
+                (_, Some("inbox_full")) => break,
+                other => panic!("unexpected answer {other:?}: {answer}"),
+            }
+        }
+        ws.close().await;
+    }
+    stored
+}
+
+/// At the shipped defaults, one address makes 10 and then 100 fresh ids, and each fills what
+/// it can of an offline victim's inbox. The victim's contact (someone the victim wrote to before
+/// going offline, on another address) still gets every message (as large as theirs) in: strangers only crowd
+/// strangers. With the strangers' pool switched off, ten ids are enough to refuse the contact.
+async fn fresh_ids_cannot_crowd_out_a_contact(b: Backend) {
+    for pool in ["on", "off"] {
+        if pool == "off" && b.is_redis() {
+            continue; // the same rule in `send.lua`; once is enough to show the test can fail
+        }
+        let mut config = b.config().with_shipped_limits();
+        if pool == "off" {
+            config = config.with("ENIGMA__LIMITS__STRANGER_POOL", 0);
+        }
+        let server = Server::start(&config);
+        let (victim, contact) = (user_from(&server, "127.0.0.1").await, user_from(&server, "127.0.0.3").await);
+        let mut v = server.connect_v1(&victim).await;
+        assert_eq!(v.send_answered(&victim, &contact, "see you", "hello").await["status"], "stored");
+        v.close().await;
+        let url = server.ws_url(&format!("/ws/{contact}"));
+        let local = "127.0.0.3".parse().unwrap();
+        let mut c = Ws::try_connect_from(&url, local, &[("Sec-WebSocket-Protocol", "enigma.v1")]).await.unwrap();
+        let (mut refused, mut stored) = (0, 0);
+        let photo = "p".repeat(60_000);
+        for (round, ids) in [10, 90].into_iter().enumerate() {
+            stored += strangers_flood(&server, &victim, ids).await;
+            for i in 0..3 {
+                let answer = c.send_answered(&contact, &victim, &photo, &format!("c{round}-{i}")).await;
+                if answer["status"] != "stored" {
+                    assert_eq!(answer["code"], "inbox_full", "{answer}");
+                    refused += 1;
+                }
+            }
+            if pool == "off" {
+                break;
+            }
+        }
+        if pool == "on" {
+            assert_eq!(refused, 0, "the contact was refused; strangers stored {stored}");
+            // Strangers together hold at most the pool (24 MiB of 60 KB payloads).
+            assert!(stored <= 24 * 1024 * 1024 / 60_000, "strangers stored {stored}");
+        } else {
+            assert_eq!(refused, 3, "without the pool ten ids fill the inbox (strangers stored {stored})");
         }
     }
 }

@@ -30,11 +30,13 @@ pub(super) enum Command {
     /// Authentication: burning a challenge, marking a user protected, the shared token key.
     Auth,
     Limit,
+    /// Adding to a user's contacts (whom the user writes to).
+    Contacts,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 15] = [
+    const ALL: [Command; 16] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -50,6 +52,7 @@ impl Command {
         Command::Admit,
         Command::Auth,
         Command::Limit,
+        Command::Contacts,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -70,6 +73,7 @@ impl Command {
             Command::Admit => "admit",
             Command::Auth => "auth",
             Command::Limit => "limit",
+            Command::Contacts => "contacts",
         }
     }
 

@@ -23,6 +23,11 @@ impl Keys {
     pub(super) fn shares(&self, user: &UserId) -> String {
         format!("{}shares:{{{user}}}", self.prefix)
     }
+    /// Whom the user wrote to (a SET): their messages to the user are a contact's, not a
+    /// stranger's (see `scripts::SEND`).
+    pub(super) fn contacts(&self, user: &UserId) -> String {
+        format!("{}contacts:{{{user}}}", self.prefix)
+    }
     /// A rate-limit bucket; a user's `subject` is `{uid}`, its hash tag.
     pub(super) fn rate(&self, kind: &str, subject: &str) -> String {
         format!("{}rate:{kind}:{subject}", self.prefix)

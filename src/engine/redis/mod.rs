@@ -254,6 +254,22 @@ impl RedisEngine {
             .collect())
     }
 
+    /// Adds `people` to `user`'s contacts (one script call in the user's slot).
+    pub async fn add_contacts(&self, user: &UserId, people: &[UserId]) -> Result<(), Unavailable> {
+        let this = &self.inner;
+        let mut invocation = this.scripts.contacts.prepare_invoke();
+        invocation
+            .key(this.keys.contacts(user))
+            .arg(this.limits.contacts_ttl_secs.saturating_mul(1000))
+            .arg(this.limits.max_contacts);
+        for person in people {
+            invocation.arg(person.as_str());
+        }
+        let mut con = this.connections.cmd();
+        let _: u64 = this.timed(Command::Contacts, invocation.invoke_async(&mut con)).await?;
+        Ok(())
+    }
+
     pub async fn remove(&self, user: &UserId, ids: &[MsgId]) -> Result<(), Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();

@@ -27,9 +27,9 @@ local function remove(inbox, shares, first, last)
     end
   end
   if #senders == 0 then return removed end
-  local fields = {'bytes'}
+  local fields = {'bytes', 'sn', 'sb'}
   for _, from in ipairs(senders) do
-    fields[#fields + 1], fields[#fields + 2] = 'n:' .. from, 'b:' .. from
+    fields[#fields + 1], fields[#fields + 2], fields[#fields + 3] = 'n:' .. from, 'b:' .. from, 's:' .. from
   end
   local held = {}
   for _, part in ipairs(chunks('HMGET', shares, fields)) do
@@ -37,16 +37,21 @@ local function remove(inbox, shares, first, last)
   end
   local set, gone = {}, {}
   local total = (tonumber(held[1]) or 0) - freed
+  local sn, sb = tonumber(held[2]) or 0, tonumber(held[3]) or 0
   if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', total else gone[#gone + 1] = 'bytes' end
   for k, from in ipairs(senders) do
-    local n = (tonumber(held[2 * k]) or 0) - counts[from]
+    local n = (tonumber(held[3 * k + 1]) or 0) - counts[from]
+    local stranger = held[3 * k + 3]
+    if stranger then sn, sb = sn - counts[from], sb - sizes[from] end
     if n > 0 then
       set[#set + 1], set[#set + 2] = 'n:' .. from, n
-      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[2 * k + 1]) or 0) - sizes[from], 0)
+      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[3 * k + 2]) or 0) - sizes[from], 0)
     else
-      gone[#gone + 1], gone[#gone + 2] = 'n:' .. from, 'b:' .. from
+      gone[#gone + 1], gone[#gone + 2], gone[#gone + 3] = 'n:' .. from, 'b:' .. from, 's:' .. from
     end
   end
+  if sn > 0 then set[#set + 1], set[#set + 2] = 'sn', sn elseif held[2] then gone[#gone + 1] = 'sn' end
+  if sb > 0 then set[#set + 1], set[#set + 2] = 'sb', sb elseif held[3] then gone[#gone + 1] = 'sb' end
   chunks('HDEL', shares, gone)
   chunks('HSET', shares, set)
   return removed

@@ -18,7 +18,8 @@ use crate::protocol::MsgId;
 /// The inbox's share record (a hash in the same slot) counts what each sender has waiting
 /// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
 /// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
-/// Per message it runs seven commands (EXISTS, HMGET, XLEN, HINCRBY, XADD, HSET, PUBLISH): the
+/// Per message it runs eight commands (EXISTS, HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET,
+/// PUBLISH; seven with no strangers' pool): the
 /// share counts are read once and written in one HSET, and the TTLs are refreshed only when the
 /// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL:
 /// both keys then expire `ttl + ttl/64` after it, so never sooner than `ttl` after the last
@@ -33,13 +34,19 @@ use crate::protocol::MsgId;
 /// that connection is still the user's newest (its generation, passed in, is the counter's):
 /// the replica hands it over itself. A newer connection anywhere has claimed a newer generation
 /// first (and reads the inbox after claiming it), so it finds the message stored or hears it.
-/// KEYS: per message its recipient's user record, inbox, shares. ARGV: capacity, ttl (ms),
-/// share (messages, 0: none), share (bytes, 0: none), inbox byte cap; then per message its
+/// Strangers: a sender the recipient has not written to (not in the recipient's contacts set)
+/// is a stranger; all strangers' messages together are counted in the share record (`sn`, `sb`)
+/// and held to the strangers' pool, one stranger to an eighth of it, and a stranger's own
+/// entries are marked (`s:<sender>`) so `REMOVE` gives the pool back. A marked sender who has
+/// become a contact takes its entries out of the pool at its next send.
+/// KEYS: per message its recipient's user record, inbox, shares, contacts. ARGV: capacity, ttl
+/// (ms), share (messages, 0: none), share (bytes, 0: none), inbox byte cap, strangers' pool
+/// (messages, 0: no pool), strangers' pool (bytes); then per message its
 /// envelope, channel, sender, connection counter and the local connection's generation (both
 /// empty when the recipient has none here).
 /// Returns per message the stream id (published), `{id, seq}` (stored, not published: the
 /// replica delivers it), -1 for an unknown recipient, -2 for a full inbox, -3 for a sender
-/// over its share, or `{-4, error}` for the error that stopped it (each message on its own:
+/// over its share, -5 for a stranger when the strangers' pool is full, or `{-4, error}` for the error that stopped it (each message on its own:
 /// one that fails does not take the others with it; a plain value, not an error reply, which
 /// redis-rs would turn into a failure of the whole call). `#!lua` without flags: refused as a whole, before
 /// any write, when Redis is over its memory limit.
@@ -69,6 +76,11 @@ const REMOVE: &str = include_str!("remove.lua");
 /// min. Returns `{1, granted…}` or `{0, retry after ms}`.
 const LIMIT: &str = include_str!("limit.lua");
 
+/// Adds people to a user's contacts (whom the user wrote to), up to a maximum, and keeps the
+/// list for its TTL from now. KEYS: the contacts set. ARGV: ttl (ms), maximum, then the ids.
+/// Returns the list's size.
+const CONTACTS: &str = include_str!("contacts.lua");
+
 /// Where a template takes its doorbell expression.
 const DOORBELL: &str = "$DOORBELL";
 
@@ -77,6 +89,7 @@ pub(super) struct Scripts {
     pub(super) attach: Script,
     pub(super) remove: Script,
     pub(super) limit: Script,
+    pub(super) contacts: Script,
 }
 
 impl Scripts {
@@ -88,6 +101,7 @@ impl Scripts {
             attach: Script::new(&attach_source(publish)),
             remove: remove_script(),
             limit: Script::new(LIMIT),
+            contacts: Script::new(CONTACTS),
         }
     }
 }
@@ -147,6 +161,7 @@ fn send_reply(reply: Value) -> Result<Stored, SendError> {
         Value::Int(-1) => Err(SendError::UserNotFound),
         Value::Int(-2) => Err(SendError::InboxFull),
         Value::Int(-3) => Err(SendError::OverShare),
+        Value::Int(-5) => Err(SendError::StrangersFull),
         Value::BulkString(id) => parse_id(id).map(published).ok_or_else(unexpected),
         Value::SimpleString(id) => parse_id(id.as_bytes()).map(published).ok_or_else(unexpected),
         _ => Err(unexpected()),

@@ -190,12 +190,15 @@ pub(super) fn invocation<'a>(
         .arg(limits.inbox_ttl_secs.saturating_mul(1000))
         .arg(limits.inbox_share)
         .arg(limits.inbox_share_bytes)
-        .arg(limits.inbox_max_bytes);
+        .arg(limits.inbox_max_bytes)
+        .arg(limits.stranger_pool)
+        .arg(limits.stranger_pool_bytes);
     for message in messages {
         invocation
             .key(keys.user(message.to))
             .key(keys.inbox(message.to))
             .key(keys.shares(message.to))
+            .key(keys.contacts(message.to))
             .arg(message.envelope.as_ref())
             .arg(keys.channel(message.to))
             .arg(message.from.as_str());
