@@ -4,19 +4,25 @@
 //!
 //! - the first request head must arrive within `server.request_head_timeout_ms` (also the
 //!   WebSocket handshake), and so must every later head on a keep-alive connection, which
-//!   bounds idle keep-alive connections too;
-//! - a request head is at most `server.max_request_head_bytes` (hyper answers 431 past it);
+//!   bounds idle keep-alive connections too; hyper's header timeout is HTTP/1's only, so any
+//!   connection with no request in progress for as long is also shut down here (HTTP/2:
+//!   GOAWAY), however faithfully it answers PINGs;
+//! - a request head is at most `server.max_request_head_bytes` (hyper answers 431 past it; on
+//!   HTTP/2 that is the header list size), and an HTTP/2 connection has at most
+//!   [`MAX_STREAMS`] streams at once;
 //! - at most `server.max_connections` connections at once on this replica, and
 //!   `server.max_connections_per_address` from one TCP peer (trusted proxies are exempt: their
 //!   clients are held by rate limits on the forwarded address). A connection over a cap still
 //!   gets one answer, marked `OverCapacity` for the router: 503 on HTTP, close 1013 on a
 //!   WebSocket; past twice the replica cap a connection is closed unanswered.
 //!
-//! Upgraded WebSockets leave hyper (and this loop's graceful shutdown) for the session task,
-//! which the server tracks itself.
+//! A connection that hyper ends is closed in stages (`closing`), so that its last answer is
+//! read, not lost to a reset. Upgraded WebSockets leave hyper (and this loop's graceful
+//! shutdown) for the session task, which the server tracks itself.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,13 +31,17 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::closing;
+use super::idle::{Requests, Tracked};
 use crate::limits::TrustedProxies;
 use crate::telemetry::metric;
 
@@ -109,8 +119,12 @@ fn admit(
     Ok((Counted { counts: counts.clone(), address }, over))
 }
 
+/// At most this many HTTP/2 streams at once on one connection (RFC 9113 §6.5.2 advises no
+/// fewer than 100); HTTP/1 has one request at a time.
+const MAX_STREAMS: u32 = 100;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for the HTTP requests
-/// in progress (not for upgraded sockets) and returns.
+/// in progress (not for upgraded sockets, nor for connections closing in stages) and returns.
 pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, stop: CancellationToken) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -118,9 +132,15 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
         .timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout)
         .max_buf_size(limits.max_head_bytes);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(limits.head_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.head_timeout)
+        .keep_alive_timeout(limits.head_timeout)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let counts = Arc::new(Mutex::new(Counts::default()));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -149,39 +169,96 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
         }
         let counted = ConnectionSlot(Arc::new(counted));
         let slot = counted.clone();
-        let first_request = Arc::new(Notify::new());
-        let seen = first_request.clone();
-        let service = router.clone().map_request(move |mut request: axum::http::Request<Incoming>| {
-            seen.notify_one();
+        let (requests, in_progress) = Requests::new();
+        let router = router.clone();
+        let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
+            let in_flight = requests.start();
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(slot.clone());
             if let Some(over) = over {
                 request.extensions_mut().insert(over);
             }
-            request
+            let answer = router.clone().oneshot(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
         });
-        let head_timeout = limits.head_timeout;
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service)).into_owned();
-        let connection = graceful.watch(connection);
+        let (stream, mut returned) = closing::Stream::new(tcp);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let running = connections.token();
+        let (idle, stop) = (limits.head_timeout, stop.clone());
         tokio::spawn(async move {
             let _counted = counted;
-            let mut connection = std::pin::pin!(connection);
-            // hyper's header timeout starts once it knows the HTTP version; a client that sends
-            // nothing (or half an HTTP/2 preface) is bounded here.
-            tokio::select! {
-                _ = &mut connection => return,
-                _ = first_request.notified() => {}
-                _ = tokio::time::sleep(head_timeout) => {
-                    tracing::debug!(%peer, "no request within the head timeout; closed");
-                    return;
-                }
-            }
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            drive(connection, in_progress, idle, &stop, peer).await;
+            drop(running);
+            // hyper let go of the stream (an upgraded socket's session holds it instead).
+            if let Ok(tcp) = returned.try_recv() {
+                closing::close_in_stages(tcp).await;
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Runs one connection until it ends. One that has had no request in progress for `idle` (the
+/// first request included: a client that sends nothing, or half an HTTP/2 preface, before
+/// hyper's own header timeout starts) is shut down gracefully: HTTP/1 closes, HTTP/2 sends
+/// GOAWAY and closes once its streams are done; and dropped if it has not ended `idle` later.
+/// On `stop` every connection is shut down gracefully, its requests in progress answered.
+async fn drive<C>(
+    connection: C,
+    mut in_progress: watch::Receiver<usize>,
+    idle: Duration,
+    stop: &CancellationToken,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut idle_since = Some(Instant::now());
+    let mut cut_off = None;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            Ok(()) = in_progress.changed() => {
+                idle_since = (*in_progress.borrow_and_update() == 0).then(Instant::now);
+            }
+            _ = at(idle_since.map(|since| since + idle)), if cut_off.is_none() => {
+                tracing::debug!(%peer, "no request in progress for the idle bound; closing");
+                if !shutting_down {
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                cut_off = Some(Instant::now() + idle);
+            }
+            _ = stop.cancelled(), if !shutting_down => {
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = at(cut_off) => {
+                tracing::debug!(%peer, "connection still open after its graceful shutdown; dropped");
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves at `deadline`, or never.
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod closing;
 mod connections;
+mod idle;
 
 pub use connections::{ConnectionLimits, ConnectionSlot, OverCapacity};
 

@@ -203,6 +203,148 @@ async fn oversized_request_heads_get_431() {
     assert_eq!(status, 200, "{response}");
 }
 
+/// A client still writing its request when the answer comes (an oversized head, a body the
+/// server will not read) reads that answer and a clean end: the server closes in stages
+/// instead of resetting the connection under the client's writes (RFC 9112 §9.6).
+#[tokio::test]
+async fn an_answer_that_ends_the_connection_reaches_a_client_still_writing() {
+    let server = Server::start(&ServerConfig::memory());
+    let head = format!("GET /login/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100 * 1024));
+    let response = write_on_after_the_answer(&server, head.as_bytes(), 40 * 1024).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+
+    // Over the connection cap: 503 with `Connection: close`, before the body is read.
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", 1));
+    let held = Raw::open(&server).await;
+    let body = format!("{{\"user_id\":\"{}\"}}", "a".repeat(128 * 1024));
+    let request = format!(
+        "POST /auth/challenge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = write_on_after_the_answer(&server, request.as_bytes(), 8 * 1024).await;
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    drop(held);
+}
+
+/// Writes the first `answered_after` bytes of `request`, waits for the answer to arrive, writes
+/// the rest and reads the answer to the end of the connection, which must close cleanly.
+async fn write_on_after_the_answer(server: &Server, request: &[u8], answered_after: usize) -> String {
+    let mut raw = Raw::open(server).await;
+    let (first, rest) = request.split_at(answered_after);
+    raw.tcp.write_all(first).await.expect("write the start of the request");
+    let mut peeked = [0u8; 1];
+    tokio::time::timeout(DEADLINE, raw.tcp.peek(&mut peeked))
+        .await
+        .expect("no answer while the request was still being written")
+        .expect("peek");
+    // In pieces, as a client streaming its request does: a reset shows at the next write.
+    for piece in rest.chunks(4096) {
+        raw.tcp.write_all(piece).await.expect("the rest of the request was refused: the connection was reset");
+    }
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, raw.tcp.read_to_end(&mut response))
+        .await
+        .expect("the connection stayed open after its last answer")
+        .expect("the connection was reset instead of closed");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// HTTP/2 frame types and flags (RFC 9113 §6) a prior-knowledge cleartext client needs.
+mod h2 {
+    pub const HEADERS: u8 = 0x1;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const ACK: u8 = 0x1;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// SETTINGS parameters (§6.5.2).
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+}
+
+/// One HTTP/2 frame as a client writes it.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// One HTTP/2 frame read: type, flags, stream and payload; `None` at the end of the connection.
+async fn read_h2_frame(tcp: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// An HTTP/2 connection (cleartext, prior knowledge) that made one request and then only
+/// answers the server's PINGs is sent GOAWAY and closed once it has had no request in progress
+/// for `server.request_head_timeout_ms`, as an idle HTTP/1 connection is; the server announces
+/// its stream and header-size bounds.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_however_it_answers_pings() {
+    let idle = Duration::from_millis(1000);
+    let server =
+        Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__REQUEST_HEAD_TIMEOUT_MS", idle.as_millis()));
+    let mut raw = Raw::open(&server).await;
+    let mut hello = h2::PREFACE.to_vec();
+    hello.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
+    // GET /healthz on stream 1, in HPACK (RFC 7541 appendix A): :method GET and :scheme http
+    // from the static table, :path and :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend(b"/healthz");
+    block.extend([0x01, 1, b'x']);
+    hello.extend(h2_frame(h2::HEADERS, h2::END_STREAM | h2::END_HEADERS, 1, &block));
+    raw.tcp.write_all(&hello).await.expect("write the preface and a request");
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (mut settings, mut answered, mut goaway) = (None, None, None);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, read_h2_frame(&mut raw.tcp))
+            .await
+            .unwrap_or_else(|_| panic!("the idle HTTP/2 connection is still open after {DEADLINE:?}"));
+        let Some((kind, flags, stream, payload)) = frame else { break };
+        match kind {
+            h2::SETTINGS if flags & h2::ACK == 0 => {
+                settings = Some(payload);
+                raw.tcp.write_all(&h2_frame(h2::SETTINGS, h2::ACK, 0, &[])).await.expect("ack settings");
+            }
+            h2::PING if flags & h2::ACK == 0 => {
+                // Answered even after GOAWAY: the server's graceful shutdown pings too.
+                raw.tcp.write_all(&h2_frame(h2::PING, h2::ACK, 0, &payload)).await.expect("answer a ping");
+            }
+            h2::HEADERS if stream == 1 => {
+                assert_eq!(payload.first(), Some(&0x88), "expected :status 200 on stream 1");
+                answered = Some(Instant::now());
+            }
+            h2::GOAWAY => goaway = goaway.or(Some(Instant::now())),
+            _ => {}
+        }
+    }
+    let answered = answered.expect("the request on stream 1 was not answered");
+    let goaway = goaway.expect("the connection was closed without GOAWAY");
+    let waited = goaway - answered;
+    assert!(waited >= idle * 4 / 5, "GOAWAY {waited:?} after the last answer, before the idle bound {idle:?}");
+
+    let settings = settings.expect("no SETTINGS from the server");
+    let setting = |id: u16| {
+        settings
+            .chunks_exact(6)
+            .find(|s| u16::from_be_bytes([s[0], s[1]]) == id)
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    };
+    assert_eq!(setting(h2::MAX_CONCURRENT_STREAMS), Some(100), "streams per connection");
+    assert_eq!(setting(h2::MAX_HEADER_LIST_SIZE), Some(32 * 1024), "the request head bound");
+}
+
 /// Reads until the server closes the connection; returns how long that took.
 async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
     let started = Instant::now();
