@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::harness::{
     Backend, Blackhole, CONVERGE, DEADLINE, Redis, Server, ServerConfig, Tally, Ws, all_delivered_on_one_connection,
-    assert_all_delivered, duplicates, exchange, next_json, receive_all, send_until_receipted, wait_until,
+    assert_all_delivered, duplicates, exchange, next_json, random_key, receive_all, send_until_receipted, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +140,41 @@ async fn frozen_redis_server_stays_up_answers_errors_and_recovers() {
     let mut next = b.recv_json().await;
     if next["payload"] == "during" {
         println!("frozen redis: the send answered `unavailable` ran when Redis thawed (allowed: retry may duplicate)");
+        next = b.recv_json().await;
+    }
+    assert_eq!(next["payload"], "after", "{next}");
+}
+
+/// Redis restarted with a dataset that takes a while to load: it answers `LOADING` meanwhile,
+/// which means "not yet". The replica stays up, unready, answering `unavailable` (503), and
+/// serves again by itself once the load ends (its scripts, lost with the restart, loaded again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_into_a_long_load_leaves_the_replica_unready_then_serving() {
+    let mut redis = Redis::start();
+    let s = Server::start(&ServerConfig::redis(&redis).with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 500));
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut a = s.connect_v1(&alice).await;
+    let mut b = s.connect_v1(&bob).await;
+    let receipt = a.send_answered(&alice, &bob, "before", "1").await;
+    assert_eq!(receipt["status"], "stored", "{receipt}");
+    assert_eq!(b.recv_json().await["payload"], "before");
+    redis.fill_and_save(5000);
+    redis.restart_loading();
+    wait_until("readiness to fail while Redis loads", DEADLINE, || async { s.get("/readyz").await.0 == 503 }).await;
+    assert_eq!(s.get(&format!("/login/{}", random_key())).await.0, 503, "a login while Redis loads");
+    assert_eq!(s.get("/healthz").await.0, 200);
+    assert!(redis.loading(), "the load (100 s at most) ended before the checks");
+    redis.finish_loading();
+    wait_until("readiness after the load", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
+    // The sockets may have been closed meanwhile (an inbox read refused): connect anew.
+    drop((a, b));
+    let mut a = s.connect_v1(&alice).await;
+    let mut b = s.connect_v1(&bob).await;
+    let receipt = a.send_answered(&alice, &bob, "after", "2").await;
+    assert_eq!(receipt["status"], "stored", "{receipt}");
+    // "before" was never acknowledged: it may come again first.
+    let mut next = b.recv_json().await;
+    if next["payload"] == "before" {
         next = b.recv_json().await;
     }
     assert_eq!(next["payload"], "after", "{next}");

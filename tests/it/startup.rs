@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Server, ServerConfig, TempDir};
+use crate::harness::{DEADLINE, Redis, Server, ServerConfig, TempDir, random_key, test_token_keys, wait_until};
 
 fn run_with_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_enigma-server"))
@@ -86,4 +86,50 @@ async fn the_relay_allocator_gives_memory_back_with_a_background_thread() {
         async move { found }
     })
     .await;
+}
+
+/// Redis answering `LOADING` (restarted with a large dataset) means "not yet": a replica started
+/// meanwhile waits, as long as the load takes, and serves once it ends. Without a configured
+/// token key its startup reads the shared one from Redis, so it waits before listening (as for
+/// a Redis not reachable yet); with one (as the Helm chart configures) nothing at startup needs
+/// the data: it listens at once, unready, and answers 503 until Redis has loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_loads_its_dataset_waits_and_becomes_ready() {
+    let mut redis = Redis::start();
+    redis.fill_and_save(5000);
+    redis.restart_loading();
+    let dir = TempDir::new("loading");
+    let log = dir.path().join("replica.log");
+    let config = ServerConfig::redis(&redis);
+    let starting = std::thread::spawn({
+        let (config, log) = (config.clone(), log.clone());
+        move || Server::start_logging_to(&config, &log)
+    });
+    let configured = Server::start(&config.clone().with("ENIGMA__AUTH__TOKEN_KEYS", test_token_keys()));
+    wait_until("the replica to say it waits for Redis's load", DEADLINE, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!starting.is_finished(), "the replica started while Redis loads exited; its log:\n{text}");
+        async move { text.contains("Redis is loading its dataset; waiting for it") }
+    })
+    .await;
+    assert_eq!(configured.get("/readyz").await.0, 503, "ready while Redis loads");
+    assert_eq!(configured.get(&format!("/login/{}", random_key())).await.0, 503, "a login while Redis loads");
+    assert!(redis.loading(), "the load (100 s at most) ended before the checks");
+    assert!(!starting.is_finished(), "the replica started while Redis loads stopped waiting");
+
+    redis.finish_loading();
+    let waited = tokio::task::spawn_blocking(move || starting.join()).await.unwrap().expect("the replica exited");
+    for s in [&waited, &configured] {
+        wait_until("readiness after the load", DEADLINE, || async { s.get("/readyz").await.0 == 200 }).await;
+    }
+    let (alice, bob) = (waited.new_user().await, configured.new_user().await);
+    let mut b = configured.connect_v1(&bob).await;
+    let mut a = waited.connect_v1(&alice).await;
+    let receipt = a.send_answered(&alice, &bob, "after the load", "1").await;
+    assert_eq!(receipt["status"], "stored", "{receipt}");
+    let delivery = b.recv_json().await;
+    assert_eq!(
+        (delivery["from"].as_str(), delivery["payload"].as_str()),
+        (Some(alice.as_str()), Some("after the load"))
+    );
 }

@@ -5,7 +5,7 @@
 use redis::AsyncCommands;
 
 use super::RedisEngine;
-use super::commands::Command;
+use super::commands::{Command, once_loaded};
 use crate::engine::{Unavailable, UserRecord};
 use crate::protocol::UserId;
 
@@ -42,13 +42,19 @@ impl RedisEngine {
     }
 
     /// The deployment's shared token key: `candidate` if no replica stored one before, else
-    /// the stored one (`SET NX GET`: whoever is first wins, everyone reads the winner).
+    /// the stored one (`SET NX GET`: whoever is first wins, everyone reads the winner). Read at
+    /// startup, which cannot go on without it: while Redis is loading its dataset this waits
+    /// for the load to end (the replica not serving yet, as while Redis is not reachable).
     pub async fn shared_token_key(&self, candidate: &str) -> Result<String, Unavailable> {
         let this = &self.inner;
-        let mut con = this.connections.cmd();
         let mut set = redis::cmd("SET");
         set.arg(this.keys.token_key()).arg(candidate).arg("NX").arg("GET");
-        let previous: Option<String> = this.timed(Command::Auth, set.query_async(&mut con)).await?;
+        let previous: Option<String> = once_loaded(Command::Auth, this.timeout, || {
+            let mut con = this.connections.cmd();
+            let set = set.clone();
+            async move { set.query_async(&mut con).await }
+        })
+        .await?;
         Ok(previous.unwrap_or_else(|| candidate.to_owned()))
     }
 }

@@ -1,11 +1,12 @@
 //! Command timing: every Redis operation the engine runs has a name here, one latency
-//! histogram and one error counter label; `timed` runs a call with the command timeout.
+//! histogram and one error counter label; `timed` runs a call with the command timeout, and
+//! `once_loaded` runs one again for as long as Redis is loading its dataset.
 
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::RedisResult;
+use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 
 use super::super::Unavailable;
 use crate::telemetry::metric;
@@ -97,17 +98,78 @@ pub(super) async fn timed<T>(
     limit: Duration,
     fut: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, Unavailable> {
+    timed_keeping_cause(command, limit, fut).await.map_err(Unavailable::from)
+}
+
+/// Why a timed call failed: Redis's error, whose kind says what it means, or no answer in time.
+#[derive(Debug)]
+enum Failure {
+    Redis(RedisError),
+    Late(Duration),
+}
+
+impl From<Failure> for Unavailable {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Redis(e) => Unavailable(e.to_string()),
+            Failure::Late(limit) => Unavailable(format!("no answer from Redis within {limit:?}")),
+        }
+    }
+}
+
+/// Whether Redis refused a command because it is loading its dataset (`LOADING`: started with
+/// a large append-only file or snapshot). That means "not yet": it answers once loaded.
+pub(super) fn is_loading(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+}
+
+/// `timed`, keeping the failure's cause for a caller that decides by it.
+async fn timed_keeping_cause<T>(
+    command: Command,
+    limit: Duration,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, Failure> {
     let started = Instant::now();
     let result = match tokio::time::timeout(limit, fut).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Unavailable(e.to_string())),
-        Err(_) => Err(Unavailable(format!("no answer from Redis within {limit:?}"))),
+        Ok(Err(e)) => Err(Failure::Redis(e)),
+        Err(_) => Err(Failure::Late(limit)),
     };
     command.histogram().record(started.elapsed().as_secs_f64());
     if result.is_err() {
         metrics::counter!(metric::REDIS_ERRORS, "command" => command.as_str()).increment(1);
     }
     result
+}
+
+/// How often `once_loaded` asks again while Redis loads, and how often it says it waits.
+const LOADING_RETRY: Duration = Duration::from_millis(200);
+const LOADING_NOTICE: Duration = Duration::from_secs(10);
+
+/// Runs a call (`call` makes it anew each time) until Redis has loaded its dataset, for as
+/// long as the load takes (it progresses, and ends), saying so every `LOADING_NOTICE`; any
+/// other failure is returned at once. For what startup cannot do without: a request's call
+/// is answered `unavailable` instead (the client retries).
+pub(super) async fn once_loaded<T, F, Fut>(command: Command, limit: Duration, mut call: F) -> Result<T, Unavailable>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let started = Instant::now();
+    let mut said: Option<Instant> = None;
+    loop {
+        match timed_keeping_cause(command, limit, call()).await {
+            Err(Failure::Redis(e)) if is_loading(&e) => {
+                if said.is_none_or(|at| at.elapsed() >= LOADING_NOTICE) {
+                    let waited = started.elapsed();
+                    tracing::warn!(command = command.as_str(), ?waited, "Redis is loading its dataset; waiting for it");
+                    said = Some(Instant::now());
+                }
+                tokio::time::sleep(LOADING_RETRY).await;
+            }
+            result => return result.map_err(Unavailable::from),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +185,34 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), Command::ALL.len(), "two commands share a label");
+    }
+
+    #[test]
+    fn loading_is_told_by_the_error_kind() {
+        let reply = |raw: &[u8]| redis::parse_redis_value(raw).unwrap().extract_error().unwrap_err();
+        assert!(is_loading(&reply(b"-LOADING Redis is loading the dataset in memory\r\n")));
+        assert!(!is_loading(&reply(b"-ERR LOADING is only a word here\r\n")));
+        assert!(!is_loading(&reply(b"-BUSY Redis is busy running a script\r\n")));
+    }
+
+    #[tokio::test]
+    async fn once_loaded_waits_through_loading_and_returns_any_other_failure_at_once() {
+        let error = |raw: &[u8]| redis::parse_redis_value(raw).unwrap().extract_error().unwrap_err();
+        let limit = Duration::from_secs(1);
+        let mut answers = vec![Ok(7), Err(error(b"-LOADING loading\r\n")), Err(error(b"-LOADING loading\r\n"))];
+        let mut calls = 0;
+        let loaded = once_loaded(Command::Auth, limit, || {
+            calls += 1;
+            std::future::ready(answers.pop().unwrap())
+        });
+        assert_eq!(loaded.await.ok(), Some(7));
+        assert_eq!(calls, 3);
+        let mut calls = 0;
+        let failed = once_loaded(Command::Auth, limit, || {
+            calls += 1;
+            std::future::ready(Err::<(), _>(error(b"-ERR wrong\r\n")))
+        });
+        assert!(failed.await.is_err());
+        assert_eq!(calls, 1);
     }
 }

@@ -11,6 +11,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ProtocolVersion, RedisResult};
 
 use super::super::Unavailable;
+use super::commands::is_loading;
 use super::conn::{Conn, each_concurrently};
 use super::push::PushHandler;
 use super::sentinel::{Role, SentinelConnector};
@@ -198,6 +199,10 @@ impl Connections {
 }
 
 /// The first connection may take a while (Redis starting next to us): retry with backoff.
+/// A Redis loading its dataset is there and will answer: that is waited for as long as the
+/// load takes, not counted as a failed attempt. (Redis 7 lets a connection's handshake through
+/// while it loads, so this seldom sees `LOADING`: the engine's first commands do, see
+/// `commands::once_loaded`.)
 async fn retry_connect<F, Fut>(mut connect: F) -> Result<Conn, Unavailable>
 where
     F: FnMut() -> Fut,
@@ -208,13 +213,14 @@ where
     loop {
         match connect().await {
             Ok(con) => return Ok(con),
+            Err(e) if is_loading(&e) => tracing::warn!(error = %e, "Redis is loading its dataset; waiting for it"),
             Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::super::Unavailable;
-use super::commands::{Command, timed};
+use super::commands::{Command, is_loading, timed};
 use super::connect::{Connections, Connector};
 use super::doorbell::Doorbell;
 use super::keys::Keys;
@@ -225,6 +225,20 @@ impl Supervisor {
         self.hub.reread_all();
         self.hub.set_degraded(false);
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
+        self.say_if_loading().await;
+    }
+
+    /// Subscribing and publishing work while Redis loads its dataset (restarted with a large
+    /// one), reading and writing do not: the link is up, and the replica stays unready (`ready`
+    /// asks Redis) and answers `unavailable` until the load ends. Says so, once per recovery.
+    async fn say_if_loading(&self) {
+        let mut con = self.connections.cmd();
+        let ping = redis::cmd("PING");
+        if let Ok(Err(e)) = tokio::time::timeout(self.connections.timeout, ping.query_async::<()>(&mut con)).await
+            && is_loading(&e)
+        {
+            tracing::warn!("Redis is loading its dataset; not ready until it has");
+        }
     }
 
     /// One recovery attempt: new connections if asked, probes placed, everyone subscribed

@@ -96,6 +96,55 @@ impl Redis {
         }
     }
 
+    /// Writes `keys` values of 1 KB (outside any test's prefix) and saves them uncompressed: the
+    /// dataset a restart loads, a key at a time (see `restart_loading`).
+    pub fn fill_and_save(&self, keys: usize) {
+        let fill = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'fill:' .. i, string.rep('x', 1000)) end";
+        let filled = self.cli(&["EVAL", fill, "0", &keys.to_string()]);
+        assert!(filled.is_some(), "filling redis-server on port {}", self.port);
+        let saved = self.cli(&["CONFIG", "SET", "rdbcompression", "no"]).zip(self.cli(&["SAVE"]));
+        assert!(saved.is_some_and(|(_, saved)| saved.trim() == "OK"), "SAVE on port {}", self.port);
+    }
+
+    /// Kills the server and starts it again into a load that lasts until `finish_loading`
+    /// (20 ms per key, `key-load-delay`), answering every command but a few with `LOADING`
+    /// meanwhile (events are handled every KiB read, so it answers within milliseconds).
+    /// Returns once it is loading.
+    pub fn restart_loading(&mut self) {
+        let start = Instant::now();
+        let mut args = self.args.clone();
+        args.extend(["--key-load-delay", "20000", "--loading-process-events-interval-bytes", "1024"].map(String::from));
+        self.crash();
+        loop {
+            self.child = spawn_redis(&args);
+            let spawned = Instant::now();
+            while spawned.elapsed() < Duration::from_secs(5) && matches!(self.child.try_wait(), Ok(None)) {
+                if self.loading() && answered_by(self.port, self.child.id()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.crash();
+            assert!(start.elapsed() < DEADLINE, "redis-server on port {} did not start loading", self.port);
+        }
+    }
+
+    /// Whether the server is loading its dataset (`INFO persistence` answers while it does).
+    pub fn loading(&self) -> bool {
+        let info = self.cli(&["INFO", "persistence"]).unwrap_or_default();
+        info.lines().any(|l| l.trim() == "loading:1")
+    }
+
+    /// Ends the load `restart_loading` began at full speed, and waits until the server answers.
+    pub fn finish_loading(&self) {
+        let start = Instant::now();
+        let _ = self.cli(&["CONFIG", "SET", "key-load-delay", "0"]);
+        while self.cli(&["PING"]).is_none_or(|o| o.trim() != "PONG") {
+            assert!(start.elapsed() < DEADLINE, "redis-server on port {} did not finish loading", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         redis_cli(self.port, args)
