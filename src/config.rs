@@ -103,6 +103,9 @@ pub struct Limits {
     pub max_contacts: usize,
     /// How long a user's contact list is kept after the user last added to it.
     pub contacts_ttl_secs: u64,
+    /// Storage charged to its source: the share of the store one address prefix and one
+    /// sender id may hold (`limits::storage`).
+    pub storage: crate::limits::storage::StorageShares,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +203,7 @@ impl Default for Limits {
             // A year: someone who has not written to anyone new for a year still has their
             // contacts (the list is refreshed whenever they add one).
             contacts_ttl_secs: 365 * 24 * 3600,
+            storage: crate::limits::storage::StorageShares::default(),
         }
     }
 }
@@ -350,6 +354,9 @@ impl Settings {
             .map_err(|bad| invalid("server.trusted_proxies", format!("`{bad}` is not an address or CIDR")))?;
         if let Some(key) = self.rate.invalid() {
             return Err(invalid(key, "per_second must be a positive number when burst is set"));
+        }
+        if let Some(key) = self.limits.storage.invalid() {
+            return Err(invalid(key, "must be a fraction of the store above 0 and at most 1"));
         }
         if let Some(key) = self.rate.address_prefix.invalid() {
             return Err(invalid(key, "must be a prefix length: 1 to 32 for ipv4, 1 to 128 for ipv6"));

@@ -354,8 +354,9 @@ async fn open_socket(
             .into_response();
     }
     let tracker = state.tracker.clone();
+    let prefix = state.settings.rate.address_prefix.of(address);
     socket_upgrade(upgrade, max_message)
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot)))
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot, prefix)))
 }
 
 /// Every socket's upgrade, served or refused: the subprotocol, its buffers and the largest

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ipnet::IpNet;
 
 use super::SendError;
 use super::Unavailable;
@@ -48,7 +49,30 @@ struct Store {
     inboxes: HashMap<UserId, Inbox>,
     /// Envelope bytes stored in every inbox together.
     bytes: usize,
+    /// Envelope bytes waiting per sender prefix and per sender, across all inboxes
+    /// (`limits::storage`); an entry leaves when it reaches 0.
+    by_prefix: HashMap<IpNet, usize>,
+    by_sender: HashMap<UserId, usize>,
     swept: Option<Instant>,
+}
+
+impl Store {
+    /// Gives back what `stored` was charged.
+    fn release(&mut self, stored: &Stored) {
+        let size = stored.envelope.len();
+        self.bytes -= size;
+        release(&mut self.by_prefix, &stored.prefix, size);
+        release(&mut self.by_sender, &stored.from, size);
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(held: &mut HashMap<K, usize>, key: &K, size: usize) {
+    if let Some(bytes) = held.get_mut(key) {
+        *bytes = bytes.saturating_sub(size);
+        if *bytes == 0 {
+            held.remove(key);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,10 +119,12 @@ struct Stored {
     seq: u64,
     envelope: Bytes,
     from: UserId,
+    /// The sender's address prefix, charged for it.
+    prefix: IpNet,
 }
 
 impl Inbox {
-    fn take(&mut self, id: &MsgId) -> Option<usize> {
+    fn take(&mut self, id: &MsgId) -> Option<Stored> {
         let stored = self.messages.remove(id)?;
         let size = stored.envelope.len();
         self.bytes -= size;
@@ -113,16 +139,15 @@ impl Inbox {
                 self.senders.remove(&stored.from);
             }
         }
-        Some(size)
+        Some(stored)
     }
 
-    fn clear(&mut self) -> usize {
-        let bytes = self.bytes;
-        self.messages.clear();
+    /// Empties the inbox: what it held, to be given back.
+    fn clear(&mut self) -> Vec<Stored> {
         self.senders.clear();
         self.strangers = (0, 0);
         self.bytes = 0;
-        bytes
+        std::mem::take(&mut self.messages).into_values().collect()
     }
 }
 
@@ -204,7 +229,7 @@ impl MemoryEngine {
         }
     }
 
-    pub fn send(&self, from: &UserId, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
+    pub fn send(&self, from: &UserId, prefix: IpNet, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
         let limits = &self.inner.limits;
         let stranger = {
             let dir = self.inner.read();
@@ -217,8 +242,8 @@ impl MemoryEngine {
         let size = envelope.len();
         let mut store = self.inner.inboxes();
         store.sweep(ttl);
-        let Store { inboxes, bytes: total, .. } = &mut *store;
-        let inbox = inboxes.entry(to.clone()).or_insert_with(|| Inbox {
+        let store = &mut *store;
+        let inbox = store.inboxes.entry(to.clone()).or_insert_with(|| Inbox {
             last: MsgId::default(),
             count: 0,
             written: Instant::now(),
@@ -228,7 +253,13 @@ impl MemoryEngine {
             strangers: (0, 0),
         });
         if inbox.written.elapsed() > ttl {
-            *total -= inbox.clear(); // expired, as a Redis key with a TTL would have
+            // Expired, as a Redis key with a TTL would have.
+            for stored in inbox.clear() {
+                let size = stored.envelope.len();
+                store.bytes -= size;
+                release(&mut store.by_prefix, &stored.prefix, size);
+                release(&mut store.by_sender, &stored.from, size);
+            }
         }
         if inbox.messages.len() >= limits.inbox_capacity || inbox.bytes + size > limits.inbox_max_bytes {
             return Err(SendError::InboxFull);
@@ -249,7 +280,18 @@ impl MemoryEngine {
                 return Err(SendError::StrangersFull);
             }
         }
-        if *total + size > limits.memory_max_bytes {
+        // Charged to its source: the sender's prefix and the sender, each within its share of
+        // the store at the present pressure (`limits::storage`).
+        let shares = &limits.storage;
+        let capacity = self.inner.capacity() as u64;
+        let used = store.bytes as u64;
+        let holds = |held: Option<&usize>| held.copied().unwrap_or(0) as u64 + size as u64;
+        if holds(store.by_prefix.get(&prefix)) > shares.allowed(shares.per_prefix, capacity, used)
+            || holds(store.by_sender.get(from)) > shares.allowed(shares.per_sender, capacity, used)
+        {
+            return Err(SendError::OverStorage);
+        }
+        if store.bytes + size > limits.memory_max_bytes {
             return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
         }
         let now = unix_ms();
@@ -262,7 +304,7 @@ impl MemoryEngine {
         inbox.count += 1;
         let seq = inbox.count;
         inbox.written = Instant::now();
-        inbox.messages.insert(id, Stored { seq, envelope: envelope.clone(), from: from.clone() });
+        inbox.messages.insert(id, Stored { seq, envelope: envelope.clone(), from: from.clone(), prefix });
         inbox.bytes += size;
         let share = inbox.senders.entry(from.clone()).or_default();
         if stranger {
@@ -276,7 +318,9 @@ impl MemoryEngine {
         share.stranger = stranger;
         share.messages += 1;
         share.bytes += size;
-        *total += size;
+        store.bytes += size;
+        *store.by_prefix.entry(prefix).or_default() += size;
+        *store.by_sender.entry(from.clone()).or_default() += size;
         // Rung under the inbox lock, so notifications keep the inbox's order.
         self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });
         Ok(id)
@@ -318,11 +362,12 @@ impl MemoryEngine {
 
     pub fn remove(&self, user: &UserId, ids: &[MsgId]) {
         let mut store = self.inner.inboxes();
-        let Store { inboxes, bytes, .. } = &mut *store;
-        if let Some(inbox) = inboxes.get_mut(user) {
-            for id in ids {
-                *bytes -= inbox.take(id).unwrap_or(0);
-            }
+        let taken: Vec<Stored> = match store.inboxes.get_mut(user) {
+            Some(inbox) => ids.iter().filter_map(|id| inbox.take(id)).collect(),
+            None => return,
+        };
+        for stored in &taken {
+            store.release(stored);
         }
     }
 
@@ -335,6 +380,15 @@ impl MemoryEngine {
 }
 
 impl Inner {
+    /// The store's capacity for the storage shares: `limits.storage.capacity_bytes`, else
+    /// `limits.memory_max_bytes`.
+    fn capacity(&self) -> usize {
+        match self.limits.storage.capacity_bytes {
+            0 => self.limits.memory_max_bytes,
+            bytes => usize::try_from(bytes).unwrap_or(usize::MAX).min(self.limits.memory_max_bytes),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -355,13 +409,15 @@ impl Store {
         }
         self.swept = Some(Instant::now());
         // Emptied, not forgotten: the message counter goes on, as the user record's does in Redis.
-        let mut freed = 0;
+        let mut expired = Vec::new();
         for inbox in self.inboxes.values_mut() {
             if inbox.written.elapsed() > ttl && !inbox.messages.is_empty() {
-                freed += inbox.clear();
+                expired.extend(inbox.clear());
             }
         }
-        self.bytes -= freed;
+        for stored in &expired {
+            self.release(stored);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod redis;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ipnet::IpNet;
 
 use crate::config::Settings;
 use crate::hub::{Hub, Mailbox};
@@ -40,6 +41,10 @@ pub enum SendError {
     /// through.
     #[error("the recipient's inbox has no room left for strangers")]
     StrangersFull,
+    /// The sender's address prefix, or the sender, already holds its share of the store
+    /// (`limits.storage`), as far as the store's pressure allows now.
+    #[error("the sender's share of the store is used up")]
+    OverStorage,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
@@ -147,12 +152,18 @@ impl Engine {
         }
     }
 
-    /// Stores several envelopes of `from` in order, in one round trip where the engine can;
-    /// one result per envelope.
-    pub async fn send_many(&self, from: &UserId, sends: Vec<(UserId, Bytes)>) -> Vec<Result<MsgId, SendError>> {
+    /// Stores several envelopes of `from`, whose client is in address `prefix` (what they are
+    /// charged to, `limits::storage`), in order, in one round trip where the engine can; one
+    /// result per envelope.
+    pub async fn send_many(
+        &self,
+        from: &UserId,
+        prefix: IpNet,
+        sends: Vec<(UserId, Bytes)>,
+    ) -> Vec<Result<MsgId, SendError>> {
         match self {
-            Engine::Memory(e) => sends.into_iter().map(|(to, envelope)| e.send(from, &to, envelope)).collect(),
-            Engine::Redis(e) => e.send_many(from, sends).await,
+            Engine::Memory(e) => sends.into_iter().map(|(to, envelope)| e.send(from, prefix, &to, envelope)).collect(),
+            Engine::Redis(e) => e.send_many(from, prefix, sends).await,
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod address;
 mod bucket;
+pub mod storage;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::future::Either;
+use ipnet::IpNet;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -105,10 +106,11 @@ pub fn serve(
     state: AppState,
     admission: Admission,
     slot: Option<ConnectionSlot>,
+    prefix: IpNet,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (frame, closing) = match admission {
         Admission::Accepted(attached) => {
-            let session = Session::new(socket, state, attached.mailbox().clone());
+            let session = Session::new(socket, state, attached.mailbox().clone(), prefix);
             return Either::Left(session.serve(attached, slot));
         }
         Admission::UnknownUser => {
@@ -137,7 +139,7 @@ pub fn serve(
 }
 
 impl Session {
-    fn new(socket: WebSocket, state: AppState, mailbox: Arc<Mailbox>) -> Session {
+    fn new(socket: WebSocket, state: AppState, mailbox: Arc<Mailbox>, prefix: IpNet) -> Session {
         let acknowledging = socket.protocol().is_some_and(|p| p.as_bytes() == SUBPROTOCOL_V1.as_bytes());
         let send_timeout = state.settings.limits.send_timeout();
         Session {
@@ -154,6 +156,7 @@ impl Session {
             last_seen: Instant::now(),
             budget: SendBudget::default(),
             contacts: std::collections::HashSet::new(),
+            prefix,
             ending: None,
         }
     }
@@ -238,6 +241,8 @@ struct Session {
     /// Whom this socket has already made the user's contacts (each is told to the engine
     /// once per socket; bounded by `requests::CONTACTS_REMEMBERED`).
     contacts: std::collections::HashSet<UserId>,
+    /// The client's address prefix: what its messages are charged to (`limits::storage`).
+    prefix: IpNet,
     /// Set once the session has ended: writes no longer stop at a kick, only at this deadline
     /// (see `ending`).
     ending: Option<tokio::time::Instant>,

@@ -29,19 +29,22 @@ pub enum RejectReason {
     InboxShare,
     /// The strangers' part of the recipient's inbox is full (`limits.stranger_pool`).
     Strangers,
+    /// The sender's prefix or id holds its share of the store (`limits.storage`).
+    Storage,
     /// The sender's send rate (`rate.send_*_per_user`).
     RateLimited,
     Unavailable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Forbidden,
         RejectReason::TooLarge,
         RejectReason::UserNotFound,
         RejectReason::InboxFull,
         RejectReason::InboxShare,
         RejectReason::Strangers,
+        RejectReason::Storage,
         RejectReason::RateLimited,
         RejectReason::Unavailable,
     ];
@@ -54,6 +57,7 @@ impl RejectReason {
             RejectReason::InboxFull => "inbox_full",
             RejectReason::InboxShare => "inbox_share",
             RejectReason::Strangers => "strangers",
+            RejectReason::Storage => "storage",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::Unavailable => "unavailable",
         }
@@ -63,6 +67,9 @@ impl RejectReason {
         metrics::counter!(metric::MESSAGES_REJECTED, "reason" => self.as_str()).increment(1);
     }
 }
+
+/// When a sender over its share of the store is told to retry.
+const STORAGE_RETRY_MS: u64 = 5_000;
 
 /// How many people a socket remembers having made contacts (then it forgets them all and
 /// tells the engine again: adding a contact twice changes nothing).
@@ -214,7 +221,7 @@ impl Session {
         let batch = std::mem::take(&mut self.pending);
         self.make_contacts(&batch).await;
         let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
-        let results = self.state.engine.send_many(&self.user, sends).await;
+        let results = self.state.engine.send_many(&self.user, self.prefix, sends).await;
         for (send, result) in batch.iter().zip(results) {
             self.report_send(send.reference.as_deref(), result).await?;
         }
@@ -278,6 +285,14 @@ impl Session {
                         "the recipient's inbox has no room for messages from people they have not written to; retry later",
                         RejectReason::Strangers,
                     ),
+                    // Nothing stored: the sender (or its network) holds its share of the store
+                    // until its messages are read; a retry later may pass.
+                    SendError::OverStorage => {
+                        RejectReason::Storage.count();
+                        let message = "you (or your network) have too much waiting on this server; retry once it is read";
+                        let frame = rate_limited_frame(message, reference, STORAGE_RETRY_MS);
+                        return self.feed(Message::Text(frame.into())).await;
+                    }
                     SendError::Unavailable(err) => {
                         tracing::warn!(error = %err, "send failed");
                         (ErrorCode::Unavailable, "service unavailable, retry later", RejectReason::Unavailable)

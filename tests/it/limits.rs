@@ -30,6 +30,14 @@ both_engines!(
     fresh_ids_cannot_crowd_out_a_contact,
 );
 
+// Storage charged to its source: the memory engine so far (the Redis engine's ledger is next).
+mod memory_store {
+    #[tokio::test]
+    async fn one_address_cannot_fill_the_store() {
+        super::one_address_cannot_fill_the_store(super::Backend::memory()).await
+    }
+}
+
 /// Two replicas on a Redis (one server on the memory engine, which has no second replica).
 fn replicas(b: &Backend, config: ServerConfig) -> (Server, Option<Server>) {
     let first = Server::start(&config);
@@ -604,6 +612,73 @@ async fn fresh_ids_cannot_crowd_out_a_contact(b: Backend) {
             assert!(stored <= 24 * 1024 * 1024 / 60_000, "strangers stored {stored}");
         } else {
             assert_eq!(refused, 3, "without the pool ten ids fill the inbox (strangers stored {stored})");
+        }
+    }
+}
+
+/// Each of `ids` fresh users registered from `local` sends 60 KB payloads, round robin to
+/// `sinks` (inboxes nobody reads), until it is refused; returns how many were stored.
+async fn fill_from(server: &Server, local: &str, ids: usize, sinks: &[String]) -> usize {
+    let address: std::net::IpAddr = local.parse().unwrap();
+    let payload = "s".repeat(60_000);
+    let mut stored = 0;
+    for _ in 0..ids {
+        let id = user_from(server, local).await;
+        let url = server.ws_url(&format!("/ws/{id}"));
+        let mut ws = Ws::try_connect_from(&url, address, &[("Sec-WebSocket-Protocol", "enigma.v1")]).await.unwrap();
+        for n in 0.. {
+            let answer = ws.send_answered(&id, &sinks[n % sinks.len()], &payload, &format!("m{n}")).await;
+            match (answer["status"].as_str(), answer["code"].as_str()) {
+                (Some("stored"), _) => stored += 1,
+                (_, Some("inbox_full" | "rate_limited" | "unavailable")) => break,
+                other => panic!("unexpected answer {other:?}: {answer}"),
+            }
+        }
+        ws.close().await;
+    }
+    stored
+}
+
+/// The store scaled down to 32 MiB, the other limits as shipped. Eleven addresses, each making
+/// ids that fill sink inboxes as far as they are let: each address holds at most its share of the
+/// store, and as the store fills the shares shrink, so together they stop well short of full.
+/// An innocent pair on another address then exchanges ten 60 KB messages with no refusal. With
+/// the shares switched off (each a whole store), the same attack fills the store and the
+/// innocent sender is refused.
+async fn one_address_cannot_fill_the_store(b: Backend) {
+    for shares in ["on", "off"] {
+        let mut config = b.config().with_shipped_limits().with("ENIGMA__LIMITS__MEMORY_MAX_BYTES", 32 << 20);
+        if shares == "off" {
+            config = config.with("ENIGMA__LIMITS__STORAGE__PER_PREFIX", 1).with("ENIGMA__LIMITS__STORAGE__PER_SENDER", 1);
+        }
+        let server = Server::start(&config);
+        let mut stored = 0;
+        for host in 2..13 {
+            let local = format!("127.0.0.{host}");
+            let sinks = [user_from(&server, &local).await, user_from(&server, &local).await];
+            stored += fill_from(&server, &local, 8, &sinks).await;
+        }
+        let (alice, bob) = (user_from(&server, "127.0.0.1").await, user_from(&server, "127.0.0.1").await);
+        let mut a = server.connect_v1(&alice).await;
+        let photo = "p".repeat(60_000);
+        let mut refused = Vec::new();
+        for i in 0..10 {
+            let answer = a.send_answered(&alice, &bob, &photo, &format!("a{i}")).await;
+            if answer["status"] != "stored" {
+                refused.push(answer);
+            }
+        }
+        if shares == "on" {
+            assert!(refused.is_empty(), "the innocent sender was refused: {refused:?} (attackers stored {stored})");
+            // Eleven prefixes of a tenth each would be more than the store: pressure stopped them.
+            assert!(stored * 60_000 < 30 << 20, "attackers stored {stored} messages");
+            let mut bws = server.connect_v1(&bob).await;
+            for i in 0..10 {
+                let m = bws.recv_json().await;
+                assert_eq!(m["from"], alice.as_str(), "message {i}");
+            }
+        } else {
+            assert!(!refused.is_empty(), "without the shares the attack should fill the store (stored {stored})");
         }
     }
 }

@@ -166,7 +166,14 @@ impl RedisEngine {
 
     /// Stores sends of `from`, in order: with every other session's sends of the moment in one
     /// round trip (`sender`), or on a cluster one call per recipient.
-    pub async fn send_many(&self, from: &UserId, sends: Vec<(UserId, Bytes)>) -> Vec<Result<MsgId, SendError>> {
+    /// Stores `sends` of `from`. Storage is not yet charged to `_prefix` on Redis (the memory
+    /// engine does: `limits::storage`).
+    pub async fn send_many(
+        &self,
+        from: &UserId,
+        _prefix: ipnet::IpNet,
+        sends: Vec<(UserId, Bytes)>,
+    ) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
         if this.connections.is_cluster() {
             return self.send_per_recipient(from, &sends).await;
