@@ -581,7 +581,11 @@ async fn fresh_ids_cannot_crowd_out_a_contact(b: Backend) {
         }
         let mut config = b.config().with_shipped_limits();
         if pool == "off" {
-            config = config.with("ENIGMA__LIMITS__STRANGER_POOL", 0);
+            // The storage shares off too: they alone would stop one address short of 64 MiB.
+            config = config
+                .with("ENIGMA__LIMITS__STRANGER_POOL", 0)
+                .with("ENIGMA__LIMITS__STORAGE__PER_PREFIX", 1)
+                .with("ENIGMA__LIMITS__STORAGE__PER_SENDER", 1);
         }
         let server = Server::start(&config);
         let (victim, contact) = (user_from(&server, "127.0.0.1").await, user_from(&server, "127.0.0.3").await);

@@ -19,11 +19,13 @@ use super::sentinel::Sentinel;
 use super::ws::Ws;
 
 /// Every per-client limit off (see `Server::start`).
-const UNLIMITED: [(&str, &str); 10] = [
+const UNLIMITED: [(&str, &str); 12] = [
     ("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0"),
     ("ENIGMA__LIMITS__INBOX_SHARE", "0"),
     ("ENIGMA__LIMITS__INBOX_SHARE_BYTES", "0"),
     ("ENIGMA__LIMITS__STRANGER_POOL", "0"),
+    ("ENIGMA__LIMITS__STORAGE__PER_PREFIX", "1"),
+    ("ENIGMA__LIMITS__STORAGE__PER_SENDER", "1"),
     ("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", "0"),
     ("ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST", "0"),
     ("ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST", "0"),
