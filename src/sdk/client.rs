@@ -218,7 +218,9 @@ impl Client {
             Err(Error::UserNotFound(_)) => return Err(Error::UserNotFound(user.to_owned())),
             other => other?,
         };
-        if registered != self.identity().public_key().to_base64url() {
+        // The key, not its spelling: whoever registered it first chose the spelling the
+        // directory keeps (docs/security.md, "One key, one user").
+        if PublicKey::from_base64url(&registered).ok().as_ref() != Some(self.identity().public_key()) {
             return Err(Error::KeyMismatch { user: user.to_owned() });
         }
         let mut url = self.endpoint(&["ws", user]);

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, OpenError};
+use crate::protocol::keys::decode_key_base64;
 
 type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
@@ -46,8 +47,8 @@ const KEY_LEN: usize = 32;
 /// Bytes of the ChaCha20-Poly1305 tag.
 const TAG_LEN: usize = 16;
 
-/// Public keys in the directory may carry `=` padding if another tool produced them; we
-/// always write them without.
+/// Private keys in a key file may carry `=` padding if another tool produced them; we always
+/// write them without.
 const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_encode_padding(false).with_decode_padding_mode(DecodePaddingMode::Indifferent),
@@ -58,11 +59,13 @@ const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
 pub struct PublicKey(<Kem as hpke::Kem>::PublicKey);
 
 impl PublicKey {
-    /// Parses the base64url form (32 bytes once decoded).
+    /// Parses a directory key: 32 bytes in base64, read as the relay reads it
+    /// ([`decode_key_base64`]: base64url or base64, padding optional), so that every spelling the
+    /// directory takes for this key (one key, one user) is this key here too.
     pub fn from_base64url(encoded: &str) -> Result<PublicKey, Error> {
-        let bytes = KEY_BASE64
-            .decode(encoded.trim())
-            .map_err(|_| Error::InvalidKey("not base64url (an Enigma public key is 43 base64url characters)".into()))?;
+        let bytes = decode_key_base64(encoded).ok_or_else(|| {
+            Error::InvalidKey("not base64url (an Enigma public key is 43 base64url characters)".into())
+        })?;
         if bytes.len() != KEY_LEN {
             return Err(Error::InvalidKey(format!("{} bytes, an X25519 public key has {KEY_LEN}", bytes.len())));
         }
@@ -334,6 +337,9 @@ mod tests {
         assert!(encoded.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_eq!(&PublicKey::from_base64url(&encoded).unwrap(), id.public_key());
         assert_eq!(&PublicKey::from_base64url(&format!("{encoded}=")).unwrap(), id.public_key());
+        // Every spelling the directory takes for this key (docs/security.md, "One key, one user").
+        let standard = base64::engine::general_purpose::STANDARD.encode(id.public_key().0.to_bytes());
+        assert_eq!(&PublicKey::from_base64url(&standard).unwrap(), id.public_key());
         assert!(PublicKey::from_base64url("LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0K").is_err());
         assert!(PublicKey::from_base64url("MIIB/+==").is_err());
         assert!(!format!("{id:?}").contains(&id.secret_base64url()));
