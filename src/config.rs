@@ -88,9 +88,23 @@ pub struct Limits {
     pub inbox_share_bytes: usize,
     /// Payload bytes an inbox may hold, from all senders together.
     pub inbox_max_bytes: usize,
-    /// Memory engine only: payload bytes stored in all inboxes together; past it sends are
-    /// refused (`unavailable`) rather than the process growing until it is killed.
+    /// Memory engine only: bytes held by all inboxes (payloads) and the key directory together
+    /// (each user counted as its key, twice, plus a fixed overhead); past it sends and new
+    /// registrations are refused (`unavailable`) rather than the process growing until it is
+    /// killed.
     pub memory_max_bytes: usize,
+    /// A registration nobody used (no socket admitted as the user, no claim) is forgotten this
+    /// long after it was made: its id and its key index expire. Used once, a user is kept for
+    /// `inactive_user_ttl_secs` instead.
+    pub unused_registration_ttl_secs: u64,
+    /// A user who has not used their id (a socket admitted, a claim) for this long is
+    /// forgotten: the user record and key index expire; the same key logging in again gets a
+    /// new id. Each use starts the time again (a socket open renews it at most once a day).
+    pub inactive_user_ttl_secs: u64,
+    /// The most registrations from one address prefix (`rate.address_prefix`) that may wait
+    /// unused at once; past it a new key's login from that prefix is refused (429) until one
+    /// is used or expires. Logins of registered keys are never refused by it. 0: no maximum.
+    pub max_unused_registrations_per_prefix: usize,
     /// Messages all *strangers* together (senders the recipient never wrote to) may have
     /// waiting in one inbox; one stranger may hold an eighth of it. What strangers cannot
     /// take stays for the recipient's contacts, however many ids strangers make. 0: no pool
@@ -194,6 +208,15 @@ impl Default for Limits {
             inbox_share_bytes: 8 * 1024 * 1024,
             inbox_max_bytes: 64 * 1024 * 1024,
             memory_max_bytes: 512 * 1024 * 1024,
+            // A week: a real client connects within seconds of its login (the web page and the
+            // CLI do), and someone who registers and comes back days later still finds their id.
+            unused_registration_ttl_secs: 7 * 24 * 3600,
+            // A year: whoever opens the app once a year keeps their id; someone gone longer
+            // has missed every message for eleven months anyway (inboxes expire after 30 days).
+            inactive_user_ttl_secs: 365 * 24 * 3600,
+            // A school of 300 behind one NAT address registers (and may connect later) with
+            // room to spare; one address cannot park more than 1,000 never-used ids at a time.
+            max_unused_registrations_per_prefix: 1_000,
             // Strangers (any number of fresh ids) never take more than half the inbox's messages
             // and 24 of its 64 MiB: the rest stays for the people the recipient writes to. One
             // stranger holds an eighth (625 messages, 3 MiB): a phone's first flush of 500 fits.
@@ -296,6 +319,7 @@ impl Settings {
             ("limits.max_payload_bytes", self.limits.max_payload_bytes),
             ("limits.inbox_capacity", self.limits.inbox_capacity),
             ("limits.inbox_ttl_secs", self.limits.inbox_ttl_secs as usize),
+            ("limits.unused_registration_ttl_secs", self.limits.unused_registration_ttl_secs as usize),
             ("limits.outbound_queue_frames", self.limits.outbound_queue_frames),
             ("limits.outbound_queue_bytes", self.limits.outbound_queue_bytes),
             ("limits.send_timeout_ms", self.limits.send_timeout_ms as usize),
@@ -384,6 +408,18 @@ impl Settings {
         if self.limits.memory_max_bytes < self.limits.max_payload_bytes {
             return Err(invalid("limits.memory_max_bytes", "must hold one payload of limits.max_payload_bytes"));
         }
+        if self.limits.inactive_user_ttl_secs < self.limits.inbox_ttl_secs {
+            return Err(invalid(
+                "limits.inactive_user_ttl_secs",
+                "must be at least limits.inbox_ttl_secs (whoever comes back before their inbox expires must find their id)",
+            ));
+        }
+        if self.limits.inactive_user_ttl_secs <= self.limits.unused_registration_ttl_secs {
+            return Err(invalid(
+                "limits.inactive_user_ttl_secs",
+                "must be longer than limits.unused_registration_ttl_secs",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -469,6 +505,12 @@ mod tests {
         let mut s = Settings::default();
         s.redis.url = Some("http://nope".into());
         assert!(s.validate().unwrap_err().to_string().contains("redis.url"));
+        let mut s = Settings::default();
+        s.limits.inactive_user_ttl_secs = s.limits.inbox_ttl_secs - 1;
+        assert!(s.validate().unwrap_err().to_string().contains("limits.inactive_user_ttl_secs"));
+        let mut s = Settings::default();
+        s.limits.unused_registration_ttl_secs = s.limits.inactive_user_ttl_secs;
+        assert!(s.validate().unwrap_err().to_string().contains("limits.inactive_user_ttl_secs"));
     }
 
     #[test]

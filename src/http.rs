@@ -20,8 +20,8 @@ use axum::{Json, Router};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::AppState;
-use crate::engine::Unavailable;
-use crate::limits::{self, Refused};
+use crate::engine::{LoginError, Unavailable};
+use crate::limits::{self, Limit, Limited, Refused};
 use crate::protocol::{
     ErrorBody, ErrorCode, Health, LoginResponse, LookupResponse, Readiness, SUBPROTOCOL_V1, UserId, validate_public_key,
 };
@@ -52,6 +52,25 @@ impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
         tracing::warn!(error = %e, "request failed: storage unavailable");
         Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "service unavailable, retry later")
+    }
+}
+
+impl From<LoginError> for ApiError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::TooManyUnused { retry_after } => {
+                let limited = Limited { limit: Limit::UnusedRegistrations, retry_after };
+                limited.limit.refused();
+                let mut error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "too many registrations from this address were never used; retry later",
+                );
+                error.retry_after = Some(limited.retry_after_secs());
+                error
+            }
+            LoginError::Unavailable(e) => e.into(),
+        }
     }
 }
 
@@ -185,7 +204,9 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         (status = 200, description = "Registered (or already registered): the key's user id", body = LoginResponse),
         (status = 400, description = "Empty, too long, or a character outside the alphabet", body = ErrorBody,
             example = json!({"error": "public key contains a character outside base64, base64url, hex and PEM: '<'", "code": "invalid_frame"})),
-        (status = 503, description = "Storage unreachable; retry", body = ErrorBody,
+        (status = 429, description = "A new key from an address that registered too many at once, or holds too many registrations never used (`limits.max_unused_registrations_per_prefix`); retry after `Retry-After` seconds. A registered key is never refused for the second", body = ErrorBody,
+            example = json!({"error": "too many registrations from this address were never used; retry later", "code": "rate_limited"})),
+        (status = 503, description = "Storage unreachable or, on the memory engine, full (`limits.memory_max_bytes`); retry", body = ErrorBody,
             example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
     )
 )]
@@ -204,7 +225,7 @@ pub(crate) async fn login(
     })?;
     validate_public_key(&key, state.settings.limits.max_public_key_bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string()))?;
-    let user = state.engine.login(&key).await?;
+    let user = state.engine.login(&key, state.settings.rate.address_prefix.of(client.address)).await?;
     metrics::counter!(metric::LOGINS).increment(1);
     Ok(Json(LoginResponse::new(user.as_str())).into_response())
 }

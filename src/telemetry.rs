@@ -44,7 +44,8 @@ pub mod metric {
     pub const AUTH_TOKENS_ISSUED: &str = "enigma_auth_tokens_issued_total";
     /// Refused tokens, tickets and answers, by `reason` (`auth::Refusal`).
     pub const AUTH_REFUSALS: &str = "enigma_auth_refusals_total";
-    /// Refusals by rate limit (`limit`: login, challenge, socket_address, socket_user, send).
+    /// Refusals by rate limit (`limit`: login, challenge, socket_address, socket_user, send,
+    /// unused_registrations).
     pub const RATE_LIMITED: &str = "enigma_rate_limited_total";
     /// Connections refused at accept by a cap (`cap`: replica, address).
     pub const CONNECTIONS_REFUSED: &str = "enigma_connections_refused_total";

@@ -191,6 +191,11 @@ impl Auth {
             return Err(refused(Refusal::Replayed));
         }
         engine.protect(&user).await?;
+        // A claim is a use: the id is kept (`limits.inactive_user_ttl_secs`), no longer an unused
+        // registration. A failure here costs nothing the next socket does not mend.
+        if let Err(e) = engine.mark_used(&user, &record).await {
+            tracing::warn!(user = %user, error = %e, "cannot renew a claimed user's record");
+        }
         let now = now_secs();
         let exp = now + self.settings.token_ttl_secs;
         let token = self.keyring.sign(&Claims {

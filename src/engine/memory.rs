@@ -3,8 +3,13 @@
 //! messages and bytes, each sender's share of an inbox, the rate limiters' buckets. On top,
 //! a total byte budget (`limits.memory_max_bytes`): a full process refuses sends, as a full
 //! Redis does, instead of growing until it is killed.
+//!
+//! The key directory expires as the Redis records do: a registration nobody used after
+//! `limits.unused_registration_ttl_secs`, a user who stopped using their id after
+//! `limits.inactive_user_ttl_secs`; it counts in `memory_max_bytes` (`USER_BYTES`), and a
+//! registration that does not fit is refused as a send is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -14,6 +19,7 @@ use ipnet::IpNet;
 
 use super::SendError;
 use super::Unavailable;
+use super::{LoginError, Upkeep, renewal_due};
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
 use crate::limits::{Ask, Buckets, Rate, Verdict};
@@ -75,21 +81,93 @@ fn release<K: std::hash::Hash + Eq>(held: &mut HashMap<K, usize>, key: &K, size:
     }
 }
 
+/// What one user costs the directory besides its key (counted in `limits.memory_max_bytes`,
+/// an estimate on the high side): the id held four times (36 bytes each in `users`, `by_key`,
+/// `expiries`, and the unused set or the string headers), the entry, and the hash-table and
+/// tree nodes around them. The key itself counts twice: as registered and as index material.
+const USER_BYTES: usize = 320;
+
+/// What one contact costs the directory (an id in a hash set).
+const CONTACT_BYTES: usize = 64;
+
 #[derive(Default)]
 struct Directory {
     /// By index material (`auth::canonical`): every spelling of a recognised key is one user.
     by_key: HashMap<Vec<u8>, UserId>,
-    keys: HashMap<UserId, String>,
-    /// Users who proved possession of their key once (see `auth`).
-    protected: HashSet<UserId>,
+    users: HashMap<UserId, Entry>,
+    /// Every user by the instant it expires, soonest first (what `forget_expired` takes).
+    expiries: BTreeSet<(Instant, UserId)>,
+    /// Registrations nobody used yet, per address prefix they came from, by expiry.
+    unused: HashMap<IpNet, BTreeSet<(Instant, UserId)>>,
+    /// What the directory counts for in `limits.memory_max_bytes`.
+    bytes: usize,
     /// Whom each user wrote to, and when the list was last added to (it expires
     /// `limits.contacts_ttl_secs` after that, as the Redis set does).
     contacts: HashMap<UserId, (HashSet<UserId>, Instant)>,
 }
 
+struct Entry {
+    public_key: String,
+    /// Its `by_key` entry.
+    material: Vec<u8>,
+    /// Proved possession of the key once (see `auth`).
+    protected: bool,
+    expires: Instant,
+    /// The address prefix it was registered from, until it is used.
+    unused_from: Option<IpNet>,
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        self.public_key.len() + self.material.len() + USER_BYTES
+    }
+}
+
 impl Directory {
     fn is_contact(&self, user: &UserId, sender: &UserId, ttl: Duration) -> bool {
         self.contacts.get(user).is_some_and(|(people, at)| at.elapsed() <= ttl && people.contains(sender))
+    }
+
+    /// The user's entry, unless it has expired (it may not have been swept out yet).
+    fn live(&self, user: &UserId) -> Option<&Entry> {
+        self.users.get(user).filter(|entry| entry.expires > Instant::now())
+    }
+
+    /// Whether some user has expired and is still here.
+    fn expired_any(&self, now: Instant) -> bool {
+        self.expiries.first().is_some_and(|(at, _)| *at <= now)
+    }
+
+    /// Forgets every user expired by `now`: key index, record, contacts, place in the unused
+    /// set. Each user is visited once, when it goes.
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((at, user)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            let Some(entry) = self.users.remove(&user) else { continue };
+            self.bytes -= entry.bytes();
+            if self.by_key.get(&entry.material) == Some(&user) {
+                self.by_key.remove(&entry.material);
+            }
+            if let Some(prefix) = entry.unused_from {
+                self.used(prefix, &(at, user.clone()));
+            }
+            if let Some((people, _)) = self.contacts.remove(&user) {
+                self.bytes -= people.len() * CONTACT_BYTES;
+            }
+        }
+    }
+
+    /// Takes a registration out of its prefix's unused set.
+    fn used(&mut self, prefix: IpNet, key: &(Instant, UserId)) {
+        if let Some(waiting) = self.unused.get_mut(&prefix) {
+            waiting.remove(key);
+            if waiting.is_empty() {
+                self.unused.remove(&prefix);
+            }
+        }
     }
 }
 
@@ -166,36 +244,88 @@ impl MemoryEngine {
         }
     }
 
-    pub fn login(&self, public_key: &str) -> UserId {
+    /// The rules of the Redis engine's login: a new key from a prefix holding the most unused
+    /// registrations is refused; one that does not fit in `memory_max_bytes` too, as a full
+    /// store.
+    pub fn login(&self, public_key: &str, from: IpNet) -> Result<UserId, LoginError> {
         // Nothing outlives the process here, so there are no records from before normalisation.
         let material = crate::auth::canonical::index_material(public_key).primary;
-        if let Some(user) = self.inner.read().by_key.get(&material) {
-            return user.clone();
+        {
+            let dir = self.inner.read();
+            if let Some(user) = dir.by_key.get(&material).filter(|user| dir.live(user).is_some()) {
+                return Ok(user.clone());
+            }
         }
+        let limits = &self.inner.limits;
+        let stored = self.inner.inboxes().bytes;
+        let now = Instant::now();
         let mut dir = self.inner.write();
+        dir.forget_expired(now);
         if let Some(user) = dir.by_key.get(&material) {
-            return user.clone();
+            return Ok(user.clone());
+        }
+        let max = limits.max_unused_registrations_per_prefix;
+        if let Some(waiting) = dir.unused.get(&from).filter(|waiting| max > 0 && waiting.len() >= max) {
+            let first = waiting.first().map_or(now, |(at, _)| *at);
+            return Err(LoginError::TooManyUnused { retry_after: first.saturating_duration_since(now) });
+        }
+        let expires = now + Duration::from_secs(limits.unused_registration_ttl_secs);
+        let entry = Entry {
+            public_key: public_key.to_owned(),
+            material: material.clone(),
+            protected: false,
+            expires,
+            unused_from: Some(from),
+        };
+        if stored + dir.bytes + entry.bytes() > limits.memory_max_bytes {
+            return Err(Unavailable("memory engine full (limits.memory_max_bytes)".into()).into());
         }
         let user = UserId::random();
+        dir.bytes += entry.bytes();
         dir.by_key.insert(material, user.clone());
-        dir.keys.insert(user.clone(), public_key.to_owned());
-        user
+        dir.users.insert(user.clone(), entry);
+        dir.expiries.insert((expires, user.clone()));
+        dir.unused.entry(from).or_default().insert((expires, user.clone()));
+        Ok(user)
     }
 
     pub fn public_key(&self, user: &UserId) -> Option<String> {
-        self.inner.read().keys.get(user).cloned()
+        self.inner.read().live(user).map(|entry| entry.public_key.clone())
     }
 
     pub fn user_record(&self, user: &UserId) -> Option<super::UserRecord> {
         let dir = self.inner.read();
-        let public_key = dir.keys.get(user)?.clone();
-        Some(super::UserRecord { public_key, protected: dir.protected.contains(user) })
+        let entry = dir.live(user)?;
+        let term = Duration::from_secs(self.inner.limits.inactive_user_ttl_secs);
+        let upkeep = match entry.unused_from {
+            Some(prefix) => Upkeep::Unused(prefix),
+            None if renewal_due(entry.expires.saturating_duration_since(Instant::now()), term) => Upkeep::Due,
+            None => Upkeep::Kept,
+        };
+        Some(super::UserRecord { public_key: entry.public_key.clone(), protected: entry.protected, upkeep })
+    }
+
+    /// Keeps `user` for `limits.inactive_user_ttl_secs` from now; no longer an unused
+    /// registration.
+    pub fn mark_used(&self, user: &UserId) {
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(self.inner.limits.inactive_user_ttl_secs);
+        let mut dir = self.inner.write();
+        dir.forget_expired(now);
+        let Some(entry) = dir.users.get_mut(user) else { return };
+        let was = (std::mem::replace(&mut entry.expires, expires), user.clone());
+        let unused_from = entry.unused_from.take();
+        dir.expiries.remove(&was);
+        dir.expiries.insert((expires, user.clone()));
+        if let Some(prefix) = unused_from {
+            dir.used(prefix, &was);
+        }
     }
 
     pub fn protect(&self, user: &UserId) {
         let mut dir = self.inner.write();
-        if dir.keys.contains_key(user) {
-            dir.protected.insert(user.clone());
+        if let Some(entry) = dir.users.get_mut(user) {
+            entry.protected = true;
         }
     }
 
@@ -216,8 +346,13 @@ impl MemoryEngine {
         let limits = &self.inner.limits;
         let ttl = Duration::from_secs(limits.contacts_ttl_secs);
         let mut dir = self.inner.write();
-        let (known, at) = dir.contacts.entry(user.clone()).or_insert_with(|| (HashSet::new(), Instant::now()));
+        if dir.live(user).is_none() {
+            return; // forgotten meanwhile: nothing to keep contacts for
+        }
+        let Directory { contacts, bytes, .. } = &mut *dir;
+        let (known, at) = contacts.entry(user.clone()).or_insert_with(|| (HashSet::new(), Instant::now()));
         if at.elapsed() > ttl {
+            *bytes -= known.len() * CONTACT_BYTES;
             known.clear();
         }
         *at = Instant::now();
@@ -225,7 +360,9 @@ impl MemoryEngine {
             if known.len() >= limits.max_contacts {
                 break;
             }
-            known.insert(person.clone());
+            if known.insert(person.clone()) {
+                *bytes += CONTACT_BYTES;
+            }
         }
     }
 
@@ -233,11 +370,13 @@ impl MemoryEngine {
         let limits = &self.inner.limits;
         let stranger = {
             let dir = self.inner.read();
-            if !dir.keys.contains_key(to) {
+            if dir.live(to).is_none() {
                 return Err(SendError::UserNotFound);
             }
             limits.stranger_pool > 0 && !dir.is_contact(to, from, Duration::from_secs(limits.contacts_ttl_secs))
         };
+        // The directory counts in the byte budget too (read before the inbox lock is taken).
+        let directory = self.inner.directory_bytes();
         let ttl = Duration::from_secs(limits.inbox_ttl_secs);
         let size = envelope.len();
         let mut store = self.inner.inboxes();
@@ -291,7 +430,7 @@ impl MemoryEngine {
         {
             return Err(SendError::OverStorage);
         }
-        if store.bytes + size > limits.memory_max_bytes {
+        if store.bytes + directory + size > limits.memory_max_bytes {
             return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
         }
         let now = unix_ms();
@@ -389,6 +528,21 @@ impl Inner {
         }
     }
 
+    /// What the key directory counts for in `limits.memory_max_bytes`, once expired users are
+    /// forgotten (the write lock only when one is due).
+    fn directory_bytes(&self) -> usize {
+        let now = Instant::now();
+        {
+            let dir = self.read();
+            if !dir.expired_any(now) {
+                return dir.bytes;
+            }
+        }
+        let mut dir = self.write();
+        dir.forget_expired(now);
+        dir.bytes
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -424,4 +578,64 @@ impl Store {
 /// Milliseconds since the Unix epoch (the clock of inbox ids).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(limits: Limits) -> MemoryEngine {
+        MemoryEngine::new(limits, Arc::new(Hub::new(16, 1 << 20, tokio_util::sync::CancellationToken::new())))
+    }
+
+    fn prefix(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn unused_registrations_expire_and_a_prefix_holds_only_so_many() {
+        let limits = Limits { max_unused_registrations_per_prefix: 3, ..Limits::default() };
+        let engine = engine(limits.clone());
+        let here = prefix("192.0.2.7/32");
+        let users: Vec<UserId> = (0..3).map(|i| engine.login(&format!("key{i}"), here).unwrap()).collect();
+        assert_eq!(engine.login("key0", here).unwrap(), users[0], "a registered key is never refused");
+        let refused = engine.login("key3", here).unwrap_err();
+        assert!(
+            matches!(refused, LoginError::TooManyUnused { retry_after } if retry_after > Duration::from_secs(6 * 24 * 3600)),
+            "{refused:?}"
+        );
+        engine.login("key3", prefix("192.0.2.8/32")).expect("another prefix registers");
+        // A use makes room, and keeps the user for the inactive-user TTL.
+        let record = engine.user_record(&users[1]).unwrap();
+        assert_eq!(record.upkeep, Upkeep::Unused(here));
+        engine.mark_used(&users[1]);
+        assert_eq!(engine.user_record(&users[1]).unwrap().upkeep, Upkeep::Kept);
+        let fourth = engine.login("key4", here).expect("room again after a use");
+
+        let later = Instant::now() + Duration::from_secs(limits.unused_registration_ttl_secs + 1);
+        let mut dir = engine.inner.write();
+        dir.forget_expired(later);
+        let left: Vec<&UserId> = dir.users.keys().collect();
+        assert_eq!(left, [&users[1]], "only the used one is left");
+        assert!(!dir.unused.contains_key(&here));
+        assert!(!dir.by_key.values().any(|u| u == &fourth || u == &users[0]));
+        let entry = &dir.users[&users[1]];
+        assert_eq!(dir.bytes, entry.bytes());
+        dir.forget_expired(later + Duration::from_secs(limits.inactive_user_ttl_secs));
+        assert!(dir.users.is_empty() && dir.by_key.is_empty() && dir.expiries.is_empty());
+        assert_eq!(dir.bytes, 0);
+    }
+
+    #[test]
+    fn the_directory_counts_in_the_memory_budget() {
+        let limits = Limits { memory_max_bytes: 10 * (USER_BYTES + 2 * 40), ..Limits::default() };
+        let engine = engine(limits);
+        let here = prefix("192.0.2.7/32");
+        let key = |i: usize| format!("{i:040}");
+        for i in 0..10 {
+            engine.login(&key(i), here).expect("fits");
+        }
+        assert!(matches!(engine.login(&key(10), here), Err(LoginError::Unavailable(_))));
+        engine.login(&key(3), here).expect("a registered key still logs in");
+    }
 }

@@ -9,6 +9,7 @@ mod memory;
 pub(crate) mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -49,12 +50,49 @@ pub enum SendError {
     Unavailable(#[from] Unavailable),
 }
 
+/// Why a login gave no user id.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoginError {
+    /// A key never seen, from an address prefix that already holds
+    /// `limits.max_unused_registrations_per_prefix` registrations nobody used: one of them
+    /// expires after `retry_after` (one used before then makes room sooner).
+    #[error("too many unused registrations from this address prefix")]
+    TooManyUnused { retry_after: Duration },
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 /// A user's directory entry as a socket's admission reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub public_key: String,
     /// The user proved possession of the key once: every later socket needs a token.
     pub protected: bool,
+    /// Where the record's expiry stands, read with it: what `Engine::mark_used` has to do.
+    pub upkeep: Upkeep,
+}
+
+/// Where a user record stands against its expiry (`limits.unused_registration_ttl_secs`,
+/// `limits.inactive_user_ttl_secs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upkeep {
+    /// Registered from this address prefix and never used since: it expires
+    /// `unused_registration_ttl_secs` after the registration, and counts against the prefix's
+    /// `max_unused_registrations_per_prefix` until then.
+    Unused(ipnet::IpNet),
+    /// Used, and renewed recently: nothing to do.
+    Kept,
+    /// Used, but renewed longer ago than `renewal_due` allows (or made before records expired,
+    /// with no expiry at all): the next use renews it.
+    Due,
+}
+
+/// Whether a used record with `remaining` time to live must be renewed to its full `term` (the
+/// inactive-user TTL): once it has lost a day, or 1/64 of the term when that is shorter. So a
+/// socket open writes at most once a day per user; everything else is a read it makes anyway.
+pub fn renewal_due(remaining: Duration, term: Duration) -> bool {
+    let slack = (term / 64).min(Duration::from_secs(24 * 3600));
+    remaining + slack < term
 }
 
 /// A message written to a specification client's socket, for `Engine::forget_delivered`: its
@@ -101,11 +139,12 @@ impl Engine {
     }
 
     /// The user id of `public_key`, registering it on first sight. Idempotent, also when two
-    /// replicas register the same key at the same moment.
-    pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
+    /// replicas register the same key at the same moment. A registration is charged to the
+    /// address prefix it came `from` until it is used (`mark_used`), and expires unless it is.
+    pub async fn login(&self, public_key: &str, from: ipnet::IpNet) -> Result<UserId, LoginError> {
         match self {
-            Engine::Memory(e) => Ok(e.login(public_key)),
-            Engine::Redis(e) => e.login(public_key).await,
+            Engine::Memory(e) => e.login(public_key, from),
+            Engine::Redis(e) => e.login(public_key, from).await,
         }
     }
 
@@ -121,6 +160,23 @@ impl Engine {
         match self {
             Engine::Memory(e) => Ok(e.user_record(user)),
             Engine::Redis(e) => e.user_record(user).await,
+        }
+    }
+
+    /// The user used their id (a socket was admitted as them, or they claimed it): the record
+    /// and key index are kept for `limits.inactive_user_ttl_secs` from now, and a registration
+    /// stops counting as unused. `record` was just read: when its upkeep is `Kept` this
+    /// writes nothing.
+    pub async fn mark_used(&self, user: &UserId, record: &UserRecord) -> Result<(), Unavailable> {
+        if record.upkeep == Upkeep::Kept {
+            return Ok(());
+        }
+        match self {
+            Engine::Memory(e) => {
+                e.mark_used(user);
+                Ok(())
+            }
+            Engine::Redis(e) => e.mark_used(user, record).await,
         }
     }
 
@@ -268,5 +324,23 @@ impl Engine {
             Engine::Memory(_) => true,
             Engine::Redis(e) => e.ready().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_use_renews_once_a_day_or_once_per_64th_of_a_short_term() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let hour = Duration::from_secs(3600);
+        assert!(!renewal_due(year, year));
+        assert!(!renewal_due(year - 23 * hour, year));
+        assert!(renewal_due(year - 25 * hour, year));
+        let minute = Duration::from_secs(64);
+        assert!(!renewal_due(minute - Duration::from_millis(999), minute));
+        assert!(renewal_due(minute - Duration::from_millis(1001), minute));
+        assert!(renewal_due(Duration::ZERO, minute));
     }
 }

@@ -96,11 +96,20 @@ pub enum Limit {
     SocketPerAddress,
     SocketPerUser,
     Send,
+    /// A new key from an address prefix holding `limits.max_unused_registrations_per_prefix`
+    /// registrations nobody used (not a bucket: the engine counts them).
+    UnusedRegistrations,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 5] =
-        [Limit::Login, Limit::Challenge, Limit::SocketPerAddress, Limit::SocketPerUser, Limit::Send];
+    pub const ALL: [Limit; 6] = [
+        Limit::Login,
+        Limit::Challenge,
+        Limit::SocketPerAddress,
+        Limit::SocketPerUser,
+        Limit::Send,
+        Limit::UnusedRegistrations,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,10 +118,12 @@ impl Limit {
             Limit::SocketPerAddress => "socket_address",
             Limit::SocketPerUser => "socket_user",
             Limit::Send => "send",
+            Limit::UnusedRegistrations => "unused_registrations",
         }
     }
 
-    fn refused(self) {
+    /// Counts a refusal by this limit.
+    pub(crate) fn refused(self) {
         metrics::counter!(metric::RATE_LIMITED, "limit" => self.as_str()).increment(1);
     }
 }

@@ -87,7 +87,15 @@ pub async fn admit(state: &AppState, user_id: &str, token: Result<Option<String>
         return Admission::Limited(refused);
     }
     match Attached::attach(state, &user).await {
-        Ok(attached) => Admission::Accepted(attached),
+        Ok(attached) => {
+            // An admitted socket is a use: the id is kept (`limits.inactive_user_ttl_secs`), no
+            // longer an unused registration. At most one write a day (`engine::Upkeep`); a
+            // failure is mended by the next socket.
+            if let Err(e) = state.engine.mark_used(&user, &record).await {
+                tracing::warn!(user = %user, error = %e, "cannot renew the user's record");
+            }
+            Admission::Accepted(attached)
+        }
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot attach session");
             Admission::Unavailable

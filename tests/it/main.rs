@@ -36,6 +36,7 @@ mod conformance;
 mod costs;
 mod deploy_assets;
 mod endings;
+mod expiry;
 mod faults;
 // `pub`: the harness is a toolbox for every test file; a helper no test uses today (or a
 // handle held only to be dropped) is not dead code.

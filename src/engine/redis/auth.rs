@@ -2,32 +2,51 @@
 //! the key in one round trip when a socket opens), burnt challenge ids, and the token key a
 //! deployment without a configured one generates once and shares between its replicas.
 
-use redis::AsyncCommands;
+use std::time::Duration;
 
 use super::RedisEngine;
 use super::commands::{Command, once_loaded};
-use crate::engine::{Unavailable, UserRecord};
+use crate::engine::{Unavailable, Upkeep, UserRecord, renewal_due};
 use crate::protocol::UserId;
 
 impl RedisEngine {
-    /// The registered key and whether the user is protected: one `HMGET`.
+    /// The registered key, whether the user is protected and where the record stands against
+    /// its expiry (`Upkeep`): one `HMGET` and a `PTTL` of the same key, in one round trip.
     pub async fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
-        let mut hmget = redis::cmd("HMGET");
-        hmget.arg(this.keys.user(user)).arg("publicKey").arg("protected");
-        let (key, protected): (Option<String>, Option<String>) =
-            this.timed(Command::Admit, hmget.query_async(&mut con)).await?;
-        Ok(key.map(|public_key| UserRecord { public_key, protected: protected.is_some_and(|p| p == "1") }))
+        let key = this.keys.user(user);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(&key).arg("publicKey").arg("protected").arg("unusedFrom").pttl(&key);
+        let ((public_key, protected, unused_from), pttl): ((Option<String>, Option<String>, Option<String>), i64) =
+            this.timed(Command::Admit, pipe.query_async(&mut con)).await?;
+        let Some(public_key) = public_key else { return Ok(None) };
+        let term =
+            Duration::from_millis(super::login::record_ttl_ms(Duration::from_secs(this.limits.inactive_user_ttl_secs)));
+        let upkeep = match (unused_from, u64::try_from(pttl)) {
+            // A prefix that does not parse cannot be taken out of its set: it leaves it on expiry.
+            (Some(prefix), _) => prefix.parse().map_or(Upkeep::Due, Upkeep::Unused),
+            (None, Ok(ms)) if !renewal_due(Duration::from_millis(ms), term) => Upkeep::Kept,
+            // No expiry (a record from before records expired) or one that lost a day.
+            (None, _) => Upkeep::Due,
+        };
+        Ok(Some(UserRecord { public_key, protected: protected.is_some_and(|p| p == "1"), upkeep }))
     }
 
     /// Marks a user protected, in the user's own record (so it lives and dies with the key,
     /// survives restarts with the data, and sits in the user's cluster slot). Only called for a
-    /// user whose record was just read; records are never deleted once announced.
+    /// user whose record was just read; a record goes only by expiring (`login`), and the claim
+    /// that calls this also renews it (`mark_used`). The expiry is set with the field: were the
+    /// record to expire just before, what this writes expires too (it has no key, so it is no
+    /// user).
     pub async fn protect(&self, user: &UserId) -> Result<(), Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
-        this.timed(Command::Auth, con.hset::<_, _, _, ()>(this.keys.user(user), "protected", "1")).await
+        let key = this.keys.user(user);
+        let ttl = super::login::record_ttl_ms(Duration::from_secs(this.limits.inactive_user_ttl_secs));
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, "protected", "1").ignore().pexpire(&key, ttl as i64).ignore();
+        this.timed(Command::Auth, pipe.query_async::<()>(&mut con)).await
     }
 
     /// Burns a challenge id for `ttl_ms`: true the first time, false on every replay, on any

@@ -51,6 +51,10 @@ impl Keys {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}pk:{hex}", self.prefix)
     }
+    /// The registrations from one address prefix nobody used yet (a ZSET: uid by expiry, ms).
+    pub(super) fn unused(&self, prefix: &ipnet::IpNet) -> String {
+        format!("{}unused:{prefix}", self.prefix)
+    }
     /// A challenge id, once answered (single use across replicas).
     pub(super) fn burnt_challenge(&self, jti: &str) -> String {
         format!("{}auth:jti:{jti}", self.prefix)
@@ -80,5 +84,6 @@ mod tests {
         assert_eq!(keys.channel_user(b"other:deliver:{x}"), None);
         assert!(keys.key_index(b"abc").starts_with("t:pk:"));
         assert_eq!(keys.key_index(b"abc").len(), "t:pk:".len() + 64);
+        assert_eq!(keys.unused(&"2001:db8::/64".parse().unwrap()), "t:unused:2001:db8::/64");
     }
 }

@@ -6,17 +6,41 @@
 //! wins for its own string and is copied to the canonical entry if that is still free. Two
 //! records made before the change for two spellings of one key stay two users (each
 //! spelling keeps its id; nothing is merged silently); docs/security.md.
+//!
+//! Records expire. A registration is made with `limits.unused_registration_ttl_secs` to live,
+//! names the address prefix it came from (field `unusedFrom`) and is a member of that prefix's
+//! set of unused registrations (`unused:<prefix>`, at most
+//! `limits.max_unused_registrations_per_prefix`). Its first use (`mark_used`: a socket admitted
+//! as the user, a claim) takes it out of the set and gives record and index
+//! `limits.inactive_user_ttl_secs`; later uses renew that when it has lost a day
+//! (`engine::renewal_due`), which the socket's admission reads with the record (`PTTL`). The
+//! record always outlives its index by a little (`RECORD_OUTLIVES_INDEX`): the two are in
+//! different cluster slots and expire on their own, and an index naming a vanished record would
+//! log its key in as a user nobody can find.
+
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
 use super::commands::Command;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
-use crate::engine::Unavailable;
+use crate::engine::{LoginError, Unavailable, Upkeep, UserRecord};
 use crate::protocol::UserId;
 
+/// How much longer a user record lives than its key index: an eighth of the TTL, at most a
+/// minute (far above the time between the two commands that set them).
+fn record_outlives_index(ttl: Duration) -> Duration {
+    (ttl / 8).min(Duration::from_secs(60))
+}
+
+/// The record's full TTL, in ms, for an index TTL of `ttl`.
+pub(super) fn record_ttl_ms(ttl: Duration) -> u64 {
+    (ttl + record_outlives_index(ttl)).as_millis() as u64
+}
+
 impl RedisEngine {
-    pub async fn login(&self, public_key: &str) -> Result<UserId, Unavailable> {
+    pub async fn login(&self, public_key: &str, from: ipnet::IpNet) -> Result<UserId, LoginError> {
         let this = &self.inner;
         let material = index_material(public_key);
         let index = this.keys.key_index(&material.primary);
@@ -54,32 +78,84 @@ impl RedisEngine {
             return Ok(user);
         }
         if let Some(user) = existing {
-            return parse_indexed(&user);
+            return Ok(parse_indexed(&user)?);
+        }
+        // A new user: counted against its prefix's unused registrations first (refused at the
+        // maximum, before anything is stored).
+        let user = UserId::random();
+        let ttl = Duration::from_secs(this.limits.unused_registration_ttl_secs);
+        let unused = this.keys.unused(&from);
+        let mut reserve = this.scripts.unused.prepare_invoke();
+        reserve
+            .key(&unused)
+            .arg(user.as_str())
+            .arg(ttl.as_millis() as u64)
+            .arg(this.limits.max_unused_registrations_per_prefix);
+        let wait: u64 = this.timed(Command::LoginClaim, reserve.invoke_async(&mut con)).await?;
+        if wait > 0 {
+            return Err(LoginError::TooManyUnused { retry_after: Duration::from_millis(wait) });
         }
         // Create the record first, then claim the key: whoever claims it first wins, and a
         // loser's record (never announced to anyone) is removed again.
-        let user = UserId::random();
         let record = this.keys.user(&user);
         let created = crate::engine::memory::unix_ms();
-        let fields = [("publicKey", public_key), ("createdAt", &created.to_string())];
+        let from = from.to_string();
+        let fields = [("publicKey", public_key), ("createdAt", &created.to_string()), ("unusedFrom", &from)];
+        let mut make = redis::pipe();
+        make.hset_multiple(&record, &fields).ignore().pexpire(&record, record_ttl_ms(ttl) as i64).ignore();
         let mut claim = redis::cmd("SET");
-        claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET");
+        claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET").arg("PX").arg(ttl.as_millis() as u64);
         let previous: Option<String> = if this.connections.is_cluster() {
-            // The record and the index are in different slots: two commands, in this order.
-            let _: () = this.timed(Command::LoginClaim, con.hset_multiple(&record, &fields)).await?;
+            // The record and the index are in different slots: two calls, in this order.
+            let _: () = this.timed(Command::LoginClaim, make.query_async(&mut con)).await?;
             this.timed(Command::LoginClaim, claim.query_async(&mut con)).await?
         } else {
-            let mut pipe = redis::pipe();
-            pipe.hset_multiple(&record, &fields).ignore().add_command(claim);
-            let (previous,): (Option<String>,) = this.timed(Command::LoginClaim, pipe.query_async(&mut con)).await?;
+            make.add_command(claim);
+            let (previous,): (Option<String>,) = this.timed(Command::LoginClaim, make.query_async(&mut con)).await?;
             previous
         };
         match previous {
             None => Ok(user),
             Some(winner) => {
                 let _: redis::RedisResult<()> = con.del(&record).await;
-                parse_indexed(&winner)
+                let _: redis::RedisResult<()> = con.zrem(&unused, user.as_str()).await;
+                Ok(parse_indexed(&winner)?)
             }
         }
+    }
+
+    /// Keeps a used user's record and key index for `limits.inactive_user_ttl_secs` from now,
+    /// and takes a registration out of its prefix's unused set. The record first: an index is
+    /// kept only for a record that is still there (and will outlive it).
+    pub async fn mark_used(&self, user: &UserId, record: &UserRecord) -> Result<(), Unavailable> {
+        let this = &self.inner;
+        let ttl = Duration::from_secs(this.limits.inactive_user_ttl_secs);
+        let key = this.keys.user(user);
+        let mut keep = redis::pipe();
+        keep.hdel(&key, "unusedFrom").ignore().pexpire(&key, record_ttl_ms(ttl) as i64);
+        let (kept,): (bool,) = this.timed(Command::Admit, keep.query_async(&mut this.connections.cmd())).await?;
+        if !kept {
+            return Ok(()); // expired meanwhile: nothing left to keep
+        }
+        let material = index_material(&record.public_key);
+        let entries = std::iter::once(material.primary).chain(material.legacy).map(|m| this.keys.key_index(&m));
+        let keep_entries = entries.map(|entry| async move {
+            let mut invocation = this.scripts.keep_index.prepare_invoke();
+            invocation.key(entry).arg(user.as_str()).arg(ttl.as_millis() as u64);
+            this.timed(Command::Admit, invocation.invoke_async::<u64>(&mut this.connections.cmd())).await.map(drop)
+        });
+        let leave_unused = async {
+            match &record.upkeep {
+                Upkeep::Unused(prefix) => {
+                    let mut con = this.connections.cmd();
+                    this.timed(Command::Admit, con.zrem::<_, _, u64>(this.keys.unused(prefix), user.as_str()))
+                        .await
+                        .map(drop)
+                }
+                _ => Ok(()),
+            }
+        };
+        let (kept, left) = futures_util::join!(futures_util::future::join_all(keep_entries), leave_unused);
+        kept.into_iter().chain([left]).collect()
     }
 }

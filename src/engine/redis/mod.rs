@@ -5,10 +5,11 @@
 //!
 //! | key                        | type    | what                                          |
 //! |----------------------------|---------|-----------------------------------------------|
-//! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number), `protected` (`1` once claimed) |
+//! | `<p>user:{uid}`            | HASH    | `publicKey`, `createdAt`, `seq` (last message number), `protected` (`1` once claimed), `unusedFrom` (the address prefix it was registered from, until first used); expires (`login`) |
 //! | `<p>auth:jti:<id>`         | STRING  | a challenge already answered (`SET NX PX`: single use) |
 //! | `<p>auth:token-key`        | STRING  | the token key generated once when none is configured (`SET NX GET`) |
-//! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`); the key's canonical bytes when its kind is recognised, else (and for records from before that) its exact string (`login`) |
+//! | `<p>pk:<sha256(key)>`      | STRING  | uid; makes login idempotent (`SET NX GET`); the key's canonical bytes when its kind is recognised, else (and for records from before that) its exact string (`login`); expires a little before the record |
+//! | `<p>unused:<prefix>`       | ZSET    | registrations from an address prefix nobody used yet, uid by expiry (ms); expires with its newest |
 //! | `<p>inbox:{uid}`           | STREAM  | accepted envelopes (fields `e`, `s`, `f` sender) until removed |
 //! | `<p>shares:{uid}`          | HASH    | per sender `n:<uid>`, `b:<uid>` waiting, `bytes` of all, `x` last TTL refresh (ms); expires with the inbox |
 //! | `<p>conn:{uid}`            | STRING  | connection generation counter (takeover); expires after `inbox_ttl_secs` |

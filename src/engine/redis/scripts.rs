@@ -1,5 +1,5 @@
-//! The Lua scripts (`send.lua`, `attach.lua`, `remove.lua`, `limit.lua` beside this file) and
-//! how their answers read.
+//! The Lua scripts (`send.lua`, `attach.lua`, `remove.lua`, `limit.lua`, `contacts.lua`,
+//! `unused.lua`, `keep_index.lua` beside this file) and how their answers read.
 //!
 //! The `.lua` files are templates: `$DOORBELL` becomes the announcement's Lua expression from
 //! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. They carry no
@@ -81,6 +81,20 @@ const LIMIT: &str = include_str!("limit.lua");
 /// Returns the list's size.
 const CONTACTS: &str = include_str!("contacts.lua");
 
+/// Counts a new registration against its address prefix's registrations nobody used yet (a
+/// ZSET of uids by expiry, on Redis's clock): the expired ones leave first; at the maximum it
+/// is refused. The set lives as long as its newest member. KEYS: the set. ARGV: uid, ttl
+/// (ms), maximum (0: none). Returns 0 (counted) or how long until the oldest expires (ms).
+/// `#!lua` without flags: refused as a whole when Redis is over its memory limit (a
+/// registration that cannot be stored is refused anyway).
+const UNUSED: &str = include_str!("unused.lua");
+
+/// Keeps a key index entry for its TTL from now, if it still names the user (records from
+/// before key normalisation may have two entries, and another user's is not ours to keep).
+/// KEYS: the entry. ARGV: uid, ttl (ms). Returns 1 if kept. `allow-oom`: it frees nothing but
+/// adds nothing either, and a full Redis must not make a user's id expire.
+const KEEP_INDEX: &str = include_str!("keep_index.lua");
+
 /// Where a template takes its doorbell expression.
 const DOORBELL: &str = "$DOORBELL";
 
@@ -90,6 +104,8 @@ pub(super) struct Scripts {
     pub(super) remove: Script,
     pub(super) limit: Script,
     pub(super) contacts: Script,
+    pub(super) unused: Script,
+    pub(super) keep_index: Script,
 }
 
 impl Scripts {
@@ -102,6 +118,8 @@ impl Scripts {
             remove: remove_script(),
             limit: Script::new(LIMIT),
             contacts: Script::new(CONTACTS),
+            unused: Script::new(UNUSED),
+            keep_index: Script::new(KEEP_INDEX),
         }
     }
 }

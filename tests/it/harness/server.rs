@@ -19,8 +19,9 @@ use super::sentinel::Sentinel;
 use super::ws::Ws;
 
 /// Every per-client limit off (see `Server::start`).
-const UNLIMITED: [(&str, &str); 12] = [
+const UNLIMITED: [(&str, &str); 13] = [
     ("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0"),
+    ("ENIGMA__LIMITS__MAX_UNUSED_REGISTRATIONS_PER_PREFIX", "0"),
     ("ENIGMA__LIMITS__INBOX_SHARE", "0"),
     ("ENIGMA__LIMITS__INBOX_SHARE_BYTES", "0"),
     ("ENIGMA__LIMITS__STRANGER_POOL", "0"),
