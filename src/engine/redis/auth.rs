@@ -9,6 +9,9 @@ use super::commands::{Command, once_loaded};
 use crate::engine::{Unavailable, Upkeep, UserRecord, renewal_due};
 use crate::protocol::UserId;
 
+/// `publicKey`, `protected`, `unusedFrom` of a user record.
+type Fields = (Option<String>, Option<String>, Option<String>);
+
 impl RedisEngine {
     /// The registered key, whether the user is protected and where the record stands against
     /// its expiry (`Upkeep`): one `HMGET` and a `PTTL` of the same key, in one round trip.
@@ -18,7 +21,7 @@ impl RedisEngine {
         let key = this.keys.user(user);
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(&key).arg("publicKey").arg("protected").arg("unusedFrom").pttl(&key);
-        let ((public_key, protected, unused_from), pttl): ((Option<String>, Option<String>, Option<String>), i64) =
+        let ((public_key, protected, unused_from), pttl): (Fields, i64) =
             this.timed(Command::Admit, pipe.query_async(&mut con)).await?;
         let Some(public_key) = public_key else { return Ok(None) };
         let term =
