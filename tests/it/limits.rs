@@ -24,7 +24,7 @@ both_engines!(
     socket_opens_are_limited_per_user,
     a_byte_flood_to_throwaway_recipients_is_refused_early,
     at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst,
-    at_the_defaults_a_school_behind_one_address_registers_and_connects,
+    at_the_defaults_a_school_behind_one_address_registers_connects_and_chats,
     at_the_defaults_a_login_flood_of_thousands_is_throttled,
     sockets_refused_for_a_missing_token_do_not_lock_the_owner_out,
     fresh_ids_cannot_crowd_out_a_contact,
@@ -381,45 +381,115 @@ async fn at_the_defaults_a_phone_flushes_a_backlog_of_500_in_one_burst(b: Backen
     }
 }
 
-async fn at_the_defaults_a_school_behind_one_address_registers_and_connects(b: Backend) {
+/// Three classmates each pupil writes to (never itself; each pupil is written to by three).
+fn classmates(pupil: usize, pupils: usize) -> [usize; 3] {
+    [1, 7, 100].map(|step| (pupil + step) % pupils)
+}
+
+/// One pupil's phone: an `enigma.v1` socket, the receipts it got and what it read.
+struct Phone {
+    ws: Ws,
+    receipts: usize,
+    read: Vec<String>,
+}
+
+impl Phone {
+    async fn open(server: &Server, user: &str, from: std::net::IpAddr) -> Phone {
+        let url = server.ws_url(&format!("/ws/{user}"));
+        let ws = Ws::try_connect_from(&url, from, &[("Sec-WebSocket-Protocol", "enigma.v1")])
+            .await
+            .unwrap_or_else(|e| panic!("{user}'s socket from {from} refused: {e}"));
+        Phone { ws, receipts: 0, read: Vec::new() }
+    }
+
+    /// Writes to each classmate, pipelined: `<from>><to>`, which is also its `ref`.
+    async fn write(&mut self, users: &[String], pupil: usize) {
+        for to in classmates(pupil, users.len()) {
+            let text = format!("{pupil}>{to}");
+            self.ws.send_json(json!({"from": users[pupil], "to": users[to], "payload": text, "ref": text})).await;
+        }
+    }
+
+    /// Reads (and acknowledges) until it has `receipts` receipts and `read` messages; anything
+    /// but a receipt or a message (an error frame, a close) fails the test.
+    async fn read_until(&mut self, receipts: usize, read: usize) {
+        while self.receipts < receipts || self.read.len() < read {
+            let frame = self.ws.recv_json().await;
+            if frame.get("ref").is_some() {
+                assert_eq!(frame["status"], "stored", "a refused message: {frame}");
+                self.receipts += 1;
+            } else if let (Some(text), Some(id)) = (frame["payload"].as_str(), frame["id"].as_str()) {
+                self.read.push(text.to_owned());
+                let ack = json!({"ack": id});
+                self.ws.send_json(ack).await;
+            } else {
+                panic!("neither a receipt nor a message: {frame}");
+            }
+        }
+    }
+}
+
+/// A school behind one NAT address (127.0.0.5), at the shipped defaults: 300 pupils register at
+/// once; three quarters go online at once and each writes to three classmates, some of whom are
+/// offline; those come online later, read what waited for them and write too. Not one refusal
+/// of any kind (429, `inbox_full`, `rate_limited`, 1013…), and every message arrives.
+async fn at_the_defaults_a_school_behind_one_address_registers_connects_and_chats(b: Backend) {
     let s = Server::start(&b.config().with_shipped_limits());
     const PUPILS: usize = 300;
-    // 300 registrations at once from 127.0.0.1 (a connection per request, as 300 phones would).
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    let logins = (0..PUPILS).map(|_| {
-        let (client, url) = (client.clone(), s.url(&format!("/login/{}", random_key())));
-        tokio::spawn(async move {
-            let response = client.get(url).send().await.expect("login");
-            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+    let school: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+    // 300 registrations at once, a connection each, as 300 phones would.
+    let paths: Vec<String> = (0..PUPILS).map(|_| format!("/login/{}", random_key())).collect();
+    let logins = paths.iter().map(|path| s.request_from(school, "GET", path, None));
+    let users: Vec<String> = futures_util::future::join_all(logins)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, (status, body))| {
+            assert_eq!(status, 200, "registration {i} of {PUPILS} from one address: {body}");
+            body["userId"].as_str().unwrap().to_owned()
         })
-    });
-    let mut users = Vec::new();
-    for login in futures_util::future::join_all(logins).await {
-        let (status, body) = login.unwrap();
-        assert_eq!(status, 200, "registration {} of {PUPILS} from one address: {body}", users.len());
-        users.push(body["userId"].as_str().unwrap().to_owned());
+        .collect();
+    let offline = |pupil: usize| pupil % 4 == 3;
+    let (late, early): (Vec<usize>, Vec<usize>) = (0..PUPILS).partition(|&p| offline(p));
+    // What each pupil reads from pupils of one group: those of its writers in the group.
+    let from_group = |pupil: usize, group: &dyn Fn(usize) -> bool| {
+        (0..PUPILS).filter(|&w| group(w) && classmates(w, PUPILS).contains(&pupil)).count()
+    };
+    // The early ones connect at once and write, to offline classmates too; each gets its three
+    // receipts and reads what the other early ones wrote to it.
+    let opens = early.iter().map(|&p| Phone::open(&s, &users[p], school));
+    let mut phones: Vec<Option<Phone>> = (0..PUPILS).map(|_| None).collect();
+    for (&p, phone) in early.iter().zip(futures_util::future::join_all(opens).await) {
+        phones[p] = Some(phone);
     }
-    drop(client);
-    // Then 300 sockets at once from the same address, all held open.
-    let urls: Vec<String> = users.iter().map(|u| s.ws_url(&format!("/connect/{u}"))).collect();
-    let opens = urls.iter().map(|url| Ws::try_connect(url, None));
-    let mut sockets = Vec::new();
-    for (i, open) in futures_util::future::join_all(opens).await.into_iter().enumerate() {
-        sockets.push(open.unwrap_or_else(|e| panic!("socket {i} of {PUPILS} from one address refused: {e}")));
+    for &p in &early {
+        phones[p].as_mut().unwrap().write(&users, p).await;
     }
-    // Every one of them is live: a message to each user arrives on its socket (a socket
-    // refused by a connection cap would have been closed with 1013 instead).
-    let teacher = s.new_user().await;
-    let mut desk = s.connect_v1(&teacher).await;
-    for (i, user) in users.iter().enumerate() {
-        let answer = desk.send_answered(&teacher, user, "good morning", &i.to_string()).await;
-        assert_eq!(answer["status"], "stored", "{answer}");
+    for &p in &early {
+        phones[p].as_mut().unwrap().read_until(3, from_group(p, &|w| !offline(w))).await;
     }
-    for (i, ws) in sockets.iter_mut().enumerate() {
-        assert_eq!(ws.recv_json().await["payload"], "good morning", "socket {i}");
+    // The late ones come online at once, read what waited for them, and write.
+    let opens = late.iter().map(|&p| Phone::open(&s, &users[p], school));
+    for (&p, phone) in late.iter().zip(futures_util::future::join_all(opens).await) {
+        phones[p] = Some(phone);
+    }
+    for &p in &late {
+        phones[p].as_mut().unwrap().read_until(0, from_group(p, &|w| !offline(w))).await;
+        phones[p].as_mut().unwrap().write(&users, p).await;
+    }
+    // Everyone has every message written to them, once: three each.
+    for (p, phone) in phones.iter_mut().enumerate() {
+        let phone = phone.as_mut().unwrap();
+        phone.read_until(3, 3).await;
+        phone.read.sort();
+        let mut expected: Vec<String> =
+            (0..PUPILS).filter(|&w| classmates(w, PUPILS).contains(&p)).map(|w| format!("{w}>{p}")).collect();
+        expected.sort();
+        assert_eq!(phone.read, expected, "what pupil {p} read");
     }
     assert_eq!(s.metric("enigma_rate_limited_total").await, 0.0, "nothing was rate limited");
     assert_eq!(s.metric("enigma_connections_refused_total").await, 0.0, "no connection was refused");
+    assert_eq!(s.metric("enigma_messages_rejected_total").await, 0.0, "no message was refused");
 }
 
 async fn at_the_defaults_a_login_flood_of_thousands_is_throttled(b: Backend) {

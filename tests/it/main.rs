@@ -55,3 +55,4 @@ mod rollout;
 mod secure;
 mod sentinel;
 mod startup;
+mod sybil;

@@ -20,18 +20,18 @@ fn prefix() -> String {
     format!("en{}", std::process::id())
 }
 
-fn unique(kind: char) -> String {
+pub(super) fn unique(kind: char) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{}{kind}{}", prefix(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The `ip` binary (Debian puts it in /usr/sbin, which a test's PATH may lack).
-fn ip_binary() -> &'static str {
+pub(super) fn ip_binary() -> &'static str {
     if std::path::Path::new("/usr/sbin/ip").exists() { "/usr/sbin/ip" } else { "ip" }
 }
 
 /// Runs `ip args…`; the error says what failed and why.
-fn ip(args: &[&str]) -> Result<(), String> {
+pub(super) fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new(ip_binary()).args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
     if out.status.success() {
         Ok(())
@@ -76,8 +76,7 @@ impl Lan {
     }
 
     pub fn new() -> Result<Lan, String> {
-        static SWEPT: std::sync::Once = std::sync::Once::new();
-        SWEPT.call_once(sweep_leftovers);
+        sweep_once();
         Command::new("nft").arg("--version").output().map_err(|e| format!("nft is not installed: {e}"))?;
         let _guard = SUBNETS.lock().unwrap_or_else(|e| e.into_inner());
         let used = Command::new(ip_binary())
@@ -131,11 +130,17 @@ impl Drop for Lan {
 }
 
 /// SIGKILLs whatever still runs in `ns` (a process handle dropped first normally did it).
-fn kill_all_in(ns: &str) {
+pub(super) fn kill_all_in(ns: &str) {
     let Ok(out) = Command::new(ip_binary()).args(["netns", "pids", ns]).output() else { return };
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
         let _ = Command::new("kill").args(["-KILL", pid]).status();
     }
+}
+
+/// Sweeps the leftovers of dead runs, once per test process, before its first namespace.
+pub(super) fn sweep_once() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_leftovers);
 }
 
 /// Deletes namespaces and bridges named `en<pid>…` whose pid no longer runs (a test run killed

@@ -2,13 +2,13 @@
 //! variables, with the HTTP and WebSocket calls the tests make against it.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::DEADLINE;
 use super::cluster::RedisCluster;
@@ -199,6 +199,42 @@ impl Server {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {head:?}"))
+    }
+
+    /// A request made from the local address `local` (another client: 127.0.0.2, or one of
+    /// thousands of an `Ipv6Net`'s), over a connection of its own, with a JSON body if any:
+    /// the status and the JSON answer. Plain HTTP/1.1 on a bound socket, so that thousands cost
+    /// no client setup each.
+    pub async fn request_from(&self, local: IpAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = if local.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.expect("a socket");
+        socket.bind(SocketAddr::new(local, 0)).unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let exchange = async {
+            let mut stream = socket.connect(self.addr).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        };
+        let response = tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {method} {path} from {local}"))
+            .unwrap_or_else(|e| panic!("{method} {path} from {local}: {e}"));
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head:?}"));
+        (status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned())))
     }
 
     /// The sum of a metric's series on `/metrics` (0 if absent).
