@@ -380,7 +380,7 @@ impl Settings {
             return Err(invalid(key, "per_second must be a positive number when burst is set"));
         }
         if let Some(key) = self.limits.storage.invalid() {
-            return Err(invalid(key, "must be a fraction of the store above 0 and at most 1"));
+            return Err(invalid(key, "must be a fraction of the store from 0 (off) to 1"));
         }
         if let Some(key) = self.rate.address_prefix.invalid() {
             return Err(invalid(key, "must be a prefix length: 1 to 32 for ipv4, 1 to 128 for ipv6"));

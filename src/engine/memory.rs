@@ -40,6 +40,8 @@ struct Inner {
     /// Answered challenge ids until they expire (single use); expired ones are swept on
     /// every insert, so it holds at most the challenges answered within one challenge lifetime.
     burnt: Mutex<HashMap<String, Instant>>,
+    /// How full the store is, for the storage shares' gauge (`limits::storage`).
+    pressure: crate::limits::storage::Pressure,
     /// Rate-limit buckets by `kind:subject`, with their rates (to forget refilled ones).
     buckets: Mutex<HashMap<String, (Buckets, Vec<Rate>)>>,
 }
@@ -239,6 +241,7 @@ impl MemoryEngine {
                 inboxes: Mutex::default(),
                 generations: AtomicU64::new(0),
                 burnt: Mutex::default(),
+                pressure: crate::limits::storage::Pressure::default(),
                 buckets: Mutex::default(),
             }),
         }
@@ -460,6 +463,7 @@ impl MemoryEngine {
         store.bytes += size;
         *store.by_prefix.entry(prefix).or_default() += size;
         *store.by_sender.entry(from.clone()).or_default() += size;
+        self.inner.pressure.set(store.bytes as u64, capacity);
         // Rung under the inbox lock, so notifications keep the inbox's order.
         self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });
         Ok(id)
@@ -508,6 +512,12 @@ impl MemoryEngine {
         for stored in &taken {
             store.release(stored);
         }
+        self.inner.pressure.set(store.bytes as u64, self.inner.capacity() as u64);
+    }
+
+    /// How full the store is.
+    pub fn pressure(&self) -> &crate::limits::storage::Pressure {
+        &self.inner.pressure
     }
 
     pub fn attach(&self, mailbox: &Mailbox) {

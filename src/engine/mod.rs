@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 use crate::config::Settings;
 use crate::hub::{Hub, Mailbox};
+use crate::limits::storage::{Holder, Pressure};
 use crate::limits::{Ask, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
@@ -232,6 +233,36 @@ impl Engine {
                 Ok(())
             }
             Engine::Redis(e) => e.add_contacts(user, people).await,
+        }
+    }
+
+    /// Whether storage is charged through a ledger apart from the store (Redis), so sessions
+    /// lease from it (`limits::storage::StorageLease`); the memory engine charges exactly.
+    pub fn keeps_a_ledger(&self) -> bool {
+        matches!(self, Engine::Redis(_))
+    }
+
+    /// Charges `want` bytes (negative: gives back) to `holder` if it then holds at most
+    /// `allowed`; whether it did. Engines without a ledger always grant.
+    pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
+        match self {
+            Engine::Memory(_) => Ok(true),
+            Engine::Redis(e) => e.hold(holder, want, allowed).await,
+        }
+    }
+
+    /// Gives `bytes` back from `holder`'s ledger (a lease left unspent); failures are logged.
+    pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
+        if let Engine::Redis(e) = self {
+            e.give_back(holder, bytes).await;
+        }
+    }
+
+    /// How full the store is (Redis: sampled every second).
+    pub fn pressure(&self) -> &Pressure {
+        match self {
+            Engine::Memory(e) => e.pressure(),
+            Engine::Redis(e) => e.pressure(),
         }
     }
 

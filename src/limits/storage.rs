@@ -11,7 +11,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::engine::{Engine, Unavailable};
+use crate::protocol::UserId;
 
 /// The store is treated as full here (a fraction of its capacity): the rest is headroom for
 /// what is not charged to anyone (records, indexes, the floors, Redis's own overhead).
@@ -24,9 +28,11 @@ const PRESSURE_STARTS: f64 = 0.5;
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageShares {
-    /// Fraction of the store's capacity one address prefix may hold (all its ids together).
+    /// Fraction of the store's capacity one address prefix may hold (all its ids together);
+    /// 0: no such budget.
     pub per_prefix: f64,
-    /// Fraction of the store's capacity one sender id may hold (across all recipients).
+    /// Fraction of the store's capacity one sender id may hold (across all recipients); 0: no
+    /// such budget.
     pub per_sender: f64,
     /// What any prefix or sender may hold whatever the pressure (bytes).
     pub floor_bytes: u64,
@@ -47,7 +53,7 @@ impl Default for StorageShares {
 impl StorageShares {
     /// The first bad setting, if any.
     pub fn invalid(&self) -> Option<&'static str> {
-        let fraction = |f: f64| f.is_finite() && f > 0.0 && f <= 1.0;
+        let fraction = |f: f64| f.is_finite() && (0.0..=1.0).contains(&f);
         if !fraction(self.per_prefix) {
             return Some("limits.storage.per_prefix");
         }
@@ -57,8 +63,16 @@ impl StorageShares {
         None
     }
 
+    /// Whether any storage is charged (a budget is on).
+    pub fn charged(&self) -> bool {
+        self.per_prefix > 0.0 || self.per_sender > 0.0
+    }
+
     /// What one holder with `share` of the store may hold when `used` of `capacity` is used.
     pub fn allowed(&self, share: f64, capacity: u64, used: u64) -> u64 {
+        if share == 0.0 {
+            return u64::MAX; // no such budget
+        }
         let fill = if capacity == 0 { 1.0 } else { used as f64 / capacity as f64 };
         let level = if fill <= PRESSURE_STARTS {
             1.0
@@ -99,6 +113,11 @@ impl Pressure {
         self.capacity.store(capacity, Ordering::Relaxed);
     }
 
+    /// Adds `bytes` to the used bytes until the next sample.
+    pub fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn read(&self) -> (u64, u64) {
         (self.used.load(Ordering::Relaxed), self.capacity.load(Ordering::Relaxed))
     }
@@ -107,6 +126,97 @@ impl Pressure {
     pub fn fill(&self) -> f64 {
         let (used, capacity) = self.read();
         if capacity == 0 { 0.0 } else { used as f64 / capacity as f64 }
+    }
+}
+
+/// Whom stored bytes are charged to.
+#[derive(Debug, Clone, Copy)]
+pub enum Holder<'a> {
+    Prefix(IpNet),
+    Sender(&'a UserId),
+}
+
+/// Bytes a session charges its holders ahead, at a time: one ledger call per holder per this
+/// much sent (and what is left is given back when the session ends).
+const LEASE_BYTES: u64 = 256 * 1024;
+
+/// The storage a session has charged ahead to its prefix and its user (engines that keep a
+/// ledger apart from their store: Redis; the memory engine charges each message exactly).
+#[derive(Debug, Default)]
+pub struct StorageLease {
+    prefix: u64,
+    sender: u64,
+}
+
+/// Why a message could not be charged.
+#[derive(Debug)]
+pub enum NotHeld {
+    /// The prefix or the sender holds its share of the store now.
+    OverShare,
+    Unavailable(Unavailable),
+}
+
+impl StorageLease {
+    /// Charges one message of `bytes` to `prefix` and `user`, leasing more when the lease is
+    /// spent.
+    pub async fn spend(
+        &mut self,
+        engine: &Engine,
+        shares: &StorageShares,
+        prefix: IpNet,
+        user: &UserId,
+        bytes: u64,
+    ) -> Result<(), NotHeld> {
+        if !engine.keeps_a_ledger() {
+            return Ok(());
+        }
+        let pressure = engine.pressure();
+        let want = bytes.max(LEASE_BYTES);
+        // A budget turned off (share 0) needs no ledger call: its lease never runs out.
+        if shares.per_prefix == 0.0 {
+            self.prefix = u64::MAX / 2;
+        }
+        if shares.per_sender == 0.0 {
+            self.sender = u64::MAX / 2;
+        }
+        if self.prefix < bytes {
+            let allowed = shares.per_prefix_allowed(pressure);
+            match engine.hold(&Holder::Prefix(prefix), want as i64, allowed).await {
+                Ok(true) => self.prefix += want,
+                Ok(false) => return Err(NotHeld::OverShare),
+                Err(e) => return Err(NotHeld::Unavailable(e)),
+            }
+        }
+        if self.sender < bytes {
+            let allowed = shares.per_sender_allowed(pressure);
+            match engine.hold(&Holder::Sender(user), want as i64, allowed).await {
+                Ok(true) => self.sender += want,
+                Ok(false) => return Err(NotHeld::OverShare),
+                Err(e) => return Err(NotHeld::Unavailable(e)),
+            }
+        }
+        self.prefix -= bytes;
+        self.sender -= bytes;
+        Ok(())
+    }
+
+    /// A charged message was not stored after all: its bytes go back to the lease.
+    pub fn refund(&mut self, bytes: u64) {
+        self.prefix += bytes;
+        self.sender += bytes;
+    }
+
+    /// Gives back what is left (a session ends).
+    pub async fn give_back(self, engine: &Engine, shares: &StorageShares, prefix: IpNet, user: &UserId) {
+        let leases = [
+            (Holder::Prefix(prefix), self.prefix, shares.per_prefix),
+            (Holder::Sender(user), self.sender, shares.per_sender),
+        ];
+        for (holder, left, share) in leases {
+            if left > 0 && share > 0.0 {
+                engine.give_back(&holder, left).await;
+            }
+        }
     }
 }
 
@@ -126,7 +236,8 @@ mod tests {
         assert!(mid < capacity / 10 && mid > capacity / 40, "{mid}");
         assert_eq!(shares.allowed(0.1, capacity, capacity), shares.floor_bytes);
         assert_eq!(shares.allowed(0.1, 0, 0), shares.floor_bytes);
-        assert_eq!(StorageShares { per_prefix: 0.0, ..shares }.invalid(), Some("limits.storage.per_prefix"));
+        assert_eq!(StorageShares { per_prefix: 1.5, ..shares }.invalid(), Some("limits.storage.per_prefix"));
+        assert_eq!(shares.allowed(0.0, capacity, capacity), u64::MAX, "0 turns a budget off");
         assert_eq!(StorageShares { per_sender: f64::NAN, ..shares }.invalid(), Some("limits.storage.per_sender"));
     }
 

@@ -33,6 +33,7 @@ use crate::AppState;
 use crate::auth::Refusal;
 use crate::engine::Written;
 use crate::hub::Mailbox;
+use crate::limits::storage::StorageLease;
 use crate::limits::{self, Refused, SendBudget};
 use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame, rate_limited_frame};
 use crate::server::ConnectionSlot;
@@ -165,6 +166,7 @@ impl Session {
             budget: SendBudget::default(),
             contacts: std::collections::HashSet::new(),
             prefix,
+            storage: StorageLease::default(),
             ending: None,
         }
     }
@@ -180,6 +182,9 @@ impl Session {
         // What the client wrote before the end is stored or answered before the close frame.
         // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
         Box::pin(self.answer_what_was_read(closing)).instrument(span.clone()).await;
+        let lease = std::mem::take(&mut self.storage);
+        let shares = &self.state.settings.limits.storage;
+        Box::pin(lease.give_back(&self.state.engine, shares, self.prefix, &self.user)).await;
         metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
         metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
         if closing == Closing::REPLACED {
@@ -251,6 +256,8 @@ struct Session {
     contacts: std::collections::HashSet<UserId>,
     /// The client's address prefix: what its messages are charged to (`limits::storage`).
     prefix: IpNet,
+    /// Storage charged ahead to the prefix and the user (`limits::storage`), given back at the end.
+    storage: StorageLease,
     /// Set once the session has ended: writes no longer stop at a kick, only at this deadline
     /// (see `ending`).
     ending: Option<tokio::time::Instant>,

@@ -9,6 +9,7 @@ use super::Session;
 use super::closing::Closing;
 use crate::engine::SendError;
 use crate::limits::Refused;
+use crate::limits::storage::NotHeld;
 use crate::protocol::{
     AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, rate_limited_frame,
     receipt_frame,
@@ -161,6 +162,13 @@ impl Session {
                         let rates = &self.state.settings.rate;
                         match self.budget.spend(&self.state.engine, rates, &self.user, stored).await {
                             Ok(()) => {
+                                let shares = &self.state.settings.limits.storage;
+                                let (engine, prefix) = (&self.state.engine, self.prefix);
+                                if let Err(not_held) = self.storage.spend(engine, shares, prefix, &self.user, stored).await
+                                {
+                                    self.store_pending().await?; // answers stay in the order of the frames
+                                    return self.not_held(not_held, reference).await;
+                                }
                                 let reference = reference.map(str::to_owned);
                                 self.pending.push(PendingSend { to, envelope, reference });
                                 Ok(())
@@ -222,6 +230,11 @@ impl Session {
         self.make_contacts(&batch).await;
         let sends: Vec<(UserId, bytes::Bytes)> = batch.iter().map(|s| (s.to.clone(), s.envelope.clone())).collect();
         let results = self.state.engine.send_many(&self.user, self.prefix, sends).await;
+        for (send, result) in batch.iter().zip(&results) {
+            if result.is_err() {
+                self.storage.refund(send.envelope.len() as u64); // not stored: not held
+            }
+        }
         for (send, result) in batch.iter().zip(results) {
             self.report_send(send.reference.as_deref(), result).await?;
         }
@@ -287,12 +300,7 @@ impl Session {
                     ),
                     // Nothing stored: the sender (or its network) holds its share of the store
                     // until its messages are read; a retry later may pass.
-                    SendError::OverStorage => {
-                        RejectReason::Storage.count();
-                        let message = "you (or your network) have too much waiting on this server; retry once it is read";
-                        let frame = rate_limited_frame(message, reference, STORAGE_RETRY_MS);
-                        return self.feed(Message::Text(frame.into())).await;
-                    }
+                    SendError::OverStorage => return self.not_held(NotHeld::OverShare, reference).await,
                     SendError::Unavailable(err) => {
                         tracing::warn!(error = %err, "send failed");
                         (ErrorCode::Unavailable, "service unavailable, retry later", RejectReason::Unavailable)
@@ -342,6 +350,23 @@ impl Session {
             }
             Refused::Unavailable(e) => {
                 tracing::warn!(error = %e, "send budget check failed");
+                RejectReason::Unavailable.count();
+                self.error(ErrorCode::Unavailable, "service unavailable, retry later", reference).await
+            }
+        }
+    }
+
+    /// A send its sender (or its network) could not be charged for: nothing stored.
+    async fn not_held(&mut self, not_held: NotHeld, reference: Option<&str>) -> Result<(), Closing> {
+        match not_held {
+            NotHeld::OverShare => {
+                RejectReason::Storage.count();
+                let message = "you (or your network) have too much waiting on this server; retry once it is read";
+                let frame = rate_limited_frame(message, reference, STORAGE_RETRY_MS);
+                self.feed(Message::Text(frame.into())).await
+            }
+            NotHeld::Unavailable(e) => {
+                tracing::warn!(error = %e, "storage charge failed");
                 RejectReason::Unavailable.count();
                 self.error(ErrorCode::Unavailable, "service unavailable, retry later", reference).await
             }

@@ -33,11 +33,15 @@ pub(super) enum Command {
     Limit,
     /// Adding to a user's contacts (whom the user writes to).
     Contacts,
+    /// Charging (or giving back) a storage lease (`ledger`).
+    Hold,
+    /// Taking what removals freed off the storage ledger.
+    Release,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 16] = [
+    const ALL: [Command; 18] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -54,6 +58,8 @@ impl Command {
         Command::Auth,
         Command::Limit,
         Command::Contacts,
+        Command::Hold,
+        Command::Release,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -75,6 +81,8 @@ impl Command {
             Command::Auth => "auth",
             Command::Limit => "limit",
             Command::Contacts => "contacts",
+            Command::Hold => "hold",
+            Command::Release => "release",
         }
     }
 

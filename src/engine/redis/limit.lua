@@ -1,4 +1,4 @@
-
+#!lua flags=allow-oom
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local dims = (#ARGV - 1) / 4

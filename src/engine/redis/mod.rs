@@ -44,6 +44,7 @@ mod conn;
 mod connect;
 pub(crate) mod doorbell;
 mod keys;
+mod ledger;
 mod login;
 mod push;
 mod remover;
@@ -78,6 +79,7 @@ use self::supervisor::Supervisor;
 use super::{SendError, Unavailable, Written};
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
+use crate::limits::storage::Pressure;
 use crate::limits::{Ask, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
@@ -97,6 +99,8 @@ struct Inner {
     removals: RemovalQueue,
     sends: SendQueue,
     scripts: Scripts,
+    /// How full Redis is, sampled every second (`ledger`).
+    pressure: Arc<Pressure>,
     /// Ends the background tasks (sender, subscriber, remover, supervisor) when the engine is dropped.
     stop: CancellationToken,
 }
@@ -123,7 +127,9 @@ impl RedisEngine {
         }
         let stop = CancellationToken::new();
         let (removals, removal_queue) = RemovalQueue::new(REMOVAL_QUEUE);
-        tokio::spawn(stop.clone().run_until_cancelled_owned(remover(connections.clone(), keys.clone(), removal_queue)));
+        let ledger = settings.limits.storage.charged();
+        let remover = remover(connections.clone(), keys.clone(), removal_queue, ledger);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(remover));
         let scripts = Scripts::new(connections.publish_command());
         let (sends, send_queue) = SendQueue::new(SEND_QUEUE);
         let send_task = sender(
@@ -143,6 +149,10 @@ impl RedisEngine {
         // The first link check doubles as the initial subscription of the probe channels.
         supervisor.recover_link(false).await;
         tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
+        let pressure = Arc::new(Pressure::default());
+        let sampler =
+            ledger::sample_pressure(connections.clone(), pressure.clone(), settings.limits.storage.capacity_bytes);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(sampler));
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -155,6 +165,7 @@ impl RedisEngine {
                 subscriptions,
                 removals,
                 sends,
+                pressure,
                 stop,
             }),
         })
@@ -167,26 +178,31 @@ impl RedisEngine {
 
     /// Stores sends of `from`, in order: with every other session's sends of the moment in one
     /// round trip (`sender`), or on a cluster one call per recipient.
-    /// Stores `sends` of `from`. Storage is not yet charged to `_prefix` on Redis (the memory
-    /// engine does: `limits::storage`).
+    /// Each entry names the sender's address `prefix` (the storage ledger's release reads it).
     pub async fn send_many(
         &self,
         from: &UserId,
-        _prefix: ipnet::IpNet,
+        prefix: ipnet::IpNet,
         sends: Vec<(UserId, Bytes)>,
     ) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
+        let prefix = prefix.to_string();
         if this.connections.is_cluster() {
-            return self.send_per_recipient(from, &sends).await;
+            return self.send_per_recipient(from, &prefix, &sends).await;
         }
-        this.sends.send(from, sends, this.timeout).await
+        this.sends.send(from, prefix, sends, this.timeout).await
     }
 
     /// On a cluster a script must stay in one slot (and redis-rs retries a whole pipeline
     /// when any reply in it is a redirect, which would store the others twice): each
     /// recipient's sends are one call (or one after the other, over `MESSAGES_PER_CALL`), in
     /// order, and different recipients' at once.
-    async fn send_per_recipient(&self, from: &UserId, sends: &[(UserId, Bytes)]) -> Vec<Result<MsgId, SendError>> {
+    async fn send_per_recipient(
+        &self,
+        from: &UserId,
+        prefix: &str,
+        sends: &[(UserId, Bytes)],
+    ) -> Vec<Result<MsgId, SendError>> {
         let this = &self.inner;
         let mut by_recipient: HashMap<&UserId, Vec<usize>> = HashMap::new();
         for (i, (to, _)) in sends.iter().enumerate() {
@@ -196,7 +212,7 @@ impl RedisEngine {
             let mut results = Vec::with_capacity(indices.len());
             for call in indices.chunks(MESSAGES_PER_CALL) {
                 let messages: Vec<Message<'_>> =
-                    call.iter().map(|&i| Message::new(&this.hub, from, &sends[i].0, &sends[i].1)).collect();
+                    call.iter().map(|&i| Message::new(&this.hub, from, prefix, &sends[i].0, &sends[i].1)).collect();
                 let invocation = sender::invocation(&this.scripts.send, &this.keys, &this.limits, &messages);
                 let mut con = this.connections.cmd();
                 let stored = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
@@ -283,7 +299,10 @@ impl RedisEngine {
         let mut con = this.connections.cmd();
         let acknowledged: Vec<Gone> = ids.iter().map(|&id| Gone::acknowledged(id)).collect();
         let invocation = remover::removal(&this.scripts.remove, &this.keys, user, &acknowledged);
-        let _: usize = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
+        let reply: redis::Value = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
+        if this.limits.storage.charged() {
+            ledger::release(&this.connections, &this.keys, ledger::removal_reply(&reply).1).await;
+        }
         Ok(())
     }
 

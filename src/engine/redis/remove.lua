@@ -6,50 +6,66 @@ local function chunks(command, key, list)
   end
   return replies
 end
+local freed, freed_at = {}, {}
+local function free(id, prefix, from, size)
+  local day = math.floor(tonumber(string.match(id, '^%d+')) / 86400000)
+  local key = day .. ' ' .. prefix .. ' ' .. from
+  local at = freed_at[key]
+  if at then
+    freed[at + 3] = freed[at + 3] + size
+  else
+    freed_at[key] = #freed + 1
+    freed[#freed + 1], freed[#freed + 2], freed[#freed + 3], freed[#freed + 4] = day, prefix, from, size
+  end
+end
 local function remove(inbox, shares, first, last)
-  local senders, counts, sizes, freed, removed = {}, {}, {}, 0, 0
+  local senders, counts, sizes, freed_bytes, removed, unnamed = {}, {}, {}, 0, 0, {}
   for i = first, last, 3 do
-    local id, from, size = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local id, from, size, prefix = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), nil
     if from == '' then
       from, size = nil, 0
       local entry = redis.call('XRANGE', inbox, id, id)[1]
       local fields = entry and entry[2] or {}
       for j = 1, #fields, 2 do
-        if fields[j] == 'f' then from = fields[j + 1] elseif fields[j] == 'e' then size = string.len(fields[j + 1]) end
+        local f = fields[j]
+        if f == 'f' then from = fields[j + 1] elseif f == 'e' then size = string.len(fields[j + 1]) elseif f == 'p' then prefix = fields[j + 1] end
       end
     end
     if redis.call('XDEL', inbox, id) == 1 then
       removed = removed + 1
       if from then
         if not counts[from] then senders[#senders + 1], counts[from], sizes[from] = from, 0, 0 end
-        counts[from], sizes[from], freed = counts[from] + 1, sizes[from] + size, freed + size
+        counts[from], sizes[from], freed_bytes = counts[from] + 1, sizes[from] + size, freed_bytes + size
+        if prefix then free(id, prefix, from, size) else unnamed[#unnamed + 1] = {id, from, size} end
       end
     end
   end
   if #senders == 0 then return removed end
   local fields = {'bytes', 'sn', 'sb'}
   for _, from in ipairs(senders) do
-    fields[#fields + 1], fields[#fields + 2], fields[#fields + 3] = 'n:' .. from, 'b:' .. from, 's:' .. from
+    fields[#fields + 1], fields[#fields + 2], fields[#fields + 3], fields[#fields + 4] = 'n:' .. from, 'b:' .. from, 's:' .. from, 'p:' .. from
   end
   local held = {}
   for _, part in ipairs(chunks('HMGET', shares, fields)) do
     for _, v in ipairs(part) do held[#held + 1] = v end
   end
-  local set, gone = {}, {}
-  local total = (tonumber(held[1]) or 0) - freed
+  local set, gone, prefixes = {}, {}, {}
+  local total = (tonumber(held[1]) or 0) - freed_bytes
   local sn, sb = tonumber(held[2]) or 0, tonumber(held[3]) or 0
   if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', total else gone[#gone + 1] = 'bytes' end
   for k, from in ipairs(senders) do
-    local n = (tonumber(held[3 * k + 1]) or 0) - counts[from]
-    local stranger = held[3 * k + 3]
-    if stranger then sn, sb = sn - counts[from], sb - sizes[from] end
+    local at = 4 * k
+    local n = (tonumber(held[at]) or 0) - counts[from]
+    prefixes[from] = held[at + 3] or ''
+    if held[at + 2] then sn, sb = sn - counts[from], sb - sizes[from] end
     if n > 0 then
       set[#set + 1], set[#set + 2] = 'n:' .. from, n
-      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[3 * k + 2]) or 0) - sizes[from], 0)
+      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[at + 1]) or 0) - sizes[from], 0)
     else
-      gone[#gone + 1], gone[#gone + 2], gone[#gone + 3] = 'n:' .. from, 'b:' .. from, 's:' .. from
+      gone[#gone + 1], gone[#gone + 2], gone[#gone + 3], gone[#gone + 4] = 'n:' .. from, 'b:' .. from, 's:' .. from, 'p:' .. from
     end
   end
+  for _, u in ipairs(unnamed) do free(u[1], prefixes[u[2]], u[2], u[3]) end
   if sn > 0 then set[#set + 1], set[#set + 2] = 'sn', sn elseif held[2] then gone[#gone + 1] = 'sn' end
   if sb > 0 then set[#set + 1], set[#set + 2] = 'sb', sb elseif held[3] then gone[#gone + 1] = 'sb' end
   chunks('HDEL', shares, gone)
@@ -62,4 +78,4 @@ for u = 1, #KEYS / 2 do
   removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], at + 1, at + 3 * count)
   at = at + 3 * count + 1
 end
-return removed
+return {removed, freed}

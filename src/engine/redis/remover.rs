@@ -18,6 +18,7 @@ use super::super::Written;
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
+use super::ledger;
 use super::scripts::remove_script;
 use crate::protocol::{MsgId, UserId, envelope_sender};
 
@@ -134,15 +135,22 @@ impl RemovalQueue {
     }
 }
 
-pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue: mpsc::Receiver<Removal>) {
+/// Runs removals until the queue closes; with `ledger`, what they free comes off the storage
+/// ledger (`ledger`).
+pub(super) async fn remover(
+    connections: Arc<Connections>,
+    keys: Keys,
+    mut queue: mpsc::Receiver<Removal>,
+    ledger: bool,
+) {
     let script = remove_script();
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, REMOVAL_BATCH).await > 0 {
         linger(&mut queue, &mut batch).await;
         let (removals, barriers) = merge(&mut batch);
         let mut con = connections.cmd();
-        let result = if removals.is_empty() {
-            Ok(())
+        let result: Result<Vec<redis::Value>, _> = if removals.is_empty() {
+            Ok(Vec::new())
         } else if connections.is_cluster() {
             // A cluster pipeline goes to one shard: each user's removal on its own, many at once
             // (`invoke_async` loads the script on a shard that lacks it).
@@ -150,22 +158,28 @@ pub(super) async fn remover(connections: Arc<Connections>, keys: Keys, mut queue
         } else {
             let mut pipe = redis::pipe();
             for call in removals.chunks(USERS_PER_CALL) {
-                pipe.invoke_script(&self::removals(&script, &keys, call)).ignore();
+                pipe.invoke_script(&self::removals(&script, &keys, call));
             }
-            let mut result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
+            let mut result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
             // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
             // load it: load it and run them all again (a removal done twice changes nothing).
             if result.is_err() {
                 let invocation = script.prepare_invoke();
                 if timed(Command::Remove, connections.timeout, invocation.load_async(&mut con)).await.is_ok() {
-                    result = timed(Command::Remove, connections.timeout, pipe.exec_async(&mut con)).await;
+                    result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
                 }
             }
             result
         };
-        if let Err(e) = result {
+        match result {
+            // What the removals freed comes off the storage ledger.
+            Ok(replies) if ledger => {
+                let freed = replies.iter().flat_map(|reply| ledger::removal_reply(reply).1).collect();
+                ledger::release(&connections, &keys, freed).await;
+            }
+            Ok(_) => {}
             // Still stored: delivered again on the next connection rather than lost.
-            tracing::warn!(error = %e, "cannot remove delivered messages");
+            Err(e) => tracing::warn!(error = %e, "cannot remove delivered messages"),
         }
         for done in barriers {
             let _ = done.send(());
@@ -226,10 +240,10 @@ async fn remove_each(
     script: &redis::Script,
     keys: &Keys,
     con: &Conn,
-) -> redis::RedisResult<()> {
-    let results: Vec<redis::RedisResult<()>> = stream::iter(removals.into_iter().map(|(user, ids)| {
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let results: Vec<redis::RedisResult<redis::Value>> = stream::iter(removals.into_iter().map(|(user, ids)| {
         let (mut con, script, keys) = (con.clone(), script.clone(), keys.clone());
-        async move { removal(&script, &keys, &user, &ids).invoke_async::<()>(&mut con).await }
+        async move { removal(&script, &keys, &user, &ids).invoke_async::<redis::Value>(&mut con).await }
     }))
     .buffer_unordered(CLUSTER_CONCURRENCY)
     .collect()

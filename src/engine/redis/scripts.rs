@@ -95,6 +95,17 @@ const UNUSED: &str = include_str!("unused.lua");
 /// adds nothing either, and a full Redis must not make a user's id expire.
 const KEEP_INDEX: &str = include_str!("keep_index.lua");
 
+/// Charges (or gives back) storage to one holder's ledger (`ledger`), refusing a charge that
+/// would make it hold more than allowed; day buckets older than the inbox TTL and a day are
+/// dropped on the way. KEYS: the holder's hash. ARGV: today, days kept, bytes (negative: given
+/// back), allowed, ttl (ms). Returns `{1, held}` or `{0, held}` (refused).
+const HOLD: &str = include_str!("hold.lua");
+
+/// Takes bytes off storage ledgers (`ledger`): only frees, so it runs on a full Redis too
+/// (`allow-oom`), like every script a reader runs. KEYS: ledger hashes (one per call on a
+/// cluster). ARGV: per key its day field and the (negative) change.
+const RELEASE: &str = include_str!("release.lua");
+
 /// Where a template takes its doorbell expression.
 const DOORBELL: &str = "$DOORBELL";
 
@@ -104,6 +115,7 @@ pub(super) struct Scripts {
     pub(super) remove: Script,
     pub(super) limit: Script,
     pub(super) contacts: Script,
+    pub(super) hold: Script,
     pub(super) unused: Script,
     pub(super) keep_index: Script,
 }
@@ -118,10 +130,16 @@ impl Scripts {
             remove: remove_script(),
             limit: Script::new(LIMIT),
             contacts: Script::new(CONTACTS),
+            hold: Script::new(HOLD),
             unused: Script::new(UNUSED),
             keep_index: Script::new(KEEP_INDEX),
         }
     }
+}
+
+/// The ledger's release script (the remover uses it too).
+pub(super) fn release_script() -> Script {
+    Script::new(RELEASE)
 }
 
 /// The removal script, for the remover task (which starts before `Scripts`).

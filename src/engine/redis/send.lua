@@ -3,7 +3,7 @@ local capacity, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local share, share_bytes, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local pool, pool_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
 local slack = math.floor(ttl / 64)
-local function send(user, inbox, shares, contacts, envelope, channel, sender, conn, generation)
+local function send(user, inbox, shares, contacts, envelope, channel, sender, prefix, conn, generation)
   if redis.call('EXISTS', user) == 0 then return -1 end
   local size = string.len(envelope)
   local held = redis.call('HMGET', shares, 'n:' .. sender, 'b:' .. sender, 'bytes', 'x', 's:' .. sender, 'sn', 'sb')
@@ -23,13 +23,13 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, co
     pooled = {'sn', math.max(sn - n, 0), 'sb', math.max(sb - b, 0)}
   end
   local seq = redis.call('HINCRBY', user, 'seq', 1)
-  local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', seq, 'f', sender)
+  local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', seq, 'f', sender, 'p', prefix)
   local now = tonumber(string.match(id, '^%d+'))
   local refreshed = tonumber(held[4])
   if refreshed and now >= refreshed and now - refreshed < slack then
-    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'bytes', total + size, unpack(pooled))
+    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'p:' .. sender, prefix, 'bytes', total + size, unpack(pooled))
   else
-    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'bytes', total + size, 'x', now, unpack(pooled))
+    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'p:' .. sender, prefix, 'bytes', total + size, 'x', now, unpack(pooled))
     redis.call('PEXPIRE', inbox, ttl + slack)
     redis.call('PEXPIRE', shares, ttl + slack)
   end
@@ -39,8 +39,8 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, co
 end
 local replies = {}
 for i = 1, #KEYS / 4 do
-  local k, a = 4 * i - 3, 5 * i + 3
-  local ok, reply = pcall(send, KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  local k, a = 4 * i - 3, 6 * i + 2
+  local ok, reply = pcall(send, KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
   if ok then
     replies[i] = reply
   elseif type(reply) == 'table' and reply.err then

@@ -56,6 +56,7 @@ pub(super) type Results = Vec<Result<MsgId, SendError>>;
 
 pub(super) struct Job {
     from: UserId,
+    prefix: String,
     sends: Vec<(UserId, Bytes)>,
     answer: oneshot::Sender<Results>,
 }
@@ -76,10 +77,16 @@ impl SendQueue {
     /// Waits at most twice `timeout` for room and for the answer: a session answered
     /// `unavailable` then may still see its sends stored by a round that was slower (as a timed
     /// out command always could; the client retries, at least once).
-    pub(super) async fn send(&self, from: &UserId, sends: Vec<(UserId, Bytes)>, timeout: Duration) -> Results {
+    pub(super) async fn send(
+        &self,
+        from: &UserId,
+        prefix: String,
+        sends: Vec<(UserId, Bytes)>,
+        timeout: Duration,
+    ) -> Results {
         let count = sends.len();
         let (answer, answered) = oneshot::channel();
-        let job = Job { from: from.clone(), sends, answer };
+        let job = Job { from: from.clone(), prefix, sends, answer };
         let queued = async {
             self.queue.send(job).await.ok()?;
             answered.await.ok()
@@ -112,7 +119,9 @@ pub(super) async fn sender(
             let round: Vec<Job> = jobs.drain(..round_len(&jobs)).collect();
             let messages: Vec<Message<'_>> = round
                 .iter()
-                .flat_map(|job| job.sends.iter().map(|(to, envelope)| Message::new(&hub, &job.from, to, envelope)))
+                .flat_map(|job| {
+                    job.sends.iter().map(|(to, envelope)| Message::new(&hub, &job.from, &job.prefix, to, envelope))
+                })
                 .collect();
             let stored = store(&connections, &script, &keys, &limits, &messages).await;
             let results = deliver_here(&hub, &messages, stored);
@@ -143,6 +152,8 @@ fn round_len(jobs: &[Job]) -> usize {
 #[derive(Clone, Copy)]
 pub(super) struct Message<'a> {
     pub(super) from: &'a UserId,
+    /// The sender's address prefix (stored with the entry: the ledger's release names it).
+    pub(super) prefix: &'a str,
     pub(super) to: &'a UserId,
     pub(super) envelope: &'a Bytes,
     /// The generation of the recipient's live connection on this replica, if any.
@@ -150,8 +161,8 @@ pub(super) struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    pub(super) fn new(hub: &Hub, from: &'a UserId, to: &'a UserId, envelope: &'a Bytes) -> Self {
-        Self { from, to, envelope, local: hub.live_generation(to) }
+    pub(super) fn new(hub: &Hub, from: &'a UserId, prefix: &'a str, to: &'a UserId, envelope: &'a Bytes) -> Self {
+        Self { from, prefix, to, envelope, local: hub.live_generation(to) }
     }
 }
 
@@ -201,7 +212,8 @@ pub(super) fn invocation<'a>(
             .key(keys.contacts(message.to))
             .arg(message.envelope.as_ref())
             .arg(keys.channel(message.to))
-            .arg(message.from.as_str());
+            .arg(message.from.as_str())
+            .arg(message.prefix);
         match message.local {
             Some(generation) => invocation.arg(keys.generation(message.to)).arg(generation),
             None => invocation.arg("").arg(""),
