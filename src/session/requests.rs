@@ -164,7 +164,8 @@ impl Session {
                             Ok(()) => {
                                 let shares = &self.state.settings.limits.storage;
                                 let (engine, prefix) = (&self.state.engine, self.prefix);
-                                if let Err(not_held) = self.storage.spend(engine, shares, prefix, &self.user, stored).await
+                                if let Err(not_held) =
+                                    self.storage.spend(engine, shares, prefix, &self.user, stored).await
                                 {
                                     self.store_pending().await?; // answers stay in the order of the frames
                                     return self.not_held(not_held, reference).await;

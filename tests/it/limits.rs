@@ -749,7 +749,8 @@ async fn one_address_cannot_fill_the_store(b: Backend) {
         let mut stored = 0;
         for host in 2..13 {
             let local = format!("127.0.0.{host}");
-            let (Ok(one), Ok(two)) = (try_user_from(&server, &local).await, try_user_from(&server, &local).await) else {
+            let (Ok(one), Ok(two)) = (try_user_from(&server, &local).await, try_user_from(&server, &local).await)
+            else {
                 continue; // a full store refuses new registrations
             };
             stored += fill_from(&server, &local, 8, &[one, two]).await;

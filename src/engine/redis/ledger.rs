@@ -64,13 +64,7 @@ impl RedisEngine {
         let now = crate::engine::unix_ms();
         let keep = this.limits.inbox_ttl_secs.div_ceil(86_400) + 1;
         let mut invocation = this.scripts.hold.prepare_invoke();
-        invocation
-            .key(key)
-            .arg(now / DAY_MS)
-            .arg(keep)
-            .arg(want)
-            .arg(allowed)
-            .arg((keep + 1).saturating_mul(DAY_MS));
+        invocation.key(key).arg(now / DAY_MS).arg(keep).arg(want).arg(allowed).arg((keep + 1).saturating_mul(DAY_MS));
         let mut con = this.connections.cmd();
         let reply: Vec<i64> = this.timed(Command::Hold, invocation.invoke_async(&mut con)).await?;
         let held = reply.first() == Some(&1);
@@ -119,7 +113,9 @@ pub(super) fn removal_reply(reply: &Value) -> (u64, Vec<Freed>) {
     let Some(Value::Array(freed)) = items.get(1) else { return (removed, Vec::new()) };
     let freed = freed
         .chunks_exact(4)
-        .filter_map(|c| Some(Freed { day: int(&c[0])?, prefix: text(&c[1])?, sender: text(&c[2])?, bytes: int(&c[3])? }))
+        .filter_map(|c| {
+            Some(Freed { day: int(&c[0])?, prefix: text(&c[1])?, sender: text(&c[2])?, bytes: int(&c[3])? })
+        })
         .collect();
     (removed, freed)
 }

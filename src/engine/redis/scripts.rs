@@ -252,7 +252,8 @@ mod tests {
     /// Redis caches scripts by SHA1, and replicas of two releases may run side by side during a
     /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
     /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
-    /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL).
+    /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL), and for
+    /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -262,11 +263,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("55a6d70582fc1cd102c25d17f6a2c0fe3bfd330f", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("e182b0ff5f5d32dfa59ff1fea13cbac2be3b0f1e", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("e0c251ecb9bf1c6db7eeb404fe53311045ff4398", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("562550f77b901439e230a0a313d512a0144038bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }
