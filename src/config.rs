@@ -472,6 +472,7 @@ impl ServerSettings {
             max_head_bytes: self.max_request_head_bytes,
             max_connections: self.max_connections,
             max_per_address: self.max_connections_per_address,
+            prefixes: crate::limits::PrefixLengths::default(),
             trusted: crate::limits::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default(),
         }
     }

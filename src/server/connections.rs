@@ -11,7 +11,8 @@
 //!   HTTP/2 that is the header list size), and an HTTP/2 connection has at most
 //!   [`MAX_STREAMS`] streams at once;
 //! - at most `server.max_connections` connections at once on this replica, and
-//!   `server.max_connections_per_address` from one TCP peer (trusted proxies are exempt: their
+//!   `server.max_connections_per_address` from one TCP peer's address prefix (`rate.address_prefix`:
+//!   an IPv6 /64 is one peer; trusted proxies are exempt: their
 //!   clients are held by rate limits on the forwarded address). A connection over a cap still
 //!   gets one answer, marked `OverCapacity` for the router: 503 on HTTP, close 1013 on a
 //!   WebSocket; past twice the replica cap a connection is closed unanswered.
@@ -33,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -54,6 +56,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// 0: no cap.
     pub max_per_address: usize,
+    /// How addresses are grouped for `max_per_address` (`rate.address_prefix`): one IPv6 /64
+    /// is one client.
+    pub prefixes: crate::limits::PrefixLengths,
     pub trusted: TrustedProxies,
 }
 
@@ -65,7 +70,7 @@ pub struct OverCapacity(pub &'static str);
 #[derive(Default)]
 struct Counts {
     total: usize,
-    by_address: HashMap<IpAddr, usize>,
+    by_address: HashMap<IpNet, usize>,
 }
 
 /// A request extension: the connection's place among the counted ones. An upgraded socket
@@ -76,7 +81,7 @@ pub struct ConnectionSlot(#[allow(dead_code)] Arc<Counted>);
 /// One connection's place in `Counts`, given back on drop.
 struct Counted {
     counts: Arc<Mutex<Counts>>,
-    address: Option<IpAddr>,
+    address: Option<IpNet>,
 }
 
 impl Drop for Counted {
@@ -108,7 +113,7 @@ fn admit(
     }
     let mut over = (cap > 0 && c.total >= cap).then_some(OverCapacity("replica"));
     c.total += 1;
-    let address = (!limits.trusted.contains(peer)).then_some(peer);
+    let address = (!limits.trusted.contains(peer)).then(|| limits.prefixes.of(peer));
     if let Some(address) = address {
         let n = c.by_address.entry(address).or_default();
         if limits.max_per_address > 0 && *n >= limits.max_per_address {

@@ -95,7 +95,10 @@ pub async fn run(
             state.shutdown.cancel();
         }
     };
-    let limits = state.settings.server.connection_limits();
+    let limits = crate::server::ConnectionLimits {
+        prefixes: state.settings.rate.address_prefix,
+        ..state.settings.server.connection_limits()
+    };
     if let Some(addr) = state.settings.metrics_addr() {
         let metrics_listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");

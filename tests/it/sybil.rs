@@ -55,7 +55,6 @@ in_ipv6_namespace!(
     registrations_from_one_64_count_as_one_client,
     socket_opens_and_challenges_from_one_64_count_as_one_client,
     ids_from_a_whole_64_cannot_crowd_out_a_contact,
-    #[ignore = "server.max_connections_per_address still counts per full address (src/server/connections.rs)"]
     connections_from_one_64_share_one_cap,
 );
 
