@@ -49,6 +49,8 @@ pub mod metric {
     pub const RATE_LIMITED: &str = "enigma_rate_limited_total";
     /// Connections refused at accept by a cap (`cap`: replica, address).
     pub const CONNECTIONS_REFUSED: &str = "enigma_connections_refused_total";
+    /// How full the store is, 0 to 1 (`limits::storage`: from 0.5 the storage shares shrink).
+    pub const STORE_PRESSURE: &str = "enigma_store_pressure";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -104,6 +106,7 @@ pub fn register_all() {
     }
     let _ = hot(); // the per-message series, delivered{path} included
     metrics::gauge!(metric::CONNECTIONS_OPEN).set(0.0);
+    metrics::gauge!(metric::STORE_PRESSURE).set(0.0);
 }
 
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).

@@ -106,6 +106,17 @@ pub async fn run(
         tokio::spawn(connections::serve(metrics_listener, app, limits.clone(), state.shutdown.clone()));
     }
     let serve = tokio::spawn(connections::serve(listener, http::router(state.clone()), limits, state.shutdown.clone()));
+    // The store's pressure, as the engine last saw it (Redis: sampled every second).
+    let engine = state.engine.clone();
+    let pressure = async move {
+        let gauge = metrics::gauge!(telemetry::metric::STORE_PRESSURE);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            gauge.set(engine.pressure().fill());
+        }
+    };
+    tokio::spawn(state.shutdown.clone().run_until_cancelled_owned(pressure));
 
     drain.await;
     let finished = tokio::time::timeout(grace, async {
