@@ -207,3 +207,73 @@ async fn a_recipient_on_the_same_replica_needs_no_doorbell() {
     assert_eq!(calls(&redis, "publish"), SENDS, "one doorbell a message for a recipient elsewhere");
     drop(here);
 }
+
+/// What a holder's ledger hash (`held:…`) sums to, on whichever node holds it.
+fn ledger_sum(read: &dyn Fn(&[&str]) -> Option<String>, key: &str) -> i64 {
+    let fields = read(&["HGETALL", key]).expect("HGETALL answers");
+    fields.lines().collect::<Vec<_>>().chunks(2).filter_map(|pair| pair.get(1)?.trim().parse::<i64>().ok()).sum()
+}
+
+/// The storage ledger (`limits.storage`, as shipped) gives back exactly what it charged: a sender
+/// writes to a specification client (removed when written) and to an acknowledging client
+/// (removed when acknowledged), then disconnects (its lease is given back); its id's and its
+/// prefix's ledgers come back to 0. On one Redis and on a cluster, where each ledger is in a slot
+/// of its own.
+async fn the_storage_ledger_gives_back_what_it_charged(cluster: bool) {
+    let (single, three) =
+        if cluster { (None, Some(crate::harness::RedisCluster::start(3, 0))) } else { (Some(Redis::start()), None) };
+    let config = match (&single, &three) {
+        (Some(redis), _) => ServerConfig::redis(redis),
+        (_, Some(c)) => ServerConfig::cluster(c),
+        _ => unreachable!(),
+    };
+    let read = |args: &[&str]| -> Option<String> {
+        match (&single, &three) {
+            (Some(redis), _) => redis.cli(args),
+            (_, Some(c)) => c.nodes[c.owner_of(c.slot_of(args[1]))].cli(args),
+            _ => None,
+        }
+    };
+    let config =
+        config.with("ENIGMA__LIMITS__STORAGE__PER_PREFIX", 0.1).with("ENIGMA__LIMITS__STORAGE__PER_SENDER", 0.025);
+    let server = Server::start(&config);
+    let (alice, bob, carol) = (server.new_user().await, server.new_user().await, server.new_user().await);
+    let mut a = server.connect_v1(&alice).await;
+    for i in 0..5 {
+        assert_eq!(a.send_answered(&alice, &bob, "for a spec client", &format!("b{i}")).await["status"], "stored");
+        assert_eq!(a.send_answered(&alice, &carol, "for an acker", &format!("c{i}")).await["status"], "stored");
+    }
+    let by_sender = format!("{}held:{{{alice}}}", config.prefix);
+    let by_prefix = format!("{}held:net:127.0.0.1/32", config.prefix);
+    assert!(ledger_sum(&read, &by_sender) > 0, "a send charges the sender's ledger");
+    assert!(ledger_sum(&read, &by_prefix) > 0, "a send charges the prefix's ledger");
+    a.close().await;
+    let mut b = server.connect(&bob).await;
+    let mut c = server.connect_v1(&carol).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        assert_eq!(b.recv_json().await["payload"], "for a spec client");
+        ids.push(c.recv_json().await["id"].clone());
+    }
+    c.send_json(json!({"ack": ids})).await;
+    let deadline = Instant::now() + crate::harness::DEADLINE;
+    while ledger_sum(&read, &by_sender) != 0 || ledger_sum(&read, &by_prefix) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ledger still holds {} (sender) and {} (prefix)",
+            ledger_sum(&read, &by_sender),
+            ledger_sum(&read, &by_prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_storage_ledger_gives_back_what_it_charged_on_redis() {
+    the_storage_ledger_gives_back_what_it_charged(false).await
+}
+
+#[tokio::test]
+async fn the_storage_ledger_gives_back_what_it_charged_on_a_cluster() {
+    the_storage_ledger_gives_back_what_it_charged(true).await
+}
