@@ -233,6 +233,7 @@ impl Inbox {
 
 impl MemoryEngine {
     pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
+        let capacity = limits.memory_max_bytes as u64;
         Self {
             inner: Arc::new(Inner {
                 hub,
@@ -241,7 +242,7 @@ impl MemoryEngine {
                 inboxes: Mutex::default(),
                 generations: AtomicU64::new(0),
                 burnt: Mutex::default(),
-                pressure: crate::limits::storage::Pressure::default(),
+                pressure: crate::limits::storage::Pressure::new(capacity),
                 buckets: Mutex::default(),
             }),
         }

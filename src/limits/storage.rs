@@ -37,7 +37,7 @@ pub struct StorageShares {
     /// What any prefix or sender may hold whatever the pressure (bytes).
     pub floor_bytes: u64,
     /// The store's capacity in bytes. 0: the memory engine's `limits.memory_max_bytes`; on
-    /// Redis its `maxmemory` (read from the server), else 4 GiB with a warning.
+    /// Redis its `maxmemory` (read from the server every second), else 4 GiB with a warning.
     pub capacity_bytes: u64,
 }
 
@@ -122,10 +122,11 @@ impl Pressure {
         (self.used.load(Ordering::Relaxed), self.capacity.load(Ordering::Relaxed))
     }
 
-    /// Used bytes as a fraction of the capacity (for the `enigma_store_pressure` gauge).
+    /// Used bytes as a fraction of the capacity (for the `enigma_store_pressure` gauge); an
+    /// unknown capacity counts as full, as [`StorageShares::allowed`] treats it.
     pub fn fill(&self) -> f64 {
         let (used, capacity) = self.read();
-        if capacity == 0 { 0.0 } else { used as f64 / capacity as f64 }
+        if capacity == 0 { 1.0 } else { used as f64 / capacity as f64 }
     }
 }
 
@@ -136,16 +137,24 @@ pub enum Holder<'a> {
     Sender(&'a UserId),
 }
 
-/// Bytes a session charges its holders ahead, at a time: one ledger call per holder per this
-/// much sent (and what is left is given back when the session ends).
-const LEASE_BYTES: u64 = 256 * 1024;
+/// What a session charges its holders ahead at most at once: one ledger call per holder per
+/// this much sent, for a busy sender.
+const LEASE_MAX: u64 = 256 * 1024;
+
+/// What a session's first lease is: a session that sends a few messages holds a few KiB ahead,
+/// not a busy sender's lease, so a crowd behind one address (a school's NAT) leases little.
+const LEASE_FIRST: u64 = 4 * 1024;
 
 /// The storage a session has charged ahead to its prefix and its user (engines that keep a
-/// ledger apart from their store: Redis; the memory engine charges each message exactly).
+/// ledger apart from their store: Redis; the memory engine charges each message exactly). Each
+/// lease doubles the next one, up to [`LEASE_MAX`] and a 64th of what the holder may hold, so
+/// busy senders pay one ledger call per 256 KiB and idle ones hold next to nothing ahead.
 #[derive(Debug, Default)]
 pub struct StorageLease {
     prefix: u64,
     sender: u64,
+    /// The next lease's size (0: the first).
+    next: u64,
 }
 
 /// Why a message could not be charged.
@@ -154,6 +163,37 @@ pub enum NotHeld {
     /// The prefix or the sender holds its share of the store now.
     OverShare,
     Unavailable(Unavailable),
+}
+
+/// Charges `holder` ahead so that `left` covers `bytes`: a lease of `size` (within what it may
+/// hold), or, refused that, exactly `bytes`.
+async fn lease(
+    engine: &Engine,
+    holder: Holder<'_>,
+    left: &mut u64,
+    bytes: u64,
+    size: u64,
+    allowed: u64,
+) -> Result<(), NotHeld> {
+    if *left >= bytes {
+        return Ok(());
+    }
+    let want = size.min(allowed / 64).max(bytes);
+    let mut asks = vec![want];
+    if want > bytes {
+        asks.push(bytes); // near its share: exactly what this message needs
+    }
+    for ask in asks {
+        match engine.hold(&holder, ask as i64, allowed).await {
+            Ok(true) => {
+                *left += ask;
+                return Ok(());
+            }
+            Ok(false) => continue,
+            Err(e) => return Err(NotHeld::Unavailable(e)),
+        }
+    }
+    Err(NotHeld::OverShare)
 }
 
 impl StorageLease {
@@ -171,7 +211,6 @@ impl StorageLease {
             return Ok(());
         }
         let pressure = engine.pressure();
-        let want = bytes.max(LEASE_BYTES);
         // A budget turned off (share 0) needs no ledger call: its lease never runs out.
         if shares.per_prefix == 0.0 {
             self.prefix = u64::MAX / 2;
@@ -179,21 +218,14 @@ impl StorageLease {
         if shares.per_sender == 0.0 {
             self.sender = u64::MAX / 2;
         }
-        if self.prefix < bytes {
-            let allowed = shares.per_prefix_allowed(pressure);
-            match engine.hold(&Holder::Prefix(prefix), want as i64, allowed).await {
-                Ok(true) => self.prefix += want,
-                Ok(false) => return Err(NotHeld::OverShare),
-                Err(e) => return Err(NotHeld::Unavailable(e)),
-            }
-        }
-        if self.sender < bytes {
-            let allowed = shares.per_sender_allowed(pressure);
-            match engine.hold(&Holder::Sender(user), want as i64, allowed).await {
-                Ok(true) => self.sender += want,
-                Ok(false) => return Err(NotHeld::OverShare),
-                Err(e) => return Err(NotHeld::Unavailable(e)),
-            }
+        let size = if self.next == 0 { LEASE_FIRST } else { self.next };
+        let leasing = self.prefix < bytes || self.sender < bytes;
+        let allowed = shares.per_prefix_allowed(pressure);
+        lease(engine, Holder::Prefix(prefix), &mut self.prefix, bytes, size, allowed).await?;
+        let allowed = shares.per_sender_allowed(pressure);
+        lease(engine, Holder::Sender(user), &mut self.sender, bytes, size, allowed).await?;
+        if leasing {
+            self.next = (size * 2).min(LEASE_MAX);
         }
         self.prefix -= bytes;
         self.sender -= bytes;

@@ -813,3 +813,59 @@ async fn one_address_cannot_fill_the_store(b: Backend) {
         }
     }
 }
+
+/// `count` users registered from `local` each open a socket and send one small message to the
+/// next: how many were stored.
+async fn a_crowd_sends_once(server: &Server, local: &str, count: usize) -> usize {
+    let address: std::net::IpAddr = local.parse().unwrap();
+    let mut users = Vec::new();
+    for _ in 0..count {
+        users.push(user_from(server, local).await);
+    }
+    let mut stored = 0;
+    let mut sockets = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let url = server.ws_url(&format!("/ws/{user}"));
+        let mut ws = Ws::try_connect_from(&url, address, &[("Sec-WebSocket-Protocol", "enigma.v1")]).await.unwrap();
+        let next = &users[(i + 1) % users.len()];
+        let answer = ws.send_answered(user, next, "see you at school", "hi").await;
+        if answer["status"] == "stored" {
+            stored += 1;
+        }
+        sockets.push(ws); // all connected at once, as a school is
+    }
+    stored
+}
+
+/// On a Redis with `maxmemory` (64 MB, nearly empty), 300 users behind one address each send a
+/// message while all connected: every one is stored (a session's first storage lease is a few
+/// KiB, not a busy sender's 256 KiB: 300 of those would be more than the address's share).
+#[tokio::test]
+async fn a_crowd_behind_one_address_sends_on_a_bounded_redis() {
+    let redis = Redis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
+    let server = Server::start(&ServerConfig::redis(&redis).with_shipped_limits());
+    // The pressure sampler has read maxmemory (it counts from the first second).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while server.metric("enigma_store_pressure").await == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the store's pressure was never sampled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a_crowd_sends_once(&server, "127.0.0.6", 300).await, 300);
+}
+
+/// A Redis whose `INFO` is denied (a least-privilege ACL): the shares keep the configured or
+/// assumed capacity, so senders are not held to the floor; the relay says why in its log.
+#[tokio::test]
+async fn without_info_the_storage_shares_keep_their_capacity() {
+    let redis = Redis::start();
+    redis.cli(&["ACL", "SETUSER", "default", "-info"]).expect("ACL answers");
+    let dir = crate::harness::TempDir::new("no-info");
+    let log = dir.path().join("relay.log");
+    let server = Server::start_logging_to(&ServerConfig::redis(&redis).with_shipped_limits(), &log);
+    assert_eq!(a_crowd_sends_once(&server, "127.0.0.7", 30).await, 30);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("cannot read Redis's memory") {
+        assert!(std::time::Instant::now() < deadline, "no warning about INFO in the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -30,7 +30,7 @@ pub(super) const DAY_MS: u64 = 86_400_000;
 
 /// The capacity assumed when neither `limits.storage.capacity_bytes` nor Redis's `maxmemory`
 /// says (a Redis without `maxmemory` grows until the machine runs out).
-const UNKNOWN_CAPACITY: u64 = 4 << 30;
+pub(super) const UNKNOWN_CAPACITY: u64 = 4 << 30;
 
 /// How often the pressure is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -167,16 +167,35 @@ async fn apply(connections: &Connections, changes: &[(String, String, i64)]) {
 pub(super) async fn sample_pressure(connections: Arc<Connections>, pressure: Arc<Pressure>, configured: u64) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once each, not every second: the last sample stays in force meanwhile.
+    let (mut failing, mut told_unbounded) = (false, false);
     loop {
         every.tick().await;
         let mut con = connections.cmd();
         let info: Result<Value, _> =
             timed(Command::Ping, connections.timeout, redis::cmd("INFO").arg("memory").query_async(&mut con)).await;
-        let Ok(info) = info else { continue }; // the link's trouble is the supervisor's to report
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read Redis's memory (INFO memory); the storage shares keep the last pressure seen");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
         let mut fullest: Option<(u64, u64)> = None;
         for text in info_texts(&info) {
             let used = info_field(&text, "used_memory").unwrap_or(0);
             let max = info_field(&text, "maxmemory").filter(|m| *m > 0);
+            if configured == 0 && max.is_none() && !told_unbounded {
+                told_unbounded = true;
+                tracing::warn!(
+                    assumed_bytes = UNKNOWN_CAPACITY,
+                    "Redis has no maxmemory and limits.storage.capacity_bytes is not set: the storage shares assume 4 GiB; set maxmemory (with noeviction)"
+                );
+            }
             let capacity = if configured > 0 { configured } else { max.unwrap_or(UNKNOWN_CAPACITY) };
             let fuller = fullest.is_none_or(|(u, c)| used as f64 / capacity as f64 > u as f64 / c as f64);
             if fuller {

@@ -149,7 +149,12 @@ impl RedisEngine {
         // The first link check doubles as the initial subscription of the probe channels.
         supervisor.recover_link(false).await;
         tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
-        let pressure = Arc::new(Pressure::default());
+        // Until a sample says otherwise: the configured capacity, else the assumed one, empty.
+        let capacity = match settings.limits.storage.capacity_bytes {
+            0 => ledger::UNKNOWN_CAPACITY,
+            bytes => bytes,
+        };
+        let pressure = Arc::new(Pressure::new(capacity));
         let sampler =
             ledger::sample_pressure(connections.clone(), pressure.clone(), settings.limits.storage.capacity_bytes);
         tokio::spawn(stop.clone().run_until_cancelled_owned(sampler));
