@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
@@ -65,6 +65,17 @@ impl From<LoginError> for ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     ErrorCode::RateLimited,
                     "too many registrations from this address were never used; retry later",
+                );
+                error.retry_after = Some(limited.retry_after_secs());
+                error
+            }
+            LoginError::DirectoryShare => {
+                let limited = Limited { limit: Limit::Registrations, retry_after: Duration::from_secs(3600) };
+                limited.limit.refused();
+                let mut error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "this network has registered too many users lately; retry later",
                 );
                 error.retry_after = Some(limited.retry_after_secs());
                 error

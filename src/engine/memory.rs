@@ -106,7 +106,13 @@ struct Directory {
     /// Whom each user wrote to, and when the list was last added to (it expires
     /// `limits.contacts_ttl_secs` after that, as the Redis set does).
     contacts: HashMap<UserId, (HashSet<UserId>, Instant)>,
+    /// What each address prefix registered, by day (`limits.storage.directory_per_prefix`),
+    /// as the Redis ledger `held:dir:<prefix>` keeps it.
+    registered: HashMap<IpNet, BTreeMap<u64, u64>>,
 }
+
+/// Prefixes whose registrations are remembered before the ones with nothing left are swept.
+const REGISTERED_SWEEP_AT: usize = 65_536;
 
 struct Entry {
     public_key: String,
@@ -283,6 +289,24 @@ impl MemoryEngine {
         };
         if stored + dir.bytes + entry.bytes() > limits.memory_max_bytes {
             return Err(Unavailable("memory engine full (limits.memory_max_bytes)".into()).into());
+        }
+        // What its prefix registered within a year, against its share (`directory_per_prefix`).
+        let shares = &limits.storage;
+        if shares.directory_per_prefix > 0.0 {
+            let today = unix_ms() / 86_400_000;
+            let keep = limits.inactive_user_ttl_secs.div_ceil(86_400) + 1;
+            if dir.registered.len() >= REGISTERED_SWEEP_AT {
+                dir.registered.retain(|_, days| days.last_key_value().is_some_and(|(day, _)| *day + keep >= today));
+            }
+            let days = dir.registered.entry(from).or_default();
+            days.retain(|day, _| *day + keep >= today);
+            let held: u64 = days.values().sum();
+            let used = (stored + dir.bytes) as u64;
+            let charge = crate::limits::storage::registration_bytes(public_key);
+            if held + charge > shares.allowed(shares.directory_per_prefix, self.inner.capacity() as u64, used) {
+                return Err(LoginError::DirectoryShare);
+            }
+            *dir.registered.entry(from).or_default().entry(today).or_default() += charge;
         }
         let user = UserId::random();
         dir.bytes += entry.bytes();

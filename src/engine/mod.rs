@@ -59,6 +59,11 @@ pub enum LoginError {
     /// expires after `retry_after` (one used before then makes room sooner).
     #[error("too many unused registrations from this address prefix")]
     TooManyUnused { retry_after: Duration },
+    /// A key never seen, from an address prefix whose registrations of the last
+    /// `limits.inactive_user_ttl_secs` take its share of the store
+    /// (`limits.storage.directory_per_prefix`).
+    #[error("this address prefix registered its share of the directory")]
+    DirectoryShare,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }

@@ -99,16 +99,20 @@ pub enum Limit {
     /// A new key from an address prefix holding `limits.max_unused_registrations_per_prefix`
     /// registrations nobody used (not a bucket: the engine counts them).
     UnusedRegistrations,
+    /// A new key from an address prefix whose registrations take its share of the store
+    /// (`limits.storage.directory_per_prefix`; not a bucket: the engine's ledger).
+    Registrations,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::Login,
         Limit::Challenge,
         Limit::SocketPerAddress,
         Limit::SocketPerUser,
         Limit::Send,
         Limit::UnusedRegistrations,
+        Limit::Registrations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +123,7 @@ impl Limit {
             Limit::SocketPerUser => "socket_user",
             Limit::Send => "send",
             Limit::UnusedRegistrations => "unused_registrations",
+            Limit::Registrations => "registrations",
         }
     }
 

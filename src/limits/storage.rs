@@ -34,6 +34,11 @@ pub struct StorageShares {
     /// Fraction of the store's capacity one sender id may hold (across all recipients); 0: no
     /// such budget.
     pub per_sender: f64,
+    /// Fraction of the store the registrations one address prefix made within
+    /// `limits.inactive_user_ttl_secs` may take (their keys and records, [`registration_bytes`]
+    /// each): opening a socket keeps a user a year, so what bounds the directory one network
+    /// can grow is what it registered, used or not. 0: no such budget.
+    pub directory_per_prefix: f64,
     /// What any prefix or sender may hold whatever the pressure (bytes).
     pub floor_bytes: u64,
     /// The store's capacity in bytes. 0: the memory engine's `limits.memory_max_bytes`; on
@@ -46,7 +51,15 @@ impl Default for StorageShares {
         // A tenth of the store per network: ten prefixes together fill it before pressure
         // refuses them; a school behind one NAT shares a tenth of the store, far more than
         // 300 people have waiting. One id a fortieth: a quarter of its network's share.
-        Self { per_prefix: 0.1, per_sender: 0.025, floor_bytes: 1024 * 1024, capacity_bytes: 0 }
+        // A hundredth of the store for a network's registrations of a year: 5 MiB of the
+        // memory engine's 512 MiB, some 12,000 X25519 users (300 pupils take 120 KiB).
+        Self {
+            per_prefix: 0.1,
+            per_sender: 0.025,
+            directory_per_prefix: 0.01,
+            floor_bytes: 1024 * 1024,
+            capacity_bytes: 0,
+        }
     }
 }
 
@@ -59,6 +72,9 @@ impl StorageShares {
         }
         if !fraction(self.per_sender) {
             return Some("limits.storage.per_sender");
+        }
+        if !fraction(self.directory_per_prefix) {
+            return Some("limits.storage.directory_per_prefix");
         }
         None
     }
@@ -86,6 +102,12 @@ impl StorageShares {
     pub fn per_prefix_allowed(&self, pressure: &Pressure) -> u64 {
         let (used, capacity) = pressure.read();
         self.allowed(self.per_prefix, capacity, used)
+    }
+
+    /// What a prefix's registrations may take now.
+    pub fn directory_allowed(&self, pressure: &Pressure) -> u64 {
+        let (used, capacity) = pressure.read();
+        self.allowed(self.directory_per_prefix, capacity, used)
     }
 
     /// What a sender id may hold now.
@@ -135,6 +157,14 @@ impl Pressure {
 pub enum Holder<'a> {
     Prefix(IpNet),
     Sender(&'a UserId),
+    /// The registrations a prefix made (kept for `limits.inactive_user_ttl_secs`).
+    Registrations(IpNet),
+}
+
+/// What a registration of `public_key` is charged (`directory_per_prefix`): the key as
+/// registered and as indexed, and the record, index and bookkeeping around them.
+pub fn registration_bytes(public_key: &str) -> u64 {
+    2 * public_key.len() as u64 + 320
 }
 
 /// What a session charges its holders ahead at most at once: one ledger call per holder per

@@ -92,7 +92,13 @@ async fn unused_registrations_carry_an_expiry_and_vanish_after_it(b: Backend) {
         assert_eq!(lasting("user:"), 400, "a record per registration");
         assert_eq!(lasting("pk:"), 400, "an index entry per registration");
         assert_eq!(lasting("unused:"), 1, "one set of unused registrations, the prefix's");
-        let others: Vec<_> = stored.iter().filter(|(k, _)| !k.ends_with("auth:token-key")).collect();
+        // The prefix's registrations ledger (`limits.storage.directory_per_prefix`) stays as
+        // long as a used registration could: a year, with an expiry all the same.
+        let ledger: Vec<_> = stored.iter().filter(|(k, _)| k.contains("held:dir:")).collect();
+        assert_eq!(ledger.len(), 1, "one registrations ledger, the prefix's: {ledger:?}");
+        assert!(ledger.iter().all(|(_, ttl)| *ttl > 0), "the registrations ledger expires: {ledger:?}");
+        let others: Vec<_> =
+            stored.iter().filter(|(k, _)| !k.ends_with("auth:token-key") && !k.contains("held:dir:")).collect();
         assert_eq!(others.len(), 801, "nothing else but the deployment's token key: {others:?}");
     }
     assert_eq!(lookup_status(&server, &users[0]).await, 200);

@@ -44,6 +44,14 @@ mod store {
     async fn cluster_one_address_cannot_fill_the_store() {
         super::one_address_cannot_fill_the_store(super::Backend::cluster()).await
     }
+    #[tokio::test]
+    async fn memory_one_address_cannot_fill_the_directory() {
+        super::one_address_cannot_fill_the_directory(super::Backend::memory()).await
+    }
+    #[tokio::test]
+    async fn redis_one_address_cannot_fill_the_directory() {
+        super::one_address_cannot_fill_the_directory(super::Backend::redis()).await
+    }
     // Contacts and strangers on the other topologies (both engines run it in the list above).
     #[tokio::test]
     async fn cluster_fresh_ids_cannot_crowd_out_a_contact() {
@@ -867,5 +875,75 @@ async fn without_info_the_storage_shares_keep_their_capacity() {
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("cannot read Redis's memory") {
         assert!(std::time::Instant::now() < deadline, "no warning about INFO in the log");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A registration of an 8 KiB key (the longest accepted), from `local`, made used at once by
+/// opening its socket (a used user is kept a year): the status of the login.
+async fn register_and_use(server: &Server, local: &str, n: usize) -> u16 {
+    let key = format!("{n:08}{}", random_key().replace(['/', '+', '='], "")).repeat(200);
+    let key = &key[..8 * 1024];
+    let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap();
+    let response = client.get(server.url(&format!("/login/{key}"))).send().await.expect("login");
+    let status = response.status().as_u16();
+    if status == 200 {
+        let user = response.json::<Value>().await.unwrap()["userId"].as_str().unwrap().to_owned();
+        let url = server.ws_url(&format!("/ws/{user}"));
+        Ws::try_connect_from(&url, local.parse().unwrap(), &[]).await.unwrap().close().await;
+    }
+    status
+}
+
+/// The directory one address can grow: registrations of the longest keys, each used at once
+/// (so the cap on unused registrations does not count them), with the login and socket rates
+/// raised so only the directory's budget can stop it. The address is refused (429) after its
+/// share of the store (`limits.storage.directory_per_prefix`), and an innocent on another address
+/// still registers and sends. With the budget off, the memory engine's directory fills the store
+/// and the innocent's registration is refused.
+async fn one_address_cannot_fill_the_directory(b: Backend) {
+    for budget in ["on", "off"] {
+        if budget == "off" && b.is_redis() {
+            continue; // the same rule on one engine is enough to show the test can fail
+        }
+        let full =
+            b.is_redis().then(|| Redis::start_with(&["--maxmemory", "48mb", "--maxmemory-policy", "noeviction"]));
+        let mut config = full
+            .as_ref()
+            .map_or_else(|| b.config(), ServerConfig::redis)
+            .with_shipped_limits()
+            .with("ENIGMA__LIMITS__MEMORY_MAX_BYTES", 24 << 20);
+        for rate in ["LOGIN_PER_ADDRESS", "SOCKET_PER_ADDRESS"] {
+            config = config
+                .with(&format!("ENIGMA__RATE__{rate}__BURST"), 1_000_000)
+                .with(&format!("ENIGMA__RATE__{rate}__PER_SECOND"), 1_000_000);
+        }
+        if budget == "off" {
+            config = config.with("ENIGMA__LIMITS__STORAGE__DIRECTORY_PER_PREFIX", 0);
+        }
+        let server = Server::start(&config);
+        let (alice, bob) = (user_from(&server, "127.0.0.3").await, user_from(&server, "127.0.0.3").await);
+        let mut registered = 0;
+        let last = loop {
+            let status = register_and_use(&server, "127.0.0.9", registered).await;
+            if status != 200 || registered == 3_000 {
+                break status;
+            }
+            registered += 1;
+        };
+        let mut a = server.connect_v1(&alice).await;
+        let photo = "p".repeat(60_000);
+        let answer = a.send_answered(&alice, &bob, &photo, "photo").await;
+        if budget == "on" {
+            assert_eq!(last, 429, "the address was stopped by its directory share ({registered} registered)");
+            // A hundredth of the store in registrations of 16.7 KB.
+            assert!(registered < 100, "{registered} registered");
+            assert_eq!(answer["status"], "stored", "{answer}");
+            try_user_from(&server, "127.0.0.3").await.expect("an innocent still registers");
+        } else {
+            assert_eq!(
+                answer["code"], "unavailable",
+                "without the budget the directory fills the store ({registered} registered)"
+            );
+        }
     }
 }

@@ -49,6 +49,10 @@ impl Keys {
     pub(super) fn held_by_prefix(&self, prefix: &str) -> String {
         format!("{}held:net:{prefix}", self.prefix)
     }
+    /// What an address prefix registered (no hash tag: its own slot).
+    pub(super) fn registered_by_prefix(&self, prefix: &str) -> String {
+        format!("{}held:dir:{prefix}", self.prefix)
+    }
     /// What a sender holds (the sender's slot).
     pub(super) fn held_by_sender(&self, sender: &str) -> String {
         format!("{}held:{{{sender}}}", self.prefix)
@@ -62,7 +66,12 @@ impl RedisEngine {
         let this = &self.inner;
         let key = self.ledger_key(holder);
         let now = crate::engine::unix_ms();
-        let keep = this.limits.inbox_ttl_secs.div_ceil(86_400) + 1;
+        // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
+        let kept = match holder {
+            Holder::Registrations(_) => this.limits.inactive_user_ttl_secs,
+            _ => this.limits.inbox_ttl_secs,
+        };
+        let keep = kept.div_ceil(86_400) + 1;
         let mut invocation = this.scripts.hold.prepare_invoke();
         invocation.key(key).arg(now / DAY_MS).arg(keep).arg(want).arg(allowed).arg((keep + 1).saturating_mul(DAY_MS));
         let mut con = this.connections.cmd();
@@ -87,6 +96,7 @@ impl RedisEngine {
         match holder {
             Holder::Prefix(prefix) => self.inner.keys.held_by_prefix(&prefix.to_string()),
             Holder::Sender(user) => self.inner.keys.held_by_sender(user.as_str()),
+            Holder::Registrations(prefix) => self.inner.keys.registered_by_prefix(&prefix.to_string()),
         }
     }
 

@@ -26,6 +26,7 @@ use super::commands::Command;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
 use crate::engine::{LoginError, Unavailable, Upkeep, UserRecord};
+use crate::limits::storage::{Holder, registration_bytes};
 use crate::protocol::UserId;
 
 /// How much longer a user record lives than its key index: an eighth of the TTL, at most a
@@ -95,10 +96,21 @@ impl RedisEngine {
         if wait > 0 {
             return Err(LoginError::TooManyUnused { retry_after: Duration::from_millis(wait) });
         }
+        // Then against what its prefix registered within a year (`directory_per_prefix`).
+        let shares = &this.limits.storage;
+        let charge = registration_bytes(public_key);
+        if shares.directory_per_prefix > 0.0 {
+            let allowed = shares.directory_allowed(&this.pressure);
+            if !self.hold(&Holder::Registrations(from), charge as i64, allowed).await? {
+                let _: redis::RedisResult<()> = con.zrem(&unused, user.as_str()).await;
+                return Err(LoginError::DirectoryShare);
+            }
+        }
         // Create the record first, then claim the key: whoever claims it first wins, and a
         // loser's record (never announced to anyone) is removed again.
         let record = this.keys.user(&user);
         let created = crate::engine::memory::unix_ms();
+        let registered_from = from;
         let from = from.to_string();
         let fields = [("publicKey", public_key), ("createdAt", &created.to_string()), ("unusedFrom", &from)];
         let mut make = redis::pipe();
@@ -119,6 +131,9 @@ impl RedisEngine {
             Some(winner) => {
                 let _: redis::RedisResult<()> = con.del(&record).await;
                 let _: redis::RedisResult<()> = con.zrem(&unused, user.as_str()).await;
+                if shares.directory_per_prefix > 0.0 {
+                    self.give_back(&Holder::Registrations(registered_from), charge).await;
+                }
                 Ok(parse_indexed(&winner)?)
             }
         }
