@@ -57,31 +57,21 @@ impl From<Unavailable> for ApiError {
 
 impl From<LoginError> for ApiError {
     fn from(e: LoginError) -> Self {
-        match e {
-            LoginError::TooManyUnused { retry_after } => {
-                let limited = Limited { limit: Limit::UnusedRegistrations, retry_after };
-                limited.limit.refused();
-                let mut error = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    "too many registrations from this address were never used; retry later",
-                );
-                error.retry_after = Some(limited.retry_after_secs());
-                error
-            }
-            LoginError::DirectoryShare => {
-                let limited = Limited { limit: Limit::Registrations, retry_after: Duration::from_secs(3600) };
-                limited.limit.refused();
-                let mut error = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    "this network has registered too many users lately; retry later",
-                );
-                error.retry_after = Some(limited.retry_after_secs());
-                error
-            }
-            LoginError::Unavailable(e) => e.into(),
-        }
+        let (limited, message) = match e {
+            LoginError::TooManyUnused { retry_after } => (
+                Limited { limit: Limit::UnusedRegistrations, retry_after },
+                "too many registrations from this address were never used; retry later",
+            ),
+            LoginError::DirectoryShare => (
+                Limited { limit: Limit::Registrations, retry_after: Duration::from_secs(3600) },
+                "this network has registered too many users lately; retry later",
+            ),
+            LoginError::Unavailable(e) => return e.into(),
+        };
+        limited.limit.refused();
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message);
+        error.retry_after = Some(limited.retry_after_secs());
+        error
     }
 }
 

@@ -11,6 +11,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::DEADLINE;
 
+/// The handshake request for `url` with extra headers.
+fn request_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    Ok(request)
+}
+
 /// A WebSocket client with deadlines on every wait.
 pub struct Ws {
     pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -39,13 +54,7 @@ impl Ws {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut request = url.into_client_request()?;
-        for (name, value) in headers {
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
+        let request = request_with(url, headers)?;
         let (inner, response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
             .await
             .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)??;
@@ -60,13 +69,7 @@ impl Ws {
         local: std::net::IpAddr,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut request = url.into_client_request()?;
-        for (name, value) in headers {
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
+        let request = request_with(url, headers)?;
         let uri = request.uri();
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let server =
