@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 
 use crate::AppState;
 use crate::engine::{LoginError, Unavailable};
@@ -106,6 +107,13 @@ pub fn router(state: AppState) -> Router {
     // the public port answers 404, so no proxy rule can leak it (its live-delivery counters
     // would tell an outsider who is online).
     let metrics = if state.settings.server.metrics_public { get(render_metrics) } else { get(not_found) };
+    // A request, body included, must be answered within the head timeout: a body that never
+    // comes would otherwise hold its connection (and its place under the caps) for ever. An
+    // upgraded socket is past this: its handshake is answered at once.
+    let whole_request = TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        std::time::Duration::from_millis(state.settings.server.request_head_timeout_ms),
+    );
     Router::new()
         .route("/login/{*public_key}", get(login))
         .route("/login", get(login_without_key))
@@ -120,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(whole_request)
         .layer(middleware::from_fn(refuse_over_capacity))
         .layer(middleware::from_fn(track_requests))
         .layer(cors)

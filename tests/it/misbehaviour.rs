@@ -412,3 +412,21 @@ async fn thousands_of_half_open_connections_cost_little_and_are_closed() {
     ws.send_text("{}").await;
     assert_eq!(ws.recv_json().await["code"], "invalid_frame");
 }
+
+/// A request whose body never comes (`Content-Length: 100`, one byte sent) is answered 408
+/// within the head timeout and its connection closed, on HTTP/1 as a slow head is: it would
+/// otherwise hold its connection, and its place under the caps, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_never_comes_is_answered_408() {
+    let server = Server::start(&ServerConfig::memory().with("ENIGMA__SERVER__REQUEST_HEAD_TIMEOUT_MS", 1000));
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer and still open after 5 s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+}
