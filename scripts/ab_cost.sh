@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A/B of the cost per message: two relay binaries, alternated, each run against a fresh
+# redis-server (or on the memory engine) at a fixed rate, with `make bench`'s limits (`on`: the
+# per-address limits off, the per-user send budgets far above the load, every other budget as
+# shipped). Prints one row per run: CPU µs per delivered message of the relay and of Redis.
+#
+#   scripts/ab_cost.sh BEFORE_BIN AFTER_BIN [ROUNDS] [ENGINE]
+#
+# ENGINE: redis (default) or memory. ROUNDS (default 2): before, after, before, after, …
+# The load generator is this tree's release enigma-bench (the same one for both).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+before=$1 after=$2 rounds=${3:-2} engine=${4:-redis}
+rate=${AB_RATE:-20000} duration=${AB_DURATION:-10}
+bench_bin=${AB_BENCH:-target/release/enigma-bench}
+[[ -x $bench_bin ]] || { echo "ab_cost: build $bench_bin first (cargo build --release --bin enigma-bench)" >&2; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-ab.XXXXXX")
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+trap 'stop_all; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+limits=(ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0 ENIGMA__SERVER__MAX_CONNECTIONS=100000
+    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
+    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
+    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
+    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000
+    ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000)
+run() {
+    local label=$1 bin=$2 url= cpu=() port log
+    if [[ $engine == redis ]]; then
+        local rport; rport=$(free_port)
+        redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no --logfile "$work/redis.log" --dir "$work" &
+        pids+=($!); cpu=(--cpu-pid "redis-server=$!")
+        for _ in $(seq 1 100); do [[ $(redis-cli -p "$rport" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
+        url=redis://127.0.0.1:$rport/
+    fi
+    port=$(free_port); log=$work/relay-$label.log
+    env "${limits[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$url ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
+    local relay=$!; pids+=($relay)
+    for _ in $(seq 1 300); do grep -q '^listening on' "$log" && break; sleep 0.1; done
+    "$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" "${cpu[@]}" --pairs 100 --payload-bytes 256 \
+        --warmup 1s --drain 10s --duration "${duration}s" --rate "$rate" --format markdown --json-file "$work/$label.json" >/dev/null 2>"$work/$label.err" || true
+    jq -r --arg name "$label" '
+        def role(r): [.steps[0].cpu[] | select(.role == r) | .us_per_msg] | if length == 0 then null else add end;
+        def us: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
+        "| \($name) | \(.steps[0].delivered) | \(.steps[0].achieved_rate | floor) | \(role("relay") | us) | \(role("other") | us) | \(.steps[0].latency_ms.p99 // "-") |"' "$work/$label.json" 2>/dev/null \
+        || { echo "| $label | run failed: $(tail -1 "$work/$label.err") |"; cat "$work/$label.err" "$log" >&2; }
+    stop_all
+}
+echo "| run | delivered | msgs/s | relay µs/msg | redis-server µs/msg | p99 ms |"
+echo "|---|---:|---:|---:|---:|---:|"
+for i in $(seq 1 "$rounds"); do
+    run "before-$i" "$before"
+    run "after-$i" "$after"
+done
