@@ -56,6 +56,7 @@ in_ipv6_namespace!(
     socket_opens_and_challenges_from_one_64_count_as_one_client,
     ids_from_a_whole_64_cannot_crowd_out_a_contact,
     connections_from_one_64_share_one_cap,
+    one_64_cannot_fill_the_store,
 );
 
 /// Requests of one kind the attacker makes, each from an address of its own.
@@ -320,4 +321,63 @@ async fn connections_from_one_64_share_one_cap(b: Backend, net: Ipv6Net) {
     }
     let mut neighbour = open(&users[4], net.subnet(1).address(0)).await;
     assert_eq!(neighbour.send_answered(&users[4], &users[5], "hi", "n").await["status"], "stored");
+}
+
+/// The store scaled down (the memory engine to 32 MiB, the Redis to `maxmemory 48mb`), the
+/// other limits as shipped. Ids registered and connected each from another address of one /64
+/// fill sink inboxes as far as they are let: together they hold at most their prefix's share of
+/// the store (a tenth, and a lease), and an innocent pair on another /64 exchanges ten 60 KB
+/// messages with no refusal.
+async fn one_64_cannot_fill_the_store(b: Backend, net: Ipv6Net) {
+    let capacity: usize = if let Backend::Redis(redis) = &b {
+        redis.cli(&["CONFIG", "SET", "maxmemory", "48mb"]).expect("CONFIG SET answers");
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]).expect("CONFIG SET answers");
+        48 << 20
+    } else {
+        32 << 20
+    };
+    let config = b
+        .config()
+        .with_shipped_limits()
+        .with("ENIGMA__SERVER__ADDR", Ipv6Net::LISTEN)
+        .with("ENIGMA__LIMITS__MEMORY_MAX_BYTES", 32 << 20);
+    let s = Server::start(&config);
+    let (home, elsewhere) = (net.subnet(1).address(0), net.subnet(1).address(1));
+    let (alice, mut a) = id_at(&s, home).await;
+    let (bob, b_ws) = id_at(&s, elsewhere).await;
+    b_ws.close().await;
+    let attacker = net.subnet(0);
+    let payload = "s".repeat(60_000);
+    let (mut stored, mut next) = (0usize, 0u64);
+    let mut sinks = Vec::new();
+    for _ in 0..4 {
+        let (sink, ws) = id_at(&s, attacker.address(next)).await;
+        next += 1;
+        ws.close().await;
+        sinks.push(sink);
+    }
+    for _ in 0..40 {
+        let Some(id) = register(&s, attacker.address(next)).await else { break };
+        let url = s.ws_url(&format!("/ws/{id}"));
+        let mut ws = Ws::try_connect_from(&url, attacker.address(next), &[("Sec-WebSocket-Protocol", "enigma.v1")])
+            .await
+            .expect("the attacker's socket");
+        next += 1;
+        for n in 0.. {
+            let answer = ws.send_answered(&id, &sinks[n % sinks.len()], &payload, &format!("m{n}")).await;
+            match (answer["status"].as_str(), answer["code"].as_str()) {
+                (Some("stored"), _) => stored += 1,
+                (_, Some("inbox_full" | "rate_limited" | "unavailable")) => break,
+                other => panic!("unexpected answer {other:?}: {answer}"),
+            }
+        }
+        ws.close().await;
+    }
+    eprintln!("{next} addresses of one /64 stored {stored} messages of 60 KB");
+    // A tenth of the store, and what the leases hold ahead (at most 256 KiB a session).
+    assert!(stored * 60_000 <= capacity / 10 + (1 << 20), "one /64 stored {stored} messages of 60 KB");
+    for i in 0..10 {
+        let answer = a.send_answered(&alice, &bob, &payload, &format!("a{i}")).await;
+        assert_eq!(answer["status"], "stored", "the innocent's message {i}: {answer}");
+    }
 }
