@@ -71,7 +71,14 @@ prometheus-check:
 soak:
 	bash scripts/soak.sh
 ## The web page at / in Debian's headless chromium (playwright-core, node's test runner): two
-## browser users, browser <-> CLI, a server restart, RFC 9180 vectors; screenshots in docs/screenshots/.
+## browser users, browser <-> CLI, a server restart, RFC 9180 vectors; screenshots go to a
+## temporary directory (`make screenshots` refreshes docs/screenshots/).
 browser-check:
 	$(CARGO) build --locked --bins
 	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test --test-concurrency=1
+
+## The browser tests, writing their screenshots to docs/screenshots/ (commit what changed).
+.PHONY: screenshots
+screenshots:
+	$(CARGO) build --locked --bins
+	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && ENIGMA_SCREENSHOTS=../../docs/screenshots node --test --test-concurrency=1

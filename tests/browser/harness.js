@@ -10,7 +10,10 @@ import { chromium } from "playwright-core";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 const BIN = join(ROOT, "target/debug");
-export const SCREENSHOTS = join(ROOT, "docs/screenshots");
+// Where `shot` writes: docs/screenshots/ only when asked (`make screenshots` sets
+// ENIGMA_SCREENSHOTS); a test run writes to a temporary directory, so `make test` leaves the
+// checkout as it found it.
+const SCREENSHOTS = process.env.ENIGMA_SCREENSHOTS ? resolve(process.env.ENIGMA_SCREENSHOTS) : null;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 const owned = [];
@@ -138,8 +141,9 @@ export async function waitForText(page, text, ms = 15000) {
 }
 
 export function shot(page, name) {
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  return page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
+  const dir = SCREENSHOTS ?? tempDir("enigma-screenshots-");
+  mkdirSync(dir, { recursive: true });
+  return page.screenshot({ path: join(dir, `${name}.png`) });
 }
 
 /** Runs the CLI to completion. */
