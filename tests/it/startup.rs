@@ -133,3 +133,31 @@ async fn a_replica_started_while_redis_loads_its_dataset_waits_and_becomes_ready
         (Some(alice.as_str()), Some("after the load"))
     );
 }
+
+/// A replica whose Redis is not there yet says where it is trying (the address, never a
+/// password), and its log written to a file (not a terminal) is plain text, without colour codes.
+#[tokio::test]
+async fn waiting_for_redis_names_the_address_in_a_plain_log() {
+    let dir = TempDir::new("no-redis");
+    let log = dir.path().join("relay.log");
+    let port = crate::harness::free_port(); // nothing listens there
+    let mut child = Command::new(env!("CARGO_BIN_EXE_enigma-server"))
+        .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+        .env("ENIGMA__REDIS__URL", format!("redis://:hunter2@127.0.0.1:{port}/"))
+        .env("ENIGMA__LOG__FORMAT", "pretty")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn enigma-server");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the relay to say Redis is not reachable yet", DEADLINE, || async {
+        read().contains("Redis not reachable yet")
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "the address is not named: {text}");
+    assert!(!text.contains("hunter2"), "the password is shown: {text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text:?}");
+}

@@ -140,9 +140,14 @@ pub(super) struct Connections {
 
 impl Connections {
     /// Connects both, retrying while Redis is not reachable yet.
-    pub(super) async fn open(connector: Connector, push: PushHandler, timeout: Duration) -> Result<Self, Unavailable> {
-        let cmd = retry_connect(|| connector.cmd(timeout)).await?;
-        let pubsub = retry_connect(|| connector.pubsub(&push, timeout)).await?;
+    pub(super) async fn open(
+        connector: Connector,
+        push: PushHandler,
+        timeout: Duration,
+        target: &str,
+    ) -> Result<Self, Unavailable> {
+        let cmd = retry_connect(target, || connector.cmd(timeout)).await?;
+        let pubsub = retry_connect(target, || connector.pubsub(&push, timeout)).await?;
         Ok(Self {
             cmd: RwLock::new(cmd),
             pubsub: RwLock::new(pubsub),
@@ -203,7 +208,7 @@ impl Connections {
 /// load takes, not counted as a failed attempt. (Redis 7 lets a connection's handshake through
 /// while it loads, so this seldom sees `LOADING`: the engine's first commands do, see
 /// `commands::once_loaded`.)
-async fn retry_connect<F, Fut>(mut connect: F) -> Result<Conn, Unavailable>
+async fn retry_connect<F, Fut>(target: &str, mut connect: F) -> Result<Conn, Unavailable>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = RedisResult<Conn>>,
@@ -213,10 +218,12 @@ where
     loop {
         match connect().await {
             Ok(con) => return Ok(con),
-            Err(e) if is_loading(&e) => tracing::warn!(error = %e, "Redis is loading its dataset; waiting for it"),
+            Err(e) if is_loading(&e) => {
+                tracing::warn!(redis = target, error = %e, "Redis is loading its dataset; waiting for it")
+            }
             Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
             Err(e) => {
-                tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
+                tracing::warn!(redis = target, error = %e, attempt, "Redis not reachable yet; retrying");
                 attempt += 1;
             }
         }

@@ -120,7 +120,9 @@ impl RedisEngine {
         let (subscriptions, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
         let push = PushHandler::new(hub.clone(), keys.clone(), replica, subscriptions.clone());
         let connector = Connector::from_settings(settings, timeout, &push)?;
-        let connections = Arc::new(Connections::open(connector, push, timeout).await?);
+        // Where, for the log while it is not reachable yet (passwords never shown).
+        let target = crate::secrets::redact_url(settings.redis_url().unwrap_or_default());
+        let connections = Arc::new(Connections::open(connector, push, timeout, &target).await?);
 
         for counter in [metric::REDIS_RESUBSCRIPTIONS, metric::REDIS_DEAD_LINKS, metric::REDIS_MOVED_SUBSCRIPTIONS] {
             metrics::counter!(counter).increment(0);
