@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use ipnet::IpNet;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
@@ -155,7 +156,9 @@ async fn refuse_over_capacity(request: Request, next: Next) -> Response {
 /// Who is asking: the client's address (the TCP peer, or what a trusted proxy forwarded) and,
 /// for a socket, its place under the connection caps (`server::connections` marks both).
 pub(crate) struct Client {
-    pub(crate) address: IpAddr,
+    /// The client's address prefix (`rate.address_prefix`): what every per-address budget and
+    /// every stored byte of the client is counted against.
+    pub(crate) prefix: IpNet,
     over_capacity: bool,
     slot: Option<ConnectionSlot>,
 }
@@ -169,7 +172,7 @@ impl FromRequestParts<AppState> for Client {
             None => IpAddr::from([0, 0, 0, 0]), // not served by the accept loop (in-process tests)
         };
         Ok(Client {
-            address,
+            prefix: state.settings.rate.address_prefix.of(address),
             over_capacity: parts.extensions.get::<OverCapacity>().is_some(),
             slot: parts.extensions.get::<ConnectionSlot>().cloned(),
         })
@@ -225,7 +228,7 @@ pub(crate) async fn login(
     client: Client,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    limits::check_login(&state.engine, &state.settings.rate, client.address).await?;
+    limits::check_login(&state.engine, &state.settings.rate, client.prefix).await?;
     let Path(key) = key.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -235,7 +238,7 @@ pub(crate) async fn login(
     })?;
     validate_public_key(&key, state.settings.limits.max_public_key_bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string()))?;
-    let user = state.engine.login(&key, state.settings.rate.address_prefix.of(client.address)).await?;
+    let user = state.engine.login(&key, client.prefix).await?;
     metrics::counter!(metric::LOGINS).increment(1);
     Ok(Json(LoginResponse::new(user.as_str())).into_response())
 }
@@ -355,7 +358,7 @@ async fn open_socket(
     upgrade: WebSocketUpgrade,
     client: Client,
 ) -> Response {
-    let Client { address, over_capacity, slot } = client;
+    let Client { prefix, over_capacity, slot } = client;
     if state.draining.load(Ordering::Acquire) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "server is shutting down")
             .into_response();
@@ -372,7 +375,7 @@ async fn open_socket(
     // Every socket open costs its address's budget, before anything is looked up; the user's
     // budget is spent only by a socket admitted as the user (`session::admit`). Refused with
     // 429 and `Retry-After`.
-    if let Err(refused) = limits::check_socket_address(&state.engine, &state.settings.rate, address).await {
+    if let Err(refused) = limits::check_socket_address(&state.engine, &state.settings.rate, prefix).await {
         return ApiError::from(refused).into_response();
     }
     let admission = match session::admit(&state, user_id, crate::auth::bearer(headers)).await {
@@ -385,7 +388,6 @@ async fn open_socket(
             .into_response();
     }
     let tracker = state.tracker.clone();
-    let prefix = state.settings.rate.address_prefix.of(address);
     socket_upgrade(upgrade, max_message)
         .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, admission, slot, prefix)))
 }

@@ -50,7 +50,7 @@ pub(crate) async fn challenge(
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
     // Sealing costs CPU (RSA especially): each address gets a budget, as logins do.
-    limits::check_challenge(&state.engine, &state.settings.rate, client.address)
+    limits::check_challenge(&state.engine, &state.settings.rate, client.prefix)
         .await
         .map_err(|refused| ApiError::from(refused).into_response())?;
     let Json(request) = body.map_err(bad_body)?;

@@ -14,7 +14,7 @@ mod address;
 mod bucket;
 pub mod storage;
 
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -174,27 +174,22 @@ async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result
     }
 }
 
-/// The subject of a per-address budget: the client's prefix (`rate.address_prefix`), so that
-/// one holder of a /64 has one budget, not 2^64.
-fn by_prefix(rates: &RateSettings, client: IpAddr) -> String {
-    rates.address_prefix.of(client).to_string()
-}
-
-/// A registration (`GET /login/…`) from `client`.
-pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
-    one(engine, Limit::Login, rates.login_per_address, &by_prefix(rates, client)).await
+/// A registration (`GET /login/…`) from `client`, an address prefix (`rate.address_prefix`: one
+/// holder of a /64 has one budget, not 2^64), as every per-address budget below.
+pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
+    one(engine, Limit::Login, rates.login_per_address, &client.to_string()).await
 }
 
 /// A challenge request from `client`: for the endpoint that issues challenges to call
 /// before it seals one.
-pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
-    one(engine, Limit::Challenge, rates.challenge_per_address, &by_prefix(rates, client)).await
+pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
+    one(engine, Limit::Challenge, rates.challenge_per_address, &client.to_string()).await
 }
 
 /// A WebSocket open by `client`, whatever it turns out to be: checked before anything is
 /// looked up, so every attempt (a refused one too) costs the address that made it.
-pub async fn check_socket_address(engine: &Engine, rates: &RateSettings, client: IpAddr) -> Result<(), Refused> {
-    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &by_prefix(rates, client)).await
+pub async fn check_socket_address(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
+    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &client.to_string()).await
 }
 
 /// A WebSocket open admitted as `user`: checked only once the socket has shown it may act as
