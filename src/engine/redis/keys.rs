@@ -5,6 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::limits::storage::Holder;
 use crate::protocol::UserId;
 
 #[derive(Clone)]
@@ -27,6 +28,26 @@ impl Keys {
     /// stranger's (see `scripts::SEND`).
     pub(super) fn contacts(&self, user: &UserId) -> String {
         format!("{}contacts:{{{user}}}", self.prefix)
+    }
+    /// What an address prefix holds (no hash tag: its own slot).
+    pub(super) fn held_by_prefix(&self, prefix: &str) -> String {
+        format!("{}held:net:{prefix}", self.prefix)
+    }
+    /// What an address prefix registered (no hash tag: its own slot).
+    pub(super) fn registered_by_prefix(&self, prefix: &str) -> String {
+        format!("{}held:dir:{prefix}", self.prefix)
+    }
+    /// What a sender holds (the sender's slot).
+    pub(super) fn held_by_sender(&self, sender: &str) -> String {
+        format!("{}held:{{{sender}}}", self.prefix)
+    }
+    /// The storage ledger of `holder` (`ledger`).
+    pub(super) fn ledger(&self, holder: &Holder<'_>) -> String {
+        match holder {
+            Holder::Prefix(prefix) => self.held_by_prefix(&prefix.to_string()),
+            Holder::Sender(user) => self.held_by_sender(user.as_str()),
+            Holder::Registrations(prefix) => self.registered_by_prefix(&prefix.to_string()),
+        }
     }
     /// A rate-limit bucket; a user's `subject` is `{uid}`, its hash tag.
     pub(super) fn rate(&self, kind: &str, subject: &str) -> String {

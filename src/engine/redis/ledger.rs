@@ -44,27 +44,12 @@ pub(super) struct Freed {
     pub(super) bytes: u64,
 }
 
-impl Keys {
-    /// What an address prefix holds (no hash tag: its own slot).
-    pub(super) fn held_by_prefix(&self, prefix: &str) -> String {
-        format!("{}held:net:{prefix}", self.prefix)
-    }
-    /// What an address prefix registered (no hash tag: its own slot).
-    pub(super) fn registered_by_prefix(&self, prefix: &str) -> String {
-        format!("{}held:dir:{prefix}", self.prefix)
-    }
-    /// What a sender holds (the sender's slot).
-    pub(super) fn held_by_sender(&self, sender: &str) -> String {
-        format!("{}held:{{{sender}}}", self.prefix)
-    }
-}
-
 impl RedisEngine {
     /// Charges `want` bytes (negative: gives them back) to `holder`, if it then holds at most
     /// `allowed`; whether it did.
     pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
         let this = &self.inner;
-        let key = self.ledger_key(holder);
+        let key = self.inner.keys.ledger(holder);
         let now = crate::engine::unix_ms();
         // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
         let kept = match holder {
@@ -87,17 +72,9 @@ impl RedisEngine {
     /// Gives `bytes` back from `holder` (a lease left unspent): the release script, which runs on
     /// a full Redis too.
     pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
-        let key = self.ledger_key(holder);
+        let key = self.inner.keys.ledger(holder);
         let day = format!("d{}", crate::engine::unix_ms() / DAY_MS);
         apply(&self.inner.connections, &[(key, day, -(bytes as i64))]).await;
-    }
-
-    fn ledger_key(&self, holder: &Holder<'_>) -> String {
-        match holder {
-            Holder::Prefix(prefix) => self.inner.keys.held_by_prefix(&prefix.to_string()),
-            Holder::Sender(user) => self.inner.keys.held_by_sender(user.as_str()),
-            Holder::Registrations(prefix) => self.inner.keys.registered_by_prefix(&prefix.to_string()),
-        }
     }
 
     /// What the store holds now, as last sampled.
