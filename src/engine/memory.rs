@@ -55,16 +55,29 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Store {
     inboxes: HashMap<UserId, Inbox>,
-    /// Envelope bytes stored in every inbox together.
-    bytes: usize,
-    /// Envelope bytes waiting per sender prefix and per sender, across all inboxes
-    /// (`limits::storage`); an entry leaves when it reaches 0.
-    by_prefix: HashMap<IpNet, usize>,
-    by_sender: HashMap<UserId, usize>,
+    charges: Charges,
     swept: Option<Instant>,
 }
 
-impl Store {
+/// What the inboxes hold, in all and charged to its sources (`limits::storage`). Apart from
+/// the inboxes, so that an inbox being written can give back what it drops.
+#[derive(Default)]
+struct Charges {
+    /// Envelope bytes stored in every inbox together.
+    bytes: usize,
+    /// Envelope bytes waiting per sender prefix and per sender, across all inboxes; an entry
+    /// leaves when it reaches 0.
+    by_prefix: HashMap<IpNet, usize>,
+    by_sender: HashMap<UserId, usize>,
+}
+
+impl Charges {
+    fn charge(&mut self, from: &UserId, prefix: IpNet, size: usize) {
+        self.bytes += size;
+        *self.by_prefix.entry(prefix).or_default() += size;
+        *self.by_sender.entry(from.clone()).or_default() += size;
+    }
+
     /// Gives back what `stored` was charged.
     fn release(&mut self, stored: &Stored) {
         let size = stored.envelope.len();
@@ -267,7 +280,7 @@ impl MemoryEngine {
             }
         }
         let limits = &self.inner.limits;
-        let stored = self.inner.inboxes().bytes;
+        let stored = self.inner.inboxes().charges.bytes;
         let now = Instant::now();
         let mut dir = self.inner.write();
         dir.forget_expired(now);
@@ -422,10 +435,7 @@ impl MemoryEngine {
         if inbox.written.elapsed() > ttl {
             // Expired, as a Redis key with a TTL would have.
             for stored in inbox.clear() {
-                let size = stored.envelope.len();
-                store.bytes -= size;
-                release(&mut store.by_prefix, &stored.prefix, size);
-                release(&mut store.by_sender, &stored.from, size);
+                store.charges.release(&stored);
             }
         }
         if inbox.messages.len() >= limits.inbox_capacity || inbox.bytes + size > limits.inbox_max_bytes {
@@ -451,14 +461,14 @@ impl MemoryEngine {
         // the store at the present pressure (`limits::storage`).
         let shares = &limits.storage;
         let capacity = self.inner.capacity() as u64;
-        let used = store.bytes as u64;
+        let used = store.charges.bytes as u64;
         let holds = |held: Option<&usize>| held.copied().unwrap_or(0) as u64 + size as u64;
-        if holds(store.by_prefix.get(&prefix)) > shares.allowed(shares.per_prefix, capacity, used)
-            || holds(store.by_sender.get(from)) > shares.allowed(shares.per_sender, capacity, used)
+        if holds(store.charges.by_prefix.get(&prefix)) > shares.allowed(shares.per_prefix, capacity, used)
+            || holds(store.charges.by_sender.get(from)) > shares.allowed(shares.per_sender, capacity, used)
         {
             return Err(SendError::OverStorage);
         }
-        if store.bytes + directory + size > limits.memory_max_bytes {
+        if store.charges.bytes + directory + size > limits.memory_max_bytes {
             return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
         }
         let now = unix_ms();
@@ -485,10 +495,8 @@ impl MemoryEngine {
         share.stranger = stranger;
         share.messages += 1;
         share.bytes += size;
-        store.bytes += size;
-        *store.by_prefix.entry(prefix).or_default() += size;
-        *store.by_sender.entry(from.clone()).or_default() += size;
-        self.inner.pressure.set(store.bytes as u64, capacity);
+        store.charges.charge(from, prefix, size);
+        self.inner.pressure.set(store.charges.bytes as u64, capacity);
         // Rung under the inbox lock, so notifications keep the inbox's order.
         self.inner.hub.deliver(to, Delivery { id, ts: id.ms, seq, envelope });
         Ok(id)
@@ -535,9 +543,9 @@ impl MemoryEngine {
             None => return,
         };
         for stored in &taken {
-            store.release(stored);
+            store.charges.release(stored);
         }
-        self.inner.pressure.set(store.bytes as u64, self.inner.capacity() as u64);
+        self.inner.pressure.set(store.charges.bytes as u64, self.inner.capacity() as u64);
     }
 
     /// How full the store is.
@@ -605,7 +613,7 @@ impl Store {
             }
         }
         for stored in &expired {
-            self.release(stored);
+            self.charges.release(stored);
         }
     }
 }
