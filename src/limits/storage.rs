@@ -250,10 +250,14 @@ impl StorageLease {
         }
         let size = if self.next == 0 { LEASE_FIRST } else { self.next };
         let leasing = self.prefix < bytes || self.sender < bytes;
-        let allowed = shares.per_prefix_allowed(pressure);
-        lease(engine, Holder::Prefix(prefix), &mut self.prefix, bytes, size, allowed).await?;
-        let allowed = shares.per_sender_allowed(pressure);
-        lease(engine, Holder::Sender(user), &mut self.sender, bytes, size, allowed).await?;
+        // Both holders at once: a session's first message waits for one ledger round trip, not
+        // two. A grant whose partner was refused stays in the lease (given back at the end).
+        let (by_prefix, by_sender) = futures_util::join!(
+            lease(engine, Holder::Prefix(prefix), &mut self.prefix, bytes, size, shares.per_prefix_allowed(pressure)),
+            lease(engine, Holder::Sender(user), &mut self.sender, bytes, size, shares.per_sender_allowed(pressure)),
+        );
+        by_prefix?;
+        by_sender?;
         if leasing {
             self.next = (size * 2).min(LEASE_MAX);
         }
