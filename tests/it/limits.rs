@@ -733,14 +733,7 @@ async fn fill_from(server: &Server, local: &str, ids: usize, sinks: &[String]) -
         let Ok(id) = try_user_from(server, local).await else { break };
         let url = server.ws_url(&format!("/ws/{id}"));
         let mut ws = Ws::try_connect_from(&url, address, &[("Sec-WebSocket-Protocol", "enigma.v1")]).await.unwrap();
-        for n in 0.. {
-            let answer = ws.send_answered(&id, &sinks[n % sinks.len()], &payload, &format!("m{n}")).await;
-            match (answer["status"].as_str(), answer["code"].as_str()) {
-                (Some("stored"), _) => stored += 1,
-                (_, Some("inbox_full" | "rate_limited" | "unavailable")) => break,
-                other => panic!("unexpected answer {other:?}: {answer}"),
-            }
-        }
+        stored += ws.fill(&id, sinks, &payload).await;
         ws.close().await;
     }
     stored

@@ -363,14 +363,7 @@ async fn one_64_cannot_fill_the_store(b: Backend, net: Ipv6Net) {
             .await
             .expect("the attacker's socket");
         next += 1;
-        for n in 0.. {
-            let answer = ws.send_answered(&id, &sinks[n % sinks.len()], &payload, &format!("m{n}")).await;
-            match (answer["status"].as_str(), answer["code"].as_str()) {
-                (Some("stored"), _) => stored += 1,
-                (_, Some("inbox_full" | "rate_limited" | "unavailable")) => break,
-                other => panic!("unexpected answer {other:?}: {answer}"),
-            }
-        }
+        stored += ws.fill(&id, &sinks, &payload).await;
         ws.close().await;
     }
     eprintln!("{next} addresses of one /64 stored {stored} messages of 60 KB");

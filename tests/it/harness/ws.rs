@@ -87,6 +87,23 @@ impl Ws {
         Ok(Ws { inner, protocol })
     }
 
+    /// Sends `payload` from `from` round robin to `to` (an `enigma.v1` socket), each send
+    /// answered before the next, until one is refused for lack of room — `inbox_full`,
+    /// `rate_limited` (the sender's or its network's share of the store) or `unavailable` (a full
+    /// store); how many were stored. Any other answer fails the test.
+    pub async fn fill(&mut self, from: &str, to: &[String], payload: &str) -> usize {
+        let mut stored = 0;
+        for n in 0.. {
+            let answer = self.send_answered(from, &to[n % to.len()], payload, &format!("m{n}")).await;
+            match (answer["status"].as_str(), answer["code"].as_str()) {
+                (Some("stored"), _) => stored += 1,
+                (_, Some("inbox_full" | "rate_limited" | "unavailable")) => break,
+                other => panic!("unexpected answer {other:?}: {answer}"),
+            }
+        }
+        stored
+    }
+
     pub async fn send_json(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;
     }
