@@ -27,7 +27,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("store.js", "text/javascript; charset=utf-8", include_str!("../web/store.js")),
     ("payload.js", "text/javascript; charset=utf-8", include_str!("../web/payload.js")),
     ("relay.js", "text/javascript; charset=utf-8", include_str!("../web/relay.js")),
+    ("drawer.js", "text/javascript; charset=utf-8", include_str!("../web/drawer.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+    ("favicon.svg", "image/svg+xml", include_str!("../web/favicon.svg")),
 ];
 const INDEX: &str = include_str!("../web/index.html");
 
@@ -65,7 +67,8 @@ mod tests {
 
     #[test]
     fn the_page_loads_only_embedded_assets_and_no_inline_script() {
-        for (name, _, _) in ASSETS.iter().filter(|(n, _, _)| n.ends_with(".css") || *n == "app.js") {
+        let linked = |n: &str| n.ends_with(".css") || n.ends_with(".svg") || n == "app.js";
+        for (name, _, _) in ASSETS.iter().filter(|(n, _, _)| linked(n)) {
             assert!(INDEX.contains(&format!("/assets/{name}")), "{name} is linked from index.html");
         }
         // An inline script would be refused by our own policy: none may creep in.
@@ -75,6 +78,8 @@ mod tests {
         }
         assert!(!INDEX.contains("style=\""), "inline style");
         for (name, _, body) in ASSETS {
+            // An SVG's namespace is a name, not an address anything is fetched from.
+            let body = body.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
             assert!(!body.contains("http://") && !body.contains("https://"), "{name} names another origin");
         }
     }

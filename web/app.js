@@ -1,9 +1,11 @@
 // The page: create or load the identity, then contacts and chats. Everything shown comes
-// from IndexedDB (store.js); the network side is relay.js; the sealing is payload.js.
+// from IndexedDB (store.js); the network side is relay.js; the sealing is payload.js. Below
+// 700 px wide it is one column, the contacts in a drawer (drawer.js).
 import * as store from "./store.js";
 import { Refusal, Relay, lookup, register } from "./relay.js";
 import { b64urlEncode, fingerprint } from "./payload.js";
 import { generateKeyPair, rawPublic } from "./hpke.js";
+import * as drawer from "./drawer.js";
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -14,10 +16,43 @@ function show(id, on = true) {
   $(id).hidden = !on;
 }
 
+/** A fingerprint: groups of four hex digits, separated by single spaces. */
+const FINGERPRINT = /[0-9a-f]{4}(?: [0-9a-f]{4}){7}/g;
+
+/**
+ * Sets `el`'s text with each fingerprint's groups kept whole (a line breaks between groups,
+ * never inside one): a fingerprint read out over the phone is read group by group.
+ */
+function setText(el, text) {
+  const parts = [];
+  let at = 0;
+  for (const match of text.matchAll(FINGERPRINT)) {
+    parts.push(text.slice(at, match.index));
+    match[0].split(" ").forEach((group, i) => {
+      if (i) parts.push(" ");
+      const span = document.createElement("span");
+      span.className = "fp-group";
+      span.textContent = group;
+      parts.push(span);
+    });
+    at = match.index + match[0].length;
+  }
+  parts.push(text.slice(at));
+  el.replaceChildren(...parts.filter((p) => p !== ""));
+}
+
+/** The connection banner: what is wrong now, with the one action that helps (if any). */
 function banner(text, action) {
-  $("banner-text").textContent = text;
+  setText($("banner-text"), text);
   show("banner", Boolean(text));
-  show("banner-action", Boolean(action));
+  show("banner-action", action === "takeover");
+  show("start-again", action === "start-again");
+}
+
+/** A lasting notice (the id changed): stays until dismissed. */
+function notice(text) {
+  setText($("notice-text"), text);
+  show("notice", Boolean(text));
 }
 
 async function createIdentity() {
@@ -42,20 +77,48 @@ async function start(identity) {
   show("welcome", false);
   show("app");
   $("my-id").textContent = me.userId;
-  $("my-fp").textContent = await fingerprint(me.publicRaw);
+  setText($("my-fp"), await fingerprint(me.publicRaw));
+  drawer.setup({ open: !current });
   relay = new Relay(me);
   relay.addEventListener("state", ({ detail }) => {
     $("status").textContent = detail.text;
     $("status").className = `status ${detail.state}`;
-    if (detail.state === "replaced") banner(detail.text, true);
-    else if (detail.state === "gone") banner(detail.text);
-    else if (detail.state === "online") banner("");
+    if (detail.state === "replaced") banner(detail.text, "takeover");
+    else if (detail.state === "lost") {
+      banner(`${detail.reason} Start again makes a new identity here; this browser then forgets the old one and its conversations.`, "start-again");
+    } else if (detail.state === "online") {
+      banner("");
+      // What arrived while this tab was not the live one (another tab stored it): show it now.
+      refresh();
+    }
   });
   relay.addEventListener("problem", ({ detail }) => banner(detail.text));
+  relay.addEventListener("reidentified", ({ detail }) => {
+    me = relay.me;
+    $("my-id").textContent = me.userId;
+    notice(
+      `The server lost its data: you have a new id, ${detail.now} — share it again. ` +
+        `Your conversations are kept here as history; a contact who lost their id too has a new one: add it.`,
+    );
+  });
   relay.addEventListener("message", ({ detail }) => onMessage(detail));
   relay.addEventListener("update", ({ detail }) => current === detail.peer && renderMessages());
   await renderContacts();
-  relay.start();
+  await relay.start();
+}
+
+/** Shows the contacts and the open chat as stored now. */
+async function refresh() {
+  await renderContacts();
+  if (current) await renderMessages();
+}
+
+/** Start again: this browser forgets its identity for this server, and the page starts fresh. */
+async function startAgain() {
+  $("start-again").disabled = true;
+  relay?.stop();
+  await store.clearAll();
+  location.reload();
 }
 
 /**
@@ -69,9 +132,11 @@ async function keyChange(id) {
 /** Refuses to send to a contact whose key changed, until the user trusts the new key. */
 function refuseChangedKey(id, change) {
   const error = $("compose-error");
-  error.textContent =
+  setText(
+    error,
     `Not sent: the key of ${id} CHANGED. Pinned fingerprint ${change.pinned}, the directory now gives ${change.now}. ` +
-    "Someone may be impersonating them: compare the new fingerprint with theirs, out of band. ";
+      "Someone may be impersonating them: compare the new fingerprint with theirs, out of band. ",
+  );
   const trust = document.createElement("button");
   trust.id = "trust-key";
   trust.type = "button";
@@ -130,35 +195,72 @@ async function renderContacts() {
       const li = document.createElement("li");
       li.dataset.user = c.userId;
       li.className = c.userId === current ? "active" : "";
-      const names = document.createElement("div");
-      const name = document.createElement("div");
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "contact";
+      if (c.userId === current) open.setAttribute("aria-current", "true");
+      const names = document.createElement("span");
+      names.className = "names";
+      const name = document.createElement("span");
       name.className = "name";
-      name.textContent = c.nickname || "(no nickname)";
-      const id = document.createElement("div");
+      name.textContent = c.userId === me?.userId ? "Notes to self" : c.nickname || "(no nickname)";
+      const id = document.createElement("span");
       id.className = "id";
       id.textContent = c.userId;
       names.append(name, id);
-      li.append(names);
+      open.append(names);
       if (c.unread) {
         const badge = document.createElement("span");
         badge.className = "unread";
         badge.textContent = String(c.unread);
-        li.append(badge);
+        badge.setAttribute("aria-label", `${c.unread} unread`);
+        open.append(badge);
       }
-      li.addEventListener("click", () => openChat(c.userId));
+      open.addEventListener("click", () => openChat(c.userId));
+      li.append(open);
       return li;
     }),
   );
+  drawer.unread(all.reduce((n, c) => n + (c.unread ?? 0), 0));
 }
 
-async function openChat(id) {
+/** The chat's title: the contact's name and id, or the id alone; a button to (re)name them. */
+function renderTitle(id, contact) {
+  const self = id === me.userId;
+  $("chat-title").textContent = self ? `Notes to self (${id})` : contact?.nickname ? `${contact.nickname} (${id})` : id;
+  $("rename").textContent = contact?.nickname ? "Rename" : "Name this contact";
+  show("rename", !self);
+  show("rename-form", false);
+}
+
+async function startRename() {
+  $("rename-input").value = (await store.getContact(current))?.nickname ?? "";
+  show("rename", false);
+  show("rename-form");
+  $("rename-input").focus();
+}
+
+async function rename(event) {
+  event.preventDefault();
+  const id = current;
+  const nickname = $("rename-input").value.trim();
+  const existing = await store.getContact(id);
+  await store.putContact({ ...(existing ?? { userId: id, unread: 0 }), nickname });
+  renderTitle(id, await store.getContact(id));
+  await renderContacts();
+  $("rename").focus();
+}
+
+/** Opens the chat with `id` (and closes the drawer, unless `keepDrawer`: the page just came back into view). */
+async function openChat(id, { keepDrawer = false } = {}) {
   current = id;
+  if (!keepDrawer) drawer.close();
   const contact = await store.getContact(id);
   if (contact?.unread) {
     contact.unread = 0;
     await store.putContact(contact);
   }
-  $("chat-title").textContent = contact?.nickname ? `${contact.nickname} (${id})` : id;
+  renderTitle(id, contact);
   let fp = "";
   try {
     const change = await keyChange(id);
@@ -168,7 +270,7 @@ async function openChat(id) {
   } catch (e) {
     fp = e.message;
   }
-  $("chat-fp").textContent = fp;
+  setText($("chat-fp"), fp);
   $("compose-text").disabled = false;
   $("send").disabled = false;
   $("compose-error").textContent = "";
@@ -204,6 +306,19 @@ function decision(m) {
   return box;
 }
 
+/** Retry on a message that failed: sealed again under this page's id and sent. */
+function retryButton(m) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "retry";
+  b.textContent = "Retry";
+  b.addEventListener("click", () => {
+    b.disabled = true;
+    relay.retryMessage(m.key);
+  });
+  return b;
+}
+
 async function renderMessages() {
   if (!current) return;
   const list = $("messages");
@@ -216,13 +331,15 @@ async function renderMessages() {
       const text = document.createElement("span");
       text.className = "text";
       const refused = m.state === "refused" || m.state === "held" || m.state === "discarded";
-      text.textContent = refused ? m.error : m.text;
+      if (refused) setText(text, m.error);
+      else text.textContent = m.text;
       const meta = document.createElement("span");
       meta.className = "meta";
       const when = new Date(m.ts).toLocaleTimeString();
-      meta.textContent = [when, STATES[m.state], m.state === "failed" ? m.error : ""].filter(Boolean).join(" · ");
+      setText(meta, [when, STATES[m.state], m.state === "failed" ? m.error : ""].filter(Boolean).join(" · "));
       li.append(text, meta);
       if (m.state === "held") li.append(decision(m));
+      if (m.dir === "out" && m.state === "failed") li.append(retryButton(m));
       return li;
     }),
   );
@@ -263,6 +380,22 @@ async function copy(event) {
   setTimeout(() => (event.target.textContent = "copy"), 1500);
 }
 
+/**
+ * "Use this tab": this tab becomes the live one again. Another tab may have changed the identity
+ * meanwhile (a new id after the server lost its data), so it is read again first.
+ */
+async function takeOver() {
+  banner("");
+  const identity = await store.getIdentity();
+  if (identity && identity.userId !== me.userId) {
+    me = identity;
+    relay.me = identity;
+    relay.token = null;
+    $("my-id").textContent = me.userId;
+  }
+  relay.reconnectNow();
+}
+
 async function main() {
   $("create").addEventListener("click", createIdentity);
   $("add-form").addEventListener("submit", addContact);
@@ -273,16 +406,21 @@ async function main() {
       $("compose").requestSubmit();
     }
   });
-  $("banner-action").addEventListener("click", () => {
-    banner("");
-    relay.reconnectNow();
+  $("banner-action").addEventListener("click", takeOver);
+  $("start-again").addEventListener("click", startAgain);
+  $("notice-close").addEventListener("click", () => notice(""));
+  $("rename").addEventListener("click", startRename);
+  $("rename-form").addEventListener("submit", rename);
+  $("rename-cancel").addEventListener("click", () => {
+    show("rename-form", false);
+    show("rename");
   });
   for (const b of document.querySelectorAll(".copy")) b.addEventListener("click", copy);
-  document.addEventListener("visibilitychange", () => !document.hidden && current && openChat(current));
+  document.addEventListener("visibilitychange", () => !document.hidden && current && openChat(current, { keepDrawer: true }));
   const identity = await store.getIdentity();
   if (identity) await start(identity);
   else {
-    $("status").textContent = "no identity yet";
+    $("status").textContent = "No identity yet";
     show("welcome");
   }
 }

@@ -1,8 +1,12 @@
 // The page's connection to the relay: authenticate (prove possession of the key), open the
 // `enigma.v1` socket with the token offered as a subprotocol entry, reconnect with backoff
 // after a drop, a restart or a 1001, stop and say so when another tab takes over (4409).
+// Every state is said in words (closeWords), never as a close code. A server that no longer
+// knows this user (its data was lost) gets the same key registered again: it gives a new id,
+// which the page adopts; if it refuses, the page stops and says so ("lost").
 // Every received message is stored before it is acknowledged; every outgoing one is stored
-// before it is sent and re-sent (same id, same ref) until the server's receipt arrives.
+// before it is sent and re-sent (same id, same ref) until the server's receipt arrives, or
+// marked failed (with its reason, and a Retry) when no receipt comes within SEND_DEADLINE_MS.
 // A message whose sender's key is not the pinned one is neither opened nor acknowledged: it
 // is kept ("held", on the server too) until the user trusts the new key or discards it.
 import * as store from "./store.js";
@@ -13,6 +17,31 @@ const BEARER = "enigma.bearer.";
 const CHALLENGE_ALG = "hpke-x25519-aes256gcm";
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 8000;
+/** An HTTP request or a socket opening that takes longer is given up (and retried). */
+const ATTEMPT_TIMEOUT_MS = 10_000;
+/** How long a message may wait for its receipt before it is shown as failed, with a Retry. */
+export const SEND_DEADLINE_MS = 20_000;
+
+/**
+ * What a close code means to the user (docs/protocol.md lists the server's); `null` for the
+ * codes the state machine handles itself (4401, 4404, 4409). Anything else is a lost connection.
+ */
+export function closeWords(code) {
+  switch (code) {
+    case 1000: return "The server closed the connection";
+    case 1001: return "The server is restarting or moving this connection";
+    case 1002: return "The connection broke (a protocol error)";
+    case 1007: case 1009: return "The server refused what this page sent";
+    case 1008: return "The server refused this connection (its policy)";
+    case 1011: return "The server had an internal error";
+    case 1012: return "The server is restarting";
+    case 1013: return "The server is busy or its storage is unavailable";
+    case 4408: return "The connection was idle too long";
+    case 4429: return "This page read too slowly";
+    case 4401: case 4404: case 4409: return null;
+    default: return "Connection lost"; // 1006 (no close frame), 1005, 1015 and anything unknown
+  }
+}
 
 let order = 0;
 /** A local sort key: arrival order on this page, stable across reloads. */
@@ -20,17 +49,32 @@ export const nextOrder = () => Date.now() * 1000 + (order++ % 1000);
 
 /** An error the user should read, with the server's code when there is one. */
 export class Refusal extends Error {
-  constructor(message, code) {
+  constructor(message, code, status) {
     super(message);
     this.code = code;
+    this.status = status;
+  }
+
+  /** Whether asking again later may succeed (rate limited, storage unavailable). */
+  get transient() {
+    return this.code === "rate_limited" || this.code === "unavailable" || this.status >= 500;
   }
 }
+
+/** The server could not be reached (or did not answer in time): not a refusal, try again. */
+export class Unreachable extends Error {}
 
 async function json(method, path, body, token) {
   const headers = { Accept: "application/json" };
   if (body) headers["Content-Type"] = "application/json";
   if (token) headers.Authorization = `Bearer ${token}`;
-  const res = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  let res;
+  try {
+    const signal = AbortSignal.timeout(ATTEMPT_TIMEOUT_MS);
+    res = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined, signal });
+  } catch (e) {
+    throw new Unreachable(e.message);
+  }
   let data = {};
   try {
     data = await res.json();
@@ -43,9 +87,9 @@ async function json(method, path, body, token) {
 /** Explains an HTTP refusal in the user's words. */
 function refusal({ status, data, retryAfter }, what) {
   if (status === 429) {
-    return new Refusal(`${what}: rate limited, retry in ${retryAfter ?? "a few"} s`, "rate_limited");
+    return new Refusal(`${what}: rate limited, retry in ${retryAfter ?? "a few"} s`, "rate_limited", status);
   }
-  return new Refusal(`${what}: ${data.error ?? `HTTP ${status}`}`, data.code);
+  return new Refusal(`${what}: ${data.error ?? `HTTP ${status}`}`, data.code, status);
 }
 
 /** Registers a public key (base64url) and returns the user id. */
@@ -56,6 +100,8 @@ export async function register(publicKey) {
 }
 
 const keyCache = new Map();
+/** Forgets every cached directory key (the server lost its data: the ids may name nobody now). */
+export const forgetKeys = () => keyCache.clear();
 /**
  * The directory key of `userId` (32 bytes); a Refusal if the user does not exist. `fresh` asks
  * the directory again instead of this page's cache (a key swapped since it was cached).
@@ -80,28 +126,50 @@ export class Relay extends EventTarget {
     this.stopped = false;
     this.inbound = Promise.resolve();
     this.timer = null;
+    this.ticker = null;
+    this.tokenFresh = false; // the token was made by the last bearer(), not kept from before
+    this.attempts = 0; // counts connect() calls: an older one still awaiting gives way
+    this.deadlines = new Map(); // a waiting message's ref -> its deadline timer
   }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  setState(state, text) {
+  /** States: connecting, online, offline (retrying), recovering, replaced (4409), lost. */
+  setState(state, text, reason) {
     this.state = state;
-    this.emit("state", { state, text });
+    this.emit("state", { state, text, reason });
   }
 
-  start() {
+  async start() {
     this.stopped = false;
+    // Messages left waiting by an earlier visit get their full time again from now.
+    for (const m of await store.pending()) this.watch(m.msgId);
     this.connect();
     globalThis.addEventListener?.("online", () => this.state === "offline" && this.reconnectNow());
   }
 
+  /** Stops for good: no reconnecting (the page is about to forget this identity). */
+  stop() {
+    this.stopped = true;
+    this.stopTimers();
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close(1000);
+  }
+
+  /** Connects now, forgetting the backoff (the user asked, or this tab takes over again). */
   reconnectNow() {
-    clearTimeout(this.timer);
+    this.stopTimers();
     this.attempt = 0;
     this.stopped = false;
     this.connect();
+  }
+
+  stopTimers() {
+    clearTimeout(this.timer);
+    clearInterval(this.ticker);
   }
 
   async bearer() {
@@ -115,39 +183,62 @@ export class Relay extends EventTarget {
     const t = await json("POST", "/auth/token", { challenge: c.data.challenge, secret: b64Encode(secret) });
     if (t.status !== 200) throw refusal(t, "authentication refused");
     this.token = t.data;
+    this.tokenFresh = true;
     return t.data.token;
   }
 
   async connect() {
     if (this.stopped) return;
-    this.setState("connecting", "connecting…");
+    this.stopTimers();
+    const attempt = ++this.attempts;
+    this.setState("connecting", "Connecting…");
     let token;
     try {
       token = await this.bearer();
     } catch (e) {
+      if (attempt !== this.attempts) return;
+      if (e instanceof Unreachable) return this.retry("Server unreachable", "retrying");
+      if (e.code === "user_not_found") return this.recover();
       // A refusal the user must see (rate limited, key not accepted), then try again later.
       this.emit("problem", { text: e.message, code: e.code });
-      return this.retry();
+      return this.retry("Not signed in", "retrying");
     }
+    if (this.stopped || attempt !== this.attempts) return;
     const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/${this.me.userId}`;
     const protocols = token ? [SUBPROTOCOL, BEARER + token] : [SUBPROTOCOL];
     const ws = new WebSocket(url, protocols);
     this.ws = ws;
+    ws.opened = false;
+    ws.freshToken = this.tokenFresh;
+    this.tokenFresh = false;
+    // A handshake that hangs (a black-holed server) is given up like a refused one.
+    const opening = setTimeout(() => ws.readyState === WebSocket.CONNECTING && ws.close(), ATTEMPT_TIMEOUT_MS);
     ws.onopen = () => {
+      clearTimeout(opening);
       if (ws.protocol !== SUBPROTOCOL) {
         this.emit("problem", { text: "the server does not offer acknowledged delivery (enigma.v1)" });
+        ws.unsuitable = true;
         ws.close(1000);
         return;
       }
-      this.attempt = 0;
-      this.setState("online", "connected");
-      this.resendPending();
+      this.online(ws);
     };
     ws.onmessage = (event) => this.onFrame(ws, event.data);
-    ws.onclose = (event) => this.onClose(ws, event);
+    ws.onclose = (event) => {
+      clearTimeout(opening);
+      this.onClose(ws, event);
+    };
   }
 
-  onClose(ws, { code, reason }) {
+  online(ws) {
+    if (this.ws !== ws) return;
+    ws.opened = true;
+    this.attempt = 0;
+    this.setState("online", "Connected");
+    this.resendPending();
+  }
+
+  onClose(ws, { code }) {
     if (this.ws !== ws) return;
     this.ws = null;
     if (code === 4409) {
@@ -155,22 +246,78 @@ export class Relay extends EventTarget {
       this.setState("replaced", "This account was opened in another tab or window; this one stopped. ");
       return;
     }
-    if (code === 4401) this.token = null;
-    if (code === 4404) {
-      this.stopped = true;
-      this.setState("gone", "The server does not know this user (its storage was reset).");
-      return;
+    if (code === 4404) return this.recover();
+    if (code === 4401) {
+      // A token kept from before is no longer accepted (a restarted server with new signing
+      // keys): sign in again at once. A token just made and refused: wait before the next.
+      const again = this.token !== null && !ws.freshToken;
+      this.token = null;
+      if (again) return this.connect();
+      return this.retry("The server did not accept this page's sign-in", "retrying");
     }
-    this.setState("offline", `disconnected (${code}${reason ? ` ${reason}` : ""}), reconnecting…`);
-    this.retry();
+    if (ws.unsuitable) return this.retry("This server does not offer what the page needs", "retrying");
+    if (!ws.opened) return this.retry("Server unreachable", "retrying");
+    this.retry(closeWords(code) ?? "Connection lost", "reconnecting");
   }
 
-  retry() {
+  /** Tries again after a backoff, counting the seconds down in the status: "<why> — <what> in 4 s". */
+  retry(why, what) {
     if (this.stopped) return;
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt++);
-    const delay = base / 2 + Math.random() * (base / 2);
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.connect(), delay);
+    const at = Date.now() + base / 2 + Math.random() * (base / 2);
+    this.stopTimers();
+    const tick = () => this.setState("offline", `${why} — ${what} in ${Math.max(1, Math.ceil((at - Date.now()) / 1000))} s`);
+    tick();
+    this.ticker = setInterval(tick, 1000);
+    this.timer = setTimeout(() => this.connect(), at - Date.now());
+  }
+
+  /**
+   * The server does not know this user (its data was lost, or the id expired): the same key is
+   * registered again. The server gives a new id (ids are random); the page adopts it, keeps its
+   * conversations, and re-seals what was waiting to be sent. A registration refused for good
+   * stops the page ("lost": the user may start again); a transient refusal is retried.
+   */
+  async recover() {
+    if (this.stopped) return;
+    this.stopTimers();
+    this.setState("recovering", "The server does not know this identity any more: registering it again…");
+    let userId;
+    try {
+      userId = await register(this.me.publicKey);
+    } catch (e) {
+      if (e instanceof Unreachable) return this.retry("Server unreachable", "retrying");
+      if (e instanceof Refusal && e.transient) {
+        this.emit("problem", { text: `The server lost this identity; registering it again: ${e.message}` });
+        return this.retry("Registration refused for now", "retrying");
+      }
+      this.stopped = true;
+      this.setState("lost", "Stopped: the server lost this identity",
+        `The server lost this identity and refuses to register its key again (${e.message}).`);
+      return;
+    }
+    const old = this.me.userId;
+    if (userId !== old) {
+      this.me = await store.reidentify(userId);
+      this.token = null;
+      forgetKeys();
+      this.emit("reidentified", { old, now: userId });
+      for (const m of await store.pending()) await this.reseal(m, false);
+    }
+    this.attempt = 0;
+    this.connect();
+  }
+
+  /** Marks `ref` failed if no receipt has come SEND_DEADLINE_MS from now. */
+  watch(ref) {
+    clearTimeout(this.deadlines.get(ref));
+    this.deadlines.set(ref, setTimeout(() => {
+      this.deadlines.delete(ref);
+      const why = this.state === "online"
+        ? `no receipt from the server within ${SEND_DEADLINE_MS / 1000} s`
+        : `the server could not be reached for ${SEND_DEADLINE_MS / 1000} s`;
+      this.queue(() => this.settle(ref, { state: "failed", error: why }, ["sending"]));
+    }, SEND_DEADLINE_MS));
   }
 
   sendFrame(frame) {
@@ -220,6 +367,11 @@ export class Relay extends EventTarget {
     if (earlier && earlier.state !== "held") return this.ack(ws, frame.id);
     const message = await this.read(frame, heldKey);
     if (!message) return; // the sender's key could not be fetched: it comes again
+    // A note to self comes back from the server: this page shows it already, as sent.
+    const ownCopy = store.messageKey(`${from}>${from}`, message.msgId);
+    if (from === this.me.userId && message.state === "received" && (await store.getMessage(ownCopy))) {
+      return this.ack(ws, frame.id);
+    }
     if (message.state === "held") {
       // Shown as refused, NOT acknowledged: the server keeps it until the user decides.
       if (!earlier) {
@@ -280,7 +432,7 @@ export class Relay extends EventTarget {
         }
       }
     } catch (e) {
-      if (e instanceof TypeError) return null;
+      if (e instanceof Unreachable || (e instanceof Refusal && e.transient)) return null;
       return {
         key: store.messageKey(from, `refused-${frame.id}`), peer: from, dir: "in", ts: frame.ts ?? Date.now(),
         msgId: frame.id, state: "refused", error: `message ${frame.id} from ${from} refused: ${e.message}`,
@@ -318,11 +470,17 @@ export class Relay extends EventTarget {
     });
   }
 
-  async settle(ref, change) {
-    const all = await store.pending();
-    const m = all.find((p) => p.msgId === ref);
+  /**
+   * Records what became of the outgoing message `ref` if it is in one of `states`: a receipt
+   * also settles one already shown failed (its receipt came late), a failure only a waiting one.
+   */
+  async settle(ref, change, states = ["sending", "failed"]) {
+    const m = await store.outgoing(ref, states);
     if (!m) return;
+    clearTimeout(this.deadlines.get(ref));
+    this.deadlines.delete(ref);
     Object.assign(m, change);
+    if (change.state === "stored") delete m.error;
     await store.putMessage(m);
     this.emit("update", m);
   }
@@ -334,16 +492,68 @@ export class Relay extends EventTarget {
     const payload = await sealMessage(this.me, to, recipient.raw, content);
     const message = {
       key: store.messageKey(this.me.userId + ">" + to, content.id), peer: to, dir: "out", text, ts: content.ts,
-      msgId: content.id, state: "sending", payload, order: nextOrder(),
+      msgId: content.id, state: "sending", payload, order: nextOrder(), from: this.me.userId,
     };
     await store.putMessage(message);
     this.emit("message", message);
+    this.watch(message.msgId);
     this.sendFrame({ from: this.me.userId, to, payload, ref: content.id });
     return message;
   }
 
   async resendPending() {
     const all = (await store.pending()).sort((a, b) => a.order - b.order);
-    for (const m of all) this.sendFrame({ from: this.me.userId, to: m.peer, payload: m.payload, ref: m.msgId });
+    for (const m of all) {
+      // Sealed under an id this page no longer has (the server lost its data meanwhile).
+      if (m.from && m.from !== this.me.userId) {
+        await this.reseal(m, true);
+        continue;
+      }
+      this.watch(m.msgId);
+      this.sendFrame({ from: this.me.userId, to: m.peer, payload: m.payload, ref: m.msgId });
+    }
+  }
+
+  /** The user's Retry on a failed message: sealed again (under this page's id now) and sent. */
+  retryMessage(key) {
+    return this.queue(async () => {
+      const m = await store.getMessage(key);
+      if (m?.dir !== "out" || m.state !== "failed") return;
+      await this.reseal(m, true);
+    });
+  }
+
+  /**
+   * Seals `m` again from this page's current id (the same message id, so a recipient who had it
+   * recognises it) after checking the recipient's key against the pin, and sends it when `now`
+   * (else the next connection does). A recipient the server does not know, or whose key
+   * changed, fails it at once with the reason.
+   */
+  async reseal(m, now) {
+    const fail = async (error) => {
+      Object.assign(m, { state: "failed", error });
+      await store.putMessage(m);
+      this.emit("update", m);
+    };
+    let recipient;
+    try {
+      recipient = await lookup(m.peer, { fresh: true });
+    } catch (e) {
+      if (e.code === "user_not_found") {
+        return fail(`the server does not know ${m.peer} (any more): ask them for their id and add it as a contact`);
+      }
+      return fail(e instanceof Unreachable ? "the server could not be reached" : e.message);
+    }
+    const change = await store.checkPin(m.peer, await fingerprint(recipient.raw));
+    if (change) return fail(`the key of ${m.peer} CHANGED (pinned ${change.pinned}, now ${change.now}); open the chat to decide`);
+    const content = { id: m.msgId, ts: m.ts, text: m.text };
+    Object.assign(m, {
+      payload: await sealMessage(this.me, m.peer, recipient.raw, content), from: this.me.userId,
+      state: "sending", error: undefined,
+    });
+    await store.putMessage(m);
+    this.emit("update", m);
+    this.watch(m.msgId);
+    if (now) this.sendFrame({ from: this.me.userId, to: m.peer, payload: m.payload, ref: m.msgId });
   }
 }

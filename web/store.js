@@ -48,6 +48,31 @@ async function tx(store, mode, fn) {
 export const getIdentity = () => tx("identity", "readonly", (s) => request(s.get("me")));
 export const putIdentity = (me) => tx("identity", "readwrite", (s) => request(s.put(me, "me")));
 
+/**
+ * The same key under a new user id (the server lost the old one and gave this on registering
+ * again); the ids it had before are kept in `formerIds`. Returns the identity as stored.
+ */
+export function reidentify(userId) {
+  return tx("identity", "readwrite", async (s) => {
+    const me = await request(s.get("me"));
+    const updated = { ...me, userId, formerIds: [...(me.formerIds ?? []), me.userId] };
+    await request(s.put(updated, "me"));
+    return updated;
+  });
+}
+
+/** Forgets everything this page keeps for this server (Start again): identity, contacts, messages. */
+export async function clearAll() {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const t = d.transaction(["identity", "contacts", "messages"], "readwrite");
+    for (const name of ["identity", "contacts", "messages"]) t.objectStore(name).clear();
+    t.oncomplete = () => resolve();
+    t.onerror = () => reject(t.error);
+    t.onabort = () => reject(t.error ?? new Error("transaction aborted"));
+  });
+}
+
 export const contacts = () => tx("contacts", "readonly", (s) => request(s.getAll()));
 export const getContact = (id) => tx("contacts", "readonly", (s) => request(s.get(id)));
 export const putContact = (c) => tx("contacts", "readwrite", (s) => request(s.put(c)));
@@ -85,6 +110,16 @@ export const putMessage = (m) => tx("messages", "readwrite", (s) => request(s.pu
 export const messagesWith = async (peer) =>
   (await tx("messages", "readonly", (s) => request(s.index("peer").getAll(peer)))).sort((a, b) => a.order - b.order);
 export const pending = () => tx("messages", "readonly", (s) => request(s.index("state").getAll("sending")));
+
+/** The outgoing message sent with `ref` (its message id), if it is in one of `states`. */
+export const outgoing = (ref, states) =>
+  tx("messages", "readonly", async (s) => {
+    for (const state of states) {
+      const found = (await request(s.index("state").getAll(state))).find((m) => m.dir === "out" && m.msgId === ref);
+      if (found) return found;
+    }
+    return undefined;
+  });
 
 /**
  * Stores a received message unless one with the same sender and id is already stored;

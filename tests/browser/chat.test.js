@@ -80,3 +80,30 @@ test("the page is served with a strict policy and the protocol's routes are unch
   const other = await fetch(`${server.url}/index.html`);
   assert.equal(other.status, 404);
 });
+
+test("a note to self (a message to one's own id) is shown once", async () => {
+  const browser = await launchBrowser();
+  const other = await launchBrowser();
+  const { page, userId } = await newUser(browser.context, server.url);
+  const o = await newUser(other.context, server.url);
+  await addContact(page, userId, "");
+  assert.match(await page.textContent("#chat-title"), /^Notes to self/);
+  await sendText(page, "remember the milk");
+  await sendText(page, "and the bread");
+  await waitFor("both notes receipted", async () =>
+    (await page.$$eval("#messages li", (els) => els.map((e) => e.dataset.state))).join() === "stored,stored");
+  // Each note is delivered back to this page too. Deliveries come in order: once a message
+  // sent after the notes has arrived, their deliveries have been handled.
+  await addContact(o.page, userId, "Note taker");
+  await sendText(o.page, "after your notes");
+  await waitFor("the later message", async () => (await page.$(`#contacts li[data-user="${o.userId}"]`)) !== null);
+  assert.deepEqual(await texts(page), ["remember the milk", "and the bread"]);
+  await page.reload();
+  await waitFor("online again", async () => (await page.getAttribute("#status", "class")).includes("online"));
+  await page.click(`#contacts li[data-user="${userId}"]`);
+  await waitFor("the notes, once each, after a reload", async () =>
+    JSON.stringify(await texts(page)) === JSON.stringify(["remember the milk", "and the bread"]));
+  assert.equal(await page.textContent(`#contacts li[data-user="${userId}"] .name`), "Notes to self");
+  assert.equal(await page.$(`#contacts li[data-user="${userId}"] .unread`), null, "a note counted as unread");
+  assert.deepEqual(page.errors, []);
+});

@@ -15,6 +15,13 @@ const BIN = join(ROOT, "target/debug");
 // checkout as it found it.
 const SCREENSHOTS = process.env.ENIGMA_SCREENSHOTS ? resolve(process.env.ENIGMA_SCREENSHOTS) : null;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+/**
+ * Whether the server binary has the embedded engine (`ENIGMA__ENGINE`, `ENIGMA__DATA_DIR`). Until
+ * it does, it refuses those settings as unknown keys, and the memory engine is its default.
+ */
+export const EMBEDDED = process.env.ENIGMA_EMBEDDED === "1";
+/** A phone (an iPhone 12-sized screen), for the narrow layout. */
+export const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
 const owned = [];
 const dirs = [];
@@ -69,28 +76,37 @@ export async function startRedis() {
   return { url: `redis://127.0.0.1:${port}`, port, stop: () => stop(entry) };
 }
 
-/** An enigma-server on `port` (a free one if not given); `redis` for the shared engine. */
-export async function startServer({ port, redis, prefix, env: extra } = {}) {
+/**
+ * An enigma-server on `port` (a free one if not given); `redis` for the shared engine;
+ * `engine: "memory"` for one that forgets everything when it stops (named explicitly once the
+ * binary has the embedded engine, see EMBEDDED; the default until then).
+ */
+export async function startServer({ port, redis, prefix, engine, env: extra } = {}) {
   port ??= await freePort();
   const env = { PATH: process.env.PATH, ENIGMA__SERVER__ADDR: `127.0.0.1:${port}`, ENIGMA__LOG__LEVEL: "warn" };
   if (redis) Object.assign(env, { ENIGMA__REDIS__URL: redis.url, ENIGMA__REDIS__PREFIX: prefix ?? "browser" });
+  if (engine && EMBEDDED) env.ENIGMA__ENGINE = engine;
   Object.assign(env, extra ?? {}); // settings of one test (a rate budget…)
   const entry = track(spawn(join(BIN, "enigma-server"), [], { env }), "enigma-server");
   await waitFor("enigma-server listening", () => entry.log.includes("listening on"), 30000);
-  return { port, url: `http://127.0.0.1:${port}`, stop: () => stop(entry), entry };
+  return { port, url: `http://127.0.0.1:${port}`, stop: () => stop(entry), kill: () => stop(entry, "SIGKILL"), entry };
 }
 
-function stop(entry) {
+/** Stops a process (SIGTERM, SIGKILL after 10 s; or `signal` at once) and waits for its exit. */
+function stop(entry, signal = "SIGTERM") {
   return new Promise((res) => {
     if (entry.child.exitCode !== null || entry.child.signalCode !== null) return res();
     entry.child.once("exit", () => res());
-    entry.child.kill("SIGTERM");
+    entry.child.kill(signal);
     setTimeout(() => entry.child.kill("SIGKILL"), 10000).unref();
   });
 }
 
-/** A chromium with its own profile; records every request the pages make. */
-export async function launchBrowser() {
+/**
+ * A chromium with its own profile (a phone's screen with `PHONE`); records every request the
+ * pages make, and every text the status line and the banners showed (`shown(page)`).
+ */
+export async function launchBrowser(device = {}) {
   const profile = tempDir("enigma-chromium-");
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -100,19 +116,45 @@ export async function launchBrowser() {
       "--disable-component-update", "--disable-sync",
     ],
     viewport: { width: 1100, height: 700 },
+    ...device,
   });
   const requests = [];
   context.on("request", (r) => requests.push(r.url()));
+  await context.addInitScript(() => {
+    window.__shown = [];
+    // "interactive" comes before the page's module scripts run: nothing they show is missed.
+    document.addEventListener("readystatechange", () => {
+      if (document.readyState !== "interactive") return;
+      for (const id of ["status", "banner-text", "notice-text"]) {
+        const el = document.getElementById(id);
+        const note = () => el.textContent && window.__shown.push(el.textContent);
+        new MutationObserver(note).observe(el, { childList: true, characterData: true, subtree: true });
+      }
+    });
+  });
   owned.push({ context, name: "chromium" });
   return { context, requests, close: () => context.close() };
 }
 
+/** Every text the status line and the banners of `page` showed since it was loaded. */
+export const shown = (page) => page.evaluate(() => window.__shown);
+
+/**
+ * A new tab; its script errors collect in `page.errors`, its console errors (a resource that
+ * failed to load…) in `page.consoleErrors`.
+ */
+export async function openTab(context) {
+  const page = await context.newPage();
+  page.errors = [];
+  page.consoleErrors = [];
+  page.on("pageerror", (e) => page.errors.push(e.message));
+  page.on("console", (m) => m.type() === "error" && page.consoleErrors.push(m.text()));
+  return page;
+}
+
 /** Opens the page and creates an identity; returns {page, userId}. */
 export async function newUser(context, base) {
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  page.errors = errors;
+  const page = await openTab(context);
   await page.goto(`${base}/`);
   await page.click("#create");
   await page.waitForSelector("#my-id:not(:empty)");
@@ -139,6 +181,14 @@ export const texts = (page) => page.$$eval("#messages li .text", (els) => els.ma
 export async function waitForText(page, text, ms = 15000) {
   await waitFor(`"${text}" on the page`, async () => (await texts(page)).includes(text), ms);
 }
+
+/** The open chat's messages: text, state, and everything shown on it (time, state, reason). */
+export const messages = (page) =>
+  page.$$eval("#messages li", (els) =>
+    els.map((e) => ({ text: e.querySelector(".text").textContent, state: e.dataset.state, meta: e.querySelector(".meta").textContent })));
+
+/** Whether the page shows `page`'s status as online. */
+export const isOnline = async (page) => (await page.getAttribute("#status", "class")).includes("online");
 
 export function shot(page, name) {
   const dir = SCREENSHOTS ?? tempDir("enigma-screenshots-");

@@ -58,3 +58,30 @@ test("a second tab takes over; the first shows the banner and opens no new socke
   assert.equal(await b.page.getAttribute("#status", "class"), "status replaced");
   assert.deepEqual([...b.page.errors, ...secondErrors, ...a.page.errors], [], "no script error");
 });
+
+test("'Use this tab' shows at once what the other tab received meanwhile", async () => {
+  const bob = await launchBrowser();
+  const alice = await launchBrowser();
+  const b = await newUser(bob.context, server.url);
+  const a = await newUser(alice.context, server.url);
+  await addContact(a.page, b.userId, "Bob");
+  await sendText(a.page, "to the first tab");
+  await b.page.click(`#contacts li[data-user="${a.userId}"]`);
+  await waitForText(b.page, "to the first tab");
+
+  // A second tab takes over and receives; the first keeps Alice's chat open, stopped.
+  const second = await bob.context.newPage();
+  await second.goto(`${server.url}/`);
+  await waitFor("the first tab replaced", async () => (await b.page.getAttribute("#status", "class")) === "status replaced");
+  await waitFor("the second tab online", async () => (await second.getAttribute("#status", "class")).includes("online"));
+  await sendText(a.page, "while the second tab was live");
+  await second.click(`#contacts li[data-user="${a.userId}"]`);
+  await waitForText(second, "while the second tab was live");
+
+  // The first tab takes over again: its open chat shows the message without being reopened.
+  await b.page.click("#banner-action");
+  await waitFor("the first tab online", async () => (await b.page.getAttribute("#status", "class")).includes("online"));
+  await waitForText(b.page, "while the second tab was live", 5000);
+  assert.equal(await b.page.isVisible("#banner"), false);
+  assert.deepEqual(b.page.errors, [], "no script error");
+});
