@@ -297,13 +297,14 @@ export class Relay extends EventTarget {
       return;
     }
     const old = this.me.userId;
-    if (userId !== old) {
-      this.me = await store.reidentify(userId);
-      this.token = null;
-      forgetKeys();
-      this.emit("reidentified", { old, now: userId });
-      for (const m of await store.pending()) await this.reseal(m, false);
-    }
+    // The same id: the server knows the key after all (it said otherwise a moment ago, e.g. one
+    // replica behind another). Connecting again at once could go round for ever: back off.
+    if (userId === old) return this.retry("The server did not recognise this identity", "retrying");
+    this.me = await store.reidentify(userId);
+    this.token = null;
+    forgetKeys();
+    this.emit("reidentified", { old, now: userId });
+    for (const m of await store.pending()) await this.reseal(m, false);
     this.attempt = 0;
     this.connect();
   }
