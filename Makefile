@@ -50,6 +50,12 @@ cluster:
 cluster-down:
 	bash deploy/local/cluster.sh down
 
+## Rewrites docs/vectors/v1.json from its generator (tests/it/vectors/); `make test` fails while
+## the file differs from what the generator writes (docs/vectors/README.md).
+.PHONY: vectors
+vectors:
+	$(CARGO) test --locked --test it vectors::write_vectors -- --ignored --exact
+
 build:
 	$(CARGO) build --locked
 

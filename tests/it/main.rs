@@ -56,3 +56,4 @@ mod secure;
 mod sentinel;
 mod startup;
 mod sybil;
+mod vectors;
