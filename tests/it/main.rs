@@ -35,6 +35,7 @@ mod cluster;
 mod conformance;
 mod costs;
 mod deploy_assets;
+mod doc_links;
 mod endings;
 mod expiry;
 mod faults;
