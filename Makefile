@@ -77,8 +77,9 @@ prometheus-check:
 soak:
 	bash scripts/soak.sh
 ## The web page at / in Debian's headless chromium (playwright-core, node's test runner): two
-## browser users, browser <-> CLI, a server restart, RFC 9180 vectors; screenshots go to a
-## temporary directory (`make screenshots` refreshes docs/screenshots/).
+## browser users, browser <-> CLI, a server restart, RFC 9180 vectors and the project's own
+## (docs/vectors/); screenshots go to a temporary directory (`make screenshots` refreshes
+## docs/screenshots/).
 browser-check:
 	$(CARGO) build --locked --bins
 	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test --test-concurrency=1
