@@ -2,18 +2,27 @@
 //! writes, so nobody edits it by hand and nobody forgets to regenerate it. `make vectors`
 //! rewrites it (the ignored test below); the SDK (`src/sdk/crypto/vectors.rs`), the server's
 //! auth code (`src/auth/vectors.rs`) and the web page (`tests/browser/vectors.test.js`) check
-//! themselves against it.
+//! themselves against it, and `live` checks a real server's exchange with the vectors' keys.
 
 mod fixed_rng;
 mod generate;
+mod live;
 
 use std::path::PathBuf;
+
+use serde_json::Value;
 
 /// The file, relative to the repository.
 const FILE: &str = "docs/vectors/v1.json";
 
 fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(FILE)
+}
+
+/// The file, read as any implementation would read it.
+fn load() -> Value {
+    let text = std::fs::read_to_string(path()).unwrap_or_else(|e| panic!("{FILE}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{FILE}: {e}"))
 }
 
 fn generated() -> String {
