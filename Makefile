@@ -50,6 +50,12 @@ cluster:
 cluster-down:
 	bash deploy/local/cluster.sh down
 
+## Rewrites docs/vectors/v1.json from its generator (tests/it/vectors/); `make test` fails while
+## the file differs from what the generator writes (docs/vectors/README.md).
+.PHONY: vectors
+vectors:
+	$(CARGO) test --locked --test it vectors::write_vectors -- --ignored --exact
+
 build:
 	$(CARGO) build --locked
 
@@ -71,8 +77,9 @@ prometheus-check:
 soak:
 	bash scripts/soak.sh
 ## The web page at / in Debian's headless chromium (playwright-core, node's test runner): two
-## browser users, browser <-> CLI, a server restart, RFC 9180 vectors; screenshots go to a
-## temporary directory (`make screenshots` refreshes docs/screenshots/).
+## browser users, browser <-> CLI, a server restart, RFC 9180 vectors and the project's own
+## (docs/vectors/); screenshots go to a temporary directory (`make screenshots` refreshes
+## docs/screenshots/).
 browser-check:
 	$(CARGO) build --locked --bins
 	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test --test-concurrency=1

@@ -20,6 +20,8 @@
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use getrandom::SysRng;
+use hpke::rand_core::{CryptoRng, UnwrapErr};
 use hpke::{Deserializable, Serializable};
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;
@@ -175,25 +177,38 @@ impl ClaimKey {
     }
 
     /// Seals `secret` with `alg` (from [`ClaimKey::alg`]) so that only the private key's
-    /// holder can read it; `user_id` is bound into HPKE's `info`. `None` only if the system's
-    /// random generator fails.
+    /// holder can read it; `user_id` is bound into HPKE's `info`. `None` only if sealing fails,
+    /// which no valid key allows.
     pub fn seal(&self, alg: &str, user_id: &str, secret: &[u8]) -> Option<Vec<u8>> {
+        // A failure of the operating system's generator panics inside the call (`UnwrapErr`),
+        // which no input can cause.
+        self.seal_with_rng(alg, user_id, secret, &mut UnwrapErr(SysRng))
+    }
+
+    /// [`ClaimKey::seal`] with HPKE's ephemeral key or RSA-OAEP's seed drawn from `rng`: the
+    /// operating system's generator for every challenge, a fixed one only for the test vectors
+    /// (`docs/vectors/`), whose exact bytes this must reproduce.
+    pub(super) fn seal_with_rng(
+        &self,
+        alg: &str,
+        user_id: &str,
+        secret: &[u8],
+        rng: &mut impl CryptoRng,
+    ) -> Option<Vec<u8>> {
         match self {
             ClaimKey::X25519(public) => {
                 let info = challenge_info(user_id);
-                // The crate draws its randomness from the OS generator; a failure there is
-                // reported by panicking inside the call, which no input can cause.
+                let base = hpke::OpModeS::Base;
                 let (enc, ciphertext) = if alg == ALG_HPKE_X25519_AES256GCM {
-                    hpke::single_shot_seal::<AesAead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[])
-                        .ok()?
+                    hpke::single_shot_seal_with_rng::<AesAead, Kdf, Kem>(&base, public, &info, secret, &[], rng).ok()?
                 } else {
-                    hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, public, &info, secret, &[]).ok()?
+                    hpke::single_shot_seal_with_rng::<Aead, Kdf, Kem>(&base, public, &info, secret, &[], rng).ok()?
                 };
                 let mut sealed = enc.to_bytes().to_vec();
                 sealed.extend_from_slice(&ciphertext);
                 Some(sealed)
             }
-            ClaimKey::Rsa(public) => public.oaep_encrypt::<Sha256>(secret).ok(),
+            ClaimKey::Rsa(public) => public.oaep_encrypt_with_rng::<Sha256, _>(rng, secret).ok(),
         }
     }
 }

@@ -46,6 +46,28 @@ pub struct Claims {
     pub sh: Option<String>,
 }
 
+impl Claims {
+    /// Whether `secret` (base64, either alphabet) is the secret this challenge ticket sealed.
+    pub fn answered_by(&self, secret: &str) -> Result<(), Refusal> {
+        let opened = decode_any_base64(secret).ok_or(Refusal::WrongSecret)?;
+        match &self.sh {
+            Some(hash) if *hash == sha256_hex(&opened) => Ok(()),
+            _ => Err(Refusal::WrongSecret),
+        }
+    }
+
+    /// Whether this access token lets its bearer act as `user`, whose registered key is `key`.
+    pub fn admits(&self, user: &str, key: &str) -> Result<(), Refusal> {
+        if self.sub != user {
+            return Err(Refusal::WrongUser);
+        }
+        if self.kfp != sha256_hex(key.as_bytes()) {
+            return Err(Refusal::WrongKey);
+        }
+        Ok(())
+    }
+}
+
 /// The token keys: one signs, all verify.
 pub struct Keyring {
     kid: String,

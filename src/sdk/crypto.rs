@@ -22,6 +22,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use getrandom::SysRng;
+use hpke::rand_core::{CryptoRng, UnwrapErr};
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -141,11 +143,28 @@ impl Identity {
         recipient: &PublicKey,
         plaintext: &[u8],
     ) -> String {
+        // A failure of the operating system's generator panics inside the call (`UnwrapErr`):
+        // nothing secure can go on without it.
+        self.seal_with_rng::<A>(version, from, to, recipient, plaintext, &mut UnwrapErr(SysRng))
+    }
+
+    /// Sealing with the ephemeral key drawn from `rng`: the operating system's generator for
+    /// every message, a fixed one only for the test vectors (`docs/vectors/`), whose exact bytes
+    /// this must reproduce.
+    fn seal_with_rng<A: hpke::aead::Aead>(
+        &self,
+        version: u8,
+        from: &str,
+        to: &str,
+        recipient: &PublicKey,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+    ) -> String {
         let mode = OpModeS::Auth((self.secret.clone(), self.public.0.clone()));
-        // Sealing fails only if the operating system's random generator does, which the
-        // crate reports by panicking inside the call; no error value is left to handle.
+        // The generator's failure panics inside the call (see `seal_with`); no error value is
+        // left to handle.
         let (enc, ciphertext) =
-            hpke::single_shot_seal::<A, Kdf, Kem>(&mode, &recipient.0, &info(from, to), plaintext, &[])
+            hpke::single_shot_seal_with_rng::<A, Kdf, Kem>(&mode, &recipient.0, &info(from, to), plaintext, &[], rng)
                 .expect("HPKE seal with a valid X25519 key");
         let mut wire = Vec::with_capacity(1 + KEY_LEN + ciphertext.len());
         wire.push(version);
@@ -241,6 +260,9 @@ impl Content {
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod vectors;
 
 #[cfg(test)]
 mod tests {
