@@ -74,6 +74,7 @@ export async function startServer({ port, redis, prefix, env: extra } = {}) {
   port ??= await freePort();
   const env = { PATH: process.env.PATH, ENIGMA__SERVER__ADDR: `127.0.0.1:${port}`, ENIGMA__LOG__LEVEL: "warn" };
   if (redis) Object.assign(env, { ENIGMA__REDIS__URL: redis.url, ENIGMA__REDIS__PREFIX: prefix ?? "browser" });
+  else env.ENIGMA__ENGINE = "memory"; // the embedded default would write ./enigma-data
   Object.assign(env, extra ?? {}); // settings of one test (a rate budget…)
   const entry = track(spawn(join(BIN, "enigma-server"), [], { env }), "enigma-server");
   await waitFor("enigma-server listening", () => entry.log.includes("listening on"), 30000);

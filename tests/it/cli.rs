@@ -183,7 +183,7 @@ struct LoggedServer {
 
 impl LoggedServer {
     fn memory(dir: &Path) -> LoggedServer {
-        Self::start(dir, &[], "127.0.0.1:0")
+        Self::start(dir, &[("ENIGMA__ENGINE", "memory")], "127.0.0.1:0")
     }
 
     fn redis(dir: &Path, redis: &Redis, prefix: &str) -> LoggedServer {
