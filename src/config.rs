@@ -114,7 +114,7 @@ pub struct Limits {
     pub inbox_share_bytes: usize,
     /// Payload bytes an inbox may hold, from all senders together.
     pub inbox_max_bytes: usize,
-    /// Memory engine only: bytes held by all inboxes (payloads) and the key directory together
+    /// Embedded and memory engines: bytes held by all inboxes (payloads) and the key directory together
     /// (each user counted as its key, twice, plus a fixed overhead); past it sends and new
     /// registrations are refused (`unavailable`) rather than the process growing until it is
     /// killed.
@@ -151,7 +151,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine. In
+    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects `engine` (embedded or memory). In
     /// cluster mode the seed nodes, in sentinel mode the Sentinels, comma-separated.
     pub url: Option<String>,
     /// `single` (one Redis, or a master behind one stable address), `sentinel` (the master
