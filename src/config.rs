@@ -45,15 +45,6 @@ pub enum EngineKind {
     Memory,
 }
 
-impl EngineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Embedded => "embedded",
-            EngineKind::Memory => "memory",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
