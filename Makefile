@@ -5,8 +5,10 @@ PYTHON ?= python3
 
 .PHONY: run test lint unit-and-integration api-check helm-check prometheus-check fuzz bench build release clean cluster cluster-down
 
-## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
-## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
+## Run the server on 0.0.0.0:8000 with the embedded engine (no Redis needed): its data file is
+## kept in ./enigma-data (delete it to start afresh). ENIGMA__ENGINE=memory keeps nothing;
+## set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
+run: export ENIGMA__DATA_DIR ?= $(CURDIR)/enigma-data
 run:
 	$(CARGO) run --release --locked --no-default-features --bin enigma-server
 

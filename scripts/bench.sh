@@ -174,14 +174,17 @@ case ${BENCH_LIMITS:-on} in
     *) echo "bench: BENCH_LIMITS is on, off or shipped" >&2; exit 2 ;;
 esac
 
-# start_server REDIS_URL [MODE] (empty URL: memory engine); sets server_url and server_pid.
+# start_server REDIS_URL [MODE] (empty URL: memory engine, or ENGINE_NO_REDIS=embedded with its data
+# directory under $work); sets server_url and server_pid.
 server_url=
 server_pid=
 start_server() {
     local port log
     port=$(free_port)
     log=$work/server-$port.log
-    env "${limit_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
+    local engine_env=()
+    [[ -z $1 ]] && engine_env=(ENIGMA__ENGINE="${ENGINE_NO_REDIS:-memory}" ENIGMA__DATA_DIR="$work/data-$port")
+    env "${limit_env[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")

@@ -16,9 +16,15 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    /// The engine without Redis (`ENIGMA__ENGINE`): `embedded` (default; kept in a data file
+    /// under `data_dir`) or `memory` (nothing kept). With `redis.url` set the engine is Redis.
+    pub engine: EngineKind,
+    /// Where the embedded engine keeps its data file (`ENIGMA__DATA_DIR`), created if missing;
+    /// relative paths are relative to the working directory.
+    pub data_dir: String,
     pub server: ServerSettings,
     pub limits: Limits,
     pub redis: RedisSettings,
@@ -26,6 +32,17 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// Rate limits (see `crate::limits`).
     pub rate: crate::limits::RateSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Single node, durable in a local file: survives restarts and `kill -9` for everything
+    /// acknowledged.
+    #[default]
+    Embedded,
+    /// Single node, everything in the process, lost on restart (tests, trying it out).
+    Memory,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +105,7 @@ pub struct Limits {
     pub inbox_share_bytes: usize,
     /// Payload bytes an inbox may hold, from all senders together.
     pub inbox_max_bytes: usize,
-    /// Memory engine only: bytes held by all inboxes (payloads) and the key directory together
+    /// Embedded and memory engines: bytes held by all inboxes (payloads) and the key directory together
     /// (each user counted as its key, twice, plus a fixed overhead); past it sends and new
     /// registrations are refused (`unavailable`) rather than the process growing until it is
     /// killed.
@@ -125,7 +142,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects the memory engine. In
+    /// `redis://…` URL (`ENIGMA__REDIS__URL`); unset or empty selects `engine` (embedded or memory). In
     /// cluster mode the seed nodes, in sentinel mode the Sentinels, comma-separated.
     pub url: Option<String>,
     /// `single` (one Redis, or a master behind one stable address), `sentinel` (the master
@@ -171,6 +188,21 @@ pub struct LogSettings {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            engine: EngineKind::Embedded,
+            data_dir: "enigma-data".into(),
+            server: ServerSettings::default(),
+            limits: Limits::default(),
+            redis: RedisSettings::default(),
+            log: LogSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
+            rate: crate::limits::RateSettings::default(),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -343,6 +375,15 @@ impl Settings {
                 "limits.outbound_queue_bytes",
                 "must hold at least two frames of limits.max_payload_bytes",
             ));
+        }
+        if self.redis_url().is_some() && self.engine == EngineKind::Memory {
+            return Err(invalid(
+                "engine",
+                "\"memory\" cannot be combined with redis.url (a Redis URL selects the Redis engine: unset one of them)",
+            ));
+        }
+        if self.redis_url().is_none() && self.engine == EngineKind::Embedded && self.data_dir.trim().is_empty() {
+            return Err(invalid("data_dir", "must name a directory for the embedded engine's data file"));
         }
         if self.redis_url().is_some() {
             let urls = self.redis_urls();
@@ -528,6 +569,21 @@ mod tests {
         s.validate().unwrap();
         s.redis.url = Some(" , ".into());
         assert!(s.validate().unwrap_err().to_string().contains("redis.url"), "a list of nothing");
+    }
+
+    #[test]
+    fn the_engine_is_embedded_unless_chosen_and_memory_excludes_redis() {
+        let s = Settings::default();
+        assert_eq!((s.engine, s.data_dir.as_str()), (EngineKind::Embedded, "enigma-data"));
+        let s = Settings::from_toml("engine = \"memory\"\ndata_dir = \"/var/lib/enigma\"").unwrap();
+        assert_eq!((s.engine, s.data_dir.as_str()), (EngineKind::Memory, "/var/lib/enigma"));
+        let e = Settings::from_toml("engine = \"memory\"\n[redis]\nurl = \"redis://127.0.0.1/\"").unwrap_err();
+        assert!(e.to_string().contains("`engine`") && e.to_string().contains("redis.url"), "{e}");
+        Settings::from_toml("[redis]\nurl = \"redis://127.0.0.1/\"").expect("the default engine with Redis is Redis");
+        let e = Settings::from_toml("engine = \"disk\"").unwrap_err();
+        assert!(e.to_string().contains("disk"), "{e}");
+        let e = Settings::from_toml("data_dir = \" \"").unwrap_err();
+        assert!(e.to_string().contains("data_dir"), "{e}");
     }
 
     #[test]

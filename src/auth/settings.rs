@@ -16,8 +16,8 @@ pub struct AuthSettings {
     pub mode: AuthMode,
     /// `kid:base64secret` entries (`ENIGMA__AUTH__TOKEN_KEYS`, comma-separated): the first
     /// signs, every one verifies, so a new key can be introduced before the old is retired.
-    /// Empty: one random key per deployment, generated once and kept in Redis (memory engine:
-    /// per process). See `docs/security.md`.
+    /// Empty: one random key per deployment, generated once and kept in Redis or the embedded
+    /// engine's data file (memory engine: per process). See `docs/security.md`.
     pub token_keys: Vec<String>,
     /// Names this deployment in tokens (`aud`): a token of another deployment is refused
     /// even if it happened to share a key.

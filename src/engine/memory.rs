@@ -1,8 +1,14 @@
-//! The embedded engine: everything in this process, lost on restart. Same ids, limits and
-//! ordering as the Redis engine, so one conformance suite covers both: the inbox capacity in
-//! messages and bytes, each sender's share of an inbox, the rate limiters' buckets. On top,
-//! a total byte budget (`limits.memory_max_bytes`): a full process refuses sends, as a full
-//! Redis does, instead of growing until it is killed.
+//! The in-process engine: everything in this process. Same ids, limits and ordering as the
+//! Redis engine, so one conformance suite covers both: the inbox capacity in messages and
+//! bytes, each sender's share of an inbox, the rate limiters' buckets. On top, a total byte
+//! budget (`limits.memory_max_bytes`): a full process refuses sends, as a full Redis does,
+//! instead of growing until it is killed.
+//!
+//! Alone it is the `memory` engine, lost on restart. With a journal (`super::embedded`) it is
+//! the `embedded` engine: every change is also appended to the journal under the lock that
+//! made it, and `restore` rebuilds the state from the data file at startup (what the inboxes
+//! hold, and whom it is charged to, recomputed from the stored messages). Rate-limit buckets
+//! and connection generations stay in the process only.
 //!
 //! The key directory expires as the Redis records do: a registration nobody used after
 //! `limits.unused_registration_ttl_secs`, a user who stopped using their id after
@@ -19,6 +25,8 @@ use ipnet::IpNet;
 
 use super::SendError;
 use super::Unavailable;
+use super::embedded::records::{ContactsRow, InboxRow, MessageRow, UserRow};
+use super::embedded::{Journal, Record, Snapshot};
 use super::{LoginError, Upkeep, renewal_due};
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
@@ -44,7 +52,28 @@ struct Inner {
     pressure: crate::limits::storage::Pressure,
     /// Rate-limit buckets by `kind:subject`, with their rates (to forget refilled ones).
     buckets: Mutex<HashMap<String, (Buckets, Vec<Rate>)>>,
+    /// The embedded engine's journal: every change is also written to the data file. `None`:
+    /// the memory engine, which writes nothing.
+    journal: Option<Journal>,
+    /// The generated token signing key, kept in the data file (embedded engine only).
+    token_key: Mutex<Option<String>>,
 }
+
+/// Where changes are written, if anywhere: the record is built only when there is a journal,
+/// so the memory engine pays nothing for it.
+#[derive(Clone, Copy)]
+struct Log<'a>(Option<&'a Journal>);
+
+impl Log<'_> {
+    fn record(self, record: impl FnOnce() -> Record) {
+        if let Some(journal) = self.0 {
+            journal.append(record());
+        }
+    }
+}
+
+/// What a refused change says when the journal's queue is full (`embedded::journal`).
+const JOURNAL_FULL: &str = "the data file is not keeping up; retry";
 
 /// Bucket records kept before refilled ones are swept out.
 const BUCKETS_SWEEP_AT: usize = 65_536;
@@ -142,6 +171,16 @@ impl Entry {
     fn bytes(&self) -> usize {
         self.public_key.len() + self.material.len() + USER_BYTES
     }
+
+    fn row(&self) -> UserRow {
+        UserRow {
+            public_key: self.public_key.clone(),
+            material: self.material.clone(),
+            protected: self.protected,
+            expires_ms: wall_ms(self.expires),
+            unused_from: self.unused_from,
+        }
+    }
 }
 
 impl Directory {
@@ -161,13 +200,14 @@ impl Directory {
 
     /// Forgets every user expired by `now`: key index, record, contacts, place in the unused
     /// set. Each user is visited once, when it goes.
-    fn forget_expired(&mut self, now: Instant) {
+    fn forget_expired(&mut self, now: Instant, log: Log) {
         while let Some((at, user)) = self.expiries.first().cloned() {
             if at > now {
                 break;
             }
             self.expiries.pop_first();
             let Some(entry) = self.users.remove(&user) else { continue };
+            log.record(|| Record::ForgetUser(user.clone()));
             self.bytes -= entry.bytes();
             if self.by_key.get(&entry.material) == Some(&user) {
                 self.by_key.remove(&entry.material);
@@ -176,6 +216,7 @@ impl Directory {
                 self.used(prefix, &(at, user.clone()));
             }
             if let Some((people, _)) = self.contacts.remove(&user) {
+                log.record(|| Record::ForgetContacts(user.clone()));
                 self.bytes -= people.len() * CONTACT_BYTES;
             }
         }
@@ -220,9 +261,60 @@ struct Stored {
     from: UserId,
     /// The sender's address prefix, charged for it.
     prefix: IpNet,
+    /// Counted in the strangers' pool when it was sent.
+    stranger: bool,
+}
+
+impl Stored {
+    fn row(&self) -> MessageRow {
+        MessageRow {
+            seq: self.seq,
+            from: self.from.clone(),
+            prefix: self.prefix,
+            stranger: self.stranger,
+            envelope: self.envelope.clone(),
+        }
+    }
 }
 
 impl Inbox {
+    fn empty() -> Inbox {
+        Inbox {
+            last: MsgId::default(),
+            count: 0,
+            written: Instant::now(),
+            messages: BTreeMap::new(),
+            bytes: 0,
+            senders: HashMap::new(),
+            strangers: (0, 0),
+        }
+    }
+
+    fn row(&self) -> InboxRow {
+        InboxRow { last: self.last, count: self.count, written_ms: wall_ms(self.written) }
+    }
+
+    /// Stores a message and counts it in its sender's share and, from a stranger, in the
+    /// strangers' pool (`send` decided it may; `restore` replays what was stored).
+    fn put(&mut self, id: MsgId, stored: Stored) {
+        let size = stored.envelope.len();
+        let stranger = stored.stranger;
+        let share = self.senders.entry(stored.from.clone()).or_default();
+        if stranger {
+            self.strangers.0 += 1;
+            self.strangers.1 += size;
+        } else if share.stranger {
+            // Now a contact: what it has waiting leaves the strangers' pool.
+            self.strangers.0 = self.strangers.0.saturating_sub(share.messages);
+            self.strangers.1 = self.strangers.1.saturating_sub(share.bytes);
+        }
+        share.stranger = stranger;
+        share.messages += 1;
+        share.bytes += size;
+        self.bytes += size;
+        self.messages.insert(id, stored);
+    }
+
     fn take(&mut self, id: &MsgId) -> Option<Stored> {
         let stored = self.messages.remove(id)?;
         let size = stored.envelope.len();
@@ -242,16 +334,28 @@ impl Inbox {
     }
 
     /// Empties the inbox: what it held, to be given back.
-    fn clear(&mut self) -> Vec<Stored> {
+    fn clear(&mut self) -> BTreeMap<MsgId, Stored> {
         self.senders.clear();
         self.strangers = (0, 0);
         self.bytes = 0;
-        std::mem::take(&mut self.messages).into_values().collect()
+        std::mem::take(&mut self.messages)
     }
 }
 
 impl MemoryEngine {
+    /// The memory engine: nothing outlives the process.
     pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
+        Self::build(limits, hub, None)
+    }
+
+    /// The embedded engine: the state `snapshot` held, every change written to `journal`.
+    pub fn embedded(limits: Limits, hub: Arc<Hub>, journal: Journal, snapshot: Snapshot) -> Self {
+        let engine = Self::build(limits, hub, Some(journal));
+        engine.restore(snapshot);
+        engine
+    }
+
+    fn build(limits: Limits, hub: Arc<Hub>, journal: Option<Journal>) -> Self {
         let capacity = limits.memory_max_bytes as u64;
         Self {
             inner: Arc::new(Inner {
@@ -263,15 +367,108 @@ impl MemoryEngine {
                 burnt: Mutex::default(),
                 pressure: crate::limits::storage::Pressure::new(capacity),
                 buckets: Mutex::default(),
+                journal,
+                token_key: Mutex::default(),
             }),
         }
+    }
+
+    /// `embedded` when changes are written to a data file, else `memory`.
+    pub fn name(&self) -> &'static str {
+        if self.inner.journal.is_some() { "embedded" } else { "memory" }
+    }
+
+    /// Waits until every change made so far is committed to the data file (at once without
+    /// one).
+    pub async fn durable(&self) -> Result<(), Unavailable> {
+        match &self.inner.journal {
+            Some(journal) => journal.durable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the data file is being written (always, without one).
+    pub fn ready(&self) -> bool {
+        self.inner.journal.as_ref().is_none_or(Journal::healthy)
+    }
+
+    /// The token key kept in the data file, `candidate` stored as it the first time; without a
+    /// data file, `candidate` (one process, one key).
+    pub fn shared_token_key(&self, candidate: &str) -> String {
+        if self.inner.journal.is_none() {
+            return candidate.to_owned();
+        }
+        let mut key = self.inner.token_key.lock().unwrap_or_else(|e| e.into_inner());
+        key.get_or_insert_with(|| {
+            self.inner.log().record(|| Record::TokenKey(candidate.to_owned()));
+            candidate.to_owned()
+        })
+        .clone()
+    }
+
+    /// Rebuilds the state from what the data file held: the directory as it was, each inbox's
+    /// messages put back in order (so each sender's share, the strangers' pool and the
+    /// storage charges come out as the sends made them). Deadlines already past are swept out
+    /// as usual, by the next use.
+    fn restore(&self, snapshot: Snapshot) {
+        let Snapshot { users, inboxes, messages, contacts, burnt, registered, token_key } = snapshot;
+        let mut dir = self.inner.write();
+        for (user, row) in users {
+            let entry = Entry {
+                public_key: row.public_key,
+                material: row.material,
+                protected: row.protected,
+                expires: instant_at(row.expires_ms),
+                unused_from: row.unused_from,
+            };
+            dir.bytes += entry.bytes();
+            dir.by_key.insert(entry.material.clone(), user.clone());
+            dir.expiries.insert((entry.expires, user.clone()));
+            if let Some(prefix) = entry.unused_from {
+                dir.unused.entry(prefix).or_default().insert((entry.expires, user.clone()));
+            }
+            dir.users.insert(user, entry);
+        }
+        for (user, row) in contacts {
+            dir.bytes += row.people.len() * CONTACT_BYTES;
+            dir.contacts.insert(user, (row.people.into_iter().collect(), instant_at(row.at_ms)));
+        }
+        dir.registered = registered.into_iter().map(|(prefix, days)| (prefix, days.into_iter().collect())).collect();
+        drop(dir);
+        let mut store = self.inner.inboxes();
+        let Store { inboxes: boxes, charges, .. } = &mut *store;
+        for (user, row) in inboxes {
+            let inbox =
+                Inbox { last: row.last, count: row.count, written: instant_at(row.written_ms), ..Inbox::empty() };
+            boxes.insert(user, inbox);
+        }
+        for (user, id, row) in messages {
+            let inbox = boxes.entry(user).or_insert_with(Inbox::empty);
+            // Never behind what it holds, so new ids and numbers follow the stored ones.
+            inbox.last = inbox.last.max(id);
+            inbox.count = inbox.count.max(row.seq);
+            charges.charge(&row.from, row.prefix, row.envelope.len());
+            let stored = Stored {
+                seq: row.seq,
+                envelope: row.envelope,
+                from: row.from,
+                prefix: row.prefix,
+                stranger: row.stranger,
+            };
+            inbox.put(id, stored);
+        }
+        self.inner.pressure.set(charges.bytes as u64, self.inner.capacity() as u64);
+        drop(store);
+        let burnt = burnt.into_iter().map(|(jti, until)| (jti, instant_at(until)));
+        *self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner()) = burnt.collect();
+        *self.inner.token_key.lock().unwrap_or_else(|e| e.into_inner()) = token_key;
     }
 
     /// The rules of the Redis engine's login: a new key from a prefix holding the most unused
     /// registrations is refused; one that does not fit in `memory_max_bytes` too, as a full
     /// store.
     pub fn login(&self, public_key: &str, from: IpNet) -> Result<UserId, LoginError> {
-        // Nothing outlives the process here, so there are no records from before normalisation.
+        // Every record here was made with today's normalisation (the data file stores it).
         let material = crate::auth::canonical::index_material(public_key).primary;
         {
             let dir = self.inner.read();
@@ -282,10 +479,14 @@ impl MemoryEngine {
         let limits = &self.inner.limits;
         let stored = self.inner.inboxes().charges.bytes;
         let now = Instant::now();
+        let log = self.inner.log();
         let mut dir = self.inner.write();
-        dir.forget_expired(now);
+        dir.forget_expired(now, log);
         if let Some(user) = dir.by_key.get(&material) {
             return Ok(user.clone());
+        }
+        if !self.inner.has_room() {
+            return Err(Unavailable(JOURNAL_FULL.into()).into());
         }
         let max = limits.max_unused_registrations_per_prefix;
         if let Some(waiting) = dir.unused.get(&from).filter(|waiting| max > 0 && waiting.len() >= max) {
@@ -309,7 +510,13 @@ impl MemoryEngine {
             let today = unix_ms() / 86_400_000;
             let keep = limits.inactive_user_ttl_secs.div_ceil(86_400) + 1;
             if dir.registered.len() >= REGISTERED_SWEEP_AT {
-                dir.registered.retain(|_, days| days.last_key_value().is_some_and(|(day, _)| *day + keep >= today));
+                dir.registered.retain(|prefix, days| {
+                    let kept = days.last_key_value().is_some_and(|(day, _)| *day + keep >= today);
+                    if !kept {
+                        log.record(|| Record::ForgetRegistered(*prefix));
+                    }
+                    kept
+                });
             }
             let days = dir.registered.entry(from).or_default();
             days.retain(|day, _| *day + keep >= today);
@@ -319,9 +526,12 @@ impl MemoryEngine {
             if held + charge > shares.allowed(shares.directory_per_prefix, self.inner.capacity() as u64, used) {
                 return Err(LoginError::DirectoryShare);
             }
-            *dir.registered.entry(from).or_default().entry(today).or_default() += charge;
+            let days = dir.registered.entry(from).or_default();
+            *days.entry(today).or_default() += charge;
+            log.record(|| Record::Registered(from, days.iter().map(|(day, bytes)| (*day, *bytes)).collect()));
         }
         let user = UserId::random();
+        log.record(|| Record::User(user.clone(), entry.row()));
         dir.bytes += entry.bytes();
         dir.by_key.insert(material, user.clone());
         dir.users.insert(user.clone(), entry);
@@ -351,11 +561,13 @@ impl MemoryEngine {
     pub fn mark_used(&self, user: &UserId) {
         let now = Instant::now();
         let expires = now + Duration::from_secs(self.inner.limits.inactive_user_ttl_secs);
+        let log = self.inner.log();
         let mut dir = self.inner.write();
-        dir.forget_expired(now);
+        dir.forget_expired(now, log);
         let Some(entry) = dir.users.get_mut(user) else { return };
         let was = (std::mem::replace(&mut entry.expires, expires), user.clone());
         let unused_from = entry.unused_from.take();
+        log.record(|| Record::User(user.clone(), entry.row()));
         dir.expiries.remove(&was);
         dir.expiries.insert((expires, user.clone()));
         if let Some(prefix) = unused_from {
@@ -367,6 +579,7 @@ impl MemoryEngine {
         let mut dir = self.inner.write();
         if let Some(entry) = dir.users.get_mut(user) {
             entry.protected = true;
+            self.inner.log().record(|| Record::User(user.clone(), entry.row()));
         }
     }
 
@@ -374,11 +587,19 @@ impl MemoryEngine {
     pub fn burn_challenge(&self, jti: &str, ttl: Duration) -> bool {
         let mut burnt = self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        burnt.retain(|_, until| *until > now);
+        let log = self.inner.log();
+        burnt.retain(|jti, until| {
+            let kept = *until > now;
+            if !kept {
+                log.record(|| Record::Unburn(jti.clone()));
+            }
+            kept
+        });
         if burnt.contains_key(jti) {
             return false;
         }
         burnt.insert(jti.to_owned(), now + ttl);
+        log.record(|| Record::Burn(jti.to_owned(), wall_ms(now + ttl)));
         true
     }
 
@@ -405,6 +626,9 @@ impl MemoryEngine {
                 *bytes += CONTACT_BYTES;
             }
         }
+        self.inner.log().record(|| {
+            Record::Contacts(user.clone(), ContactsRow { at_ms: wall_ms(*at), people: known.iter().cloned().collect() })
+        });
     }
 
     pub fn send(&self, from: &UserId, prefix: IpNet, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
@@ -420,21 +644,18 @@ impl MemoryEngine {
         let directory = self.inner.directory_bytes();
         let ttl = Duration::from_secs(limits.inbox_ttl_secs);
         let size = envelope.len();
+        let log = self.inner.log();
         let mut store = self.inner.inboxes();
-        store.sweep(ttl);
+        store.sweep(ttl, log);
+        if !self.inner.has_room() {
+            return Err(SendError::Unavailable(Unavailable(JOURNAL_FULL.into())));
+        }
         let store = &mut *store;
-        let inbox = store.inboxes.entry(to.clone()).or_insert_with(|| Inbox {
-            last: MsgId::default(),
-            count: 0,
-            written: Instant::now(),
-            messages: BTreeMap::new(),
-            bytes: 0,
-            senders: HashMap::new(),
-            strangers: (0, 0),
-        });
+        let inbox = store.inboxes.entry(to.clone()).or_insert_with(Inbox::empty);
         if inbox.written.elapsed() > ttl {
             // Expired, as a Redis key with a TTL would have.
-            for stored in inbox.clear() {
+            for (id, stored) in inbox.clear() {
+                log.record(|| Record::Remove(to.clone(), id));
                 store.charges.release(&stored);
             }
         }
@@ -481,20 +702,10 @@ impl MemoryEngine {
         inbox.count += 1;
         let seq = inbox.count;
         inbox.written = Instant::now();
-        inbox.messages.insert(id, Stored { seq, envelope: envelope.clone(), from: from.clone(), prefix });
-        inbox.bytes += size;
-        let share = inbox.senders.entry(from.clone()).or_default();
-        if stranger {
-            inbox.strangers.0 += 1;
-            inbox.strangers.1 += size;
-        } else if share.stranger {
-            // Now a contact: what it has waiting leaves the strangers' pool.
-            inbox.strangers.0 = inbox.strangers.0.saturating_sub(share.messages);
-            inbox.strangers.1 = inbox.strangers.1.saturating_sub(share.bytes);
-        }
-        share.stranger = stranger;
-        share.messages += 1;
-        share.bytes += size;
+        let stored = Stored { seq, envelope: envelope.clone(), from: from.clone(), prefix, stranger };
+        log.record(|| Record::Message(to.clone(), id, stored.row()));
+        log.record(|| Record::Inbox(to.clone(), inbox.row()));
+        inbox.put(id, stored);
         store.charges.charge(from, prefix, size);
         self.inner.pressure.set(store.charges.bytes as u64, capacity);
         // Rung under the inbox lock, so notifications keep the inbox's order.
@@ -537,9 +748,17 @@ impl MemoryEngine {
     }
 
     pub fn remove(&self, user: &UserId, ids: &[MsgId]) {
+        let log = self.inner.log();
         let mut store = self.inner.inboxes();
         let taken: Vec<Stored> = match store.inboxes.get_mut(user) {
-            Some(inbox) => ids.iter().filter_map(|id| inbox.take(id)).collect(),
+            Some(inbox) => ids
+                .iter()
+                .filter_map(|id| {
+                    let stored = inbox.take(id)?;
+                    log.record(|| Record::Remove(user.clone(), *id));
+                    Some(stored)
+                })
+                .collect(),
             None => return,
         };
         for stored in &taken {
@@ -571,6 +790,15 @@ impl Inner {
         }
     }
 
+    fn log(&self) -> Log<'_> {
+        Log(self.journal.as_ref())
+    }
+
+    /// Whether a change that grows the store may be made: always without a journal.
+    fn has_room(&self) -> bool {
+        self.journal.as_ref().is_none_or(Journal::has_room)
+    }
+
     /// What the key directory counts for in `limits.memory_max_bytes`, once expired users are
     /// forgotten (the write lock only when one is due).
     fn directory_bytes(&self) -> usize {
@@ -582,7 +810,7 @@ impl Inner {
             }
         }
         let mut dir = self.write();
-        dir.forget_expired(now);
+        dir.forget_expired(now, self.log());
         dir.bytes
     }
 
@@ -600,16 +828,19 @@ impl Inner {
 impl Store {
     /// Drops inboxes nobody wrote to for `ttl`, as Redis expires them, at most once a minute:
     /// an inbox must not wait for a new message to expire.
-    fn sweep(&mut self, ttl: Duration) {
+    fn sweep(&mut self, ttl: Duration, log: Log) {
         if self.swept.is_some_and(|at| at.elapsed() < EXPIRY_SWEEP) {
             return;
         }
         self.swept = Some(Instant::now());
         // Emptied, not forgotten: the message counter goes on, as the user record's does in Redis.
         let mut expired = Vec::new();
-        for inbox in self.inboxes.values_mut() {
+        for (user, inbox) in &mut self.inboxes {
             if inbox.written.elapsed() > ttl && !inbox.messages.is_empty() {
-                expired.extend(inbox.clear());
+                for (id, stored) in inbox.clear() {
+                    log.record(|| Record::Remove(user.clone(), id));
+                    expired.push(stored);
+                }
             }
         }
         for stored in &expired {
@@ -621,6 +852,27 @@ impl Store {
 /// Milliseconds since the Unix epoch (the clock of inbox ids).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `at` on the wall clock (ms since the Unix epoch), as the data file keeps deadlines.
+fn wall_ms(at: Instant) -> u64 {
+    let (now, wall) = (Instant::now(), unix_ms());
+    match at.checked_duration_since(now) {
+        Some(ahead) => wall.saturating_add(ahead.as_millis() as u64),
+        None => wall.saturating_sub(now.duration_since(at).as_millis() as u64),
+    }
+}
+
+/// The instant of a wall-clock time read from the data file.
+fn instant_at(ms: u64) -> Instant {
+    let (now, wall) = (Instant::now(), unix_ms());
+    if ms >= wall {
+        now + Duration::from_millis(ms - wall)
+    } else {
+        // Before the monotonic clock's origin it cannot be told apart from the origin; it is
+        // long past either way.
+        now.checked_sub(Duration::from_millis(wall - ms)).unwrap_or(now)
+    }
 }
 
 #[cfg(test)]
@@ -657,14 +909,14 @@ mod tests {
 
         let later = Instant::now() + Duration::from_secs(limits.unused_registration_ttl_secs + 1);
         let mut dir = engine.inner.write();
-        dir.forget_expired(later);
+        dir.forget_expired(later, Log(None));
         let left: Vec<&UserId> = dir.users.keys().collect();
         assert_eq!(left, [&users[1]], "only the used one is left");
         assert!(!dir.unused.contains_key(&here));
         assert!(!dir.by_key.values().any(|u| u == &fourth || u == &users[0]));
         let entry = &dir.users[&users[1]];
         assert_eq!(dir.bytes, entry.bytes());
-        dir.forget_expired(later + Duration::from_secs(limits.inactive_user_ttl_secs));
+        dir.forget_expired(later + Duration::from_secs(limits.inactive_user_ttl_secs), Log(None));
         assert!(dir.users.is_empty() && dir.by_key.is_empty() && dir.expiries.is_empty());
         assert_eq!(dir.bytes, 0);
     }
@@ -680,5 +932,108 @@ mod tests {
         }
         assert!(matches!(engine.login(&key(10), here), Err(LoginError::Unavailable(_))));
         engine.login(&key(3), here).expect("a registered key still logs in");
+    }
+
+    fn embedded(limits: Limits, dir: &std::path::Path) -> MemoryEngine {
+        let (journal, snapshot, _) = super::super::embedded::open(dir).unwrap();
+        let hub = Arc::new(Hub::new(16, 1 << 20, tokio_util::sync::CancellationToken::new()));
+        MemoryEngine::embedded(limits, hub, journal, snapshot)
+    }
+
+    /// Everything the rules read, but instants (compared apart, to the millisecond).
+    fn fingerprint(engine: &MemoryEngine) -> String {
+        fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+            items.sort();
+            items
+        }
+        let dir = engine.inner.read();
+        let users = sorted(
+            dir.users.iter().map(|(u, e)| (u.clone(), e.public_key.clone(), e.protected, e.unused_from)).collect(),
+        );
+        let by_key = sorted(dir.by_key.iter().map(|(k, u)| (k.clone(), u.clone())).collect());
+        let unused = sorted(
+            dir.unused.iter().map(|(p, set)| (*p, sorted(set.iter().map(|(_, u)| u.clone()).collect()))).collect(),
+        );
+        let contacts = sorted(
+            dir.contacts.iter().map(|(u, (people, _))| (u.clone(), sorted(people.iter().cloned().collect()))).collect(),
+        );
+        let registered = sorted(dir.registered.iter().map(|(p, days)| (*p, days.clone())).collect());
+        let store = engine.inner.inboxes();
+        let inboxes = sorted(
+            store
+                .inboxes
+                .iter()
+                .map(|(u, i)| {
+                    let messages: Vec<_> = i
+                        .messages
+                        .iter()
+                        .map(|(id, m)| (*id, m.seq, m.from.clone(), m.prefix, m.stranger, m.envelope.clone()))
+                        .collect();
+                    let senders = sorted(
+                        i.senders
+                            .iter()
+                            .map(|(s, share)| (s.clone(), share.messages, share.bytes, share.stranger))
+                            .collect(),
+                    );
+                    (u.clone(), i.last, i.count, messages, i.bytes, senders, i.strangers)
+                })
+                .collect(),
+        );
+        let charges = &store.charges;
+        let by_prefix = sorted(charges.by_prefix.iter().map(|(p, b)| (*p, *b)).collect());
+        let by_sender = sorted(charges.by_sender.iter().map(|(s, b)| (s.clone(), *b)).collect());
+        let burnt = sorted(engine.inner.burnt.lock().unwrap().keys().cloned().collect());
+        let token = engine.inner.token_key.lock().unwrap().clone();
+        format!(
+            "{users:?}\n{by_key:?}\n{unused:?}\n{contacts:?}\n{registered:?}\n{}\n{inboxes:?}\n{} {by_prefix:?} \
+             {by_sender:?}\n{burnt:?} {token:?} {:.6}",
+            dir.bytes,
+            charges.bytes,
+            engine.inner.pressure.fill()
+        )
+    }
+
+    #[tokio::test]
+    async fn the_embedded_engine_comes_back_as_it_was() {
+        let scratch = super::super::embedded::tests::Scratch::new();
+        let limits = Limits { stranger_pool: 16, stranger_pool_bytes: 8 << 20, ..Limits::default() };
+        let (home, away) = (prefix("192.0.2.7/32"), prefix("2001:db8::/64"));
+        let (before, a, b, expires) = {
+            let engine = embedded(limits.clone(), scratch.path());
+            assert_eq!(engine.name(), "embedded");
+            let a = engine.login("key-a", home).unwrap();
+            let b = engine.login("key-b", away).unwrap();
+            let c = engine.login("key-c", home).unwrap();
+            engine.mark_used(&a);
+            engine.mark_used(&b);
+            engine.protect(&a);
+            engine.add_contacts(&b, std::slice::from_ref(&a));
+            let envelope = |text: &str| Bytes::from(text.to_owned());
+            engine.send(&a, home, &b, envelope("a to b, a contact")).unwrap();
+            engine.send(&c, home, &b, envelope("c to b, a stranger")).unwrap();
+            // c becomes a contact: what it has waiting leaves the strangers' pool.
+            engine.add_contacts(&b, std::slice::from_ref(&c));
+            engine.send(&c, home, &b, envelope("c to b, now a contact")).unwrap();
+            let first = engine.send(&c, home, &a, envelope("c to a, one")).unwrap();
+            engine.send(&c, home, &a, envelope("c to a, two")).unwrap();
+            engine.remove(&a, &[first]);
+            assert!(engine.burn_challenge("jti-1", Duration::from_secs(60)));
+            assert_eq!(engine.shared_token_key("key-one"), "key-one");
+            engine.durable().await.unwrap();
+            let expires = wall_ms(engine.inner.read().users[&a].expires);
+            (fingerprint(&engine), a, b, expires)
+        };
+        let engine = embedded(limits, scratch.path());
+        assert_eq!(fingerprint(&engine), before);
+        assert!(wall_ms(engine.inner.read().users[&a].expires).abs_diff(expires) <= 5, "deadlines kept");
+        assert_eq!(engine.user_record(&a).unwrap().upkeep, Upkeep::Kept);
+        assert!(engine.user_record(&a).unwrap().protected);
+        assert!(!engine.burn_challenge("jti-1", Duration::from_secs(60)), "still burnt");
+        assert_eq!(engine.shared_token_key("key-two"), "key-one", "the first key is kept");
+        // Numbers and ids go on after the stored ones.
+        let last = engine.backlog(&b, None, 10).last().unwrap().id;
+        let next = engine.send(&a, home, &b, Bytes::from_static(b"after")).unwrap();
+        assert!(next > last);
+        assert_eq!(engine.sequence(&b), 4);
     }
 }

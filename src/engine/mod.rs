@@ -1,10 +1,15 @@
 //! Storage and delivery: the key directory, per-user inboxes and the doorbell that tells the
 //! replica holding a user's socket that a message arrived.
 //!
-//! Two engines behave the same and pass the same tests: `memory` (single process, the
-//! embedded default) and `redis` (any number of replicas sharing a Redis). Dispatch is a
-//! plain enum: there are exactly two, and it keeps every call static.
+//! Three engines behave the same and pass the same tests: `embedded` (single process, kept in
+//! a local data file; the default), `memory` (single process, nothing kept) and `redis` (any
+//! number of replicas sharing a Redis). The first two are one type, `MemoryEngine`, with or
+//! without a journal (`embedded`), so dispatch is a plain enum of two: it keeps every call
+//! static. Every change the in-process engine makes is acknowledged only after
+//! `MemoryEngine::durable` (at once for the memory engine, after the commit for the embedded
+//! one).
 
+pub mod embedded;
 mod memory;
 pub(crate) mod redis;
 
@@ -14,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use crate::config::Settings;
+use crate::config::{EngineKind, Settings};
 use crate::hub::{Hub, Mailbox};
 use crate::limits::storage::{Holder, Pressure};
 use crate::limits::{Ask, Verdict};
@@ -124,22 +129,40 @@ pub struct ReadMark {
 
 #[derive(Clone)]
 pub enum Engine {
+    /// The embedded engine (with a data file) or the memory engine (without).
     Memory(MemoryEngine),
     Redis(RedisEngine),
 }
 
 impl Engine {
-    /// The memory engine unless `redis.url` is set.
+    /// Redis when `redis.url` is set; else `engine`: the embedded engine on the data file in
+    /// `data_dir` (read back into memory first), or the memory engine.
     pub async fn from_settings(settings: &Settings, hub: Arc<Hub>) -> Result<Self, Unavailable> {
-        Ok(match settings.redis_url() {
-            None => Engine::Memory(MemoryEngine::new(settings.limits.clone(), hub)),
-            Some(_) => Engine::Redis(RedisEngine::connect(settings, hub).await?),
-        })
+        if settings.redis_url().is_some() {
+            return Ok(Engine::Redis(RedisEngine::connect(settings, hub).await?));
+        }
+        let limits = settings.limits.clone();
+        Ok(Engine::Memory(match settings.engine {
+            EngineKind::Memory => {
+                tracing::info!("engine: memory (nothing is kept after the process ends)");
+                MemoryEngine::new(limits, hub)
+            }
+            EngineKind::Embedded => {
+                let dir = std::path::Path::new(&settings.data_dir);
+                let started = std::time::Instant::now();
+                let (journal, snapshot, path) = embedded::open(dir)?;
+                let (users, messages) = (snapshot.users.len(), snapshot.messages.len());
+                let engine = MemoryEngine::embedded(limits, hub, journal, snapshot);
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(file = %path.display(), users, messages, ms, "engine: embedded, data file read");
+                engine
+            }
+        }))
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Engine::Memory(_) => "memory",
+            Engine::Memory(e) => e.name(),
             Engine::Redis(_) => "redis",
         }
     }
@@ -149,7 +172,11 @@ impl Engine {
     /// address prefix it came `from` until it is used (`mark_used`), and expires unless it is.
     pub async fn login(&self, public_key: &str, from: ipnet::IpNet) -> Result<UserId, LoginError> {
         match self {
-            Engine::Memory(e) => e.login(public_key, from),
+            Engine::Memory(e) => {
+                let user = e.login(public_key, from)?;
+                e.durable().await?;
+                Ok(user)
+            }
             Engine::Redis(e) => e.login(public_key, from).await,
         }
     }
@@ -180,7 +207,7 @@ impl Engine {
         match self {
             Engine::Memory(e) => {
                 e.mark_used(user);
-                Ok(())
+                e.durable().await
             }
             Engine::Redis(e) => e.mark_used(user, record).await,
         }
@@ -191,7 +218,7 @@ impl Engine {
         match self {
             Engine::Memory(e) => {
                 e.protect(user);
-                Ok(())
+                e.durable().await
             }
             Engine::Redis(e) => e.protect(user).await,
         }
@@ -200,16 +227,25 @@ impl Engine {
     /// Burns a challenge id for `ttl`: true the first time, on any replica; false on replays.
     pub async fn burn_challenge(&self, jti: &str, ttl: std::time::Duration) -> Result<bool, Unavailable> {
         match self {
-            Engine::Memory(e) => Ok(e.burn_challenge(jti, ttl)),
+            Engine::Memory(e) => {
+                let first = e.burn_challenge(jti, ttl);
+                e.durable().await?;
+                Ok(first)
+            }
             Engine::Redis(e) => e.burn_challenge(jti, ttl.as_millis() as u64).await,
         }
     }
 
     /// The token key shared by every replica when none is configured: the Redis engine stores
-    /// `candidate` once and every replica reads the winner; the memory engine is one process.
+    /// `candidate` once and every replica reads the winner; the embedded engine keeps it in its
+    /// data file, so tokens outlive a restart; the memory engine is one process.
     pub async fn shared_token_key(&self, candidate: &str) -> Result<String, Unavailable> {
         match self {
-            Engine::Memory(_) => Ok(candidate.to_owned()),
+            Engine::Memory(e) => {
+                let key = e.shared_token_key(candidate);
+                e.durable().await?;
+                Ok(key)
+            }
             Engine::Redis(e) => e.shared_token_key(candidate).await,
         }
     }
@@ -224,7 +260,20 @@ impl Engine {
         sends: Vec<(UserId, Bytes)>,
     ) -> Vec<Result<MsgId, SendError>> {
         match self {
-            Engine::Memory(e) => sends.into_iter().map(|(to, envelope)| e.send(from, prefix, &to, envelope)).collect(),
+            Engine::Memory(e) => {
+                let mut results: Vec<_> =
+                    sends.into_iter().map(|(to, envelope)| e.send(from, prefix, &to, envelope)).collect();
+                // No receipt before the commit: a stored message is reported stored only once
+                // it is in the data file.
+                if results.iter().any(Result::is_ok)
+                    && let Err(e) = e.durable().await
+                {
+                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                        *result = Err(SendError::Unavailable(e.clone()));
+                    }
+                }
+                results
+            }
             Engine::Redis(e) => e.send_many(from, prefix, sends).await,
         }
     }
@@ -235,7 +284,7 @@ impl Engine {
         match self {
             Engine::Memory(e) => {
                 e.add_contacts(user, people);
-                Ok(())
+                e.durable().await
             }
             Engine::Redis(e) => e.add_contacts(user, people).await,
         }
@@ -301,7 +350,7 @@ impl Engine {
         match self {
             Engine::Memory(e) => {
                 e.remove(user, ids);
-                Ok(())
+                e.durable().await
             }
             Engine::Redis(e) => e.remove(user, ids).await,
         }
@@ -318,10 +367,16 @@ impl Engine {
     }
 
     /// Waits (within the command timeout) until every removal queued by `forget_delivered` is
-    /// done: a draining replica calls it after its sessions closed.
+    /// done: a draining replica calls it after its sessions closed (the embedded engine: until
+    /// every change is committed to the data file).
     pub async fn settle_removals(&self) {
-        if let Engine::Redis(e) = self {
-            e.settle_removals().await;
+        match self {
+            Engine::Memory(e) => {
+                if let Err(e) = e.durable().await {
+                    tracing::warn!(error = %e, "changes not written to the data file before exit");
+                }
+            }
+            Engine::Redis(e) => e.settle_removals().await,
         }
     }
 
@@ -354,10 +409,11 @@ impl Engine {
         }
     }
 
-    /// Whether the store answers and the doorbell link is up.
+    /// Whether the store answers and the doorbell link is up (the embedded engine: its data
+    /// file is being written).
     pub async fn ready(&self) -> bool {
         match self {
-            Engine::Memory(_) => true,
+            Engine::Memory(e) => e.ready(),
             Engine::Redis(e) => e.ready().await,
         }
     }

@@ -10,7 +10,7 @@ bin=${ENIGMA_BIN:-target/debug/enigma-server}
 st=$(command -v st || command -v schemathesis) || { echo "api-check: schemathesis is needed (pip install -r tests/api/requirements.txt)" >&2; exit 1; }
 
 log=$(mktemp)
-ENIGMA__SERVER__ADDR=127.0.0.1:0 ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
+ENIGMA__ENGINE=memory ENIGMA__SERVER__ADDR=127.0.0.1:0 ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 addr=

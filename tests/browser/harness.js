@@ -15,11 +15,6 @@ const BIN = join(ROOT, "target/debug");
 // checkout as it found it.
 const SCREENSHOTS = process.env.ENIGMA_SCREENSHOTS ? resolve(process.env.ENIGMA_SCREENSHOTS) : null;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-/**
- * Whether the server binary has the embedded engine (`ENIGMA__ENGINE`, `ENIGMA__DATA_DIR`). Until
- * it does, it refuses those settings as unknown keys, and the memory engine is its default.
- */
-export const EMBEDDED = process.env.ENIGMA_EMBEDDED === "1";
 /** A phone (an iPhone 12-sized screen), for the narrow layout. */
 export const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
@@ -78,14 +73,17 @@ export async function startRedis() {
 
 /**
  * An enigma-server on `port` (a free one if not given); `redis` for the shared engine;
- * `engine: "memory"` for one that forgets everything when it stops (named explicitly once the
- * binary has the embedded engine, see EMBEDDED; the default until then).
+ * `engine: "memory"` for one that forgets everything when it stops (also the default without
+ * Redis, unless `env` gives an `ENIGMA__DATA_DIR` for the embedded engine).
  */
 export async function startServer({ port, redis, prefix, engine, env: extra } = {}) {
   port ??= await freePort();
   const env = { PATH: process.env.PATH, ENIGMA__SERVER__ADDR: `127.0.0.1:${port}`, ENIGMA__LOG__LEVEL: "warn" };
   if (redis) Object.assign(env, { ENIGMA__REDIS__URL: redis.url, ENIGMA__REDIS__PREFIX: prefix ?? "browser" });
-  if (engine && EMBEDDED) env.ENIGMA__ENGINE = engine;
+  else if (engine) env.ENIGMA__ENGINE = engine;
+  // Without Redis the binary's default is the embedded engine, which writes ./enigma-data: a
+  // test that does not give its own data directory runs on the memory engine.
+  else if (!extra?.ENIGMA__DATA_DIR) env.ENIGMA__ENGINE = "memory";
   Object.assign(env, extra ?? {}); // settings of one test (a rate budget…)
   const entry = track(spawn(join(BIN, "enigma-server"), [], { env }), "enigma-server");
   await waitFor("enigma-server listening", () => entry.log.includes("listening on"), 30000);

@@ -8,12 +8,12 @@
 // - With its data (SIGKILL, then a new process on the same port and store): the pages simply go
 //   on, same ids, and every message receipted before the restart arrives; one queued during the
 //   outage is sent once the server is back. At desktop width and on a phone. The store is Redis,
-//   and the embedded engine's file once the binary has it (ENIGMA_EMBEDDED=1).
+//   and the embedded engine's file (the default without Redis).
 import { randomBytes } from "node:crypto";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  EMBEDDED, PHONE, addContact, cleanup, isOnline, launchBrowser, messages, newUser, openTab, sendText, shot, shown,
+  PHONE, addContact, cleanup, isOnline, launchBrowser, messages, newUser, openTab, sendText, shot, shown,
   startRedis, startServer, tempDir, texts, waitFor, waitForText,
 } from "./harness.js";
 
@@ -216,11 +216,7 @@ test("the server restarts with its data (Redis, new token keys): the pages sign 
   assert.equal(tokens.length, 2, "Alice's page signed in once before the restart and once after");
 });
 
-test(
-  "the server restarts with its data (embedded engine, SIGKILL): the pages go on, same ids, nothing lost",
-  { skip: EMBEDDED ? false : "needs the embedded engine (ENIGMA__DATA_DIR): set ENIGMA_EMBEDDED=1 once it is built" },
-  async () => {
-    const dir = tempDir("enigma-data-");
-    await survivesWithItsData((port) => startServer({ port, env: { ENIGMA__DATA_DIR: dir } }));
-  },
-);
+test("the server restarts with its data (embedded engine, SIGKILL): the pages go on, same ids, nothing lost", async () => {
+  const dir = tempDir("enigma-data-");
+  await survivesWithItsData((port) => startServer({ port, env: { ENIGMA__DATA_DIR: dir } }));
+});

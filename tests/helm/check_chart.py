@@ -592,6 +592,8 @@ def check_redis_wiring(r: Rendered, values: dict | None, mode: str) -> None:
 
     if mode == "none":
         expect(url is None and password is None, "Redis env vars set in memory mode")
+        engine = r.env_var("ENIGMA__ENGINE") or {}
+        expect(engine.get("value") == "memory", f"the memory engine is not chosen without Redis: {engine}")
         expect(not secrets, "a Secret rendered without Redis")
         expect("in-memory engine" in r.notes and "ONE replica" in r.notes, "NOTES do not warn about the memory engine")
         return

@@ -183,7 +183,7 @@ struct LoggedServer {
 
 impl LoggedServer {
     fn memory(dir: &Path) -> LoggedServer {
-        Self::start(dir, &[], "127.0.0.1:0")
+        Self::start(dir, &[("ENIGMA__ENGINE", "memory")], "127.0.0.1:0")
     }
 
     fn redis(dir: &Path, redis: &Redis, prefix: &str) -> LoggedServer {
@@ -631,7 +631,19 @@ async fn the_sdk_reconnects_and_loses_nothing() {
     let dir = TempDir::new("reconnect");
     let redis = Redis::start();
     let prefix = format!("rc{}:", std::process::id());
-    let env = [("ENIGMA__REDIS__URL", redis.url()), ("ENIGMA__REDIS__PREFIX", prefix)];
+    sdk_reconnects_and_loses_nothing(&dir, &[("ENIGMA__REDIS__URL", redis.url()), ("ENIGMA__REDIS__PREFIX", prefix)])
+        .await;
+}
+
+/// The same with the embedded engine keeping the data in its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reconnects_and_loses_nothing_on_the_embedded_engine() {
+    let dir = TempDir::new("reconnect");
+    let data = dir.path().join("data").display().to_string();
+    sdk_reconnects_and_loses_nothing(&dir, &[("ENIGMA__ENGINE", "embedded".into()), ("ENIGMA__DATA_DIR", data)]).await;
+}
+
+async fn sdk_reconnects_and_loses_nothing(dir: &TempDir, env: &[(&str, String)]) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = LoggedServer::start(dir.path(), &env, "127.0.0.1:0");
     let addr = server.addr.to_string();

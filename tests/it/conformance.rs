@@ -1,6 +1,6 @@
-//! The protocol, point by point. Every test runs against both engines (`memory::…` and
-//! `redis::…`), most also on a Redis Cluster (`cluster::…`) and on a Redis named by a Sentinel
-//! (`sentinel::…`): they must behave the same.
+//! The protocol, point by point. Every test runs against every engine (`memory::…`,
+//! `embedded::…` and `redis::…`), also on a Redis Cluster (`cluster::…`) and on a Redis named by
+//! a Sentinel (`sentinel::…`): they must behave the same.
 
 use std::time::{Duration, Instant};
 

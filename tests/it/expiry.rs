@@ -29,7 +29,7 @@ const GONE_WITHIN: Duration = Duration::from_secs(UNUSED_TTL_SECS * 2).saturatin
 /// The masters of the test's Redis (none on the memory engine).
 fn masters(b: &Backend) -> Vec<&Redis> {
     match b {
-        Backend::Memory => Vec::new(),
+        Backend::Memory | Backend::Embedded => Vec::new(),
         Backend::Redis(redis) | Backend::Sentinel(redis, _) => vec![redis],
         Backend::Cluster(cluster) => cluster.nodes.iter().filter(|n| n.is_master()).collect(),
     }

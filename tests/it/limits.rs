@@ -45,8 +45,16 @@ mod store {
         super::one_address_cannot_fill_the_store(super::Backend::cluster()).await
     }
     #[tokio::test]
+    async fn embedded_one_address_cannot_fill_the_store() {
+        super::one_address_cannot_fill_the_store(super::Backend::embedded()).await
+    }
+    #[tokio::test]
     async fn memory_one_address_cannot_fill_the_directory() {
         super::one_address_cannot_fill_the_directory(super::Backend::memory()).await
+    }
+    #[tokio::test]
+    async fn embedded_one_address_cannot_fill_the_directory() {
+        super::one_address_cannot_fill_the_directory(super::Backend::embedded()).await
     }
     #[tokio::test]
     async fn redis_one_address_cannot_fill_the_directory() {

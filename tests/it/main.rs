@@ -8,8 +8,12 @@ macro_rules! both_engines {
     (multi_thread: $($name:ident),* $(,)?) => { both_engines!(@flavor "multi_thread"; $($name),*); };
     // The same two, and modules `cluster::name` on a Redis Cluster of the test's own and
     // `sentinel::name` on a Redis whose address a Sentinel of the test's own gives.
+    // And `embedded::name` on the embedded engine (a data directory of the test's own).
     (with_cluster: $($name:ident),* $(,)?) => {
         both_engines!(@flavor "current_thread"; $($name),*);
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::embedded()).await })*
+        }
         mod cluster {
             $(#[tokio::test] async fn $name() { super::$name(super::Backend::cluster()).await })*
         }
@@ -36,6 +40,7 @@ mod conformance;
 mod costs;
 mod deploy_assets;
 mod doc_links;
+mod durable;
 mod endings;
 mod expiry;
 mod faults;

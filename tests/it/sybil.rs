@@ -58,6 +58,7 @@ in_ipv6_namespace!(
     connections_from_one_64_share_one_cap,
     one_64_cannot_fill_the_store,
 );
+in_ipv6_namespace!(@engine embedded; one_64_cannot_fill_the_store);
 
 /// Requests of one kind the attacker makes, each from an address of its own.
 const ADDRESSES: u64 = 2_000;

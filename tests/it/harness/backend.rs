@@ -1,5 +1,6 @@
-//! The engine a test runs against: memory, or a Redis of the test's own as a single node, a
-//! Cluster or behind a Sentinel. `both_engines!` (in `main.rs`) builds one per test from it.
+//! The engine a test runs against: memory, embedded (a data directory of its own per server
+//! config), or a Redis of the test's own as a single node, a Cluster or behind a Sentinel.
+//! `both_engines!` (in `main.rs`) builds one per test from it.
 
 use super::cluster::RedisCluster;
 use super::redis::Redis;
@@ -10,6 +11,8 @@ use super::server::{Server, ServerConfig};
 /// named by a Sentinel of its own.
 pub enum Backend {
     Memory,
+    /// Each `config()` gets a fresh data directory, removed with the last server using it.
+    Embedded,
     Redis(Redis),
     Cluster(RedisCluster),
     /// The master and the Sentinel watching it (dropped in this order).
@@ -19,6 +22,9 @@ pub enum Backend {
 impl Backend {
     pub fn memory() -> Self {
         Backend::Memory
+    }
+    pub fn embedded() -> Self {
+        Backend::Embedded
     }
     pub fn redis() -> Self {
         Backend::Redis(Redis::start())
@@ -35,6 +41,7 @@ impl Backend {
     pub fn config(&self) -> ServerConfig {
         match self {
             Backend::Memory => ServerConfig::memory(),
+            Backend::Embedded => ServerConfig::embedded(),
             Backend::Redis(redis) => ServerConfig::redis(redis),
             Backend::Cluster(cluster) => ServerConfig::cluster(cluster),
             Backend::Sentinel(_, sentinel) => ServerConfig::sentinel(sentinel),

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use super::keys::random_key;
 use super::netns::Host;
 use super::redis::Redis;
 use super::sentinel::Sentinel;
+use super::tempdir::TempDir;
 use super::ws::Ws;
 
 /// Every per-client limit off (see `Server::start`).
@@ -40,6 +42,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+    /// The embedded engine's data directory, removed once no server or config holds it.
+    data: Option<Arc<TempDir>>,
 }
 
 /// How to start a replica: engine and any `ENIGMA__…` overrides.
@@ -52,11 +56,27 @@ pub struct ServerConfig {
     pub host: Option<Host>,
     /// Keep the shipped per-client limits instead of turning them off (see `Server::start`).
     pub shipped_limits: bool,
+    /// The embedded engine's data directory: every server started from this config (or a
+    /// clone) uses it, so a restart finds what the last one kept.
+    pub data: Option<Arc<TempDir>>,
 }
 
 impl ServerConfig {
+    /// The memory engine, chosen explicitly (a server without Redis and without `engine` would
+    /// keep its data in `./enigma-data`). `spawn` chooses it too for configs that name neither.
     pub fn memory() -> Self {
-        Self::default()
+        Self::default().with("ENIGMA__ENGINE", "memory")
+    }
+    /// The embedded engine on a fresh data directory of its own.
+    pub fn embedded() -> Self {
+        let data = Arc::new(TempDir::new("data"));
+        Self { data: Some(data.clone()), ..Self::default() }
+            .with("ENIGMA__ENGINE", "embedded")
+            .with("ENIGMA__DATA_DIR", data.path().display())
+    }
+    /// The embedded engine's data directory (`embedded` configs only).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.as_deref().expect("an embedded engine's config").path()
     }
     pub fn redis(redis: &Redis) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
@@ -137,9 +157,11 @@ impl Server {
                 command.env(k, v);
             }
         }
-        if let Some(url) = &config.redis_url {
-            command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix);
-        }
+        match &config.redis_url {
+            Some(url) => command.env("ENIGMA__REDIS__URL", url).env("ENIGMA__REDIS__PREFIX", &config.prefix),
+            // Never the default data directory in the checkout; `embedded()` sets its own.
+            None => command.env("ENIGMA__ENGINE", "memory"),
+        };
         for (k, v) in &config.env {
             command.env(k, v);
         }
@@ -162,7 +184,7 @@ impl Server {
                 panic!("enigma-server did not start listening ({status:?})");
             }
         };
-        Server { child, addr, http: reqwest::Client::new() }
+        Server { child, addr, http: reqwest::Client::new(), data: config.data.clone() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -290,6 +312,7 @@ impl Server {
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for enigma-server") {
+                drop(self.data.take());
                 std::mem::forget(self);
                 return Some(status);
             }
@@ -300,9 +323,11 @@ impl Server {
         }
     }
 
+    /// SIGKILL: nothing of the process runs after it (no drain, no flush).
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(self.data.take());
         std::mem::forget(self);
     }
 }

@@ -1,0 +1,242 @@
+//! The data file: one redb database, a table per kind of row (`records`). `commit` applies a
+//! batch of records in one write transaction with `Durability::Immediate` (redb's default:
+//! when `commit` returns, the data and the root that names it are fsynced); `load` reads every
+//! table at startup.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::journal::Store;
+use super::records::{ContactsRow, InboxRow, MessageRow, Record, Snapshot, UserRow};
+use crate::engine::Unavailable;
+use crate::protocol::{MsgId, UserId};
+
+/// The file's name inside `data_dir`.
+pub const FILE_NAME: &str = "enigma.redb";
+
+/// The layout below; a file of another layout is refused rather than misread.
+const FORMAT: &str = "1";
+
+/// A user row: (public key, index material, protected, expires ms, unused from prefix).
+type UserValue<'a> = (&'a str, &'a [u8], bool, u64, Option<&'a str>);
+/// A message row: (seq, sender, sender prefix, stranger, envelope).
+type MessageValue<'a> = (u64, &'a str, &'a str, bool, &'a [u8]);
+
+/// user → `UserValue`
+const USERS: TableDefinition<&str, UserValue> = TableDefinition::new("users");
+/// user → (last id ms, last id seq, count, written ms)
+const INBOXES: TableDefinition<&str, (u64, u64, u64, u64)> = TableDefinition::new("inboxes");
+/// (user, id ms, id seq) → `MessageValue`
+const MESSAGES: TableDefinition<(&str, u64, u64), MessageValue> = TableDefinition::new("messages");
+/// user → (added to ms, people)
+const CONTACTS: TableDefinition<&str, (u64, Vec<&str>)> = TableDefinition::new("contacts");
+/// challenge id → single use until ms
+const BURNT: TableDefinition<&str, u64> = TableDefinition::new("burnt");
+/// address prefix → [(day, bytes registered)]
+const REGISTERED: TableDefinition<&str, Vec<(u64, u64)>> = TableDefinition::new("registered");
+/// "format", "token_key"
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+pub struct DataFile {
+    db: Database,
+    path: PathBuf,
+}
+
+impl DataFile {
+    /// Opens (creating them if needed) `dir` and the data file in it. Another process holding
+    /// the file, a directory that cannot be made, a file of another format: a clear error.
+    pub fn open(dir: &Path) -> Result<DataFile, Unavailable> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Unavailable(format!("cannot create the data directory `{}`: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let shown = path.display().to_string();
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => Unavailable(format!(
+                "the data file `{shown}` is in use by another process (one server per data_dir; \
+                 stop the other, or give this one its own data_dir)"
+            )),
+            other => Unavailable(format!("cannot open the data file `{shown}`: {other}")),
+        })?;
+        let file = DataFile { db, path };
+        file.prepare().map_err(|e| Unavailable(format!("cannot use the data file `{shown}`: {e}")))?;
+        Ok(file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates every table and checks (or writes) the format.
+    fn prepare(&self) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(text)?;
+        {
+            txn.open_table(USERS).map_err(text)?;
+            txn.open_table(INBOXES).map_err(text)?;
+            txn.open_table(MESSAGES).map_err(text)?;
+            txn.open_table(CONTACTS).map_err(text)?;
+            txn.open_table(BURNT).map_err(text)?;
+            txn.open_table(REGISTERED).map_err(text)?;
+            let mut meta = txn.open_table(META).map_err(text)?;
+            let format = meta.get("format").map_err(text)?.map(|v| v.value().to_owned());
+            match format.as_deref() {
+                None => {
+                    meta.insert("format", FORMAT).map_err(text)?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => return Err(format!("format {other}, this server reads format {FORMAT}")),
+            }
+        }
+        txn.commit().map_err(text)
+    }
+
+    /// Everything in the file. Rows that do not parse (never written by this server) are
+    /// skipped with a warning.
+    pub fn load(&self) -> Result<Snapshot, Unavailable> {
+        self.read().map_err(|e| Unavailable(format!("cannot read the data file `{}`: {e}", self.path.display())))
+    }
+
+    fn read(&self) -> Result<Snapshot, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let mut snapshot = Snapshot::default();
+        for row in txn.open_table(USERS)?.iter()? {
+            let (user, row) = row?;
+            let (public_key, material, protected, expires_ms, unused_from) = row.value();
+            let unused_from = match unused_from.map(str::parse::<IpNet>) {
+                Some(Ok(prefix)) => Some(prefix),
+                Some(Err(_)) => continue,
+                None => None,
+            };
+            let Some(user) = parsed_user(user.value()) else { continue };
+            let row = UserRow {
+                public_key: public_key.to_owned(),
+                material: material.to_vec(),
+                protected,
+                expires_ms,
+                unused_from,
+            };
+            snapshot.users.push((user, row));
+        }
+        for row in txn.open_table(INBOXES)?.iter()? {
+            let (user, row) = row?;
+            let (ms, seq, count, written_ms) = row.value();
+            let Some(user) = parsed_user(user.value()) else { continue };
+            snapshot.inboxes.push((user, InboxRow { last: MsgId { ms, seq }, count, written_ms }));
+        }
+        for row in txn.open_table(MESSAGES)?.iter()? {
+            let (key, row) = row?;
+            let (user, ms, seq) = key.value();
+            let (number, from, prefix, stranger, envelope) = row.value();
+            let (Some(user), Some(from), Ok(prefix)) = (parsed_user(user), parsed_user(from), prefix.parse()) else {
+                continue;
+            };
+            let row = MessageRow { seq: number, from, prefix, stranger, envelope: envelope.to_vec().into() };
+            snapshot.messages.push((user, MsgId { ms, seq }, row));
+        }
+        for row in txn.open_table(CONTACTS)?.iter()? {
+            let (user, row) = row?;
+            let (at_ms, people) = row.value();
+            let Some(user) = parsed_user(user.value()) else { continue };
+            let people = people.into_iter().filter_map(parsed_user).collect();
+            snapshot.contacts.push((user, ContactsRow { at_ms, people }));
+        }
+        for row in txn.open_table(BURNT)?.iter()? {
+            let (jti, until) = row?;
+            snapshot.burnt.push((jti.value().to_owned(), until.value()));
+        }
+        for row in txn.open_table(REGISTERED)?.iter()? {
+            let (prefix, days) = row?;
+            match prefix.value().parse() {
+                Ok(prefix) => snapshot.registered.push((prefix, days.value())),
+                Err(_) => tracing::warn!(prefix = prefix.value(), "data file: a prefix that does not parse, skipped"),
+            }
+        }
+        snapshot.token_key = txn.open_table(META)?.get("token_key")?.map(|v| v.value().to_owned());
+        Ok(snapshot)
+    }
+
+    fn apply(&self, batch: &[Record]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let mut inboxes = txn.open_table(INBOXES)?;
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut contacts = txn.open_table(CONTACTS)?;
+            let mut burnt = txn.open_table(BURNT)?;
+            let mut registered = txn.open_table(REGISTERED)?;
+            let mut meta = txn.open_table(META)?;
+            for record in batch {
+                match record {
+                    Record::User(user, row) => {
+                        let unused = row.unused_from.map(|prefix| prefix.to_string());
+                        let value = (
+                            row.public_key.as_str(),
+                            row.material.as_slice(),
+                            row.protected,
+                            row.expires_ms,
+                            unused.as_deref(),
+                        );
+                        users.insert(user.as_str(), value)?;
+                    }
+                    Record::ForgetUser(user) => {
+                        users.remove(user.as_str())?;
+                    }
+                    Record::Inbox(user, row) => {
+                        inboxes.insert(user.as_str(), (row.last.ms, row.last.seq, row.count, row.written_ms))?;
+                    }
+                    Record::Message(user, id, row) => {
+                        let prefix = row.prefix.to_string();
+                        let value = (row.seq, row.from.as_str(), prefix.as_str(), row.stranger, &row.envelope[..]);
+                        messages.insert((user.as_str(), id.ms, id.seq), value)?;
+                    }
+                    Record::Remove(user, id) => {
+                        messages.remove((user.as_str(), id.ms, id.seq))?;
+                    }
+                    Record::Contacts(user, row) => {
+                        let people: Vec<&str> = row.people.iter().map(UserId::as_str).collect();
+                        contacts.insert(user.as_str(), (row.at_ms, people))?;
+                    }
+                    Record::ForgetContacts(user) => {
+                        contacts.remove(user.as_str())?;
+                    }
+                    Record::Burn(jti, until) => {
+                        burnt.insert(jti.as_str(), *until)?;
+                    }
+                    Record::Unburn(jti) => {
+                        burnt.remove(jti.as_str())?;
+                    }
+                    Record::Registered(prefix, days) => {
+                        registered.insert(prefix.to_string().as_str(), days)?;
+                    }
+                    Record::ForgetRegistered(prefix) => {
+                        registered.remove(prefix.to_string().as_str())?;
+                    }
+                    Record::TokenKey(key) => {
+                        meta.insert("token_key", key.as_str())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Store for DataFile {
+    fn commit(&mut self, batch: &[Record]) -> Result<(), String> {
+        self.apply(batch).map_err(text)
+    }
+}
+
+fn parsed_user(text: &str) -> Option<UserId> {
+    let user = UserId::parse(text);
+    if user.is_none() {
+        tracing::warn!(user = text, "data file: a user id that does not parse, skipped");
+    }
+    user
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}

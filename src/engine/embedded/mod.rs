@@ -1,0 +1,41 @@
+//! The embedded engine's durability: the memory engine's state and rules, with every change
+//! also written to a local file, and the state rebuilt from that file at startup. Limits,
+//! expiry and ordering are the memory engine's own code, so the two cannot drift apart; this
+//! module only keeps the file.
+//!
+//! - `records`: what the file holds (rows) and the changes made to it (records).
+//! - `journal`: the group commit. Changes are appended under the lock that made them; one
+//!   writer thread commits whatever gathered in one transaction; a send is receipted, a login
+//!   answered, a claim confirmed only once its batch is committed.
+//! - `file`: the redb tables.
+//!
+//! The store is redb: pure Rust with no dependencies of its own (a lean build), ACID
+//! transactions over a copy-on-write B-tree, crash-safe without a log to replay, a stable file
+//! format, and a lock that keeps a second process off the file. Every commit here is
+//! `Durability::Immediate` (fsynced before `commit` returns); redb's `Durability::None` commits
+//! would be lost on a crash until a later durable one, so they are not used. fjall (an LSM tree)
+//! writes faster under heavy load but brings more crates and compaction to tune; one node's
+//! relay traffic fits a B-tree with batched commits.
+
+pub mod file;
+pub mod journal;
+pub mod records;
+
+use std::path::Path;
+
+pub use self::file::DataFile;
+pub use self::journal::Journal;
+pub use self::records::{Record, Snapshot};
+use crate::engine::Unavailable;
+
+/// Opens the data file in `dir`, reads it, and starts the journal that writes to it.
+pub fn open(dir: &Path) -> Result<(Journal, Snapshot, std::path::PathBuf), Unavailable> {
+    let file = DataFile::open(dir)?;
+    let snapshot = file.load()?;
+    let path = file.path().to_owned();
+    let journal = Journal::start(file).map_err(|e| Unavailable(format!("cannot start the journal's writer: {e}")))?;
+    Ok((journal, snapshot, path))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
