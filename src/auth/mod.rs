@@ -123,14 +123,14 @@ pub struct Auth {
 impl Auth {
     /// The configured keys, or else the deployment's shared generated one (see `docs/security.md`).
     pub async fn from_settings(settings: &AuthSettings, engine: &Engine) -> Result<Auth, Unavailable> {
-        let mut keys = settings.parsed_token_keys().map_err(Unavailable)?;
+        let mut keys = settings.parsed_token_keys().map_err(Unavailable::said)?;
         if keys.is_empty() {
             let entry = engine.shared_token_key(&tokens::random_key_entry()).await?;
             let key = tokens::parse_key_entry(&entry)
-                .map_err(|e| Unavailable(format!("the stored token key is unusable: {e}")))?;
+                .map_err(|e| Unavailable::said(format!("the stored token key is unusable: {e}")))?;
             keys.push(key);
         }
-        let keyring = Keyring::new(&keys, &settings.audience).map_err(Unavailable)?;
+        let keyring = Keyring::new(&keys, &settings.audience).map_err(Unavailable::said)?;
         Ok(Auth { keyring, settings: settings.clone() })
     }
 
@@ -150,7 +150,7 @@ impl Auth {
         let key = ClaimKey::parse(&record.public_key).ok_or(AuthError::UnsupportedKey)?;
         let secret = random_bytes::<32>();
         let alg = key.alg(wanted_alg);
-        let sealed = key.seal(alg, user.as_str(), &secret).ok_or_else(|| Unavailable("sealing failed".into()))?;
+        let sealed = key.seal(alg, user.as_str(), &secret).ok_or_else(|| Unavailable::said("sealing failed"))?;
         let now = now_secs();
         let exp = now + self.settings.challenge_ttl_secs;
         let ticket = Claims {

@@ -301,7 +301,7 @@ impl MemoryEngine {
             unused_from: Some(from),
         };
         if stored + dir.bytes + entry.bytes() > limits.memory_max_bytes {
-            return Err(Unavailable("memory engine full (limits.memory_max_bytes)".into()).into());
+            return Err(Unavailable::said("memory engine full (limits.memory_max_bytes)").into());
         }
         // What its prefix registered within a year, against its share (`directory_per_prefix`).
         let shares = &limits.storage;
@@ -469,7 +469,7 @@ impl MemoryEngine {
             return Err(SendError::OverStorage);
         }
         if store.charges.bytes + directory + size > limits.memory_max_bytes {
-            return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
+            return Err(SendError::Unavailable(Unavailable::said("memory engine full (limits.memory_max_bytes)")));
         }
         let now = unix_ms();
         let id = if now > inbox.last.ms {

@@ -7,6 +7,7 @@
 
 mod memory;
 pub(crate) mod redis;
+mod unavailable;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,7 @@ use crate::protocol::{Delivery, MsgId, UserId};
 
 pub use self::memory::{MemoryEngine, unix_ms};
 pub use self::redis::RedisEngine;
-
-/// The store could not be used (unreachable, timed out, refused); clients should retry.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("storage unavailable: {0}")]
-pub struct Unavailable(pub String);
+pub use self::unavailable::Unavailable;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {

@@ -99,17 +99,20 @@ impl Drop for Counted {
     }
 }
 
-/// Counts a new connection from `peer`: its guard, and the cap it is over, if any (`Err`:
-/// so far over that it is not answered at all).
+/// A connection so far over the replica's cap (twice it) that it is closed unanswered.
+#[derive(Debug)]
+struct FarOverCapacity;
+
+/// Counts a new connection from `peer`: its guard, and the cap it is over, if any.
 fn admit(
     counts: &Arc<Mutex<Counts>>,
     limits: &ConnectionLimits,
     peer: IpAddr,
-) -> Result<(Counted, Option<OverCapacity>), ()> {
+) -> Result<(Counted, Option<OverCapacity>), FarOverCapacity> {
     let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
     let cap = limits.max_connections;
     if cap > 0 && c.total >= cap.saturating_mul(2) {
-        return Err(());
+        return Err(FarOverCapacity);
     }
     let mut over = (cap > 0 && c.total >= cap).then_some(OverCapacity("replica"));
     c.total += 1;

@@ -11,7 +11,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ProtocolVersion, RedisResult};
 
 use super::super::Unavailable;
-use super::commands::is_loading;
+use super::super::unavailable::is_loading;
 use super::conn::{Conn, each_concurrently};
 use super::push::PushHandler;
 use super::sentinel::{Role, SentinelConnector};
@@ -40,14 +40,14 @@ impl Connector {
         timeout: Duration,
         push: &PushHandler,
     ) -> Result<Self, Unavailable> {
-        let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
+        let unavailable = Unavailable::from;
         // rustls has two providers compiled in (the clients' reqwest brings aws-lc-rs): name
         // one for the process, so `rediss://` never panics on the choice. Idempotent.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certs = match settings.redis_tls_ca_file() {
             Some(path) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(std::fs::read(path).map_err(|e| Unavailable(format!("redis.tls_ca_file: {e}")))?),
+                root_cert: Some(std::fs::read(path).map_err(|e| Unavailable::io("redis.tls_ca_file", e))?),
             }),
             None => None,
         };
@@ -175,7 +175,7 @@ impl Connections {
     pub(super) async fn reconnect(&self) -> Result<(), Unavailable> {
         let (cmd, pubsub) =
             tokio::join!(self.connector.cmd(self.timeout), self.connector.pubsub(&self.push, self.timeout));
-        let unavailable = |e: redis::RedisError| Unavailable(format!("reconnecting: {e}"));
+        let unavailable = |e| Unavailable::redis_while("reconnecting", e);
         let (cmd, pubsub) = (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?);
         *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
         *self.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
@@ -221,7 +221,7 @@ where
             Err(e) if is_loading(&e) => {
                 tracing::warn!(redis = target, error = %e, "Redis is loading its dataset; waiting for it")
             }
-            Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
+            Err(e) if attempt >= 8 => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(redis = target, error = %e, attempt, "Redis not reachable yet; retrying");
                 attempt += 1;

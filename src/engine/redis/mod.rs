@@ -224,7 +224,7 @@ impl RedisEngine {
                 let mut con = this.connections.cmd();
                 let stored = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
                     Ok(reply) => send_replies(reply, call.len()),
-                    Err(e) => sender::unavailable(call.len(), &e.0),
+                    Err(e) => sender::unavailable(call.len(), e),
                 };
                 let replies = sender::deliver_here(&this.hub, &messages, stored);
                 results.extend(call.iter().copied().zip(replies));
@@ -251,7 +251,7 @@ impl RedisEngine {
         match reply.as_slice() {
             [1, granted @ ..] if granted.len() == asks.len() => Ok(Verdict::Granted(granted.to_vec())),
             [0, wait] => Ok(Verdict::Limited(Duration::from_millis(*wait))),
-            _ => Err(Unavailable(format!("unexpected reply to a rate-limit check: {reply:?}"))),
+            _ => Err(Unavailable::said(format!("unexpected reply to a rate-limit check: {reply:?}"))),
         }
     }
 
@@ -375,5 +375,5 @@ impl Inner {
 }
 
 fn parse_indexed(user: &str) -> Result<UserId, Unavailable> {
-    UserId::parse(user).ok_or_else(|| Unavailable(format!("key index holds a malformed user id {user:?}")))
+    UserId::parse(user).ok_or_else(|| Unavailable::said(format!("key index holds a malformed user id {user:?}")))
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::commands::{Command, timed};
 use futures_util::{StreamExt, stream};
 
-use super::super::Written;
+use super::super::{Unavailable, Written};
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
@@ -163,7 +163,9 @@ pub(super) async fn remover(
             let mut result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
             // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
             // load it: load it and run them all again (a removal done twice changes nothing).
-            if result.is_err() {
+            // Only then: after a timeout or a lost link, loading would not help, and the
+            // messages stay stored (delivered again) rather than wait on a second try.
+            if result.as_ref().is_err_and(Unavailable::is_noscript) {
                 let invocation = script.prepare_invoke();
                 if timed(Command::Remove, connections.timeout, invocation.load_async(&mut con)).await.is_ok() {
                     result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::unavailable::is_noscript;
 use super::super::{SendError, Unavailable};
 use super::commands::{Command, timed};
 use super::connect::Connections;
@@ -94,8 +95,8 @@ impl SendQueue {
         // A round is timed itself; this bounds the wait for room in a full queue.
         match tokio::time::timeout(timeout * 2, queued).await {
             Ok(Some(results)) => results,
-            Ok(None) => unavailable(count, "the engine is shutting down"),
-            Err(_) => unavailable(count, "timed out waiting for the sender"),
+            Ok(None) => unavailable(count, Unavailable::said("the engine is shutting down")),
+            Err(_) => unavailable(count, Unavailable::said("timed out waiting for the sender")),
         }
     }
 }
@@ -242,9 +243,8 @@ async fn store(
         timed(Command::Send, timeout, pipe.query_async(&mut con)).await;
     // A pipeline does not load the script by itself (a restarted or failed-over Redis has
     // lost it): every EVALSHA then failed without effect, so load it and run them again.
-    let missing_script = |r: &RedisResult<Value>| {
-        r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-    };
+    // (`ignore_errors`: each call's own error is in its reply, where `timed` does not see it.)
+    let missing_script = |r: &RedisResult<Value>| r.as_ref().err().is_some_and(is_noscript);
     // Only when every call failed so: a pipeline is not atomic, and if some of it ran (the
     // script was loaded meanwhile), running it again would store those twice; the failed
     // ones are then answered `unavailable` and retried by their senders.
@@ -260,14 +260,15 @@ async fn store(
             .zip(&calls)
             .flat_map(|(reply, call)| match reply {
                 Ok(reply) => send_replies(reply, call.len()),
-                Err(e) => unavailable(call.len(), &e.to_string()),
+                Err(e) => unavailable(call.len(), e.into()),
             })
             .collect(),
-        Ok(_) => unavailable(messages.len(), "short pipeline reply"),
-        Err(e) => unavailable(messages.len(), &e.0),
+        Ok(_) => unavailable(messages.len(), Unavailable::said("short pipeline reply")),
+        Err(e) => unavailable(messages.len(), e),
     }
 }
 
-pub(super) fn unavailable<T>(count: usize, why: &str) -> Vec<Result<T, SendError>> {
-    (0..count).map(|_| Err(Unavailable(why.to_owned()).into())).collect()
+/// `count` results, each failed for `why`.
+pub(super) fn unavailable<T>(count: usize, why: Unavailable) -> Vec<Result<T, SendError>> {
+    (0..count).map(|_| Err(why.clone().into())).collect()
 }
