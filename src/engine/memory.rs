@@ -20,9 +20,10 @@ use ipnet::IpNet;
 use super::SendError;
 use super::Unavailable;
 use super::{LoginError, Upkeep, renewal_due};
+use crate::clock::unix_ms;
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
-use crate::limits::{Ask, Buckets, Rate, Verdict};
+use crate::limits::{Ask, Buckets, Rate, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 #[derive(Clone)]
@@ -503,7 +504,7 @@ impl MemoryEngine {
     }
 
     /// Takes tokens from the buckets of `kind:subject` (see `crate::limits::Buckets`).
-    pub fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Verdict {
+    pub fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Verdict {
         let now = unix_ms();
         let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= BUCKETS_SWEEP_AT {
@@ -616,11 +617,6 @@ impl Store {
             self.charges.release(stored);
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (the clock of inbox ids).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

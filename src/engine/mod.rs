@@ -18,10 +18,10 @@ use ipnet::IpNet;
 use crate::config::Settings;
 use crate::hub::{Hub, Mailbox};
 use crate::limits::storage::{Holder, Pressure};
-use crate::limits::{Ask, Verdict};
+use crate::limits::{Ask, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
-pub use self::memory::{MemoryEngine, unix_ms};
+pub use self::memory::MemoryEngine;
 pub use self::redis::RedisEngine;
 pub use self::unavailable::Unavailable;
 
@@ -270,7 +270,7 @@ impl Engine {
 
     /// Takes tokens from the buckets of `subject` under `kind` (see `crate::limits`), shared by
     /// every replica of this engine.
-    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+    pub async fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Result<Verdict, Unavailable> {
         match self {
             Engine::Memory(e) => Ok(e.take_tokens(kind, subject, asks)),
             Engine::Redis(e) => e.take_tokens(kind, subject, asks).await,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use self::address::{PrefixLengths, TrustedProxies};
-pub use self::bucket::{Ask, Buckets, Rate, Verdict};
+pub use self::bucket::{Ask, Buckets, Rate, Subject, Verdict};
 
 use crate::engine::{Engine, Unavailable};
 use crate::protocol::UserId;
@@ -160,7 +160,7 @@ pub enum Refused {
 }
 
 /// Takes one token of a per-address or per-user budget.
-async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result<(), Refused> {
+async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: Subject<'_>) -> Result<(), Refused> {
     if rate.is_off() {
         return Ok(());
     }
@@ -177,27 +177,26 @@ async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result
 /// A registration (`GET /login/…`) from `client`, an address prefix (`rate.address_prefix`: one
 /// holder of a /64 has one budget, not 2^64), as every per-address budget below.
 pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::Login, rates.login_per_address, &client.to_string()).await
+    one(engine, Limit::Login, rates.login_per_address, Subject::Address(client)).await
 }
 
 /// A challenge request from `client`: for the endpoint that issues challenges to call
 /// before it seals one.
 pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::Challenge, rates.challenge_per_address, &client.to_string()).await
+    one(engine, Limit::Challenge, rates.challenge_per_address, Subject::Address(client)).await
 }
 
 /// A WebSocket open by `client`, whatever it turns out to be: checked before anything is
 /// looked up, so every attempt (a refused one too) costs the address that made it.
 pub async fn check_socket_address(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &client.to_string()).await
+    one(engine, Limit::SocketPerAddress, rates.socket_per_address, Subject::Address(client)).await
 }
 
 /// A WebSocket open admitted as `user`: checked only once the socket has shown it may act as
 /// the user (a valid token for a protected user), so someone who knows only the id cannot
 /// spend the owner's budget and lock the owner out.
 pub async fn check_socket_user(engine: &Engine, rates: &RateSettings, user: &UserId) -> Result<(), Refused> {
-    // The user's braces make it the bucket's hash tag: the user's slot on a cluster.
-    one(engine, Limit::SocketPerUser, rates.socket_per_user, &format!("{{{user}}}")).await
+    one(engine, Limit::SocketPerUser, rates.socket_per_user, Subject::User(user)).await
 }
 
 /// The send budget a session holds: tokens leased from its user's shared budget, spent here.
@@ -231,7 +230,7 @@ impl SendBudget {
             if !size.is_off() {
                 asks.push(ask(size, need_bytes));
             }
-            match engine.take_tokens(Limit::Send.as_str(), &format!("{{{user}}}"), &asks).await? {
+            match engine.take_tokens(Limit::Send.as_str(), Subject::User(user), &asks).await? {
                 Verdict::Granted(granted) => {
                     let mut granted = granted.into_iter();
                     if !msgs.is_off() {

@@ -6,11 +6,11 @@
 //! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
 //! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
 //!
-//! The rooms: `attachment` (the hub and engine registration, one guard), `socket` (the loop
+//! The files: `attachment` (the hub and engine registration, one guard), `socket` (the loop
 //! that moves bytes), `cursor` (ordering and de-duplication, pure), `requests` (what a client
-//! frame asks: sends, acks, and the replies), `inbound` (parsing a client frame), `closing`
-//! (close codes, reasons and their metric labels), `ending` (what was read before the end is
-//! stored or answered before the close frame).
+//! frame asks: sends, acks, and the replies; the frame itself is parsed by
+//! `protocol::ClientFrame`), `closing` (close codes, reasons and their metric labels), `ending`
+//! (what was read before the end is stored or answered before the close frame).
 
 mod attachment;
 mod closing;
@@ -230,7 +230,7 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
     let _ = tokio::time::timeout(CLOSE_GRACE, refuse).await;
 }
 
-/// One admitted socket. Its methods live in the rooms that use them: `socket` (the loop,
+/// One admitted socket. Its methods live in the files that use them: `socket` (the loop,
 /// reading the inbox, writing) and `requests` (answering client frames).
 struct Session {
     state: AppState,

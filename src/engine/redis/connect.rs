@@ -126,8 +126,7 @@ impl Connector {
     }
 }
 
-/// The two connections, replaceable when one goes dead, and how to make new ones. (Not to be
-/// confused with `hub::Link`, a socket's mailbox.)
+/// The two connections, replaceable when one goes dead, and how to make new ones.
 pub(super) struct Connections {
     cmd: RwLock<Conn>,
     pubsub: RwLock<Conn>,

@@ -50,7 +50,7 @@ impl RedisEngine {
     pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
         let this = &self.inner;
         let key = self.inner.keys.ledger(holder);
-        let now = crate::engine::unix_ms();
+        let now = crate::clock::unix_ms();
         // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
         let kept = match holder {
             Holder::Registrations(_) => this.limits.inactive_user_ttl_secs,
@@ -73,7 +73,7 @@ impl RedisEngine {
     /// a full Redis too.
     pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
         let key = self.inner.keys.ledger(holder);
-        let day = format!("d{}", crate::engine::unix_ms() / DAY_MS);
+        let day = format!("d{}", crate::clock::unix_ms() / DAY_MS);
         apply(&self.inner.connections, &[(key, day, -(bytes as i64))]).await;
     }
 

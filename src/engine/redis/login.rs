@@ -109,7 +109,7 @@ impl RedisEngine {
         // Create the record first, then claim the key: whoever claims it first wins, and a
         // loser's record (never announced to anyone) is removed again.
         let record = this.keys.user(&user);
-        let created = crate::engine::memory::unix_ms();
+        let created = crate::clock::unix_ms();
         let registered_from = from;
         let from = from.to_string();
         let fields = [("publicKey", public_key), ("createdAt", &created.to_string()), ("unusedFrom", &from)];

@@ -33,7 +33,7 @@
 //! with an unasked `sunsubscribe`: those users are subscribed again on the new owner and their
 //! sessions re-read their inboxes, for what was announced to nobody in between.
 //!
-//! The rooms: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
+//! The files: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
 //! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
 //! receives), `sender`, `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
 //! `slots` (cluster slot maths).
@@ -80,7 +80,7 @@ use super::{SendError, Unavailable, Written};
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
 use crate::limits::storage::Pressure;
-use crate::limits::{Ask, Verdict};
+use crate::limits::{Ask, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -238,7 +238,7 @@ impl RedisEngine {
     }
 
     /// One rate-limit check: one script call on the bucket's key (one slot).
-    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+    pub async fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Result<Verdict, Unavailable> {
         let this = &self.inner;
         let ttl = asks.iter().map(|a| a.rate.refill_time()).max().unwrap_or_default();
         let mut invocation = this.scripts.limit.prepare_invoke();

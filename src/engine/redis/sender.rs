@@ -4,7 +4,7 @@
 //! pipeline, and hands each job its results. While a round is in flight the next one gathers,
 //! so the busier the replica, the more messages each script call carries: the cost a call
 //! has whatever it carries (reading the command, setting up the script, the reply) is shared,
-//! on both sides of the link (issue 18: that fixed cost was most of Redis's time per message).
+//! on both sides of the link (that fixed cost is most of what Redis spends on a message sent alone).
 //!
 //! A message whose recipient is connected to this replica is handed to its session here,
 //! after the round, instead of being published and heard back (the script checks, atomically,
