@@ -29,7 +29,6 @@ pub mod fuzz;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
-pub(crate) mod openapi;
 pub mod protocol;
 #[cfg(feature = "client")]
 pub mod sdk;
@@ -39,5 +38,4 @@ pub(crate) mod session;
 pub mod telemetry;
 pub(crate) mod web;
 
-pub(crate) use server::AppState;
 pub use server::{Error, run, shutdown_signal};

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use super::SendError;
-use super::Unavailable;
-use super::{LoginError, Upkeep, renewal_due};
+use super::errors::{LoginError, SendError};
+use super::records::{Upkeep, UserRecord, renewal_due};
+use super::unavailable::Unavailable;
 use crate::clock::unix_ms;
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
-use crate::limits::{Ask, Buckets, Rate, Subject, Verdict};
+use crate::limits::bucket::{Ask, Buckets, Rate, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 #[derive(Clone)]
@@ -335,7 +335,7 @@ impl MemoryEngine {
         self.inner.read().live(user).map(|entry| entry.public_key.clone())
     }
 
-    pub fn user_record(&self, user: &UserId) -> Option<super::UserRecord> {
+    pub fn user_record(&self, user: &UserId) -> Option<UserRecord> {
         let dir = self.inner.read();
         let entry = dir.live(user)?;
         let term = Duration::from_secs(self.inner.limits.inactive_user_ttl_secs);
@@ -344,7 +344,7 @@ impl MemoryEngine {
             None if renewal_due(entry.expires.saturating_duration_since(Instant::now()), term) => Upkeep::Due,
             None => Upkeep::Kept,
         };
-        Some(super::UserRecord { public_key: entry.public_key.clone(), protected: entry.protected, upkeep })
+        Some(UserRecord { public_key: entry.public_key.clone(), protected: entry.protected, upkeep })
     }
 
     /// Keeps `user` for `limits.inactive_user_ttl_secs` from now; no longer an unused

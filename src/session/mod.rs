@@ -29,14 +29,14 @@ use futures_util::future::Either;
 use ipnet::IpNet;
 use tracing::Instrument;
 
-use crate::AppState;
 use crate::auth::Refusal;
 use crate::engine::Written;
 use crate::hub::Mailbox;
-use crate::limits::storage::StorageLease;
+use crate::limits::lease::StorageLease;
 use crate::limits::{self, Refused, SendBudget};
 use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame, rate_limited_frame};
-use crate::server::ConnectionSlot;
+use crate::server::connections::ConnectionSlot;
+use crate::server::state::AppState;
 use crate::telemetry::metric;
 
 pub use self::attachment::Attached;
@@ -228,6 +228,17 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
         Ok::<(), axum::Error>(())
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, refuse).await;
+}
+
+/// Registers the close-reason and rejection counters at 0, so dashboards and alerts see every
+/// series.
+pub(crate) fn register_metrics() {
+    for reason in CloseReason::ALL {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
+    }
+    for reason in RejectReason::ALL {
+        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
 }
 
 /// One admitted socket. Its methods live in the files that use them: `socket` (the loop,

@@ -9,7 +9,7 @@ use super::Session;
 use super::closing::Closing;
 use crate::engine::SendError;
 use crate::limits::Refused;
-use crate::limits::storage::NotHeld;
+use crate::limits::lease::NotHeld;
 use crate::protocol::{
     AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, rate_limited_frame,
     receipt_frame,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 
-use super::super::Unavailable;
+use super::super::unavailable::Unavailable;
 use crate::telemetry::metric;
 
 /// A Redis operation, as it is labelled in the command metrics.

@@ -10,9 +10,8 @@ use redis::aio::ConnectionManagerConfig;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ProtocolVersion, RedisResult};
 
-use super::super::Unavailable;
-use super::super::unavailable::is_loading;
-use super::conn::{Conn, each_concurrently};
+use super::super::unavailable::{Unavailable, is_loading};
+use super::conn::{Conn, each_concurrently, with_resp3};
 use super::push::PushHandler;
 use super::sentinel::{Role, SentinelConnector};
 use crate::config::{RedisMode, Settings};
@@ -24,13 +23,6 @@ pub(super) enum Connector {
     Single { client: redis::Client, pubsub_client: redis::Client },
     Sentinel(SentinelConnector),
     Cluster { client: ClusterClient, pubsub_client: ClusterClient },
-}
-
-/// The same client speaking RESP3 (pushes: what a subscription connection needs).
-pub(super) fn with_resp3(client: &redis::Client) -> RedisResult<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(resp3))
 }
 
 impl Connector {

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::limits::Subject;
+use crate::limits::bucket::Subject;
 use crate::limits::storage::Holder;
 use crate::protocol::UserId;
 

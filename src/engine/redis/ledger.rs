@@ -22,7 +22,7 @@ use super::commands::{Command, timed};
 use super::connect::Connections;
 use super::keys::Keys;
 use super::scripts::release_script;
-use crate::engine::Unavailable;
+use crate::engine::unavailable::Unavailable;
 use crate::limits::storage::{Holder, Pressure};
 
 /// A day, in milliseconds (the ledger's buckets).

@@ -25,7 +25,9 @@ use redis::AsyncCommands;
 use super::commands::Command;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
-use crate::engine::{LoginError, Unavailable, Upkeep, UserRecord};
+use crate::engine::errors::LoginError;
+use crate::engine::records::{Upkeep, UserRecord};
+use crate::engine::unavailable::Unavailable;
 use crate::limits::storage::{Holder, registration_bytes};
 use crate::protocol::UserId;
 

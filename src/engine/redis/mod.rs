@@ -76,11 +76,13 @@ use self::scripts::{Scripts, send_replies};
 use self::sender::{MESSAGES_PER_CALL, Message, SEND_QUEUE, SendQueue, sender};
 use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
 use self::supervisor::Supervisor;
-use super::{SendError, Unavailable, Written};
+use super::errors::SendError;
+use super::records::Written;
+use super::unavailable::Unavailable;
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
+use crate::limits::bucket::{Ask, Subject, Verdict};
 use crate::limits::storage::Pressure;
-use crate::limits::{Ask, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -344,14 +346,14 @@ impl RedisEngine {
 
     /// The message counter and the connection generation: both keys are in the user's slot,
     /// so one pipeline reads them, on a cluster too.
-    pub async fn read_mark(&self, user: &UserId) -> Result<super::ReadMark, Unavailable> {
+    pub async fn read_mark(&self, user: &UserId) -> Result<super::records::ReadMark, Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
         let mut pipe = redis::pipe();
         pipe.hget(this.keys.user(user), "seq").get(this.keys.generation(user));
         let (sequence, generation): (Option<u64>, Option<u64>) =
             this.timed(Command::ReadMark, pipe.query_async(&mut con)).await?;
-        Ok(super::ReadMark { sequence: sequence.unwrap_or(0), generation })
+        Ok(super::records::ReadMark { sequence: sequence.unwrap_or(0), generation })
     }
 
     pub fn release(&self, user: &UserId) {

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::commands::{Command, timed};
 use futures_util::{StreamExt, stream};
 
-use super::super::{Unavailable, Written};
+use super::super::records::Written;
+use super::super::unavailable::Unavailable;
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;

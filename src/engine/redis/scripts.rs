@@ -7,7 +7,8 @@
 
 use redis::{Script, Value};
 
-use super::super::{SendError, Unavailable};
+use super::super::errors::SendError;
+use super::super::unavailable::Unavailable;
 use super::doorbell;
 use crate::protocol::MsgId;
 

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::unavailable::is_noscript;
-use super::super::{SendError, Unavailable};
+use super::super::errors::SendError;
+use super::super::unavailable::{Unavailable, is_noscript};
 use super::commands::{Command, timed};
 use super::connect::Connections;
 use super::keys::Keys;

@@ -8,9 +8,8 @@ use std::time::Duration;
 use redis::RedisResult;
 use redis::aio::ConnectionManagerConfig;
 
-use super::super::Unavailable;
-use super::conn::Conn;
-use super::connect::with_resp3;
+use super::super::unavailable::Unavailable;
+use super::conn::{Conn, with_resp3};
 use crate::config::Settings;
 
 /// Which of a replica's two connections, as an index into `SentinelConnector::reached`.

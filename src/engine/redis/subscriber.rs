@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::Unavailable;
+use super::super::unavailable::Unavailable;
 use super::commands::{Command, timed};
 use super::conn::Conn;
 use super::connect::Connections;

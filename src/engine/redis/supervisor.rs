@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::super::Unavailable;
-use super::super::unavailable::is_loading;
+use super::super::unavailable::{Unavailable, is_loading};
 use super::commands::{Command, timed};
 use super::connect::{Connections, Connector};
 use super::doorbell::Doorbell;
