@@ -82,7 +82,7 @@ use super::unavailable::Unavailable;
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
 use crate::limits::bucket::{Ask, Subject, Verdict};
-use crate::limits::storage::Pressure;
+use crate::limits::storage::{Holder, Pressure};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -367,6 +367,52 @@ impl RedisEngine {
         }
         let mut con = this.connections.cmd();
         this.timed(Command::Ping, redis::cmd("PING").query_async::<()>(&mut con)).await.is_ok()
+    }
+}
+
+/// The storage ledger's operations (`ledger`).
+impl RedisEngine {
+    /// Charges `want` bytes (negative: gives them back) to `holder`, if it then holds at most
+    /// `allowed`; whether it did.
+    pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
+        let this = &self.inner;
+        let key = self.inner.keys.ledger(holder);
+        let now = crate::clock::unix_ms();
+        // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
+        let kept = match holder {
+            Holder::Registrations(_) => this.limits.inactive_user_ttl_secs,
+            _ => this.limits.inbox_ttl_secs,
+        };
+        let keep = kept.div_ceil(86_400) + 1;
+        let mut invocation = this.scripts.hold.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(now / ledger::DAY_MS)
+            .arg(keep)
+            .arg(want)
+            .arg(allowed)
+            .arg((keep + 1).saturating_mul(ledger::DAY_MS));
+        let mut con = this.connections.cmd();
+        let reply: Vec<i64> = this.timed(Command::Hold, invocation.invoke_async(&mut con)).await?;
+        let held = reply.first() == Some(&1);
+        if held {
+            // Counted as used until the next sample, so a burst of leases cannot outrun it.
+            this.pressure.add(want.max(0) as u64);
+        }
+        Ok(held)
+    }
+
+    /// Gives `bytes` back from `holder` (a lease left unspent): the release script, which runs on
+    /// a full Redis too.
+    pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
+        let key = self.inner.keys.ledger(holder);
+        let day = format!("d{}", crate::clock::unix_ms() / ledger::DAY_MS);
+        ledger::apply(&self.inner.connections, &[(key, day, -(bytes as i64))]).await;
+    }
+
+    /// What the store holds now, as last sampled.
+    pub fn pressure(&self) -> &Pressure {
+        &self.inner.pressure
     }
 }
 
