@@ -16,6 +16,7 @@ mod attachment;
 mod closing;
 mod cursor;
 mod ending;
+mod rejected;
 mod requests;
 mod socket;
 
@@ -41,11 +42,10 @@ use crate::telemetry::metric;
 
 pub use self::attachment::Attached;
 pub use self::closing::CloseReason;
-pub use self::requests::RejectReason;
+pub use self::rejected::RejectReason;
 
 use self::closing::Closing;
 use self::cursor::Cursor;
-use self::requests::PendingSend;
 
 /// How long a closing socket may take to get its close frame out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -239,6 +239,13 @@ pub(crate) fn register_metrics() {
     for reason in RejectReason::ALL {
         metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
     }
+}
+
+/// A validated send, waiting to be stored with the others of its batch.
+struct PendingSend {
+    to: UserId,
+    envelope: bytes::Bytes,
+    reference: Option<String>,
 }
 
 /// One admitted socket. Its methods live in the files that use them: `socket` (the loop,
