@@ -29,9 +29,9 @@ pub struct Settings {
     pub limits: Limits,
     pub redis: RedisSettings,
     pub log: LogSettings,
-    pub auth: crate::auth::AuthSettings,
+    pub auth: crate::auth::settings::AuthSettings,
     /// Rate limits (see `crate::limits`).
-    pub rate: crate::limits::RateSettings,
+    pub rate: crate::limits::rates::RateSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -415,7 +415,7 @@ impl Settings {
         if self.redis.prefix.contains(['{', '}']) {
             return Err(invalid("redis.prefix", "must not contain `{` or `}` (they are Redis Cluster hash tags)"));
         }
-        crate::limits::TrustedProxies::parse(&self.server.trusted_proxies)
+        crate::limits::address::TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|bad| invalid("server.trusted_proxies", format!("`{bad}` is not an address or CIDR")))?;
         if let Some(key) = self.rate.invalid() {
             return Err(invalid(key, "per_second must be a positive number when burst is set"));
@@ -504,18 +504,8 @@ impl ServerSettings {
         Duration::from_millis(self.idle_timeout_ms)
     }
     /// The trusted proxies (validated at startup).
-    pub fn trusted_proxies(&self) -> crate::limits::TrustedProxies {
-        crate::limits::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
-    }
-    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
-        crate::server::ConnectionLimits {
-            head_timeout: Duration::from_millis(self.request_head_timeout_ms),
-            max_head_bytes: self.max_request_head_bytes,
-            max_connections: self.max_connections,
-            max_per_address: self.max_connections_per_address,
-            prefixes: crate::limits::PrefixLengths::default(),
-            trusted: crate::limits::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default(),
-        }
+    pub fn trusted_proxies(&self) -> crate::limits::address::TrustedProxies {
+        crate::limits::address::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
     }
 }
 

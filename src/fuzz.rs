@@ -109,7 +109,7 @@ pub fn config(data: &[u8]) {
     if let Ok(settings) = Settings::from_toml(text) {
         // What validation accepted, the server can use.
         let _ = settings.listen_addr();
-        let _ = settings.server.connection_limits();
+        let _ = crate::server::connections::ConnectionLimits::from_settings(&settings.server);
     }
 }
 

@@ -1,106 +1,39 @@
 //! The HTTP face: login, key lookup, the WebSocket upgrade, health, readiness and metrics.
 //! Every error is `{"error": "...", "code": "..."}` with a 4xx for client mistakes and an
-//! opaque 503 for storage trouble (details go to the log, not to the client).
+//! opaque 503 for storage trouble (details go to the log, not to the client). Every route is
+//! mounted here (the authentication routes and the web page too), and the OpenAPI document of
+//! them is generated here.
 
-use std::net::{IpAddr, SocketAddr};
+pub(crate) mod client;
+pub(crate) mod error;
+
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::OnFailedUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State, WebSocketUpgrade};
-use axum::http::request::Parts;
+use axum::extract::{MatchedPath, Path, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use ipnet::IpNet;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
 
-use crate::AppState;
-use crate::engine::{LoginError, Unavailable};
-use crate::limits::{self, Limit, Limited, Refused};
+use crate::limits;
 use crate::protocol::{
     ErrorBody, ErrorCode, Health, LoginResponse, LookupResponse, Readiness, SUBPROTOCOL_V1, UserId, validate_public_key,
 };
-use crate::server::{ConnectionSlot, OverCapacity};
+use crate::server::connections::OverCapacity;
+use crate::server::state::AppState;
+use crate::session;
 use crate::telemetry::metric;
-use crate::{openapi, session};
 
-/// A client-facing error.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-    /// `Retry-After`, in seconds.
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
-    }
-    fn user_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, ErrorCode::UserNotFound, "user not found")
-    }
-}
-
-impl From<Unavailable> for ApiError {
-    fn from(e: Unavailable) -> Self {
-        tracing::warn!(error = %e, "request failed: storage unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "service unavailable, retry later")
-    }
-}
-
-impl From<LoginError> for ApiError {
-    fn from(e: LoginError) -> Self {
-        let (limited, message) = match e {
-            LoginError::TooManyUnused { retry_after } => (
-                Limited { limit: Limit::UnusedRegistrations, retry_after },
-                "too many registrations from this address were never used; retry later",
-            ),
-            LoginError::DirectoryShare => (
-                Limited { limit: Limit::Registrations, retry_after: Duration::from_secs(3600) },
-                "this network has registered too many users lately; retry later",
-            ),
-            LoginError::Unavailable(e) => return e.into(),
-        };
-        limited.limit.refused();
-        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message);
-        error.retry_after = Some(limited.retry_after_secs());
-        error
-    }
-}
-
-impl From<Refused> for ApiError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Limited(limited) => {
-                let mut error =
-                    Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "too many requests; retry later");
-                error.retry_after = Some(limited.retry_after_secs());
-                error
-            }
-            Refused::Unavailable(e) => e.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(ErrorBody { error: self.message, code: Some(self.code.into()) })).into_response();
-        if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
-    }
-}
+use self::client::Client;
+use self::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.settings.server.cors_origins);
@@ -124,8 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", metrics)
-        .route("/openapi.json", get(openapi::document))
-        .merge(crate::auth::router())
+        .route("/openapi.json", get(document))
+        .merge(crate::auth::routes::router())
         .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -151,32 +84,6 @@ async fn refuse_over_capacity(request: Request, next: Next) -> Response {
         return response;
     }
     next.run(request).await
-}
-
-/// Who is asking: the client's address (the TCP peer, or what a trusted proxy forwarded) and,
-/// for a socket, its place under the connection caps (`server::connections` marks both).
-pub(crate) struct Client {
-    /// The client's address prefix (`rate.address_prefix`): what every per-address budget and
-    /// every stored byte of the client is counted against.
-    pub(crate) prefix: IpNet,
-    over_capacity: bool,
-    slot: Option<ConnectionSlot>,
-}
-
-impl FromRequestParts<AppState> for Client {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let address = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(peer)) => state.trusted_proxies.client(*peer, &parts.headers),
-            None => IpAddr::from([0, 0, 0, 0]), // not served by the accept loop (in-process tests)
-        };
-        Ok(Client {
-            prefix: state.settings.rate.address_prefix.of(address),
-            over_capacity: parts.extensions.get::<OverCapacity>().is_some(),
-            slot: parts.extensions.get::<ConnectionSlot>().cloned(),
-        })
-    }
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -477,4 +384,38 @@ async fn track_requests(request: Request, next: Next) -> Response {
     metrics::counter!(metric::HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(metric::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Enigma relay",
+        description = "The key directory and relay of the Enigma end-to-end-encrypted messaging protocol. \
+            Every error is a JSON body `{\"error\", \"code\"}`: a message for people and a code for programs. \
+            The WebSocket protocol (frames, close codes, the `enigma.v1` extension) is described in docs/protocol.md.",
+        license(name = "MIT")
+    ),
+    paths(
+        login,
+        connect,
+        healthz,
+        readyz,
+        render_metrics,
+        crate::auth::routes::challenge,
+        crate::auth::routes::token,
+        crate::auth::routes::status,
+    ),
+    tags(
+        (name = "directory", description = "Public keys and user ids"),
+        (name = "authentication", description = "Proof of possession of the registered key, and tokens"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`: the OpenAPI 3.1 document of these routes, generated from the handlers'
+/// annotations and the REST bodies (`protocol/rest.rs`). The WebSocket frames are not HTTP and
+/// are described in `docs/protocol.md`.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

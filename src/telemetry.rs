@@ -8,7 +8,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
-use crate::session::{CloseReason, RejectReason};
 
 /// Every series the server exports (all prefixed `enigma_`).
 pub mod metric {
@@ -88,19 +87,9 @@ pub fn register_all() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in CloseReason::ALL {
-        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
-    }
-    for reason in RejectReason::ALL {
-        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
-    }
-    for reason in crate::auth::Refusal::ALL {
-        metrics::counter!(metric::AUTH_REFUSALS, "reason" => reason.as_str()).increment(0);
-    }
     for result in ["found", "not_found"] {
         metrics::counter!(metric::LOOKUPS, "result" => result).increment(0);
     }
-    crate::limits::register_metrics();
     for cap in ["replica", "address"] {
         metrics::counter!(metric::CONNECTIONS_REFUSED, "cap" => cap).increment(0);
     }

@@ -9,9 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::AppState;
-use crate::http::ApiError;
+use crate::http::error::ApiError;
 use crate::protocol::ErrorCode;
+use crate::server::state::AppState;
 
 /// `connect-src 'self'` covers the WebSocket to the same host and port in current browsers
 /// (CSP Level 3); `base-uri`, `form-action` and `frame-ancestors` do not fall back to

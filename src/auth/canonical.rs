@@ -194,11 +194,11 @@ mod tests {
         assert_eq!(index_material(&format!(" {} ", spellings[1])).primary, first.primary);
     }
 
-    /// The spellings an independent review logged in as second users for one key (issue 23):
-    /// the web page reads the first two as the key itself, with its fingerprint; node-forge and
-    /// OpenSSL read PKCS#1 as the same RSA key. The third is another key to every client.
+    /// Spellings that must not log in as second users of one key: the web page reads the first
+    /// two as the key itself, with its fingerprint; node-forge and OpenSSL read PKCS#1 as the
+    /// same RSA key. The third is another key to every client.
     #[test]
-    fn the_twins_found_in_review() {
+    fn spellings_clients_read_as_one_key_are_one_user() {
         let raw: [u8; 32] = std::array::from_fn(|i| if i % 3 == 0 { 0xFB } else { 0xFF ^ i as u8 });
         let raw = {
             let mut raw = raw;

@@ -13,9 +13,10 @@
 //! (`auth.token_keys`, or one generated once and kept in the engine).
 
 pub mod canonical;
+mod refusal;
 pub(crate) mod routes;
 pub mod sealing;
-mod settings;
+pub(crate) mod settings;
 pub mod tokens;
 #[cfg(test)]
 pub(crate) mod vectors;
@@ -24,82 +25,14 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use base64::Engine as _;
 
-pub use self::routes::router;
+pub use self::refusal::Refusal;
 use self::sealing::{BASE64, ClaimKey};
 pub use self::settings::{AuthMode, AuthSettings};
-use self::tokens::{Claims, Keyring, Kind, sha256_hex};
+use self::tokens::{Claims, Keyring, Kind, random_bytes, sha256_hex};
 use crate::engine::{Engine, Unavailable, UserRecord};
 use crate::protocol::auth::bearer_from_protocol;
 use crate::protocol::{ChallengeResponse, TokenResponse, UserId};
 use crate::telemetry::metric;
-
-/// Why a token, a ticket or an answer was refused: the `reason` label of
-/// `enigma_auth_refusals_total` (never a user id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// No token, for a protected user or in `required` mode.
-    Missing,
-    /// Not a token of ours at all (not a JWT, wrong kind, missing claims).
-    Malformed,
-    /// Signed with a key this deployment does not hold (forged, other deployment, retired key).
-    BadSignature,
-    Expired,
-    /// Issued for another deployment (`aud`).
-    WrongAudience,
-    /// A valid token of another user.
-    WrongUser,
-    /// Earned with a key that is not the user's registered key.
-    WrongKey,
-    /// A challenge answered with the wrong secret.
-    WrongSecret,
-    /// A challenge answered a second time.
-    Replayed,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 9] = [
-        Refusal::Missing,
-        Refusal::Malformed,
-        Refusal::BadSignature,
-        Refusal::Expired,
-        Refusal::WrongAudience,
-        Refusal::WrongUser,
-        Refusal::WrongKey,
-        Refusal::WrongSecret,
-        Refusal::Replayed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Missing => "missing",
-            Refusal::Malformed => "malformed",
-            Refusal::BadSignature => "bad_signature",
-            Refusal::Expired => "expired",
-            Refusal::WrongAudience => "wrong_audience",
-            Refusal::WrongUser => "wrong_user",
-            Refusal::WrongKey => "wrong_key",
-            Refusal::WrongSecret => "wrong_secret",
-            Refusal::Replayed => "replayed",
-        }
-    }
-
-    /// What the client is told (the same words for every kind of bad token but a missing one:
-    /// a prober learns nothing it could not read from the token itself).
-    pub fn message(self) -> &'static str {
-        match self {
-            Refusal::Missing => "this user is protected: authenticate (POST /auth/challenge) and show a bearer token",
-            Refusal::Expired => "token expired: authenticate again",
-            Refusal::WrongSecret | Refusal::Replayed => "challenge answer refused: request a new challenge",
-            _ => "invalid token",
-        }
-    }
-
-    /// Counts the refusal under its reason; returns it, for `map_err(Refusal::count)`.
-    pub fn count(self) -> Refusal {
-        metrics::counter!(metric::AUTH_REFUSALS, "reason" => self.as_str()).increment(1);
-        self
-    }
-}
 
 /// Why a challenge or token request failed.
 #[derive(Debug)]
@@ -125,14 +58,14 @@ pub struct Auth {
 impl Auth {
     /// The configured keys, or else the deployment's shared generated one (see `docs/security.md`).
     pub async fn from_settings(settings: &AuthSettings, engine: &Engine) -> Result<Auth, Unavailable> {
-        let mut keys = settings.parsed_token_keys().map_err(Unavailable)?;
+        let mut keys = settings.parsed_token_keys().map_err(Unavailable::said)?;
         if keys.is_empty() {
             let entry = engine.shared_token_key(&tokens::random_key_entry()).await?;
-            let key = tokens::parse_key_entry(&entry)
-                .map_err(|e| Unavailable(format!("the stored token key is unusable: {e}")))?;
+            let key = settings::parse_key_entry(&entry)
+                .map_err(|e| Unavailable::said(format!("the stored token key is unusable: {e}")))?;
             keys.push(key);
         }
-        let keyring = Keyring::new(&keys, &settings.audience).map_err(Unavailable)?;
+        let keyring = Keyring::new(&keys, &settings.audience).map_err(Unavailable::said)?;
         Ok(Auth { keyring, settings: settings.clone() })
     }
 
@@ -152,7 +85,7 @@ impl Auth {
         let key = ClaimKey::parse(&record.public_key).ok_or(AuthError::UnsupportedKey)?;
         let secret = random_bytes::<32>();
         let alg = key.alg(wanted_alg);
-        let sealed = key.seal(alg, user.as_str(), &secret).ok_or_else(|| Unavailable("sealing failed".into()))?;
+        let sealed = key.seal(alg, user.as_str(), &secret).ok_or_else(|| Unavailable::said("sealing failed"))?;
         let now = now_secs();
         let exp = now + self.settings.challenge_ttl_secs;
         let ticket = Claims {
@@ -229,6 +162,13 @@ impl Auth {
     }
 }
 
+/// Registers the refusal counters at 0, so dashboards and alerts see every series.
+pub(crate) fn register_metrics() {
+    for reason in Refusal::ALL {
+        metrics::counter!(metric::AUTH_REFUSALS, "reason" => reason.as_str()).increment(0);
+    }
+}
+
 /// The bearer token of a request: `Authorization: Bearer …`, else a `Sec-WebSocket-Protocol`
 /// entry `enigma.bearer.…` (browsers cannot set headers on a WebSocket). Never the query string:
 /// URLs end up in proxy logs. `Err` when an `Authorization` header is there but not a bearer.
@@ -243,14 +183,6 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     }
     let offered = headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
     Ok(offered.flat_map(|v| v.split(',')).find_map(bearer_from_protocol).map(str::to_owned))
-}
-
-/// `N` bytes from the operating system's generator. Its failure is not something any input
-/// can cause, and nothing secure can go on without it.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
-    bytes
 }
 
 pub(crate) fn now_secs() -> u64 {

@@ -9,13 +9,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{AuthError, Refusal, bearer};
-use crate::AppState;
-use crate::http::{ApiError, Client};
+use crate::http::client::Client;
+use crate::http::error::ApiError;
 use crate::limits;
 use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM, ALG_RSA_OAEP_SHA256};
 use crate::protocol::{
     AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse, UserId,
 };
+use crate::server::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::sealing::decode_any_base64;
+
 /// Smallest accepted token key: HS256 keys shorter than the hash add nothing but risk.
 pub const MIN_TOKEN_KEY_BYTES: usize = 32;
 
@@ -67,7 +69,7 @@ impl AuthSettings {
 
     /// The configured keys, parsed: `(kid, secret)`, the signing key first.
     pub fn parsed_token_keys(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
-        self.token_keys.iter().map(|entry| super::tokens::parse_key_entry(entry)).collect()
+        self.token_keys.iter().map(|entry| parse_key_entry(entry)).collect()
     }
 
     /// Checks what the types cannot: `(key, reason)` on the first fault.
@@ -89,6 +91,22 @@ impl AuthSettings {
         }
         Ok(())
     }
+}
+
+/// `kid:base64secret` → `(kid, secret)`.
+pub fn parse_key_entry(entry: &str) -> Result<(String, Vec<u8>), String> {
+    let (kid, secret) = entry
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| "each entry is `kid:base64secret` (the id names the key in tokens)".to_owned())?;
+    if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("key id `{kid}`: letters, digits, `-`, `_` and `.` only"));
+    }
+    let secret = decode_any_base64(secret).ok_or_else(|| format!("key `{kid}`: the secret is not base64"))?;
+    if secret.len() < MIN_TOKEN_KEY_BYTES {
+        return Err(format!("key `{kid}`: {} bytes, at least {MIN_TOKEN_KEY_BYTES} needed", secret.len()));
+    }
+    Ok((kid.to_owned(), secret))
 }
 
 #[cfg(test)]

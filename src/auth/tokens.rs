@@ -15,9 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::Refusal;
+use super::refusal::Refusal;
 use super::sealing::{BASE64, decode_any_base64};
-use super::settings::MIN_TOKEN_KEY_BYTES;
 
 /// Clock skew tolerated between replicas, in seconds.
 const LEEWAY_SECS: u64 = 5;
@@ -125,27 +124,19 @@ impl Keyring {
     }
 }
 
-/// `kid:base64secret` → `(kid, secret)`.
-pub fn parse_key_entry(entry: &str) -> Result<(String, Vec<u8>), String> {
-    let (kid, secret) = entry
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| "each entry is `kid:base64secret` (the id names the key in tokens)".to_owned())?;
-    if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("key id `{kid}`: letters, digits, `-`, `_` and `.` only"));
-    }
-    let secret = decode_any_base64(secret).ok_or_else(|| format!("key `{kid}`: the secret is not base64"))?;
-    if secret.len() < MIN_TOKEN_KEY_BYTES {
-        return Err(format!("key `{kid}`: {} bytes, at least {MIN_TOKEN_KEY_BYTES} needed", secret.len()));
-    }
-    Ok((kid.to_owned(), secret))
-}
-
 /// A new random key entry (`auto-<hex>:<base64>`), for a deployment that configured none.
 pub fn random_key_entry() -> String {
-    let secret = super::random_bytes::<32>();
+    let secret = random_bytes::<32>();
     let id = hex(&Sha256::digest(secret)[..4]);
     format!("auto-{id}:{}", BASE64.encode(secret))
+}
+
+/// `N` bytes from the operating system's generator. Its failure is not something any input
+/// can cause, and nothing secure can go on without it.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    bytes
 }
 
 /// SHA-256 of `data` in lowercase hex.
@@ -218,6 +209,7 @@ mod tests {
 
     #[test]
     fn key_entries_parse() {
+        use super::super::settings::parse_key_entry;
         assert!(parse_key_entry(&random_key_entry()).is_ok());
         assert!(parse_key_entry("k:AAAA").is_err());
         assert!(parse_key_entry(":AAAA").is_err());

@@ -14,7 +14,8 @@ use rsa::pkcs8::DecodePrivateKey;
 use serde_json::Value;
 
 use super::sealing::ClaimKey;
-use super::tokens::{Keyring, Kind, parse_key_entry, sha256_hex};
+use super::settings::parse_key_entry;
+use super::tokens::{Keyring, Kind, sha256_hex};
 use super::{Refusal, bearer};
 
 /// The vectors, read as any implementation would read them.

@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use super::SendError;
-use super::Unavailable;
 use super::embedded::records::{ContactsRow, InboxRow, MessageRow, UserRow};
 use super::embedded::{Journal, Record, Snapshot};
-use super::{LoginError, Upkeep, renewal_due};
+use super::errors::{LoginError, SendError};
+use super::records::{Upkeep, UserRecord, renewal_due};
+use super::unavailable::Unavailable;
+use crate::clock::unix_ms;
 use crate::config::Limits;
 use crate::hub::{Hub, Mailbox};
-use crate::limits::{Ask, Buckets, Rate, Verdict};
+use crate::limits::bucket::{Ask, Buckets, Rate, Subject, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
 #[derive(Clone)]
@@ -486,7 +487,7 @@ impl MemoryEngine {
             return Ok(user.clone());
         }
         if !self.inner.has_room() {
-            return Err(Unavailable(JOURNAL_FULL.into()).into());
+            return Err(Unavailable::said(JOURNAL_FULL).into());
         }
         let max = limits.max_unused_registrations_per_prefix;
         if let Some(waiting) = dir.unused.get(&from).filter(|waiting| max > 0 && waiting.len() >= max) {
@@ -502,7 +503,7 @@ impl MemoryEngine {
             unused_from: Some(from),
         };
         if stored + dir.bytes + entry.bytes() > limits.memory_max_bytes {
-            return Err(Unavailable("memory engine full (limits.memory_max_bytes)".into()).into());
+            return Err(Unavailable::said("memory engine full (limits.memory_max_bytes)").into());
         }
         // What its prefix registered within a year, against its share (`directory_per_prefix`).
         let shares = &limits.storage;
@@ -544,7 +545,7 @@ impl MemoryEngine {
         self.inner.read().live(user).map(|entry| entry.public_key.clone())
     }
 
-    pub fn user_record(&self, user: &UserId) -> Option<super::UserRecord> {
+    pub fn user_record(&self, user: &UserId) -> Option<UserRecord> {
         let dir = self.inner.read();
         let entry = dir.live(user)?;
         let term = Duration::from_secs(self.inner.limits.inactive_user_ttl_secs);
@@ -553,7 +554,7 @@ impl MemoryEngine {
             None if renewal_due(entry.expires.saturating_duration_since(Instant::now()), term) => Upkeep::Due,
             None => Upkeep::Kept,
         };
-        Some(super::UserRecord { public_key: entry.public_key.clone(), protected: entry.protected, upkeep })
+        Some(UserRecord { public_key: entry.public_key.clone(), protected: entry.protected, upkeep })
     }
 
     /// Keeps `user` for `limits.inactive_user_ttl_secs` from now; no longer an unused
@@ -648,7 +649,7 @@ impl MemoryEngine {
         let mut store = self.inner.inboxes();
         store.sweep(ttl, log);
         if !self.inner.has_room() {
-            return Err(SendError::Unavailable(Unavailable(JOURNAL_FULL.into())));
+            return Err(SendError::Unavailable(Unavailable::said(JOURNAL_FULL)));
         }
         let store = &mut *store;
         let inbox = store.inboxes.entry(to.clone()).or_insert_with(Inbox::empty);
@@ -690,7 +691,7 @@ impl MemoryEngine {
             return Err(SendError::OverStorage);
         }
         if store.charges.bytes + directory + size > limits.memory_max_bytes {
-            return Err(SendError::Unavailable(Unavailable("memory engine full (limits.memory_max_bytes)".into())));
+            return Err(SendError::Unavailable(Unavailable::said("memory engine full (limits.memory_max_bytes)")));
         }
         let now = unix_ms();
         let id = if now > inbox.last.ms {
@@ -714,7 +715,7 @@ impl MemoryEngine {
     }
 
     /// Takes tokens from the buckets of `kind:subject` (see `crate::limits::Buckets`).
-    pub fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Verdict {
+    pub fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Verdict {
         let now = unix_ms();
         let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= BUCKETS_SWEEP_AT {
@@ -847,11 +848,6 @@ impl Store {
             self.charges.release(stored);
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (the clock of inbox ids).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// `at` on the wall clock (ms since the Unix epoch), as the data file keeps deadlines.

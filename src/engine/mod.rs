@@ -10,122 +10,28 @@
 //! one).
 
 pub mod embedded;
+mod errors;
 mod memory;
+mod records;
 pub(crate) mod redis;
+mod unavailable;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use ipnet::IpNet;
 
 use crate::config::{EngineKind, Settings};
 use crate::hub::{Hub, Mailbox};
+use crate::limits::bucket::{Ask, Subject, Verdict};
 use crate::limits::storage::{Holder, Pressure};
-use crate::limits::{Ask, Verdict};
 use crate::protocol::{Delivery, MsgId, UserId};
 
-pub use self::memory::{MemoryEngine, unix_ms};
+pub use self::errors::{LoginError, SendError};
+pub use self::memory::MemoryEngine;
+pub use self::records::{ReadMark, Upkeep, UserRecord, Written};
 pub use self::redis::RedisEngine;
-
-/// The store could not be used (unreachable, timed out, refused); clients should retry.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("storage unavailable: {0}")]
-pub struct Unavailable(pub String);
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SendError {
-    #[error("user not found")]
-    UserNotFound,
-    #[error("recipient's inbox is full")]
-    InboxFull,
-    /// The sender already has its share (`limits.inbox_share`, `inbox_share_bytes`) of the
-    /// recipient's inbox waiting; other senders still get through.
-    #[error("sender's share of the recipient's inbox is used up")]
-    OverShare,
-    /// The sender is a stranger to the recipient (never written to by them), and the part of
-    /// the inbox all strangers share (`limits.stranger_pool`) is full; contacts still get
-    /// through.
-    #[error("the recipient's inbox has no room left for strangers")]
-    StrangersFull,
-    /// The sender's address prefix, or the sender, already holds its share of the store
-    /// (`limits.storage`), as far as the store's pressure allows now.
-    #[error("the sender's share of the store is used up")]
-    OverStorage,
-    #[error(transparent)]
-    Unavailable(#[from] Unavailable),
-}
-
-/// Why a login gave no user id.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LoginError {
-    /// A key never seen, from an address prefix that already holds
-    /// `limits.max_unused_registrations_per_prefix` registrations nobody used: one of them
-    /// expires after `retry_after` (one used before then makes room sooner).
-    #[error("too many unused registrations from this address prefix")]
-    TooManyUnused { retry_after: Duration },
-    /// A key never seen, from an address prefix whose registrations of the last
-    /// `limits.inactive_user_ttl_secs` take its share of the store
-    /// (`limits.storage.directory_per_prefix`).
-    #[error("this address prefix registered its share of the directory")]
-    DirectoryShare,
-    #[error(transparent)]
-    Unavailable(#[from] Unavailable),
-}
-
-/// A user's directory entry as a socket's admission reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub public_key: String,
-    /// The user proved possession of the key once: every later socket needs a token.
-    pub protected: bool,
-    /// Where the record's expiry stands, read with it: what `Engine::mark_used` has to do.
-    pub upkeep: Upkeep,
-}
-
-/// Where a user record stands against its expiry (`limits.unused_registration_ttl_secs`,
-/// `limits.inactive_user_ttl_secs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upkeep {
-    /// Registered from this address prefix and never used since: it expires
-    /// `unused_registration_ttl_secs` after the registration, and counts against the prefix's
-    /// `max_unused_registrations_per_prefix` until then.
-    Unused(ipnet::IpNet),
-    /// Used, and renewed recently: nothing to do.
-    Kept,
-    /// Used, but renewed longer ago than `renewal_due` allows (or made before records expired,
-    /// with no expiry at all): the next use renews it.
-    Due,
-}
-
-/// Whether a used record with `remaining` time to live must be renewed to its full `term` (the
-/// inactive-user TTL): once it has lost a day, or 1/64 of the term when that is shorter. So a
-/// socket open writes at most once a day per user; everything else is a read it makes anyway.
-pub fn renewal_due(remaining: Duration, term: Duration) -> bool {
-    let slack = (term / 64).min(Duration::from_secs(24 * 3600));
-    remaining + slack < term
-}
-
-/// A message written to a specification client's socket, for `Engine::forget_delivered`: its
-/// envelope tells the Redis engine the sender and size to give back (`protocol::envelope_sender`)
-/// without reading the entry again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written {
-    pub id: MsgId,
-    pub envelope: Bytes,
-}
-
-/// Read before an inbox read.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadMark {
-    /// The number of the last message sent to the user (0: none yet): every message numbered
-    /// up to it is in the inbox read that follows, or was delivered already, so the next live
-    /// one must carry the number after it.
-    pub sequence: u64,
-    /// The user's newest connection generation (engines that coordinate replicas only): lets
-    /// a session notice a takeover announced while its doorbells were being missed.
-    pub generation: Option<u64>,
-}
+pub use self::unavailable::Unavailable;
 
 #[derive(Clone)]
 pub enum Engine {
@@ -291,7 +197,7 @@ impl Engine {
     }
 
     /// Whether storage is charged through a ledger apart from the store (Redis), so sessions
-    /// lease from it (`limits::storage::StorageLease`); the memory engine charges exactly.
+    /// lease from it (`limits::lease::StorageLease`); the memory engine charges exactly.
     pub fn keeps_a_ledger(&self) -> bool {
         matches!(self, Engine::Redis(_))
     }
@@ -322,7 +228,7 @@ impl Engine {
 
     /// Takes tokens from the buckets of `subject` under `kind` (see `crate::limits`), shared by
     /// every replica of this engine.
-    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+    pub async fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Result<Verdict, Unavailable> {
         match self {
             Engine::Memory(e) => Ok(e.take_tokens(kind, subject, asks)),
             Engine::Redis(e) => e.take_tokens(kind, subject, asks).await,
@@ -416,23 +322,5 @@ impl Engine {
             Engine::Memory(e) => e.ready(),
             Engine::Redis(e) => e.ready().await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_use_renews_once_a_day_or_once_per_64th_of_a_short_term() {
-        let year = Duration::from_secs(365 * 24 * 3600);
-        let hour = Duration::from_secs(3600);
-        assert!(!renewal_due(year, year));
-        assert!(!renewal_due(year - 23 * hour, year));
-        assert!(renewal_due(year - 25 * hour, year));
-        let minute = Duration::from_secs(64);
-        assert!(!renewal_due(minute - Duration::from_millis(999), minute));
-        assert!(renewal_due(minute - Duration::from_millis(1001), minute));
-        assert!(renewal_due(Duration::ZERO, minute));
     }
 }

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::protocol::UserId;
 
 /// One budget: `burst` tokens at most, refilled at `per_second`. A `burst` of 0 turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -39,6 +42,24 @@ impl Rate {
             return Duration::ZERO;
         }
         Duration::from_secs_f64((self.burst as f64 / self.per_second).min(86_400.0)).max(Duration::from_secs(1))
+    }
+}
+
+/// Whose budget a check draws on: the engine names the bucket from it (on Redis a user's
+/// bucket lives in the user's cluster slot, `engine/redis/keys.rs`).
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// A client address prefix (`rate.address_prefix`).
+    Address(IpNet),
+    User(&'a UserId),
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Address(net) => net.fmt(f),
+            Subject::User(user) => user.fmt(f),
+        }
     }
 }
 

@@ -10,82 +10,21 @@
 //! send path pays one limiter round trip per slice, not per message. A lease left unspent when
 //! the socket closes is simply gone: reconnecting never adds to a budget.
 
-mod address;
-mod bucket;
-pub mod storage;
+pub(crate) mod address;
+pub(crate) mod bucket;
+pub(crate) mod lease;
+pub(crate) mod rates;
+pub(crate) mod storage;
 
 use ipnet::IpNet;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-pub use self::address::{PrefixLengths, TrustedProxies};
-pub use self::bucket::{Ask, Buckets, Rate, Verdict};
+pub use self::bucket::{Ask, Rate, Subject, Verdict};
+pub use self::rates::RateSettings;
 
 use crate::engine::{Engine, Unavailable};
 use crate::protocol::UserId;
 use crate::telemetry::metric;
-
-/// The `[rate]` section: each budget's `burst` and `per_second`; `burst = 0` turns one off.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateSettings {
-    /// `GET /login/…` per client address.
-    pub login_per_address: Rate,
-    /// Challenge requests (claiming a user id) per client address.
-    pub challenge_per_address: Rate,
-    /// WebSocket opens per client address.
-    pub socket_per_address: Rate,
-    /// WebSocket opens per user.
-    pub socket_per_user: Rate,
-    /// Messages sent per user.
-    pub send_messages_per_user: Rate,
-    /// Payload bytes sent per user (as stored).
-    pub send_bytes_per_user: Rate,
-    /// How the per-address budgets group client addresses: IPv4 /32 and IPv6 /64 by default.
-    pub address_prefix: PrefixLengths,
-}
-
-impl Default for RateSettings {
-    fn default() -> Self {
-        // A school behind one NAT address: 300 registrations and sockets in a burst pass, then
-        // 5 a second (300 a minute); a flood of thousands waits. A phone back online flushes
-        // 500 queued messages at once; after the burst 20 a second, far above typing.
-        Self {
-            login_per_address: Rate::new(400, 5.0),
-            challenge_per_address: Rate::new(400, 5.0),
-            socket_per_address: Rate::new(400, 5.0),
-            socket_per_user: Rate::new(60, 1.0),
-            send_messages_per_user: Rate::new(1_000, 20.0),
-            send_bytes_per_user: Rate::new(16 * 1024 * 1024, 256.0 * 1024.0),
-            address_prefix: PrefixLengths::default(),
-        }
-    }
-}
-
-impl RateSettings {
-    /// The first bad budget: a burst needs a positive refill rate.
-    pub fn invalid(&self) -> Option<&'static str> {
-        self.all()
-            .into_iter()
-            .find(|(_, r)| {
-                let refills = r.per_second.is_finite() && r.per_second > 0.0;
-                !r.is_off() && !refills
-            })
-            .map(|(k, _)| k)
-    }
-
-    fn all(&self) -> [(&'static str, Rate); 6] {
-        [
-            ("rate.login_per_address", self.login_per_address),
-            ("rate.challenge_per_address", self.challenge_per_address),
-            ("rate.socket_per_address", self.socket_per_address),
-            ("rate.socket_per_user", self.socket_per_user),
-            ("rate.send_messages_per_user", self.send_messages_per_user),
-            ("rate.send_bytes_per_user", self.send_bytes_per_user),
-        ]
-    }
-}
 
 /// Which budget refused: the `limit` label of `enigma_rate_limited_total` and part of the
 /// bucket's key. Never a user id or an address in a label.
@@ -160,7 +99,7 @@ pub enum Refused {
 }
 
 /// Takes one token of a per-address or per-user budget.
-async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result<(), Refused> {
+async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: Subject<'_>) -> Result<(), Refused> {
     if rate.is_off() {
         return Ok(());
     }
@@ -177,27 +116,26 @@ async fn one(engine: &Engine, limit: Limit, rate: Rate, subject: &str) -> Result
 /// A registration (`GET /login/…`) from `client`, an address prefix (`rate.address_prefix`: one
 /// holder of a /64 has one budget, not 2^64), as every per-address budget below.
 pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::Login, rates.login_per_address, &client.to_string()).await
+    one(engine, Limit::Login, rates.login_per_address, Subject::Address(client)).await
 }
 
 /// A challenge request from `client`: for the endpoint that issues challenges to call
 /// before it seals one.
 pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::Challenge, rates.challenge_per_address, &client.to_string()).await
+    one(engine, Limit::Challenge, rates.challenge_per_address, Subject::Address(client)).await
 }
 
 /// A WebSocket open by `client`, whatever it turns out to be: checked before anything is
 /// looked up, so every attempt (a refused one too) costs the address that made it.
 pub async fn check_socket_address(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
-    one(engine, Limit::SocketPerAddress, rates.socket_per_address, &client.to_string()).await
+    one(engine, Limit::SocketPerAddress, rates.socket_per_address, Subject::Address(client)).await
 }
 
 /// A WebSocket open admitted as `user`: checked only once the socket has shown it may act as
 /// the user (a valid token for a protected user), so someone who knows only the id cannot
 /// spend the owner's budget and lock the owner out.
 pub async fn check_socket_user(engine: &Engine, rates: &RateSettings, user: &UserId) -> Result<(), Refused> {
-    // The user's braces make it the bucket's hash tag: the user's slot on a cluster.
-    one(engine, Limit::SocketPerUser, rates.socket_per_user, &format!("{{{user}}}")).await
+    one(engine, Limit::SocketPerUser, rates.socket_per_user, Subject::User(user)).await
 }
 
 /// The send budget a session holds: tokens leased from its user's shared budget, spent here.
@@ -231,7 +169,7 @@ impl SendBudget {
             if !size.is_off() {
                 asks.push(ask(size, need_bytes));
             }
-            match engine.take_tokens(Limit::Send.as_str(), &format!("{{{user}}}"), &asks).await? {
+            match engine.take_tokens(Limit::Send.as_str(), Subject::User(user), &asks).await? {
                 Verdict::Granted(granted) => {
                     let mut granted = granted.into_iter();
                     if !msgs.is_off() {

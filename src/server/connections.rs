@@ -44,7 +44,8 @@ use tower::ServiceExt;
 
 use super::closing;
 use super::idle::{Requests, Tracked};
-use crate::limits::TrustedProxies;
+use crate::config::ServerSettings;
+use crate::limits::address::{PrefixLengths, TrustedProxies};
 use crate::telemetry::metric;
 
 /// Bounds on a connection before it has sent a request.
@@ -58,8 +59,23 @@ pub struct ConnectionLimits {
     pub max_per_address: usize,
     /// How addresses are grouped for `max_per_address` (`rate.address_prefix`): one IPv6 /64
     /// is one client.
-    pub prefixes: crate::limits::PrefixLengths,
+    pub prefixes: PrefixLengths,
     pub trusted: TrustedProxies,
+}
+
+impl ConnectionLimits {
+    /// The `[server]` settings' caps (addresses grouped by the default prefix lengths; the
+    /// server sets `rate.address_prefix`'s).
+    pub fn from_settings(server: &ServerSettings) -> Self {
+        Self {
+            head_timeout: Duration::from_millis(server.request_head_timeout_ms),
+            max_head_bytes: server.max_request_head_bytes,
+            max_connections: server.max_connections,
+            max_per_address: server.max_connections_per_address,
+            prefixes: PrefixLengths::default(),
+            trusted: server.trusted_proxies(),
+        }
+    }
 }
 
 /// A request extension: this connection is over a connection cap (which one, for the metric).
@@ -99,17 +115,20 @@ impl Drop for Counted {
     }
 }
 
-/// Counts a new connection from `peer`: its guard, and the cap it is over, if any (`Err`:
-/// so far over that it is not answered at all).
+/// A connection so far over the replica's cap (twice it) that it is closed unanswered.
+#[derive(Debug)]
+struct FarOverCapacity;
+
+/// Counts a new connection from `peer`: its guard, and the cap it is over, if any.
 fn admit(
     counts: &Arc<Mutex<Counts>>,
     limits: &ConnectionLimits,
     peer: IpAddr,
-) -> Result<(Counted, Option<OverCapacity>), ()> {
+) -> Result<(Counted, Option<OverCapacity>), FarOverCapacity> {
     let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
     let cap = limits.max_connections;
     if cap > 0 && c.total >= cap.saturating_mul(2) {
-        return Err(());
+        return Err(FarOverCapacity);
     }
     let mut over = (cap > 0 && c.total >= cap).then_some(OverCapacity("replica"));
     c.total += 1;

@@ -6,40 +6,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod closing;
-mod connections;
+pub(crate) mod connections;
 mod idle;
+pub(crate) mod state;
 
-pub use connections::{ConnectionLimits, ConnectionSlot, OverCapacity};
-
+use self::connections::ConnectionLimits;
+use self::state::Shared;
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::{http, telemetry};
-
-/// Everything a request or a session needs.
-pub struct Shared {
-    pub settings: Settings,
-    pub engine: Engine,
-    pub auth: Auth,
-    pub hub: Arc<Hub>,
-    /// Cancelled when the server starts draining: sessions close with 1001.
-    pub shutdown: CancellationToken,
-    pub draining: AtomicBool,
-    /// Upgraded sockets, which axum's graceful shutdown does not wait for.
-    pub tracker: TaskTracker,
-    pub metrics: Option<PrometheusHandle>,
-    /// Whose forwarded client addresses count (`server.trusted_proxies`).
-    pub trusted_proxies: crate::limits::TrustedProxies,
-}
-
-pub type AppState = Arc<Shared>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,6 +42,10 @@ pub async fn run(
     // The recorder first: the engine already measures while it connects.
     let metrics = telemetry::prometheus();
     telemetry::register_all();
+    // The labelled series whose labels another module owns, each registered by its owner.
+    crate::session::register_metrics();
+    crate::auth::register_metrics();
+    crate::limits::register_metrics();
     let stopping = CancellationToken::new();
     let limits = &settings.limits;
     let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
@@ -95,9 +81,9 @@ pub async fn run(
             state.shutdown.cancel();
         }
     };
-    let limits = crate::server::ConnectionLimits {
+    let limits = ConnectionLimits {
         prefixes: state.settings.rate.address_prefix,
-        ..state.settings.server.connection_limits()
+        ..ConnectionLimits::from_settings(&state.settings.server)
     };
     if let Some(addr) = state.settings.metrics_addr() {
         let metrics_listener = TcpListener::bind(addr).await?;

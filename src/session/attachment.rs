@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use crate::AppState;
 use crate::engine::{Engine, Unavailable};
 use crate::hub::{Hub, Mailbox};
 use crate::protocol::UserId;
+use crate::server::state::AppState;
 
 /// A session registered in the hub and attached to the engine; detached when dropped.
 pub struct Attached {

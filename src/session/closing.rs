@@ -1,5 +1,5 @@
 //! How a session ends: the close frame's code and reason, and the label the closed connection
-//! is counted under. The label vocabulary is one enum so that `telemetry::register_all` and
+//! is counted under. The label vocabulary is one enum so that `session::register_metrics` and
 //! the counting share one list; the strings are what dashboards and alerts select on.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};

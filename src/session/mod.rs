@@ -6,16 +6,17 @@
 //! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
 //! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
 //!
-//! The rooms: `attachment` (the hub and engine registration, one guard), `socket` (the loop
+//! The files: `attachment` (the hub and engine registration, one guard), `socket` (the loop
 //! that moves bytes), `cursor` (ordering and de-duplication, pure), `requests` (what a client
-//! frame asks: sends, acks, and the replies), `inbound` (parsing a client frame), `closing`
-//! (close codes, reasons and their metric labels), `ending` (what was read before the end is
-//! stored or answered before the close frame).
+//! frame asks: sends, acks, and the replies; the frame itself is parsed by
+//! `protocol::ClientFrame`), `closing` (close codes, reasons and their metric labels), `ending`
+//! (what was read before the end is stored or answered before the close frame).
 
 mod attachment;
 mod closing;
 mod cursor;
 mod ending;
+mod rejected;
 mod requests;
 mod socket;
 
@@ -29,23 +30,22 @@ use futures_util::future::Either;
 use ipnet::IpNet;
 use tracing::Instrument;
 
-use crate::AppState;
 use crate::auth::Refusal;
 use crate::engine::Written;
 use crate::hub::Mailbox;
-use crate::limits::storage::StorageLease;
+use crate::limits::lease::StorageLease;
 use crate::limits::{self, Refused, SendBudget};
 use crate::protocol::{ErrorCode, SUBPROTOCOL_V1, UserId, error_frame, rate_limited_frame};
-use crate::server::ConnectionSlot;
+use crate::server::connections::ConnectionSlot;
+use crate::server::state::AppState;
 use crate::telemetry::metric;
 
 pub use self::attachment::Attached;
 pub use self::closing::CloseReason;
-pub use self::requests::RejectReason;
+pub use self::rejected::RejectReason;
 
 use self::closing::Closing;
 use self::cursor::Cursor;
-use self::requests::PendingSend;
 
 /// How long a closing socket may take to get its close frame out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -230,7 +230,25 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
     let _ = tokio::time::timeout(CLOSE_GRACE, refuse).await;
 }
 
-/// One admitted socket. Its methods live in the rooms that use them: `socket` (the loop,
+/// Registers the close-reason and rejection counters at 0, so dashboards and alerts see every
+/// series.
+pub(crate) fn register_metrics() {
+    for reason in CloseReason::ALL {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
+    }
+    for reason in RejectReason::ALL {
+        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+}
+
+/// A validated send, waiting to be stored with the others of its batch.
+struct PendingSend {
+    to: UserId,
+    envelope: bytes::Bytes,
+    reference: Option<String>,
+}
+
+/// One admitted socket. Its methods live in the files that use them: `socket` (the loop,
 /// reading the inbox, writing) and `requests` (answering client frames).
 struct Session {
     state: AppState,

@@ -5,11 +5,12 @@
 use axum::extract::ws::Message;
 use futures_util::FutureExt;
 
-use super::Session;
 use super::closing::Closing;
+use super::rejected::RejectReason;
+use super::{PendingSend, Session};
 use crate::engine::SendError;
 use crate::limits::Refused;
-use crate::limits::storage::NotHeld;
+use crate::limits::lease::NotHeld;
 use crate::protocol::{
     AckIds, ClientFrame, ErrorCode, MsgId, RawPayload, SendFrame, UserId, envelope, error_frame, rate_limited_frame,
     receipt_frame,
@@ -18,56 +19,6 @@ use crate::telemetry::{self, metric};
 
 /// Sends stored in one engine call at most.
 const SEND_BATCH: usize = 64;
-
-/// The `reason` label of `enigma_messages_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    Forbidden,
-    TooLarge,
-    UserNotFound,
-    InboxFull,
-    /// The sender's share of the recipient's inbox is used up (`limits.inbox_share`).
-    InboxShare,
-    /// The strangers' part of the recipient's inbox is full (`limits.stranger_pool`).
-    Strangers,
-    /// The sender's prefix or id holds its share of the store (`limits.storage`).
-    Storage,
-    /// The sender's send rate (`rate.send_*_per_user`).
-    RateLimited,
-    Unavailable,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
-        RejectReason::Forbidden,
-        RejectReason::TooLarge,
-        RejectReason::UserNotFound,
-        RejectReason::InboxFull,
-        RejectReason::InboxShare,
-        RejectReason::Strangers,
-        RejectReason::Storage,
-        RejectReason::RateLimited,
-        RejectReason::Unavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Forbidden => "forbidden",
-            RejectReason::TooLarge => "too_large",
-            RejectReason::UserNotFound => "user_not_found",
-            RejectReason::InboxFull => "inbox_full",
-            RejectReason::InboxShare => "inbox_share",
-            RejectReason::Strangers => "strangers",
-            RejectReason::Storage => "storage",
-            RejectReason::RateLimited => "rate_limited",
-            RejectReason::Unavailable => "unavailable",
-        }
-    }
-
-    fn count(self) {
-        metrics::counter!(metric::MESSAGES_REJECTED, "reason" => self.as_str()).increment(1);
-    }
-}
 
 /// When a sender over its share of the store is told to retry.
 const STORAGE_RETRY_MS: u64 = 5_000;
@@ -79,13 +30,6 @@ const CONTACTS_REMEMBERED: usize = 1024;
 /// Why a send is refused: error code, message, and its label among rejected messages (none
 /// for a malformed frame, which is not counted as a message).
 type Refusal = (ErrorCode, String, Option<RejectReason>);
-
-/// A validated send, waiting to be stored with the others of its batch.
-pub(super) struct PendingSend {
-    to: UserId,
-    envelope: bytes::Bytes,
-    reference: Option<String>,
-}
 
 impl Session {
     /// A frame from the client, and every further frame already received (none is waited

@@ -234,7 +234,7 @@ impl Session {
             return Ok(());
         }
         // Inbox ids carry the acceptance time (ms), so latency needs no extra bookkeeping.
-        let now = crate::engine::unix_ms();
+        let now = crate::clock::unix_ms();
         let latency = &telemetry::hot().delivery_latency;
         for written in &self.written {
             latency.record(now.saturating_sub(written.id.ms) as f64 / 1000.0);

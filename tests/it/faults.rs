@@ -386,6 +386,35 @@ async fn batched_sends_survive_a_flushed_script_cache() {
     );
 }
 
+/// Messages written to a specification client leave its inbox through the remover's pipelined
+/// calls. A Redis that lost its script cache answers them NOSCRIPT: the remover loads the script
+/// and removes them all the same (stored before the flush, so only the remover meets it).
+#[tokio::test]
+async fn removals_survive_a_flushed_script_cache() {
+    let redis = Redis::start();
+    let s = Server::start(&ServerConfig::redis(&redis));
+    let (alice, bob) = (s.new_user().await, s.new_user().await);
+    let mut a = s.connect_v1(&alice).await;
+    for i in 0..20 {
+        a.send_json(json!({"from": alice, "to": bob, "payload": i.to_string(), "ref": i.to_string()})).await;
+        assert_eq!(a.recv_json().await["status"], "stored");
+    }
+    let inbox = redis.cli(&["--scan", "--pattern", &format!("*inbox:{{{bob}}}")]).expect("SCAN answers");
+    let inbox = inbox.lines().next().expect("the inbox").to_owned();
+    let stored = || redis.cli(&["XLEN", &inbox]).expect("XLEN answers").trim().to_owned();
+    assert_eq!(stored(), "20");
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
+    let mut b = s.connect(&bob).await;
+    for i in 0..20 {
+        assert_eq!(b.recv_json().await["payload"], i.to_string(), "message {i}");
+    }
+    wait_until("the written messages to leave the inbox", DEADLINE, || std::future::ready(stored() == "0")).await;
+    assert!(
+        redis.cli(&["INFO", "errorstats"]).unwrap().contains("errorstat_NOSCRIPT"),
+        "the flushed script cache was hit (and recovered from)"
+    );
+}
+
 /// A recipient on the sending replica gets its messages handed over there, not published: when
 /// the answer to a send is lost (Redis frozen past the command timeout; the send is answered
 /// `unavailable`, and the script runs when Redis thaws), the stored message must still reach

@@ -49,18 +49,18 @@ impl DataFile {
     /// the file, a directory that cannot be made, a file of another format: a clear error.
     pub fn open(dir: &Path) -> Result<DataFile, Unavailable> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Unavailable(format!("cannot create the data directory `{}`: {e}", dir.display())))?;
+            .map_err(|e| Unavailable::said(format!("cannot create the data directory `{}`: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let shown = path.display().to_string();
         let db = Database::create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => Unavailable(format!(
+            DatabaseError::DatabaseAlreadyOpen => Unavailable::said(format!(
                 "the data file `{shown}` is in use by another process (one server per data_dir; \
                  stop the other, or give this one its own data_dir)"
             )),
-            other => Unavailable(format!("cannot open the data file `{shown}`: {other}")),
+            other => Unavailable::said(format!("cannot open the data file `{shown}`: {other}")),
         })?;
         let file = DataFile { db, path };
-        file.prepare().map_err(|e| Unavailable(format!("cannot use the data file `{shown}`: {e}")))?;
+        file.prepare().map_err(|e| Unavailable::said(format!("cannot use the data file `{shown}`: {e}")))?;
         Ok(file)
     }
 
@@ -94,7 +94,7 @@ impl DataFile {
     /// Everything in the file. Rows that do not parse (never written by this server) are
     /// skipped with a warning.
     pub fn load(&self) -> Result<Snapshot, Unavailable> {
-        self.read().map_err(|e| Unavailable(format!("cannot read the data file `{}`: {e}", self.path.display())))
+        self.read().map_err(|e| Unavailable::said(format!("cannot read the data file `{}`: {e}", self.path.display())))
     }
 
     fn read(&self) -> Result<Snapshot, redb::Error> {

@@ -116,8 +116,8 @@ impl Journal {
         }
         match tokio::time::timeout(COMMIT_WAIT, committed.wait_for(|done| *done >= mark)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Unavailable("the data file is closed".into())),
-            Err(_) => Err(Unavailable("the data file is not being written (see the server's log)".into())),
+            Ok(Err(_)) => Err(Unavailable::said("the data file is closed")),
+            Err(_) => Err(Unavailable::said("the data file is not being written (see the server's log)")),
         }
     }
 

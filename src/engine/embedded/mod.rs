@@ -33,7 +33,8 @@ pub fn open(dir: &Path) -> Result<(Journal, Snapshot, std::path::PathBuf), Unava
     let file = DataFile::open(dir)?;
     let snapshot = file.load()?;
     let path = file.path().to_owned();
-    let journal = Journal::start(file).map_err(|e| Unavailable(format!("cannot start the journal's writer: {e}")))?;
+    let journal =
+        Journal::start(file).map_err(|e| Unavailable::said(format!("cannot start the journal's writer: {e}")))?;
     Ok((journal, snapshot, path))
 }
 

@@ -195,11 +195,11 @@ fn a_second_opener_and_an_unusable_directory_are_clear_errors() {
     let scratch = Scratch::new();
     let first = open(scratch.path()).unwrap();
     let second = open(scratch.path()).err().expect("the file is held");
-    assert!(second.0.contains("in use by another process"), "{second}");
+    assert!(second.to_string().contains("in use by another process"), "{second}");
     drop(first);
     open(scratch.path()).expect("free again once the first is closed");
     // A regular file where the directory should be.
     let file = scratch.path().join("enigma.redb");
     let e = open(&file).err().expect("not a directory");
-    assert!(e.0.contains("cannot create the data directory"), "{e}");
+    assert!(e.to_string().contains("cannot create the data directory"), "{e}");
 }

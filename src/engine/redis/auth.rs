@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::RedisEngine;
 use super::commands::{Command, once_loaded};
-use crate::engine::{Unavailable, Upkeep, UserRecord, renewal_due};
+use crate::engine::records::{Upkeep, UserRecord, renewal_due};
+use crate::engine::unavailable::Unavailable;
 use crate::protocol::UserId;
 
 /// `publicKey`, `protected`, `unusedFrom` of a user record.

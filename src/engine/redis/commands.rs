@@ -6,9 +6,9 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
+use redis::RedisResult;
 
-use super::super::Unavailable;
+use super::super::unavailable::Unavailable;
 use crate::telemetry::metric;
 
 /// A Redis operation, as it is labelled in the command metrics.
@@ -100,48 +100,18 @@ impl Command {
     }
 }
 
-/// Runs one Redis call with a deadline, recording its latency and any error by command.
+/// Runs one Redis call with a deadline, recording its latency and any error by command. The
+/// error keeps its cause: the caller asks it what kind it is (`Unavailable::is_noscript`…).
 pub(super) async fn timed<T>(
     command: Command,
     limit: Duration,
     fut: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, Unavailable> {
-    timed_keeping_cause(command, limit, fut).await.map_err(Unavailable::from)
-}
-
-/// Why a timed call failed: Redis's error, whose kind says what it means, or no answer in time.
-#[derive(Debug)]
-enum Failure {
-    Redis(RedisError),
-    Late(Duration),
-}
-
-impl From<Failure> for Unavailable {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Redis(e) => Unavailable(e.to_string()),
-            Failure::Late(limit) => Unavailable(format!("no answer from Redis within {limit:?}")),
-        }
-    }
-}
-
-/// Whether Redis refused a command because it is loading its dataset (`LOADING`: started with
-/// a large append-only file or snapshot). That means "not yet": it answers once loaded.
-pub(super) fn is_loading(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
-}
-
-/// `timed`, keeping the failure's cause for a caller that decides by it.
-async fn timed_keeping_cause<T>(
-    command: Command,
-    limit: Duration,
-    fut: impl Future<Output = RedisResult<T>>,
-) -> Result<T, Failure> {
     let started = Instant::now();
     let result = match tokio::time::timeout(limit, fut).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Failure::Redis(e)),
-        Err(_) => Err(Failure::Late(limit)),
+        Ok(Err(e)) => Err(Unavailable::from(e)),
+        Err(_) => Err(Unavailable::late(limit)),
     };
     command.histogram().record(started.elapsed().as_secs_f64());
     if result.is_err() {
@@ -166,8 +136,8 @@ where
     let started = Instant::now();
     let mut said: Option<Instant> = None;
     loop {
-        match timed_keeping_cause(command, limit, call()).await {
-            Err(Failure::Redis(e)) if is_loading(&e) => {
+        match timed(command, limit, call()).await {
+            Err(e) if e.is_loading() => {
                 if said.is_none_or(|at| at.elapsed() >= LOADING_NOTICE) {
                     let waited = started.elapsed();
                     tracing::warn!(command = command.as_str(), ?waited, "Redis is loading its dataset; waiting for it");
@@ -175,7 +145,7 @@ where
                 }
                 tokio::time::sleep(LOADING_RETRY).await;
             }
-            result => return result.map_err(Unavailable::from),
+            result => return result,
         }
     }
 }
@@ -193,14 +163,6 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), Command::ALL.len(), "two commands share a label");
-    }
-
-    #[test]
-    fn loading_is_told_by_the_error_kind() {
-        let reply = |raw: &[u8]| redis::parse_redis_value(raw).unwrap().extract_error().unwrap_err();
-        assert!(is_loading(&reply(b"-LOADING Redis is loading the dataset in memory\r\n")));
-        assert!(!is_loading(&reply(b"-ERR LOADING is only a word here\r\n")));
-        assert!(!is_loading(&reply(b"-BUSY Redis is busy running a script\r\n")));
     }
 
     #[tokio::test]

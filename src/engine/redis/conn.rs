@@ -6,7 +6,7 @@ use std::future::Future;
 use futures_util::{StreamExt, stream};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisResult, Value};
+use redis::{ProtocolVersion, RedisResult, Value};
 
 /// A connection to one Redis (reconnecting by itself) or to a Redis Cluster (routing each
 /// command to the shard owning its slot).
@@ -87,4 +87,11 @@ where
     let results: Vec<RedisResult<()>> =
         stream::iter(items.iter().map(command)).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
     results.into_iter().collect()
+}
+
+/// The same client speaking RESP3 (pushes: what a subscription connection needs).
+pub(super) fn with_resp3(client: &redis::Client) -> RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(resp3))
 }

@@ -10,9 +10,8 @@ use redis::aio::ConnectionManagerConfig;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ProtocolVersion, RedisResult};
 
-use super::super::Unavailable;
-use super::commands::is_loading;
-use super::conn::{Conn, each_concurrently};
+use super::super::unavailable::{Unavailable, is_loading};
+use super::conn::{Conn, each_concurrently, with_resp3};
 use super::push::PushHandler;
 use super::sentinel::{Role, SentinelConnector};
 use crate::config::{RedisMode, Settings};
@@ -26,13 +25,6 @@ pub(super) enum Connector {
     Cluster { client: ClusterClient, pubsub_client: ClusterClient },
 }
 
-/// The same client speaking RESP3 (pushes: what a subscription connection needs).
-pub(super) fn with_resp3(client: &redis::Client) -> RedisResult<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(resp3))
-}
-
 impl Connector {
     /// `push` receives the subscription connection's pushes (a cluster client takes it now).
     pub(super) fn from_settings(
@@ -40,14 +32,14 @@ impl Connector {
         timeout: Duration,
         push: &PushHandler,
     ) -> Result<Self, Unavailable> {
-        let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
+        let unavailable = Unavailable::from;
         // rustls has two providers compiled in (the clients' reqwest brings aws-lc-rs): name
         // one for the process, so `rediss://` never panics on the choice. Idempotent.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certs = match settings.redis_tls_ca_file() {
             Some(path) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(std::fs::read(path).map_err(|e| Unavailable(format!("redis.tls_ca_file: {e}")))?),
+                root_cert: Some(std::fs::read(path).map_err(|e| Unavailable::io("redis.tls_ca_file", e))?),
             }),
             None => None,
         };
@@ -126,8 +118,7 @@ impl Connector {
     }
 }
 
-/// The two connections, replaceable when one goes dead, and how to make new ones. (Not to be
-/// confused with `hub::Link`, a socket's mailbox.)
+/// The two connections, replaceable when one goes dead, and how to make new ones.
 pub(super) struct Connections {
     cmd: RwLock<Conn>,
     pubsub: RwLock<Conn>,
@@ -175,7 +166,7 @@ impl Connections {
     pub(super) async fn reconnect(&self) -> Result<(), Unavailable> {
         let (cmd, pubsub) =
             tokio::join!(self.connector.cmd(self.timeout), self.connector.pubsub(&self.push, self.timeout));
-        let unavailable = |e: redis::RedisError| Unavailable(format!("reconnecting: {e}"));
+        let unavailable = |e| Unavailable::redis_while("reconnecting", e);
         let (cmd, pubsub) = (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?);
         *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
         *self.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
@@ -221,7 +212,7 @@ where
             Err(e) if is_loading(&e) => {
                 tracing::warn!(redis = target, error = %e, "Redis is loading its dataset; waiting for it")
             }
-            Err(e) if attempt >= 8 => return Err(Unavailable(e.to_string())),
+            Err(e) if attempt >= 8 => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(redis = target, error = %e, attempt, "Redis not reachable yet; retrying");
                 attempt += 1;

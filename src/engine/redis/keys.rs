@@ -5,6 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::limits::bucket::Subject;
 use crate::limits::storage::Holder;
 use crate::protocol::UserId;
 
@@ -49,9 +50,13 @@ impl Keys {
             Holder::Registrations(prefix) => self.registered_by_prefix(&prefix.to_string()),
         }
     }
-    /// A rate-limit bucket; a user's `subject` is `{uid}`, its hash tag.
-    pub(super) fn rate(&self, kind: &str, subject: &str) -> String {
-        format!("{}rate:{kind}:{subject}", self.prefix)
+    /// A rate-limit bucket: a user's in the user's slot (`{uid}`, its hash tag), an address
+    /// prefix's in its own.
+    pub(super) fn rate(&self, kind: &str, subject: Subject<'_>) -> String {
+        match subject {
+            Subject::User(user) => format!("{}rate:{kind}:{{{user}}}", self.prefix),
+            Subject::Address(net) => format!("{}rate:{kind}:{net}", self.prefix),
+        }
     }
     pub(super) fn generation(&self, user: &UserId) -> String {
         format!("{}conn:{{{user}}}", self.prefix)
@@ -106,5 +111,7 @@ mod tests {
         assert!(keys.key_index(b"abc").starts_with("t:pk:"));
         assert_eq!(keys.key_index(b"abc").len(), "t:pk:".len() + 64);
         assert_eq!(keys.unused(&"2001:db8::/64".parse().unwrap()), "t:unused:2001:db8::/64");
+        assert_eq!(keys.rate("send", Subject::User(&user)), format!("t:rate:send:{{{user}}}"));
+        assert_eq!(keys.rate("login", Subject::Address("192.0.2.7/32".parse().unwrap())), "t:rate:login:192.0.2.7/32");
     }
 }

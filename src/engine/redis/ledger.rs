@@ -17,13 +17,11 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::RedisEngine;
 use super::commands::{Command, timed};
 use super::connect::Connections;
 use super::keys::Keys;
 use super::scripts::release_script;
-use crate::engine::Unavailable;
-use crate::limits::storage::{Holder, Pressure};
+use crate::limits::storage::Pressure;
 
 /// A day, in milliseconds (the ledger's buckets).
 pub(super) const DAY_MS: u64 = 86_400_000;
@@ -42,45 +40,6 @@ pub(super) struct Freed {
     pub(super) prefix: String,
     pub(super) sender: String,
     pub(super) bytes: u64,
-}
-
-impl RedisEngine {
-    /// Charges `want` bytes (negative: gives them back) to `holder`, if it then holds at most
-    /// `allowed`; whether it did.
-    pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
-        let this = &self.inner;
-        let key = self.inner.keys.ledger(holder);
-        let now = crate::engine::unix_ms();
-        // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
-        let kept = match holder {
-            Holder::Registrations(_) => this.limits.inactive_user_ttl_secs,
-            _ => this.limits.inbox_ttl_secs,
-        };
-        let keep = kept.div_ceil(86_400) + 1;
-        let mut invocation = this.scripts.hold.prepare_invoke();
-        invocation.key(key).arg(now / DAY_MS).arg(keep).arg(want).arg(allowed).arg((keep + 1).saturating_mul(DAY_MS));
-        let mut con = this.connections.cmd();
-        let reply: Vec<i64> = this.timed(Command::Hold, invocation.invoke_async(&mut con)).await?;
-        let held = reply.first() == Some(&1);
-        if held {
-            // Counted as used until the next sample, so a burst of leases cannot outrun it.
-            this.pressure.add(want.max(0) as u64);
-        }
-        Ok(held)
-    }
-
-    /// Gives `bytes` back from `holder` (a lease left unspent): the release script, which runs on
-    /// a full Redis too.
-    pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
-        let key = self.inner.keys.ledger(holder);
-        let day = format!("d{}", crate::engine::unix_ms() / DAY_MS);
-        apply(&self.inner.connections, &[(key, day, -(bytes as i64))]).await;
-    }
-
-    /// What the store holds now, as last sampled.
-    pub fn pressure(&self) -> &Pressure {
-        &self.inner.pressure
-    }
 }
 
 /// The removal script's answer: how many entries it removed, and what they freed.
@@ -128,7 +87,7 @@ pub(super) async fn release(connections: &Connections, keys: &Keys, freed: Vec<F
 
 /// Applies ledger changes `(key, day field, bytes)` with the release script (`allow-oom`: it
 /// only frees): one call for all on one Redis, one per key on a cluster.
-async fn apply(connections: &Connections, changes: &[(String, String, i64)]) {
+pub(super) async fn apply(connections: &Connections, changes: &[(String, String, i64)]) {
     let script = release_script();
     let con = connections.cmd();
     let result = if connections.is_cluster() {

@@ -25,7 +25,9 @@ use redis::AsyncCommands;
 use super::commands::Command;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
-use crate::engine::{LoginError, Unavailable, Upkeep, UserRecord};
+use crate::engine::errors::LoginError;
+use crate::engine::records::{Upkeep, UserRecord};
+use crate::engine::unavailable::Unavailable;
 use crate::limits::storage::{Holder, registration_bytes};
 use crate::protocol::UserId;
 
@@ -109,7 +111,7 @@ impl RedisEngine {
         // Create the record first, then claim the key: whoever claims it first wins, and a
         // loser's record (never announced to anyone) is removed again.
         let record = this.keys.user(&user);
-        let created = crate::engine::memory::unix_ms();
+        let created = crate::clock::unix_ms();
         let registered_from = from;
         let from = from.to_string();
         let fields = [("publicKey", public_key), ("createdAt", &created.to_string()), ("unusedFrom", &from)];

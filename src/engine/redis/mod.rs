@@ -33,7 +33,7 @@
 //! with an unasked `sunsubscribe`: those users are subscribed again on the new owner and their
 //! sessions re-read their inboxes, for what was announced to nobody in between.
 //!
-//! The rooms: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
+//! The files: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
 //! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
 //! receives), `sender`, `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
 //! `slots` (cluster slot maths).
@@ -76,11 +76,13 @@ use self::scripts::{Scripts, send_replies};
 use self::sender::{MESSAGES_PER_CALL, Message, SEND_QUEUE, SendQueue, sender};
 use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
 use self::supervisor::Supervisor;
-use super::{SendError, Unavailable, Written};
+use super::errors::SendError;
+use super::records::Written;
+use super::unavailable::Unavailable;
 use crate::config::{Limits, Settings};
 use crate::hub::{Hub, Mailbox};
-use crate::limits::storage::Pressure;
-use crate::limits::{Ask, Verdict};
+use crate::limits::bucket::{Ask, Subject, Verdict};
+use crate::limits::storage::{Holder, Pressure};
 use crate::protocol::{Delivery, MsgId, UserId};
 use crate::telemetry::metric;
 
@@ -224,7 +226,7 @@ impl RedisEngine {
                 let mut con = this.connections.cmd();
                 let stored = match this.timed(Command::Send, invocation.invoke_async(&mut con)).await {
                     Ok(reply) => send_replies(reply, call.len()),
-                    Err(e) => sender::unavailable(call.len(), &e.0),
+                    Err(e) => sender::unavailable(call.len(), e),
                 };
                 let replies = sender::deliver_here(&this.hub, &messages, stored);
                 results.extend(call.iter().copied().zip(replies));
@@ -238,7 +240,7 @@ impl RedisEngine {
     }
 
     /// One rate-limit check: one script call on the bucket's key (one slot).
-    pub async fn take_tokens(&self, kind: &str, subject: &str, asks: &[Ask]) -> Result<Verdict, Unavailable> {
+    pub async fn take_tokens(&self, kind: &str, subject: Subject<'_>, asks: &[Ask]) -> Result<Verdict, Unavailable> {
         let this = &self.inner;
         let ttl = asks.iter().map(|a| a.rate.refill_time()).max().unwrap_or_default();
         let mut invocation = this.scripts.limit.prepare_invoke();
@@ -251,7 +253,7 @@ impl RedisEngine {
         match reply.as_slice() {
             [1, granted @ ..] if granted.len() == asks.len() => Ok(Verdict::Granted(granted.to_vec())),
             [0, wait] => Ok(Verdict::Limited(Duration::from_millis(*wait))),
-            _ => Err(Unavailable(format!("unexpected reply to a rate-limit check: {reply:?}"))),
+            _ => Err(Unavailable::said(format!("unexpected reply to a rate-limit check: {reply:?}"))),
         }
     }
 
@@ -344,14 +346,14 @@ impl RedisEngine {
 
     /// The message counter and the connection generation: both keys are in the user's slot,
     /// so one pipeline reads them, on a cluster too.
-    pub async fn read_mark(&self, user: &UserId) -> Result<super::ReadMark, Unavailable> {
+    pub async fn read_mark(&self, user: &UserId) -> Result<super::records::ReadMark, Unavailable> {
         let this = &self.inner;
         let mut con = this.connections.cmd();
         let mut pipe = redis::pipe();
         pipe.hget(this.keys.user(user), "seq").get(this.keys.generation(user));
         let (sequence, generation): (Option<u64>, Option<u64>) =
             this.timed(Command::ReadMark, pipe.query_async(&mut con)).await?;
-        Ok(super::ReadMark { sequence: sequence.unwrap_or(0), generation })
+        Ok(super::records::ReadMark { sequence: sequence.unwrap_or(0), generation })
     }
 
     pub fn release(&self, user: &UserId) {
@@ -368,6 +370,52 @@ impl RedisEngine {
     }
 }
 
+/// The storage ledger's operations (`ledger`).
+impl RedisEngine {
+    /// Charges `want` bytes (negative: gives them back) to `holder`, if it then holds at most
+    /// `allowed`; whether it did.
+    pub async fn hold(&self, holder: &Holder<'_>, want: i64, allowed: u64) -> Result<bool, Unavailable> {
+        let this = &self.inner;
+        let key = self.inner.keys.ledger(holder);
+        let now = crate::clock::unix_ms();
+        // Stored bytes leave with their inbox's TTL; registrations with an inactive user's.
+        let kept = match holder {
+            Holder::Registrations(_) => this.limits.inactive_user_ttl_secs,
+            _ => this.limits.inbox_ttl_secs,
+        };
+        let keep = kept.div_ceil(86_400) + 1;
+        let mut invocation = this.scripts.hold.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(now / ledger::DAY_MS)
+            .arg(keep)
+            .arg(want)
+            .arg(allowed)
+            .arg((keep + 1).saturating_mul(ledger::DAY_MS));
+        let mut con = this.connections.cmd();
+        let reply: Vec<i64> = this.timed(Command::Hold, invocation.invoke_async(&mut con)).await?;
+        let held = reply.first() == Some(&1);
+        if held {
+            // Counted as used until the next sample, so a burst of leases cannot outrun it.
+            this.pressure.add(want.max(0) as u64);
+        }
+        Ok(held)
+    }
+
+    /// Gives `bytes` back from `holder` (a lease left unspent): the release script, which runs on
+    /// a full Redis too.
+    pub async fn give_back(&self, holder: &Holder<'_>, bytes: u64) {
+        let key = self.inner.keys.ledger(holder);
+        let day = format!("d{}", crate::clock::unix_ms() / ledger::DAY_MS);
+        ledger::apply(&self.inner.connections, &[(key, day, -(bytes as i64))]).await;
+    }
+
+    /// What the store holds now, as last sampled.
+    pub fn pressure(&self) -> &Pressure {
+        &self.inner.pressure
+    }
+}
+
 impl Inner {
     async fn timed<T>(&self, command: Command, fut: impl Future<Output = RedisResult<T>>) -> Result<T, Unavailable> {
         timed(command, self.timeout, fut).await
@@ -375,5 +423,5 @@ impl Inner {
 }
 
 fn parse_indexed(user: &str) -> Result<UserId, Unavailable> {
-    UserId::parse(user).ok_or_else(|| Unavailable(format!("key index holds a malformed user id {user:?}")))
+    UserId::parse(user).ok_or_else(|| Unavailable::said(format!("key index holds a malformed user id {user:?}")))
 }

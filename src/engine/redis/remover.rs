@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::commands::{Command, timed};
 use futures_util::{StreamExt, stream};
 
-use super::super::Written;
+use super::super::records::Written;
+use super::super::unavailable::Unavailable;
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::connect::Connections;
 use super::keys::Keys;
@@ -161,9 +162,7 @@ pub(super) async fn remover(
                 pipe.invoke_script(&self::removals(&script, &keys, call));
             }
             let mut result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
-            // A new, restarted or failed-over Redis lacks the script, and a pipeline does not
-            // load it: load it and run them all again (a removal done twice changes nothing).
-            if result.is_err() {
+            if worth_reloading(&result) {
                 let invocation = script.prepare_invoke();
                 if timed(Command::Remove, connections.timeout, invocation.load_async(&mut con)).await.is_ok() {
                     result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
@@ -185,6 +184,14 @@ pub(super) async fn remover(
             let _ = done.send(());
         }
     }
+}
+
+/// Whether a failed removal pipeline is worth loading the script for and running again: a new,
+/// restarted or failed-over Redis lacks the script, and a pipeline does not load it (a removal
+/// done twice changes nothing). Only then: after a timeout or a lost link, loading would not
+/// help, and the messages stay stored (delivered again) rather than wait on a second try.
+fn worth_reloading<T>(result: &Result<T, Unavailable>) -> bool {
+    result.as_ref().is_err_and(Unavailable::is_noscript)
 }
 
 /// How long the remover gathers before a call: a removal costs Redis a script step per user
@@ -285,6 +292,19 @@ mod tests {
         assert_eq!(removals, vec![(a, vec![id(1), id(2), id(3)]), (b, vec![id(7)])]);
         assert_eq!(barriers.len(), 1);
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn only_a_missing_script_is_worth_a_reload() {
+        let reply = |raw: &[u8]| redis::parse_redis_value(raw).unwrap().extract_error().unwrap_err();
+        let noscript: Result<(), _> = Err(Unavailable::from(reply(b"-NOSCRIPT No matching script.\r\n")));
+        assert!(worth_reloading(&noscript));
+        let late: Result<(), _> = Err(Unavailable::late(Duration::from_millis(300)));
+        assert!(!worth_reloading(&late));
+        let dropped = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!worth_reloading(&Err::<(), _>(Unavailable::from(dropped))));
+        assert!(!worth_reloading(&Err::<(), _>(Unavailable::from(reply(b"-OOM over maxmemory\r\n")))));
+        assert!(!worth_reloading(&Ok::<(), Unavailable>(())));
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@
 
 use redis::{Script, Value};
 
-use super::super::{SendError, Unavailable};
+use super::super::errors::SendError;
+use super::super::unavailable::Unavailable;
 use super::doorbell;
 use crate::protocol::MsgId;
 
@@ -173,19 +174,19 @@ pub(super) fn send_replies(reply: Value, count: usize) -> Vec<Result<Stored, Sen
         Value::Array(replies) if replies.len() == count => replies.into_iter().map(send_reply).collect(),
         reply => {
             let why = format!("unexpected reply to send ({count} messages): {reply:?}");
-            (0..count).map(|_| Err(Unavailable(why.clone()).into())).collect()
+            (0..count).map(|_| Err(Unavailable::said(why.clone()).into())).collect()
         }
     }
 }
 
 /// The send script's answer for one message: where it was stored, or why it was refused.
 fn send_reply(reply: Value) -> Result<Stored, SendError> {
-    let unexpected = || SendError::from(Unavailable(format!("unexpected reply to send: {reply:?}")));
+    let unexpected = || SendError::from(Unavailable::said(format!("unexpected reply to send: {reply:?}")));
     let published = |id| Stored { id, local_seq: None };
     match &reply {
         Value::Array(local) => match local.as_slice() {
             [Value::Int(-4), Value::BulkString(error)] => {
-                Err(Unavailable(format!("send failed in Redis: {}", String::from_utf8_lossy(error))).into())
+                Err(Unavailable::said(format!("send failed in Redis: {}", String::from_utf8_lossy(error))).into())
             }
             [Value::BulkString(id), Value::Int(seq)] => {
                 let seq = u64::try_from(*seq).ok();
@@ -193,7 +194,7 @@ fn send_reply(reply: Value) -> Result<Stored, SendError> {
             }
             _ => Err(unexpected()),
         },
-        Value::ServerError(e) => Err(Unavailable(format!("send failed in Redis: {e:?}")).into()),
+        Value::ServerError(e) => Err(Unavailable::redis_while("send failed in Redis", e.clone().into()).into()),
         Value::Int(-1) => Err(SendError::UserNotFound),
         Value::Int(-2) => Err(SendError::InboxFull),
         Value::Int(-3) => Err(SendError::OverShare),
@@ -243,7 +244,7 @@ mod tests {
         assert!(matches!(read[2], Err(SendError::UserNotFound)));
         assert!(matches!(read[3], Err(SendError::InboxFull)));
         assert!(matches!(read[4], Err(SendError::OverShare)));
-        assert!(matches!(&read[5], Err(SendError::Unavailable(e)) if e.0.contains("WRONGTYPE")));
+        assert!(matches!(&read[5], Err(SendError::Unavailable(e)) if e.to_string().contains("WRONGTYPE")));
         assert!(matches!(read[6], Err(SendError::Unavailable(_))));
         // A reply of the wrong length answers every message `unavailable`.
         assert!(send_replies(Value::Array(vec![id()]), 2).iter().all(|r| matches!(r, Err(SendError::Unavailable(_)))));

@@ -4,7 +4,7 @@
 //! pipeline, and hands each job its results. While a round is in flight the next one gathers,
 //! so the busier the replica, the more messages each script call carries: the cost a call
 //! has whatever it carries (reading the command, setting up the script, the reply) is shared,
-//! on both sides of the link (issue 18: that fixed cost was most of Redis's time per message).
+//! on both sides of the link (that fixed cost is most of what Redis spends on a message sent alone).
 //!
 //! A message whose recipient is connected to this replica is handed to its session here,
 //! after the round, instead of being published and heard back (the script checks, atomically,
@@ -25,7 +25,8 @@ use bytes::Bytes;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::{SendError, Unavailable};
+use super::super::errors::SendError;
+use super::super::unavailable::{Unavailable, is_noscript};
 use super::commands::{Command, timed};
 use super::connect::Connections;
 use super::keys::Keys;
@@ -94,8 +95,8 @@ impl SendQueue {
         // A round is timed itself; this bounds the wait for room in a full queue.
         match tokio::time::timeout(timeout * 2, queued).await {
             Ok(Some(results)) => results,
-            Ok(None) => unavailable(count, "the engine is shutting down"),
-            Err(_) => unavailable(count, "timed out waiting for the sender"),
+            Ok(None) => unavailable(count, Unavailable::said("the engine is shutting down")),
+            Err(_) => unavailable(count, Unavailable::said("timed out waiting for the sender")),
         }
     }
 }
@@ -242,9 +243,8 @@ async fn store(
         timed(Command::Send, timeout, pipe.query_async(&mut con)).await;
     // A pipeline does not load the script by itself (a restarted or failed-over Redis has
     // lost it): every EVALSHA then failed without effect, so load it and run them again.
-    let missing_script = |r: &RedisResult<Value>| {
-        r.as_ref().err().is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-    };
+    // (`ignore_errors`: each call's own error is in its reply, where `timed` does not see it.)
+    let missing_script = |r: &RedisResult<Value>| r.as_ref().err().is_some_and(is_noscript);
     // Only when every call failed so: a pipeline is not atomic, and if some of it ran (the
     // script was loaded meanwhile), running it again would store those twice; the failed
     // ones are then answered `unavailable` and retried by their senders.
@@ -260,14 +260,15 @@ async fn store(
             .zip(&calls)
             .flat_map(|(reply, call)| match reply {
                 Ok(reply) => send_replies(reply, call.len()),
-                Err(e) => unavailable(call.len(), &e.to_string()),
+                Err(e) => unavailable(call.len(), e.into()),
             })
             .collect(),
-        Ok(_) => unavailable(messages.len(), "short pipeline reply"),
-        Err(e) => unavailable(messages.len(), &e.0),
+        Ok(_) => unavailable(messages.len(), Unavailable::said("short pipeline reply")),
+        Err(e) => unavailable(messages.len(), e),
     }
 }
 
-pub(super) fn unavailable<T>(count: usize, why: &str) -> Vec<Result<T, SendError>> {
-    (0..count).map(|_| Err(Unavailable(why.to_owned()).into())).collect()
+/// `count` results, each failed for `why`.
+pub(super) fn unavailable<T>(count: usize, why: Unavailable) -> Vec<Result<T, SendError>> {
+    (0..count).map(|_| Err(why.clone().into())).collect()
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use redis::RedisResult;
 use redis::aio::ConnectionManagerConfig;
 
-use super::super::Unavailable;
-use super::conn::Conn;
-use super::connect::with_resp3;
+use super::super::unavailable::Unavailable;
+use super::conn::{Conn, with_resp3};
 use crate::config::Settings;
 
 /// Which of a replica's two connections, as an index into `SentinelConnector::reached`.
@@ -37,7 +36,7 @@ pub(super) struct SentinelConnector {
 
 impl SentinelConnector {
     pub(super) fn from_settings(settings: &Settings) -> Result<Self, Unavailable> {
-        let unavailable = |e: redis::RedisError| Unavailable(e.to_string());
+        let unavailable = Unavailable::from;
         // The URLs' credentials and database are the master's; a Sentinel has no
         // databases, so it is asked with database 0.
         let mut node = None;
@@ -48,7 +47,7 @@ impl SentinelConnector {
             let db0 = info.redis_settings().clone().set_db(0);
             sentinels.push(redis::Client::open(info.set_redis_settings(db0)).map_err(unavailable)?);
         }
-        let node = node.ok_or_else(|| Unavailable("redis.url names no Sentinel".into()))?;
+        let node = node.ok_or_else(|| Unavailable::said("redis.url names no Sentinel"))?;
         let infos = sentinels.iter().map(|c| c.get_connection_info().clone()).collect();
         Ok(SentinelConnector {
             sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(infos).map_err(unavailable)?),

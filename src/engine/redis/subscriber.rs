@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::Unavailable;
+use super::super::unavailable::Unavailable;
 use super::commands::{Command, timed};
 use super::conn::Conn;
 use super::connect::Connections;
@@ -64,8 +64,8 @@ impl SubscriptionQueue {
         };
         match tokio::time::timeout(limit, ask).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Unavailable("subscriber stopped".into())),
-            Err(_) => Err(Unavailable("subscribe timed out".into())),
+            Ok(Err(_)) => Err(Unavailable::said("subscriber stopped")),
+            Err(_) => Err(Unavailable::said("subscribe timed out")),
         }
     }
 
@@ -90,13 +90,13 @@ impl SubscriptionQueue {
     pub(super) async fn resubscribe_all(&self) -> Option<Result<(), Unavailable>> {
         let (done, resubscribed) = oneshot::channel();
         self.0.send(SubRequest::ResubscribeAll(done)).await.ok()?;
-        Some(resubscribed.await.unwrap_or_else(|_| Err(Unavailable("subscriber stopped".into()))))
+        Some(resubscribed.await.unwrap_or_else(|_| Err(Unavailable::said("subscriber stopped"))))
     }
 
     pub(super) async fn place_probes(&self, channels: Vec<String>) -> Result<(), Unavailable> {
         let (done, placed) = oneshot::channel();
         let _ = self.0.send(SubRequest::Probes(channels, done)).await;
-        placed.await.unwrap_or_else(|_| Err(Unavailable("subscriber stopped".into())))
+        placed.await.unwrap_or_else(|_| Err(Unavailable::said("subscriber stopped")))
     }
 }
 
@@ -229,7 +229,7 @@ impl Subscriber {
                 Ok(()) if self.connections.is_cluster() => {
                     prove_subscriptions(&self.connections, con, channels, &mut self.echo)
                         .await
-                        .map_err(|e| Unavailable(e.to_string()))
+                        .map_err(Unavailable::from)
                 }
                 other => other,
             };
@@ -341,7 +341,7 @@ mod tests {
         assert!(!queue.server_dropped(b"t:deliver:{x}".to_vec()));
         // ...and `attach` waits for room only as long as its timeout, then answers unavailable.
         let waited = queue.settle(&user, Duration::from_millis(20)).await;
-        assert!(matches!(waited, Err(Unavailable(why)) if why == "subscribe timed out"));
+        assert!(matches!(waited, Err(e) if e.to_string() == "storage unavailable: subscribe timed out"));
         // The one request queued is intact; with room again, `attach` gets its answer.
         assert!(matches!(requests.recv().await, Some(SubRequest::Settle(u, None)) if u == user));
         let attach = tokio::spawn({

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::super::Unavailable;
-use super::commands::{Command, is_loading, timed};
+use super::super::unavailable::{Unavailable, is_loading};
+use super::commands::{Command, timed};
 use super::connect::{Connections, Connector};
 use super::doorbell::Doorbell;
 use super::keys::Keys;
@@ -174,7 +174,7 @@ impl Supervisor {
         self.tags.retain(|range, _| ranges.contains(range));
         channels.sort();
         if channels.is_empty() {
-            return Err(Unavailable("CLUSTER SLOTS lists no master".into()));
+            return Err(Unavailable::said("CLUSTER SLOTS lists no master"));
         }
         Ok(channels)
     }
@@ -212,7 +212,7 @@ impl Supervisor {
         loop {
             match self.rebuild_and_prove(rebuild).await {
                 Ok(()) => break,
-                Err(why) => tracing::warn!(error = %why.0, "Redis subscription link not recovered yet; retrying"),
+                Err(why) => tracing::warn!(error = %why, "Redis subscription link not recovered yet; retrying"),
             }
             // A link that failed to come back is replaced on the next attempt.
             rebuild = true;
@@ -259,7 +259,7 @@ impl Supervisor {
         let deadline = Instant::now() + timeout;
         while !self.probes_returned(n) {
             if Instant::now() > deadline {
-                return Err(Unavailable("the probe did not come back".into()));
+                return Err(Unavailable::said("the probe did not come back"));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
