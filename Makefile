@@ -3,12 +3,17 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration api-check helm-check prometheus-check docs-check fuzz bench build release clean cluster cluster-down
+.PHONY: run quick test lint unit-and-integration api-check helm-check prometheus-check docs-check fuzz bench build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded memory engine (no Redis needed).
-## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
-run:
-	$(CARGO) run --release --locked --no-default-features --bin enigma-server
+## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine. Builds the CLI with it
+## (one build, the `quick` profile of Cargo.toml): target/quick/enigma-server, target/quick/enigma.
+run: quick
+	$(CARGO) run --profile quick --locked --bin enigma-server
+
+## The relay and the CLI, built the way `make run` uses them.
+quick:
+	$(CARGO) build --profile quick --locked --bin enigma-server --bin enigma
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
 test: lint unit-and-integration api-check helm-check prometheus-check browser-check docs-check

@@ -13,8 +13,8 @@
 #              with deploy/prometheus/alerts.yml loaded; data in deploy/local/run/prometheus;
 #              `up` returns once it has scraped every replica (at most SCRAPE_TIMEOUT seconds)
 #
-# Environment overrides: ENIGMA_BIN (server binary; default: the newer of target/release and
-# target/debug, built if neither exists), NGINX (nginx binary), REDIS_PORT, REPLICA_PORTS
+# Environment overrides: ENIGMA_BIN (server binary; default: the newest of target/release,
+# target/quick and target/debug, `make quick` if none exists), NGINX (nginx binary), REDIS_PORT, REPLICA_PORTS
 # ("8101 8102 8103"), LB_ADDR ("127.0.0.1:8000"), ENIGMA__* settings (passed to the replicas),
 # PROMETHEUS (binary), PROMETHEUS_PORT (9190; PROMETHEUS_PORT=off: no Prometheus), SCRAPE_TIMEOUT
 # (30: how long `up` waits for Prometheus' first scrape of every replica).
@@ -77,16 +77,19 @@ server_binary() {
     printf '%s\n' "$ENIGMA_BIN"
     return
   fi
-  local release="$ROOT/target/release/enigma-server" debug="$ROOT/target/debug/enigma-server"
-  if [ ! -x "$release" ] && [ ! -x "$debug" ]; then
-    say "building enigma-server (release)…" >&2
-    (cd "$ROOT" && cargo build --release --bin enigma-server >&2)
+  # The newest of the builds (make bench's, make run's, make test's); make run's if there is none.
+  local candidate newest=""
+  for candidate in "$ROOT"/target/{release,quick,debug}/enigma-server; do
+    if [ -x "$candidate" ] && { [ -z "$newest" ] || [ "$candidate" -nt "$newest" ]; }; then
+      newest="$candidate"
+    fi
+  done
+  if [ -z "$newest" ]; then
+    say "building enigma-server (make quick)…" >&2
+    (cd "$ROOT" && make --no-print-directory quick >&2)
+    newest="$ROOT/target/quick/enigma-server"
   fi
-  if [ -x "$release" ] && { [ ! -x "$debug" ] || [ "$release" -nt "$debug" ]; }; then
-    printf '%s\n' "$release"
-  else
-    printf '%s\n' "$debug"
-  fi
+  printf '%s\n' "$newest"
 }
 
 nginx_binary() {

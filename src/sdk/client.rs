@@ -20,7 +20,7 @@ use super::connection::{ConnectOptions, Connection};
 use super::crypto::{Content, Identity, PublicKey};
 use super::error::{Error, OpenError};
 use super::pins::{Pin, Pins, Verdict};
-use super::tls::{client_config, parse_server_url};
+use super::tls::{client_config, parse_server_url, plain_http_config};
 use crate::protocol::{ErrorBody, LoginResponse, LookupResponse};
 
 /// The WebSocket subprotocol of acknowledged delivery (`docs/protocol.md`).
@@ -83,6 +83,7 @@ impl Client {
             builder = builder.tls_backend_preconfigured((*config).clone()).https_only(true);
             Some(config)
         } else {
+            builder = builder.tls_backend_preconfigured(plain_http_config()?);
             None
         };
         let http = builder.build().map_err(|e| Error::InvalidUrl { url: server.into(), reason: chain(&e) })?;

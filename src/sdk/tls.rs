@@ -100,6 +100,19 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
+/// The rustls configuration of a client of a plain http:// server, which never uses it. reqwest
+/// wants one all the same: it is built without a crypto provider of its own (ring is the
+/// relay's; reqwest's own, aws-lc, is a long C build), so without this it would look for a
+/// process-wide default and panic when there is none.
+pub fn plain_http_config() -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
