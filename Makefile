@@ -9,11 +9,13 @@ PYTHON ?= python3
 ## Set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine. Builds the CLI with it
 ## (one build, the `quick` profile of Cargo.toml): target/quick/enigma-server, target/quick/enigma.
 run: quick
-	$(CARGO) run --profile quick --locked --bin enigma-server
+	$(CARGO) run $(QUICK) --bin enigma-server
 
-## The relay and the CLI, built the way `make run` uses them.
+## The relay and the CLI, built the way `make run` uses them: the `quick` profile, the client
+## crates, the system allocator (jemalloc, a long C build, is for deployments).
+QUICK = --profile quick --locked --no-default-features --features client
 quick:
-	$(CARGO) build --profile quick --locked --bin enigma-server --bin enigma
+	$(CARGO) build $(QUICK) --bin enigma-server --bin enigma
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
 test: lint unit-and-integration api-check helm-check prometheus-check browser-check docs-check
