@@ -3,17 +3,24 @@ CARGO ?= cargo
 
 PYTHON ?= python3
 
-.PHONY: run test lint unit-and-integration api-check helm-check prometheus-check fuzz bench build release clean cluster cluster-down
+.PHONY: run quick test lint unit-and-integration api-check helm-check prometheus-check docs-check fuzz bench build release clean cluster cluster-down
 
 ## Run the server on 0.0.0.0:8000 with the embedded engine (no Redis needed): its data file is
 ## kept in ./enigma-data (delete it to start afresh). ENIGMA__ENGINE=memory keeps nothing;
-## set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine.
+## set ENIGMA__REDIS__URL=redis://127.0.0.1:6379/ for the Redis engine. Builds the CLI with it
+## (one build, the `quick` profile of Cargo.toml): target/quick/enigma-server, target/quick/enigma.
 run: export ENIGMA__DATA_DIR ?= $(CURDIR)/enigma-data
-run:
-	$(CARGO) run --release --locked --no-default-features --bin enigma-server
+run: quick
+	$(CARGO) run $(QUICK) --bin enigma-server
+
+## The relay and the CLI, built the way `make run` uses them: the `quick` profile, the client
+## crates, the system allocator (jemalloc, a long C build, is for deployments).
+QUICK = --profile quick --locked --no-default-features --features client
+quick:
+	$(CARGO) build $(QUICK) --bin enigma-server --bin enigma
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration api-check helm-check prometheus-check browser-check
+test: lint unit-and-integration api-check helm-check prometheus-check browser-check docs-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -41,7 +48,13 @@ fuzz:
 helm-check:
 	timeout 600 $(PYTHON) tests/helm/check_chart.py
 
-## The standard load scenarios (release build); writes docs/BENCHMARKS.md.
+## The benchmark figures docs/operations.md quotes are docs/BENCHMARKS.md's latest run (its
+## marked spans, which `make bench` rewrites), and every target there says met or missed.
+docs-check:
+	$(PYTHON) scripts/sizing.py --check
+
+## The standard load scenarios (release build); writes docs/BENCHMARKS.md and the benchmark
+## figures of docs/operations.md.
 bench:
 	bash scripts/bench.sh
 

@@ -10,12 +10,14 @@
 #   replicas:  http://127.0.0.1:8101 .. 8103  (each with its own /metrics, /readyz)
 #   redis:     127.0.0.1:6390, appendonly yes, data in deploy/local/run/redis
 #   prometheus: http://127.0.0.1:9190 (Debian's `prometheus`), scraping every replica every 5 s
-#              with deploy/prometheus/alerts.yml loaded; data in deploy/local/run/prometheus
+#              with deploy/prometheus/alerts.yml loaded; data in deploy/local/run/prometheus;
+#              `up` returns once it has scraped every replica (at most SCRAPE_TIMEOUT seconds)
 #
-# Environment overrides: ENIGMA_BIN (server binary; default: the newer of target/release and
-# target/debug, built if neither exists), NGINX (nginx binary), REDIS_PORT, REPLICA_PORTS
+# Environment overrides: ENIGMA_BIN (server binary; default: the newest of target/release,
+# target/quick and target/debug, `make quick` if none exists), NGINX (nginx binary), REDIS_PORT, REPLICA_PORTS
 # ("8101 8102 8103"), LB_ADDR ("127.0.0.1:8000"), ENIGMA__* settings (passed to the replicas),
-# PROMETHEUS (binary), PROMETHEUS_PORT (9190; PROMETHEUS_PORT=off: no Prometheus).
+# PROMETHEUS (binary), PROMETHEUS_PORT (9190; PROMETHEUS_PORT=off: no Prometheus), SCRAPE_TIMEOUT
+# (30: how long `up` waits for Prometheus' first scrape of every replica).
 # `down` keeps the Redis data; `rm -rf deploy/local/run` after `down` wipes it.
 set -euo pipefail
 
@@ -27,6 +29,7 @@ REPLICA_PORTS="${REPLICA_PORTS:-8101 8102 8103}"
 LB_ADDR="${LB_ADDR:-127.0.0.1:8000}"
 PROMETHEUS_PORT="${PROMETHEUS_PORT:-9190}"
 START_TIMEOUT=30 # seconds for any one component to become ready
+SCRAPE_TIMEOUT="${SCRAPE_TIMEOUT:-30}" # seconds for Prometheus to scrape every replica once (it scrapes every 5 s)
 STOP_TIMEOUT=20  # seconds for any one component to exit (a replica drains for up to 10 s)
 
 say() { printf '%s\n' "$*"; }
@@ -74,16 +77,19 @@ server_binary() {
     printf '%s\n' "$ENIGMA_BIN"
     return
   fi
-  local release="$ROOT/target/release/enigma-server" debug="$ROOT/target/debug/enigma-server"
-  if [ ! -x "$release" ] && [ ! -x "$debug" ]; then
-    say "building enigma-server (release)…" >&2
-    (cd "$ROOT" && cargo build --release --bin enigma-server >&2)
+  # The newest of the builds (make bench's, make run's, make test's); make run's if there is none.
+  local candidate newest=""
+  for candidate in "$ROOT"/target/{release,quick,debug}/enigma-server; do
+    if [ -x "$candidate" ] && { [ -z "$newest" ] || [ "$candidate" -nt "$newest" ]; }; then
+      newest="$candidate"
+    fi
+  done
+  if [ -z "$newest" ]; then
+    say "building enigma-server (make quick)…" >&2
+    (cd "$ROOT" && make --no-print-directory quick >&2)
+    newest="$ROOT/target/quick/enigma-server"
   fi
-  if [ -x "$release" ] && { [ ! -x "$debug" ] || [ "$release" -nt "$debug" ]; }; then
-    printf '%s\n' "$release"
-  else
-    printf '%s\n' "$debug"
-  fi
+  printf '%s\n' "$newest"
 }
 
 nginx_binary() {
@@ -140,6 +146,42 @@ CONFIG
   wait_for "$START_TIMEOUT" "prometheus on port $PROMETHEUS_PORT (log: $dir/prometheus.log)" \
     http_ok "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
   say "prometheus http://127.0.0.1:$PROMETHEUS_PORT   (config: $dir/prometheus.yml, log: $dir/prometheus.log)"
+}
+
+# "UP SCRAPED" for the replicas' targets: how many Prometheus found up at their last scrape, and
+# how many it has scraped at all (a target not scraped yet is neither up nor down: its health
+# is "unknown", and a target Prometheus has not loaded yet is not listed). From the HTTP API,
+# which every Prometheus build serves at the same path (the UI's pages move: Debian's package
+# serves the classic UI under /classic/).
+prometheus_targets() {
+  local json
+  json="$(curl -fsS --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets?state=active")" || return 1
+  printf '%s %s\n' "$(grep -o '"health":"up"' <<<"$json" | wc -l)" \
+    "$(grep -o '"health":"\(up\|down\)"' <<<"$json" | wc -l)"
+}
+
+# Whether Prometheus has scraped every replica at least once.
+prometheus_scraped_all() {
+  local up scraped
+  read -r up scraped < <(prometheus_targets) || return 1
+  [ "$scraped" -ge "$(wc -w <<<"$REPLICA_PORTS")" ]
+}
+
+# Waits (bounded) for Prometheus' first scrape of every replica, so that `status` (and its
+# targets page) right after `up` shows what is true rather than "0 up".
+wait_first_scrape() {
+  [ "$PROMETHEUS_PORT" = off ] && return
+  local deadline=$((SECONDS + SCRAPE_TIMEOUT))
+  until prometheus_scraped_all; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      say "prometheus has not scraped every replica after ${SCRAPE_TIMEOUT}s (see $RUN/prometheus/prometheus.log)"
+      return
+    fi
+    sleep 0.5
+  done
+  local up scraped
+  read -r up scraped < <(prometheus_targets)
+  say "prometheus scraped every replica: targets up $up of $(wc -w <<<"$REPLICA_PORTS")"
 }
 
 # Stops the process in FILE (if it is alive and ours) with SIGTERM and waits for it to exit.
@@ -223,6 +265,7 @@ up() {
     say "nginx      $LB_ADDR   (config: $conf, logs: $RUN/nginx/)"
   fi
   start_prometheus
+  wait_first_scrape
   say ""
   say "Enigma cluster up: http://$LB_ADDR  ws://$LB_ADDR/ws/<userId>"
   say "stop it with: make cluster-down   (or bash deploy/local/cluster.sh down)"
@@ -267,9 +310,16 @@ status() {
   fi
   if [ "$PROMETHEUS_PORT" != off ]; then
     if pid="$(live_pid "$RUN/prometheus/prometheus.pid" prometheus)"; then
-      local up
-      up="$(curl -s --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets?state=active" | grep -o '"health":"up"' | wc -l || true)"
-      say "prometheus 127.0.0.1:$PROMETHEUS_PORT  pid $pid  targets up $up of $(wc -w <<<"$REPLICA_PORTS")"
+      local up scraped total
+      total="$(wc -w <<<"$REPLICA_PORTS")"
+      if ! read -r up scraped < <(prometheus_targets); then
+        say "prometheus 127.0.0.1:$PROMETHEUS_PORT  pid $pid  not answering its API"
+        code=1
+      elif [ "$scraped" -lt "$total" ]; then
+        say "prometheus 127.0.0.1:$PROMETHEUS_PORT  pid $pid  waiting for the first scrape ($scraped of $total replicas scraped so far, up $up)"
+      else
+        say "prometheus 127.0.0.1:$PROMETHEUS_PORT  pid $pid  targets up $up of $total"
+      fi
     else
       say "prometheus not running"
       code=1

@@ -10,7 +10,8 @@ use clap::Parser;
 /// Redis stalls) resident for good, jemalloc gives it back within about a second (its settings:
 /// .cargo/config.toml); it also costs less per idle socket. docs/BENCHMARKS.md has the
 /// measurements. Linux/glibc only: elsewhere jemalloc has no background thread to purge with.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Feature `jemalloc` (a default one; `make run` builds without it, for a shorter first build).
+#[cfg(all(target_os = "linux", target_env = "gnu", feature = "jemalloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -3,7 +3,9 @@
 //! Keys are generated and kept locally (a 0600 key file); messages are sealed with HPKE
 //! before they leave and opened after they arrive, so the server only ever relays
 //! ciphertext. The user id a server gave this key is remembered in a state file next to the
-//! key file (`<key>.state.json`), per server URL, because ids are per server.
+//! key file (`<key>.state.json`), per server URL, because ids are per server; the URL in one
+//! spelling (`http://LOCALHOST:8000` is `http://localhost:8000/`), so a login holds however it
+//! is typed. A server that cannot be reached is reported as that, never as a missing login.
 //!
 //! Contacts' keys are pinned on first use in `<key>.pins.json` (per server): a later lookup
 //! that returns another key stops `send`/`chat` with both fingerprints until `enigma trust
@@ -199,19 +201,45 @@ impl Profile {
         Ok(Client::with_options(&self.server, identity, options)?)
     }
 
-    /// Our user id on this server, as `login` stored it.
-    fn user_id(&self, client: &Client) -> Result<String, Failure> {
-        StateFile::load(&self.key, client.identity())
-            .users
-            .get(client.server().as_str())
-            .cloned()
-            .ok_or_else(|| Failure(format!("not logged in on {}: run `enigma login` first", client.server())))
+    /// Our user id on this server, as `login` stored it. Without one the server is asked
+    /// whether it answers at all: one that is down (or a mistyped URL) is reported as such,
+    /// since `enigma login` would fail there too.
+    async fn user_id(&self, client: &Client) -> Result<String, Failure> {
+        let state = StateFile::load(&self.key, client.identity());
+        let server = client.server().as_str();
+        if let Some(user) = state.users.get(server) {
+            return Ok(user.clone());
+        }
+        let elsewhere: Vec<&str> = state.users.keys().map(String::as_str).collect();
+        let logins = if elsewhere.is_empty() {
+            format!("run `enigma login` to log in to {server}")
+        } else {
+            format!(
+                "you are logged in to {}: choose it with --server or ENIGMA_SERVER, or run `enigma login` to log in \
+                 to {server}",
+                elsewhere.join(", ")
+            )
+        };
+        if let Err(e) = client.reachable().await {
+            let Failure(unreachable) = e.into();
+            return Err(Failure(format!(
+                "{unreachable}\n  you are not logged in to it either; once it answers, {logins}"
+            )));
+        }
+        Err(match elsewhere.as_slice() {
+            [] => Failure(format!("not logged in to {server}: run `enigma login` first")),
+            others => Failure(format!(
+                "not logged in to {server}; you are logged in to {}\n  choose it with --server or ENIGMA_SERVER, or \
+                 run `enigma login` to log in to {server}",
+                others.join(", ")
+            )),
+        })
     }
 
     /// An acknowledged connection as our user, with messages that say what to do when the
     /// server does not know us.
     async fn connect(&self, client: &Client, options: ConnectOptions) -> Result<(String, Connection), Failure> {
-        let me = self.user_id(client)?;
+        let me = self.user_id(client).await?;
         match client.connect(&me, options).await {
             Ok(connection) => Ok((me, connection)),
             Err(e) => Err(self.lost(client, &me, e)),
@@ -257,11 +285,20 @@ impl StateFile {
 
     fn load(key: &Path, identity: &Identity) -> StateFile {
         let public_key = identity.public_key().to_base64url();
-        sdk::private_file::read_private(&Self::path(key))
+        let mut state = sdk::private_file::read_private(&Self::path(key))
             .ok()
             .and_then(|text| serde_json::from_str::<StateFile>(&text).ok())
             .filter(|state| state.public_key == public_key)
-            .unwrap_or(StateFile { public_key, users: BTreeMap::new() })
+            .unwrap_or(StateFile { public_key, users: BTreeMap::new() });
+        // Logins saved under another spelling of their URL count as the same server's.
+        state.users = std::mem::take(&mut state.users)
+            .into_iter()
+            .map(|(server, user)| match sdk::tls::parse_server_url(&server, true) {
+                Ok(url) => (url.to_string(), user),
+                Err(_) => (server, user),
+            })
+            .collect();
+        state
     }
 
     /// Replaces the file atomically, mode 0600, never through a link (`private_file`).
@@ -296,7 +333,7 @@ async fn login(profile: &Profile) -> Result<(), Failure> {
 async fn whoami(profile: &Profile) -> Result<(), Failure> {
     let client = profile.client()?;
     let key = client.identity().public_key();
-    let user = profile.user_id(&client);
+    let user = profile.user_id(&client).await;
     out(&format!(
         "user id:     {}\nserver:      {}\npublic key:  {}\nfingerprint: {}\nkey file:    {}\npins:        {}",
         user.as_ref().map(String::as_str).unwrap_or("(not logged in)"),

@@ -111,9 +111,6 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        request.send().await.map_err(|e| {
-            let reason = std::error::Error::source(&e).map(super::client::chain).unwrap_or_else(|| e.to_string());
-            Error::Unreachable { url: self.server().to_string(), reason }
-        })
+        request.send().await.map_err(|e| self.unreachable(&e))
     }
 }

@@ -20,7 +20,7 @@ use super::connection::{ConnectOptions, Connection};
 use super::crypto::{Content, Identity, PublicKey};
 use super::error::{Error, OpenError};
 use super::pins::{Pin, Pins, Verdict};
-use super::tls::{client_config, parse_server_url};
+use super::tls::{client_config, parse_server_url, plain_http_config};
 use crate::protocol::{ErrorBody, LoginResponse, LookupResponse};
 
 /// The WebSocket subprotocol of acknowledged delivery (`docs/protocol.md`).
@@ -83,6 +83,7 @@ impl Client {
             builder = builder.tls_backend_preconfigured((*config).clone()).https_only(true);
             Some(config)
         } else {
+            builder = builder.tls_backend_preconfigured(plain_http_config()?);
             None
         };
         let http = builder.build().map_err(|e| Error::InvalidUrl { url: server.into(), reason: chain(&e) })?;
@@ -238,23 +239,29 @@ impl Client {
 
     async fn get(&self, segments: &[&str]) -> Result<(u16, serde_json::Value), Error> {
         let url = self.endpoint(segments);
-        // reqwest's own message repeats the URL; its causes say what went wrong.
-        let unreachable = |e: reqwest::Error| {
-            let reason = std::error::Error::source(&e).map(chain).unwrap_or_else(|| e.to_string());
-            Error::Unreachable { url: self.inner.base.to_string(), reason }
-        };
-        let response = self.inner.http.get(url).send().await.map_err(unreachable)?;
+        let response = self.inner.http.get(url).send().await.map_err(|e| self.unreachable(&e))?;
         self.read_body(response).await
+    }
+
+    /// Whether the server answers HTTP at all (any status will do): tells "the server is
+    /// down or elsewhere" apart from mistakes it would answer.
+    pub async fn reachable(&self) -> Result<(), Error> {
+        self.get(&["healthz"]).await.map(|_| ())
+    }
+
+    /// The server could not be reached for a REST call.
+    pub(super) fn unreachable(&self, error: &reqwest::Error) -> Error {
+        // reqwest's own message repeats the URL; its causes say what went wrong.
+        let reason = socket_failure(error)
+            .or_else(|| std::error::Error::source(error).map(chain))
+            .unwrap_or_else(|| error.to_string());
+        Error::Unreachable { url: self.inner.base.to_string(), reason }
     }
 
     /// The status and JSON body (or the text as a JSON string) of a response.
     pub(super) async fn read_body(&self, response: reqwest::Response) -> Result<(u16, serde_json::Value), Error> {
-        let unreachable = |e: reqwest::Error| {
-            let reason = std::error::Error::source(&e).map(chain).unwrap_or_else(|| e.to_string());
-            Error::Unreachable { url: self.inner.base.to_string(), reason }
-        };
         let status = response.status().as_u16();
-        let text = response.text().await.map_err(unreachable)?;
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         Ok((status, body))
     }
@@ -265,8 +272,34 @@ pub(super) fn http_error(status: u16, body: &serde_json::Value) -> Error {
     Error::Http { status, message }
 }
 
+/// What went wrong on the socket, when an I/O error among `error`'s causes says so in words a
+/// person can act on ("connection refused", "timed out"), without the layers above it.
+pub(super) fn socket_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use std::io::ErrorKind::*;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let kind = io.kind();
+            let telling = [
+                ConnectionRefused,
+                ConnectionReset,
+                ConnectionAborted,
+                TimedOut,
+                HostUnreachable,
+                NetworkUnreachable,
+                AddrNotAvailable,
+                BrokenPipe,
+                UnexpectedEof,
+            ];
+            return telling.contains(&kind).then(|| kind.to_string());
+        }
+        cause = e.source();
+    }
+    None
+}
+
 /// An error with its causes, which is where reqwest and tungstenite say what happened
-/// ("Connection refused").
+/// (a TLS failure, a name that does not resolve).
 pub(super) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -310,7 +343,7 @@ pub(super) async fn open_socket(
             let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.into_owned()));
             Err(http_error(status, &body))
         }
-        Ok(Err(e)) => Err(unreachable(chain(&e))),
+        Ok(Err(e)) => Err(unreachable(socket_failure(&e).unwrap_or_else(|| chain(&e)))),
     }
 }
 

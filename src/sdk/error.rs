@@ -18,7 +18,7 @@ pub enum Error {
     #[error("TLS: {0}")]
     Tls(String),
 
-    #[error("cannot reach the server at {url}: {reason}")]
+    #[error("cannot reach the server at {url} ({reason})")]
     Unreachable { url: String, reason: String },
 
     /// The server answered a REST call with an unexpected status.

@@ -17,11 +17,19 @@ use rustls::pki_types::pem::PemObject;
 
 use super::error::Error;
 
-/// Checks the scheme and host of a server URL (`host:port` alone means http).
+/// Checks the scheme and host of a server URL (`host:port` alone means http) and gives it one
+/// spelling per server: scheme and host in lower case, no default port, the path ending in `/`
+/// (`HTTP://LocalHost:80` is `http://localhost/`). Whatever is kept per server (a login, pins)
+/// is keyed by that spelling, so it holds however the URL is typed.
 pub fn parse_server_url(server: &str, insecure_http: bool) -> Result<Url, Error> {
     let invalid = |reason: &str| Error::InvalidUrl { url: server.into(), reason: reason.into() };
     let with_scheme = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let url = Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
+    // The WHATWG parser lower-cases the scheme and host and drops a default port.
+    let mut url = Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be https:// (or http:// to this machine)"));
     }
@@ -92,6 +100,19 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
+/// The rustls configuration of a client of a plain http:// server, which never uses it. reqwest
+/// wants one all the same: it is built without a crypto provider of its own (ring is the
+/// relay's; reqwest's own, aws-lc, is a long C build), so without this it would look for a
+/// process-wide default and panic when there is none.
+pub fn plain_http_config() -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +135,28 @@ mod tests {
         assert!(parse_server_url("http://example.org", true).is_ok());
         assert!(parse_server_url("ftp://example.org", true).is_err());
         assert!(parse_server_url("https://user:pw@example.org", false).is_err());
+    }
+
+    #[test]
+    fn one_spelling_per_server() {
+        let same = |a: &str, b: &str| {
+            assert_eq!(parse_server_url(a, true).unwrap().as_str(), b, "{a}");
+        };
+        same("http://localhost:8000", "http://localhost:8000/");
+        same("http://localhost:8000/", "http://localhost:8000/");
+        same("HTTP://LocalHost:8000", "http://localhost:8000/");
+        same("localhost:8000", "http://localhost:8000/");
+        same("http://localhost:80", "http://localhost/");
+        same("https://Example.ORG:443/", "https://example.org/");
+        same("https://example.org:8443", "https://example.org:8443/");
+        same("https://example.org/relay", "https://example.org/relay/");
+        same("https://example.org/relay/", "https://example.org/relay/");
+        same("http://[::1]:8000", "http://[::1]:8000/");
+        // Another host is another server, even when it is the same machine.
+        assert_ne!(
+            parse_server_url("http://localhost:8000", false).unwrap(),
+            parse_server_url("http://127.0.0.1:8000", false).unwrap()
+        );
     }
 
     #[test]

@@ -182,16 +182,29 @@ class Rendered:
         return tomllib.loads(cm["data"]["enigma.toml"])
 
 
-def render(values: dict | None, name: str = RELEASE) -> Rendered:
+# No relay image is published, so the chart has no default one and every install names its
+# own; so does every rendering here, except the check that a missing one is refused.
+IMAGE_REPOSITORY = "registry.example.com/enigma-server"
+
+
+def with_image(values: dict | None) -> dict:
+    """values, with image.repository set unless they set it themselves."""
+    merged = copy.deepcopy(values) if values else {}
+    merged.setdefault("image", {}).setdefault("repository", IMAGE_REPOSITORY)
+    return merged
+
+
+def render(values: dict | None, name: str = RELEASE, image: bool = True) -> Rendered:
     with load_chart() as chart:
-        files = chart.render(values, name=name, namespace=NAMESPACE, is_install=True)
+        files = chart.render(with_image(values) if image else values, name=name, namespace=NAMESPACE,
+                             is_install=True)
     return Rendered(files)
 
 
-def render_error(values: dict) -> str:
+def render_error(values: dict | None, image: bool = True) -> str:
     """Renders values that must be refused; returns the error text."""
     try:
-        render(values)
+        render(values, image=image)
     except helm_python.HelmError as e:
         return str(e)
     raise CheckFailed("rendering succeeded but should have been refused")
@@ -384,7 +397,7 @@ INVALID_SETS = [
 
 def check_lint(values: dict | None) -> None:
     for kube in ("v1.30.0", "v" + KUBE_VERSIONS[-1]):
-        report = helm_python.lint(str(CHART), values, strict=True, kube_version=kube)
+        report = helm_python.lint(str(CHART), with_image(values), strict=True, kube_version=kube)
         problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
         expect(report.get("total_charts_linted") == 1, f"lint linted {report.get('total_charts_linted')} charts")
         expect(not problems and not report.get("errors"),
@@ -888,7 +901,7 @@ def check_generated_password_kept() -> None:
         (chart / "templates" / "secret.yaml").write_text(
             text.replace(lookup, f'(dict "data" (dict "redis-password" "{kept}"))'))
         with helm_python.Chart.load(str(chart)) as c:
-            files = c.render(IN_CHART_REDIS, name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+            files = c.render(with_image(IN_CHART_REDIS), name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
     got = Rendered(files).one("Secret", RELEASE)["data"]["redis-password"]
     expect(got == kept, f"upgrade replaced the password: {got}")
 
@@ -918,6 +931,24 @@ def check_auth_secret() -> None:
     expect(r.env_var("ENIGMA__AUTH__MODE").get("value") == "required", "auth mode")
 
 
+def check_image() -> None:
+    """The relay's image is the one the values name, tagged with the appVersion unless they say
+    otherwise; without image.repository the chart refuses to render and says how to make one."""
+    with load_chart() as chart:
+        app_version = chart.metadata["appVersion"]
+    image = render(None).relay_container()["image"]
+    expect(image == f"{IMAGE_REPOSITORY}:{app_version}", f"image {image}, appVersion {app_version}")
+    image = render({"image": {"registry": "ghcr.io/acme/", "repository": "relay", "tag": "1.2"}}).relay_container()["image"]
+    expect(image == "ghcr.io/acme/relay:1.2", f"image {image}")
+    for values in (None, {"image": {"repository": ""}}, {"image": {"registry": "ghcr.io/acme", "tag": "1.2"}}):
+        error = _oneline(render_error(values, image=False))
+        for needle in ("image.repository is not set", "docker build -f deploy/Dockerfile",
+                       "docker push", "--set image.repository="):
+            expect(needle in error, f"{values}: error lacks {needle!r}: {error}")
+        if VERBOSE:
+            print("     " + error)
+
+
 def check_release_names() -> None:
     # A release named like the chart gets plain names; others get "<release>-enigma".
     r = render(None, name="prod")
@@ -930,7 +961,7 @@ def check_release_names() -> None:
 def merged_values(values: dict | None) -> dict:
     """The chart's defaults coalesced with values, as an install would see them."""
     with load_chart() as chart:
-        return chart.merge_values(copy.deepcopy(values) if values else None)
+        return chart.merge_values(with_image(values))
 
 
 def expected_mode(values: dict | None) -> str:
@@ -952,7 +983,7 @@ def main() -> int:
     print("note: ServiceMonitor (a Prometheus Operator CRD) has no schema in kubernetes-validate; "
           "it gets a structural check instead")
 
-    check("lint --strict (defaults)", check_lint, None)
+    check("lint --strict (defaults, image.repository set)", check_lint, None)
     check("lint --strict (production values)", check_lint, PRODUCTION)
     check("lint --strict (in-chart Redis)", check_lint, IN_CHART_REDIS)
 
@@ -976,6 +1007,7 @@ def main() -> int:
 
     check("config changes roll the pods", check_config_rolls_pods)
     check("release and fullname overrides", check_release_names)
+    check("image: as the values name it; refused without image.repository", check_image)
     check("authentication token key Secret", check_auth_secret)
     check("in-chart Redis: generated password kept across upgrades", check_generated_password_kept)
 

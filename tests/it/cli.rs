@@ -570,7 +570,7 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     // Not logged in on this server; another server; an unreachable one; https.
     let closed = ClosedPort::bind();
     let other = Cli::at(&dir, &closed.url());
-    expect(other.run(&alice.key, &["send", &alice.id, "hi"], ""), 1, "not logged in");
+    expect(other.run(&alice.key, &["send", &alice.id, "hi"], ""), 1, "cannot reach the server");
     expect(other.run(&alice.key, &["login"], ""), 1, "cannot reach the server");
     let tls = Cli::at(&dir, "https://example.org");
     expect(tls.run(&alice.key, &["login"], ""), 1, "https");
@@ -579,6 +579,80 @@ async fn mistakes_get_clear_errors_and_a_failing_exit_code() {
     let bob = cli.user("bob");
     let lookup = cli.ok(&alice.key, &["lookup", &bob.id]);
     assert!(lookup.contains(&bob.public_key), "{lookup}");
+}
+
+/// A login holds however the server's URL is typed (scheme and host case, trailing slash, no
+/// scheme); another name of the same machine is another server, and the CLI says where the
+/// user is logged in instead of only "not logged in".
+#[test]
+fn a_login_holds_however_the_server_url_is_typed() {
+    let dir = TempDir::new("spelling");
+    let server = LoggedServer::memory(dir.path());
+    let alice = Cli::of(&dir, &server).user("alice");
+    let port = server.addr.port();
+    let at = |url: String| Cli { server: url, ..Cli::of(&dir, &server) };
+    for spelling in
+        [format!("http://127.0.0.1:{port}/"), format!("HTTP://127.0.0.1:{port}"), format!("127.0.0.1:{port}")]
+    {
+        let whoami = at(spelling.clone()).ok(&alice.key, &["whoami"]);
+        assert!(whoami.contains(&alice.id), "{spelling}: {whoami}");
+        let id = at(spelling.clone()).ok(&alice.key, &["send", &alice.id, "hi"]);
+        assert!(!id.trim().is_empty(), "{spelling}: no inbox id");
+    }
+
+    let named = at(format!("http://LocalHost:{port}"));
+    let run = named.run(&alice.key, &["send", &alice.id, "hi"], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let want = format!("not logged in to http://localhost:{port}/; you are logged in to http://127.0.0.1:{port}/");
+    assert!(run.stderr.contains(&want), "expected {want:?} in: {}", run.stderr);
+    assert!(run.stderr.contains("--server") && run.stderr.contains("enigma login"), "{}", run.stderr);
+
+    // Logged in nowhere.
+    let bob = dir.path().join("bob.key");
+    at(server.url()).ok(&bob, &["keygen"]);
+    let run = at(server.url()).run(&bob, &["listen"], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let want = format!("not logged in to http://127.0.0.1:{port}/: run `enigma login` first");
+    assert!(run.stderr.contains(&want), "expected {want:?} in: {}", run.stderr);
+}
+
+/// A server that is down is reported as unreachable by every command that needs it, logged in
+/// or not: never as "not logged in", which `enigma login` could not fix.
+#[test]
+fn a_stopped_server_is_unreachable_not_a_missing_login() {
+    let dir = TempDir::new("stopped");
+    let server = LoggedServer::memory(dir.path());
+    let cli = Cli::of(&dir, &server);
+    let alice = cli.user("alice");
+    let url = format!("{}/", server.url());
+    server.terminate();
+    let refused = format!("cannot reach the server at {url} (connection refused)");
+    let stopped = Cli::at(&dir, &url);
+    for args in [
+        vec!["send", &alice.id, "hi"],
+        vec!["listen"],
+        vec!["chat", &alice.id],
+        vec!["lookup", &alice.id],
+        vec!["trust", &alice.id],
+        vec!["login"],
+    ] {
+        let run = stopped.run(&alice.key, &args, "");
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(&refused), "{args:?}: expected {refused:?} in: {}", run.stderr);
+        assert!(!run.stderr.contains("not logged in"), "{args:?}: {}", run.stderr);
+    }
+    // whoami answers offline with what it knows.
+    let whoami = stopped.ok(&alice.key, &["whoami"]);
+    assert!(whoami.contains(&alice.id) && whoami.contains("unknown (cannot reach"), "{whoami}");
+
+    // Down and never logged in to: the server first, then the login.
+    let closed = ClosedPort::bind();
+    let run = Cli::at(&dir, &closed.url()).run(&alice.key, &["send", &alice.id, "hi"], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let refused = format!("cannot reach the server at {}/ (connection refused)", closed.url());
+    assert!(run.stderr.contains(&refused), "expected {refused:?} in: {}", run.stderr);
+    let elsewhere = format!("you are not logged in to it either; once it answers, you are logged in to {url}");
+    assert!(run.stderr.contains(&elsewhere), "expected {elsewhere:?} in: {}", run.stderr);
 }
 
 /// One user, two listeners: the newer one wins, the older stops with a clear message

@@ -66,7 +66,7 @@ async fn file_settings_apply_and_environment_overrides_them() {
 /// The relay's allocator is jemalloc with its background purging thread (the settings built in
 /// by .cargo/config.toml): what gives a burst's memory back to the system (docs/operations.md,
 /// "Relay memory"). With the system allocator, or without the settings, there is no such thread.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", feature = "jemalloc"))]
 #[tokio::test]
 async fn the_relay_allocator_gives_memory_back_with_a_background_thread() {
     let s = Server::start(&ServerConfig::memory());

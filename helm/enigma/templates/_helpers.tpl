@@ -99,7 +99,13 @@ over the tag. Call with (dict "image" .Values.image "default" .Chart.AppVersion)
 {{- end }}
 {{- end }}
 
+{{/*
+The relay's image. No image is published, so there is no default to fall back on: a chart that
+rendered one would install pods stuck in ImagePullBackOff. The message says how to make one.
+*/}}
 {{- define "enigma.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- $_ := required (printf "image.repository is not set: no enigma-server image is published, build and push your own first (from the repository root: docker build -f deploy/Dockerfile -t REGISTRY/enigma-server:%s . && docker push REGISTRY/enigma-server:%s), then install with --set image.repository=REGISTRY/enigma-server" $tag $tag) .Values.image.repository }}
 {{- include "enigma.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) }}
 {{- end }}
 

@@ -57,9 +57,11 @@ impl Replica {
 }
 
 /// An HTTP client for logins: keep-alive connections, no proxy (a proxy from the environment
-/// would send loopback traffic elsewhere).
+/// would send loopback traffic elsewhere); plain http only, so TLS is configured but unused.
 pub fn http_client(concurrency: usize) -> Result<reqwest::Client, String> {
+    let tls = enigma::sdk::tls::plain_http_config().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
