@@ -548,14 +548,15 @@ $floor_table
   \`to\` in it and writes the frame's own bytes to the recipient's socket (one flush per batch).
   No storage, receipts, acknowledgements, limits, authentication, session state, metrics or logs;
   a message to a user with no socket is dropped; only what the cost scenario's specification
-  clients use is spoken (no \`enigma.v1\`, which the scenario does not use). No relay can
-  forward for less on this stack, so it is the relay's floor. The *Redis floor* (\`enigma-floor redis\`) sends, per message, the three
-  native commands a stored-and-delivered message cannot do without — \`XADD\` of the envelope to
-  the recipient's stream, the doorbell \`PUBLISH\` (to a subscriber that reads it, as a relay
-  does) and \`XDEL\` once delivered — pipelined 100 messages deep through the relay's \`redis\`
-  crate, at the same rate, payload and recipients, against a redis-server started like the
-  relay's; it leaves out what the relay's scripts add (the inbox share, sequence numbers, TTLs,
-  send budgets, Lua). Its figure is redis-server's CPU time from \`/proc\` per message.
+  clients use is spoken (no \`enigma.v1\`, which the scenario does not use). No relay can forward
+  for less on this stack, so it is the relay's floor. The *Redis floor* (\`enigma-floor redis\`)
+  sends, per message, the three native commands a stored-and-delivered message cannot do without —
+  \`XADD\` of the envelope to the recipient's stream, the doorbell \`PUBLISH\` (to a subscriber
+  that reads it, as a relay does) and \`XDEL\` once delivered — pipelined 100 messages deep
+  through the relay's \`redis\` crate, at the same rate, payload and recipients, against a
+  redis-server started like the relay's; it leaves out what the relay's scripts add (the inbox
+  share, sequence numbers, TTLs, send budgets, Lua). Its figure is redis-server's CPU time from
+  \`/proc\` per message.
 - Idle connections: server RSS (\`VmRSS\`) after the users logged in and before the sockets
   opened, and again after holding them 10 s; the difference divided by the sockets.
   The count is bounded by the open-file limit of this machine, not by the server.
