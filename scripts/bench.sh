@@ -14,13 +14,17 @@
 #                           memory and Redis engines, server RSS per connection
 #   cost per message        the fixed 20,000 msgs/s runs (memory engine included): CPU time of
 #                           each relay and redis-server from /proc per delivered message
+#   floors                  the same load on a bare WebSocket forwarder (enigma-floor forwarder)
+#                           and Redis's own XADD + PUBLISH + XDEL per message (enigma-floor redis):
+#                           each engine's cost is reported as a ratio to its floor
 #
 # Every run gets freshly started servers (and Redis), so none inherits another's backlog.
 #
 # Environment: BENCH_STEP (seconds per ramp step, default 3), BENCH_FIXED (seconds of the
 # fixed-rate runs, default 10), BENCH_PAIRS (default 100), BENCH_IDLE (idle sockets, default: as
 # many as fit), BENCH_OUT (default docs/BENCHMARKS.md), BENCH_SKIP_BUILD=1,
-# BENCH_LIMITS (default `on`; `off`; `shipped`).
+# BENCH_LIMITS (default `on`; `off`; `shipped`), BENCH_ONLY (a regular expression of run names,
+# e.g. `memory-20k|redis1-20k|floor-.*`: the other runs are skipped and reported as not run).
 #
 # Limits: the scenarios are floods by design — 100 users on one address sending hundreds of
 # messages a second each, up to 50,000 sockets from 127.0.0.1 — which the shipped per-client
@@ -49,7 +53,7 @@ for tool in redis-server redis-cli jq python3; do
 done
 
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release --locked --bin enigma-server --bin enigma-bench
+    cargo build --release --locked --bin enigma-server --bin enigma-bench --bin enigma-floor
 fi
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
@@ -60,6 +64,8 @@ cp "$target_dir/release/enigma-server" "$work/enigma-relay"
 cp "$target_dir/release/enigma-bench" "$work/enigma-bench"
 server_bin=$work/enigma-relay
 bench_bin=$work/enigma-bench
+cp "$target_dir/release/enigma-floor" "$work/enigma-floor"
+floor_bin=$work/enigma-floor
 mkdir -p "$work/results"
 
 pids=()
@@ -202,10 +208,43 @@ start_server() {
     return 1
 }
 
+# wanted NAME: whether BENCH_ONLY lets run NAME go; if not, its results say so.
+wanted() {
+    [[ -z ${BENCH_ONLY:-} || $1 =~ ^(${BENCH_ONLY})$ ]] && return
+    echo '{}' >"$work/results/$1.json"
+    echo "*Not run (BENCH_ONLY).*" >"$work/results/$1.md"
+    echo "# not run" >"$work/results/$1.cmd"
+    return 1
+}
+
+# start_forwarder: the relay floor (enigma-floor forwarder) on a free port; sets server_url and
+# server_pid like start_server.
+start_forwarder() {
+    local port log
+    port=$(free_port)
+    log=$work/forwarder-$port.log
+    "$floor_bin" forwarder --addr "127.0.0.1:$port" >"$log" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+    local i
+    for i in $(seq 1 100); do
+        if grep -q '^listening on' "$log"; then
+            server_url=http://127.0.0.1:$port
+            return
+        fi
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench: enigma-floor forwarder did not start:" >&2
+    cat "$log" >&2
+    return 1
+}
+
 # bench NAME ARGS...: runs enigma-bench, keeps its JSON and Markdown, records the command.
 bench() {
     local name=$1
     shift
+    wanted "$name" || return 0
     local shown="enigma-bench $*"
     shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/--cpu-pid [^ ]+/--cpu-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
     echo "bench: $shown" >&2
@@ -241,6 +280,10 @@ fresh() {
             start_server "redis://127.0.0.1:$redis_port/"
             urls=$urls,$server_url server_pids=$server_pids,$server_pid
         fi
+        ;;
+    forwarder)
+        start_forwarder
+        urls=$server_url server_pids=$server_pid
         ;;
     cluster3)
         start_cluster 3
@@ -285,6 +328,27 @@ for setup in memory redis1; do
     fresh $setup
     bench idle-$setup --url "$urls" --server-pid "$server_pids" --connections "$idle" --hold 10s --concurrency 128
 done
+
+# --- floors: the cost scenario's load (20,000 msgs/s, $pairs pairs, 256 B) on a bare forwarder,
+# and Redis's own commands for it, against a redis-server started like the relay's
+fresh forwarder
+bench floor-forwarder --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
+if wanted floor-redis; then
+    stop_all
+    start_redis # no relay: it is not part of this floor
+    floor_args=(--rate 20000 --messages $((20000 * fixed)) --recipients "$pairs" --payload-bytes 256 --batch 100)
+    echo "enigma-floor redis --url redis://127.0.0.1:PORT/ --redis-pid PID ${floor_args[*]}" >"$work/results/floor-redis.cmd"
+    echo "bench: $(cat "$work/results/floor-redis.cmd")" >&2
+    if "$floor_bin" redis --url "redis://127.0.0.1:$redis_port/" --redis-pid "${redis_pids#*=}" "${floor_args[@]}" --json \
+        >"$work/results/floor-redis.json" 2> >(tee "$work/results/floor-redis.err" >&2); then
+        jq -r '"\(.messages) messages in \(.seconds * 10 | round / 10) s (\(.achieved_rate | floor) msgs/s, pipelines of \(.batch), \(.rings_heard) doorbell rings heard): redis-server **\(.redis_us_per_msg * 100 | round / 100) CPU µs per message**"' \
+            "$work/results/floor-redis.json" >"$work/results/floor-redis.md"
+    else
+        { echo "**This run failed:**"; echo; echo '```'; tail -5 "$work/results/floor-redis.err"; echo '```'; } \
+            >"$work/results/floor-redis.md"
+        echo '{}' >"$work/results/floor-redis.json"
+    fi
+fi
 stop_all
 
 # --- docs/BENCHMARKS.md
@@ -371,6 +435,47 @@ cost_row() {
         end' "$r/$2.json"
 }
 
+# The floors: each engine's CPU µs per delivered message against its floor's, in this run.
+# us_per_msg NAME ROLE: the summed figure of a run's processes of ROLE (empty when unknown).
+us_per_msg() {
+    jq -r --arg role "$2" '[.steps[0].cpu[]? | select(.role == $role) | .us_per_msg]
+        | if length == 0 or any(. == null) then "" else add * 10 | round / 10 end' "$r/$1.json"
+}
+# ratio A B: A / B as `2.3×`, or `-` when either is unknown.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.1f×\n", a / b }'; }
+fwd_us=$(us_per_msg floor-forwarder relay)
+mem_us=$(us_per_msg memory-20k relay)
+r1_relay_us=$(us_per_msg redis1-20k relay)
+r1_redis_us=$(us_per_msg redis1-20k other)
+redis_floor_us=$(jq -r '.redis_us_per_msg // "" | if . == "" then . else . * 10 | round / 10 end' "$r/floor-redis.json")
+fwd_ok=$(j "$outcome" floor-forwarder)
+floor_table="| engine | CPU µs/msg | its floor | floor CPU µs/msg | ratio to the floor |
+|---|---:|---|---:|---:|
+| relay on Redis, 1 replica | ${r1_relay_us:--} | bare forwarder | ${fwd_us:--} | **$(ratio "$r1_relay_us" "$fwd_us")** |
+| relay, memory engine | ${mem_us:--} | bare forwarder | ${fwd_us:--} | **$(ratio "$mem_us" "$fwd_us")** |
+| redis-server (Redis, 1 replica) | ${r1_redis_us:--} | Redis floor (XADD + PUBLISH + XDEL) | ${redis_floor_us:--} | **$(ratio "$r1_redis_us" "$redis_floor_us")** |"
+# One row per run in the kept part of the document, so the ratios have a history.
+floor_history='## Cost against the floors, run by run'
+if ! grep -qxF "$floor_history" <<<"$kept"; then
+    kept+="
+
+$floor_history
+
+Written by \`make bench\`, one row per run: the relay's and redis-server's CPU µs per delivered
+message at 20,000 msgs/s as a ratio to their floors measured in the same run (see \"Floors\"
+under \"How to read the figures\").
+
+| run | commit | forwarder µs/msg | relay on Redis / forwarder | memory engine / forwarder | Redis floor µs/msg | redis-server / Redis floor |
+|---|---|---:|---:|---:|---:|---:|"
+fi
+floor_row="| $started_at | $commit | ${fwd_us:--} | $(ratio "$r1_relay_us" "$fwd_us") | $(ratio "$mem_us" "$fwd_us") | ${redis_floor_us:--} | $(ratio "$r1_redis_us" "$redis_floor_us") |"
+kept=$(awk -v heading="$floor_history" -v row="$floor_row" '
+    $0 == heading { in_section = 1 }
+    in_section && /^\|/ { in_table = 1 }
+    in_table && !/^\|/ { print row; in_section = in_table = 0 }
+    { print }
+    END { if (in_table) print row }' <<<"$kept")
+
 tmp_out=$(mktemp "${TMPDIR:-/tmp}/benchmarks.XXXXXX")
 {
     cat <<EOF
@@ -425,6 +530,15 @@ $(cost_row "Redis, 1 replica" redis1-20k)
 $(cost_row "Redis, 2 replicas (pairs across them)" redis2-20k)
 $(cost_row "Redis Cluster, 3 masters, 1 replica" cluster3-20k)
 
+## Cost against the floors
+
+The same load as the cost table (20,000 msgs/s, $pairs pairs, 256 B payloads), in this run on
+the same machine, on the two floors (what they include: "Floors" under "How to read the
+figures"): a bare WebSocket forwarder for the relay ($fwd_ok) and Redis's own commands for
+redis-server.
+
+$floor_table
+
 ## How to read the figures
 
 - **Open loop.** Send times are fixed in advance (message \`k\` at \`start + k/rate\`, spread
@@ -445,6 +559,21 @@ $(cost_row "Redis Cluster, 3 masters, 1 replica" cluster3-20k)
   three bisection steps refine the point; each step lasts ${step} s after a 1 s warm-up.
 - **CPU gen/server %**: CPU time of the generator and of the server process(es) during the
   step, in percent of one core (200% is the whole machine).
+- **Floors.** The *bare forwarder* (\`enigma-floor forwarder\`) is the relay's stack — axum,
+  hyper-util's server, tokio's multi-threaded runtime, jemalloc, the relay's socket buffers,
+  \`TCP_NODELAY\` — serving the same wire format, with nothing in between: it reads a frame, finds
+  \`to\` in it and writes the frame's own bytes to the recipient's socket (one flush per batch).
+  No storage, receipts, acknowledgements, limits, authentication, session state, metrics or logs;
+  a message to a user with no socket is dropped; only what the cost scenario's specification
+  clients use is spoken (no \`enigma.v1\`, which the scenario does not use). No relay can forward
+  for less on this stack, so it is the relay's floor. The *Redis floor* (\`enigma-floor redis\`)
+  sends, per message, the three native commands a stored-and-delivered message cannot do without —
+  \`XADD\` of the envelope to the recipient's stream, the doorbell \`PUBLISH\` (to a subscriber
+  that reads it, as a relay does) and \`XDEL\` once delivered — pipelined 100 messages deep
+  through the relay's \`redis\` crate, at the same rate, payload and recipients, against a
+  redis-server started like the relay's; it leaves out what the relay's scripts add (the inbox
+  share, sequence numbers, TTLs, send budgets, Lua). Its figure is redis-server's CPU time from
+  \`/proc\` per message.
 - Idle connections: server RSS (\`VmRSS\`) after the users logged in and before the sockets
   opened, and again after holding them 10 s; the difference divided by the sockets.
   The count is bounded by the open-file limit of this machine, not by the server.
@@ -474,6 +603,7 @@ EOF
     section "Redis engine, 2 replicas (sender and recipient on different replicas)" redis2-20k redis2-ramp
     section "Redis Cluster, 3 masters, 1 replica (sharded pub/sub)" cluster3-20k cluster3-ramp
     section "Idle connections" idle-memory idle-redis1
+    section "Floors (bare forwarder; Redis's own commands)" floor-forwarder floor-redis
     echo "$kept"
 } >"$tmp_out"
 mv "$tmp_out" "$out"

@@ -44,6 +44,7 @@ mod durable;
 mod endings;
 mod expiry;
 mod faults;
+mod floors;
 // `pub`: the harness is a toolbox for every test file; a helper no test uses today (or a
 // handle held only to be dropped) is not dead code.
 pub mod harness;
