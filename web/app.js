@@ -47,6 +47,7 @@ function banner(text, action) {
   show("banner", Boolean(text));
   show("banner-action", action === "takeover");
   show("start-again", action === "start-again");
+  show("reload", action === "reload");
 }
 
 /** A lasting notice (the id changed): stays until dismissed. */
@@ -84,6 +85,7 @@ async function start(identity) {
     $("status").textContent = detail.text;
     $("status").className = `status ${detail.state}`;
     if (detail.state === "replaced") banner(detail.text, "takeover");
+    else if (detail.state === "started-again") banner(detail.reason, "reload");
     else if (detail.state === "lost") {
       banner(`${detail.reason} Start again makes a new identity here; this browser then forgets the old one and its conversations.`, "start-again");
     } else if (detail.state === "online") {
@@ -382,12 +384,14 @@ async function copy(event) {
 
 /**
  * "Use this tab": this tab becomes the live one again. Another tab may have changed the identity
- * meanwhile (a new id after the server lost its data), so it is read again first.
+ * meanwhile (a new id after the server lost its data), so it is read again first; if another tab
+ * started again (the key is gone or another), this tab stops and offers a reload instead.
  */
 async function takeOver() {
   banner("");
   const identity = await store.getIdentity();
-  if (identity && identity.userId !== me.userId) {
+  if (identity?.publicKey !== me.publicKey) return relay.startedAgainElsewhere();
+  if (identity.userId !== me.userId) {
     me = identity;
     relay.me = identity;
     relay.token = null;
@@ -408,6 +412,7 @@ async function main() {
   });
   $("banner-action").addEventListener("click", takeOver);
   $("start-again").addEventListener("click", startAgain);
+  $("reload").addEventListener("click", () => location.reload());
   $("notice-close").addEventListener("click", () => notice(""));
   $("rename").addEventListener("click", startRename);
   $("rename-form").addEventListener("submit", rename);

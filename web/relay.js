@@ -3,7 +3,8 @@
 // after a drop, a restart or a 1001, stop and say so when another tab takes over (4409).
 // Every state is said in words (closeWords), never as a close code. A server that no longer
 // knows this user (its data was lost) gets the same key registered again: it gives a new id,
-// which the page adopts; if it refuses, the page stops and says so ("lost").
+// which the page adopts; if it refuses, the page stops and says so ("lost"). If another tab
+// started again meanwhile (this browser forgot the identity), this one stops and says so.
 // Every received message is stored before it is acknowledged; every outgoing one is stored
 // before it is sent and re-sent (same id, same ref) until the server's receipt arrives, or
 // marked failed (with its reason, and a Retry) when no receipt comes within SEND_DEADLINE_MS.
@@ -130,13 +131,17 @@ export class Relay extends EventTarget {
     this.tokenFresh = false; // the token was made by the last bearer(), not kept from before
     this.attempts = 0; // counts connect() calls: an older one still awaiting gives way
     this.deadlines = new Map(); // a waiting message's ref -> its deadline timer
+    this.recovery = null; // the registration again under way, if any (recover)
   }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  /** States: connecting, online, offline (retrying), recovering, replaced (4409), lost. */
+  /**
+   * States: connecting, online, offline (retrying), recovering, replaced (4409), lost,
+   * started-again (another tab forgot this identity).
+   */
   setState(state, text, reason) {
     this.state = state;
     this.emit("state", { state, text, reason });
@@ -159,8 +164,24 @@ export class Relay extends EventTarget {
     ws?.close(1000);
   }
 
-  /** Connects now, forgetting the backoff (the user asked, or this tab takes over again). */
+  /**
+   * Stops for good because another tab started again: this browser no longer holds the identity
+   * this tab uses (forgotten, or replaced by a new key pair). Only a reload shows what it holds.
+   */
+  startedAgainElsewhere() {
+    this.stop();
+    this.setState("started-again", "Stopped: another tab started again",
+      "Another tab started again: this browser forgot the identity this tab was using. " +
+      "Reload this tab to use what this browser holds now.");
+  }
+
+  /**
+   * Connects now, forgetting the backoff (the user asked, or this tab takes over again). During
+   * a recovery it does nothing: the recovery connects when it is done, and a second connection
+   * beside it would sign in with the id being replaced.
+   */
   reconnectNow() {
+    if (this.recovery) return;
     this.stopTimers();
     this.attempt = 0;
     this.stopped = false;
@@ -277,8 +298,15 @@ export class Relay extends EventTarget {
    * registered again. The server gives a new id (ids are random); the page adopts it, keeps its
    * conversations, and re-seals what was waiting to be sent. A registration refused for good
    * stops the page ("lost": the user may start again); a transient refusal is retried.
+   * One at a time: a trigger while a recovery is under way joins it, so the id is adopted once
+   * and what waits is sealed and sent once.
    */
-  async recover() {
+  recover() {
+    this.recovery ??= this.registerAgain().finally(() => (this.recovery = null));
+    return this.recovery;
+  }
+
+  async registerAgain() {
     if (this.stopped) return;
     this.stopTimers();
     this.setState("recovering", "The server does not know this identity any more: registering it again…");
@@ -286,6 +314,7 @@ export class Relay extends EventTarget {
     try {
       userId = await register(this.me.publicKey);
     } catch (e) {
+      if (this.stopped) return;
       if (e instanceof Unreachable) return this.retry("Server unreachable", "retrying");
       if (e instanceof Refusal && e.transient) {
         this.emit("problem", { text: `The server lost this identity; registering it again: ${e.message}` });
@@ -296,11 +325,15 @@ export class Relay extends EventTarget {
         `The server lost this identity and refuses to register its key again (${e.message}).`);
       return;
     }
+    if (this.stopped) return; // "Start again" in this tab meanwhile: it forgets this identity
     const old = this.me.userId;
     // The same id: the server knows the key after all (it said otherwise a moment ago, e.g. one
     // replica behind another). Connecting again at once could go round for ever: back off.
     if (userId === old) return this.retry("The server did not recognise this identity", "retrying");
-    this.me = await store.reidentify(userId);
+    const me = await store.reidentify(this.me.publicKey, userId);
+    if (this.stopped) return;
+    if (!me) return this.startedAgainElsewhere();
+    this.me = me;
     this.token = null;
     forgetKeys();
     this.emit("reidentified", { old, now: userId });

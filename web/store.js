@@ -49,12 +49,18 @@ export const getIdentity = () => tx("identity", "readonly", (s) => request(s.get
 export const putIdentity = (me) => tx("identity", "readwrite", (s) => request(s.put(me, "me")));
 
 /**
- * The same key under a new user id (the server lost the old one and gave this on registering
- * again); the ids it had before are kept in `formerIds`. Returns the identity as stored.
+ * The same key (`publicKey`) under a new user id (the server lost the old one and gave this on
+ * registering again); the ids it had before are kept in `formerIds`. Returns the identity as
+ * stored, or null when what is stored is not this key any more: another tab started again (this
+ * browser forgot the identity, perhaps made a new one). Nothing is written then: a new key is
+ * never paired with the id registered for the old one. Check and write are one transaction.
  */
-export function reidentify(userId) {
+export function reidentify(publicKey, userId) {
   return tx("identity", "readwrite", async (s) => {
     const me = await request(s.get("me"));
+    if (me?.publicKey !== publicKey) return null;
+    // Another tab with this key registered it again first and got the same id: nothing to add.
+    if (me.userId === userId) return me;
     const updated = { ...me, userId, formerIds: [...(me.formerIds ?? []), me.userId] };
     await request(s.put(updated, "me"));
     return updated;

@@ -9,6 +9,9 @@
 //   on, same ids, and every message receipted before the restart arrives; one queued during the
 //   outage is sent once the server is back. At desktop width and on a phone. The store is Redis,
 //   and the embedded engine's file (the default without Redis).
+// - Races with the registration again: another tab of the same browser starting again meanwhile
+//   (this tab stops and says so; the stored identity is never a new key under the old key's id),
+//   and a second trigger meanwhile (it joins the recovery: one new id, each message sent once).
 import { randomBytes } from "node:crypto";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -219,4 +222,174 @@ test("the server restarts with its data (Redis, new token keys): the pages sign 
 test("the server restarts with its data (embedded engine, SIGKILL): the pages go on, same ids, nothing lost", async () => {
   const dir = tempDir("enigma-data-");
   await survivesWithItsData((port) => startServer({ port, env: { ENIGMA__DATA_DIR: dir } }));
+});
+
+/** Holds `page`'s registrations (`GET /login/…`) until `release()`; `count` says how many came. */
+async function holdRegistrations(page) {
+  let release;
+  const released = new Promise((r) => (release = r));
+  const held = { count: 0, release };
+  await page.route("**/login/*", async (route) => {
+    held.count += 1;
+    await released;
+    await route.continue();
+  });
+  return held;
+}
+
+/** What `page`'s browser stores as its identity (its user id, key, former ids), or null. */
+const storedIdentity = (page) => page.evaluate(async () => {
+  const me = await (await import("/assets/store.js")).getIdentity();
+  return me ? { userId: me.userId, publicKey: me.publicKey, formerIds: me.formerIds ?? [] } : null;
+});
+
+/**
+ * Two tabs of Bob's, the first replaced by the other; the server loses its data and refuses his
+ * key, so the other offers Start again; then a server that accepts keys (returned).
+ */
+async function twoTabsOneOfferingStartAgain() {
+  let server = await startServer({ engine: "memory" });
+  const { port } = server;
+  const bob = await launchBrowser();
+  const first = (await newUser(bob.context, server.url)).page;
+  const other = await openTab(bob.context);
+  await other.goto(`${server.url}/`);
+  await waitFor("the first tab replaced", async () => (await first.getAttribute("#status", "class")) === "status replaced");
+  await waitFor("the other tab online", () => isOnline(other));
+
+  await server.kill();
+  server = await startServer({ port, engine: "memory", env: { ENIGMA__LIMITS__MAX_PUBLIC_KEY_BYTES: "16" } });
+  await waitFor("the other tab's Start again", () => other.isVisible("#start-again"), 30000);
+  await server.kill();
+  server = await startServer({ port, engine: "memory" });
+  return { server, first, other };
+}
+
+/** `page` stopped because another tab started again, says so in words, and offers a reload. */
+async function assertStartedAgainElsewhere(page) {
+  assert.equal(await page.getAttribute("#status", "class"), "status started-again");
+  assert.equal(await page.textContent("#status"), "Stopped: another tab started again");
+  assert.match(await page.textContent("#banner-text"), /Another tab started again.*Reload this tab/);
+  assert.ok(await page.isVisible("#reload"), "no Reload");
+  assertWords(await shown(page), "the stopped tab");
+}
+
+/**
+ * The first tab takes over and registers the key again; while that registration is under way,
+ * the other starts again (and, `withNewKey`, makes a new identity). The first must stop and say
+ * so, and leave what the other wrote alone.
+ */
+async function startAgainDuringRecovery(withNewKey) {
+  const { server, first: recovering, other } = await twoTabsOneOfferingStartAgain();
+  const held = await holdRegistrations(recovering);
+  await recovering.click("#banner-action");
+  await waitFor("the registration again", () => held.count === 1);
+  assert.equal(await recovering.getAttribute("#status", "class"), "status recovering");
+
+  await other.click("#start-again");
+  await other.waitForSelector("#welcome:not([hidden])");
+  let fresh = null;
+  if (withNewKey) {
+    await other.click("#create");
+    await waitFor("the other tab online with a new identity", () => isOnline(other));
+    fresh = await storedIdentity(other);
+  }
+
+  held.release();
+  await waitFor("the registration to end", async () =>
+    (await recovering.getAttribute("#status", "class")) !== "status recovering");
+  // Only what the other tab wrote: its own key under its own id, or nothing.
+  assert.deepEqual(await storedIdentity(other), fresh, "the stored identity was rewritten");
+  if (fresh) {
+    const listed = await (await fetch(`${server.url}/connect/${fresh.userId}`)).json();
+    assert.equal(listed.publicKey, fresh.publicKey, "the stored id is not the stored key's");
+  }
+  await assertStartedAgainElsewhere(recovering);
+  assert.deepEqual([...recovering.errors, ...other.errors], [], "no script error");
+
+  // Reloaded, it shows what this browser holds now.
+  await recovering.click("#reload");
+  if (fresh) {
+    await waitFor("the reloaded tab on the new identity", async () => (await recovering.textContent("#my-id")).trim() === fresh.userId);
+  } else {
+    await recovering.waitForSelector("#welcome:not([hidden])");
+  }
+}
+
+test("another tab starts again while this one registers again: this one stops and says so", async () => {
+  await startAgainDuringRecovery(false);
+});
+
+test("another tab starts again with a new key while this one registers again: never the new key under the old key's id", async () => {
+  await startAgainDuringRecovery(true);
+});
+
+test("'Use this tab' after another tab started again with a new key: this one stops and offers a reload", async () => {
+  const { first, other } = await twoTabsOneOfferingStartAgain();
+  await other.click("#start-again");
+  await other.waitForSelector("#welcome:not([hidden])");
+  await other.click("#create");
+  await waitFor("the other tab online with a new identity", () => isOnline(other));
+  const fresh = (await other.textContent("#my-id")).trim();
+
+  await first.click("#banner-action");
+  await waitFor("the first tab to stop", async () => (await first.getAttribute("#status", "class")) !== "status replaced");
+  await assertStartedAgainElsewhere(first);
+  assert.ok(await isOnline(other), "the other tab was displaced");
+  await first.click("#reload");
+  await waitFor("the reloaded tab on the new identity", async () => (await first.textContent("#my-id")).trim() === fresh);
+  assert.deepEqual([...first.errors, ...other.errors], [], "no script error");
+});
+
+test("a second trigger while the page registers again joins that recovery: one new id, each waiting message sent once", async () => {
+  let server = await startServer({ engine: "memory" });
+  const { port } = server;
+  const alice = await launchBrowser();
+  const { page, userId } = await newUser(alice.context, server.url);
+  // The page without its app (whose relay would be a second tab of Alice's): the test drives a
+  // relay of its own, with the page's modules and store.
+  await page.route("**/assets/app.js", (route) => route.fulfill({ contentType: "text/javascript", body: "" }));
+  await page.reload();
+  const sent = new Map(); // a message's ref -> how many times it was sent
+  page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => {
+    const frame = JSON.parse(payload);
+    if (frame.ref) sent.set(frame.ref, (sent.get(frame.ref) ?? 0) + 1);
+  }));
+
+  await server.kill();
+  server = await startServer({ port, engine: "memory" });
+  const bobKey = randomBytes(32).toString("base64url");
+  const bob = (await (await fetch(`${server.url}/login/${bobKey}`)).json()).userId;
+  const held = await holdRegistrations(page);
+  // Two messages to Bob wait (written before the page knows its id is gone), then it connects.
+  const refs = await page.evaluate(async (to) => {
+    const { Relay } = await import("/assets/relay.js");
+    const store = await import("/assets/store.js");
+    const relay = new Relay(await store.getIdentity());
+    window.relay = relay;
+    window.reidentified = 0;
+    relay.addEventListener("reidentified", () => (window.reidentified += 1));
+    const refs = [(await relay.send(to, "waiting 1")).msgId, (await relay.send(to, "waiting 2")).msgId];
+    await relay.start();
+    return refs;
+  }, bob);
+  await waitFor("the registration again", () => held.count === 1);
+  assert.equal(await page.evaluate(() => window.relay.state), "recovering");
+
+  // A second trigger: the page is asked to reconnect now.
+  await page.evaluate(() => window.relay.reconnectNow());
+  await new Promise((r) => setTimeout(r, 1000)); // a window for a second registration, not a wait for a condition
+  const registrations = held.count;
+  held.release();
+
+  await waitFor("online again", async () => (await page.evaluate(() => window.relay.state)) === "online");
+  await waitFor("both messages receipted", () => page.evaluate(async () =>
+    (await (await import("/assets/store.js")).pending()).length === 0));
+  const me = await storedIdentity(page);
+  assert.notEqual(me.userId, userId);
+  assert.deepEqual(me.formerIds, [userId], "the ids it had before");
+  assert.equal(await page.evaluate(() => window.reidentified), 1, "re-identified more than once");
+  assert.deepEqual(refs.map((ref) => sent.get(ref)), [1, 1], "times each waiting message was sent");
+  assert.equal(registrations, 1, "registrations while the first was under way");
+  assert.deepEqual(page.errors, [], "no script error");
 });
