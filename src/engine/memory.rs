@@ -388,9 +388,10 @@ impl MemoryEngine {
         }
     }
 
-    /// Whether the data file is being written (always, without one).
+    /// Whether the data file is being written and keeping up: no commit failing, the queue not
+    /// full (always, without one).
     pub fn ready(&self) -> bool {
-        self.inner.journal.as_ref().is_none_or(Journal::healthy)
+        self.inner.has_room()
     }
 
     /// The token key kept in the data file, `candidate` stored as it the first time; without a
@@ -584,8 +585,10 @@ impl MemoryEngine {
         }
     }
 
-    /// True the first time `jti` is burnt within `ttl`.
-    pub fn burn_challenge(&self, jti: &str, ttl: Duration) -> bool {
+    /// Burns `jti` for `ttl`: its deadline the first time within `ttl` (to give to
+    /// `unburn_challenge` if the burn cannot be committed), `None` for a replay. A new burn grows
+    /// the store: refused while the journal has no room.
+    pub fn burn_challenge(&self, jti: &str, ttl: Duration) -> Result<Option<Instant>, Unavailable> {
         let mut burnt = self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let log = self.inner.log();
@@ -597,20 +600,39 @@ impl MemoryEngine {
             kept
         });
         if burnt.contains_key(jti) {
-            return false;
+            return Ok(None);
         }
-        burnt.insert(jti.to_owned(), now + ttl);
-        log.record(|| Record::Burn(jti.to_owned(), wall_ms(now + ttl)));
-        true
+        if !self.inner.has_room() {
+            return Err(Unavailable::said(JOURNAL_FULL));
+        }
+        let until = now + ttl;
+        burnt.insert(jti.to_owned(), until);
+        log.record(|| Record::Burn(jti.to_owned(), wall_ms(until)));
+        Ok(Some(until))
     }
 
-    /// Adds `people` to `user`'s contacts, up to `limits.max_contacts`.
-    pub fn add_contacts(&self, user: &UserId, people: &[UserId]) {
+    /// Takes back the burn of `jti` that `burn_challenge` answered `until` (its commit failed,
+    /// so the client was told `unavailable` and may answer the same challenge again); a later
+    /// burn of the same id (after this one expired) is left alone.
+    pub fn unburn_challenge(&self, jti: &str, until: Instant) {
+        let mut burnt = self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner());
+        if burnt.get(jti) == Some(&until) {
+            burnt.remove(jti);
+            self.inner.log().record(|| Record::Unburn(jti.to_owned()));
+        }
+    }
+
+    /// Adds `people` to `user`'s contacts, up to `limits.max_contacts`; refused while the
+    /// journal has no room.
+    pub fn add_contacts(&self, user: &UserId, people: &[UserId]) -> Result<(), Unavailable> {
         let limits = &self.inner.limits;
         let ttl = Duration::from_secs(limits.contacts_ttl_secs);
         let mut dir = self.inner.write();
         if dir.live(user).is_none() {
-            return; // forgotten meanwhile: nothing to keep contacts for
+            return Ok(()); // forgotten meanwhile: nothing to keep contacts for
+        }
+        if !self.inner.has_room() {
+            return Err(Unavailable::said(JOURNAL_FULL));
         }
         let Directory { contacts, bytes, .. } = &mut *dir;
         let (known, at) = contacts.entry(user.clone()).or_insert_with(|| (HashSet::new(), Instant::now()));
@@ -630,6 +652,7 @@ impl MemoryEngine {
         self.inner.log().record(|| {
             Record::Contacts(user.clone(), ContactsRow { at_ms: wall_ms(*at), people: known.iter().cloned().collect() })
         });
+        Ok(())
     }
 
     pub fn send(&self, from: &UserId, prefix: IpNet, to: &UserId, envelope: Bytes) -> Result<MsgId, SendError> {
@@ -1003,17 +1026,17 @@ mod tests {
             engine.mark_used(&a);
             engine.mark_used(&b);
             engine.protect(&a);
-            engine.add_contacts(&b, std::slice::from_ref(&a));
+            engine.add_contacts(&b, std::slice::from_ref(&a)).unwrap();
             let envelope = |text: &str| Bytes::from(text.to_owned());
             engine.send(&a, home, &b, envelope("a to b, a contact")).unwrap();
             engine.send(&c, home, &b, envelope("c to b, a stranger")).unwrap();
             // c becomes a contact: what it has waiting leaves the strangers' pool.
-            engine.add_contacts(&b, std::slice::from_ref(&c));
+            engine.add_contacts(&b, std::slice::from_ref(&c)).unwrap();
             engine.send(&c, home, &b, envelope("c to b, now a contact")).unwrap();
             let first = engine.send(&c, home, &a, envelope("c to a, one")).unwrap();
             engine.send(&c, home, &a, envelope("c to a, two")).unwrap();
             engine.remove(&a, &[first]);
-            assert!(engine.burn_challenge("jti-1", Duration::from_secs(60)));
+            assert!(engine.burn_challenge("jti-1", Duration::from_secs(60)).unwrap().is_some());
             assert_eq!(engine.shared_token_key("key-one"), "key-one");
             engine.durable().await.unwrap();
             let expires = wall_ms(engine.inner.read().users[&a].expires);
@@ -1024,12 +1047,73 @@ mod tests {
         assert!(wall_ms(engine.inner.read().users[&a].expires).abs_diff(expires) <= 5, "deadlines kept");
         assert_eq!(engine.user_record(&a).unwrap().upkeep, Upkeep::Kept);
         assert!(engine.user_record(&a).unwrap().protected);
-        assert!(!engine.burn_challenge("jti-1", Duration::from_secs(60)), "still burnt");
+        assert!(engine.burn_challenge("jti-1", Duration::from_secs(60)).unwrap().is_none(), "still burnt");
         assert_eq!(engine.shared_token_key("key-two"), "key-one", "the first key is kept");
         // Numbers and ids go on after the stored ones.
         let last = engine.backlog(&b, None, 10).last().unwrap().id;
         let next = engine.send(&a, home, &b, Bytes::from_static(b"after")).unwrap();
         assert!(next > last);
         assert_eq!(engine.sequence(&b), 4);
+    }
+
+    fn journaled(store: impl super::super::embedded::journal::Store) -> MemoryEngine {
+        let journal = Journal::start(store).unwrap();
+        let hub = Arc::new(Hub::new(16, 1 << 20, tokio_util::sync::CancellationToken::new()));
+        MemoryEngine::embedded(Limits::default(), hub, journal, Snapshot::default())
+    }
+
+    fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// While commits fail, nothing that grows the store is queued: contacts and challenge
+    /// burns are refused as sends and registrations are, and the server is not ready.
+    #[test]
+    fn growth_is_refused_while_the_file_is_not_written() {
+        use super::super::embedded::tests::Flaky;
+        let engine = journaled(Flaky { failures: usize::MAX, committed: Arc::default() });
+        let here = prefix("192.0.2.7/32");
+        let (a, b) = (engine.login("key-a", here).unwrap(), engine.login("key-b", here).unwrap());
+        let journal = engine.inner.journal.clone().unwrap();
+        eventually("the failing commit is noticed", || !engine.ready());
+        let waiting = journal.waiting();
+        for n in 0..1000 {
+            assert!(engine.add_contacts(&a, std::slice::from_ref(&b)).is_err());
+            assert!(engine.burn_challenge(&format!("jti-{n}"), Duration::from_secs(60)).is_err());
+            assert!(engine.send(&a, here, &b, Bytes::from_static(b"hello")).is_err());
+            assert!(engine.login(&format!("key-{n}"), here).is_err());
+        }
+        assert_eq!(journal.waiting(), waiting, "the queue did not grow");
+    }
+
+    /// A store that fails while `failing` is set.
+    struct Switched(Arc<std::sync::atomic::AtomicBool>);
+
+    impl super::super::embedded::journal::Store for Switched {
+        fn commit(&mut self, _: &[Record]) -> Result<(), String> {
+            match self.0.load(Ordering::Acquire) {
+                true => Err("disk full".into()),
+                false => Ok(()),
+            }
+        }
+    }
+
+    /// A burn whose commit failed was answered `unavailable`: the client's retry of the same
+    /// answer is taken once the file is written again, and only once.
+    #[tokio::test]
+    async fn a_burn_that_was_not_committed_does_not_refuse_the_retry() {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let memory = journaled(Switched(failing.clone()));
+        let engine = super::super::Engine::Memory(memory.clone());
+        let ttl = Duration::from_secs(60);
+        assert!(engine.burn_challenge("jti", ttl).await.is_err(), "not committed");
+        failing.store(false, Ordering::Release);
+        eventually("the file is written again", || memory.ready());
+        assert!(engine.burn_challenge("jti", ttl).await.unwrap(), "the retry is taken");
+        assert!(!engine.burn_challenge("jti", ttl).await.unwrap(), "and is single use");
     }
 }

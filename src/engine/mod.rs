@@ -131,12 +131,17 @@ impl Engine {
     }
 
     /// Burns a challenge id for `ttl`: true the first time, on any replica; false on replays.
+    /// A burn that cannot be committed is taken back, so the client's retry of the same answer
+    /// is not refused as a replay.
     pub async fn burn_challenge(&self, jti: &str, ttl: std::time::Duration) -> Result<bool, Unavailable> {
         match self {
             Engine::Memory(e) => {
-                let first = e.burn_challenge(jti, ttl);
-                e.durable().await?;
-                Ok(first)
+                let Some(until) = e.burn_challenge(jti, ttl)? else { return Ok(false) };
+                if let Err(error) = e.durable().await {
+                    e.unburn_challenge(jti, until);
+                    return Err(error);
+                }
+                Ok(true)
             }
             Engine::Redis(e) => e.burn_challenge(jti, ttl.as_millis() as u64).await,
         }
@@ -189,7 +194,7 @@ impl Engine {
     pub async fn add_contacts(&self, user: &UserId, people: &[UserId]) -> Result<(), Unavailable> {
         match self {
             Engine::Memory(e) => {
-                e.add_contacts(user, people);
+                e.add_contacts(user, people)?;
                 e.durable().await
             }
             Engine::Redis(e) => e.add_contacts(user, people).await,

@@ -430,3 +430,23 @@ fn token_and_matcher_extraction() {
     assert_eq!(anchor(" EnigmaReplicaDown"), "enigmareplicadown");
     assert_eq!(anchor("Redis sizing & persistence"), "redis-sizing--persistence");
 }
+
+/// The image's data directory exists, nonroot's and private: a named volume mounted there is
+/// seeded from it, so the server (uid 65532) can create its data file in it and nobody else can
+/// read it. (No Docker engine in the tests: the Dockerfile is read.)
+#[test]
+fn the_image_has_a_private_data_directory_for_nonroot() {
+    let dockerfile = read("deploy/Dockerfile");
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let made = lines.iter().position(|l| *l == "RUN install -d -m 0700 /out/home/enigma-data");
+    let copied = lines.iter().position(|l| *l == "COPY --from=builder --chown=65532:65532 /out/home/ /home/nonroot/");
+    let runtime = lines.iter().position(|l| l.starts_with("FROM gcr.io/distroless/"));
+    let (Some(made), Some(copied), Some(runtime)) = (made, copied, runtime) else {
+        panic!(
+            "the builder makes /out/home/enigma-data (0700) and the runtime stage copies it, owned by 65532, into /home/nonroot"
+        );
+    };
+    assert!(made < runtime && runtime < copied, "made in the builder, copied into the runtime image");
+    assert!(lines.contains(&"WORKDIR /home/nonroot"), "data_dir (enigma-data) is relative to the working directory");
+    assert!(lines.contains(&"USER nonroot:nonroot"));
+}

@@ -230,3 +230,43 @@ async fn without_redis_the_default_keeps_its_data_in_the_working_directory() {
     assert!(listening.starts_with("listening on "), "{listening:?}");
     assert!(dir.path().join("enigma-data/enigma.redb").is_file());
 }
+
+/// The data file holds the token signing key: under the usual umask (022) the directory is
+/// still created 0700 and the file 0600.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_file_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("private");
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "umask 022 && exec \"$0\"", env!("CARGO_BIN_EXE_enigma-server")])
+        .env_clear()
+        .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn enigma-server");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let listening = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening.starts_with("listening on "), "{listening:?}");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let data = dir.path().join("enigma-data");
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("enigma.redb")), 0o600, "the data file");
+}
+
+#[tokio::test]
+async fn a_damaged_data_file_is_a_clear_error() {
+    let dir = TempDir::new("damaged");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("enigma.redb"), "not a database, but long enough to be mistaken for one".repeat(100))
+        .unwrap();
+    let (code, stderr) = run_with_env(&[("ENIGMA__DATA_DIR", "data")], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot open the data file `data/enigma.redb`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

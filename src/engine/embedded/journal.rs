@@ -9,7 +9,13 @@
 //! `MAX_PENDING_BYTES` bytes wait, or while the file cannot be written; the client gets
 //! `unavailable` and retries. A change that shrinks the store or updates a record in place
 //! (a removal, an expiry, a renewal) is always taken: it is bounded by what is stored.
+//!
+//! A failed commit is retried, with a pause doubling up to a second, with the same records
+//! and what came since (the store reopens its file first: see `file`). A panic in the writer
+//! (a redb bug, a damaged file) stops it for good: the journal is marked broken, every waiter
+//! is answered `unavailable` at once, growth is refused and the server is no longer ready.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::records::Record;
-use crate::engine::Unavailable;
+use crate::engine::unavailable::Unavailable;
 
 /// Records waiting for the writer before changes that grow the store are refused.
 pub const MAX_PENDING_RECORDS: usize = 100_000;
@@ -28,8 +34,8 @@ pub const MAX_PENDING_RECORDS: usize = 100_000;
 pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 
 /// How long a caller waits for its commit before it is answered `unavailable` (the file is not
-/// being written: a full or failing disk).
-const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// being written: a full or failing disk). A second in unit tests, which wait for it.
+const COMMIT_WAIT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
 
 /// The first pause after a failed commit; it doubles up to a second while the failure lasts.
 const RETRY_FIRST: Duration = Duration::from_millis(10);
@@ -53,6 +59,8 @@ struct Shared {
     committed: watch::Sender<u64>,
     /// The last commit failed (cleared by the next that succeeds).
     failing: AtomicBool,
+    /// The writer panicked: nothing will be written any more.
+    broken: AtomicBool,
 }
 
 #[derive(Default)]
@@ -78,10 +86,16 @@ impl Journal {
             wake: Condvar::new(),
             committed: watch::Sender::new(0),
             failing: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         });
         let thread = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("enigma-journal".into()).spawn(move || write_loop(&shared, store))?
+            std::thread::Builder::new().name("enigma-journal".into()).spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| write_loop(&shared, store)));
+                if let Err(panic) = outcome {
+                    shared.break_down(&panic_text(&*panic));
+                }
+            })?
         };
         let writer = Arc::new(Writer { shared: shared.clone(), thread: Mutex::new(Some(thread)) });
         Ok(Journal { shared, _writer: writer })
@@ -90,6 +104,9 @@ impl Journal {
     /// Appends `record` to the next batch. Callers hold the lock under which they changed the
     /// state the record describes, so records about one thing are in the order of its changes.
     pub fn append(&self, record: Record) {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return; // nothing will write it; waiters are answered `unavailable`
+        }
         let mut queue = self.shared.queue();
         queue.bytes += record.size();
         queue.records.push(record);
@@ -100,7 +117,7 @@ impl Journal {
 
     /// Whether a change that grows the store may be appended now (see the module doc).
     pub fn has_room(&self) -> bool {
-        if self.shared.failing.load(Ordering::Acquire) {
+        if !self.healthy() {
             return false;
         }
         let queue = self.shared.queue();
@@ -111,25 +128,61 @@ impl Journal {
     pub async fn durable(&self) -> Result<(), Unavailable> {
         let mark = self.shared.queue().appended;
         let mut committed = self.shared.committed.subscribe();
+        let broken = || self.shared.broken.load(Ordering::Acquire);
         if *committed.borrow_and_update() >= mark {
             return Ok(());
         }
-        match tokio::time::timeout(COMMIT_WAIT, committed.wait_for(|done| *done >= mark)).await {
-            Ok(Ok(_)) => Ok(()),
+        // `break_down` wakes every waiter: the predicate reads `broken` as well.
+        match tokio::time::timeout(COMMIT_WAIT, committed.wait_for(|done| *done >= mark || broken())).await {
+            Ok(Ok(done)) if *done >= mark => Ok(()),
+            Ok(Ok(_)) => Err(Unavailable::said("the data file is no longer written (see the server's log)")),
             Ok(Err(_)) => Err(Unavailable::said("the data file is closed")),
             Err(_) => Err(Unavailable::said("the data file is not being written (see the server's log)")),
         }
     }
 
-    /// Whether the file is being written (the last commit succeeded).
+    /// Whether the file is being written (the last commit succeeded, the writer is running).
     pub fn healthy(&self) -> bool {
-        !self.shared.failing.load(Ordering::Acquire)
+        !self.shared.failing.load(Ordering::Acquire) && !self.shared.broken.load(Ordering::Acquire)
+    }
+
+    /// Changes appended and not yet committed.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> u64 {
+        let appended = self.shared.queue().appended;
+        appended.saturating_sub(*self.shared.committed.borrow())
     }
 }
 
 impl Shared {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer panicked: marks the journal broken, drops what waits (nothing will write it)
+    /// and wakes every waiter to answer `unavailable`.
+    fn break_down(&self, panic: &str) {
+        self.broken.store(true, Ordering::Release);
+        let dropped = {
+            let mut queue = self.queue();
+            queue.bytes = 0;
+            std::mem::take(&mut queue.records).len()
+        };
+        tracing::error!(
+            panic,
+            dropped,
+            "the data file's writer panicked: nothing more is written, changes are refused; restart the server"
+        );
+        self.committed.send_modify(|_| {});
+    }
+}
+
+/// The message of a caught panic.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_owned(),
     }
 }
 
@@ -145,7 +198,7 @@ impl Drop for Writer {
 
 /// Takes what gathered, commits it, announces it; until closed and empty. A failed commit is
 /// retried with the same records (each is a put or a delete of a whole record, so applying one
-/// twice is harmless) plus whatever came since.
+/// twice is harmless) plus whatever came since; the store reopens its file before the retry.
 fn write_loop(shared: &Shared, mut store: impl Store) {
     let mut batch = Vec::new();
     let mut upto = 0;

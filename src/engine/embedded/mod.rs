@@ -21,18 +21,40 @@ pub mod file;
 pub mod journal;
 pub mod records;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use self::file::DataFile;
 pub use self::journal::Journal;
 pub use self::records::{Record, Snapshot};
-use crate::engine::Unavailable;
+use crate::engine::unavailable::Unavailable;
 
-/// Opens the data file in `dir`, reads it, and starts the journal that writes to it.
-pub fn open(dir: &Path) -> Result<(Journal, Snapshot, std::path::PathBuf), Unavailable> {
-    let file = DataFile::open(dir)?;
-    let snapshot = file.load()?;
-    let path = file.path().to_owned();
+/// Opens the data file in `dir`, reads it, and starts the journal that writes to it; also
+/// returns the file's absolute path. redb may panic on a damaged file: that is a clear error
+/// naming the file, not a crash.
+pub fn open(dir: &Path) -> Result<(Journal, Snapshot, PathBuf), Unavailable> {
+    open_on(dir, redb::backends::FileBackend::new)
+}
+
+/// `open`, with the database over `backend(file)`.
+fn open_on<B: redb::StorageBackend>(
+    dir: &Path,
+    backend: impl Fn(std::fs::File) -> B + Send + 'static,
+) -> Result<(Journal, Snapshot, PathBuf), Unavailable> {
+    // Nothing outlives a panic here but its message: the half-opened file is dropped.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let file = DataFile::open_on(dir, backend)?;
+        let snapshot = file.load()?;
+        Ok((file, snapshot))
+    }));
+    let (file, snapshot) = read.unwrap_or_else(|panic| {
+        Err(Unavailable::said(format!(
+            "cannot read the data file `{}`, it is damaged ({}): restore it from a backup, or move it away \
+             to start with an empty one",
+            dir.join(file::FILE_NAME).display(),
+            journal::panic_text(&*panic)
+        )))
+    })?;
+    let path = std::fs::canonicalize(file.path()).unwrap_or_else(|_| file.path().to_owned());
     let journal =
         Journal::start(file).map_err(|e| Unavailable::said(format!("cannot start the journal's writer: {e}")))?;
     Ok((journal, snapshot, path))

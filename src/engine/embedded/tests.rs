@@ -2,12 +2,16 @@
 //! retries a failed commit and refuses growth meanwhile.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use proptest::prelude::*;
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
 
 use super::journal::Store;
 use super::records::{ContactsRow, InboxRow, MessageRow, UserRow};
@@ -149,9 +153,9 @@ proptest! {
 }
 
 /// A store whose first `failures` commits fail; what it committed, batch by batch.
-struct Flaky {
-    failures: usize,
-    committed: Arc<Mutex<Vec<Vec<Record>>>>,
+pub(crate) struct Flaky {
+    pub(crate) failures: usize,
+    pub(crate) committed: Arc<Mutex<Vec<Vec<Record>>>>,
 }
 
 impl Store for Flaky {
@@ -202,4 +206,231 @@ fn a_second_opener_and_an_unusable_directory_are_clear_errors() {
     let file = scratch.path().join("enigma.redb");
     let e = open(&file).err().expect("not a directory");
     assert!(e.to_string().contains("cannot create the data directory"), "{e}");
+}
+
+/// The data file, whose writes, resizes and fsyncs fail while `full` is set, as on a full disk.
+#[derive(Debug)]
+struct FullDisk {
+    file: FileBackend,
+    full: Arc<AtomicBool>,
+}
+
+impl FullDisk {
+    fn check(&self) -> Result<(), BackendError> {
+        match self.full.load(Ordering::Acquire) {
+            true => Err(BackendError::Io(std::io::Error::from_raw_os_error(28))), // ENOSPC
+            false => Ok(()),
+        }
+    }
+}
+
+impl StorageBackend for FullDisk {
+    fn len(&self) -> Result<u64, BackendError> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), BackendError> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> Result<(), BackendError> {
+        self.file.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+/// Polls `condition` (the writer is a thread of its own) for up to 5 s.
+fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// redb fails every transaction after a failed write until the database is reopened: the
+/// journal's retry must reopen it, so the server carries on once the disk has room again.
+#[tokio::test]
+async fn after_a_full_disk_the_file_is_written_again() {
+    let scratch = Scratch::new();
+    let full = Arc::new(AtomicBool::new(false));
+    let file = {
+        let full = full.clone();
+        DataFile::open_on(scratch.path(), move |file| FullDisk { file: FileBackend::new(file), full: full.clone() })
+            .unwrap()
+    };
+    let journal = Journal::start(file).unwrap();
+    journal.append(Record::Burn("before".into(), 1));
+    journal.durable().await.unwrap();
+    full.store(true, Ordering::Release);
+    journal.append(Record::Burn("during".into(), 2));
+    eventually("the failed commit is noticed", || !journal.healthy());
+    assert!(journal.durable().await.is_err(), "not committed while the disk is full");
+    full.store(false, Ordering::Release);
+    eventually("commits succeed again", || journal.healthy());
+    journal.append(Record::Burn("after".into(), 3));
+    journal.durable().await.expect("written again");
+    assert!(journal.has_room());
+    drop(journal);
+    let (_journal, snapshot, _) = open(scratch.path()).unwrap();
+    let burnt = [("after".into(), 3), ("before".into(), 1), ("during".into(), 2)];
+    assert_eq!(snapshot.burnt, burnt, "the batch kept through the failure was written");
+}
+
+/// The file holds the token signing key: only its owner may read it, whatever the umask, and
+/// one left open to others is restricted when the server starts.
+#[cfg(unix)]
+#[test]
+fn the_data_file_and_its_directory_are_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let scratch = Scratch::new();
+    let file = scratch.path().join(file::FILE_NAME);
+    drop(open(scratch.path()).unwrap());
+    assert_eq!((mode(scratch.path()), mode(&file)), (0o700, 0o600));
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(open(scratch.path()).unwrap());
+    assert_eq!((mode(scratch.path()), mode(&file)), (0o700, 0o600), "restricted at the next start");
+}
+
+/// A store that panics, as redb may on a damaged file.
+struct Panicking;
+
+impl Store for Panicking {
+    fn commit(&mut self, _: &[Record]) -> Result<(), String> {
+        panic!("a damaged page");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_writer_fails_everyone_at_once_and_for_good() {
+    let journal = Journal::start(Panicking).unwrap();
+    journal.append(Record::TokenKey("a".into()));
+    let started = Instant::now();
+    let e = journal.durable().await.expect_err("never committed");
+    assert!(started.elapsed() < Duration::from_millis(900), "answered at once, not after the wait");
+    assert!(e.to_string().contains("no longer written"), "{e}");
+    assert!(!journal.healthy() && !journal.has_room());
+    journal.append(Record::TokenKey("b".into()));
+    assert!(journal.durable().await.is_err(), "and everything after");
+    assert_eq!(journal.waiting(), 1, "what came after is not queued: nothing would write it");
+}
+
+/// redb may panic or fail on a damaged file: either way a clear error naming the file.
+#[test]
+fn a_damaged_file_is_a_clear_error() {
+    let scratch = Scratch::new();
+    let path = scratch.path().join(file::FILE_NAME);
+    {
+        let (journal, _, _) = open(scratch.path()).unwrap();
+        for n in 0..200 {
+            journal.append(Record::Burn(format!("challenge {n}"), n));
+        }
+    }
+    let whole = std::fs::read(&path).unwrap();
+    let mut random = vec![0u8; whole.len()];
+    getrandom::fill(&mut random).unwrap();
+    let damaged: [(&str, Vec<u8>); 4] = [
+        ("random bytes", random),
+        ("truncated", whole[..whole.len() / 3].to_vec()),
+        ("its header zeroed", [vec![0; 4096], whole[4096..].to_vec()].concat()),
+        ("its middle zeroed", [&whole[..4096], &vec![0; whole.len() - 8192], &whole[whole.len() - 4096..]].concat()),
+    ];
+    for (how, bytes) in damaged {
+        std::fs::write(&path, bytes).unwrap();
+        let e = open(scratch.path()).err().unwrap_or_else(|| panic!("{how}: opened"));
+        assert!(e.to_string().contains(&path.display().to_string()), "{how}: {e}");
+    }
+}
+
+/// A file whose reads panic, as redb may on a damaged page.
+#[derive(Debug)]
+struct PanicsOnRead(FileBackend);
+
+impl StorageBackend for PanicsOnRead {
+    fn len(&self) -> Result<u64, BackendError> {
+        self.0.len()
+    }
+    fn read(&self, _: u64, _: &mut [u8]) -> Result<(), BackendError> {
+        panic!("a damaged page");
+    }
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), BackendError> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.0.write(offset, data)
+    }
+}
+
+#[test]
+fn a_panic_reading_the_file_is_a_clear_error() {
+    let scratch = Scratch::new();
+    drop(open(scratch.path()).unwrap());
+    let e = super::open_on(scratch.path(), |file| PanicsOnRead(FileBackend::new(file))).err().expect("refused");
+    let path = scratch.path().join(file::FILE_NAME).display().to_string();
+    assert!(
+        e.to_string().contains(&format!("cannot read the data file `{path}`, it is damaged (a damaged page)")),
+        "{e}"
+    );
+}
+
+/// A store whose commits say they started, then wait until told to go on.
+struct Stalled {
+    started: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl Store for Stalled {
+    fn commit(&mut self, _: &[Record]) -> Result<(), String> {
+        let _ = self.started.send(());
+        let _ = self.go.recv();
+        Ok(())
+    }
+}
+
+/// A queue full while a slow commit runs refuses growth (and the server is not ready) as a
+/// failing commit does.
+#[test]
+fn a_full_queue_refuses_growth_though_commits_succeed() {
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let journal = Journal::start(Stalled { started, go: go_rx }).unwrap();
+    journal.append(Record::TokenKey("taken by the writer".into()));
+    started_rx.recv().unwrap();
+    for _ in 0..journal::MAX_PENDING_RECORDS {
+        journal.append(Record::Unburn(String::new()));
+    }
+    assert!(journal.healthy() && !journal.has_room(), "full, not failing");
+    drop(go);
 }
