@@ -194,17 +194,23 @@ start_server() {
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
+    wait_listening "$log" "$port" enigma-server 300
+}
+
+# wait_listening LOG PORT WHAT TRIES: waits (TRIES × 0.1 s at most) for the process in server_pid
+# to print `listening on` in LOG, then sets server_url; fails with LOG if it exits or never does.
+wait_listening() {
     local i
-    for i in $(seq 1 300); do
-        if grep -q '^listening on' "$log"; then
-            server_url=http://127.0.0.1:$port
+    for i in $(seq 1 "$4"); do
+        if grep -q '^listening on' "$1"; then
+            server_url=http://127.0.0.1:$2
             return
         fi
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
-    echo "bench: enigma-server did not start:" >&2
-    cat "$log" >&2
+    echo "bench: $3 did not start:" >&2
+    cat "$1" >&2
     return 1
 }
 
@@ -226,18 +232,7 @@ start_forwarder() {
     "$floor_bin" forwarder --addr "127.0.0.1:$port" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
-    local i
-    for i in $(seq 1 100); do
-        if grep -q '^listening on' "$log"; then
-            server_url=http://127.0.0.1:$port
-            return
-        fi
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "bench: enigma-floor forwarder did not start:" >&2
-    cat "$log" >&2
-    return 1
+    wait_listening "$log" "$port" "enigma-floor forwarder" 100
 }
 
 # bench NAME ARGS...: runs enigma-bench, keeps its JSON and Markdown, records the command.

@@ -212,22 +212,21 @@ async fn an_unusable_data_directory_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[tokio::test]
-async fn without_redis_the_default_keeps_its_data_in_the_working_directory() {
-    let dir = TempDir::new("default");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_enigma-server"))
-        .env_clear()
-        .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn enigma-server");
+/// Starts `server`, waits for its first line (`listening on …`), and stops it.
+fn listens_then_stops(server: &mut Command) {
+    let mut child = server.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn enigma-server");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let listening = lines.next().and_then(Result::ok).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     assert!(listening.starts_with("listening on "), "{listening:?}");
+}
+
+#[tokio::test]
+async fn without_redis_the_default_keeps_its_data_in_the_working_directory() {
+    let dir = TempDir::new("default");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_enigma-server"));
+    listens_then_stops(server.env_clear().env("ENIGMA__SERVER__ADDR", "127.0.0.1:0").current_dir(dir.path()));
     assert!(dir.path().join("enigma-data/enigma.redb").is_file());
 }
 
@@ -238,20 +237,9 @@ async fn without_redis_the_default_keeps_its_data_in_the_working_directory() {
 async fn the_data_file_is_its_owners_alone() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("private");
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", "umask 022 && exec \"$0\"", env!("CARGO_BIN_EXE_enigma-server")])
-        .env_clear()
-        .env("ENIGMA__SERVER__ADDR", "127.0.0.1:0")
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn enigma-server");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let listening = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(listening.starts_with("listening on "), "{listening:?}");
+    let mut server = Command::new("/bin/sh");
+    server.args(["-c", "umask 022 && exec \"$0\"", env!("CARGO_BIN_EXE_enigma-server")]);
+    listens_then_stops(server.env_clear().env("ENIGMA__SERVER__ADDR", "127.0.0.1:0").current_dir(dir.path()));
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let data = dir.path().join("enigma-data");
     assert_eq!(mode(&data), 0o700, "the data directory");
