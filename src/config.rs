@@ -199,8 +199,8 @@ impl Default for Settings {
             limits: Limits::default(),
             redis: RedisSettings::default(),
             log: LogSettings::default(),
-            auth: crate::auth::AuthSettings::default(),
-            rate: crate::limits::RateSettings::default(),
+            auth: crate::auth::settings::AuthSettings::default(),
+            rate: crate::limits::rates::RateSettings::default(),
         }
     }
 }
