@@ -6,7 +6,7 @@
 #
 #   scripts/ab_cost.sh BEFORE_BIN AFTER_BIN [ROUNDS] [ENGINE]
 #
-# ENGINE: redis (default) or memory. ROUNDS (default 2): before, after, before, after, …
+# ENGINE: redis (default) or memory (AB_LEGACY=1 for a binary without the `engine` setting). ROUNDS (default 2): before, after, before, after, …
 # The load generator is this tree's release enigma-bench (the same one for both).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +35,11 @@ run() {
         url=redis://127.0.0.1:$rport/
     fi
     port=$(free_port); log=$work/relay-$label.log
-    env "${limits[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$url ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
+    # Without Redis the default engine keeps a data file: the memory engine is named (a binary
+    # from before the `engine` setting refuses it as unknown: AB_LEGACY=1 leaves it out).
+    local engine_env=()
+    [[ $engine == memory && -z ${AB_LEGACY:-} ]] && engine_env=(ENIGMA__ENGINE=memory)
+    env "${limits[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$url ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
     local relay=$!; pids+=($relay)
     for _ in $(seq 1 300); do grep -q '^listening on' "$log" && break; sleep 0.1; done
     "$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" "${cpu[@]}" --pairs 100 --payload-bytes 256 \
