@@ -114,9 +114,7 @@ impl Auth {
         ticket.answered_by(secret).map_err(refused)?;
         let user = UserId::parse(&ticket.sub).ok_or_else(|| refused(Refusal::Malformed))?;
         let record = engine.user_record(&user).await?.ok_or(AuthError::UserNotFound)?;
-        if sha256_hex(record.public_key.as_bytes()) != ticket.kfp {
-            return Err(refused(Refusal::WrongKey));
-        }
+        ticket.admits(user.as_str(), &record.public_key).map_err(refused)?;
         // Burnt for as long as the ticket could still verify (its expiry plus the leeway).
         let ttl = std::time::Duration::from_secs(ticket.exp.saturating_sub(now_secs()) + 10);
         if !engine.burn_challenge(&ticket.jti, ttl).await? {

@@ -4,12 +4,9 @@
 //! one is refused, the vector's token opens its user's socket in both forms a client shows it,
 //! and each refused token is refused for its reason.
 
-use std::convert::Infallible;
-
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hpke::rand_core::{TryCryptoRng, TryRng};
 use rsa::pkcs8::DecodePrivateKey;
 use serde_json::Value;
 
@@ -36,46 +33,10 @@ pub(crate) fn unhex(hex: &Value) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
 }
 
-/// Hands a library exactly the random bytes a vector records (HPKE's ephemeral IKM, RSA-OAEP's
-/// seed), and panics if asked for more: the same seal as the vector's, by the same crates.
-pub(crate) struct FixedRng(Vec<u8>);
-
-impl FixedRng {
-    pub(crate) fn new(bytes: Vec<u8>) -> FixedRng {
-        FixedRng(bytes)
-    }
-
-    /// Every recorded byte was drawn.
-    pub(crate) fn finish(self) {
-        assert!(self.0.is_empty(), "{} recorded random bytes were not drawn", self.0.len());
-    }
-}
-
-impl TryRng for FixedRng {
-    type Error = Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut word = [0; 4];
-        self.try_fill_bytes(&mut word)?;
-        Ok(u32::from_le_bytes(word))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut word = [0; 8];
-        self.try_fill_bytes(&mut word)?;
-        Ok(u64::from_le_bytes(word))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        assert!(dst.len() <= self.0.len(), "the library drew more random bytes than the vector records");
-        dst.copy_from_slice(&self.0[..dst.len()]);
-        self.0.drain(..dst.len());
-        Ok(())
-    }
-}
-
-/// Only ever handed to a library in a test vector, where being predictable is the point.
-impl TryCryptoRng for FixedRng {}
+/// Hands a library exactly the random bytes a vector records: the generator's own one.
+#[path = "../../tests/it/vectors/fixed_rng.rs"]
+mod fixed_rng;
+pub(crate) use fixed_rng::FixedRng;
 
 fn keyring(vectors: &Value) -> Keyring {
     let tokens = &vectors["tokens"];
@@ -98,7 +59,7 @@ fn challenges_are_sealed_to_the_vectors_bytes() {
         let alg = key.alg(c["request"]["alg"].as_str());
         assert_eq!(alg, text(&c["response"]["alg"]), "{name}");
         let randomness = if key_is_rsa(&key) { unhex(&c["oaepSeed"]) } else { unhex(&c["ikmE"]) };
-        let mut rng = FixedRng::new(randomness);
+        let mut rng = FixedRng::new(&randomness);
         let sealed = key.seal_with_rng(alg, text(&c["userId"]), &unhex(&c["secret"]), &mut rng).unwrap();
         rng.finish();
         assert_eq!(STANDARD.encode(sealed), text(&c["response"]["sealed"]), "{name}");

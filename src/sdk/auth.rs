@@ -11,8 +11,8 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::client::{Client, Socket, http_error, open_socket};
-use super::crypto::now_ms;
 use super::error::Error;
+use crate::clock::unix_ms;
 use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM};
 use crate::protocol::{
     AuthStatus, ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, TokenRequest, TokenResponse,
@@ -69,7 +69,7 @@ impl Client {
     pub async fn bearer(&self, user: &str) -> Result<Option<String>, Error> {
         if let Some(cached) = self.inner.token.lock().expect("not poisoned").as_ref()
             && cached.user == user
-            && cached.expires_at > now_ms() + RENEW_BEFORE_MS
+            && cached.expires_at > unix_ms() + RENEW_BEFORE_MS
         {
             return Ok(Some(cached.token.clone()));
         }

@@ -132,26 +132,15 @@ impl Identity {
     /// Seals `plaintext` from user `from` (whose key this is) to user `to`, format version 2
     /// (AES-256-GCM), which every client of this format opens, the web page included.
     pub fn seal(&self, from: &str, to: &str, recipient: &PublicKey, plaintext: &[u8]) -> String {
-        self.seal_with::<AesAead>(PAYLOAD_VERSION_AESGCM, from, to, recipient, plaintext)
-    }
-
-    fn seal_with<A: hpke::aead::Aead>(
-        &self,
-        version: u8,
-        from: &str,
-        to: &str,
-        recipient: &PublicKey,
-        plaintext: &[u8],
-    ) -> String {
         // A failure of the operating system's generator panics inside the call (`UnwrapErr`):
         // nothing secure can go on without it.
-        self.seal_with_rng::<A>(version, from, to, recipient, plaintext, &mut UnwrapErr(SysRng))
+        self.seal_with::<AesAead>(PAYLOAD_VERSION_AESGCM, from, to, recipient, plaintext, &mut UnwrapErr(SysRng))
     }
 
     /// Sealing with the ephemeral key drawn from `rng`: the operating system's generator for
     /// every message, a fixed one only for the test vectors (`docs/vectors/`), whose exact bytes
     /// this must reproduce.
-    fn seal_with_rng<A: hpke::aead::Aead>(
+    fn seal_with<A: hpke::aead::Aead>(
         &self,
         version: u8,
         from: &str,
@@ -161,8 +150,8 @@ impl Identity {
         rng: &mut impl CryptoRng,
     ) -> String {
         let mode = OpModeS::Auth((self.secret.clone(), self.public.0.clone()));
-        // The generator's failure panics inside the call (see `seal_with`); no error value is
-        // left to handle.
+        // The generator's failure panics inside the call (see `seal`); no error value is left
+        // to handle.
         let (enc, ciphertext) =
             hpke::single_shot_seal_with_rng::<A, Kdf, Kem>(&mode, &recipient.0, &info(from, to), plaintext, &[], rng)
                 .expect("HPKE seal with a valid X25519 key");
@@ -245,7 +234,7 @@ pub struct Content {
 impl Content {
     /// A new message with a fresh id and the current time.
     pub fn new(text: impl Into<String>) -> Content {
-        Content { id: uuid::Uuid::new_v4().to_string(), ts: now_ms(), text: text.into() }
+        Content { id: uuid::Uuid::new_v4().to_string(), ts: crate::clock::unix_ms(), text: text.into() }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -255,10 +244,6 @@ impl Content {
     pub fn from_bytes(bytes: &[u8]) -> Result<Content, OpenError> {
         serde_json::from_slice(bytes).map_err(|e| OpenError::InvalidContent(e.to_string()))
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -288,7 +273,14 @@ mod tests {
         let payload = alice.seal(ALICE, BOB, bob.public_key(), b"v2");
         assert_eq!(URL_SAFE_NO_PAD.decode(&payload).unwrap()[0], PAYLOAD_VERSION_AESGCM);
         assert_eq!(bob.open(ALICE, BOB, alice.public_key(), &payload).unwrap(), b"v2");
-        let old = alice.seal_with::<Aead>(PAYLOAD_VERSION_CHACHA, ALICE, BOB, bob.public_key(), b"v1");
+        let old = alice.seal_with::<Aead>(
+            PAYLOAD_VERSION_CHACHA,
+            ALICE,
+            BOB,
+            bob.public_key(),
+            b"v1",
+            &mut UnwrapErr(SysRng),
+        );
         assert_eq!(bob.open(ALICE, BOB, alice.public_key(), &old).unwrap(), b"v1");
         // The version byte names the AEAD: a v1 body under a v2 byte does not open.
         let mut relabelled = URL_SAFE_NO_PAD.decode(&old).unwrap();

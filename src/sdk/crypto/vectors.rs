@@ -48,10 +48,11 @@ fn opens_and_reproduces_both_payload_versions() {
         let sender = identity(&vectors, &p["sender"]);
         let plaintext = text(&p["plaintext"]).as_bytes();
         let to_key = recipient.public_key();
-        let mut rng = FixedRng::new(unhex(&p["ikmE"]));
+        let ikm_e = unhex(&p["ikmE"]);
+        let mut rng = FixedRng::new(&ikm_e);
         let sealed = match p["version"].as_u64() {
-            Some(2) => sender.seal_with_rng::<AesAead>(PAYLOAD_VERSION_AESGCM, from, to, to_key, plaintext, &mut rng),
-            Some(1) => sender.seal_with_rng::<Aead>(PAYLOAD_VERSION_CHACHA, from, to, to_key, plaintext, &mut rng),
+            Some(2) => sender.seal_with::<AesAead>(PAYLOAD_VERSION_AESGCM, from, to, to_key, plaintext, &mut rng),
+            Some(1) => sender.seal_with::<Aead>(PAYLOAD_VERSION_CHACHA, from, to, to_key, plaintext, &mut rng),
             other => panic!("{name}: version {other:?}"),
         };
         rng.finish();
