@@ -404,9 +404,6 @@ idle_n=$(j '.idle.opened' idle-redis1)
 idle_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-redis1)
 idle_mem_kib=$(j '.idle.server_kib_per_connection // "n/a" | if type == "number" then (. * 100 | round / 100) else . end' idle-memory)
 logins=$(j '.setup.logins_per_sec // "n/a" | if type == "number" then floor else . end' idle-redis1)
-us='if length == 0 or any(. == null) then "n/a" else (add * 10 | round / 10) end'
-r1_relay_us=$(j "[.steps[0].cpu[] | select(.role == \"relay\") | .us_per_msg] | $us" redis1-20k)
-r1_redis_us=$(j "[.steps[0].cpu[] | select(.role == \"other\") | .us_per_msg] | $us" redis1-20k)
 
 # verdict VALUE ge|le LIMIT: whether a measured figure meets its target; "not measured" when the
 # run gave no number (a failed run, "below the first step").
@@ -504,8 +501,8 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | idle connections: ≥ 50,000 on one replica | $idle_n sockets (Redis engine; the open-file limit here is $fd_limit) | $(verdict "$idle_n" ge 50000) |
 | idle connections: ≤ 8 KiB RSS each | $idle_kib KiB (Redis engine); $idle_mem_kib KiB (memory engine) | $(verdict "$idle_kib" le 8) (Redis engine); $(verdict "$idle_mem_kib" le 8) (memory engine) |
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) | $(verdict "$logins" ge 20000) |
-| relay CPU on Redis ≤ 15 µs per message (1 replica; cost per message below) | $r1_relay_us µs | $(verdict "$r1_relay_us" le 15) |
-| redis-server CPU ≤ 5 µs per message (1 replica; cost per message below) | $r1_redis_us µs | $(verdict "$r1_redis_us" le 5) |
+| relay CPU on Redis ≤ 15 µs per message (1 replica; cost per message below) | ${r1_relay_us:-n/a} µs | $(verdict "${r1_relay_us:-n/a}" le 15) |
+| redis-server CPU ≤ 5 µs per message (1 replica; cost per message below) | ${r1_redis_us:-n/a} µs | $(verdict "${r1_redis_us:-n/a}" le 5) |
 
 ## Cost per message
 
@@ -515,8 +512,8 @@ what decides how many relay replicas and Redis shards a load needs (see the sizi
 [operations.md](operations.md)). It depends far less than throughput on what else runs on the
 machine, but not nothing (steal time and cold caches count as CPU): on a busy machine expect
 ±20 % between runs. Several relays or Redis nodes: their sum. Targets (one replica on one
-Redis): relay ≤ 15 µs, $r1_relay_us measured, $(verdict "$r1_relay_us" le 15); redis-server ≤ 5 µs,
-$r1_redis_us measured, $(verdict "$r1_redis_us" le 5).
+Redis): relay ≤ 15 µs, ${r1_relay_us:-n/a} measured, $(verdict "${r1_relay_us:-n/a}" le 15); redis-server ≤ 5 µs,
+${r1_redis_us:-n/a} measured, $(verdict "${r1_redis_us:-n/a}" le 5).
 
 | setup | delivered | msgs/s | relay CPU µs/msg | redis-server CPU µs/msg | generator µs/msg | msgs/s per relay core | msgs/s per Redis core |
 |---|---:|---:|---:|---:|---:|---:|---:|

@@ -65,7 +65,8 @@ impl ServerConfig {
     /// The memory engine, chosen explicitly (a server without Redis and without `engine` would
     /// keep its data in `./enigma-data`). `spawn` chooses it too for configs that name neither.
     pub fn memory() -> Self {
-        Self::default().with("ENIGMA__ENGINE", "memory")
+        // Without Redis `spawn` names the memory engine unless the config gives a data directory.
+        Self::default()
     }
     /// The embedded engine on a fresh data directory of its own.
     pub fn embedded() -> Self {
