@@ -185,6 +185,18 @@ impl Entry {
 }
 
 impl Directory {
+    /// Enters `user` with every index that follows from its entry (a registration, or a row read
+    /// back from the data file).
+    fn insert(&mut self, user: UserId, entry: Entry) {
+        self.bytes += entry.bytes();
+        self.by_key.insert(entry.material.clone(), user.clone());
+        self.expiries.insert((entry.expires, user.clone()));
+        if let Some(prefix) = entry.unused_from {
+            self.unused.entry(prefix).or_default().insert((entry.expires, user.clone()));
+        }
+        self.users.insert(user, entry);
+    }
+
     fn is_contact(&self, user: &UserId, sender: &UserId, ttl: Duration) -> bool {
         self.contacts.get(user).is_some_and(|(people, at)| at.elapsed() <= ttl && people.contains(sender))
     }
@@ -423,13 +435,7 @@ impl MemoryEngine {
                 expires: instant_at(row.expires_ms),
                 unused_from: row.unused_from,
             };
-            dir.bytes += entry.bytes();
-            dir.by_key.insert(entry.material.clone(), user.clone());
-            dir.expiries.insert((entry.expires, user.clone()));
-            if let Some(prefix) = entry.unused_from {
-                dir.unused.entry(prefix).or_default().insert((entry.expires, user.clone()));
-            }
-            dir.users.insert(user, entry);
+            dir.insert(user, entry);
         }
         for (user, row) in contacts {
             dir.bytes += row.people.len() * CONTACT_BYTES;
@@ -496,13 +502,8 @@ impl MemoryEngine {
             return Err(LoginError::TooManyUnused { retry_after: first.saturating_duration_since(now) });
         }
         let expires = now + Duration::from_secs(limits.unused_registration_ttl_secs);
-        let entry = Entry {
-            public_key: public_key.to_owned(),
-            material: material.clone(),
-            protected: false,
-            expires,
-            unused_from: Some(from),
-        };
+        let entry =
+            Entry { public_key: public_key.to_owned(), material, protected: false, expires, unused_from: Some(from) };
         if stored + dir.bytes + entry.bytes() > limits.memory_max_bytes {
             return Err(Unavailable::said("memory engine full (limits.memory_max_bytes)").into());
         }
@@ -534,11 +535,7 @@ impl MemoryEngine {
         }
         let user = UserId::random();
         log.record(|| Record::User(user.clone(), entry.row()));
-        dir.bytes += entry.bytes();
-        dir.by_key.insert(material, user.clone());
-        dir.users.insert(user.clone(), entry);
-        dir.expiries.insert((expires, user.clone()));
-        dir.unused.entry(from).or_default().insert((expires, user.clone()));
+        dir.insert(user.clone(), entry);
         Ok(user)
     }
 
