@@ -258,3 +258,34 @@ async fn a_damaged_data_file_is_a_clear_error() {
     assert!(stderr.contains("cannot open the data file `data/enigma.redb`"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// An answered challenge is single use across a restart: an attacker who captured Bob's answer
+/// replays it to the restarted server (SIGKILL right after the answer was accepted) and gets no
+/// token; the burnt challenge id lives in the data file.
+#[tokio::test]
+async fn an_answer_replayed_after_a_restart_is_refused() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let config = ServerConfig::embedded();
+    let s = Server::start(&config);
+    let bob = Claimant::login(&s).await;
+    let post = |s: &Server, path: &str, body: Value| {
+        let request = s.http.post(s.url(path)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (code, challenge) = post(&s, "/auth/challenge", json!({"userId": bob.user})).await;
+    assert_eq!(code, 200, "{challenge}");
+    let sealed = STANDARD.decode(challenge["sealed"].as_str().unwrap()).unwrap();
+    let secret = bob.client.identity().open_challenge(&bob.user, "hpke-x25519", &sealed).unwrap();
+    let answer = json!({"challenge": challenge["challenge"], "secret": STANDARD.encode(&secret)});
+    let (code, token) = post(&s, "/auth/token", answer.clone()).await;
+    assert_eq!(code, 200, "{token}");
+    s.kill();
+
+    let s = Server::start(&config);
+    let (code, body) = post(&s, "/auth/token", answer).await;
+    assert_eq!((code, body["code"].as_str()), (401, Some("unauthorized")), "the replay: {body}");
+}
