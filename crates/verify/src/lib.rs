@@ -7,6 +7,7 @@
 //! configuration): the label of an entry is the user id's UTF-8 bytes, its value the public key's
 //! UTF-8 bytes exactly as `GET /connect/{userId}` returns it.
 
+pub mod proof;
 pub mod wire;
 
 /// The one AKD configuration the relay publishes with and every client verifies with.
