@@ -88,9 +88,9 @@ impl PushHandler {
     }
 
     /// Announcements may be missing from now on: until the supervisor has resubscribed and
-    /// every session re-read its inbox, forward nothing live (see `Hub::set_degraded`).
+    /// every session re-read its inbox, forward nothing live (see `Hub::pause_live`).
     pub(super) fn link_lost(&self) {
-        self.hub.set_degraded(true);
+        self.hub.pause_live();
         self.disconnections.fetch_add(1, Ordering::AcqRel);
         self.disconnected.notify_one();
     }

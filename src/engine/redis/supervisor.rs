@@ -206,7 +206,7 @@ impl Supervisor {
         // Whatever was lost until now, this recovery covers.
         self.handled = self.connections.push.disconnections.load(Ordering::Acquire);
         self.connections.set_up(false);
-        self.hub.set_degraded(true);
+        self.hub.pause_live();
         let mut rebuild = rebuild;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -221,9 +221,7 @@ impl Supervisor {
         }
         self.connections.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
-        // Re-read requests first, live forwarding after: see `Hub::set_degraded`.
-        self.hub.reread_all();
-        self.hub.set_degraded(false);
+        self.hub.resume_live();
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
         self.say_if_loading().await;
     }
