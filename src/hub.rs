@@ -268,7 +268,8 @@ impl Hub {
         }
     }
 
-    /// From now on doorbells only ask sessions to re-read (see the type's docs).
+    /// From now on doorbells only ask sessions to re-read (see the type's docs). The engine's
+    /// doorbell link alone pauses and resumes.
     pub fn pause_live(&self) {
         self.degraded.store(true, Ordering::SeqCst);
     }
