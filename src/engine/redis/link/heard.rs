@@ -129,7 +129,7 @@ mod tests {
     use crate::engine::redis::link::events::LinkEvents;
     use crate::protocol::UserId;
 
-    /// A hub holding one live session, and the link's ears on it.
+    /// A hub holding one live session, and what the link hears about it.
     fn heard() -> (Heard, LinkEvents, Arc<Hub>, UserId) {
         let hub = Arc::new(Hub::new(4, 1 << 20, CancellationToken::new()));
         let user = UserId::random();

@@ -26,13 +26,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::events::EventReceiver;
 use self::heard::Heard;
 use self::probes::Probes;
-use self::requests::Settle;
+use self::requests::Requests;
 use super::super::unavailable::{Unavailable, is_loading};
 use super::connect::{Connections, Connector};
 use crate::hub::Hub;
@@ -112,7 +111,7 @@ impl Link {
     }
 
     /// Runs until the engine is gone (its request queue closed).
-    pub(super) async fn run(mut self, mut requests: mpsc::Receiver<Settle>) {
+    pub(super) async fn run(mut self, mut requests: Requests) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut received = Vec::new();
@@ -129,7 +128,12 @@ impl Link {
                     }
                     self.settle_requests(received.drain(..)).await;
                 }
-                _ = tick.tick(), if due.is_none() => self.check().await,
+                _ = tick.tick(), if due.is_none() => {
+                    self.check().await;
+                    if requests.take_skipped() {
+                        self.settle_subscribed().await;
+                    }
+                }
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     self.attempt().await;
                 }

@@ -42,6 +42,13 @@ impl Link {
         let _ = self.settle(batch).await;
     }
 
+    /// Unsubscribes every user subscribed whom the hub no longer holds (releases skipped on a
+    /// full request queue).
+    pub(super) async fn settle_subscribed(&mut self) {
+        let batch = Batch { users: self.subscribed.clone(), ..Batch::default() };
+        let _ = self.settle(batch).await;
+    }
+
     /// Subscribes every user the hub holds and the probe channels again, on the current
     /// connection, and settles every user subscribed before (some may have left meanwhile).
     pub(super) async fn resubscribe_all(&mut self) -> Result<(), Unavailable> {
