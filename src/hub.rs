@@ -1,6 +1,6 @@
 //! The local switchboard: which socket on this replica belongs to which user.
 //!
-//! Engines ring the hub's doorbell (`deliver`, `takeover`, `reread_all`); the hub hands the
+//! Engines ring the hub's doorbell (`deliver`, `takeover`, `resume_live`); the hub hands the
 //! news to the one session that holds the user's socket here. The hub never blocks: when a
 //! doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded because the
 //! engine's doorbell mailbox had a gap) the session is marked *lagged* and asked to re-read its
@@ -268,15 +268,21 @@ impl Hub {
         }
     }
 
-    /// While degraded, doorbells only ask sessions to re-read (see the type's docs). Leaving
-    /// the degraded state must follow `reread_all`, so that a live delivery can never be
-    /// forwarded ahead of the gap's re-read.
-    pub fn set_degraded(&self, degraded: bool) {
-        self.degraded.store(degraded, Ordering::SeqCst);
+    /// From now on doorbells only ask sessions to re-read (see the type's docs). The engine's
+    /// doorbell link alone pauses and resumes.
+    pub fn pause_live(&self) {
+        self.degraded.store(true, Ordering::SeqCst);
+    }
+
+    /// Every session re-reads its inbox, then live forwarding resumes: in this order, so that a
+    /// live delivery can never be forwarded ahead of the gap's re-read.
+    pub fn resume_live(&self) {
+        self.reread_all();
+        self.degraded.store(false, Ordering::SeqCst);
     }
 
     /// Every session re-reads its inbox (after the doorbell mailbox was down).
-    pub fn reread_all(&self) {
+    fn reread_all(&self) {
         for slot in self.lock().values() {
             slot.mailbox.lag();
         }
@@ -386,7 +392,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.reread_requested()).await.unwrap();
         assert_eq!(mailbox.next().await.id.seq, 1);
 
-        hub.set_degraded(true);
+        hub.pause_live();
         mailbox.begin_reread();
         hub.deliver(&user, delivery(3));
         assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");

@@ -50,7 +50,7 @@ impl Conn {
             Conn::Single(c) => c.subscribe(channels).await,
             // One channel per command, many at once: channels of different users are in
             // different slots (and redis-rs 1.8's own resubscription, which groups them by node,
-            // fails with CROSSSLOT: the supervisor resubscribes this way after every reconnect).
+            // fails with CROSSSLOT: the link resubscribes this way after every reconnect).
             Conn::Cluster(c) => {
                 let subscribe = |channel: &String| {
                     let (mut c, channel) = (c.clone(), channel.clone());

@@ -123,9 +123,11 @@ pub(super) struct Connections {
     cmd: RwLock<Conn>,
     pubsub: RwLock<Conn>,
     pub(super) connector: Connector,
-    pub(super) push: PushHandler,
+    /// Where every subscription connection made (or made anew) sends its pushes.
+    push: PushHandler,
     pub(super) timeout: Duration,
-    /// Whether the subscription connection is known to work (readiness depends on it).
+    /// Whether the subscription connection is known to work (readiness depends on it); set by
+    /// the link alone.
     up: AtomicBool,
 }
 

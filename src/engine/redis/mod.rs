@@ -35,8 +35,9 @@
 //!
 //! The files: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
 //! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
-//! receives), `sender`, `subscriber`, `remover`, `supervisor` (the background tasks), `commands` (timing),
-//! `slots` (cluster slot maths).
+//! receives: doorbells to the hub, the rest to the link), `link` (the task that alone owns the
+//! subscriptions, the probes and the recoveries), `sender`, `remover` (the other background
+//! tasks), `commands` (timing), `slots` (cluster slot maths).
 
 mod auth;
 mod commands;
@@ -45,6 +46,7 @@ mod connect;
 pub(crate) mod doorbell;
 mod keys;
 mod ledger;
+mod link;
 mod login;
 mod push;
 mod remover;
@@ -52,8 +54,6 @@ mod scripts;
 mod sender;
 mod sentinel;
 mod slots;
-mod subscriber;
-mod supervisor;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,12 +70,13 @@ use self::commands::{Command, timed};
 use self::conn::CLUSTER_CONCURRENCY;
 use self::connect::{Connections, Connector};
 use self::keys::Keys;
+use self::link::events::LinkEvents;
+use self::link::requests::SubscriptionQueue;
+use self::link::{EVENT_QUEUE, Link, SUBSCRIPTION_QUEUE};
 use self::push::PushHandler;
 use self::remover::{Gone, REMOVAL_QUEUE, RemovalQueue, remover};
 use self::scripts::{Scripts, send_replies};
 use self::sender::{MESSAGES_PER_CALL, Message, SEND_QUEUE, SendQueue, sender};
-use self::subscriber::{SUBSCRIPTION_QUEUE, Subscriber, SubscriptionQueue};
-use self::supervisor::Supervisor;
 use super::errors::SendError;
 use super::records::Written;
 use super::unavailable::Unavailable;
@@ -103,7 +104,7 @@ struct Inner {
     scripts: Scripts,
     /// How full Redis is, sampled every second (`ledger`).
     pressure: Arc<Pressure>,
-    /// Ends the background tasks (sender, subscriber, remover, supervisor) when the engine is dropped.
+    /// Ends the background tasks (sender, remover, link) when the engine is dropped.
     stop: CancellationToken,
 }
 
@@ -118,9 +119,10 @@ impl RedisEngine {
         let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
         let keys = Keys { prefix: settings.redis.prefix.clone() };
 
-        let replica = uuid::Uuid::new_v4().simple().to_string();
+        let replica: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (subscriptions, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
-        let push = PushHandler::new(hub.clone(), keys.clone(), replica, subscriptions.clone());
+        let (link_events, heard) = LinkEvents::new(EVENT_QUEUE);
+        let push = PushHandler::new(hub.clone(), keys.clone(), replica.clone(), link_events);
         let connector = Connector::from_settings(settings, timeout, &push)?;
         // Where, for the log while it is not reachable yet (passwords never shown).
         let target = crate::secrets::redact_url(settings.redis_url().unwrap_or_default());
@@ -145,14 +147,11 @@ impl RedisEngine {
             send_queue,
         );
         tokio::spawn(stop.clone().run_until_cancelled_owned(send_task));
-        let subscriber = Subscriber::new(connections.clone(), hub.clone(), keys.clone()).run(requests);
-        tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber));
         let interval = Duration::from_millis(settings.redis.probe_interval_ms);
-        let mut supervisor =
-            Supervisor::new(connections.clone(), subscriptions.clone(), hub.clone(), keys.clone(), interval);
+        let mut link = Link::new(connections.clone(), hub.clone(), keys.clone(), replica, interval, heard);
         // The first link check doubles as the initial subscription of the probe channels.
-        supervisor.recover_link(false).await;
-        tokio::spawn(stop.clone().run_until_cancelled_owned(supervisor.run()));
+        link.start().await;
+        tokio::spawn(stop.clone().run_until_cancelled_owned(link.run(requests)));
         // Until a sample says otherwise: the configured capacity, else the assumed one, empty.
         let capacity = match settings.limits.storage.capacity_bytes {
             0 => ledger::UNKNOWN_CAPACITY,

@@ -1,5 +1,5 @@
 //! Sentinel discovery: connects to the master the Sentinels name, and remembers which master
-//! each connection reached, so the supervisor can tell when a failover moved it.
+//! each connection reached, so the link can tell when a failover moved it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ pub(super) enum Role {
 
 pub(super) struct SentinelConnector {
     sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
-    /// The Sentinels, for the supervisor's "which master now?", and a connection to each once
+    /// The Sentinels, for the link's "which master now?", and a connection to each once
     /// made.
     sentinels: Vec<redis::Client>,
     asked: tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,

@@ -1,5 +1,5 @@
 //! Redis Cluster slot maths: which slot a tag hashes to, a tag for a given slot range, and the
-//! ranges each master owns (where the supervisor places one probe channel per shard).
+//! ranges each master owns (where the link places one probe channel per shard).
 
 use std::collections::HashMap;
 
