@@ -4,6 +4,7 @@
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 
+use crate::hub::Kick;
 use crate::protocol::close;
 use crate::telemetry::metric;
 
@@ -40,10 +41,10 @@ impl Closing {
         }
     }
 
-    pub(super) fn from_kick(code: u16) -> Closing {
-        match code {
-            close::REPLACED => Closing::REPLACED,
-            _ => Closing::SHUTDOWN,
+    pub(super) fn kicked(kick: Kick) -> Closing {
+        match kick {
+            Kick::Replaced => Closing::REPLACED,
+            Kick::Shutdown => Closing::SHUTDOWN,
         }
     }
 
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn kicks_close_as_replaced_or_shutdown() {
-        assert_eq!(Closing::from_kick(close::REPLACED), Closing::REPLACED);
-        assert_eq!(Closing::from_kick(close::GOING_AWAY), Closing::SHUTDOWN);
+        assert_eq!(Closing::kicked(Kick::Replaced), Closing::REPLACED);
+        assert_eq!(Closing::kicked(Kick::Shutdown), Closing::SHUTDOWN);
     }
 }

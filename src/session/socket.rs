@@ -15,7 +15,7 @@ use super::Session;
 use super::closing::Closing;
 use super::cursor::Decision;
 use crate::engine::Written;
-use crate::hub::Mailbox;
+use crate::hub::{Kick, Mailbox};
 use crate::protocol::Delivery;
 use crate::telemetry::{self, metric};
 
@@ -54,7 +54,7 @@ impl Session {
                 // Biased: a requested re-read must run before any later live delivery, or a
                 // delivery could overtake one whose doorbell was missed.
                 biased;
-                code = &mut kicked => Err(Closing::from_kick(code)),
+                kick = &mut kicked => Err(Closing::kicked(kick)),
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
@@ -132,8 +132,8 @@ impl Session {
     async fn catch_up(&mut self) -> Result<Option<usize>, Closing> {
         let mut sent = 0;
         loop {
-            if let Some(code) = self.mailbox.is_kicked() {
-                return Err(Closing::from_kick(code));
+            if let Some(kick) = self.mailbox.is_kicked() {
+                return Err(Closing::kicked(kick));
             }
             let after = self.cursor.read_after();
             let page = match self.state.engine.backlog(&self.user, after, BACKLOG_PAGE).await {
@@ -188,8 +188,8 @@ impl Session {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(delivery) = next {
-            if let Some(code) = self.mailbox.is_kicked() {
-                return Err(Closing::from_kick(code));
+            if let Some(kick) = self.mailbox.is_kicked() {
+                return Err(Closing::kicked(kick));
             }
             self.forward(delivery, Path::Live).await?;
             count += 1;
@@ -213,7 +213,7 @@ impl Session {
             Waited::Done(Ok(())) => Ok(()),
             Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
             Waited::TimedOut => Err(Closing::slow_consumer()),
-            Waited::Kicked(code) => Err(Closing::from_kick(code)),
+            Waited::Kicked(kick) => Err(Closing::kicked(kick)),
         }
     }
 
@@ -228,7 +228,7 @@ impl Session {
             Waited::Done(Ok(())) => self.unflushed = false,
             Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
             Waited::TimedOut => return Err(Closing::slow_consumer()),
-            Waited::Kicked(code) => return Err(Closing::from_kick(code)),
+            Waited::Kicked(kick) => return Err(Closing::kicked(kick)),
         }
         if self.written.is_empty() {
             return Ok(());
@@ -251,7 +251,7 @@ impl Session {
 enum Waited<T> {
     Done(T),
     TimedOut,
-    Kicked(u16),
+    Kicked(Kick),
 }
 
 /// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
@@ -269,6 +269,6 @@ async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, mailbox: &Mai
             Ok(out) => Waited::Done(out),
             Err(_) => Waited::TimedOut,
         },
-        code = mailbox.kicked() => Waited::Kicked(code),
+        kick = mailbox.kicked() => Waited::Kicked(kick),
     }
 }
