@@ -1,11 +1,15 @@
 //! The local switchboard: which socket on this replica belongs to which user.
 //!
-//! Engines ring the hub's doorbell (`deliver`, `takeover`, `reread_all`); the hub hands the
-//! news to the one session that holds the user's socket here. The hub never blocks: when a
-//! doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded because the
-//! engine's doorbell mailbox had a gap) the session is marked *lagged* and asked to re-read its
-//! inbox, which is the source of truth. A lost doorbell costs a read, never a message, and
-//! never an ordering: a lagged session forwards nothing live until it has re-read.
+//! Engines ring the hub's doorbell (`deliver`, `takeover`, `catch_up`, `catch_up_all`); the hub
+//! hands the news to the one session that holds the user's socket here. The hub never blocks:
+//! when a doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded
+//! because the engine's doorbell link had a gap) the session *falls behind* and catches up: it
+//! reads its inbox, which is the source of truth. A lost doorbell costs a read, never a
+//! message, and never an ordering: a session that fell behind forwards nothing live until it
+//! has caught up (its cursor, `session/cursor.rs`, decides).
+//!
+//! A user's slot here is `Attaching` (registered, waiting for its generation, with the live
+//! connection it replaces) or `Live` (with its generation); a session is kicked with a `Kick`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,9 +31,10 @@ pub struct Mailbox {
     queued: Notify,
     /// Envelope bytes in `queue` (bounded by the hub's byte budget).
     queued_bytes: AtomicUsize,
-    /// A doorbell was not queued since the session last started re-reading its inbox.
-    lagged: AtomicBool,
-    reread: Notify,
+    /// A live delivery did not reach the queue since the session last took this (see
+    /// `take_fell_behind`); `fell_behind` wakes the session to catch up.
+    behind: AtomicBool,
+    fell_behind: Notify,
     /// Cancelled on takeover and on server shutdown (a child of the shutdown token).
     kicked: CancellationToken,
     /// Why, when the hub kicked (the shutdown token carries no reason: unset means shutdown).
@@ -46,21 +51,16 @@ pub enum Kick {
 }
 
 impl Mailbox {
-    /// Resolves when the session must re-read its inbox (a doorbell may have been missed). A
-    /// request made while nobody waits is kept for the next wait.
-    pub fn reread_requested(&self) -> tokio::sync::futures::Notified<'_> {
-        self.reread.notified()
+    /// Resolves when the session fell behind and must catch up. A fall made while nobody
+    /// waits is kept for the next wait.
+    pub fn fell_behind(&self) -> tokio::sync::futures::Notified<'_> {
+        self.fell_behind.notified()
     }
 
-    /// Starts a re-read: doorbells missed from now on will be noticed by `is_lagged`.
-    pub fn begin_reread(&self) {
-        self.lagged.store(false, Ordering::SeqCst);
-    }
-
-    /// Whether a doorbell was missed since `begin_reread`: queued deliveries may then sit
-    /// behind a gap and must not be forwarded before the next re-read.
-    pub fn is_lagged(&self) -> bool {
-        self.lagged.load(Ordering::SeqCst)
+    /// Whether the session fell behind since the last call: queued deliveries may then sit
+    /// behind a gap, and the session's cursor must hold them back until it has caught up.
+    pub fn take_fell_behind(&self) -> bool {
+        self.behind.swap(false, Ordering::SeqCst)
     }
 
     /// The next queued live delivery, if any.
@@ -102,14 +102,11 @@ impl Mailbox {
         self.kicked.cancel();
     }
 
-    /// A missed doorbell was noticed by the session itself (a skipped message number).
-    pub fn request_reread(&self) {
-        self.lag();
-    }
-
-    fn lag(&self) {
-        self.lagged.store(true, Ordering::SeqCst);
-        self.reread.notify_one();
+    /// A live delivery will not reach the session (not queued, or lost on the way, or a
+    /// skipped message number the session noticed itself): it must catch up.
+    pub fn fall_behind(&self) {
+        self.behind.store(true, Ordering::SeqCst);
+        self.fell_behind.notify_one();
     }
 
     fn ring(&self, delivery: Delivery, byte_budget: usize) {
@@ -117,7 +114,7 @@ impl Mailbox {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.len() >= self.queue_limit || self.queued_bytes.load(Ordering::Acquire) + size > byte_budget {
             drop(queue);
-            return self.lag(); // the message is in the inbox: re-read it
+            return self.fall_behind(); // the message is in the inbox: catching up reads it
         }
         self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         queue.push_back(delivery);
@@ -165,15 +162,15 @@ pub struct Hub {
     next_id: AtomicU64,
     queue: usize,
     byte_budget: usize,
-    /// Set while the engine's doorbell mailbox may have missed messages: nothing is forwarded
-    /// live, every doorbell becomes a re-read.
+    /// Set while the engine's doorbell link may have missed messages: nothing is handed to a
+    /// session live, every doorbell makes it fall behind and catch up.
     degraded: AtomicBool,
     shutdown: CancellationToken,
 }
 
 impl Hub {
     /// `queue` and `byte_budget`: live deliveries (and their bytes) buffered per session
-    /// before it falls back to re-reading its inbox. Sessions end when `shutdown` fires.
+    /// before it falls behind and catches up. Sessions end when `shutdown` fires.
     pub fn new(queue: usize, byte_budget: usize, shutdown: CancellationToken) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
@@ -196,8 +193,8 @@ impl Hub {
             queue_limit: self.queue,
             queued: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
-            lagged: AtomicBool::new(false),
-            reread: Notify::new(),
+            behind: AtomicBool::new(false),
+            fell_behind: Notify::new(),
             kicked: self.shutdown.child_token(),
             kick: OnceLock::new(),
         });
@@ -224,9 +221,9 @@ impl Hub {
         match slot {
             Slot::Attaching { mailbox: attaching, replacing, .. } if attaching.id == mailbox.id => {
                 // The attach failed: the connection it was to replace stays the live one. It
-                // got no doorbells meanwhile, so it re-reads its inbox.
+                // got no doorbells meanwhile, so it catches up.
                 if let Some(live) = replacing.take() {
-                    live.mailbox.lag();
+                    live.mailbox.fall_behind();
                     *slot = Slot::Live(live);
                     return false;
                 }
@@ -297,31 +294,32 @@ impl Hub {
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {
             if self.degraded.load(Ordering::SeqCst) {
-                slot.mailbox().lag();
+                slot.mailbox().fall_behind();
             } else {
                 slot.mailbox().ring(delivery, self.byte_budget);
             }
         }
     }
 
-    /// While degraded, doorbells only ask sessions to re-read (see the type's docs). Leaving
-    /// the degraded state must follow `reread_all`, so that a live delivery can never be
-    /// forwarded ahead of the gap's re-read.
+    /// While degraded, doorbells only make sessions fall behind (see the type's docs). Leaving
+    /// the degraded state must follow `catch_up_all`, so that a live delivery can never be
+    /// forwarded ahead of the gap's catch-up.
     pub fn set_degraded(&self, degraded: bool) {
         self.degraded.store(degraded, Ordering::SeqCst);
     }
 
-    /// Every session re-reads its inbox (after the doorbell mailbox was down).
-    pub fn reread_all(&self) {
+    /// Every session falls behind and catches up (after the doorbell link was down).
+    pub fn catch_up_all(&self) {
         for slot in self.lock().values() {
-            slot.mailbox().lag();
+            slot.mailbox().fall_behind();
         }
     }
 
-    /// The user's session here, if any, re-reads its inbox (its doorbells may have been lost).
-    pub fn reread(&self, user: &UserId) {
+    /// The user's session here, if any, falls behind and catches up (its doorbells may have
+    /// been lost).
+    pub fn catch_up(&self, user: &UserId) {
         if let Some(slot) = self.lock().get(user) {
-            slot.mailbox().lag();
+            slot.mailbox().fall_behind();
         }
     }
 
@@ -384,8 +382,8 @@ mod tests {
         let new = hub.register(&user);
         assert!(!hub.unregister(&new), "the old connection is still registered");
         assert!(old.is_kicked().is_none());
-        assert!(old.is_lagged(), "it missed doorbells meanwhile and must re-read");
-        tokio::time::timeout(std::time::Duration::from_secs(1), old.reread_requested()).await.unwrap();
+        assert!(old.take_fell_behind(), "it missed doorbells meanwhile and must catch up");
+        tokio::time::timeout(std::time::Duration::from_secs(1), old.fell_behind()).await.unwrap();
     }
 
     #[tokio::test]
@@ -437,24 +435,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missed_doorbells_turn_into_a_lagged_reread() {
+    async fn missed_doorbells_make_the_session_fall_behind() {
         let hub = hub(1);
         let user = UserId::random();
         let mailbox = hub.register(&user);
         hub.set_generation(&mailbox, 1);
-        mailbox.begin_reread();
         hub.deliver(&user, delivery(1));
-        assert!(!mailbox.is_lagged());
-        hub.deliver(&user, delivery(2)); // queue full: not lost, a re-read is requested
-        assert!(mailbox.is_lagged());
-        tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.reread_requested()).await.unwrap();
+        assert!(!mailbox.take_fell_behind());
+        hub.deliver(&user, delivery(2)); // queue full: not lost, the session must catch up
+        assert!(mailbox.take_fell_behind());
+        assert!(!mailbox.take_fell_behind(), "taken once");
+        tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.fell_behind()).await.unwrap();
         assert_eq!(mailbox.next().await.id.seq, 1);
 
         hub.set_degraded(true);
-        mailbox.begin_reread();
         hub.deliver(&user, delivery(3));
         assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");
-        assert!(mailbox.is_lagged());
+        assert!(mailbox.take_fell_behind());
     }
 
     #[tokio::test]

@@ -303,7 +303,7 @@ impl Engine {
         }
     }
 
-    /// What a session reads before it re-reads its inbox, in one round trip.
+    /// What a session reads before it catches up from its inbox, in one round trip.
     pub async fn read_mark(&self, user: &UserId) -> Result<ReadMark, Unavailable> {
         match self {
             Engine::Memory(e) => Ok(ReadMark { sequence: e.sequence(user), generation: None }),

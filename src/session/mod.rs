@@ -3,7 +3,7 @@
 //! One task per socket: it reads client frames, talks to the engine, and writes to the socket
 //! itself; frames are buffered and flushed once per step, so a burst of deliveries leaves in
 //! one write. What waits for a socket is bounded: the hub's queue (frames and bytes; past it a
-//! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
+//! catch-up from the inbox), and the socket's own buffers. A write that cannot complete within
 //! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
 //!
 //! The files: `attachment` (the hub and engine registration, one guard), `socket` (the loop

@@ -55,7 +55,7 @@ impl AsyncPushSender for PushHandler {
                     // Until subscribed again, its doorbells go nowhere: the session forwards
                     // nothing live before it re-read (and re-reads again once subscribed).
                     if let Some(user) = self.keys.channel_user(&channel) {
-                        self.hub.reread(&user);
+                        self.hub.catch_up(&user);
                     }
                     if !self.subscriptions.server_dropped(channel) {
                         // No room to ask for it alone: recovering the whole link subscribes

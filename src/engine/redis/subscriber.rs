@@ -140,7 +140,7 @@ impl Subscriber {
                 result = subscribing;
             }
             let (ok, failed) = to_subscribe.split_at(done);
-            self.reread_moved(&batch, ok, failed);
+            self.catch_up_moved(&batch, ok, failed);
             self.unsubscribe_users(&mut con, &to_unsubscribe).await;
             for waiter in batch.waiters {
                 let _ = waiter.send(result.clone());
@@ -244,10 +244,10 @@ impl Subscriber {
 
     /// Moved users subscribed again re-read their inboxes; moved users that could not be
     /// subscribed again bring the whole link down.
-    fn reread_moved(&self, batch: &Batch, ok: &[UserId], failed: &[UserId]) {
+    fn catch_up_moved(&self, batch: &Batch, ok: &[UserId], failed: &[UserId]) {
         let mut moved = 0;
         for user in ok.iter().filter(|user| batch.lost.contains(*user)) {
-            self.hub.reread(user);
+            self.hub.catch_up(user);
             moved += 1;
         }
         metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);

@@ -221,8 +221,8 @@ impl Supervisor {
         }
         self.connections.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
-        // Re-read requests first, live forwarding after: see `Hub::set_degraded`.
-        self.hub.reread_all();
+        // Catch-ups first, live forwarding after: see `Hub::set_degraded`.
+        self.hub.catch_up_all();
         self.hub.set_degraded(false);
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
         self.say_if_loading().await;
