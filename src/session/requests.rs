@@ -53,7 +53,7 @@ impl Session {
                 }
                 Some(None) => {
                     let _ = self.store_pending().await;
-                    return Err(Closing::PEER_GONE);
+                    return Err(Closing::PeerGone);
                 }
                 None => return self.store_pending().await,
             }
@@ -77,7 +77,7 @@ impl Session {
                 )
                 .await
             }
-            Message::Close(_) => Err(Closing::PEER_GONE),
+            Message::Close(_) => Err(Closing::PeerGone),
             Message::Ping(_) | Message::Pong(_) => Ok(()),
         }
     }

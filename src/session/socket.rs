@@ -68,7 +68,7 @@ impl Session {
                         Box::pin(self.on_frames(message)).await
                     }
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
-                    None => Err(Closing::PEER_GONE),
+                    None => Err(Closing::PeerGone),
                 },
                 _ = &mut fell_behind => {
                     fell_behind.set(mailbox.fell_behind());
@@ -78,7 +78,7 @@ impl Session {
                 delivery = mailbox.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
-                        Err(Closing::IDLE)
+                        Err(Closing::Idle)
                     } else {
                         self.feed(Message::Ping(Default::default())).await
                     }
@@ -208,13 +208,13 @@ impl Session {
             // The session has ended (a kick is why): answers wait for room until the deadline.
             return match tokio::time::timeout_at(deadline, self.socket.feed(message)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(Closing::PEER_GONE),
+                Ok(Err(_)) | Err(_) => Err(Closing::PeerGone),
             };
         }
         let mailbox = self.mailbox.clone();
         match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &mailbox).await {
             Waited::Done(Ok(())) => Ok(()),
-            Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
+            Waited::Done(Err(_)) => Err(Closing::PeerGone),
             Waited::TimedOut => Err(Closing::slow_consumer()),
             Waited::Kicked(kick) => Err(Closing::kicked(kick)),
         }
@@ -229,7 +229,7 @@ impl Session {
         let mailbox = self.mailbox.clone();
         match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &mailbox).await {
             Waited::Done(Ok(())) => self.unflushed = false,
-            Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
+            Waited::Done(Err(_)) => return Err(Closing::PeerGone),
             Waited::TimedOut => return Err(Closing::slow_consumer()),
             Waited::Kicked(kick) => return Err(Closing::kicked(kick)),
         }
