@@ -19,7 +19,7 @@ pub mod rest;
 
 pub use codes::{AnyErrorCode, BEARER_PROTOCOL_PREFIX, CloseCode, ErrorCode, SUBPROTOCOL_V1};
 pub use frames::{
-    AckFrame, AckIds, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, Refusal, SendFrame,
+    AckFrame, AckIds, BadFrame, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, SendFrame,
     ServerFrame, envelope, envelope_sender, error_frame, rate_limited_frame, receipt_frame,
 };
 pub use ids::{MsgId, UserId};
