@@ -320,7 +320,7 @@ impl RedisEngine {
         self.inner.removals.forget(user, written.iter().map(Gone::written).collect());
     }
 
-    pub async fn settle_removals(&self) {
+    pub async fn finish_removals(&self) {
         let _ = tokio::time::timeout(self.inner.timeout, self.inner.removals.barrier()).await;
     }
 
