@@ -1,20 +1,24 @@
 //! The local switchboard: which socket on this replica belongs to which user.
 //!
-//! Engines ring the hub's doorbell (`deliver`, `takeover`, `resume_live`); the hub hands the
-//! news to the one session that holds the user's socket here. The hub never blocks: when a
-//! doorbell cannot be queued (queue full, byte budget spent, or the hub is degraded because the
-//! engine's doorbell mailbox had a gap) the session is marked *lagged* and asked to re-read its
-//! inbox, which is the source of truth. A lost doorbell costs a read, never a message, and
-//! never an ordering: a lagged session forwards nothing live until it has re-read.
+//! Engines ring the hub's doorbell (`deliver`, `takeover`, `catch_up`, `resume_live`); the hub
+//! hands the news to the one session that holds the user's socket here. The hub never blocks:
+//! when a doorbell cannot be queued (queue full, byte budget spent, or live forwarding paused
+//! because the engine's doorbell link had a gap) the session *falls behind* and catches up: it
+//! reads its inbox, which is the source of truth. A lost doorbell costs a read, never a
+//! message, and never an ordering: a session that fell behind forwards nothing live until it
+//! has caught up (its cursor, `session/cursor.rs`, decides).
+//!
+//! A user's slot here is `Attaching` (registered, waiting for its generation, with the live
+//! connection it replaces) or `Live` (with its generation); a session is kicked with a `Kick`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{Delivery, UserId, close};
+use crate::protocol::{Delivery, UserId};
 
 /// The hub's handle on one session; the session holds the same `Arc`.
 #[derive(Debug)]
@@ -27,30 +31,36 @@ pub struct Mailbox {
     queued: Notify,
     /// Envelope bytes in `queue` (bounded by the hub's byte budget).
     queued_bytes: AtomicUsize,
-    /// A doorbell was not queued since the session last started re-reading its inbox.
-    lagged: AtomicBool,
-    reread: Notify,
+    /// A live delivery did not reach the queue since the session last took this (see
+    /// `take_fell_behind`); `fell_behind` wakes the session to catch up.
+    behind: AtomicBool,
+    fell_behind: Notify,
     /// Cancelled on takeover and on server shutdown (a child of the shutdown token).
     kicked: CancellationToken,
-    kick_code: AtomicU16,
+    /// Why, when the hub kicked (the shutdown token carries no reason: unset means shutdown).
+    kick: OnceLock<Kick>,
+}
+
+/// Why the hub ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A newer connection of the same user took over, on this replica or another.
+    Replaced,
+    /// The server shuts down.
+    Shutdown,
 }
 
 impl Mailbox {
-    /// Resolves when the session must re-read its inbox (a doorbell may have been missed). A
-    /// request made while nobody waits is kept for the next wait.
-    pub fn reread_requested(&self) -> tokio::sync::futures::Notified<'_> {
-        self.reread.notified()
+    /// Resolves when the session fell behind and must catch up. A fall made while nobody
+    /// waits is kept for the next wait.
+    pub fn fell_behind(&self) -> tokio::sync::futures::Notified<'_> {
+        self.fell_behind.notified()
     }
 
-    /// Starts a re-read: doorbells missed from now on will be noticed by `is_lagged`.
-    pub fn begin_reread(&self) {
-        self.lagged.store(false, Ordering::SeqCst);
-    }
-
-    /// Whether a doorbell was missed since `begin_reread`: queued deliveries may then sit
-    /// behind a gap and must not be forwarded before the next re-read.
-    pub fn is_lagged(&self) -> bool {
-        self.lagged.load(Ordering::SeqCst)
+    /// Whether the session fell behind since the last call: queued deliveries may then sit
+    /// behind a gap, and the session's cursor must hold them back until it has caught up.
+    pub fn take_fell_behind(&self) -> bool {
+        self.behind.swap(false, Ordering::SeqCst)
     }
 
     /// The next queued live delivery, if any.
@@ -71,38 +81,32 @@ impl Mailbox {
         }
     }
 
-    /// Resolves with the close code when the session must end: 4409 when a newer connection
-    /// took over, 1001 when the server shuts down.
-    pub async fn kicked(&self) -> u16 {
+    /// Resolves with the reason when the session must end.
+    pub async fn kicked(&self) -> Kick {
         self.kicked.cancelled().await;
-        self.kick_code()
+        self.kick_reason()
     }
 
-    pub fn is_kicked(&self) -> Option<u16> {
-        self.kicked.is_cancelled().then(|| self.kick_code())
+    pub fn is_kicked(&self) -> Option<Kick> {
+        self.kicked.is_cancelled().then(|| self.kick_reason())
     }
 
-    fn kick_code(&self) -> u16 {
-        match self.kick_code.load(Ordering::Acquire) {
-            0 => close::GOING_AWAY, // the shutdown token, not a takeover
-            code => code,
-        }
+    fn kick_reason(&self) -> Kick {
+        self.kick.get().copied().unwrap_or(Kick::Shutdown)
     }
 
-    fn kick(&self, code: u16) {
+    /// Ends the session: a newer connection took over.
+    fn replace(&self) {
         // The first reason wins: a session replaced and then shut down reports "replaced".
-        let _ = self.kick_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.kick.set(Kick::Replaced);
         self.kicked.cancel();
     }
 
-    /// A missed doorbell was noticed by the session itself (a skipped message number).
-    pub fn request_reread(&self) {
-        self.lag();
-    }
-
-    fn lag(&self) {
-        self.lagged.store(true, Ordering::SeqCst);
-        self.reread.notify_one();
+    /// A live delivery will not reach the session (not queued, or lost on the way, or a
+    /// skipped message number the session noticed itself): it must catch up.
+    pub fn fall_behind(&self) {
+        self.behind.store(true, Ordering::SeqCst);
+        self.fell_behind.notify_one();
     }
 
     fn ring(&self, delivery: Delivery, byte_budget: usize) {
@@ -110,7 +114,7 @@ impl Mailbox {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.len() >= self.queue_limit || self.queued_bytes.load(Ordering::Acquire) + size > byte_budget {
             drop(queue);
-            return self.lag(); // the message is in the inbox: re-read it
+            return self.fall_behind(); // the message is in the inbox: catching up reads it
         }
         self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         queue.push_back(delivery);
@@ -119,16 +123,37 @@ impl Mailbox {
     }
 }
 
+/// Where a user's connection on this replica stands. The session's guard
+/// (`session::Attached`) registers it (`Hub::register`: `Attaching`) and unregisters it; the
+/// engine's attach moves it on (`Hub::set_generation`: `Live`); announcements of newer
+/// connections (`Hub::takeover`) kick it.
 #[derive(Debug)]
-struct Slot {
+enum Slot {
+    /// Registered, waiting for its connection generation from the engine.
+    Attaching {
+        mailbox: Arc<Mailbox>,
+        /// The live connection this one is about to replace: it ends only once the new one is
+        /// attached, so a failed attach does not cost the user their working connection.
+        replacing: Option<Live>,
+        /// Highest generation announced for this user by any replica meanwhile.
+        newest_seen: u64,
+    },
+    /// Attached: the user's live connection here.
+    Live(Live),
+}
+
+#[derive(Debug)]
+struct Live {
     mailbox: Arc<Mailbox>,
-    /// Connection generation claimed from the engine, once attached.
-    generation: Option<u64>,
-    /// Highest generation announced for this user by any replica.
-    newest_seen: u64,
-    /// The live connection this one is about to replace: it ends only once the new one is
-    /// attached, so a failed attach does not cost the user their working connection.
-    previous: Option<(Arc<Mailbox>, Option<u64>)>,
+    generation: u64,
+}
+
+impl Slot {
+    fn mailbox(&self) -> &Arc<Mailbox> {
+        match self {
+            Slot::Attaching { mailbox, .. } | Slot::Live(Live { mailbox, .. }) => mailbox,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -137,15 +162,15 @@ pub struct Hub {
     next_id: AtomicU64,
     queue: usize,
     byte_budget: usize,
-    /// Set while the engine's doorbell mailbox may have missed messages: nothing is forwarded
-    /// live, every doorbell becomes a re-read.
+    /// Set while the engine's doorbell link may have missed messages: nothing is handed to a
+    /// session live, every doorbell makes it fall behind and catch up.
     degraded: AtomicBool,
     shutdown: CancellationToken,
 }
 
 impl Hub {
     /// `queue` and `byte_budget`: live deliveries (and their bytes) buffered per session
-    /// before it falls back to re-reading its inbox. Sessions end when `shutdown` fires.
+    /// before it falls behind and catches up. Sessions end when `shutdown` fires.
     pub fn new(queue: usize, byte_budget: usize, shutdown: CancellationToken) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
@@ -168,23 +193,23 @@ impl Hub {
             queue_limit: self.queue,
             queued: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
-            lagged: AtomicBool::new(false),
-            reread: Notify::new(),
+            behind: AtomicBool::new(false),
+            fell_behind: Notify::new(),
             kicked: self.shutdown.child_token(),
-            kick_code: AtomicU16::new(0),
+            kick: OnceLock::new(),
         });
         let mut slots = self.lock();
-        let previous = match slots.remove(user) {
+        let replacing = match slots.remove(user) {
             None => None,
-            Some(old) if old.generation.is_some() => Some((old.mailbox, old.generation)),
-            Some(old) => {
+            Some(Slot::Live(live)) => Some(live),
+            Some(Slot::Attaching { mailbox, replacing, .. }) => {
                 // Still attaching and already superseded: it never becomes live.
-                old.mailbox.kick(close::REPLACED);
-                old.previous
+                mailbox.replace();
+                replacing
             }
         };
-        let newest_seen = previous.as_ref().and_then(|(_, g)| *g).unwrap_or(0);
-        slots.insert(user.clone(), Slot { mailbox: mailbox.clone(), generation: None, newest_seen, previous });
+        let newest_seen = replacing.as_ref().map_or(0, |live| live.generation);
+        slots.insert(user.clone(), Slot::Attaching { mailbox: mailbox.clone(), replacing, newest_seen });
         mailbox
     }
 
@@ -193,27 +218,28 @@ impl Hub {
     pub fn unregister(&self, mailbox: &Mailbox) -> bool {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(&mailbox.user) else { return true };
-        if slot.mailbox.id == mailbox.id {
-            match slot.previous.take() {
+        match slot {
+            Slot::Attaching { mailbox: attaching, replacing, .. } if attaching.id == mailbox.id => {
                 // The attach failed: the connection it was to replace stays the live one. It
-                // got no doorbells meanwhile, so it re-reads its inbox.
-                Some((previous, generation)) if slot.generation.is_none() => {
-                    previous.lag();
-                    slot.mailbox = previous;
-                    slot.generation = generation;
-                    false
-                }
-                _ => {
-                    slots.remove(&mailbox.user);
-                    true
+                // got no doorbells meanwhile, so it catches up.
+                if let Some(live) = replacing.take() {
+                    live.mailbox.fall_behind();
+                    *slot = Slot::Live(live);
+                    return false;
                 }
             }
-        } else {
-            if slot.previous.as_ref().is_some_and(|(p, _)| p.id == mailbox.id) {
-                slot.previous = None;
+            Slot::Attaching { replacing, .. } => {
+                // The connection being replaced ended by itself first.
+                if replacing.as_ref().is_some_and(|live| live.mailbox.id == mailbox.id) {
+                    *replacing = None;
+                }
+                return false;
             }
-            false
+            Slot::Live(live) if live.mailbox.id == mailbox.id => {}
+            Slot::Live(_) => return false,
         }
+        slots.remove(&mailbox.user);
+        true
     }
 
     pub fn is_registered(&self, user: &UserId) -> bool {
@@ -225,25 +251,29 @@ impl Hub {
     /// announced meanwhile (on any replica), this one is already obsolete.
     pub fn set_generation(&self, mailbox: &Mailbox, generation: u64) {
         let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&mailbox.user).filter(|s| s.mailbox.id == mailbox.id) {
-            slot.generation = Some(generation);
-            if let Some((previous, _)) = slot.previous.take() {
-                previous.kick(close::REPLACED);
+        let Some(slot) = slots.get_mut(&mailbox.user).filter(|slot| slot.mailbox().id == mailbox.id) else { return };
+        let newest_seen = match slot {
+            Slot::Attaching { replacing, newest_seen, .. } => {
+                if let Some(previous) = replacing.take() {
+                    previous.mailbox.replace();
+                }
+                *newest_seen
             }
-            if generation < slot.newest_seen {
-                slot.mailbox.kick(close::REPLACED);
-            }
+            Slot::Live(live) => live.generation,
+        };
+        let live = Live { mailbox: slot.mailbox().clone(), generation };
+        if generation < newest_seen {
+            live.mailbox.replace();
         }
+        *slot = Slot::Live(live);
     }
 
     /// A connection of `user` with `generation` opened somewhere: older ones here end.
     pub fn takeover(&self, user: &UserId, generation: u64) {
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(user) {
-            slot.newest_seen = slot.newest_seen.max(generation);
-            if slot.generation.is_some_and(|g| g < generation) {
-                slot.mailbox.kick(close::REPLACED);
-            }
+        match self.lock().get_mut(user) {
+            Some(Slot::Attaching { newest_seen, .. }) => *newest_seen = (*newest_seen).max(generation),
+            Some(Slot::Live(live)) if live.generation < generation => live.mailbox.replace(),
+            Some(Slot::Live(_)) | None => {}
         }
     }
 
@@ -254,44 +284,48 @@ impl Hub {
         if self.degraded.load(Ordering::SeqCst) {
             return None;
         }
-        self.lock().get(user).and_then(|slot| slot.generation)
+        match self.lock().get(user) {
+            Some(Slot::Live(live)) => Some(live.generation),
+            Some(Slot::Attaching { .. }) | None => None,
+        }
     }
 
     /// A message for `user` was stored; hand it to the user's session here, if any.
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {
             if self.degraded.load(Ordering::SeqCst) {
-                slot.mailbox.lag();
+                slot.mailbox().fall_behind();
             } else {
-                slot.mailbox.ring(delivery, self.byte_budget);
+                slot.mailbox().ring(delivery, self.byte_budget);
             }
         }
     }
 
-    /// From now on doorbells only ask sessions to re-read (see the type's docs). The engine's
+    /// From now on doorbells only make sessions fall behind (see the type's docs). The engine's
     /// doorbell link alone pauses and resumes.
     pub fn pause_live(&self) {
         self.degraded.store(true, Ordering::SeqCst);
     }
 
-    /// Every session re-reads its inbox, then live forwarding resumes: in this order, so that a
-    /// live delivery can never be forwarded ahead of the gap's re-read.
+    /// Every session falls behind and catches up, then live forwarding resumes: in this order,
+    /// so that a live delivery can never be forwarded ahead of the gap's catch-up.
     pub fn resume_live(&self) {
-        self.reread_all();
+        self.catch_up_all();
         self.degraded.store(false, Ordering::SeqCst);
     }
 
-    /// Every session re-reads its inbox (after the doorbell mailbox was down).
-    fn reread_all(&self) {
+    /// Every session falls behind and catches up (after the doorbell link was down).
+    fn catch_up_all(&self) {
         for slot in self.lock().values() {
-            slot.mailbox.lag();
+            slot.mailbox().fall_behind();
         }
     }
 
-    /// The user's session here, if any, re-reads its inbox (its doorbells may have been lost).
-    pub fn reread(&self, user: &UserId) {
+    /// The user's session here, if any, falls behind and catches up (its doorbells may have
+    /// been lost).
+    pub fn catch_up(&self, user: &UserId) {
         if let Some(slot) = self.lock().get(user) {
-            slot.mailbox.lag();
+            slot.mailbox().fall_behind();
         }
     }
 
@@ -337,7 +371,7 @@ mod tests {
         let new = hub.register(&user);
         assert!(old.is_kicked().is_none(), "the old socket lives until the new one is attached");
         hub.set_generation(&new, 2);
-        assert_eq!(old.kicked().await, close::REPLACED);
+        assert_eq!(old.kicked().await, Kick::Replaced);
         assert!(!hub.unregister(&old), "the old session must not remove the new one");
         hub.deliver(&user, delivery(1));
         assert_eq!(new.next().await.id.seq, 1);
@@ -354,8 +388,36 @@ mod tests {
         let new = hub.register(&user);
         assert!(!hub.unregister(&new), "the old connection is still registered");
         assert!(old.is_kicked().is_none());
-        assert!(old.is_lagged(), "it missed doorbells meanwhile and must re-read");
-        tokio::time::timeout(std::time::Duration::from_secs(1), old.reread_requested()).await.unwrap();
+        assert!(old.take_fell_behind(), "it missed doorbells meanwhile and must catch up");
+        tokio::time::timeout(std::time::Duration::from_secs(1), old.fell_behind()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replaced_connection_that_ends_first_is_not_given_back() {
+        let hub = hub(4);
+        let user = UserId::random();
+        let old = hub.register(&user);
+        hub.set_generation(&old, 1);
+        let new = hub.register(&user);
+        assert!(!hub.unregister(&old), "the new session is still attaching");
+        assert!(hub.unregister(&new), "its attach failed too: nobody is left");
+        assert!(hub.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_superseded_while_attaching_never_becomes_live() {
+        let hub = hub(4);
+        let user = UserId::random();
+        let live = hub.register(&user);
+        hub.set_generation(&live, 1);
+        let first = hub.register(&user);
+        let second = hub.register(&user);
+        assert_eq!(first.is_kicked(), Some(Kick::Replaced));
+        assert!(live.is_kicked().is_none(), "still the live one until the newest is attached");
+        assert!(!hub.unregister(&first));
+        hub.set_generation(&second, 3);
+        assert_eq!(live.kicked().await, Kick::Replaced);
+        assert_eq!(hub.live_generation(&user), Some(3));
     }
 
     #[tokio::test]
@@ -366,7 +428,7 @@ mod tests {
         // A newer connection is announced before ours learned its own generation.
         hub.takeover(&user, 7);
         hub.set_generation(&mailbox, 6);
-        assert_eq!(mailbox.kicked().await, close::REPLACED);
+        assert_eq!(mailbox.kicked().await, Kick::Replaced);
         hub.unregister(&mailbox);
 
         let mailbox = hub.register(&user);
@@ -375,28 +437,27 @@ mod tests {
         hub.takeover(&user, 8); // an older connection's late announcement
         assert!(mailbox.is_kicked().is_none());
         hub.takeover(&user, 10);
-        assert_eq!(mailbox.is_kicked(), Some(close::REPLACED));
+        assert_eq!(mailbox.is_kicked(), Some(Kick::Replaced));
     }
 
     #[tokio::test]
-    async fn missed_doorbells_turn_into_a_lagged_reread() {
+    async fn missed_doorbells_make_the_session_fall_behind() {
         let hub = hub(1);
         let user = UserId::random();
         let mailbox = hub.register(&user);
         hub.set_generation(&mailbox, 1);
-        mailbox.begin_reread();
         hub.deliver(&user, delivery(1));
-        assert!(!mailbox.is_lagged());
-        hub.deliver(&user, delivery(2)); // queue full: not lost, a re-read is requested
-        assert!(mailbox.is_lagged());
-        tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.reread_requested()).await.unwrap();
+        assert!(!mailbox.take_fell_behind());
+        hub.deliver(&user, delivery(2)); // queue full: not lost, the session must catch up
+        assert!(mailbox.take_fell_behind());
+        assert!(!mailbox.take_fell_behind(), "taken once");
+        tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.fell_behind()).await.unwrap();
         assert_eq!(mailbox.next().await.id.seq, 1);
 
         hub.pause_live();
-        mailbox.begin_reread();
         hub.deliver(&user, delivery(3));
         assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");
-        assert!(mailbox.is_lagged());
+        assert!(mailbox.take_fell_behind());
     }
 
     #[tokio::test]
@@ -405,6 +466,6 @@ mod tests {
         let hub = Hub::new(4, 1024, shutdown.clone());
         let mailbox = hub.register(&UserId::random());
         shutdown.cancel();
-        assert_eq!(mailbox.kicked().await, close::GOING_AWAY);
+        assert_eq!(mailbox.kicked().await, Kick::Shutdown);
     }
 }

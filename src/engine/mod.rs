@@ -280,14 +280,14 @@ impl Engine {
     /// Waits (within the command timeout) until every removal queued by `forget_delivered` is
     /// done: a draining replica calls it after its sessions closed (the embedded engine: until
     /// every change is committed to the data file).
-    pub async fn settle_removals(&self) {
+    pub async fn finish_removals(&self) {
         match self {
             Engine::Memory(e) => {
                 if let Err(e) = e.durable().await {
                     tracing::warn!(error = %e, "changes not written to the data file before exit");
                 }
             }
-            Engine::Redis(e) => e.settle_removals().await,
+            Engine::Redis(e) => e.finish_removals().await,
         }
     }
 
@@ -303,7 +303,7 @@ impl Engine {
         }
     }
 
-    /// What a session reads before it re-reads its inbox, in one round trip.
+    /// What a session reads before it catches up from its inbox, in one round trip.
     pub async fn read_mark(&self, user: &UserId) -> Result<ReadMark, Unavailable> {
         match self {
             Engine::Memory(e) => Ok(ReadMark { sequence: e.sequence(user), generation: None }),

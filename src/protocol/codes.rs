@@ -218,23 +218,6 @@ impl CloseCode {
     }
 }
 
-/// The server's close codes as numbers, for code that writes close frames.
-pub mod close {
-    use super::CloseCode;
-
-    pub const NORMAL: u16 = CloseCode::Normal.as_u16();
-    pub const GOING_AWAY: u16 = CloseCode::GoingAway.as_u16();
-    pub const PROTOCOL_ERROR: u16 = CloseCode::ProtocolError.as_u16();
-    pub const INVALID_PAYLOAD: u16 = CloseCode::InvalidPayload.as_u16();
-    pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
-    pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.as_u16();
-    pub const USER_NOT_FOUND: u16 = CloseCode::UserNotFound.as_u16();
-    pub const UNAUTHORIZED: u16 = CloseCode::Unauthorized.as_u16();
-    pub const IDLE_TIMEOUT: u16 = CloseCode::IdleTimeout.as_u16();
-    pub const REPLACED: u16 = CloseCode::Replaced.as_u16();
-    pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.as_u16();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,8 +242,8 @@ mod tests {
             assert_eq!(CloseCode::from_u16(code.as_u16()), code);
         }
         assert_eq!(CloseCode::from_u16(4999), CloseCode::Other(4999));
-        assert_eq!(close::REPLACED, 4409);
-        assert_eq!(close::USER_NOT_FOUND, 4404);
-        assert_eq!(close::UNAUTHORIZED, 4401);
+        assert_eq!(CloseCode::Replaced.as_u16(), 4409);
+        assert_eq!(CloseCode::UserNotFound.as_u16(), 4404);
+        assert_eq!(CloseCode::Unauthorized.as_u16(), 4401);
     }
 }

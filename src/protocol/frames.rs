@@ -147,10 +147,11 @@ pub enum ClientFrame<'a> {
     Ack(AckFrame<'a>),
 }
 
-/// Why a client frame was refused: the error frame's code and message, and the frame's `ref`
-/// when it could be read (a send with fields missing), to carry back to acknowledging clients.
+/// A client frame the server cannot take: the error frame's code and message, and the frame's
+/// `ref` when it could be read (a send with fields missing), to carry back to acknowledging
+/// clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal<'a> {
+pub struct BadFrame<'a> {
     pub code: ErrorCode,
     pub message: String,
     pub reference: Option<Cow<'a, str>>,
@@ -160,12 +161,12 @@ impl<'a> ClientFrame<'a> {
     /// Reads a client's text frame. An `ack` field makes it an acknowledgement whatever else
     /// it holds; otherwise it is a send and needs `from`, `to` and `payload`. Unknown fields
     /// are ignored. The payload is borrowed from `text` as its raw literal, never decoded.
-    pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, Refusal<'a>> {
+    pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, BadFrame<'a>> {
         let frame: ClientFields<'a> = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
                 let (code, message) = describe_parse_error(text, &e);
-                return Err(Refusal { code, message, reference: None });
+                return Err(BadFrame { code, message, reference: None });
             }
         };
         // serde reads a struct from an array too (`["a","b","c"]` would be a send).
@@ -185,7 +186,11 @@ impl<'a> ClientFrame<'a> {
                     .filter_map(|(name, absent)| absent.then_some(name))
                     .collect::<Vec<_>>()
                     .join("`, `");
-                Err(Refusal { code: ErrorCode::InvalidFrame, message: format!("missing field `{missing}`"), reference })
+                Err(BadFrame {
+                    code: ErrorCode::InvalidFrame,
+                    message: format!("missing field `{missing}`"),
+                    reference,
+                })
             }
         }
     }
@@ -214,8 +219,8 @@ struct ClientFields<'a> {
     ack: Option<AckIds>,
 }
 
-fn not_an_object() -> Refusal<'static> {
-    Refusal { code: ErrorCode::InvalidFrame, message: "a frame must be a JSON object".into(), reference: None }
+fn not_an_object() -> BadFrame<'static> {
+    BadFrame { code: ErrorCode::InvalidFrame, message: "a frame must be a JSON object".into(), reference: None }
 }
 
 /// Turns a parse failure into a message that names what is wrong.
@@ -226,7 +231,7 @@ fn describe_parse_error(text: &str, error: &serde_json::Error) -> (ErrorCode, St
     }
     // The cold path: parse again, loosely, to say which field has the wrong type.
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        let Refusal { code, message, .. } = not_an_object();
+        let BadFrame { code, message, .. } = not_an_object();
         return (code, message);
     };
     for field in ["from", "to", "payload", "ref"] {

@@ -17,9 +17,9 @@ pub mod ids;
 pub mod keys;
 pub mod rest;
 
-pub use codes::{AnyErrorCode, BEARER_PROTOCOL_PREFIX, CloseCode, ErrorCode, SUBPROTOCOL_V1, close};
+pub use codes::{AnyErrorCode, BEARER_PROTOCOL_PREFIX, CloseCode, ErrorCode, SUBPROTOCOL_V1};
 pub use frames::{
-    AckFrame, AckIds, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, Refusal, SendFrame,
+    AckFrame, AckIds, BadFrame, ClientFrame, Delivery, DeliveryFrame, ErrorFrame, RawPayload, ReceiptFrame, SendFrame,
     ServerFrame, envelope, envelope_sender, error_frame, rate_limited_frame, receipt_frame,
 };
 pub use ids::{MsgId, UserId};

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::client::{Client, Socket, http_error, open_socket};
+use super::client::{CachedToken, Client, Socket, http_error, open_socket};
 use super::error::Error;
 use crate::clock::unix_ms;
 use crate::protocol::auth::{ALG_HPKE_X25519, ALG_HPKE_X25519_AES256GCM};
@@ -20,12 +20,6 @@ use crate::protocol::{
 
 /// A token is renewed this long before it expires, so that it is still valid on arrival.
 const RENEW_BEFORE_MS: u64 = 60_000;
-
-pub(super) struct CachedToken {
-    user: String,
-    token: String,
-    expires_at: u64,
-}
 
 impl Client {
     /// Proves possession of this identity's key for `user` and returns a fresh access token

@@ -1,6 +1,6 @@
 //! The client's REST side: login, key lookup (checked against pinned keys, see `pins`) and
 //! the key cache, and opening one socket (with the acknowledging subprotocol, over TLS for an
-//! https:// server). [`Client::connect`] hands the socket to a
+//! https:// server). `Client::connect` (in `connection`) hands the socket to a
 //! [`Connection`](super::connection::Connection), which keeps it alive.
 
 use std::collections::HashMap;
@@ -16,7 +16,6 @@ use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::{self};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::connection::{ConnectOptions, Connection};
 use super::crypto::{Content, Identity, PublicKey};
 use super::error::{Error, OpenError};
 use super::pins::{Pin, Pins, Verdict};
@@ -54,10 +53,17 @@ pub(super) struct ClientInner {
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     pins: Option<Arc<Pins>>,
     /// The last access token (see `auth`), reused until shortly before it expires.
-    pub(super) token: Mutex<Option<super::auth::CachedToken>>,
+    pub(super) token: Mutex<Option<CachedToken>>,
     /// Public keys by user id, once checked against the pins. A user id names one key for as
     /// long as the directory is honest; a swap is caught by the pins (at the next process).
     keys: Mutex<HashMap<String, PublicKey>>,
+}
+
+/// An access token as `auth` keeps it: for whom, and until when (ms since the Unix epoch).
+pub(super) struct CachedToken {
+    pub(super) user: String,
+    pub(super) token: String,
+    pub(super) expires_at: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -207,28 +213,6 @@ impl Client {
             Err(e) => return Err(e),
         };
         Ok(self.identity().open(from, to, &sender, payload).and_then(|plain| Content::from_bytes(&plain)))
-    }
-
-    /// Opens an acknowledged connection as `user` (this client's user id, see
-    /// [`Client::login`]). Fails if the first socket cannot be opened; after that the
-    /// connection reconnects by itself.
-    pub async fn connect(&self, user: &str, options: ConnectOptions) -> Result<Connection, Error> {
-        // Catch a stale user id (another server, another key) with a clear message, before a
-        // socket would be closed as unknown or deliver payloads sealed for another key.
-        let registered = match self.lookup_raw(user).await {
-            Err(Error::UserNotFound(_)) => return Err(Error::UserNotFound(user.to_owned())),
-            other => other?,
-        };
-        // The key, not its spelling: whoever registered it first chose the spelling the
-        // directory keeps (docs/security.md, "One key, one user").
-        if PublicKey::from_base64url(&registered).ok().as_ref() != Some(self.identity().public_key()) {
-            return Err(Error::KeyMismatch { user: user.to_owned() });
-        }
-        let mut url = self.endpoint(&["ws", user]);
-        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        url.set_scheme(scheme).expect("http(s) and ws(s) are all special schemes");
-        let socket = self.open_socket(&url, user, options.connect_timeout).await?;
-        Ok(Connection::start(self.clone(), user.to_owned(), url, options, socket))
     }
 
     pub(super) fn endpoint(&self, segments: &[&str]) -> Url {

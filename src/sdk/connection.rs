@@ -25,55 +25,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::channels::{Command, FromServer, Stop, backoff};
 use super::client::{Client, Socket};
-use super::crypto::Content;
+use super::crypto::{Content, PublicKey};
 use super::driver::Driver;
 use super::error::{Error, OpenError};
 use crate::protocol::{ClientFrame, SendFrame};
 
+pub use super::channels::{ConnectOptions, Status};
 /// The WebSocket subprotocol of acknowledged delivery (`docs/protocol.md`).
 pub use crate::protocol::SUBPROTOCOL_V1 as SUBPROTOCOL;
-
-/// Tuning of a [`Connection`]. The defaults suit an interactive client on the default server.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Receive messages. A connection that only sends (`enigma send`) sets this to false: it
-    /// then neither reads nor acknowledges its user's inbox, which stays for the next reader.
-    pub receive: bool,
-    /// Acknowledge each message as soon as the application has taken it from
-    /// [`Connection::recv`]. When false the application calls [`Connection::ack`] once it has
-    /// processed (printed, saved) the message; until then a reconnect redelivers it.
-    pub auto_ack: bool,
-    /// How long [`Sender::send`] waits for the receipt, across reconnects.
-    pub send_timeout: Duration,
-    /// Largest sealed payload sent (the server's `limits.max_payload_bytes`, 64 KiB by default).
-    pub max_payload_bytes: usize,
-    /// First reconnect delay; it doubles on each failed attempt up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// How often the client pings; the server also pings every 20 s by default.
-    pub ping_interval: Duration,
-    /// A socket on which nothing arrives for this long is considered dead and reopened.
-    pub idle_timeout: Duration,
-    /// Limit for opening one socket (TCP and WebSocket handshake).
-    pub connect_timeout: Duration,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            receive: true,
-            auto_ack: true,
-            send_timeout: Duration::from_secs(30),
-            max_payload_bytes: 64 * 1024,
-            backoff_initial: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
-            ping_interval: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(45),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A decrypted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,46 +58,6 @@ pub struct Receipt {
     pub id: String,
     /// The id sealed inside the payload.
     pub message_id: String,
-}
-
-/// Where a connection stands; watch it with [`Connection::status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    Connected,
-    /// The socket was lost; the next attempt starts after `delay`.
-    Reconnecting {
-        attempt: u32,
-        delay: Duration,
-        reason: String,
-    },
-    /// Stopped for good (see the error items of [`Connection::recv`]).
-    Closed,
-}
-
-/// Why a connection stopped for good.
-#[derive(Debug, Clone)]
-pub(super) enum Stop {
-    ByClient,
-    Replaced,
-    UserNotFound(String),
-    Closed { code: u16, reason: String },
-}
-
-impl Stop {
-    pub(super) fn to_error(&self) -> Error {
-        match self {
-            Stop::ByClient => Error::ConnectionClosed,
-            Stop::Replaced => Error::Replaced,
-            Stop::UserNotFound(user) => Error::UserNotFound(user.clone()),
-            Stop::Closed { code, reason } => Error::Closed { code: *code, reason: reason.clone() },
-        }
-    }
-}
-
-pub(super) enum Command {
-    Send { seq: u64, frame: String, reply: oneshot::Sender<Result<String, Error>> },
-    Cancel(u64),
-    Ack(String),
 }
 
 /// Sends messages over a [`Connection`]. Cheap to clone, usable from many tasks at once.
@@ -213,6 +134,30 @@ impl Sender {
 
     fn closed(&self) -> Error {
         self.stopped.get().map(Stop::to_error).unwrap_or(Error::ConnectionClosed)
+    }
+}
+
+impl Client {
+    /// Opens an acknowledged connection as `user` (this client's user id, see
+    /// [`Client::login`]). Fails if the first socket cannot be opened; after that the
+    /// connection reconnects by itself.
+    pub async fn connect(&self, user: &str, options: ConnectOptions) -> Result<Connection, Error> {
+        // Catch a stale user id (another server, another key) with a clear message, before a
+        // socket would be closed as unknown or deliver payloads sealed for another key.
+        let registered = match self.lookup_raw(user).await {
+            Err(Error::UserNotFound(_)) => return Err(Error::UserNotFound(user.to_owned())),
+            other => other?,
+        };
+        // The key, not its spelling: whoever registered it first chose the spelling the
+        // directory keeps (docs/security.md, "One key, one user").
+        if PublicKey::from_base64url(&registered).ok().as_ref() != Some(self.identity().public_key()) {
+            return Err(Error::KeyMismatch { user: user.to_owned() });
+        }
+        let mut url = self.endpoint(&["ws", user]);
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme).expect("http(s) and ws(s) are all special schemes");
+        let socket = self.open_socket(&url, user, options.connect_timeout).await?;
+        Ok(Connection::start(self.clone(), user.to_owned(), url, options, socket))
     }
 }
 
@@ -368,26 +313,6 @@ pub(super) struct Ledger {
     acked: RecentSet,
     /// `from` + sealed message id of messages handed out, to drop retried sends.
     contents: RecentSet,
-}
-
-pub(super) enum FromServer {
-    Delivery {
-        id: String,
-        ts: u64,
-        from: String,
-        payload: String,
-    },
-    /// The connection stopped: the last item of the stream.
-    Stopped(Error),
-}
-
-/// The delay before reconnect attempt `attempt` (0-based): exponential, capped, with the upper
-/// half randomised so that clients dropped together do not come back together.
-pub(super) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let ceiling = initial.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(max);
-    let half = ceiling / 2;
-    let random = uuid::Uuid::new_v4().as_u128() as u64; // 122 random bits; no extra RNG crate
-    half + Duration::from_micros(random % (half.as_micros() as u64 + 1))
 }
 
 /// Opens deliveries in order and hands them to the application.

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
+use super::channels::{Command, ConnectOptions, FromServer, Status, Stop, backoff};
 use super::client::{Client, Socket, chain};
-use super::connection::{Command, ConnectOptions, FromServer, Status, Stop, backoff};
 use super::error::Error;
 use crate::protocol::{AckFrame, AckIds, ClientFrame, CloseCode, ErrorCode, ServerFrame};
 

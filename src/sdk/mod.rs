@@ -22,7 +22,8 @@
 //! - [`client`]: REST calls (login, key lookup) and opening a socket;
 //! - [`auth`]: proving possession of the key for a bearer token, shown on every socket;
 //! - [`connection`]: the acknowledged WebSocket connection that reconnects with backoff and
-//!   loses nothing (its socket task lives in `driver`);
+//!   loses nothing (its socket task lives in `driver`; what its parts tell each other, and its
+//!   options, in `channels`);
 //! - [`pins`]: contacts' keys pinned on first use, a changed key refused until trusted;
 //! - [`tls`]: https/wss (rustls) and the rule that plain http goes to loopback only;
 //! - [`error`]: typed errors.
@@ -31,6 +32,7 @@
 //! here after they arrive.
 
 pub mod auth;
+mod channels;
 pub mod client;
 pub mod connection;
 pub mod crypto;

@@ -112,7 +112,7 @@ pub async fn run(
         state.tracker.close();
         state.tracker.wait().await;
         // What the closed sessions wrote leaves the inboxes before the process does.
-        state.engine.settle_removals().await;
+        state.engine.finish_removals().await;
     })
     .await;
     if finished.is_err() {

@@ -1,122 +1,133 @@
-//! How a session ends: the close frame's code and reason, and the label the closed connection
-//! is counted under. The label vocabulary is one enum so that `session::register_metrics` and
-//! the counting share one list; the strings are what dashboards and alerts select on.
+//! How a session ends: one enum, which gives the close frame's code (the wire's `CloseCode`)
+//! and reason, and the label the closed connection is counted under, so that
+//! `session::register_metrics` and the counting share one list.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 
-use crate::protocol::close;
+use crate::hub::Kick;
+use crate::protocol::CloseCode;
 use crate::telemetry::metric;
 
-/// Why a session ends, as the close frame will say.
+/// Why a session ends: the close frame's code and reason, and the label it is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Closing {
-    pub(super) code: u16,
-    pub(super) reason: &'static str,
+pub(super) enum Closing {
+    /// The client closed or dropped the connection.
+    PeerGone,
+    /// A frame over the size limit.
+    TooBig,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+    /// A text frame that is not UTF-8.
+    InvalidPayload,
+    /// The client does not read fast enough.
+    SlowConsumer,
+    /// The server shuts down.
+    Shutdown,
+    /// A newer connection of the same user took over.
+    Replaced,
+    /// No pong within the idle timeout.
+    Idle,
+    /// The storage cannot be reached (or the server is at capacity).
+    Unavailable,
+    UserNotFound,
+    Unauthorized,
 }
 
 impl Closing {
-    pub(super) const PEER_GONE: Closing = Closing { code: close::NORMAL, reason: "" };
-    pub(super) const SLOW: Closing =
-        Closing { code: close::SLOW_CONSUMER, reason: "slow consumer: outbound queue full" };
-    pub(super) const SHUTDOWN: Closing = Closing { code: close::GOING_AWAY, reason: "server shutting down; reconnect" };
-    pub(super) const REPLACED: Closing = Closing { code: close::REPLACED, reason: "replaced by a newer connection" };
-    pub(super) const IDLE: Closing = Closing { code: close::IDLE_TIMEOUT, reason: "idle timeout: no pong received" };
-    pub(super) const UNAVAILABLE: Closing =
-        Closing { code: close::TRY_AGAIN_LATER, reason: "storage unavailable; retry later" };
-    pub(super) const USER_NOT_FOUND: Closing = Closing { code: close::USER_NOT_FOUND, reason: "user not found" };
-    pub(super) const UNAUTHORIZED: Closing = Closing { code: close::UNAUTHORIZED, reason: "unauthorized" };
+    pub(super) const ALL: [Closing; 11] = [
+        Closing::PeerGone,
+        Closing::TooBig,
+        Closing::ProtocolError,
+        Closing::InvalidPayload,
+        Closing::SlowConsumer,
+        Closing::Shutdown,
+        Closing::Replaced,
+        Closing::Idle,
+        Closing::Unavailable,
+        Closing::UserNotFound,
+        Closing::Unauthorized,
+    ];
 
     pub(super) fn from_read_error(error: axum::Error) -> Closing {
         match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
-            Ok(tungstenite::Error::Capacity(_)) => {
-                Closing { code: close::MESSAGE_TOO_BIG, reason: "frame exceeds the size limit" }
-            }
-            Ok(tungstenite::Error::Protocol(_)) => Closing { code: close::PROTOCOL_ERROR, reason: "protocol error" },
+            Ok(tungstenite::Error::Capacity(_)) => Closing::TooBig,
+            Ok(tungstenite::Error::Protocol(_)) => Closing::ProtocolError,
             // RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection with 1007.
-            Ok(tungstenite::Error::Utf8(_)) => {
-                Closing { code: close::INVALID_PAYLOAD, reason: "text frame is not valid UTF-8" }
-            }
-            _ => Closing::PEER_GONE,
+            Ok(tungstenite::Error::Utf8(_)) => Closing::InvalidPayload,
+            _ => Closing::PeerGone,
         }
     }
 
-    pub(super) fn from_kick(code: u16) -> Closing {
-        match code {
-            close::REPLACED => Closing::REPLACED,
-            _ => Closing::SHUTDOWN,
+    pub(super) fn kicked(kick: Kick) -> Closing {
+        match kick {
+            Kick::Replaced => Closing::Replaced,
+            Kick::Shutdown => Closing::Shutdown,
         }
     }
 
     /// The client does not read fast enough; counted where it is decided.
     pub(super) fn slow_consumer() -> Closing {
         metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
-        Closing::SLOW
+        Closing::SlowConsumer
+    }
+
+    pub(super) fn code(self) -> CloseCode {
+        match self {
+            Closing::PeerGone => CloseCode::Normal,
+            Closing::TooBig => CloseCode::MessageTooBig,
+            Closing::ProtocolError => CloseCode::ProtocolError,
+            Closing::InvalidPayload => CloseCode::InvalidPayload,
+            Closing::SlowConsumer => CloseCode::SlowConsumer,
+            Closing::Shutdown => CloseCode::GoingAway,
+            Closing::Replaced => CloseCode::Replaced,
+            Closing::Idle => CloseCode::IdleTimeout,
+            Closing::Unavailable => CloseCode::TryAgainLater,
+            Closing::UserNotFound => CloseCode::UserNotFound,
+            Closing::Unauthorized => CloseCode::Unauthorized,
+        }
+    }
+
+    /// The close frame's reason.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Closing::PeerGone => "",
+            Closing::TooBig => "frame exceeds the size limit",
+            Closing::ProtocolError => "protocol error",
+            Closing::InvalidPayload => "text frame is not valid UTF-8",
+            Closing::SlowConsumer => "slow consumer: outbound queue full",
+            Closing::Shutdown => "server shutting down; reconnect",
+            Closing::Replaced => "replaced by a newer connection",
+            Closing::Idle => "idle timeout: no pong received",
+            Closing::Unavailable => "storage unavailable; retry later",
+            Closing::UserNotFound => "user not found",
+            Closing::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The `reason` label of `enigma_connections_closed_total`: what dashboards and alerts
+    /// select on.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Closing::PeerGone => "peer",
+            Closing::TooBig => "too_big",
+            Closing::Shutdown => "shutdown",
+            Closing::Replaced => "replaced",
+            Closing::SlowConsumer => "slow_consumer",
+            Closing::Idle => "idle",
+            Closing::Unavailable => "unavailable",
+            Closing::ProtocolError | Closing::InvalidPayload | Closing::UserNotFound | Closing::Unauthorized => "other",
+        }
     }
 
     /// The client ended the stream itself (its close frame, a broken or oversized frame, a
     /// dropped connection): nothing after it is read.
     pub(super) fn peer_ended(self) -> bool {
-        !matches!(self.code, close::SLOW_CONSUMER | close::GOING_AWAY | close::REPLACED | close::IDLE_TIMEOUT)
-    }
-
-    pub(super) fn label(self) -> CloseReason {
-        CloseReason::from_code(self.code)
+        !matches!(self, Closing::SlowConsumer | Closing::Shutdown | Closing::Replaced | Closing::Idle)
     }
 
     pub(super) fn message(self) -> Message {
-        Message::Close(Some(CloseFrame { code: self.code, reason: Utf8Bytes::from_static(self.reason) }))
-    }
-}
-
-/// The `reason` label of `enigma_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    Peer,
-    TooBig,
-    Shutdown,
-    Replaced,
-    SlowConsumer,
-    Idle,
-    Unavailable,
-    Other,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
-        CloseReason::Peer,
-        CloseReason::TooBig,
-        CloseReason::Shutdown,
-        CloseReason::Replaced,
-        CloseReason::SlowConsumer,
-        CloseReason::Idle,
-        CloseReason::Unavailable,
-        CloseReason::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Peer => "peer",
-            CloseReason::TooBig => "too_big",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Replaced => "replaced",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::Idle => "idle",
-            CloseReason::Unavailable => "unavailable",
-            CloseReason::Other => "other",
-        }
-    }
-
-    fn from_code(code: u16) -> CloseReason {
-        match code {
-            close::NORMAL => CloseReason::Peer,
-            close::MESSAGE_TOO_BIG => CloseReason::TooBig,
-            close::GOING_AWAY => CloseReason::Shutdown,
-            close::REPLACED => CloseReason::Replaced,
-            close::SLOW_CONSUMER => CloseReason::SlowConsumer,
-            close::IDLE_TIMEOUT => CloseReason::Idle,
-            close::TRY_AGAIN_LATER => CloseReason::Unavailable,
-            _ => CloseReason::Other,
-        }
+        let frame = CloseFrame { code: self.code().as_u16(), reason: Utf8Bytes::from_static(self.reason()) };
+        Message::Close(Some(frame))
     }
 }
 
@@ -125,26 +136,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_way_to_close_has_its_label() {
-        let labels = [
-            (Closing::PEER_GONE, "peer"),
-            (Closing::SLOW, "slow_consumer"),
-            (Closing::SHUTDOWN, "shutdown"),
-            (Closing::REPLACED, "replaced"),
-            (Closing::IDLE, "idle"),
-            (Closing::UNAVAILABLE, "unavailable"),
-            (Closing { code: close::MESSAGE_TOO_BIG, reason: "" }, "too_big"),
-            (Closing { code: close::PROTOCOL_ERROR, reason: "" }, "other"),
+    fn every_way_to_close_has_its_code_and_label() {
+        let expected = [
+            (Closing::PeerGone, 1000, "peer"),
+            (Closing::SlowConsumer, 4429, "slow_consumer"),
+            (Closing::Shutdown, 1001, "shutdown"),
+            (Closing::Replaced, 4409, "replaced"),
+            (Closing::Idle, 4408, "idle"),
+            (Closing::Unavailable, 1013, "unavailable"),
+            (Closing::TooBig, 1009, "too_big"),
+            (Closing::ProtocolError, 1002, "other"),
+            (Closing::InvalidPayload, 1007, "other"),
+            (Closing::UserNotFound, 4404, "other"),
+            (Closing::Unauthorized, 4401, "other"),
         ];
-        for (closing, label) in labels {
-            assert_eq!(closing.label().as_str(), label, "{closing:?}");
-            assert!(CloseReason::ALL.contains(&closing.label()));
+        assert_eq!(expected.len(), Closing::ALL.len());
+        for (closing, code, label) in expected {
+            assert_eq!(closing.code().as_u16(), code, "{closing:?}");
+            assert_eq!(closing.label(), label, "{closing:?}");
+            assert!(Closing::ALL.contains(&closing));
         }
     }
 
     #[test]
     fn kicks_close_as_replaced_or_shutdown() {
-        assert_eq!(Closing::from_kick(close::REPLACED), Closing::REPLACED);
-        assert_eq!(Closing::from_kick(close::GOING_AWAY), Closing::SHUTDOWN);
+        assert_eq!(Closing::kicked(Kick::Replaced), Closing::Replaced);
+        assert_eq!(Closing::kicked(Kick::Shutdown), Closing::Shutdown);
     }
 }

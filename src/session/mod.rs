@@ -3,7 +3,7 @@
 //! One task per socket: it reads client frames, talks to the engine, and writes to the socket
 //! itself; frames are buffered and flushed once per step, so a burst of deliveries leaves in
 //! one write. What waits for a socket is bounded: the hub's queue (frames and bytes; past it a
-//! re-read of the inbox), and the socket's own buffers. A write that cannot complete within
+//! catch-up from the inbox), and the socket's own buffers. A write that cannot complete within
 //! `limits.send_timeout_ms` closes the socket with 4429; its messages stay in the inbox.
 //!
 //! The files: `attachment` (the hub and engine registration, one guard), `socket` (the loop
@@ -41,7 +41,6 @@ use crate::server::state::AppState;
 use crate::telemetry::metric;
 
 pub use self::attachment::Attached;
-pub use self::closing::CloseReason;
 pub use self::rejected::RejectReason;
 
 use self::closing::Closing;
@@ -122,23 +121,21 @@ pub fn serve(
             let session = Session::new(socket, state, attached.mailbox().clone(), prefix);
             return Either::Left(session.serve(attached, slot));
         }
-        Admission::UnknownUser => {
-            (error_frame(ErrorCode::UserNotFound, "user not found", None), Closing::USER_NOT_FOUND)
-        }
+        Admission::UnknownUser => (error_frame(ErrorCode::UserNotFound, "user not found", None), Closing::UserNotFound),
         Admission::Unavailable => {
-            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::UNAVAILABLE)
+            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::Unavailable)
         }
         Admission::Unauthorized(refusal) => {
-            (error_frame(ErrorCode::Unauthorized, refusal.message(), None), Closing::UNAUTHORIZED)
+            (error_frame(ErrorCode::Unauthorized, refusal.message(), None), Closing::Unauthorized)
         }
         // `open_socket` answers these with 429 before upgrading; were one upgraded, the client
         // still learns why and when to come back.
         Admission::Limited(Refused::Limited(limited)) => (
             rate_limited_frame("too many socket opens; retry later", None, limited.retry_after_ms()),
-            Closing::UNAVAILABLE,
+            Closing::Unavailable,
         ),
         Admission::Limited(Refused::Unavailable(_)) => {
-            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::UNAVAILABLE)
+            (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::Unavailable)
         }
     };
     Either::Right(async move {
@@ -186,11 +183,11 @@ impl Session {
         let shares = &self.state.settings.limits.storage;
         Box::pin(lease.give_back(&self.state.engine, shares, self.prefix, &self.user)).await;
         metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
-        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label().as_str()).increment(1);
-        if closing == Closing::REPLACED {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label()).increment(1);
+        if closing == Closing::Replaced {
             metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
         }
-        tracing::debug!(parent: &span, code = closing.code, reason = closing.reason, "session closed");
+        tracing::debug!(parent: &span, code = closing.code().as_u16(), reason = closing.reason(), "session closed");
         // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
         // fails at once. After the client's own close, tungstenite has queued the echo of it and
         // refuses a second close frame: that echo must still be flushed, or the client sees the
@@ -208,7 +205,7 @@ impl Session {
 /// A socket opened over a connection cap: closed at once with 1013 (try again later).
 pub async fn refuse_over_capacity(mut socket: WebSocket) {
     let frame = error_frame(ErrorCode::Unavailable, "server is at capacity; retry later", None);
-    reject(&mut socket, frame, Closing::UNAVAILABLE).await
+    reject(&mut socket, frame, Closing::Unavailable).await
 }
 
 /// Refuses a socket: one error frame, then a close frame, then the closing handshake (RFC 6455
@@ -233,8 +230,8 @@ async fn reject(socket: &mut WebSocket, frame: String, closing: Closing) {
 /// Registers the close-reason and rejection counters at 0, so dashboards and alerts see every
 /// series.
 pub(crate) fn register_metrics() {
-    for reason in CloseReason::ALL {
-        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
+    for closing in Closing::ALL {
+        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label()).increment(0);
     }
     for reason in RejectReason::ALL {
         metrics::counter!(metric::MESSAGES_REJECTED, "reason" => reason.as_str()).increment(0);

@@ -27,9 +27,9 @@ const STORAGE_RETRY_MS: u64 = 5_000;
 /// tells the engine again: adding a contact twice changes nothing).
 const CONTACTS_REMEMBERED: usize = 1024;
 
-/// Why a send is refused: error code, message, and its label among rejected messages (none
+/// Why a send is rejected: error code, message, and its label among rejected messages (none
 /// for a malformed frame, which is not counted as a message).
-type Refusal = (ErrorCode, String, Option<RejectReason>);
+type SendRejected = (ErrorCode, String, Option<RejectReason>);
 
 impl Session {
     /// A frame from the client, and every further frame already received (none is waited
@@ -53,7 +53,7 @@ impl Session {
                 }
                 Some(None) => {
                     let _ = self.store_pending().await;
-                    return Err(Closing::PEER_GONE);
+                    return Err(Closing::PeerGone);
                 }
                 None => return self.store_pending().await,
             }
@@ -77,7 +77,7 @@ impl Session {
                 )
                 .await
             }
-            Message::Close(_) => Err(Closing::PEER_GONE),
+            Message::Close(_) => Err(Closing::PeerGone),
             Message::Ping(_) | Message::Pong(_) => Ok(()),
         }
     }
@@ -137,7 +137,7 @@ impl Session {
     }
 
     /// A send's recipient and envelope, or why it is refused.
-    fn validate_send(&self, send: &SendFrame<'_>) -> Result<(UserId, bytes::Bytes), Refusal> {
+    fn validate_send(&self, send: &SendFrame<'_>) -> Result<(UserId, bytes::Bytes), SendRejected> {
         if send.from.as_ref() != self.user.as_str() {
             let message = "`from` must be your own user id".into();
             return Err((ErrorCode::Forbidden, message, Some(RejectReason::Forbidden)));

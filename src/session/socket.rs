@@ -1,6 +1,7 @@
-//! The socket loop: one `select!` over kicks, client frames, re-read requests, live
-//! deliveries and pings. It moves bytes: what a delivery means is the cursor's decision, what
-//! a client frame asks is `requests`' business.
+//! The socket loop: one `select!` over kicks, client frames, catching up (when the session
+//! fell behind, or to retry a failed catch-up), live deliveries and pings. It moves bytes: what
+//! a delivery means and when to catch up is the cursor's decision, what a client frame asks is
+//! `requests`' business.
 //!
 //! Deliveries are ordered and de-duplicated by inbox id: the backlog is read after the doorbell
 //! is subscribed, and live notifications at or below the last id sent are skipped.
@@ -15,7 +16,7 @@ use super::Session;
 use super::closing::Closing;
 use super::cursor::Decision;
 use crate::engine::Written;
-use crate::hub::Mailbox;
+use crate::hub::{Kick, Mailbox};
 use crate::protocol::Delivery;
 use crate::telemetry::{self, metric};
 
@@ -23,8 +24,6 @@ use crate::telemetry::{self, metric};
 const BACKLOG_PAGE: usize = 256;
 /// Queued live deliveries written before one flush.
 const WRITE_BATCH: usize = 64;
-/// How soon a failed inbox read is tried again.
-const STALE_RETRY: Duration = Duration::from_millis(250);
 
 /// How a delivery reached the session (a metrics label).
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +34,7 @@ enum Path {
 
 impl Session {
     pub(super) async fn run(&mut self) -> Closing {
-        match Box::pin(self.reread_inbox()).await {
+        match Box::pin(self.catch_up()).await {
             Ok(backlog) => metrics::histogram!(metric::BACKLOG_ON_CONNECT).record(backlog as f64),
             Err(closing) => return closing,
         }
@@ -45,16 +44,22 @@ impl Session {
         let mailbox = self.mailbox.clone();
         // Built once, not on every turn of the loop (this loop runs once per message).
         let mut kicked = std::pin::pin!(mailbox.kicked());
-        let mut reread_requested = std::pin::pin!(mailbox.reread_requested());
-        let mut retry = std::pin::pin!(tokio::time::sleep(STALE_RETRY));
+        let mut fell_behind = std::pin::pin!(mailbox.fell_behind());
+        // Armed for the cursor's retry time whenever that changes.
+        let mut retry = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut retry_armed = None;
         loop {
-            let was_stale = self.cursor.is_stale();
-            let mut reread = false;
+            if let Some(at) = self.cursor.retry_at()
+                && retry_armed != Some(at)
+            {
+                retry.as_mut().reset(at);
+                retry_armed = Some(at);
+            }
             let step = tokio::select! {
-                // Biased: a requested re-read must run before any later live delivery, or a
-                // delivery could overtake one whose doorbell was missed.
+                // Biased: catching up must run before any later live delivery, or a delivery
+                // could overtake one whose doorbell was missed.
                 biased;
-                code = &mut kicked => Err(Closing::from_kick(code)),
+                kick = &mut kicked => Err(Closing::kicked(kick)),
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => {
                         self.last_seen = Instant::now();
@@ -63,21 +68,17 @@ impl Session {
                         Box::pin(self.on_frames(message)).await
                     }
                     Some(Err(e)) => Err(Closing::from_read_error(e)),
-                    None => Err(Closing::PEER_GONE),
+                    None => Err(Closing::PeerGone),
                 },
-                _ = &mut reread_requested => {
-                    reread_requested.set(mailbox.reread_requested());
-                    reread = true;
-                    Box::pin(self.reread_inbox()).await.map(drop)
+                _ = &mut fell_behind => {
+                    fell_behind.set(mailbox.fell_behind());
+                    Box::pin(self.catch_up()).await.map(drop)
                 }
-                _ = &mut retry, if self.cursor.is_stale() => {
-                    reread = true;
-                    Box::pin(self.reread_inbox()).await.map(drop)
-                }
+                _ = &mut retry, if self.cursor.retry_at().is_some() => Box::pin(self.catch_up()).await.map(drop),
                 delivery = mailbox.next() => self.forward_live(delivery).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
-                        Err(Closing::IDLE)
+                        Err(Closing::Idle)
                     } else {
                         self.feed(Message::Ping(Default::default())).await
                     }
@@ -87,36 +88,32 @@ impl Session {
                 Ok(()) => self.flush().await,
                 Err(closing) => Err(closing),
             };
-            // Armed when the session becomes stale and after each failed re-read; other traffic
-            // must not keep pushing the retry away.
-            if self.cursor.is_stale() && (!was_stale || reread) {
-                retry.as_mut().reset(tokio::time::Instant::now() + STALE_RETRY);
-            }
             if let Err(closing) = step {
                 return closing;
             }
         }
     }
 
-    /// Re-reads the inbox after the last id sent, then forwards what is still queued only if
-    /// no doorbell was missed meanwhile (otherwise the next re-read gets it). A takeover
-    /// announced while doorbells were being missed may have been missed too: the generation
-    /// is checked.
-    async fn reread_inbox(&mut self) -> Result<usize, Closing> {
-        self.mailbox.begin_reread();
+    /// Catches up: reads the inbox after the last id sent, then forwards what is still queued
+    /// only if the session did not fall behind meanwhile (otherwise the next catch-up gets it).
+    /// A takeover announced while doorbells were being missed may have been missed too: the
+    /// generation is checked.
+    async fn catch_up(&mut self) -> Result<usize, Closing> {
+        // What fell behind until now, this catch-up covers.
+        self.mailbox.take_fell_behind();
         let state = match self.state.engine.read_mark(&self.user).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the inbox state; will retry");
-                self.cursor.read_failed();
+                self.cursor.catch_up_failed(tokio::time::Instant::now());
                 return Ok(0);
             }
         };
         if let Some(newest) = state.generation {
             self.state.hub.takeover(&self.user, newest); // no-op unless newer than ours
         }
-        let Some(sent) = self.catch_up().await? else {
-            self.cursor.read_failed();
+        let Some(sent) = self.read_backlog().await? else {
+            self.cursor.catch_up_failed(tokio::time::Instant::now());
             return Ok(0);
         };
         self.cursor.caught_up(state.sequence);
@@ -129,11 +126,11 @@ impl Session {
 
     /// Sends everything stored after the last id sent; returns how many messages that was, or
     /// `None` if the inbox could not be read.
-    async fn catch_up(&mut self) -> Result<Option<usize>, Closing> {
+    async fn read_backlog(&mut self) -> Result<Option<usize>, Closing> {
         let mut sent = 0;
         loop {
-            if let Some(code) = self.mailbox.is_kicked() {
-                return Err(Closing::from_kick(code));
+            if let Some(kick) = self.mailbox.is_kicked() {
+                return Err(Closing::kicked(kick));
             }
             let after = self.cursor.read_after();
             let page = match self.state.engine.backlog(&self.user, after, BACKLOG_PAGE).await {
@@ -159,13 +156,19 @@ impl Session {
     async fn forward(&mut self, delivery: Delivery, path: Path) -> Result<(), Closing> {
         let decision = match path {
             Path::Backlog => self.cursor.backlog(&delivery),
-            Path::Live => self.cursor.live(&delivery, self.mailbox.is_lagged()),
+            Path::Live => {
+                // Queued deliveries may sit behind a gap the hub noticed.
+                if self.mailbox.take_fell_behind() {
+                    self.cursor.fall_behind();
+                }
+                self.cursor.live(&delivery)
+            }
         };
         match decision {
             Decision::Send => {}
             Decision::Skip | Decision::HoldBack => return Ok(()),
-            Decision::Reread => {
-                self.mailbox.request_reread();
+            Decision::CatchUp => {
+                self.mailbox.fall_behind(); // wakes the loop to catch up
                 return Ok(());
             }
         }
@@ -188,8 +191,8 @@ impl Session {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(delivery) = next {
-            if let Some(code) = self.mailbox.is_kicked() {
-                return Err(Closing::from_kick(code));
+            if let Some(kick) = self.mailbox.is_kicked() {
+                return Err(Closing::kicked(kick));
             }
             self.forward(delivery, Path::Live).await?;
             count += 1;
@@ -205,15 +208,15 @@ impl Session {
             // The session has ended (a kick is why): answers wait for room until the deadline.
             return match tokio::time::timeout_at(deadline, self.socket.feed(message)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(Closing::PEER_GONE),
+                Ok(Err(_)) | Err(_) => Err(Closing::PeerGone),
             };
         }
         let mailbox = self.mailbox.clone();
         match bounded_unless_kicked(self.send_timeout, self.socket.feed(message), &mailbox).await {
             Waited::Done(Ok(())) => Ok(()),
-            Waited::Done(Err(_)) => Err(Closing::PEER_GONE),
+            Waited::Done(Err(_)) => Err(Closing::PeerGone),
             Waited::TimedOut => Err(Closing::slow_consumer()),
-            Waited::Kicked(code) => Err(Closing::from_kick(code)),
+            Waited::Kicked(kick) => Err(Closing::kicked(kick)),
         }
     }
 
@@ -226,9 +229,9 @@ impl Session {
         let mailbox = self.mailbox.clone();
         match bounded_unless_kicked(self.send_timeout, self.socket.flush(), &mailbox).await {
             Waited::Done(Ok(())) => self.unflushed = false,
-            Waited::Done(Err(_)) => return Err(Closing::PEER_GONE),
+            Waited::Done(Err(_)) => return Err(Closing::PeerGone),
             Waited::TimedOut => return Err(Closing::slow_consumer()),
-            Waited::Kicked(code) => return Err(Closing::from_kick(code)),
+            Waited::Kicked(kick) => return Err(Closing::kicked(kick)),
         }
         if self.written.is_empty() {
             return Ok(());
@@ -251,7 +254,7 @@ impl Session {
 enum Waited<T> {
     Done(T),
     TimedOut,
-    Kicked(u16),
+    Kicked(Kick),
 }
 
 /// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
@@ -269,6 +272,6 @@ async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, mailbox: &Mai
             Ok(out) => Waited::Done(out),
             Err(_) => Waited::TimedOut,
         },
-        code = mailbox.kicked() => Waited::Kicked(code),
+        kick = mailbox.kicked() => Waited::Kicked(kick),
     }
 }

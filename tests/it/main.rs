@@ -49,6 +49,7 @@ mod floors;
 // handle held only to be dropped) is not dead code.
 pub mod harness;
 mod hostile;
+mod imports;
 mod limits;
 mod load;
 mod misbehaviour;

@@ -27,11 +27,11 @@
 //! publishes a probe on its own channel (on a cluster one per shard, in a slot each master
 //! owns) and expects it back. A link that dropped (a disconnection push) or went quiet (three
 //! probes missing: a hung connection never errors) is rebuilt, every local user is subscribed
-//! again and every session re-reads its inbox; while that lasts, `/readyz` fails.
+//! again and every session catches up from its inbox; while that lasts, `/readyz` fails.
 //!
 //! On a cluster a node ends the subscriptions of a slot it gives away (migration, failover)
 //! with an unasked `sunsubscribe`: those users are subscribed again on the new owner and their
-//! sessions re-read their inboxes, for what was announced to nobody in between.
+//! sessions catch up from their inboxes, for what was announced to nobody in between.
 //!
 //! The files: `keys` (names), `scripts` (Lua), `doorbell` (what a channel carries), `conn` and
 //! `connect` (connections; `sentinel` for discovery), `push` (what the subscription connection
@@ -319,7 +319,7 @@ impl RedisEngine {
         self.inner.removals.forget(user, written.iter().map(Gone::written).collect());
     }
 
-    pub async fn settle_removals(&self) {
+    pub async fn finish_removals(&self) {
         let _ = tokio::time::timeout(self.inner.timeout, self.inner.removals.barrier()).await;
     }
 

@@ -129,8 +129,8 @@ impl RemovalQueue {
     /// Waits until every removal queued before is done. Waiting for room in a full queue is
     /// part of it; the caller bounds the whole wait with its timeout.
     pub(super) async fn barrier(&self) {
-        let (settled, barrier) = oneshot::channel();
-        if self.queue.send(Removal::Barrier(settled)).await.is_ok() {
+        let (done, barrier) = oneshot::channel();
+        if self.queue.send(Removal::Barrier(done)).await.is_ok() {
             let _ = barrier.await;
         }
     }

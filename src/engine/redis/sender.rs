@@ -171,14 +171,14 @@ impl<'a> Message<'a> {
 /// order: one recipient's messages are in number order in a round, and rounds follow each
 /// other), and gives the senders their ids. A local recipient's message whose answer was lost
 /// (a timed-out or failed round: it may be stored, and was then not published) makes that
-/// session re-read its inbox, so a stored message never waits for the next one to be noticed.
+/// session catch up from its inbox, so a stored message never waits for the next one to be noticed.
 pub(super) fn deliver_here(hub: &Hub, messages: &[Message<'_>], stored: Vec<Result<Stored, SendError>>) -> Results {
     messages
         .iter()
         .zip(stored)
         .map(|(message, stored)| {
             if let (Err(SendError::Unavailable(_)), Some(_)) = (&stored, message.local) {
-                hub.reread(message.to);
+                hub.catch_up(message.to);
             }
             let Stored { id, local_seq } = stored?;
             if let Some(seq) = local_seq {

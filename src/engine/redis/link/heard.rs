@@ -13,7 +13,7 @@ use crate::engine::redis::keys::Keys;
 use crate::hub::Hub;
 
 /// Channels the server ended that wait to be subscribed again; past it they are forgotten and
-/// the whole link recovers instead (every user subscribed again, every session re-reads).
+/// the whole link recovers instead (every user subscribed again, every session catches up).
 const DROPPED: usize = 4000;
 
 pub(super) struct Heard {
@@ -83,7 +83,7 @@ impl Heard {
     }
 
     /// Announcements may be missing from now on: until the link is recovered and every session
-    /// re-read its inbox, nothing is forwarded live (redis-rs resubscribes by itself, so live
+    /// caught up, nothing is forwarded live (redis-rs resubscribes by itself, so live
     /// messages would otherwise overtake the gap).
     pub(super) fn lose(&mut self) {
         self.hub.pause_live();
@@ -104,9 +104,9 @@ impl Heard {
             LinkEvent::Disconnected | LinkEvent::Overflowed => self.lose(),
             LinkEvent::ServerDropped(channel) => {
                 // Until subscribed again, its doorbells go nowhere: the session forwards
-                // nothing live before it re-read (and re-reads again once subscribed).
+                // nothing live before it caught up (and catches up again once subscribed).
                 if let Some(user) = self.keys.channel_user(&channel) {
-                    self.hub.reread(&user);
+                    self.hub.catch_up(&user);
                 }
                 if self.dropped.len() < DROPPED {
                     self.dropped.insert(channel);
@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn echoes_are_awaited_and_a_moved_channel_asks_for_a_reread() {
+    async fn echoes_are_awaited_and_a_moved_channel_makes_its_session_catch_up() {
         let (mut heard, events, hub, user) = heard();
         let channels = ["t:deliver:{a}".to_owned(), "t:deliver:{b}".to_owned()];
         heard.expect_echo(2, &channels);
@@ -170,11 +170,11 @@ mod tests {
 
         let mailbox = hub.register(&user);
         hub.set_generation(&mailbox, 2);
-        mailbox.begin_reread();
+        mailbox.take_fell_behind();
         let channel = Keys { prefix: "t:".into() }.channel(&user).into_bytes();
         events.tell(LinkEvent::ServerDropped(channel.clone()));
         heard.next().await;
-        assert!(mailbox.is_lagged(), "its doorbells went nowhere meanwhile: the session re-reads");
+        assert!(mailbox.take_fell_behind(), "its doorbells went nowhere meanwhile: the session catches up");
         assert!(heard.dropped.contains(&channel), "and the link subscribes it again");
     }
 }

@@ -22,7 +22,7 @@ use crate::telemetry::metric;
 struct Batch {
     users: HashSet<UserId>,
     /// Users whose subscription the server ended: subscribed again even if we think they
-    /// are, then their sessions re-read what was announced meanwhile.
+    /// are, then their sessions catch up on what was announced meanwhile.
     lost: HashSet<UserId>,
     waiters: Vec<Waiter>,
     /// Every user the hub holds (and the probe channels), on a connection that may be new.
@@ -78,7 +78,7 @@ impl Link {
             result = subscribing;
         }
         let (ok, failed) = to_subscribe.split_at(done);
-        self.reread_moved(&batch, ok, failed);
+        self.catch_up_moved(&batch, ok, failed);
         self.unsubscribe_users(&mut con, &to_unsubscribe).await;
         for waiter in batch.waiters {
             let _ = waiter.send(result.clone());
@@ -126,18 +126,18 @@ impl Link {
         (done, Ok(()))
     }
 
-    /// Moved users subscribed again re-read their inboxes; moved users that could not be
+    /// Moved users subscribed again catch up; moved users that could not be
     /// subscribed again bring the whole link down.
-    fn reread_moved(&mut self, batch: &Batch, ok: &[UserId], failed: &[UserId]) {
+    fn catch_up_moved(&mut self, batch: &Batch, ok: &[UserId], failed: &[UserId]) {
         let mut moved = 0;
         for user in ok.iter().filter(|user| batch.lost.contains(*user)) {
-            self.hub.reread(user);
+            self.hub.catch_up(user);
             moved += 1;
         }
         metrics::counter!(metric::REDIS_MOVED_SUBSCRIPTIONS).increment(moved);
         // Users asking to connect are answered with the error (and retry); a full resubscription
         // is retried by the recovery. Moved users have nobody else to bring them back: recover
-        // the whole link (every user subscribed again, every session re-reads its inbox).
+        // the whole link (every user subscribed again, every session catches up).
         if !batch.everyone && failed.iter().any(|user| batch.lost.contains(user)) {
             tracing::warn!("cannot subscribe moved channels again; recovering the link");
             self.heard.lose();
