@@ -775,3 +775,36 @@ async fn sdk_reconnects_and_loses_nothing(dir: &TempDir, env: &[(&str, String)])
     receiving.close().await;
     sending.close().await;
 }
+
+/// A server that only speaks the specification has no key directory (404 at
+/// `/directory/root`): the CLI says so once and relies on pins, or refuses it when told to.
+#[tokio::test]
+async fn a_server_without_a_directory_is_used_with_pins_or_refused_when_required() {
+    let dir = TempDir::new("no-directory");
+    let server = LoggedServer::memory(dir.path());
+    let cli = Cli::of(&dir, &server);
+    let (alice, bob) = (cli.user("alice"), cli.user("bob"));
+
+    let lookup = cli.run(&alice.key, &["lookup", &bob.id], "");
+    assert_eq!(lookup.code, 0, "{}", lookup.stderr);
+    assert!(lookup.stdout.contains("directory:   none on this server"), "{}", lookup.stdout);
+    assert!(lookup.stdout.contains("pinned:      yes (first use"), "{}", lookup.stdout);
+    assert_eq!(lookup.stderr.matches("no verifiable key directory").count(), 1, "{}", lookup.stderr);
+    let sent = cli.run(&alice.key, &["send", &bob.id, "hi"], "");
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    assert_eq!(sent.stderr.matches("no verifiable key directory").count(), 1, "{}", sent.stderr);
+
+    for args in [
+        vec!["--require-directory", "lookup", &bob.id],
+        vec!["--require-directory", "send", &bob.id, "hi"],
+        vec!["audit"],
+    ] {
+        let run = cli.run(&alice.key, &args, "");
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("has no key directory (404 at /directory/root)"), "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+    let forget = cli.run(&alice.key, &["forget-root"], "");
+    assert_eq!(forget.code, 0, "{}", forget.stderr);
+    assert!(forget.stderr.contains("no directory root was kept"), "{}", forget.stderr);
+}

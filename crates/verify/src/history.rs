@@ -68,20 +68,20 @@ mod tests {
     #[tokio::test]
     async fn the_history_shows_every_version() {
         let directory = directory().await;
-        let answer = directory.history("alice").await;
+        let answer = directory.history("alice").await.unwrap();
         let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
         let versions = verify_history(&answer, "alice", &root).unwrap();
         let seen: Vec<(u64, u64, &str)> =
             versions.iter().map(|v| (v.version, v.epoch, v.public_key.as_str())).collect();
         assert_eq!(seen, [(2, 3, "key-mallory"), (1, 1, "key-a1")]);
-        let bob = directory.history("bob").await;
+        let bob = directory.history("bob").await.unwrap();
         assert_eq!(verify_history(&bob, "bob", &root).unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn a_history_with_a_version_left_out_is_refused() {
         let directory = directory().await;
-        let mut answer = directory.history("alice").await;
+        let mut answer = directory.history("alice").await.unwrap();
         let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
         let mut proof = decode_history(&answer.proof).unwrap();
         // Hide the impostor's key: show only the first version.
@@ -94,7 +94,7 @@ mod tests {
     #[tokio::test]
     async fn a_swapped_value_or_user_is_refused() {
         let directory = directory().await;
-        let answer = directory.history("alice").await;
+        let answer = directory.history("alice").await.unwrap();
         let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
         let mut proof = decode_history(&answer.proof).unwrap();
         proof.update_proofs[0].value = akd_core::AkdValue::from("key-a1");
@@ -102,7 +102,7 @@ mod tests {
         swapped.proof = encode_history(&proof);
         assert!(matches!(verify_history(&swapped, "alice", &root), Err(VerifyError::HistoryProof { .. })));
         assert!(matches!(verify_history(&answer, "bob", &root), Err(VerifyError::WrongUser { .. })));
-        let mut relabelled = directory.history("bob").await;
+        let mut relabelled = directory.history("bob").await.unwrap();
         relabelled.user_id = "alice".into();
         assert!(matches!(verify_history(&relabelled, "alice", &root), Err(VerifyError::HistoryProof { .. })));
     }

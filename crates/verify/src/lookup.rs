@@ -77,19 +77,19 @@ mod tests {
     #[tokio::test]
     async fn a_lookup_proves_the_latest_key() {
         let directory = directory().await;
-        let answer = directory.lookup("alice").await;
+        let answer = directory.lookup("alice").await.unwrap();
         let proven = verify_lookup(&answer, "alice", &root_of(&answer)).unwrap();
         assert_eq!((proven.public_key.as_str(), proven.version, proven.epoch), ("key-a2", 2, 2));
         proven.confirm("key-a2").unwrap();
         assert!(matches!(proven.confirm("key-a1"), Err(VerifyError::KeyDiffers { .. })));
-        let bob = directory.lookup("bob").await;
+        let bob = directory.lookup("bob").await.unwrap();
         assert_eq!(verify_lookup(&bob, "bob", &root_of(&bob)).unwrap().version, 1);
     }
 
     #[tokio::test]
     async fn a_swapped_value_is_refused() {
         let directory = directory().await;
-        let mut answer = directory.lookup("alice").await;
+        let mut answer = directory.lookup("alice").await.unwrap();
         let root = root_of(&answer);
         answer.public_key = "key-mallory".into();
         assert!(matches!(verify_lookup(&answer, "alice", &root), Err(VerifyError::ValueMismatch { .. })));
@@ -102,7 +102,7 @@ mod tests {
         assert!(matches!(error, VerifyError::LookupProof { .. }), "{error}");
 
         // An older version of the key, with its own (older) proof fields, is not the latest.
-        let mut old = directory.lookup("alice").await;
+        let mut old = directory.lookup("alice").await.unwrap();
         let mut proof = decode_lookup(&old.proof).unwrap();
         proof.version = 1;
         proof.value = akd_core::AkdValue::from("key-a1");
@@ -115,7 +115,7 @@ mod tests {
     #[tokio::test]
     async fn another_users_answer_is_refused() {
         let directory = directory().await;
-        let bob = directory.lookup("bob").await;
+        let bob = directory.lookup("bob").await.unwrap();
         let root = root_of(&bob);
         // Presented as is: the answer says whom it is about.
         assert!(matches!(verify_lookup(&bob, "alice", &root), Err(VerifyError::WrongUser { .. })));
@@ -129,9 +129,9 @@ mod tests {
     #[tokio::test]
     async fn a_proof_against_another_root_is_refused() {
         let mut directory = directory().await;
-        let answer = directory.lookup("bob").await;
+        let answer = directory.lookup("bob").await.unwrap();
         directory.publish(&[("dave", "key-d1")]).await;
-        let newer = directory.lookup("bob").await;
+        let newer = directory.lookup("bob").await.unwrap();
         let root = root_of(&newer);
         // Carrying its own (older) root: not the kept one.
         assert!(matches!(verify_lookup(&answer, "bob", &root), Err(VerifyError::OtherRoot { .. })));
@@ -146,7 +146,7 @@ mod tests {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD;
         let directory = directory().await;
-        let answer = directory.lookup("alice").await;
+        let answer = directory.lookup("alice").await.unwrap();
         let root = root_of(&answer);
         let bytes = STANDARD.decode(&answer.proof).unwrap();
         let (mut refused, mut tried) = (0, 0);

@@ -77,23 +77,25 @@ impl TestDirectory {
         self.vrf_public_key
     }
 
-    /// `GET /directory/lookup/{user}`, against the latest root.
-    pub async fn lookup(&self, user: &str) -> LookupAnswer {
-        let (proof, epoch) = self.akd.lookup(AkdLabel::from(user)).await.expect("published user");
-        LookupAnswer {
+    /// `GET /directory/lookup/{user}`, against the latest root; `None` while `user` is not
+    /// published (the relay's 404).
+    pub async fn lookup(&self, user: &str) -> Option<LookupAnswer> {
+        let (proof, epoch) = self.akd.lookup(AkdLabel::from(user)).await.ok()?;
+        Some(LookupAnswer {
             root: self.root(epoch.epoch()),
             user_id: user.to_owned(),
             public_key: String::from_utf8(proof.value.0.clone()).expect("UTF-8 key"),
             version: proof.version,
             proof: encode_lookup(&proof),
-        }
+        })
     }
 
-    /// `GET /directory/history/{user}`, against the latest root.
-    pub async fn history(&self, user: &str) -> HistoryAnswer {
+    /// `GET /directory/history/{user}`, against the latest root; `None` while `user` is not
+    /// published.
+    pub async fn history(&self, user: &str) -> Option<HistoryAnswer> {
         let label = AkdLabel::from(user);
-        let (proof, epoch) = self.akd.key_history(&label, HistoryParams::default()).await.expect("published user");
-        HistoryAnswer { root: self.root(epoch.epoch()), user_id: user.to_owned(), proof: encode_history(&proof) }
+        let (proof, epoch) = self.akd.key_history(&label, HistoryParams::default()).await.ok()?;
+        Some(HistoryAnswer { root: self.root(epoch.epoch()), user_id: user.to_owned(), proof: encode_history(&proof) })
     }
 
     /// `GET /directory/audit/{from}/{to}`.
