@@ -11,6 +11,7 @@
 // A message whose sender's key is not the pinned one is neither opened nor acknowledged: it
 // is kept ("held", on the server too) until the user trusts the new key or discards it.
 import * as store from "./store.js";
+import { DirectoryRefusal, proveKey } from "./directory.js";
 import { b64Encode, fingerprint, openChallenge, openMessage, parsePublicKey, sealMessage } from "./payload.js";
 
 const SUBPROTOCOL = "enigma.v1";
@@ -56,9 +57,10 @@ export class Refusal extends Error {
     this.status = status;
   }
 
-  /** Whether asking again later may succeed (rate limited, storage unavailable). */
+  /** Whether asking again later may succeed (rate limited, storage unavailable, not yet in the directory). */
   get transient() {
-    return this.code === "rate_limited" || this.code === "unavailable" || this.status >= 500;
+    return this.code === "rate_limited" || this.code === "unavailable" || this.status >= 500 ||
+      this.code === "directory_not_published" || this.code === "directory_unavailable";
   }
 }
 
@@ -104,15 +106,29 @@ const keyCache = new Map();
 /** Forgets every cached directory key (the server lost its data: the ids may name nobody now). */
 export const forgetKeys = () => keyCache.clear();
 /**
- * The directory key of `userId` (32 bytes); a Refusal if the user does not exist. `fresh` asks
- * the directory again instead of this page's cache (a key swapped since it was cached).
+ * The directory key of `userId` (32 bytes), proven by the server's key directory
+ * (web/directory.js) when it has one; a Refusal if the user does not exist or the directory does
+ * not prove the key (nothing is sealed to it). `fresh` asks again instead of this page's cache (a
+ * key swapped since it was cached). `proof` is `{ version, epoch }` or `{ absent: true }`.
  */
 export async function lookup(userId, { fresh = false } = {}) {
   if (!fresh && keyCache.has(userId)) return keyCache.get(userId);
   const r = await json("GET", `/connect/${encodeURIComponent(userId)}`);
   if (r.status === 404) throw new Refusal(`user not found: ${userId}`, "user_not_found");
   if (r.status !== 200) throw refusal(r, "looking up the user failed");
-  const entry = { publicKey: r.data.publicKey, raw: parsePublicKey(r.data.publicKey) };
+  const raw = parsePublicKey(r.data.publicKey);
+  let proof;
+  try {
+    proof = await proveKey(userId, r.data.publicKey, json);
+  } catch (e) {
+    if (!(e instanceof DirectoryRefusal)) throw e;
+    throw new Refusal(
+      `The server's key directory does not prove the key of ${userId}: ${e.message}. ` +
+        "Nothing is sealed to a key the directory does not prove.",
+      `directory_${e.kind}`,
+    );
+  }
+  const entry = { publicKey: r.data.publicKey, raw, proof };
   keyCache.set(userId, entry);
   return entry;
 }

@@ -74,3 +74,26 @@ pub enum VerifyError {
     #[error("the directory is NOT append-only between epochs {from} and {to}: {reason}")]
     AppendOnly { from: u64, to: u64, reason: String },
 }
+
+impl VerifyError {
+    /// A stable name for the kind of refusal (what the page decides on, and shows beside the text).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::Undecodable(_) => "undecodable",
+            VerifyError::BadSignature { .. } => "bad_signature",
+            VerifyError::UntrustedSigner { .. } => "untrusted_signer",
+            VerifyError::Rollback { .. } => "rollback",
+            VerifyError::Fork { .. } => "fork",
+            VerifyError::VrfKeyChanged { .. } => "vrf_key_changed",
+            VerifyError::WrongUser { .. } => "wrong_user",
+            VerifyError::ValueMismatch { .. } => "value_mismatch",
+            VerifyError::OtherRoot { .. } => "other_root",
+            VerifyError::LookupProof { .. } => "lookup_proof",
+            VerifyError::HistoryProof { .. } => "history_proof",
+            VerifyError::KeyDiffers { .. } => "key_differs",
+            VerifyError::AuditRange { .. } => "audit_range",
+            VerifyError::AppendOnly { .. } => "append_only",
+        }
+    }
+}

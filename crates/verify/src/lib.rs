@@ -26,6 +26,8 @@ pub mod wire;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "wasm")]
+pub mod wasm;
 
 pub use error::VerifyError;
 pub use root::{Signers, VerifiedRoot, verify_root};
