@@ -18,7 +18,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::connection::{ConnectOptions, Connection};
 use super::crypto::{Content, Identity, PublicKey};
-use super::directory::{DirectoryPolicy, DirectoryState, KeyProof};
+use super::directory::state::{DirectoryPolicy, DirectoryState};
 use super::error::{Error, OpenError};
 use super::pins::{Pin, Pins, Verdict};
 use super::tls::{client_config, parse_server_url, plain_http_config};
@@ -109,7 +109,7 @@ impl Client {
                 keys: Mutex::default(),
                 directory: tokio::sync::Mutex::default(),
                 directory_policy: options.directory,
-                publish_wait: options.publish_wait.unwrap_or(super::directory::PUBLISH_WAIT),
+                publish_wait: options.publish_wait.unwrap_or(super::directory::state::PUBLISH_WAIT),
             }),
         })
     }
@@ -184,9 +184,9 @@ impl Client {
         let raw = self.lookup_raw(user).await?;
         let key = PublicKey::from_base64url(&raw)
             .map_err(|e| Error::UnsupportedKey { user: user.to_owned(), reason: e.to_string() })?;
-        match self.prove_key(user, &raw).await? {
-            KeyProof::Proven(_) | KeyProof::NoDirectory => Ok(key),
-        }
+        // Proven, or a server without a directory that this client's policy accepts.
+        self.prove_key(user, &raw).await?;
+        Ok(key)
     }
 
     /// The pin of `user` on this server, if this client keeps pins and has one.

@@ -19,82 +19,22 @@ use std::time::{Duration, Instant};
 
 use enigma_verify::history::{KeyVersion, verify_history};
 use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper};
-use enigma_verify::lookup::{ProvenKey, verify_lookup};
+use enigma_verify::lookup::verify_lookup;
 use enigma_verify::proof::decode_audit;
 use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
 use enigma_verify::{Signers, VerifiedRoot, VerifyError, verify_root};
 use serde::de::DeserializeOwned;
 
+pub use self::state::{AuditSummary, DirectoryPolicy, DirectoryStatus, KeyProof, PUBLISH_WAIT};
+use self::state::{DirectoryState, Presence};
 use super::client::{Client, http_error};
 use super::crypto::PublicKey;
 use super::error::Error;
 
-/// How long a lookup waits for a user the directory has not published yet.
-pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// How often it asks again meanwhile.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 /// The largest directory answer read (a full audit is asked for in ranges the relay bounds).
 const MAX_ANSWER_BYTES: usize = 32 << 20;
-
-/// How a client treats a server's key directory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DirectoryPolicy {
-    /// Verify every key with the directory; a server without one is used with pins alone.
-    #[default]
-    Verify,
-    /// Refuse a server without a directory ([`Error::NoDirectory`]).
-    Require,
-}
-
-/// What this client knows of its server's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DirectoryStatus {
-    /// Not asked yet.
-    Unknown,
-    /// The server has none (404 at `/directory/root`): keys are checked against pins only.
-    Absent,
-    /// The newest root verified.
-    Verified { epoch: u64 },
-}
-
-/// A key checked with the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyProof {
-    Proven(ProvenKey),
-    /// The server has no directory ([`DirectoryPolicy::Verify`] allows it).
-    NoDirectory,
-}
-
-/// What `enigma audit` found: the whole history, append-only and signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditSummary {
-    /// Epochs 1 to this one were verified.
-    pub epochs: u64,
-    /// Leaves the append-only proofs added after epoch 1 (one per key version, and one marker
-    /// per version replaced).
-    pub leaves: u64,
-    /// Audit answers fetched.
-    pub answers: u64,
-    pub root: SignedRoot,
-    pub elapsed: Duration,
-}
-
-/// The client's view of the directory; one per client, behind an async lock (lookups that need
-/// the keeper take turns).
-#[derive(Default)]
-pub(super) struct DirectoryState {
-    presence: Presence,
-    /// Built at first use from the root kept in the pin file, if any.
-    keeper: Option<RootKeeper>,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum Presence {
-    #[default]
-    Unknown,
-    Absent,
-    Present,
-}
 
 impl Client {
     /// What this client knows of its server's directory.
@@ -356,5 +296,6 @@ impl AuditSource for Audits<'_> {
     }
 }
 
+pub(super) mod state;
 #[cfg(test)]
 mod tests;
