@@ -160,6 +160,11 @@ pub enum OpenError {
     #[error("{0}")]
     SenderKeyChanged(String),
 
+    /// The key directory does not prove the sender's key ([`Error::Directory`]): the payload is
+    /// not opened with it.
+    #[error("{0}")]
+    SenderKeyUnproven(String),
+
     #[error("the decrypted content is invalid ({0})")]
     InvalidContent(String),
 }

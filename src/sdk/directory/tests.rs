@@ -202,6 +202,9 @@ async fn a_key_the_directory_does_not_prove_is_refused() {
     assert!(matches!(error, Error::Directory(VerifyError::KeyDiffers { .. })), "{error}");
     let error = client.seal("me", "bob", &crate::sdk::Content::new("hi")).await.unwrap_err();
     assert!(error.to_string().contains("nothing is sealed to a key the directory does not prove"), "{error}");
+    // A message from Bob is refused unopened (not retried forever as if the key were unreachable).
+    let refused = client.open("bob", "me", "irrelevant").await.unwrap().unwrap_err();
+    assert!(matches!(refused, crate::sdk::OpenError::SenderKeyUnproven(_)), "{refused}");
 }
 
 #[tokio::test]
