@@ -27,7 +27,7 @@ pub fn verify_history(answer: &HistoryAnswer, user: &str, root: &VerifiedRoot) -
     if answer.user_id != user {
         return Err(VerifyError::WrongUser { asked: user.to_owned(), presented: answer.user_id.clone() });
     }
-    if answer.root != root.signed {
+    if !root.is(&answer.root) {
         return Err(VerifyError::OtherRoot { user: user.to_owned(), carried: answer.root.epoch, expected: root.epoch });
     }
     let proof = decode_history(&answer.proof)?;

@@ -40,6 +40,12 @@ impl VerifiedRoot {
     pub fn hash_hex(&self) -> String {
         hex::encode(self.root_hash)
     }
+
+    /// Whether `root` names this root: its epoch and hash (however the hex is cased; the fields
+    /// a signature does not cover, like the key id, do not matter).
+    pub fn is(&self, root: &SignedRoot) -> bool {
+        root.epoch == self.epoch && hex::decode(&root.root_hash).is_ok_and(|hash| hash == self.root_hash)
+    }
 }
 
 /// Checks `root`'s signature, and that its signer is one of `signers`; `kept` is the root this
@@ -103,6 +109,24 @@ mod tests {
         assert_eq!(verified.hash_hex(), root.root_hash);
         assert_eq!(verified.signing_key, directory.signing_key());
         verify_root(&root, &Signers::Pinned(vec![directory.signing_key()]), None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_root_is_named_by_its_epoch_and_hash_only() {
+        let (_, root) = a_root().await;
+        let verified = verify_root(&root, &Signers::FirstSeen, None).unwrap();
+        let mut spelled = root.clone();
+        spelled.root_hash = root.root_hash.to_uppercase();
+        spelled.key_id = "renamed".into();
+        assert!(verified.is(&root) && verified.is(&spelled));
+        let mut other = root.clone();
+        other.root_hash = hex::encode([7u8; 32]);
+        assert!(!verified.is(&other));
+        other = root.clone();
+        other.epoch += 1;
+        assert!(!verified.is(&other));
+        other.root_hash = "not hex".into();
+        assert!(!verified.is(&other));
     }
 
     #[tokio::test]

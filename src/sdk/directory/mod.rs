@@ -274,7 +274,7 @@ impl Client {
 /// The kept root must be on the audited way: the root of its epoch among `roots` is it.
 fn on_the_way(kept: &VerifiedRoot, roots: &[SignedRoot]) -> Result<(), VerifyError> {
     match roots.iter().find(|root| root.epoch == kept.epoch) {
-        Some(root) if root.root_hash != kept.signed.root_hash => {
+        Some(root) if !kept.is(root) => {
             Err(VerifyError::Fork { epoch: kept.epoch, kept: kept.hash_hex(), presented: root.root_hash.clone() })
         }
         _ => Ok(()),
