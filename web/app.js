@@ -95,6 +95,7 @@ async function start(identity) {
     }
   });
   relay.addEventListener("problem", ({ detail }) => banner(detail.text));
+  relay.addEventListener("directory-refused", ({ detail }) => notice(detail.text));
   relay.addEventListener("reidentified", ({ detail }) => {
     me = relay.me;
     $("my-id").textContent = me.userId;

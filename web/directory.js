@@ -5,8 +5,10 @@
 // through the directory's append-only proofs from it, an older one is a rollback and another
 // root for the same epoch a fork: both refused. A user not yet published (the directory
 // publishes about every second) is asked for again for up to PUBLISH_WAIT_MS. A server without a
-// directory (404 at /directory/root) is used with pins alone, and the page says so.
+// directory (404 at /directory/root) is used with pins alone, and the page says so. The owner's
+// page reads its own key history once it is online: any version that is not its key is refused.
 import * as store from "./store.js";
+import { parsePublicKey } from "./payload.js";
 
 const MODULE = "/assets/enigma_verify.wasm";
 /** How long a lookup waits for a user the directory has not published yet. */
@@ -90,6 +92,47 @@ async function takeRoot(root, fetchJson) {
   }
 }
 
+/** Whether the server has a key directory (asked once: its root is taken like any other). */
+async function present(fetchJson) {
+  if (presence === undefined) {
+    const r = await fetchJson("GET", "/directory/root");
+    if (r.status === 404) {
+      presence = "absent";
+    } else if (r.status === 200) {
+      await takeRoot(r.data, fetchJson);
+      presence = "present";
+    } else {
+      throw new DirectoryRefusal(`the key directory could not be read (HTTP ${r.status})`, "unavailable");
+    }
+  }
+  return presence === "present";
+}
+
+/**
+ * Asks `path` for `userId`'s answer until the user is published (at most PUBLISH_WAIT_MS), takes
+ * its root and returns `verify(answer, keptRoot)`.
+ */
+async function published(userId, path, verify, fetchJson) {
+  const deadline = Date.now() + PUBLISH_WAIT_MS;
+  for (;;) {
+    const r = await fetchJson("GET", `/directory/${path}/${encodeURIComponent(userId)}`);
+    if (r.status === 200) {
+      try {
+        return await verify(r.data, await takeRoot(r.data.root, fetchJson));
+      } catch (e) {
+        // An answer from a replica a moment behind the root already kept: ask again.
+        if (e.kind !== "rollback" || Date.now() >= deadline) throw e;
+      }
+    } else if (r.status !== 404) {
+      throw new DirectoryRefusal(`the key directory could not be read (HTTP ${r.status})`, "unavailable");
+    }
+    if (Date.now() >= deadline) {
+      throw new DirectoryRefusal(`${userId} is not in the server's key directory (waited ${PUBLISH_WAIT_MS / 1000} s)`, "not_published");
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
 /**
  * Proves that `publicKey` (what /connect gave) is `userId`'s key in the directory: `{ version,
  * epoch }`, or `{ absent: true }` from a server without a directory. `fetchJson(method, path)`
@@ -97,36 +140,36 @@ async function takeRoot(root, fetchJson) {
  */
 export function proveKey(userId, publicKey, fetchJson) {
   return serialized(async () => {
-    if (presence === undefined) {
-      const r = await fetchJson("GET", "/directory/root");
-      if (r.status === 404) {
-        presence = "absent";
-      } else if (r.status === 200) {
-        await takeRoot(r.data, fetchJson);
-        presence = "present";
-      } else {
-        throw new DirectoryRefusal(`the key directory could not be read (HTTP ${r.status})`, "unavailable");
-      }
+    if (!(await present(fetchJson))) return { absent: true };
+    return published(userId, "lookup", (answer, kept) => check({ op: "lookup", kept, answer, userId, publicKey }), fetchJson);
+  });
+}
+
+const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+const isKey = (text, raw) => {
+  try {
+    return sameBytes(parsePublicKey(text), raw);
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Reads the owner's own key history (`me`: {userId, publicRaw}): every version must be this
+ * page's key, else a DirectoryRefusal of kind "another_key_for_you". `{ absent: true }` from a
+ * server without a directory.
+ */
+export function checkOwnHistory(me, fetchJson) {
+  return serialized(async () => {
+    if (!(await present(fetchJson))) return { absent: true };
+    const { versions } = await published(
+      me.userId, "history", (answer, kept) => check({ op: "history", kept, answer, userId: me.userId }), fetchJson,
+    );
+    const others = versions.filter((v) => !isKey(v.publicKey, me.publicRaw));
+    if (versions.length === 0 || others.length > 0) {
+      const which = others.map((v) => `version ${v.version} (epoch ${v.epoch})`).join(", ") || "no key at all";
+      throw new DirectoryRefusal(`the directory shows another key for you: ${which}`, "another_key_for_you");
     }
-    if (presence === "absent") return { absent: true };
-    const deadline = Date.now() + PUBLISH_WAIT_MS;
-    for (;;) {
-      const r = await fetchJson("GET", `/directory/lookup/${encodeURIComponent(userId)}`);
-      if (r.status === 200) {
-        try {
-          const kept = await takeRoot(r.data.root, fetchJson);
-          return await check({ op: "lookup", kept, answer: r.data, userId, publicKey });
-        } catch (e) {
-          // An answer from a replica a moment behind the root already kept: ask again.
-          if (e.kind !== "rollback" || Date.now() >= deadline) throw e;
-        }
-      } else if (r.status !== 404) {
-        throw new DirectoryRefusal(`the key directory could not be read (HTTP ${r.status})`, "unavailable");
-      }
-      if (Date.now() >= deadline) {
-        throw new DirectoryRefusal(`${userId} is not in the server's key directory (waited ${PUBLISH_WAIT_MS / 1000} s)`, "not_published");
-      }
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    }
+    return { versions };
   });
 }

@@ -11,7 +11,7 @@
 // A message whose sender's key is not the pinned one is neither opened nor acknowledged: it
 // is kept ("held", on the server too) until the user trusts the new key or discards it.
 import * as store from "./store.js";
-import { DirectoryRefusal, proveKey } from "./directory.js";
+import { DirectoryRefusal, checkOwnHistory, proveKey } from "./directory.js";
 import { b64Encode, fingerprint, openChallenge, openMessage, parsePublicKey, sealMessage } from "./payload.js";
 
 const SUBPROTOCOL = "enigma.v1";
@@ -273,6 +273,29 @@ export class Relay extends EventTarget {
     this.attempt = 0;
     this.setState("online", "Connected");
     this.resendPending();
+    this.checkSelf();
+  }
+
+  /**
+   * The owner's check of its own entry in the key directory, once per id per page load: a key
+   * that is not this page's, or an entry that cannot be proven, is said in a lasting notice
+   * ("directory-refused"). A failure to reach the server is tried again at the next connection.
+   */
+  checkSelf() {
+    const me = this.me;
+    if (this.selfChecked === me.userId) return;
+    this.selfChecked = me.userId;
+    checkOwnHistory(me, json).catch((e) => {
+      if (!(e instanceof DirectoryRefusal) || e.kind === "unavailable" || e.kind === "not_published") {
+        if (this.selfChecked === me.userId) this.selfChecked = undefined;
+        return;
+      }
+      const text = e.kind === "another_key_for_you"
+        ? `The server's key directory shows another key for you (${me.userId}): ${e.message.replace(/^.*?: /, "")}. ` +
+          "Whoever holds it may receive messages sealed for you: tell your contacts to check your fingerprint."
+        : `The server's key directory could not prove your own key: ${e.message}.`;
+      this.emit("directory-refused", { text, kind: e.kind });
+    });
   }
 
   onClose(ws, { code }) {

@@ -122,3 +122,16 @@ test("a directory rolled back behind the kept root is refused", async () => {
   assert.deepEqual(await keptRoot(page), LATEST);
   await browser.close();
 });
+
+test("the owner's page reads its own history and says so plainly when the directory cannot prove it", async () => {
+  const browser = await launchBrowser();
+  await playDirectory(browser.context);
+  // Whoever the page is, the directory answers with alice's history: not this user's entry.
+  await browser.context.route(/\/directory\/history\//, (route) =>
+    route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify(VECTORS.history.answer) }));
+  const { page } = await newUser(browser.context, server.url);
+  await waitFor("the notice", async () => (await page.textContent("#notice-text")).includes("could not prove your own key"));
+  assert.match(await page.textContent("#notice-text"), /answered about user alice/);
+  assert.equal(await page.isVisible("#notice"), true);
+  await browser.close();
+});
