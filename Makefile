@@ -20,17 +20,19 @@ quick:
 	$(CARGO) build $(QUICK) --bin enigma-server --bin enigma
 
 ## Every test: formatting, lints, unit tests, integration tests (real redis-server processes).
-test: lint unit-and-integration api-check helm-check prometheus-check browser-check docs-check
+test: lint unit-and-integration api-check helm-check prometheus-check wasm-check browser-check docs-check
 
 lint:
 	$(CARGO) fmt --all -- --check
 	timeout 1200 $(CARGO) clippy --all-targets --locked -- -D warnings
 	timeout 1200 $(CARGO) clippy --locked --no-default-features --lib --bin enigma-server -- -D warnings
+	timeout 1200 $(CARGO) clippy -p enigma-verify --all-targets --locked --features testing,wasm -- -D warnings
 
 # Bounded: a hung test fails the run after 20 minutes instead of holding CI. The descriptor
 # limit is raised for the 1,000-socket rings. `--all-targets` skips doctests: they run apart.
 unit-and-integration:
 	ulimit -n $$(ulimit -Hn) && timeout 1200 $(CARGO) test --all-targets --locked
+	timeout 600 $(CARGO) test -p enigma-verify --all-targets --locked --features testing,wasm
 	timeout 600 $(CARGO) test --doc --locked
 
 ## The HTTP API against its own OpenAPI document: schemathesis, all checks, live memory-engine server.
@@ -104,3 +106,36 @@ browser-check:
 screenshots:
 	$(CARGO) build --locked --bins
 	cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && ENIGMA_SCREENSHOTS=../../docs/screenshots node --test --test-concurrency=1
+
+## The key directory's checks for the web page: crates/verify compiled to WebAssembly
+## (web/verify/enigma_verify.wasm, committed: the page needs no build step). Reproducible: the
+## pinned rustc, Cargo.lock, the `wasm` profile of Cargo.toml, and the machine's paths remapped
+## out of the binary. `make wasm-check` (part of `make test`) fails while the committed module
+## differs from a fresh build.
+WASM_RUSTC = 1.95.0
+WASM_TARGET = wasm32-unknown-unknown
+WASM_OUT = web/verify/enigma_verify.wasm
+WASM_BUILD = target/wasm/$(WASM_TARGET)/wasm/enigma_verify.wasm
+CARGO_HOME_DIR = $(or $(CARGO_HOME),$(HOME)/.cargo)
+.PHONY: wasm wasm-build wasm-check
+wasm-build:
+	@rustc --version | grep -q '^rustc $(WASM_RUSTC) ' || { echo "make wasm: needs rustc $(WASM_RUSTC) (found: $$(rustc --version))"; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+	CARGO_TARGET_DIR=target/wasm \
+	CARGO_ENCODED_RUSTFLAGS="$$(printf '%s\037%s' '--remap-path-prefix=$(CARGO_HOME_DIR)=/cargo' '--remap-path-prefix=$(CURDIR)=/enigma')" \
+	$(CARGO) rustc -p enigma-verify --lib --locked --profile wasm --target $(WASM_TARGET) --features wasm --crate-type cdylib
+
+wasm: wasm-build
+	mkdir -p $(dir $(WASM_OUT))
+	cp $(WASM_BUILD) $(WASM_OUT)
+	@echo "$(WASM_OUT): $$(wc -c < $(WASM_OUT)) bytes, sha256 $$(sha256sum $(WASM_OUT) | cut -c1-16)…"
+
+wasm-check: wasm-build
+	@cmp $(WASM_BUILD) $(WASM_OUT) || { echo "$(WASM_OUT) is not what \`make wasm\` builds: run make wasm and commit it"; exit 1; }
+	@echo "$(WASM_OUT) is what make wasm builds ($$(wc -c < $(WASM_OUT)) bytes)"
+
+## Rewrites docs/vectors/directory-v1.json (the key directory's answers and refusals) from its
+## generator (crates/verify/tests/vectors.rs); `make test` fails while the file differs.
+.PHONY: directory-vectors
+directory-vectors:
+	$(CARGO) test --locked -p enigma-verify --features testing,wasm --test vectors write_vectors -- --ignored --exact

@@ -16,20 +16,25 @@ use crate::server::state::AppState;
 /// `connect-src 'self'` covers the WebSocket to the same host and port in current browsers
 /// (CSP Level 3); `base-uri`, `form-action` and `frame-ancestors` do not fall back to
 /// `default-src`, so they are named.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// `'wasm-unsafe-eval'` lets the page compile its own WebAssembly module (the key directory's
+/// checks, `/assets/enigma_verify.wasm`), and nothing else: JavaScript `eval` stays refused.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
 /// The page and its assets: (name under `/assets/`, content type, bytes).
-const ASSETS: &[(&str, &str, &str)] = &[
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
-    ("hpke.js", "text/javascript; charset=utf-8", include_str!("../web/hpke.js")),
-    ("store.js", "text/javascript; charset=utf-8", include_str!("../web/store.js")),
-    ("payload.js", "text/javascript; charset=utf-8", include_str!("../web/payload.js")),
-    ("relay.js", "text/javascript; charset=utf-8", include_str!("../web/relay.js")),
-    ("drawer.js", "text/javascript; charset=utf-8", include_str!("../web/drawer.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
-    ("favicon.svg", "image/svg+xml", include_str!("../web/favicon.svg")),
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../web/app.js")),
+    ("hpke.js", "text/javascript; charset=utf-8", include_bytes!("../web/hpke.js")),
+    ("store.js", "text/javascript; charset=utf-8", include_bytes!("../web/store.js")),
+    ("payload.js", "text/javascript; charset=utf-8", include_bytes!("../web/payload.js")),
+    ("relay.js", "text/javascript; charset=utf-8", include_bytes!("../web/relay.js")),
+    ("directory.js", "text/javascript; charset=utf-8", include_bytes!("../web/directory.js")),
+    ("drawer.js", "text/javascript; charset=utf-8", include_bytes!("../web/drawer.js")),
+    ("style.css", "text/css; charset=utf-8", include_bytes!("../web/style.css")),
+    ("favicon.svg", "image/svg+xml", include_bytes!("../web/favicon.svg")),
+    // `make wasm` builds it from crates/verify (reproducibly; `make test` compares).
+    ("enigma_verify.wasm", "application/wasm", include_bytes!("../web/verify/enigma_verify.wasm")),
 ];
 const INDEX: &str = include_str!("../web/index.html");
 
@@ -38,7 +43,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn index() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+    page("text/html; charset=utf-8", INDEX.as_bytes())
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
@@ -48,7 +53,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-fn page(content_type: &'static str, body: &'static str) -> Response {
+fn page(content_type: &'static str, body: &'static [u8]) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -79,7 +84,7 @@ mod tests {
         assert!(!INDEX.contains("style=\""), "inline style");
         for (name, _, body) in ASSETS {
             // An SVG's namespace is a name, not an address anything is fetched from.
-            let body = body.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+            let body = String::from_utf8_lossy(body).replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
             assert!(!body.contains("http://") && !body.contains("https://"), "{name} names another origin");
         }
     }

@@ -95,6 +95,7 @@ async function start(identity) {
     }
   });
   relay.addEventListener("problem", ({ detail }) => banner(detail.text));
+  relay.addEventListener("directory-refused", ({ detail }) => notice(detail.text));
   relay.addEventListener("reidentified", ({ detail }) => {
     me = relay.me;
     $("my-id").textContent = me.userId;
@@ -266,9 +267,13 @@ async function openChat(id, { keepDrawer = false } = {}) {
   let fp = "";
   try {
     const change = await keyChange(id);
+    const found = await lookup(id);
+    const directory = found.proof?.absent
+      ? "this server has no key directory: checked against the pinned key only"
+      : `proven by the server's key directory (epoch ${found.proof?.epoch})`;
     fp = change
       ? `KEY CHANGED: pinned ${change.pinned}, now ${change.now}`
-      : `fingerprint ${await fingerprint((await lookup(id)).raw)} (compare it with theirs, out of band)`;
+      : `fingerprint ${await fingerprint(found.raw)} (compare it with theirs, out of band) · ${directory}`;
   } catch (e) {
     fp = e.message;
   }

@@ -11,6 +11,7 @@
 // A message whose sender's key is not the pinned one is neither opened nor acknowledged: it
 // is kept ("held", on the server too) until the user trusts the new key or discards it.
 import * as store from "./store.js";
+import { DirectoryRefusal, checkOwnHistory, proveKey } from "./directory.js";
 import { b64Encode, fingerprint, openChallenge, openMessage, parsePublicKey, sealMessage } from "./payload.js";
 
 const SUBPROTOCOL = "enigma.v1";
@@ -56,9 +57,10 @@ export class Refusal extends Error {
     this.status = status;
   }
 
-  /** Whether asking again later may succeed (rate limited, storage unavailable). */
+  /** Whether asking again later may succeed (rate limited, storage unavailable, not yet in the directory). */
   get transient() {
-    return this.code === "rate_limited" || this.code === "unavailable" || this.status >= 500;
+    return this.code === "rate_limited" || this.code === "unavailable" || this.status >= 500 ||
+      this.code === "directory_not_published" || this.code === "directory_unavailable";
   }
 }
 
@@ -104,15 +106,29 @@ const keyCache = new Map();
 /** Forgets every cached directory key (the server lost its data: the ids may name nobody now). */
 export const forgetKeys = () => keyCache.clear();
 /**
- * The directory key of `userId` (32 bytes); a Refusal if the user does not exist. `fresh` asks
- * the directory again instead of this page's cache (a key swapped since it was cached).
+ * The directory key of `userId` (32 bytes), proven by the server's key directory
+ * (web/directory.js) when it has one; a Refusal if the user does not exist or the directory does
+ * not prove the key (nothing is sealed to it). `fresh` asks again instead of this page's cache (a
+ * key swapped since it was cached). `proof` is `{ version, epoch }` or `{ absent: true }`.
  */
 export async function lookup(userId, { fresh = false } = {}) {
   if (!fresh && keyCache.has(userId)) return keyCache.get(userId);
   const r = await json("GET", `/connect/${encodeURIComponent(userId)}`);
   if (r.status === 404) throw new Refusal(`user not found: ${userId}`, "user_not_found");
   if (r.status !== 200) throw refusal(r, "looking up the user failed");
-  const entry = { publicKey: r.data.publicKey, raw: parsePublicKey(r.data.publicKey) };
+  const raw = parsePublicKey(r.data.publicKey);
+  let proof;
+  try {
+    proof = await proveKey(userId, r.data.publicKey, json);
+  } catch (e) {
+    if (!(e instanceof DirectoryRefusal)) throw e;
+    throw new Refusal(
+      `The server's key directory does not prove the key of ${userId}: ${e.message}. ` +
+        "Nothing is sealed to a key the directory does not prove.",
+      `directory_${e.kind}`,
+    );
+  }
+  const entry = { publicKey: r.data.publicKey, raw, proof };
   keyCache.set(userId, entry);
   return entry;
 }
@@ -257,6 +273,29 @@ export class Relay extends EventTarget {
     this.attempt = 0;
     this.setState("online", "Connected");
     this.resendPending();
+    this.checkSelf();
+  }
+
+  /**
+   * The owner's check of its own entry in the key directory, once per id per page load: a key
+   * that is not this page's, or an entry that cannot be proven, is said in a lasting notice
+   * ("directory-refused"). A failure to reach the server is tried again at the next connection.
+   */
+  checkSelf() {
+    const me = this.me;
+    if (this.selfChecked === me.userId) return;
+    this.selfChecked = me.userId;
+    checkOwnHistory(me, json).catch((e) => {
+      if (!(e instanceof DirectoryRefusal) || e.kind === "unavailable" || e.kind === "not_published") {
+        if (this.selfChecked === me.userId) this.selfChecked = undefined;
+        return;
+      }
+      const text = e.kind === "another_key_for_you"
+        ? `The server's key directory shows another key for you (${me.userId}): ${e.message.replace(/^.*?: /, "")}. ` +
+          "Whoever holds it may receive messages sealed for you: tell your contacts to check your fingerprint."
+        : `The server's key directory could not prove your own key: ${e.message}.`;
+      this.emit("directory-refused", { text, kind: e.kind });
+    });
   }
 
   onClose(ws, { code }) {

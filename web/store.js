@@ -1,6 +1,6 @@
 // What the page keeps, in IndexedDB: its identity (the X25519 private key as a
-// non-extractable CryptoKey: the browser stores it, script can use it but never read it),
-// contacts, and every message. A received message is written here BEFORE it is acknowledged,
+// non-extractable CryptoKey: the browser stores it, script can use it but never read it), the
+// newest key-directory root it verified, contacts, and every message. A received message is written here BEFORE it is acknowledged,
 // so a reload or a crash loses nothing; an outgoing one is written before it is sent, so it
 // is sent again after a reload until the server confirms it was stored. One whose sender's key
 // is not the pinned one is kept here "held", with its sealed payload, until the user decides.
@@ -46,6 +46,16 @@ async function tx(store, mode, fn) {
 }
 
 export const getIdentity = () => tx("identity", "readonly", (s) => request(s.get("me")));
+
+/** The newest key-directory root this page verified (web/directory.js), beside the identity. */
+export const getDirectoryRoot = () => tx("identity", "readonly", (s) => request(s.get("directoryRoot")));
+/** Keeps `root` unless a newer one is kept already (another tab moved further). One transaction. */
+export function keepDirectoryRoot(root) {
+  return tx("identity", "readwrite", async (s) => {
+    const kept = await request(s.get("directoryRoot"));
+    if (!kept || kept.epoch < root.epoch) await request(s.put(root, "directoryRoot"));
+  });
+}
 export const putIdentity = (me) => tx("identity", "readwrite", (s) => request(s.put(me, "me")));
 
 /**

@@ -13,6 +13,11 @@
 //! Servers are reached over https:// (the platform's roots, or `--ca-file`); plain http:// only
 //! to this machine unless `--insecure-http`.
 //!
+//! Every key a message is sealed to is proven by the server's verifiable key directory first
+//! (`enigma::sdk::directory`); the newest verified root is kept in the pins file, and `enigma
+//! audit` checks the directory's whole history. A server without a directory is used with pins
+//! alone (said once), or refused with `--require-directory`.
+//!
 //! Output is for pipes as much as for people: results on stdout (one line per message with
 //! `listen`, JSON with `--json`), notices and errors on stderr, exit code 0 on success, 1 on
 //! any failure, 2 on a usage mistake.
@@ -44,6 +49,9 @@ struct Cli {
     /// and swap the keys your messages are sealed to).
     #[arg(long, global = true)]
     insecure_http: bool,
+    /// Refuse a server without a verifiable key directory (instead of relying on pins alone).
+    #[arg(long, global = true, env = "ENIGMA_REQUIRE_DIRECTORY")]
+    require_directory: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +105,12 @@ enum Command {
         /// The peer's user id.
         user: String,
     },
+    /// Verify the server's key directory from epoch 1 to now: every root's signature, every
+    /// append-only proof, and the root this client kept on the way.
+    Audit,
+    /// Forget the directory root kept for this server (only after its operator announced that
+    /// the directory was reset: a rollback or a fork is otherwise exactly what it looks like).
+    ForgetRoot,
 }
 
 /// An error for the person at the terminal; `main` prints it and exits with 1.
@@ -110,6 +124,12 @@ impl From<sdk::Error> for Failure {
             }
             sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.".into(),
             sdk::Error::KeyChanged { user, .. } => format!("\n  to accept the new key: `enigma trust {user}`"),
+            sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } => {
+                "\n  nothing was sent. `enigma audit` checks the directory's whole history.".into()
+            }
+            sdk::Error::NoDirectory { .. } => {
+                "\n  without --require-directory, keys are checked against pins only.".into()
+            }
             _ => String::new(),
         };
         Failure(format!("{error}{hint}"))
@@ -155,7 +175,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(path) => path,
         None => default_key_path()?,
     };
-    let profile = Profile { server: cli.server, key, ca_file: cli.ca_file, insecure_http: cli.insecure_http };
+    let directory = if cli.require_directory { sdk::DirectoryPolicy::Require } else { sdk::DirectoryPolicy::Verify };
+    let profile =
+        Profile { server: cli.server, key, ca_file: cli.ca_file, insecure_http: cli.insecure_http, directory };
     match cli.command {
         Command::Keygen { force } => keygen(&profile, force),
         Command::Login => login(&profile).await,
@@ -165,6 +187,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Send { user, text, timeout } => send(&profile, &user, &text, timeout).await,
         Command::Listen { json, count } => listen(&profile, json, count).await,
         Command::Chat { user } => chat(&profile, &user).await,
+        Command::Audit => audit(&profile).await,
+        Command::ForgetRoot => forget_root(&profile).await,
     }
 }
 
@@ -183,6 +207,7 @@ struct Profile {
     key: PathBuf,
     ca_file: Option<PathBuf>,
     insecure_http: bool,
+    directory: sdk::DirectoryPolicy,
 }
 
 impl Profile {
@@ -197,6 +222,8 @@ impl Profile {
             ca_file: self.ca_file.clone(),
             insecure_http: self.insecure_http,
             pins: Some(std::sync::Arc::new(pins)),
+            directory: self.directory,
+            publish_wait: None,
         };
         Ok(Client::with_options(&self.server, identity, options)?)
     }
@@ -240,7 +267,9 @@ impl Profile {
     /// server does not know us.
     async fn connect(&self, client: &Client, options: ConnectOptions) -> Result<(String, Connection), Failure> {
         let me = self.user_id(client).await?;
-        match client.connect(&me, options).await {
+        let connected = client.connect(&me, options).await;
+        tell_directory(client).await;
+        match connected {
             Ok(connection) => Ok((me, connection)),
             Err(e) => Err(self.lost(client, &me, e)),
         }
@@ -363,6 +392,18 @@ async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {
             return out(&format!("public key:  {raw}\nfingerprint: {note}"));
         }
     };
+    // Proven by the directory first: an unproven key is never pinned.
+    let directory = match client.prove_key(user, &raw).await {
+        Ok(sdk::KeyProof::Proven(proven)) => {
+            format!("proven (version {} of the key, directory epoch {})", proven.version, proven.epoch)
+        }
+        Ok(sdk::KeyProof::NoDirectory) => "none on this server (checked against the pin only)".to_owned(),
+        Err(e) => {
+            out(&format!("public key:  {raw}\nfingerprint: {}\ndirectory:   NOT PROVEN", key.fingerprint()))?;
+            return Err(e.into());
+        }
+    };
+    tell_directory(&client).await;
     // Looking a key up is a first use: it is pinned now, or compared with the pin.
     let pinned = match client.check_pin(user, &key) {
         Ok(Some(sdk::Verdict::Pinned)) => "yes (the key pinned earlier)".to_owned(),
@@ -375,7 +416,66 @@ async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    out(&format!("public key:  {raw}\nfingerprint: {}\npinned:      {pinned}", key.fingerprint()))
+    out(&format!(
+        "public key:  {raw}\nfingerprint: {}\npinned:      {pinned}\ndirectory:   {directory}",
+        key.fingerprint()
+    ))
+}
+
+async fn audit(profile: &Profile) -> Result<(), Failure> {
+    let client = profile.client()?;
+    let mut shown = std::time::Instant::now();
+    let summary = client
+        .audit_directory(|epoch, of| {
+            if shown.elapsed() >= std::time::Duration::from_secs(2) {
+                shown = std::time::Instant::now();
+                eprintln!("enigma: audited epochs 1 to {epoch} of {of}");
+            }
+        })
+        .await?;
+    out(&format!(
+        "directory:   {}\nepochs:      1 to {} (every root signed by {}, key id {:?}; every step append-only)\n\
+         entries:     {} added after epoch 1 (a key version or the marker of a replaced one; the VRF hides whose)\n\
+         users:       not shown by the directory (its VRF hides which ids exist)\n\
+         answers:     {} audit answers in {:.1} s\nkept root:   epoch {}, {}",
+        client.server(),
+        summary.epochs,
+        summary.root.signing_key,
+        summary.root.key_id,
+        summary.leaves,
+        summary.answers,
+        summary.elapsed.as_secs_f64(),
+        summary.root.epoch,
+        summary.root.root_hash,
+    ))
+}
+
+async fn forget_root(profile: &Profile) -> Result<(), Failure> {
+    let client = profile.client()?;
+    match client.forget_root().await? {
+        Some(root) => eprintln!(
+            "forgot the directory root of epoch {} kept for {}; the next lookup takes the server's newest root on \
+             its signature alone",
+            root.epoch,
+            client.server()
+        ),
+        None => eprintln!("no directory root was kept for {}", client.server()),
+    }
+    Ok(())
+}
+
+/// Says once per run that the server has no key directory (keys rest on pins alone).
+async fn tell_directory(client: &Client) {
+    static TOLD: std::sync::Once = std::sync::Once::new();
+    if client.directory_status().await == sdk::DirectoryStatus::Absent {
+        TOLD.call_once(|| {
+            eprintln!(
+                "enigma: note: {} has no verifiable key directory; keys are checked against your pins only \
+                 (--require-directory refuses such a server)",
+                client.server()
+            )
+        });
+    }
 }
 
 async fn trust(profile: &Profile, user: &str) -> Result<(), Failure> {
@@ -477,6 +577,7 @@ async fn chat(profile: &Profile, peer: &str) -> Result<(), Failure> {
     let client = profile.client()?;
     // Fail now, not at the first line typed, if the peer cannot receive our messages.
     client.lookup(peer).await?;
+    tell_directory(&client).await;
     let options = ConnectOptions { auto_ack: false, ..Default::default() };
     let (me, mut connection) = profile.connect(&client, options).await?;
     eprintln!("chatting with {peer} as {me}; type a line and press Enter to send it, Ctrl-D to quit");

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{self};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::crypto::{Content, Identity, PublicKey};
+use super::directory::state::{DirectoryPolicy, DirectoryState};
 use super::error::{Error, OpenError};
 use super::pins::{Pin, Pins, Verdict};
 use super::tls::{client_config, parse_server_url, plain_http_config};
@@ -37,6 +38,11 @@ pub struct ClientOptions {
     pub insecure_http: bool,
     /// Contacts' keys pinned on first use; without it every lookup is taken on trust.
     pub pins: Option<Arc<Pins>>,
+    /// Whether a server without a key directory may be used (with pins alone).
+    pub directory: DirectoryPolicy,
+    /// How long a lookup waits for a user the directory has not published yet
+    /// (default [`super::directory::PUBLISH_WAIT`]).
+    pub publish_wait: Option<Duration>,
 }
 
 /// A client of one server with one identity. Cheap to clone; clones share the key cache.
@@ -54,9 +60,14 @@ pub(super) struct ClientInner {
     pins: Option<Arc<Pins>>,
     /// The last access token (see `auth`), reused until shortly before it expires.
     pub(super) token: Mutex<Option<CachedToken>>,
-    /// Public keys by user id, once checked against the pins. A user id names one key for as
-    /// long as the directory is honest; a swap is caught by the pins (at the next process).
+    /// Public keys by user id, once proven by the directory and checked against the pins. A
+    /// user id names one key for as long as the directory's history says so; a swap is caught by
+    /// the directory (and the pins) at the next process.
     keys: Mutex<HashMap<String, PublicKey>>,
+    /// The key directory: its presence and the newest verified root (`directory`).
+    pub(super) directory: tokio::sync::Mutex<DirectoryState>,
+    pub(super) directory_policy: DirectoryPolicy,
+    publish_wait: Duration,
 }
 
 /// An access token as `auth` keeps it: for whom, and until when (ms since the Unix epoch).
@@ -102,6 +113,9 @@ impl Client {
                 pins: options.pins,
                 token: Mutex::default(),
                 keys: Mutex::default(),
+                directory: tokio::sync::Mutex::default(),
+                directory_policy: options.directory,
+                publish_wait: options.publish_wait.unwrap_or(super::directory::state::PUBLISH_WAIT),
             }),
         })
     }
@@ -112,6 +126,14 @@ impl Client {
 
     pub fn identity(&self) -> &Identity {
         &self.inner.identity
+    }
+
+    pub(super) fn pins(&self) -> Option<&Pins> {
+        self.inner.pins.as_deref()
+    }
+
+    pub(super) fn publish_wait(&self) -> Duration {
+        self.inner.publish_wait
     }
 
     /// Registers this client's public key and returns its user id. Idempotent: the same key
@@ -147,8 +169,9 @@ impl Client {
         self.inner.keys.lock().expect("not poisoned").insert(user.to_owned(), key);
     }
 
-    /// The Enigma public key of `user`, from the cache or the directory; with pins, a key
-    /// other than the pinned one is [`Error::KeyChanged`] (and nothing is sealed to it).
+    /// The Enigma public key of `user`, from the cache or the directory, proven by the key
+    /// directory ([`super::directory`]); with pins, a key other than the pinned one is
+    /// [`Error::KeyChanged`] (and nothing is sealed to it).
     pub async fn lookup(&self, user: &str) -> Result<PublicKey, Error> {
         if let Some(key) = self.inner.keys.lock().expect("not poisoned").get(user) {
             return Ok(key.clone());
@@ -161,11 +184,15 @@ impl Client {
         Ok(key)
     }
 
-    /// The directory's Enigma key of `user`, not compared with any pin.
+    /// The directory's Enigma key of `user`, proven by the key directory (when the server has
+    /// one), not compared with any pin.
     pub async fn lookup_unchecked(&self, user: &str) -> Result<PublicKey, Error> {
         let raw = self.lookup_raw(user).await?;
-        PublicKey::from_base64url(&raw)
-            .map_err(|e| Error::UnsupportedKey { user: user.to_owned(), reason: e.to_string() })
+        let key = PublicKey::from_base64url(&raw)
+            .map_err(|e| Error::UnsupportedKey { user: user.to_owned(), reason: e.to_string() })?;
+        // Proven, or a server without a directory that this client's policy accepts.
+        self.prove_key(user, &raw).await?;
+        Ok(key)
     }
 
     /// The pin of `user` on this server, if this client keeps pins and has one.
@@ -210,6 +237,9 @@ impl Client {
             Err(Error::UserNotFound(_)) => return Ok(Err(OpenError::UnknownSender)),
             Err(Error::UnsupportedKey { reason, .. }) => return Ok(Err(OpenError::UnsupportedSenderKey(reason))),
             Err(e @ Error::KeyChanged { .. }) => return Ok(Err(OpenError::SenderKeyChanged(e.to_string()))),
+            Err(e @ (Error::Directory(_) | Error::NoDirectory { .. })) => {
+                return Ok(Err(OpenError::SenderKeyUnproven(e.to_string())));
+            }
             Err(e) => return Err(e),
         };
         Ok(self.identity().open(from, to, &sender, payload).and_then(|plain| Content::from_bytes(&plain)))

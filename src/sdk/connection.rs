@@ -153,6 +153,8 @@ impl Client {
         if PublicKey::from_base64url(&registered).ok().as_ref() != Some(self.identity().public_key()) {
             return Err(Error::KeyMismatch { user: user.to_owned() });
         }
+        // The owner is the one who can tell their key from an impostor's in the directory.
+        self.check_own_history(user).await?;
         let mut url = self.endpoint(&["ws", user]);
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         url.set_scheme(scheme).expect("http(s) and ws(s) are all special schemes");

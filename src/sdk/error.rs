@@ -51,6 +51,30 @@ pub enum Error {
     )]
     KeyChanged { user: String, pinned: String, presented: String },
 
+    /// The key directory's answers were refused ([`enigma_verify::VerifyError`] says which check
+    /// failed): nothing is sealed to a key the directory does not prove.
+    #[error("key directory: {0}")]
+    Directory(#[from] enigma_verify::VerifyError),
+
+    /// A server without a key directory, refused by [`super::DirectoryPolicy::Require`].
+    #[error("the server at {url} has no key directory (404 at /directory/root); keys cannot be proven there")]
+    NoDirectory { url: String },
+
+    /// The directory did not publish the user in time: nothing is sealed to an unproven key.
+    #[error(
+        "user {user} is not in the server's key directory (waited {waited:?}): nothing is sealed to a key the \
+         directory does not prove"
+    )]
+    NotPublished { user: String, waited: std::time::Duration },
+
+    /// The directory's history of our own user id holds a key that is not ours.
+    #[error(
+        "the directory shows another key for you (user {user}): {}. Whoever holds it may receive messages sealed \
+         for you; the server (or someone who controls it) published it",
+        if keys.is_empty() { "no key at all".to_owned() } else { keys.join("; ") }
+    )]
+    AnotherKeyForYou { user: String, keys: Vec<String> },
+
     #[error("pin file {path}: {reason}")]
     PinFile { path: PathBuf, reason: String },
 
@@ -102,7 +126,7 @@ impl Error {
     /// storage was down), as opposed to a mistake that retrying repeats.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout(_) => true,
+            Error::Unreachable { .. } | Error::Timeout(_) | Error::NotPublished { .. } => true,
             Error::Http { status, .. } => *status >= 500,
             Error::Refused { code, .. } => code.is(ErrorCode::Unavailable) || code.is(ErrorCode::InboxFull),
             _ => false,
@@ -135,6 +159,11 @@ pub enum OpenError {
     /// The sender's key in the directory is not the one pinned for them ([`Error::KeyChanged`]).
     #[error("{0}")]
     SenderKeyChanged(String),
+
+    /// The key directory does not prove the sender's key ([`Error::Directory`]): the payload is
+    /// not opened with it.
+    #[error("{0}")]
+    SenderKeyUnproven(String),
 
     #[error("the decrypted content is invalid ({0})")]
     InvalidContent(String),

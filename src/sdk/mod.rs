@@ -24,6 +24,8 @@
 //! - [`connection`]: the acknowledged WebSocket connection that reconnects with backoff and
 //!   loses nothing (its socket task lives in `driver`; what its parts tell each other, and its
 //!   options, in `channels`);
+//! - [`directory`]: every key proven by the server's verifiable key directory, the newest
+//!   verified root kept, the owner's own history checked on every connect;
 //! - [`pins`]: contacts' keys pinned on first use, a changed key refused until trusted;
 //! - [`tls`]: https/wss (rustls) and the rule that plain http goes to loopback only;
 //! - [`error`]: typed errors.
@@ -36,6 +38,7 @@ mod channels;
 pub mod client;
 pub mod connection;
 pub mod crypto;
+pub mod directory;
 pub mod error;
 pub mod keyfile;
 pub mod pins;
@@ -47,5 +50,6 @@ mod driver;
 pub use client::{Client, ClientOptions, SUBPROTOCOL};
 pub use connection::{ConnectOptions, Connection, Message, Receipt, Sender, Status};
 pub use crypto::{Content, Identity, PublicKey};
+pub use directory::{AuditSummary, DirectoryPolicy, DirectoryStatus, KeyProof};
 pub use error::{Error, OpenError};
 pub use pins::{Pin, Pins, Verdict};

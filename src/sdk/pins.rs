@@ -8,6 +8,10 @@
 //! [`Error::KeyChanged`], naming both fingerprints, until the user accepts the new one
 //! ([`Pins::trust`], `enigma trust <userId>`) after checking it with the contact.
 //!
+//! Beside the pins, the file keeps the newest key-directory root this client verified per server
+//! ([`Pins::root`], [`super::directory`]): a pin then stands on a proof, and a later root is taken
+//! only through the directory's append-only proofs from this one.
+//!
 //! The file (`<key>.pins.json` for the CLI) is private and replaced atomically
 //! ([`super::private_file`]); a file that cannot be read is an error, never an empty store (that
 //! would silently re-trust every key).
@@ -16,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use enigma_verify::wire::SignedRoot;
 use serde::{Deserialize, Serialize};
 
 use super::crypto::PublicKey;
@@ -50,6 +55,9 @@ struct PinFile {
     version: u32,
     /// Server URL → user id → pin (ids are per server).
     servers: BTreeMap<String, BTreeMap<String, Pin>>,
+    /// Server URL → the newest directory root verified there (absent from older files).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    roots: BTreeMap<String, SignedRoot>,
 }
 
 /// The pinned keys of one file; shared by clones of a client.
@@ -112,12 +120,40 @@ impl Pins {
         Ok(previous)
     }
 
+    /// The newest directory root kept for `server`, as it was signed (check it again on reading).
+    pub fn root(&self, server: &str) -> Result<Option<SignedRoot>, Error> {
+        Ok(self.load()?.roots.get(server).cloned())
+    }
+
+    /// Keeps `root` for `server` unless the file already holds a newer one (another process of
+    /// this key file, a `listen` beside a `send`, may have moved further).
+    pub fn keep_root(&self, server: &str, root: &SignedRoot) -> Result<(), Error> {
+        let _guard = self.lock.lock().expect("not poisoned");
+        let mut file = self.load()?;
+        if file.roots.get(server).is_some_and(|kept| kept.epoch >= root.epoch) {
+            return Ok(());
+        }
+        file.roots.insert(server.to_owned(), root.clone());
+        self.save(&file)
+    }
+
+    /// Forgets the root kept for `server` (its operator reset the directory); returns it.
+    pub fn forget_root(&self, server: &str) -> Result<Option<SignedRoot>, Error> {
+        let _guard = self.lock.lock().expect("not poisoned");
+        let mut file = self.load()?;
+        let previous = file.roots.remove(server);
+        if previous.is_some() {
+            self.save(&file)?;
+        }
+        Ok(previous)
+    }
+
     fn load(&self) -> Result<PinFile, Error> {
         let fail = |reason: String| Error::PinFile { path: self.path.clone(), reason };
         let text = match read_private(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(PinFile { version: VERSION, servers: BTreeMap::new() });
+                return Ok(PinFile { version: VERSION, ..PinFile::default() });
             }
             Err(e) => return Err(fail(e.to_string())),
         };
@@ -178,6 +214,24 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        // A directory root beside the pins: kept per server, never moved back.
+        let root = |epoch| SignedRoot {
+            epoch,
+            root_hash: format!("{epoch:064x}"),
+            vrf_public_key: String::new(),
+            key_id: String::new(),
+            signing_key: String::new(),
+            signature: String::new(),
+        };
+        assert_eq!(again.root(server).unwrap(), None);
+        again.keep_root(server, &root(5)).unwrap();
+        again.keep_root(server, &root(4)).unwrap();
+        assert_eq!(Pins::open(&path).unwrap().root(server).unwrap(), Some(root(5)));
+        assert_eq!(again.root("http://other/").unwrap(), None);
+        assert_eq!(again.check(server, "bob", mallory.public_key()).unwrap(), Verdict::Pinned, "pins kept");
+        assert_eq!(again.forget_root(server).unwrap(), Some(root(5)));
+        assert_eq!(again.root(server).unwrap(), None);
+
         std::fs::write(&path, "garbage").unwrap();
         assert!(Pins::open(&path).is_err(), "a damaged pin file is an error, never an empty store");
         let _ = std::fs::remove_dir_all(&dir);

@@ -138,15 +138,27 @@ export async function launchBrowser(device = {}) {
 export const shown = (page) => page.evaluate(() => window.__shown);
 
 /**
+ * Whether a console message is the browser's note on a 404 of the key directory (a user not
+ * published yet, or a server without a directory): the protocol at work, not a page error.
+ */
+function directoryAnswer(message) {
+  try {
+    return new URL(message.location().url).pathname.startsWith("/directory/");
+  } catch {
+    return false;
+  }
+}
+
+/**
  * A new tab; its script errors collect in `page.errors`, its console errors (a resource that
- * failed to load…) in `page.consoleErrors`.
+ * failed to load…) in `page.consoleErrors`, but for the key directory's 404s.
  */
 export async function openTab(context) {
   const page = await context.newPage();
   page.errors = [];
   page.consoleErrors = [];
   page.on("pageerror", (e) => page.errors.push(e.message));
-  page.on("console", (m) => m.type() === "error" && page.consoleErrors.push(m.text()));
+  page.on("console", (m) => m.type() === "error" && !directoryAnswer(m) && page.consoleErrors.push(m.text()));
   return page;
 }
 

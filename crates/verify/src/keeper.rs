@@ -1,0 +1,272 @@
+//! The newest root a client verified, and the only way forward from it.
+//!
+//! A presented root (carried by a lookup or a history answer, or `GET /directory/root`) is
+//! compared with the kept one: an older epoch is a rollback and another hash for the same epoch
+//! a fork, both refused; a newer one is taken only once the append-only proofs from the kept root
+//! to it verify, fetched through an [`AuditSource`] (the SDK's HTTP client, the page's fetch).
+//! The first root a client ever sees is taken on its signature alone (trust on first use; `enigma
+//! audit` checks the whole history from epoch 1).
+
+use std::future::Future;
+
+use crate::audit::verify_audit;
+use crate::error::VerifyError;
+use crate::root::{Signers, VerifiedRoot, verify_root};
+use crate::wire::{AuditAnswer, SignedRoot};
+
+/// Where the keeper fetches append-only proofs: `GET /directory/audit/{from}/{to}`.
+pub trait AuditSource {
+    type Error;
+    fn audit(&mut self, from: u64, to: u64) -> impl Future<Output = Result<AuditAnswer, Self::Error>>;
+}
+
+/// What a presented root needs before the keeper takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// It is the kept root: nothing to do.
+    Same,
+    /// Nothing was kept: this one is now (its signature verified).
+    First,
+    /// Newer: the append-only proofs from the kept epoch to `to` must verify first.
+    Audit { from: u64, to: u64 },
+}
+
+/// Why a root was not taken: the directory's answers were refused, or could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError<E> {
+    #[error(transparent)]
+    Refused(#[from] VerifyError),
+    #[error("fetching the directory's append-only proof: {0}")]
+    Fetch(E),
+}
+
+/// The newest verified root.
+#[derive(Debug, Clone, Default)]
+pub struct RootKeeper {
+    signers: Signers,
+    kept: Option<VerifiedRoot>,
+}
+
+impl RootKeeper {
+    /// A keeper with nothing kept yet.
+    pub fn new(signers: Signers) -> RootKeeper {
+        RootKeeper { signers, kept: None }
+    }
+
+    /// A keeper that kept `root` before (read back from where the client stores it: its
+    /// signature is checked again).
+    pub fn resume(signers: Signers, root: &SignedRoot) -> Result<RootKeeper, VerifyError> {
+        let kept = verify_root(root, &signers, None)?;
+        Ok(RootKeeper { signers, kept: Some(kept) })
+    }
+
+    pub fn kept(&self) -> Option<&VerifiedRoot> {
+        self.kept.as_ref()
+    }
+
+    pub fn signers(&self) -> &Signers {
+        &self.signers
+    }
+
+    /// Verifies `root`'s signature and says what it needs; [`Next::First`] keeps it at once.
+    pub fn begin(&mut self, root: &SignedRoot) -> Result<(VerifiedRoot, Next), VerifyError> {
+        let presented = verify_root(root, &self.signers, self.kept.as_ref())?;
+        let Some(kept) = &self.kept else {
+            self.kept = Some(presented.clone());
+            return Ok((presented, Next::First));
+        };
+        if presented.vrf_public_key != kept.vrf_public_key {
+            return Err(VerifyError::VrfKeyChanged { epoch: presented.epoch });
+        }
+        let next = match presented.epoch.cmp(&kept.epoch) {
+            std::cmp::Ordering::Less => {
+                return Err(VerifyError::Rollback { kept: kept.epoch, presented: presented.epoch });
+            }
+            std::cmp::Ordering::Equal if presented.root_hash != kept.root_hash => {
+                return Err(VerifyError::Fork {
+                    epoch: kept.epoch,
+                    kept: kept.hash_hex(),
+                    presented: presented.hash_hex(),
+                });
+            }
+            std::cmp::Ordering::Equal => Next::Same,
+            std::cmp::Ordering::Greater => Next::Audit { from: kept.epoch, to: presented.epoch },
+        };
+        Ok((presented, next))
+    }
+
+    /// Takes one audit answer on the way to `target` (from [`RootKeeper::begin`]): keeps the
+    /// newest root it proves; returns whether `target` is now kept.
+    pub async fn extend(&mut self, answer: &AuditAnswer, target: &VerifiedRoot) -> Result<bool, VerifyError> {
+        let Some(kept) = &self.kept else {
+            return Err(VerifyError::Malformed("an audit answer with no root kept to start from".into()));
+        };
+        let roots = verify_audit(answer, kept, target.epoch, &self.signers).await?;
+        let newest = roots.last().cloned().ok_or_else(|| VerifyError::Malformed("an empty audit answer".into()))?;
+        // Proven append-only from the kept root: kept, whatever the target turns out to be.
+        self.kept = Some(newest.clone());
+        if newest.epoch != target.epoch {
+            return Ok(false);
+        }
+        if newest.root_hash != target.root_hash {
+            return Err(VerifyError::Fork {
+                epoch: target.epoch,
+                kept: newest.hash_hex(),
+                presented: target.hash_hex(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// Takes `root` if it is the kept one, the first one, or a newer one the append-only proofs
+    /// from the kept one lead to (asked of `source`, as many times as the relay answers short).
+    /// Returns it verified. On an error the keeper keeps the newest root it could verify.
+    pub async fn advance<S: AuditSource>(
+        &mut self,
+        root: &SignedRoot,
+        source: &mut S,
+    ) -> Result<VerifiedRoot, KeepError<S::Error>> {
+        let (presented, next) = self.begin(root)?;
+        if let Next::Audit { .. } = next {
+            // Every answer moves the kept epoch forward (`verify_audit` refuses an empty one),
+            // so this ends after at most `to - from` answers.
+            loop {
+                let from = self.kept.as_ref().map_or(0, |kept| kept.epoch);
+                let answer = source.audit(from, presented.epoch).await.map_err(KeepError::Fetch)?;
+                if self.extend(&answer, &presented).await? {
+                    break;
+                }
+            }
+        }
+        Ok(presented)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TestDirectory, sign_root};
+
+    /// Answers from a test directory, at most `step` epochs at a time, counting the calls.
+    struct Source<'a> {
+        directory: &'a TestDirectory,
+        step: u64,
+        calls: Vec<(u64, u64)>,
+    }
+
+    impl AuditSource for Source<'_> {
+        type Error = String;
+        async fn audit(&mut self, from: u64, to: u64) -> Result<AuditAnswer, String> {
+            self.calls.push((from, to));
+            Ok(self.directory.audit(from, to.min(from + self.step)).await)
+        }
+    }
+
+    async fn directory(epochs: u64) -> TestDirectory {
+        let mut directory = TestDirectory::new().await;
+        for epoch in 1..=epochs {
+            directory.publish(&[(&format!("user-{epoch}"), &format!("key-{epoch}"))]).await;
+        }
+        directory
+    }
+
+    #[tokio::test]
+    async fn the_first_root_is_kept_then_newer_ones_through_audits() {
+        let directory = directory(5).await;
+        let mut source = Source { directory: &directory, step: 100, calls: Vec::new() };
+        let mut keeper = RootKeeper::new(Signers::FirstSeen);
+        keeper.advance(&directory.root(2), &mut source).await.unwrap();
+        assert_eq!(keeper.kept().unwrap().epoch, 2);
+        assert!(source.calls.is_empty(), "the first root needs no audit");
+        keeper.advance(&directory.root(2), &mut source).await.unwrap();
+        assert!(source.calls.is_empty(), "the same root needs no audit");
+        keeper.advance(&directory.root(5), &mut source).await.unwrap();
+        assert_eq!(source.calls, [(2, 5)]);
+        assert_eq!(keeper.kept().unwrap().signed, directory.root(5));
+    }
+
+    #[tokio::test]
+    async fn a_range_answered_short_is_asked_again_from_its_end() {
+        let directory = directory(7).await;
+        let mut source = Source { directory: &directory, step: 2, calls: Vec::new() };
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(1)).unwrap();
+        keeper.advance(&directory.root(7), &mut source).await.unwrap();
+        assert_eq!(source.calls, [(1, 7), (3, 7), (5, 7)]);
+        assert_eq!(keeper.kept().unwrap().epoch, 7);
+    }
+
+    #[tokio::test]
+    async fn an_older_root_is_a_rollback_and_another_hash_a_fork() {
+        let directory = directory(3).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(3)).unwrap();
+        let error = keeper.begin(&directory.root(2)).unwrap_err();
+        assert!(matches!(error, VerifyError::Rollback { kept: 3, presented: 2 }), "{error}");
+
+        let mut other = TestDirectory::new().await;
+        for epoch in 1..=3 {
+            other.publish(&[(&format!("user-{epoch}"), "key-mallory")]).await;
+        }
+        let error = keeper.begin(&other.root(3)).unwrap_err();
+        assert!(matches!(error, VerifyError::Fork { epoch: 3, .. }), "{error}");
+        assert_eq!(keeper.kept().unwrap().signed, directory.root(3), "nothing changed");
+    }
+
+    #[tokio::test]
+    async fn a_newer_root_off_the_kept_history_is_refused() {
+        let honest = directory(2).await;
+        let mut forked = TestDirectory::new().await;
+        forked.publish(&[("user-1", "key-1")]).await;
+        forked.publish(&[("user-2", "key-mallory")]).await;
+        forked.publish(&[("user-3", "key-3")]).await;
+        // Kept: the honest epoch 2. Presented: the fork's epoch 3, whose audit starts from the
+        // fork's epoch 2.
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &honest.root(2)).unwrap();
+        let mut source = Source { directory: &forked, step: 100, calls: Vec::new() };
+        let error = keeper.advance(&forked.root(3), &mut source).await.unwrap_err();
+        assert!(matches!(error, KeepError::Refused(VerifyError::Fork { epoch: 2, .. })), "{error}");
+        assert_eq!(keeper.kept().unwrap().signed, honest.root(2));
+    }
+
+    #[tokio::test]
+    async fn an_audit_that_ends_elsewhere_than_the_presented_root_is_a_fork() {
+        let directory = directory(3).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(1)).unwrap();
+        // A validly signed epoch 3 that the audit (the directory's real history) does not reach.
+        let signing = ed25519_dalek::SigningKey::from_bytes(&crate::testing::SIGNING_SEED);
+        let fake = sign_root(&signing, "test-1", 3, &[1u8; 32], &directory.vrf_public_key());
+        let mut source = Source { directory: &directory, step: 100, calls: Vec::new() };
+        let error = keeper.advance(&fake, &mut source).await.unwrap_err();
+        assert!(matches!(error, KeepError::Refused(VerifyError::Fork { epoch: 3, .. })), "{error}");
+        // The honest part of the way is kept: epoch 3 as the directory proved it.
+        assert_eq!(keeper.kept().unwrap().signed, directory.root(3));
+    }
+
+    #[tokio::test]
+    async fn a_root_by_another_signer_or_vrf_key_is_refused() {
+        let directory = directory(2).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(1)).unwrap();
+        let intruder = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
+        let hash: [u8; 32] = hex::decode(directory.root(2).root_hash).unwrap().try_into().unwrap();
+        let foreign = sign_root(&intruder, "x", 2, &hash, &directory.vrf_public_key());
+        assert!(matches!(keeper.begin(&foreign), Err(VerifyError::UntrustedSigner { .. })));
+        let signing = ed25519_dalek::SigningKey::from_bytes(&crate::testing::SIGNING_SEED);
+        let other_vrf = sign_root(&signing, "test-1", 2, &hash, &[9u8; 32]);
+        assert!(matches!(keeper.begin(&other_vrf), Err(VerifyError::VrfKeyChanged { epoch: 2 })));
+    }
+
+    #[tokio::test]
+    async fn a_failing_transport_is_reported_as_such() {
+        struct Down;
+        impl AuditSource for Down {
+            type Error = &'static str;
+            async fn audit(&mut self, _: u64, _: u64) -> Result<AuditAnswer, &'static str> {
+                Err("unreachable")
+            }
+        }
+        let directory = directory(2).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(1)).unwrap();
+        let error = keeper.advance(&directory.root(2), &mut Down).await.unwrap_err();
+        assert!(matches!(error, KeepError::Fetch("unreachable")));
+        assert_eq!(keeper.kept().unwrap().epoch, 1);
+    }
+}

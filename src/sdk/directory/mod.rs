@@ -1,0 +1,301 @@
+//! The key directory from the client's side: every key this client seals to is proven by the
+//! server's verifiable directory (`GET /directory/*`, checked by `enigma_verify`), and the owner
+//! checks their own entry on every connect.
+//!
+//! - A contact's key from `GET /connect/{userId}` is used only once the directory's lookup proof
+//!   for that user verifies against the kept root and names the same key, byte for byte ("nothing
+//!   is sealed to a key the directory does not prove"). A user not yet published (the directory
+//!   publishes an epoch about every second) is asked for again until [`PUBLISH_WAIT`] has passed.
+//! - The newest verified root is kept beside the pins ([`super::pins`]) across runs; a newer one
+//!   is taken only through the append-only proofs from it (an older one is a rollback, another
+//!   hash for the same epoch a fork: both refused).
+//! - The owner's client reads its own key history on every [`Client::connect`]: any version that
+//!   is not its key is [`Error::AnotherKeyForYou`].
+//! - A server without a directory (404 at `/directory/root`: one that only speaks the
+//!   specification) is used with pins alone, and [`Client::directory_status`] says so; with
+//!   [`DirectoryPolicy::Require`] it is refused instead.
+
+use std::time::{Duration, Instant};
+
+use enigma_verify::history::{KeyVersion, verify_history};
+use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper};
+use enigma_verify::lookup::verify_lookup;
+use enigma_verify::proof::decode_audit;
+use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
+use enigma_verify::{Signers, VerifiedRoot, VerifyError, verify_root};
+use serde::de::DeserializeOwned;
+
+pub use self::state::{AuditSummary, DirectoryPolicy, DirectoryStatus, KeyProof, PUBLISH_WAIT};
+use self::state::{DirectoryState, Presence};
+use super::client::{Client, http_error};
+use super::crypto::PublicKey;
+use super::error::Error;
+
+/// How often it asks again meanwhile.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// The largest directory answer read (a full audit is asked for in ranges the relay bounds).
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+impl Client {
+    /// What this client knows of its server's directory.
+    pub async fn directory_status(&self) -> DirectoryStatus {
+        let state = self.inner.directory.lock().await;
+        match (state.presence, state.keeper.as_ref().and_then(RootKeeper::kept)) {
+            (Presence::Absent, _) => DirectoryStatus::Absent,
+            (Presence::Present, Some(kept)) => DirectoryStatus::Verified { epoch: kept.epoch },
+            _ => DirectoryStatus::Unknown,
+        }
+    }
+
+    /// Proves that `key` (what `GET /connect` gave) is `user`'s key in the directory: waits up
+    /// to [`PUBLISH_WAIT`] for a user not yet published; refuses a key the directory does not
+    /// prove, or proves otherwise.
+    pub async fn prove_key(&self, user: &str, key: &str) -> Result<KeyProof, Error> {
+        let mut state = self.inner.directory.lock().await;
+        if !self.directory_present(&mut state).await? {
+            return Ok(KeyProof::NoDirectory);
+        }
+        let segments = ["directory", "lookup", user];
+        let deadline = Instant::now() + self.publish_wait();
+        loop {
+            if let Some(answer) = self.fetch::<LookupAnswer>(&segments).await? {
+                match self.take_root(&mut state, &answer.root).await {
+                    // An answer from a replica a moment behind the root already kept: ask again.
+                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
+                    Err(e) => return Err(e),
+                    Ok(root) => {
+                        let proven = verify_lookup(&answer, user, &root)?;
+                        proven.confirm(key)?;
+                        return Ok(KeyProof::Proven(proven));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// Reads `user`'s (this client's own) key history from the directory: every version must be
+    /// this client's key. `None` from a server without a directory.
+    pub async fn check_own_history(&self, user: &str) -> Result<Option<Vec<KeyVersion>>, Error> {
+        let mut state = self.inner.directory.lock().await;
+        if !self.directory_present(&mut state).await? {
+            return Ok(None);
+        }
+        let segments = ["directory", "history", user];
+        let deadline = Instant::now() + self.publish_wait();
+        let versions = loop {
+            if let Some(answer) = self.fetch::<HistoryAnswer>(&segments).await? {
+                match self.take_root(&mut state, &answer.root).await {
+                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
+                    Err(e) => return Err(e),
+                    Ok(root) => break verify_history(&answer, user, &root)?,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        };
+        let mine = self.identity().public_key();
+        let others: Vec<String> = versions
+            .iter()
+            .filter(|v| PublicKey::from_base64url(&v.public_key).ok().as_ref() != Some(mine))
+            .map(|v| match PublicKey::from_base64url(&v.public_key) {
+                Ok(key) => format!("version {} (epoch {}): fingerprint {}", v.version, v.epoch, key.fingerprint()),
+                Err(_) => format!("version {} (epoch {}): {:?}", v.version, v.epoch, v.public_key),
+            })
+            .collect();
+        if versions.is_empty() || !others.is_empty() {
+            return Err(Error::AnotherKeyForYou { user: user.to_owned(), keys: others });
+        }
+        Ok(Some(versions))
+    }
+
+    /// Verifies the directory's whole history, epoch 1 to the newest root: every root signed
+    /// (by the key of the root this client keeps, if it keeps one), every step append-only, and
+    /// the kept root on the way. `progress(epoch, of)` is told after each answer. Keeps the
+    /// newest root.
+    pub async fn audit_directory(&self, mut progress: impl FnMut(u64, u64)) -> Result<AuditSummary, Error> {
+        let started = Instant::now();
+        let mut state = self.inner.directory.lock().await;
+        let latest: SignedRoot =
+            self.fetch(&["directory", "root"]).await?.ok_or_else(|| Error::NoDirectory { url: self.url() })?;
+        state.presence = Presence::Present;
+        let kept = self.keeper(&mut state)?.kept().cloned();
+        let signers = match &kept {
+            Some(kept) => Signers::Pinned(vec![kept.signing_key]),
+            None => Signers::FirstSeen,
+        };
+        let target = verify_root(&latest, &signers, None)?;
+        if let Some(kept) = kept.as_ref().filter(|kept| kept.epoch > target.epoch) {
+            return Err(VerifyError::Rollback { kept: kept.epoch, presented: target.epoch }.into());
+        }
+        let mut audited = RootKeeper::new(signers.clone());
+        let (mut leaves, mut answers) = (0, 0);
+        if target.epoch == 1 {
+            audited.begin(&latest)?;
+        }
+        while audited.kept().is_none_or(|root| root.epoch < target.epoch) {
+            let from = audited.kept().map_or(1, |root| root.epoch);
+            let answer = Audits(self).audit(from, target.epoch).await?;
+            answers += 1;
+            if audited.kept().is_none() {
+                let range =
+                    VerifyError::AuditRange { asked_from: 1, asked_to: target.epoch, from: answer.from, to: answer.to };
+                match answer.roots.first() {
+                    Some(first) if first.epoch == 1 => audited.begin(first)?,
+                    _ => return Err(range.into()),
+                };
+            }
+            if let Some(kept) = &kept {
+                on_the_way(kept, &answer.roots)?;
+            }
+            audited.extend(&answer, &target).await?;
+            leaves += decode_audit(&answer.proof)
+                .map_err(VerifyError::from)?
+                .proofs
+                .iter()
+                .map(|step| step.inserted.len() as u64)
+                .sum::<u64>();
+            progress(audited.kept().map_or(1, |root| root.epoch), target.epoch);
+        }
+        if let Some(kept) = kept.as_ref().filter(|kept| kept.epoch == target.epoch) {
+            on_the_way(kept, std::slice::from_ref(&latest))?;
+        }
+        let keeper = RootKeeper::resume(signers, &latest)?;
+        self.keep(&keeper)?;
+        state.keeper = Some(keeper);
+        Ok(AuditSummary { epochs: target.epoch, leaves, answers, root: latest, elapsed: started.elapsed() })
+    }
+
+    /// Forgets the directory root kept for this server (its operator reset the directory).
+    pub async fn forget_root(&self) -> Result<Option<SignedRoot>, Error> {
+        let mut state = self.inner.directory.lock().await;
+        state.keeper = None;
+        match self.pins() {
+            Some(pins) => pins.forget_root(self.server().as_str()),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the server has a directory (asked once: `GET /directory/root`, whose root is
+    /// taken like any other).
+    async fn directory_present(&self, state: &mut DirectoryState) -> Result<bool, Error> {
+        if state.presence == Presence::Unknown {
+            match self.fetch::<SignedRoot>(&["directory", "root"]).await? {
+                Some(root) => {
+                    state.presence = Presence::Present;
+                    self.take_root(state, &root).await?;
+                }
+                None => state.presence = Presence::Absent,
+            }
+        }
+        match (state.presence, self.inner.directory_policy) {
+            (Presence::Absent, DirectoryPolicy::Require) => Err(Error::NoDirectory { url: self.url() }),
+            (presence, _) => Ok(presence == Presence::Present),
+        }
+    }
+
+    /// Takes `root` through the keeper (append-only proofs from the kept one) and keeps it.
+    async fn take_root(&self, state: &mut DirectoryState, root: &SignedRoot) -> Result<VerifiedRoot, Error> {
+        let keeper = self.keeper(state)?;
+        let taken = keeper.advance(root, &mut Audits(self)).await;
+        // Whatever was proven on the way is kept, even when the end of it was refused.
+        let kept = keeper.clone();
+        self.keep(&kept)?;
+        taken.map_err(|e| match e {
+            KeepError::Refused(e) => Error::Directory(e),
+            KeepError::Fetch(e) => e,
+        })
+    }
+
+    fn keeper<'a>(&self, state: &'a mut DirectoryState) -> Result<&'a mut RootKeeper, Error> {
+        let keeper = match state.keeper.take() {
+            Some(keeper) => keeper,
+            None => self.stored_keeper()?,
+        };
+        Ok(state.keeper.insert(keeper))
+    }
+
+    /// A keeper from the root kept in the pin file (its signature checked again), or an empty one.
+    fn stored_keeper(&self) -> Result<RootKeeper, Error> {
+        let Some(pins) = self.pins() else {
+            return Ok(RootKeeper::new(Signers::FirstSeen));
+        };
+        match pins.root(self.server().as_str())? {
+            Some(root) => RootKeeper::resume(Signers::FirstSeen, &root).map_err(|e| Error::PinFile {
+                path: pins.path().to_owned(),
+                reason: format!("the directory root kept there does not verify ({e})"),
+            }),
+            None => Ok(RootKeeper::new(Signers::FirstSeen)),
+        }
+    }
+
+    fn keep(&self, keeper: &RootKeeper) -> Result<(), Error> {
+        match (self.pins(), keeper.kept()) {
+            (Some(pins), Some(kept)) => pins.keep_root(self.server().as_str(), &kept.signed),
+            _ => Ok(()),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.server().to_string()
+    }
+
+    /// A directory answer: `None` for 404, the body read up to [`MAX_ANSWER_BYTES`].
+    async fn fetch<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<Option<T>, Error> {
+        let url = self.endpoint(segments);
+        let mut response = self.inner.http.get(url).send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Error::Protocol(format!("a directory answer over {MAX_ANSWER_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match status {
+            200 => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| Error::Directory(VerifyError::Malformed(format!("/{}: {e}", segments.join("/"))))),
+            404 => Ok(None),
+            _ => {
+                let text = String::from_utf8_lossy(&body);
+                let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.into_owned()));
+                Err(http_error(status, &body))
+            }
+        }
+    }
+}
+
+/// The kept root must be on the audited way: the root of its epoch among `roots` is it.
+fn on_the_way(kept: &VerifiedRoot, roots: &[SignedRoot]) -> Result<(), VerifyError> {
+    match roots.iter().find(|root| root.epoch == kept.epoch) {
+        Some(root) if !kept.is(root) => {
+            Err(VerifyError::Fork { epoch: kept.epoch, kept: kept.hash_hex(), presented: root.root_hash.clone() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `GET /directory/audit/{from}/{to}` through a client.
+struct Audits<'a>(&'a Client);
+
+impl AuditSource for Audits<'_> {
+    type Error = Error;
+
+    async fn audit(&mut self, from: u64, to: u64) -> Result<AuditAnswer, Error> {
+        let (from_text, to_text) = (from.to_string(), to.to_string());
+        self.0.fetch(&["directory", "audit", &from_text, &to_text]).await?.ok_or_else(|| Error::Http {
+            status: 404,
+            message: format!("no append-only proof from epoch {from} to {to}"),
+        })
+    }
+}
+
+pub(super) mod state;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! The client's directory checks against a server that answers from akd's in-memory directory
+//! (`enigma_verify::testing`), honest or not: `GET /connect` and `GET /directory/*` only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use enigma_verify::testing::TestDirectory;
+use enigma_verify::wire::SignedRoot;
+use tokio::sync::Mutex;
+
+use super::*;
+use crate::sdk::{ClientOptions, Identity, Pins};
+
+/// What the fake relay holds and how it misbehaves.
+struct Relay {
+    directory: TestDirectory,
+    /// What `GET /connect` answers (may differ from the directory: a lying relay).
+    keys: HashMap<String, String>,
+    /// Answer `/directory/*` at all (a specification-only server does not).
+    has_directory: bool,
+    /// The most epochs one audit answer covers.
+    audit_step: u64,
+    /// Publishes `(user, key)` when `user` is looked up for the `n`-th time.
+    publish_on_lookup: Option<(String, String, u32)>,
+    lookups: u32,
+    audits: Vec<(u64, u64)>,
+    /// Flips a byte of every audit proof.
+    tamper_audits: bool,
+}
+
+type Shared = Arc<Mutex<Relay>>;
+
+fn found<T: serde::Serialize>(body: &T) -> Response {
+    axum::Json(serde_json::to_value(body).expect("plain struct")).into_response()
+}
+
+fn missing() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": "not found", "code": "not_found"}))).into_response()
+}
+
+async fn connect(State(relay): State<Shared>, Path(user): Path<String>) -> Response {
+    match relay.lock().await.keys.get(&user) {
+        Some(key) => found(&serde_json::json!({"userId": user, "user": user, "publicKey": key})),
+        None => missing(),
+    }
+}
+
+async fn root(State(relay): State<Shared>) -> Response {
+    let relay = relay.lock().await;
+    if !relay.has_directory {
+        return missing();
+    }
+    found(&relay.directory.latest())
+}
+
+async fn lookup(State(relay): State<Shared>, Path(user): Path<String>) -> Response {
+    let mut relay = relay.lock().await;
+    if !relay.has_directory {
+        return missing();
+    }
+    relay.lookups += 1;
+    if let Some((who, key, n)) = relay.publish_on_lookup.clone()
+        && who == user
+        && relay.lookups == n
+    {
+        relay.directory.publish(&[(&who, &key)]).await;
+    }
+    match relay.directory.lookup(&user).await {
+        Some(answer) => found(&answer),
+        None => missing(),
+    }
+}
+
+async fn history(State(relay): State<Shared>, Path(user): Path<String>) -> Response {
+    let relay = relay.lock().await;
+    match relay.directory.history(&user).await {
+        Some(answer) if relay.has_directory => found(&answer),
+        _ => missing(),
+    }
+}
+
+async fn audit(State(relay): State<Shared>, Path((from, to)): Path<(u64, u64)>) -> Response {
+    let mut relay = relay.lock().await;
+    relay.audits.push((from, to));
+    let to = to.min(from + relay.audit_step);
+    let mut answer = relay.directory.audit(from, to).await;
+    if relay.tamper_audits {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut bytes = engine.decode(&answer.proof).expect("own encoding");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        answer.proof = engine.encode(bytes);
+    }
+    found(&answer)
+}
+
+/// A fake relay on a free port; the task ends with the test's runtime.
+async fn serve(relay: Relay) -> (String, Shared) {
+    let shared = Arc::new(Mutex::new(relay));
+    let app = Router::new()
+        .route("/connect/{user}", get(connect))
+        .route("/directory/root", get(root))
+        .route("/directory/lookup/{user}", get(lookup))
+        .route("/directory/history/{user}", get(history))
+        .route("/directory/audit/{from}/{to}", get(audit))
+        .fallback(|| async { missing() })
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, shared)
+}
+
+fn relay(directory: TestDirectory, keys: &[(&str, &str)]) -> Relay {
+    Relay {
+        directory,
+        keys: keys.iter().map(|(u, k)| (u.to_string(), k.to_string())).collect(),
+        has_directory: true,
+        audit_step: 1000,
+        publish_on_lookup: None,
+        lookups: 0,
+        audits: Vec::new(),
+        tamper_audits: false,
+    }
+}
+
+/// A private directory for one test's pin file.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("enigma-directory-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+
+    fn pins(&self) -> Arc<Pins> {
+        Arc::new(Pins::open(&self.0.join("id.key.pins.json")).expect("a fresh pin file"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn client(url: &str, identity: Identity, pins: Option<Arc<Pins>>, directory: DirectoryPolicy) -> Client {
+    let options =
+        ClientOptions { pins, directory, publish_wait: Some(Duration::from_millis(600)), ..ClientOptions::default() };
+    Client::with_options(url, identity, options).expect("a loopback URL")
+}
+
+fn key() -> String {
+    Identity::generate().public_key().to_base64url()
+}
+
+#[tokio::test]
+async fn a_contact_key_is_proven_and_the_root_is_kept_across_runs() {
+    let (bob, carol) = (key(), key());
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    directory.publish(&[("carol", &carol)]).await;
+    let (url, relay) = serve(relay(directory, &[("bob", &bob), ("carol", &carol)])).await;
+    let scratch = Scratch::new("kept");
+
+    let first = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+    assert_eq!(first.lookup("bob").await.unwrap().to_base64url(), bob);
+    assert_eq!(first.directory_status().await, DirectoryStatus::Verified { epoch: 2 });
+    assert_eq!(scratch.pins().root(first.server().as_str()).unwrap().map(|r| r.epoch), Some(2));
+    assert!(relay.lock().await.audits.is_empty(), "the first root is taken on its signature");
+
+    // The directory moves on; the next run starts from the kept root and audits its way.
+    for epoch in 3..=5 {
+        relay.lock().await.directory.publish(&[(&format!("user-{epoch}"), &key())]).await;
+    }
+    let second = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+    match second.prove_key("carol", &carol).await.unwrap() {
+        KeyProof::Proven(proven) => assert_eq!((proven.version, proven.epoch), (1, 5)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(relay.lock().await.audits, [(2, 5)]);
+    assert_eq!(scratch.pins().root(second.server().as_str()).unwrap().map(|r| r.epoch), Some(5));
+}
+
+#[tokio::test]
+async fn a_key_the_directory_does_not_prove_is_refused() {
+    let (bob, mallory) = (key(), key());
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    // `/connect` hands out Mallory's key for Bob; the directory proves Bob's.
+    let (url, _relay) = serve(relay(directory, &[("bob", &mallory)])).await;
+    let client = client(&url, Identity::generate(), None, DirectoryPolicy::Verify);
+    let error = client.lookup("bob").await.unwrap_err();
+    assert!(matches!(error, Error::Directory(VerifyError::KeyDiffers { .. })), "{error}");
+    let error = client.seal("me", "bob", &crate::sdk::Content::new("hi")).await.unwrap_err();
+    assert!(error.to_string().contains("nothing is sealed to a key the directory does not prove"), "{error}");
+    // A message from Bob is refused unopened (not retried forever as if the key were unreachable).
+    let refused = client.open("bob", "me", "irrelevant").await.unwrap().unwrap_err();
+    assert!(matches!(refused, crate::sdk::OpenError::SenderKeyUnproven(_)), "{refused}");
+}
+
+#[tokio::test]
+async fn a_user_not_yet_published_is_waited_for_within_a_bound() {
+    let (alice, bob) = (key(), key());
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("alice", &alice)]).await;
+    let mut fake = relay(directory, &[("alice", &alice), ("bob", &bob)]);
+    // Bob is published while the client waits (at its second lookup).
+    fake.publish_on_lookup = Some(("bob".into(), bob.clone(), 2));
+    let (url, relay) = serve(fake).await;
+    let client = client(&url, Identity::generate(), None, DirectoryPolicy::Verify);
+    assert_eq!(client.lookup("bob").await.unwrap().to_base64url(), bob);
+    assert_eq!(relay.lock().await.lookups, 2);
+
+    // Carol never is: refused once the wait is over.
+    let carol = key();
+    relay.lock().await.keys.insert("carol".into(), carol);
+    let started = std::time::Instant::now();
+    let error = client.lookup("carol").await.unwrap_err();
+    assert!(matches!(error, Error::NotPublished { .. }), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_rolled_back_or_forked_directory_is_refused() {
+    let bob = key();
+    let mut honest = TestDirectory::new().await;
+    for epoch in 1..=3 {
+        honest.publish(&[(&format!("user-{epoch}"), &key())]).await;
+    }
+    honest.publish(&[("bob", &bob)]).await;
+    let (url, relay) = serve(relay(honest, &[("bob", &bob)])).await;
+    let scratch = Scratch::new("rollback");
+    client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify).lookup("bob").await.unwrap();
+
+    // The relay now serves an older state (epoch 2, Bob not yet in it... and an epoch-2 Bob).
+    let mut older = TestDirectory::new().await;
+    older.publish(&[("user-1", &key())]).await;
+    older.publish(&[("bob", &bob)]).await;
+    relay.lock().await.directory = older;
+    let error = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify)
+        .lookup("bob")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Directory(VerifyError::Rollback { kept: 4, presented: 2 })), "{error}");
+
+    // Or another history with as many epochs: a fork.
+    let mut forked = TestDirectory::new().await;
+    for epoch in 1..=3 {
+        forked.publish(&[(&format!("other-{epoch}"), &key())]).await;
+    }
+    forked.publish(&[("bob", &bob)]).await;
+    relay.lock().await.directory = forked;
+    let error = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify)
+        .lookup("bob")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Directory(VerifyError::Fork { epoch: 4, .. })), "{error}");
+    assert_eq!(scratch.pins().root(&format!("{url}/")).unwrap().map(|r| r.epoch), Some(4), "the kept root stays");
+}
+
+#[tokio::test]
+async fn a_server_without_a_directory_falls_back_to_pins_unless_one_is_required() {
+    let bob = key();
+    let mut fake = relay(TestDirectory::new().await, &[("bob", &bob)]);
+    fake.has_directory = false;
+    let (url, _relay) = serve(fake).await;
+    let scratch = Scratch::new("absent");
+    let client_ = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+    assert_eq!(client_.directory_status().await, DirectoryStatus::Unknown);
+    assert_eq!(client_.lookup("bob").await.unwrap().to_base64url(), bob);
+    assert_eq!(client_.directory_status().await, DirectoryStatus::Absent);
+    assert!(client_.pin("bob").unwrap().is_some(), "pinned as before");
+
+    let strict = client(&url, Identity::generate(), None, DirectoryPolicy::Require);
+    let error = strict.lookup("bob").await.unwrap_err();
+    assert!(matches!(error, Error::NoDirectory { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn the_owner_is_told_when_the_directory_shows_another_key_for_them() {
+    let me = Identity::generate();
+    let mine = me.public_key().to_base64url();
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("me", &mine)]).await;
+    let (url, relay) = serve(relay(directory, &[("me", &mine)])).await;
+    let client = client(&url, me, None, DirectoryPolicy::Verify);
+    let versions = client.check_own_history("me").await.unwrap().unwrap();
+    assert_eq!(versions.len(), 1);
+
+    let impostor = Identity::generate().public_key().clone();
+    relay.lock().await.directory.publish(&[("me", &impostor.to_base64url())]).await;
+    let error = client.check_own_history("me").await.unwrap_err();
+    let Error::AnotherKeyForYou { keys, .. } = &error else { panic!("{error}") };
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].contains(&impostor.fingerprint()), "{error}");
+    assert!(error.to_string().contains("the directory shows another key for you"), "{error}");
+}
+
+#[tokio::test]
+async fn the_whole_history_is_audited_in_the_ranges_the_relay_answers() {
+    let mut directory = TestDirectory::new().await;
+    for epoch in 1..=6 {
+        directory.publish(&[(&format!("user-{epoch}"), &key())]).await;
+    }
+    let mut fake = relay(directory, &[]);
+    fake.audit_step = 2;
+    let (url, relay) = serve(fake).await;
+    let scratch = Scratch::new("audit");
+    let client_ = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+    let mut seen = Vec::new();
+    let summary = client_.audit_directory(|epoch, of| seen.push((epoch, of))).await.unwrap();
+    // One user a step: five leaves added after epoch 1.
+    assert_eq!((summary.epochs, summary.answers, summary.leaves), (6, 3, 5));
+    assert_eq!(seen, [(3, 6), (5, 6), (6, 6)]);
+    assert_eq!(relay.lock().await.audits, [(1, 6), (3, 6), (5, 6)]);
+    assert_eq!(scratch.pins().root(client_.server().as_str()).unwrap().map(|r| r.epoch), Some(6));
+
+    relay.lock().await.tamper_audits = true;
+    let error = client_.audit_directory(|_, _| {}).await.unwrap_err();
+    assert!(matches!(error, Error::Directory(_)), "{error}");
+}
+
+#[tokio::test]
+async fn a_kept_root_that_does_not_verify_is_an_error_not_a_fresh_start() {
+    let bob = key();
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    let (url, relay) = serve(relay(directory, &[("bob", &bob)])).await;
+    let scratch = Scratch::new("damaged");
+    let pins = scratch.pins();
+    let mut root: SignedRoot = relay.lock().await.directory.latest();
+    root.epoch = 1000; // the signature no longer covers it
+    pins.keep_root(&format!("{url}/"), &root).unwrap();
+    let error =
+        client(&url, Identity::generate(), Some(pins), DirectoryPolicy::Verify).lookup("bob").await.unwrap_err();
+    assert!(matches!(error, Error::PinFile { .. }), "{error}");
+}
