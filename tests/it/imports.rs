@@ -1,10 +1,15 @@
 //! Imports run one way: no file of `src/` imports a file that (through others) imports it back.
 //!
-//! Each `.rs` file is a node; its file-level `use` statements (`crate::…`, `super::…`,
-//! `self::…`, or a child module's name) are its edges, resolved to the file of the deepest module
-//! the path names (`a/mod.rs` or `a.rs` for `a`, so importing a parent's re-export depends on the
-//! parent). Each binary under `src/bin/` is a crate of its own. `use` statements inside inline
-//! modules (`mod tests { … }`) are not file-level and are not read.
+//! Each `.rs` file is a node. Files are read as Rust (with `syn`, so strings and comments are
+//! not code) and found the way the compiler finds them: from each crate's root through its `mod`
+//! declarations, `#[path = "…"]` ones included. A file's edges are the paths its code names:
+//! its `use` statements wherever they stand, and every path of two segments or more in its code
+//! and in its macro calls' tokens, when the path starts at `crate`, `self`, `super`, a child
+//! module or a name a `use` brought in. Each resolves to the file of the deepest module it names
+//! (`a/mod.rs` or `a.rs` for `a`, so importing a parent's re-export depends on the parent). An
+//! inline module is read as part of its file; test-only modules (`#[cfg(test)]`, inline or not)
+//! are not read, and declaring a module (`mod b;`) is not an import of it. Each binary under
+//! `src/bin/` is a crate of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +50,101 @@ fn a_circle_through_a_re_export_or_a_braced_import_is_found() {
     assert_eq!(circles(&files), vec![vec!["a/inner.rs".to_string(), "c.rs".into(), "a/mod.rs".into()]]);
 }
 
+/// The made-up crate `files` as the test functions take it.
+fn crate_of(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    files.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect()
+}
+
+#[test]
+fn a_path_through_a_child_module_or_an_imported_module_is_an_import() {
+    let files = crate_of(&[
+        ("lib.rs", "pub mod a;\npub mod link;\npub mod user;\n"),
+        ("a/mod.rs", "mod b;\npub struct T;\npub fn f() {\n    b::g();\n}\n"),
+        ("a/b.rs", "use super::T;\npub fn g() {}\n"),
+        ("link/mod.rs", "pub mod events;\n"),
+        ("link/events.rs", "use crate::user::Name;\npub struct X;\n"),
+        ("user.rs", "use super::link;\npub struct Name;\nfn f(_: link::events::X) {}\n"),
+    ]);
+    let expected = vec![vec!["a/b.rs".to_string(), "a/mod.rs".into()], vec!["link/events.rs".into(), "user.rs".into()]];
+    assert_eq!(circles(&files), expected);
+}
+
+#[test]
+fn a_module_with_a_path_attribute_is_its_real_file() {
+    // The floor's shape: `main.rs` calls into `redis_floor`, which uses `procfs`, a module whose
+    // file lives with another binary. No circle there; one between `procfs` and `redis_floor`.
+    let files = crate_of(&[
+        (
+            "bin/floor/main.rs",
+            "#[path = \"../bench/procfs.rs\"]\nmod procfs;\nmod redis_floor;\nfn main() {\n    redis_floor::run();\n}\n",
+        ),
+        (
+            "bin/floor/redis_floor.rs",
+            "use crate::procfs;\npub struct Reading;\npub fn run() {\n    procfs::read();\n}\n",
+        ),
+        ("bin/bench/procfs.rs", "pub fn read() -> crate::redis_floor::Reading {\n    todo!()\n}\n"),
+    ]);
+    assert_eq!(circles(&files), vec![vec!["bin/bench/procfs.rs".to_string(), "bin/floor/redis_floor.rs".into()]]);
+}
+
+#[test]
+fn an_indented_use_is_an_import() {
+    let files = crate_of(&[
+        ("lib.rs", "pub mod a;\npub mod b;\npub mod c;\npub mod d;\npub mod f;\n"),
+        ("a.rs", "pub struct A;\npub fn f() {\n    use crate::{b::G, c};\n}\n"),
+        ("b.rs", "use crate::a::A;\npub struct G;\n"),
+        ("c.rs", "pub fn h() {}\n"),
+        ("d/mod.rs", "mod e;\npub struct D;\nfn f() {\n    use self::e::E;\n}\n"),
+        ("d/e.rs", "use super::D;\npub struct E;\n"),
+        ("f/mod.rs", "mod g;\npub struct F;\nfn f() {\n    use g::G;\n}\n"),
+        ("f/g.rs", "use super::F;\npub struct G;\n"),
+    ]);
+    let expected = vec![
+        vec!["a.rs".to_string(), "b.rs".into()],
+        vec!["d/e.rs".into(), "d/mod.rs".into()],
+        vec!["f/g.rs".into(), "f/mod.rs".into()],
+    ];
+    assert_eq!(circles(&files), expected);
+}
+
+#[test]
+fn an_inline_module_is_read_unless_it_is_test_only() {
+    let files = crate_of(&[
+        ("lib.rs", "pub mod engine;\npub mod telemetry;\n"),
+        (
+            "telemetry.rs",
+            "pub struct Meter;\npub mod metric {\n    use super::Meter;\n    pub fn load() -> crate::engine::Load {\n        todo!()\n    }\n}\n#[cfg(test)]\nmod tests {\n    use crate::engine::Other;\n}\n",
+        ),
+        ("engine.rs", "use crate::telemetry::Meter;\npub struct Load;\n"),
+    ]);
+    assert_eq!(circles(&files), vec![vec!["engine.rs".to_string(), "telemetry.rs".into()]]);
+}
+
+#[test]
+fn strings_and_comments_are_not_code() {
+    let files = crate_of(&[
+        ("lib.rs", "pub mod a;\npub mod b;\npub mod c;\n"),
+        // `a` names `c`, so that a false edge back from `c` would make a circle.
+        ("a.rs", "pub fn f() {\n    open(\"redis://host\", crate::b::make());\n    crate::c::g(\"\");\n}\n"),
+        ("b.rs", "use crate::a::f;\npub fn make() {}\n"),
+        (
+            "c.rs",
+            concat!(
+                "/* crate::a::f\n   and super::a::f */\n",
+                "const S: &str = \"crate::a::f\";\n",
+                "const R: &str = r#\"a \" crate::a::f\"#;\n",
+                "const Q: &[u8] = br\"crate::a::f\";\n",
+                "const B: &[u8] = b\"crate::a::f\";\n",
+                "const C: char = '\"';\n",
+                "const D: u8 = b'\"';\n",
+                "fn g<'a>(x: &'a str) -> &'a str {\n    x // \"\n}\n",
+                "fn h() -> &'static str {\n    \"super::a::f\"\n}\n",
+            ),
+        ),
+    ]);
+    assert_eq!(circles(&files), vec![vec!["a.rs".to_string(), "b.rs".into()]]);
+}
+
 /// Every `.rs` file under `dir`, as (path relative to `src`, text), in a stable order.
 fn collect(src: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -64,8 +164,9 @@ fn collect(src: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
 }
 
 /// Which crate a file belongs to (`""` for the library, the binary's name otherwise) and its
-/// module path within that crate.
-fn module_of(file: &str) -> (String, Vec<String>) {
+/// module path within that crate, as its place under `src/` says. A file no `mod` declares (a
+/// fixture's) keeps this place.
+fn module_of(file: &str) -> Module {
     let mut parts: Vec<String> = file.trim_end_matches(".rs").split('/').map(str::to_owned).collect();
     let krate = if parts.first().is_some_and(|p| p == "bin") {
         parts.remove(0);
@@ -86,162 +187,280 @@ fn module_of(file: &str) -> (String, Vec<String>) {
     (krate, parts)
 }
 
+/// A module: its crate (`""` for the library) and its path in that crate.
+type Module = (String, Vec<String>);
+
+/// One module's own code (an inline module's is its own): where it is, and what it names.
+struct Scope<'a> {
+    module: Module,
+    file: &'a str,
+    /// The paths of its `use` statements, wherever they stand (a function's included).
+    uses: Vec<Vec<String>>,
+    /// Each name a `use` brings in, with the path it stands for.
+    bindings: BTreeMap<String, Vec<String>>,
+    /// The paths of two segments or more written in its code and in macro calls' tokens.
+    paths: Vec<Vec<String>>,
+}
+
 /// The circles among `files`: for each group of files that import one another, one path through
 /// all its members in import order, starting at its first file by name.
 fn circles(files: &[(String, String)]) -> Vec<Vec<String>> {
-    let modules: BTreeMap<(String, Vec<String>), &str> =
-        files.iter().map(|(path, _)| (module_of(path), path.as_str())).collect();
-    let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (path, text) in files {
-        let (krate, here) = module_of(path);
-        let targets = edges.entry(path.as_str()).or_default();
-        for used in file_level_uses(text).iter().flat_map(|tree| expand(tree)) {
-            let Some(target) = resolve(&modules, &krate, &here, &used) else { continue };
-            if target != path {
-                targets.insert(target);
+    let parsed: BTreeMap<&str, syn::File> = files
+        .iter()
+        .map(|(path, text)| (path.as_str(), syn::parse_file(text).unwrap_or_else(|e| panic!("{path}: {e}"))))
+        .collect();
+    let mut crates =
+        Crates { parsed: &parsed, modules: BTreeMap::new(), scopes: Vec::new(), test_only: BTreeSet::new() };
+    for &file in parsed.keys() {
+        let (krate, path) = module_of(file);
+        let is_root = path.is_empty() && (file == "lib.rs" || file.starts_with("bin/"));
+        if is_root {
+            crates.declare((krate, path), file, &parsed[file].items, dir_of(file), dir_of(file));
+        }
+    }
+    // Files no `mod` reaches (a made-up crate's) stand where their place says.
+    for &file in parsed.keys() {
+        let reached = crates.modules.values().any(|f| *f == file);
+        if !reached && !crates.test_only.contains(file) {
+            let module = module_of(file);
+            if !crates.modules.contains_key(&module) {
+                crates.declare(module, file, &parsed[file].items, child_dir(file), dir_of(file));
+            }
+        }
+    }
+    let mut edges: BTreeMap<&str, BTreeSet<&str>> = parsed.keys().map(|&f| (f, BTreeSet::new())).collect();
+    for scope in &crates.scopes {
+        for used in scope.uses.iter().chain(&scope.paths) {
+            let Some(target) = crates.resolve(scope, used) else { continue };
+            if target != scope.file {
+                edges.get_mut(scope.file).unwrap().insert(target);
             }
         }
     }
     strongly_connected(&edges).into_iter().filter(|group| group.len() > 1).map(|group| walk(&edges, &group)).collect()
 }
 
-/// The module paths a file's own code names: the trees of its file-level `use` statements
-/// (without `use` and the semicolon), and every `crate::…` or `super::…` path written in its code
-/// outside inline modules (`super` means another module there) and comments.
-fn file_level_uses(text: &str) -> Vec<String> {
-    let mut trees = Vec::new();
-    let mut open: Option<String> = None;
-    // The closing line of the inline module being skipped (rustfmt puts it at the indentation
-    // of its `mod` line).
-    let mut skipping: Option<String> = None;
-    for line in text.lines() {
-        if let Some(end) = &skipping {
-            if line == end {
-                skipping = None;
-            }
-            continue;
-        }
-        let code = line.split("//").next().unwrap_or(line).trim_end();
-        let trimmed = code.trim_start();
-        let is_inline_mod =
-            ["mod ", "pub mod ", "pub(crate) mod ", "pub(super) mod "].iter().any(|p| trimmed.starts_with(p))
-                && trimmed.ends_with('{');
-        if is_inline_mod {
-            skipping = Some(format!("{}}}", &code[..code.len() - trimmed.len()]));
-            continue;
-        }
-        if let Some(tree) = open.as_mut() {
-            tree.push_str(code.trim());
-        } else if let Some(rest) =
-            ["pub(crate) use ", "pub(super) use ", "pub use ", "use "].iter().find_map(|p| code.strip_prefix(p))
-        {
-            open = Some(rest.trim().to_owned());
-        } else {
-            trees.extend(paths_in(code));
-        }
-        if let Some(tree) = open.take_if(|tree| tree.ends_with(';')) {
-            trees.push(tree.trim_end_matches(';').to_owned());
-        }
-    }
-    trees
+/// The crates of `src/`: which file each module is, and each module's code.
+struct Crates<'a> {
+    parsed: &'a BTreeMap<&'a str, syn::File>,
+    modules: BTreeMap<Module, &'a str>,
+    scopes: Vec<Scope<'a>>,
+    /// Files only test builds compile (`#[cfg(test)] mod tests;`): not read.
+    test_only: BTreeSet<&'a str>,
 }
 
-/// The `crate::…` and `super::…` paths written in a line of code.
-fn paths_in(code: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for root in ["crate::", "super::"] {
-        let mut from = 0;
-        while let Some(at) = code[from..].find(root).map(|i| from + i) {
-            from = at + root.len();
-            let before = code[..at].chars().next_back();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':' || c == '$') {
+impl<'a> Crates<'a> {
+    /// Records `module`, written in `file` as `items`, then the modules it declares: inline ones
+    /// as scopes of the same file, others as the file `#[path]` names (relative to `base`) or
+    /// `dir/name.rs` or `dir/name/mod.rs`. Test-only modules are left out.
+    fn declare(&mut self, module: Module, file: &'a str, items: &'a [syn::Item], dir: String, base: String) {
+        self.modules.insert(module.clone(), file);
+        let mut scope =
+            Scope { module: module.clone(), file, uses: Vec::new(), bindings: BTreeMap::new(), paths: Vec::new() };
+        for item in items {
+            syn::visit::Visit::visit_item(&mut scope, item);
+        }
+        self.scopes.push(scope);
+        for item in items {
+            let syn::Item::Mod(declared) = item else { continue };
+            let name = declared.ident.to_string();
+            let (krate, mut path) = module.clone();
+            path.push(name.clone());
+            let found = match path_attribute(&declared.attrs) {
+                Some(relative) => normalize(&format!("{base}{relative}")),
+                None => [format!("{dir}{name}.rs"), format!("{dir}{name}/mod.rs")]
+                    .into_iter()
+                    .find(|f| self.parsed.contains_key(f.as_str()))
+                    .unwrap_or_default(),
+            };
+            let found = self.parsed.get_key_value(found.as_str()).map(|(f, _)| *f);
+            if is_test_only(&declared.attrs) {
+                self.test_only.extend(found);
                 continue;
             }
-            // A visibility, `pub(in crate::a)`, names where an item is seen, not what it uses.
-            if code[..at].trim_end().ends_with("(in") {
-                continue;
+            if let Some((_, content)) = &declared.content {
+                // Inside an inline module, a `#[path]` is relative to the module's own folder.
+                let inner = format!("{dir}{name}/");
+                self.declare((krate, path), file, content, inner.clone(), inner);
+            } else if let Some(child) = found {
+                self.declare((krate, path), child, &self.parsed[child].items, child_dir(child), dir_of(child));
             }
-            let end = code[at..]
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-                .map_or(code.len(), |i| at + i);
-            found.push(code[at..end].trim_end_matches(':').to_owned());
         }
     }
-    found
+
+    /// The file of the deepest module `used` names, seen from `scope`; `None` for paths outside
+    /// the crate (`std::…`, other crates, local names).
+    fn resolve(&self, scope: &Scope, used: &[String]) -> Option<&'a str> {
+        let (krate, mut path) = self.absolute(scope, used, 0)?;
+        loop {
+            if let Some(file) = self.modules.get(&(krate.clone(), path.clone())) {
+                return Some(file);
+            }
+            path.pop()?;
+        }
+    }
+
+    /// `used` as a path from its crate's root, following the `use` that brought in its first
+    /// name if it has one (`depth` stops a `use` that names itself).
+    fn absolute(&self, scope: &Scope, used: &[String], depth: usize) -> Option<Module> {
+        let (krate, here) = &scope.module;
+        let (first, rest) = used.split_first()?;
+        let is_child = |name: &str| {
+            let child = here.iter().cloned().chain([name.to_owned()]).collect();
+            self.modules.contains_key(&(krate.clone(), child))
+        };
+        let (mut base, mut rest) = match first.as_str() {
+            "crate" => (Vec::new(), rest),
+            "self" => (here.clone(), rest),
+            "super" => (here[..here.len().checked_sub(1)?].to_vec(), rest),
+            child if is_child(child) => (here.clone(), used),
+            name if depth < 8 => {
+                let (_, mut base) = self.absolute(scope, scope.bindings.get(name)?, depth + 1)?;
+                base.extend(rest.iter().cloned());
+                return Some((krate.clone(), base));
+            }
+            _ => return None,
+        };
+        while let Some(("super", further)) = rest.split_first().map(|(s, r)| (s.as_str(), r)) {
+            base.pop()?;
+            rest = further;
+        }
+        base.extend(rest.iter().cloned());
+        Some((krate.clone(), base))
+    }
 }
 
-/// The paths a use tree names: `a::{b, c::{d, self}}` is `a::b`, `a::c::d` and `a::c`.
-fn expand(tree: &str) -> Vec<Vec<String>> {
-    let tree = tree.trim();
-    let Some(open) = tree.find('{') else {
-        let path = tree.split(" as ").next().unwrap_or(tree);
-        let mut segments: Vec<String> =
-            path.split("::").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-        if segments.last().is_some_and(|s| s == "self" || s == "*") && segments.len() > 1 {
-            segments.pop();
-        }
-        return vec![segments];
-    };
-    let prefix: Vec<String> = tree[..open].split("::").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in inner.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&inner[start..i]);
-                start = i + 1;
+impl<'ast> syn::visit::Visit<'ast> for Scope<'_> {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        for (path, name) in expand(&item.tree) {
+            if let Some(name) = name {
+                self.bindings.insert(name, path.clone());
             }
-            _ => {}
+            self.uses.push(path);
         }
     }
-    parts.push(&inner[start..]);
-    parts
-        .into_iter()
-        .filter(|part| !part.trim().is_empty())
-        .flat_map(expand)
-        .map(|rest| prefix.iter().cloned().chain(rest).collect())
-        .collect()
+
+    /// An inline module is a scope of its own; a module's file is read when it is declared.
+    fn visit_item_mod(&mut self, _: &'ast syn::ItemMod) {}
+
+    /// A visibility, `pub(in crate::a)`, names where an item is seen, not what it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
+    /// Attributes are not code (a derive's path names a macro, not a module of the crate).
+    fn visit_attribute(&mut self, _: &'ast syn::Attribute) {}
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if path.leading_colon.is_none() && path.segments.len() > 1 {
+            self.paths.push(path.segments.iter().map(|s| s.ident.to_string()).collect());
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    /// A macro call's arguments are tokens, not syntax: every `a::b…` among them counts
+    /// (`$crate::…` in a `macro_rules!` names the crate the macro is called from).
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.visit_path(&mac.path);
+        let tokens = syn::buffer::TokenBuffer::new2(mac.tokens.clone());
+        paths_in_tokens(tokens.begin(), &mut self.paths);
+    }
 }
 
-/// The file of the deepest module `used` names, seen from the module `here` of `krate`; `None`
-/// for paths outside the crate (`std::…`, other crates).
-fn resolve<'a>(
-    modules: &BTreeMap<(String, Vec<String>), &'a str>,
-    krate: &str,
-    here: &[String],
-    used: &[String],
-) -> Option<&'a str> {
-    let (first, rest) = used.split_first()?;
-    let mut base: Vec<String> = match first.as_str() {
-        "crate" => Vec::new(),
-        "self" => here.to_vec(),
-        "super" => here[..here.len().checked_sub(1)?].to_vec(),
-        child => {
-            let mut child_path = here.to_vec();
-            child_path.push(child.to_owned());
-            if !modules.contains_key(&(krate.to_owned(), child_path)) {
-                return None; // another crate
+/// The `a::b…` paths (two segments or more, not after `::`, `.` or `$`) among a macro's tokens.
+fn paths_in_tokens(mut cursor: syn::buffer::Cursor, found: &mut Vec<Vec<String>>) {
+    let mut after: Option<char> = None;
+    while !cursor.eof() {
+        if let Some((inside, _, _, next)) = cursor.any_group() {
+            paths_in_tokens(inside, found);
+            (cursor, after) = (next, None);
+        } else if let Some((ident, next)) = cursor.ident() {
+            let mut path = vec![ident.to_string()];
+            cursor = next;
+            while let Some((_, next)) = cursor.punct().filter(|(p, _)| p.as_char() == ':')
+                && let Some((_, next)) = next.punct().filter(|(p, _)| p.as_char() == ':')
+                && let Some((ident, next)) = next.ident()
+            {
+                path.push(ident.to_string());
+                cursor = next;
             }
-            here.to_vec()
+            if path.len() > 1 && !matches!(after, Some(':' | '.' | '$')) {
+                found.push(path);
+            }
+            after = None;
+        } else if let Some((punct, next)) = cursor.punct() {
+            (cursor, after) = (next, Some(punct.as_char()));
+        } else if let Some((_, next)) = cursor.token_tree() {
+            (cursor, after) = (next, None);
         }
-    };
-    let mut rest = if first == "crate" || first == "self" || first == "super" { rest } else { used };
-    while let Some(("super", further)) = rest.split_first().map(|(s, r)| (s.as_str(), r)) {
-        base.pop();
-        rest = further;
     }
-    let mut path = base;
-    path.extend(rest.iter().cloned());
-    while !path.is_empty() {
-        if let Some(file) = modules.get(&(krate.to_owned(), path.clone())) {
-            return Some(file);
+}
+
+/// The paths a use tree names, each with the name it brings in: `a::{b, c::{d as e, self}}` is
+/// `a::b` (`b`), `a::c::d` (`e`) and `a::c` (`c`); a glob, `a::*`, is `a` and brings in no name.
+fn expand(tree: &syn::UseTree) -> Vec<(Vec<String>, Option<String>)> {
+    match tree {
+        syn::UseTree::Path(path) => expand(&path.tree)
+            .into_iter()
+            .map(|(rest, name)| ([vec![path.ident.to_string()], rest].concat(), name))
+            .collect(),
+        syn::UseTree::Name(name) if name.ident == "self" => vec![(Vec::new(), None)],
+        syn::UseTree::Name(name) => vec![(vec![name.ident.to_string()], Some(name.ident.to_string()))],
+        syn::UseTree::Rename(rename) if rename.ident == "self" => vec![(Vec::new(), Some(rename.rename.to_string()))],
+        syn::UseTree::Rename(rename) => {
+            vec![(vec![rename.ident.to_string()], Some(rename.rename.to_string()).filter(|r| r != "_"))]
         }
-        path.pop();
+        syn::UseTree::Glob(_) => vec![(Vec::new(), None)],
+        syn::UseTree::Group(group) => group.items.iter().flat_map(expand).collect(),
     }
-    modules.get(&(krate.to_owned(), path)).copied()
+}
+
+/// Whether an item is compiled only in test builds: `#[cfg(test)]`.
+fn is_test_only(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && matches!(&a.meta, syn::Meta::List(list) if list.tokens.to_string() == "test")
+    })
+}
+
+/// The file a `#[path = "…"]` attribute names, as written.
+fn path_attribute(attrs: &[syn::Attribute]) -> Option<String> {
+    attrs.iter().find(|a| a.path().is_ident("path")).and_then(|a| match &a.meta {
+        syn::Meta::NameValue(syn::MetaNameValue {
+            value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(path), .. }),
+            ..
+        }) => Some(path.value()),
+        _ => None,
+    })
+}
+
+/// The folder of `file`, with its trailing `/` (`""` for `src/` itself).
+fn dir_of(file: &str) -> String {
+    file.rfind('/').map_or(String::new(), |i| file[..=i].to_owned())
+}
+
+/// The folder where the modules `file` declares live: its own for `mod.rs`, `lib.rs`, `main.rs`
+/// and a binary's root, one named after it otherwise (`a/b.rs` declares `a/b/c.rs`).
+fn child_dir(file: &str) -> String {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    let is_root = file.starts_with("bin/") && file.matches('/').count() == 1;
+    if ["mod.rs", "lib.rs", "main.rs"].contains(&name) || is_root {
+        dir_of(file)
+    } else {
+        format!("{}/", file.trim_end_matches(".rs"))
+    }
+}
+
+/// `path` without its `.` and `..` steps.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "." | "" => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 /// The strongly connected groups of the graph (Tarjan), each sorted.
