@@ -41,8 +41,8 @@ impl Heard {
         self.take(event);
     }
 
-    /// Awaits `work`, taking events in meanwhile (a disconnection pauses live forwarding at
-    /// once, whatever the link is doing).
+    /// Awaits `work`, taking events in meanwhile (a loss heard is acted on as soon as `work`
+    /// is done, whatever the link is doing; the decoder has paused live forwarding already).
     pub(super) async fn during<T>(&mut self, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
         loop {
@@ -84,7 +84,8 @@ impl Heard {
 
     /// Announcements may be missing from now on: until the link is recovered and every session
     /// caught up, nothing is forwarded live (redis-rs resubscribes by itself, so live
-    /// messages would otherwise overtake the gap).
+    /// messages would otherwise overtake the gap). The decoder pauses too, the moment it sees a
+    /// disconnection or drops an event; this covers the losses the link finds itself.
     pub(super) fn lose(&mut self) {
         self.hub.pause_live();
         self.lost = true;
@@ -135,7 +136,7 @@ mod tests {
         let user = UserId::random();
         let mailbox = hub.register(&user);
         hub.set_generation(&mailbox, 1);
-        let (events, receiver) = LinkEvents::new(8);
+        let (events, receiver) = LinkEvents::new(8, hub.clone());
         (Heard::new(receiver, hub.clone(), Keys { prefix: "t:".into() }), events, hub, user)
     }
 

@@ -42,7 +42,7 @@ use crate::telemetry::metric;
 const PROBE_MISSES: u32 = 3;
 /// How long disconnection notices may gather before one recovery covers them all (every node
 /// of a cluster reports its own drop).
-const DISCONNECT_SETTLE: Duration = Duration::from_millis(50);
+const DISCONNECT_GRACE: Duration = Duration::from_millis(50);
 /// The wait after the first failed recovery attempt; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -112,7 +112,8 @@ impl Link {
 
     /// Runs until the engine is gone (its request queue closed).
     pub(super) async fn run(mut self, mut requests: Requests) {
-        let mut tick = tokio::time::interval(self.interval);
+        // `start` has just proven the link: the first check is one interval away.
+        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut received = Vec::new();
         loop {
@@ -138,18 +139,34 @@ impl Link {
                     self.attempt().await;
                 }
             }
-            if self.heard.lost && matches!(self.state, State::Up { .. }) {
-                tracing::warn!("Redis subscription link dropped; reconnecting");
-                // A cluster connection that lost nodes can stall on its own slot refresh and
-                // resubscription (redis-rs 1.8.1), and a Sentinel-named master may be a replica
-                // by now (a failover ends its clients' connections): start from new
-                // connections. One Redis at one address is simply reconnected.
-                let rebuild = !matches!(self.connections.connector, Connector::Single { .. });
-                self.recover_in(DISCONNECT_SETTLE, rebuild);
-            } else if !self.heard.dropped.is_empty() && matches!(self.state, State::Up { .. }) {
+            self.after_event().await;
+        }
+    }
+
+    /// While up, acts on what was heard until nothing is left to act on: a loss starts a
+    /// recovery; moved channels are subscribed again, and whatever was heard meanwhile (a loss,
+    /// more moved channels) is looked at again, not left until the next wake-up.
+    async fn after_event(&mut self) {
+        while matches!(self.state, State::Up { .. }) {
+            if self.heard.lost {
+                self.recover_after_loss();
+            } else if !self.heard.dropped.is_empty() {
                 self.settle_requests(std::iter::empty()).await;
+            } else {
+                return;
             }
         }
+    }
+
+    /// A connection dropped or an event was lost: recover after a short grace.
+    fn recover_after_loss(&mut self) {
+        tracing::warn!("Redis subscription link dropped; reconnecting");
+        // A cluster connection that lost nodes can stall on its own slot refresh and
+        // resubscription (redis-rs 1.8.1), and a Sentinel-named master may be a replica by now
+        // (a failover ends its clients' connections): start from new connections. One Redis at
+        // one address is simply reconnected.
+        let rebuild = !matches!(self.connections.connector, Connector::Single { .. });
+        self.recover_in(DISCONNECT_GRACE, rebuild);
     }
 
     /// The link is down from now on: unready, nothing forwarded live, an attempt `after` this
@@ -160,15 +177,18 @@ impl Link {
         self.state = State::Recovering { due: Instant::now() + after, rebuild, backoff: FIRST_BACKOFF };
     }
 
-    /// One recovery attempt; up when it proves the link, else the next one after the backoff,
-    /// on new connections (a link that failed to come back is replaced).
+    /// One recovery attempt; up when it proves the link and nothing was lost meanwhile, else
+    /// the next one: after the backoff, on new connections, if it failed (a link that failed to
+    /// come back is replaced); after the disconnection grace if a loss was heard during it.
     async fn attempt(&mut self) {
         let State::Recovering { rebuild, backoff, .. } = self.state else { return };
-        // Whatever was lost until now, this attempt covers; a loss heard during it starts
-        // another recovery once it is up.
+        // Whatever was lost until now, this attempt covers; a loss heard during it (or a pause
+        // made by the decoder that the link has not heard of yet) needs another.
         self.heard.lost = false;
+        let pauses = self.hub.pauses();
         match self.rebuild_and_prove(rebuild).await {
-            Ok(()) => self.link_up().await,
+            Ok(()) if self.heard.lost => self.recover_after_loss(),
+            Ok(()) => self.link_up(pauses).await,
             Err(why) => {
                 tracing::warn!(error = %why, "Redis subscription link not recovered yet; retrying");
                 let due = Instant::now() + backoff;
@@ -196,11 +216,15 @@ impl Link {
         Ok(())
     }
 
-    async fn link_up(&mut self) {
+    /// Every session catches up and live forwarding resumes, unless it was paused again since
+    /// the attempt read `pauses` (a disconnection not heard yet): then another recovery.
+    async fn link_up(&mut self, pauses: u64) {
+        if !self.hub.resume_live(pauses) {
+            return self.recover_after_loss();
+        }
         self.state = State::Up { misses: 0 };
         self.connections.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
-        self.hub.resume_live();
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
         self.say_if_loading().await;
     }
