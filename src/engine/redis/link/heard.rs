@@ -104,9 +104,14 @@ impl Heard {
             }
             LinkEvent::Disconnected | LinkEvent::Overflowed => self.lose(),
             LinkEvent::ServerDropped(channel) => {
-                // Until subscribed again, its doorbells go nowhere: the session forwards
-                // nothing live before it caught up (and catches up again once subscribed).
                 if let Some(user) = self.keys.channel_user(&channel) {
+                    // A cluster confirms our own unsubscriptions so too: they are of users the
+                    // hub no longer holds, and nobody wants them subscribed again.
+                    if !self.hub.is_registered(&user) {
+                        return;
+                    }
+                    // Until subscribed again, its doorbells go nowhere: the session forwards
+                    // nothing live before it caught up (and catches up again once subscribed).
                     self.hub.catch_up(&user);
                 }
                 if self.dropped.len() < DROPPED {
@@ -177,5 +182,15 @@ mod tests {
         heard.next().await;
         assert!(mailbox.take_fell_behind(), "its doorbells went nowhere meanwhile: the session catches up");
         assert!(heard.dropped.contains(&channel), "and the link subscribes it again");
+    }
+
+    #[tokio::test]
+    async fn the_confirmation_of_our_own_unsubscription_is_not_a_moved_channel() {
+        let (mut heard, events, _hub, _user) = heard();
+        let departed = Keys { prefix: "t:".into() }.channel(&UserId::random()).into_bytes();
+        events.tell(LinkEvent::ServerDropped(departed));
+        heard.next().await;
+        assert!(heard.dropped.is_empty(), "a user the hub does not hold is not subscribed again");
+        assert!(!heard.lost);
     }
 }
