@@ -65,7 +65,8 @@ impl Mailbox {
     /// Whether the session fell behind since the last call: queued deliveries may then sit
     /// behind a gap, and the session's cursor must hold them back until it has caught up.
     pub fn take_fell_behind(&self) -> bool {
-        self.behind.swap(false, Ordering::SeqCst)
+        // Asked on every live delivery: a load, and a write only when it is set.
+        self.behind.load(Ordering::SeqCst) && self.behind.swap(false, Ordering::SeqCst)
     }
 
     /// The next queued live delivery, if any.
