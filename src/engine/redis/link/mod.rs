@@ -244,3 +244,95 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::events::{LinkEvent, LinkEvents};
+    use super::*;
+    use crate::engine::redis::conn::with_resp3;
+    use crate::engine::redis::keys::Keys;
+    use crate::engine::redis::link::requests::SubscriptionQueue;
+    use crate::engine::redis::push::PushHandler;
+
+    /// A redis-server of the test's own, on a free port, killed when dropped.
+    struct Redis(Child, u16);
+
+    impl Redis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            Self(child, port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A link to `redis` proven up, for a hub holding one live session; the events' sender,
+    /// the hub, the session's user. Probes every `interval`.
+    async fn link(redis: &Redis, interval: Duration) -> (Link, LinkEvents, Arc<Hub>, UserId) {
+        let hub = Arc::new(Hub::new(4, 1 << 20, CancellationToken::new()));
+        let user = UserId::random();
+        hub.set_generation(&hub.register(&user), 1);
+        let keys = Keys { prefix: format!("t{}:", redis.1) };
+        let (events, receiver) = LinkEvents::new(EVENT_QUEUE, hub.clone());
+        let push = PushHandler::new(hub.clone(), keys.clone(), "r".into(), events.clone());
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.1)).unwrap();
+        let connector = Connector::Single { pubsub_client: with_resp3(&client).unwrap(), client };
+        let timeout = Duration::from_secs(2);
+        let connections = Arc::new(Connections::open(connector, push, timeout, "test").await.unwrap());
+        let mut link = Link::new(connections, hub.clone(), keys, "r".into(), interval, receiver);
+        link.start().await;
+        assert!(link.connections.is_up() && hub.live_generation(&user).is_some());
+        (link, events, hub, user)
+    }
+
+    #[tokio::test]
+    async fn a_loss_heard_while_moved_channels_are_subscribed_again_starts_a_recovery_at_once() {
+        let redis = Redis::start();
+        // No probe tick during the test: only the link's own reaction can recover it.
+        let (link, events, hub, user) = link(&redis, Duration::from_secs(3600)).await;
+        let (connections, pauses) = (link.connections.clone(), hub.pauses());
+        // The channel is taken first; the disconnection while it is subscribed again.
+        events.tell(LinkEvent::ServerDropped(link.keys.channel(&user).into_bytes()));
+        events.tell(LinkEvent::Disconnected);
+        let (_queue, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
+        let running = tokio::spawn(link.run(requests));
+        // Paused when the loss is heard; recovered (ready, live again) only by a recovery.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(hub.pauses() > pauses && connections.is_up() && hub.live_generation(&user).is_some()) {
+            assert!(Instant::now() < deadline, "the link did not recover from the loss");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_loss_heard_during_a_successful_attempt_means_another_attempt() {
+        let redis = Redis::start();
+        let (mut link, events, hub, user) = link(&redis, Duration::from_secs(3600)).await;
+        link.recover_in(Duration::ZERO, false);
+        // Taken during the attempt (it clears what was heard before it).
+        events.tell(LinkEvent::Disconnected);
+        link.attempt().await;
+        assert!(matches!(link.state, State::Recovering { .. }), "not up after an attempt that heard a loss");
+        assert!(!link.connections.is_up(), "nor ready");
+        assert_eq!(hub.live_generation(&user), None, "nor forwarding live");
+        // The next attempt, hearing nothing, brings it up.
+        link.attempt().await;
+        assert!(matches!(link.state, State::Up { .. }) && link.connections.is_up());
+        assert_eq!(hub.live_generation(&user), Some(1));
+    }
+}
