@@ -482,7 +482,7 @@ mod tests {
 
         hub.pause_live();
         hub.deliver(&user, delivery(3));
-        assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");
+        assert!(mailbox.try_next().is_none(), "nothing is forwarded live while paused");
         assert!(mailbox.take_fell_behind());
         assert_eq!(hub.live_generation(&user), None, "nor handed to it directly");
     }
@@ -508,7 +508,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutdown_kicks_every_session_with_1001() {
+    async fn shutdown_kicks_every_session() {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(4, 1024, shutdown.clone());
         let mailbox = hub.register(&UserId::random());

@@ -102,7 +102,8 @@ mod tests {
         // The link has not run: a doorbell of the connection redis-rs already made anew is
         // not forwarded live (the session catches up instead), nor handed over directly.
         assert_eq!(hub.live_generation(&user), None);
-        let doorbell = Doorbell::Message { id: crate::protocol::MsgId { ms: 1, seq: 1 }, seq: 1, envelope: "{}".into() };
+        let doorbell =
+            Doorbell::Message { id: crate::protocol::MsgId { ms: 1, seq: 1 }, seq: 1, envelope: "{}".into() };
         let message = vec![Value::BulkString(keys.channel(&user).into_bytes()), Value::BulkString(doorbell.encode())];
         push.send(PushInfo { kind: PushKind::Message, data: message }).unwrap();
         assert!(mailbox.try_next().is_none());
