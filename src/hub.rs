@@ -329,7 +329,7 @@ impl Hub {
     /// the recovery that read it): whether live forwarding is on.
     pub fn resume_live(&self, seen: u64) -> bool {
         self.catch_up_all();
-        let paused = seen * PAUSE | PAUSED;
+        let paused = (seen * PAUSE) | PAUSED;
         match self.live_paused.compare_exchange(paused, seen * PAUSE, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => true,
             Err(now) => now == seen * PAUSE,
