@@ -1,6 +1,7 @@
 //! The link: one task that alone owns this replica's subscription link — the subscribed set,
 //! the probe channels and what came back through them, the echo numbers, the recovery and its
-//! backoff, and whether sessions get live deliveries (`Hub::pause_live`, `Hub::resume_live`).
+//! backoff, and when sessions get live deliveries again (`Hub::resume_live`, only if nothing
+//! paused them since the recovery began: the push decoder pauses them too, at once).
 //!
 //! It is up (proven end to end: every probe interval a probe goes out on every probe channel
 //! and must come back) or recovering (after a disconnection, a silence of `PROBE_MISSES`
