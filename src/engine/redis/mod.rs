@@ -54,6 +54,7 @@ mod sentinel;
 mod slots;
 mod subscriber;
 mod supervisor;
+mod tree;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,6 +104,8 @@ struct Inner {
     scripts: Scripts,
     /// How full Redis is, sampled every second (`ledger`).
     pressure: Arc<Pressure>,
+    /// Whether registrations are recorded for the key directory (`directory.enabled`).
+    publishes: bool,
     /// Ends the background tasks (sender, subscriber, remover, supervisor) when the engine is dropped.
     stop: CancellationToken,
 }
@@ -168,6 +171,7 @@ impl RedisEngine {
                 hub,
                 keys,
                 limits: settings.limits.clone(),
+                publishes: settings.directory.enabled,
                 timeout,
                 scripts,
                 connections,

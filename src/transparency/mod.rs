@@ -1,0 +1,5 @@
+//! The verifiable key directory (key transparency).
+//!
+//! - `settings`: `[directory]`.
+
+pub mod settings;
