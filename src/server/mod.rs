@@ -21,6 +21,8 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::transparency::Transparency;
+use crate::transparency::publisher::Publisher;
 use crate::{http, telemetry};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,13 @@ pub async fn run(
     let hub = Arc::new(Hub::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, stopping.clone()));
     let engine = Engine::from_settings(&settings, hub.clone()).await?;
     let auth = Auth::from_settings(&settings.auth, &engine).await?;
+    let (directory, publisher) = if settings.directory.enabled {
+        let directory = Transparency::start(&settings.directory, &engine).await?;
+        let publisher = Publisher::new(&settings.directory, &directory).await?;
+        (Some(Arc::new(directory)), Some(publisher))
+    } else {
+        (None, None)
+    };
     let grace = settings.server.shutdown_grace();
     let trusted_proxies = settings.server.trusted_proxies();
     let state = Arc::new(Shared {
@@ -58,6 +67,7 @@ pub async fn run(
         settings,
         engine,
         auth,
+        directory,
         hub,
         shutdown: stopping,
         draining: AtomicBool::new(false),
@@ -65,6 +75,10 @@ pub async fn run(
         metrics,
     });
     metrics::gauge!(telemetry::metric::DRAINING).set(0.0);
+
+    if let Some(publisher) = publisher {
+        tokio::spawn(publisher.run(state.shutdown.clone()));
+    }
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, engine = state.engine.name(), "enigma relay listening");

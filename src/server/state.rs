@@ -13,12 +13,15 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::limits::address::TrustedProxies;
+use crate::transparency::Transparency;
 
 /// Everything a request or a session needs.
 pub struct Shared {
     pub settings: Settings,
     pub engine: Engine,
     pub auth: Auth,
+    /// The verifiable key directory's reads (`None`: `directory.enabled = false`).
+    pub directory: Option<Arc<Transparency>>,
     pub hub: Arc<Hub>,
     /// Cancelled when the server starts draining: sessions close with 1001.
     pub shutdown: CancellationToken,
