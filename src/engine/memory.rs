@@ -27,8 +27,8 @@ use super::embedded::records::{ContactsRow, InboxRow, MessageRow, UserRow};
 use super::embedded::{Journal, Record, Snapshot};
 use super::errors::{LoginError, SendError};
 use super::records::{Upkeep, UserRecord, renewal_due};
+use super::tree::batch::{Secret, TreeBatch, TreeWrite};
 use super::tree::state::TreeState;
-use super::tree::{Secret, TreeBatch, TreeWrite};
 use super::unavailable::Unavailable;
 use crate::clock::unix_ms;
 use crate::config::Limits;
@@ -1161,11 +1161,14 @@ mod tests {
     /// burns are refused as sends and registrations are, and the server is not ready.
     #[test]
     fn growth_is_refused_while_the_file_is_not_written() {
-        use super::super::embedded::tests::Flaky;
-        let engine = journaled(Flaky { failures: usize::MAX, committed: Arc::default() });
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = journaled(Switched(failing.clone()));
         let here = prefix("192.0.2.7/32");
         let (a, b) = (engine.login("key-a", here).unwrap(), engine.login("key-b", here).unwrap());
         let journal = engine.inner.journal.clone().unwrap();
+        eventually("the logins are committed", || journal.waiting() == 0);
+        failing.store(true, Ordering::Release);
+        engine.mark_used(&a); // a renewal is always queued; its commit fails
         eventually("the failing commit is noticed", || !engine.ready());
         let waiting = journal.waiting();
         for n in 0..1000 {

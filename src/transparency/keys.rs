@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::settings::{DirectorySettings, SigningEntry, encode_seed, parse_signing_entry};
 use crate::engine::Engine;
-use crate::engine::tree::Secret;
+use crate::engine::tree::batch::Secret;
 use crate::engine::unavailable::Unavailable;
 
 /// Signs roots with the directory's signing key.

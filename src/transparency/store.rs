@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 use super::codec;
 use crate::engine::Engine;
-use crate::engine::tree::{TreeBatch, TreeWrite};
+use crate::engine::tree::batch::{TreeBatch, TreeWrite};
 
 #[derive(Clone)]
 pub struct EngineStore {

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use crate::engine::tree::TreeBatch;
+use crate::engine::tree::batch::{TreeBatch, TreeSnapshot};
 use crate::protocol::{MsgId, UserId};
 
 /// A user's directory entry.
@@ -116,16 +116,4 @@ pub struct Snapshot {
     pub registered: Vec<(IpNet, Vec<(u64, u64)>)>,
     pub token_key: Option<String>,
     pub tree: TreeSnapshot,
-}
-
-/// The key directory's part of the file.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TreeSnapshot {
-    pub nodes: Vec<(Vec<u8>, Vec<u8>)>,
-    /// By label, then epoch.
-    pub states: Vec<(Vec<u8>, u64, Vec<u8>)>,
-    /// By epoch.
-    pub roots: Vec<(u64, Vec<u8>)>,
-    pub pending: Vec<(UserId, String)>,
-    pub secrets: Vec<(String, String)>,
 }

@@ -14,9 +14,9 @@ use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
 use super::journal::Store;
-use super::records::{ContactsRow, InboxRow, MessageRow, TreeSnapshot, UserRow};
+use super::records::{ContactsRow, InboxRow, MessageRow, UserRow};
 use super::*;
-use crate::engine::tree::TreeBatch;
+use crate::engine::tree::batch::{TreeBatch, TreeSnapshot};
 use crate::protocol::{MsgId, UserId};
 
 /// A directory of the test's own, removed when dropped.

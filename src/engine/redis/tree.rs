@@ -24,7 +24,7 @@ use super::conn::CLUSTER_CONCURRENCY;
 use super::keys::TreePart;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
-use crate::engine::tree::{Pending, Secret, TreeBatch, TreeWrite};
+use crate::engine::tree::batch::{Pending, Secret, TreeBatch, TreeWrite};
 use crate::engine::unavailable::Unavailable;
 use crate::protocol::UserId;
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Pending, TreeBatch, TreeWrite};
+use super::batch::{Pending, TreeBatch, TreeSnapshot, TreeWrite};
 use crate::protocol::UserId;
 
 #[derive(Default)]
@@ -110,7 +110,7 @@ impl TreeState {
 
 impl TreeState {
     /// The state the data file held.
-    pub fn restore(snapshot: crate::engine::embedded::records::TreeSnapshot) -> Result<Self, String> {
+    pub fn restore(snapshot: TreeSnapshot) -> Result<Self, String> {
         let mut state = TreeState { nodes: snapshot.nodes.into_iter().collect(), ..TreeState::default() };
         // In the file's order: by label, then epoch.
         for (label, _epoch, value) in snapshot.states {
