@@ -111,7 +111,12 @@ pub fn register_all() {
 
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).
 pub fn init_logging(settings: &LogSettings) {
-    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // akd logs every step of every epoch at info: only its warnings, unless the filter names it.
+    let level = match settings.level.contains("akd") {
+        true => settings.level.clone(),
+        false => format!("{},akd=warn", settings.level),
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info,akd=warn"));
     // Colours only for a terminal: a log written to a file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
