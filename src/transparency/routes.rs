@@ -36,8 +36,10 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "The latest signed root (`SignedRoot`, docs/protocol.md)", content_type = "application/json"),
         (status = 429, description = "Too many directory reads from this address; retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "No epoch published yet, or the directory is off or unreachable; retry", body = ErrorBody,
-            example = json!({"error": "no epoch has been published yet; retry in a moment", "code": "unavailable"})),
+        (status = 404, description = "No epoch published yet (no registration since the directory started); retry", body = ErrorBody,
+            example = json!({"error": "no epoch has been published yet; retry in a moment", "code": "not_found"})),
+        (status = 503, description = "The directory is off or unreachable; retry", body = ErrorBody,
+            example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
     ))]
 pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Result<Response, ApiError> {
     let directory = admit(&state, &client).await?;
@@ -49,7 +51,9 @@ pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Resul
 /// `{"root", "userId", "publicKey", "version", "proof"}`; `proof` is akd's `LookupProof`
 /// (protobuf, base64). A user registered since the last epoch is not in it yet (404).
 #[utoipa::path(get, path = "/directory/lookup/{userId}", tag = "key directory",
-    params(("userId" = String, Path, description = "A user id (canonical UUID)")),
+    params(("userId" = String, Path, description = "A user id (canonical UUID, lowercase)",
+        pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        example = "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6")),
     responses(
         (status = 200, description = "The key and its proof (`LookupAnswer`, docs/protocol.md)", content_type = "application/json"),
         (status = 400, description = "Not a user id", body = ErrorBody,
@@ -73,7 +77,9 @@ pub(crate) async fn lookup(
 ///
 /// `{"root", "userId", "proof"}`; `proof` is akd's `HistoryProof` (protobuf, base64).
 #[utoipa::path(get, path = "/directory/history/{userId}", tag = "key directory",
-    params(("userId" = String, Path, description = "A user id (canonical UUID)")),
+    params(("userId" = String, Path, description = "A user id (canonical UUID, lowercase)",
+        pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        example = "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6")),
     responses(
         (status = 200, description = "The history proof (`HistoryAnswer`, docs/protocol.md)", content_type = "application/json"),
         (status = 400, description = "Not a user id", body = ErrorBody),
@@ -98,8 +104,8 @@ pub(crate) async fn history(
 /// stopped, and the client asks again from there.
 #[utoipa::path(get, path = "/directory/audit/{fromEpoch}/{toEpoch}", tag = "key directory",
     params(
-        ("fromEpoch" = u64, Path, description = "The first epoch (at least 1)"),
-        ("toEpoch" = u64, Path, description = "The last epoch (above fromEpoch, at most the latest)"),
+        ("fromEpoch" = u64, Path, description = "The first epoch (at least 1)", minimum = 1),
+        ("toEpoch" = u64, Path, description = "The last epoch (above fromEpoch, at most the latest)", minimum = 2),
     ),
     responses(
         (status = 200, description = "The proof and roots (`AuditAnswer`, docs/protocol.md)", content_type = "application/json"),
@@ -151,7 +157,7 @@ fn answer<T: Serialize>(result: Result<T, ReadError>) -> Result<Response, ApiErr
         }
         Err(ReadError::NoEpoch) => {
             let mut response =
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, ReadError::NoEpoch.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, ReadError::NoEpoch.to_string())
                     .into_response();
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
             Ok(response)

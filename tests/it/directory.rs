@@ -160,7 +160,7 @@ async fn settled(s: &Server) -> SignedRoot {
 async fn registration_becomes_provable(b: Backend) {
     let s = Server::start(&fast(b.config()));
     let (status, body) = s.get("/directory/root").await;
-    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "no epoch yet: {body}");
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "no epoch yet: {body}");
     let users = register(&s, 5).await;
     for (user, key) in &users {
         let answer = provable(&s, user, key).await;
