@@ -20,8 +20,9 @@ pub struct Shared {
     pub settings: Settings,
     pub engine: Engine,
     pub auth: Auth,
-    /// The verifiable key directory's reads (`None`: `directory.enabled = false`).
-    pub directory: Option<Arc<Transparency>>,
+    /// The verifiable key directory's reads, once it started (never with
+    /// `directory.enabled = false`).
+    pub directory: tokio::sync::OnceCell<Arc<Transparency>>,
     pub hub: Arc<Hub>,
     /// Cancelled when the server starts draining: sessions close with 1001.
     pub shutdown: CancellationToken,

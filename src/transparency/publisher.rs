@@ -53,6 +53,15 @@ impl Publisher {
         })
     }
 
+    /// Runs the loop on a thread of its own, with a runtime of its own, until `stop`: akd's
+    /// work (a VRF evaluation per registration, the tree's hashes) is CPU-bound between its
+    /// awaits, and on the server's runtime it would hold a worker thread the sessions and the
+    /// Redis connections need for as long as a large epoch takes.
+    pub fn spawn(self, stop: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("enigma-directory".into()).spawn(move || runtime.block_on(self.run(stop)))
+    }
+
     /// Runs until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);

@@ -128,15 +128,15 @@ pub(crate) async fn audit(
     answer(directory.audit(from, to).await)
 }
 
-/// The rate limit, then the directory (off: 503).
+/// The rate limit, then the directory (off, or not started yet: 503).
 async fn admit(state: &AppState, client: &Client) -> Result<Arc<Transparency>, ApiError> {
     limits::check_directory(&state.engine, &state.settings.rate, client.prefix).await?;
-    state.directory.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the key directory is off on this server",
-        )
+    state.directory.get().cloned().ok_or_else(|| {
+        let why = match state.settings.directory.enabled {
+            true => "the key directory is starting; retry",
+            false => "the key directory is off on this server",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
     })
 }
 
