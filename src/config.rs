@@ -32,6 +32,8 @@ pub struct Settings {
     pub auth: crate::auth::settings::AuthSettings,
     /// Rate limits (see `crate::limits`).
     pub rate: crate::limits::rates::RateSettings,
+    /// The verifiable key directory (see `crate::transparency`).
+    pub directory: crate::transparency::settings::DirectorySettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -201,6 +203,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             auth: crate::auth::settings::AuthSettings::default(),
             rate: crate::limits::rates::RateSettings::default(),
+            directory: crate::transparency::settings::DirectorySettings::default(),
         }
     }
 }
@@ -298,6 +301,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("server.cors_origins")
                     .with_list_parse_key("auth.token_keys")
+                    .with_list_parse_key("directory.signing_keys")
                     .with_list_parse_key("server.trusted_proxies")
                     .try_parsing(true),
             ),
@@ -465,6 +469,7 @@ impl Settings {
             return Err(invalid("log.level", e.to_string()));
         }
         self.auth.validate().map_err(|(key, reason)| invalid(key, reason))?;
+        self.directory.validate().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
 

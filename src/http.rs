@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", metrics)
         .route("/openapi.json", get(document))
         .merge(crate::auth::routes::router())
+        .merge(crate::transparency::routes::router())
         .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -404,10 +405,15 @@ async fn track_requests(request: Request, next: Next) -> Response {
         crate::auth::routes::challenge,
         crate::auth::routes::token,
         crate::auth::routes::status,
+        crate::transparency::routes::root,
+        crate::transparency::routes::lookup,
+        crate::transparency::routes::history,
+        crate::transparency::routes::audit,
     ),
     tags(
         (name = "directory", description = "Public keys and user ids"),
         (name = "authentication", description = "Proof of possession of the registered key, and tokens"),
+        (name = "key directory", description = "The verifiable key directory: signed roots, lookup, history and append-only proofs"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -36,6 +36,7 @@ pub(crate) mod secrets;
 pub(crate) mod server;
 pub(crate) mod session;
 pub mod telemetry;
+pub(crate) mod transparency;
 pub(crate) mod web;
 
 pub use server::{Error, run, shutdown_signal};

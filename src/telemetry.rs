@@ -50,6 +50,14 @@ pub mod metric {
     pub const CONNECTIONS_REFUSED: &str = "enigma_connections_refused_total";
     /// How full the store is, 0 to 1 (`limits::storage`: from 0.5 the storage shares shrink).
     pub const STORE_PRESSURE: &str = "enigma_store_pressure";
+    /// The key directory's latest published epoch (`transparency`).
+    pub const DIRECTORY_EPOCH: &str = "enigma_directory_epoch";
+    /// Registrations waiting to be published in the key directory.
+    pub const DIRECTORY_PENDING: &str = "enigma_directory_pending";
+    /// 1 on the replica holding the publisher's lease, else 0.
+    pub const DIRECTORY_PUBLISHER: &str = "enigma_directory_publisher";
+    /// How long publishing one epoch took (akd's insertion and the write).
+    pub const DIRECTORY_PUBLISH_SECONDS: &str = "enigma_directory_publish_duration_seconds";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -96,11 +104,19 @@ pub fn register_all() {
     let _ = hot(); // the per-message series, delivered{path} included
     metrics::gauge!(metric::CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(metric::STORE_PRESSURE).set(0.0);
+    metrics::gauge!(metric::DIRECTORY_EPOCH).set(0.0);
+    metrics::gauge!(metric::DIRECTORY_PENDING).set(0.0);
+    metrics::gauge!(metric::DIRECTORY_PUBLISHER).set(0.0);
 }
 
 /// Installs the log subscriber; logs go to stderr (stdout carries the "listening" line).
 pub fn init_logging(settings: &LogSettings) {
-    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // akd logs every step of every epoch at info: only its warnings, unless the filter names it.
+    let level = match settings.level.contains("akd") {
+        true => settings.level.clone(),
+        false => format!("{},akd=warn", settings.level),
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info,akd=warn"));
     // Colours only for a terminal: a log written to a file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

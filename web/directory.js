@@ -92,15 +92,22 @@ async function takeRoot(root, fetchJson) {
   }
 }
 
-/** Whether the server has a key directory (asked once: its root is taken like any other). */
+/**
+ * Whether the server has a key directory (asked once: its root is taken like any other). A 404
+ * with Retry-After (no epoch yet) or a 503 (starting) is a directory whose first root is awaited
+ * like a user not yet published; a plain 404 is a server without one.
+ */
 async function present(fetchJson) {
-  if (presence === undefined) {
+  const deadline = Date.now() + PUBLISH_WAIT_MS;
+  while (presence === undefined) {
     const r = await fetchJson("GET", "/directory/root");
-    if (r.status === 404) {
-      presence = "absent";
-    } else if (r.status === 200) {
+    if (r.status === 200) {
       await takeRoot(r.data, fetchJson);
       presence = "present";
+    } else if (r.status === 404 && !r.retryAfter) {
+      presence = "absent";
+    } else if ((r.status === 404 || r.status === 503) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     } else {
       throw new DirectoryRefusal(`the key directory could not be read (HTTP ${r.status})`, "unavailable");
     }

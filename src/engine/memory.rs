@@ -16,8 +16,8 @@
 //! registration that does not fit is refused as a send is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +27,8 @@ use super::embedded::records::{ContactsRow, InboxRow, MessageRow, UserRow};
 use super::embedded::{Journal, Record, Snapshot};
 use super::errors::{LoginError, SendError};
 use super::records::{Upkeep, UserRecord, renewal_due};
+use super::tree::batch::{Secret, TreeBatch, TreeWrite};
+use super::tree::state::TreeState;
 use super::unavailable::Unavailable;
 use crate::clock::unix_ms;
 use crate::config::Limits;
@@ -58,6 +60,11 @@ struct Inner {
     journal: Option<Journal>,
     /// The generated token signing key, kept in the data file (embedded engine only).
     token_key: Mutex<Option<String>>,
+    /// The verifiable key directory's records (`engine::tree`); taken after `directory` when
+    /// both are (a registration is recorded as waiting under the directory's lock).
+    tree: Mutex<TreeState>,
+    /// Whether registrations are recorded for the key directory (`directory.enabled`).
+    publishes: AtomicBool,
 }
 
 /// Where changes are written, if anywhere: the record is built only when there is a journal,
@@ -69,6 +76,13 @@ impl Log<'_> {
     fn record(self, record: impl FnOnce() -> Record) {
         if let Some(journal) = self.0 {
             journal.append(record());
+        }
+    }
+
+    /// Records that are committed together or not at all.
+    fn record_all(self, records: impl FnOnce() -> Vec<Record>) {
+        if let Some(journal) = self.0 {
+            journal.append_all(records());
         }
     }
 }
@@ -362,10 +376,10 @@ impl MemoryEngine {
     }
 
     /// The embedded engine: the state `snapshot` held, every change written to `journal`.
-    pub fn embedded(limits: Limits, hub: Arc<Hub>, journal: Journal, snapshot: Snapshot) -> Self {
+    pub fn embedded(limits: Limits, hub: Arc<Hub>, journal: Journal, snapshot: Snapshot) -> Result<Self, Unavailable> {
         let engine = Self::build(limits, hub, Some(journal));
-        engine.restore(snapshot);
-        engine
+        engine.restore(snapshot)?;
+        Ok(engine)
     }
 
     fn build(limits: Limits, hub: Arc<Hub>, journal: Option<Journal>) -> Self {
@@ -382,6 +396,8 @@ impl MemoryEngine {
                 buckets: Mutex::default(),
                 journal,
                 token_key: Mutex::default(),
+                tree: Mutex::default(),
+                publishes: AtomicBool::new(true),
             }),
         }
     }
@@ -424,8 +440,10 @@ impl MemoryEngine {
     /// messages put back in order (so each sender's share, the strangers' pool and the
     /// storage charges come out as the sends made them). Deadlines already past are swept out
     /// as usual, by the next use.
-    fn restore(&self, snapshot: Snapshot) {
-        let Snapshot { users, inboxes, messages, contacts, burnt, registered, token_key } = snapshot;
+    fn restore(&self, snapshot: Snapshot) -> Result<(), Unavailable> {
+        let Snapshot { users, inboxes, messages, contacts, burnt, registered, token_key, tree } = snapshot;
+        *self.tree() = TreeState::restore(tree)
+            .map_err(|e| Unavailable::said(format!("the key directory in the data file is damaged: {e}")))?;
         let mut dir = self.inner.write();
         for (user, row) in users {
             let entry = Entry {
@@ -470,6 +488,7 @@ impl MemoryEngine {
         let burnt = burnt.into_iter().map(|(jti, until)| (jti, instant_at(until)));
         *self.inner.burnt.lock().unwrap_or_else(|e| e.into_inner()) = burnt.collect();
         *self.inner.token_key.lock().unwrap_or_else(|e| e.into_inner()) = token_key;
+        Ok(())
     }
 
     /// The rules of the Redis engine's login: a new key from a prefix holding the most unused
@@ -534,9 +553,80 @@ impl MemoryEngine {
             log.record(|| Record::Registered(from, days.iter().map(|(day, bytes)| (*day, *bytes)).collect()));
         }
         let user = UserId::random();
-        log.record(|| Record::User(user.clone(), entry.row()));
+        if self.inner.publishes.load(Ordering::Relaxed) {
+            // Waiting for the key directory from the same commit on: no registration is lost
+            // to it by a crash.
+            self.tree().add_pending(user.clone(), public_key.to_owned());
+            log.record_all(|| {
+                vec![Record::User(user.clone(), entry.row()), Record::Pending(user.clone(), public_key.to_owned())]
+            });
+        } else {
+            log.record(|| Record::User(user.clone(), entry.row()));
+        }
         dir.insert(user.clone(), entry);
         Ok(user)
+    }
+
+    /// Whether registrations are recorded for the key directory (on unless turned off).
+    pub fn set_publishing(&self, on: bool) {
+        self.inner.publishes.store(on, Ordering::Relaxed);
+    }
+
+    pub fn tree(&self) -> MutexGuard<'_, TreeState> {
+        self.inner.tree.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `batch`: in the data file first, then where readers see it, so nobody is shown
+    /// an epoch a crash could take back.
+    pub async fn tree_write(&self, batch: TreeBatch, write: TreeWrite) -> Result<(), Unavailable> {
+        let fresh = self.tree().fresh(batch, &write);
+        if fresh.nodes.is_empty() && fresh.states.is_empty() {
+            return Ok(());
+        }
+        if self.inner.journal.is_some() {
+            if !self.inner.has_room() {
+                return Err(Unavailable::said(JOURNAL_FULL));
+            }
+            self.inner.log().record(|| Record::Tree(fresh.clone()));
+            self.durable().await?;
+        }
+        self.tree().apply(fresh);
+        Ok(())
+    }
+
+    pub async fn add_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), Unavailable> {
+        if !self.tree().check_root(epoch, &hash).map_err(Unavailable::said)? {
+            return Ok(());
+        }
+        self.inner.log().record(|| Record::Root(epoch, hash));
+        self.durable().await?;
+        self.tree().add_root(epoch, hash).map_err(Unavailable::said)?;
+        Ok(())
+    }
+
+    pub async fn published(&self, users: &[UserId]) -> Result<(), Unavailable> {
+        self.inner.log().record(|| Record::Published(users.to_vec()));
+        self.durable().await?;
+        self.tree().published(users);
+        Ok(())
+    }
+
+    /// The generated `secret`, kept in the data file; without one, `candidate` the first time
+    /// and the same for the process's life.
+    pub async fn shared_secret(&self, secret: Secret, candidate: &str) -> Result<String, Unavailable> {
+        let value = {
+            let mut tree = self.tree();
+            match tree.secret(secret.as_str()) {
+                Some(value) => value.clone(),
+                None => {
+                    tree.set_secret(secret.as_str(), candidate.to_owned());
+                    self.inner.log().record(|| Record::Secret(secret.as_str().to_owned(), candidate.to_owned()));
+                    candidate.to_owned()
+                }
+            }
+        };
+        self.durable().await?;
+        Ok(value)
     }
 
     pub fn public_key(&self, user: &UserId) -> Option<String> {
@@ -953,7 +1043,7 @@ mod tests {
     fn embedded(limits: Limits, dir: &std::path::Path) -> MemoryEngine {
         let (journal, snapshot, _) = super::super::embedded::open(dir).unwrap();
         let hub = Arc::new(Hub::new(16, 1 << 20, tokio_util::sync::CancellationToken::new()));
-        MemoryEngine::embedded(limits, hub, journal, snapshot)
+        MemoryEngine::embedded(limits, hub, journal, snapshot).unwrap()
     }
 
     /// Everything the rules read, but instants (compared apart, to the millisecond).
@@ -1056,7 +1146,7 @@ mod tests {
     fn journaled(store: impl super::super::embedded::journal::Store) -> MemoryEngine {
         let journal = Journal::start(store).unwrap();
         let hub = Arc::new(Hub::new(16, 1 << 20, tokio_util::sync::CancellationToken::new()));
-        MemoryEngine::embedded(Limits::default(), hub, journal, Snapshot::default())
+        MemoryEngine::embedded(Limits::default(), hub, journal, Snapshot::default()).unwrap()
     }
 
     fn eventually(what: &str, condition: impl Fn() -> bool) {
@@ -1071,11 +1161,14 @@ mod tests {
     /// burns are refused as sends and registrations are, and the server is not ready.
     #[test]
     fn growth_is_refused_while_the_file_is_not_written() {
-        use super::super::embedded::tests::Flaky;
-        let engine = journaled(Flaky { failures: usize::MAX, committed: Arc::default() });
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = journaled(Switched(failing.clone()));
         let here = prefix("192.0.2.7/32");
         let (a, b) = (engine.login("key-a", here).unwrap(), engine.login("key-b", here).unwrap());
         let journal = engine.inner.journal.clone().unwrap();
+        eventually("the logins are committed", || journal.waiting() == 0);
+        failing.store(true, Ordering::Release);
+        engine.mark_used(&a); // a renewal is always queued; its commit fails
         eventually("the failing commit is noticed", || !engine.ready());
         let waiting = journal.waiting();
         for n in 0..1000 {

@@ -14,7 +14,8 @@ mod errors;
 mod memory;
 mod records;
 pub(crate) mod redis;
-mod unavailable;
+pub mod tree;
+pub(crate) mod unavailable;
 
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ impl Engine {
             return Ok(Engine::Redis(RedisEngine::connect(settings, hub).await?));
         }
         let limits = settings.limits.clone();
-        Ok(Engine::Memory(match settings.engine {
+        let engine = match settings.engine {
             EngineKind::Memory => {
                 tracing::info!("engine: memory (nothing is kept after the process ends)");
                 MemoryEngine::new(limits, hub)
@@ -58,12 +59,14 @@ impl Engine {
                 let started = std::time::Instant::now();
                 let (journal, snapshot, path) = embedded::open(dir)?;
                 let (users, messages) = (snapshot.users.len(), snapshot.messages.len());
-                let engine = MemoryEngine::embedded(limits, hub, journal, snapshot);
+                let engine = MemoryEngine::embedded(limits, hub, journal, snapshot)?;
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(file = %path.display(), users, messages, ms, "engine: embedded, data file read");
                 engine
             }
-        }))
+        };
+        engine.set_publishing(settings.directory.enabled);
+        Ok(Engine::Memory(engine))
     }
 
     pub fn name(&self) -> &'static str {

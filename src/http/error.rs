@@ -26,6 +26,11 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), retry_after: None }
     }
+    /// The same error with `Retry-After: secs`: the client should ask again then.
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
     pub(crate) fn user_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::UserNotFound, "user not found")
     }

@@ -41,10 +41,12 @@ pub enum Limit {
     /// A new key from an address prefix whose registrations take its share of the store
     /// (`limits.storage.directory_per_prefix`; not a bucket: the engine's ledger).
     Registrations,
+    /// Key directory reads per address prefix.
+    Directory,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::Login,
         Limit::Challenge,
         Limit::SocketPerAddress,
@@ -52,6 +54,7 @@ impl Limit {
         Limit::Send,
         Limit::UnusedRegistrations,
         Limit::Registrations,
+        Limit::Directory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Limit {
             Limit::Send => "send",
             Limit::UnusedRegistrations => "unused_registrations",
             Limit::Registrations => "registrations",
+            Limit::Directory => "directory",
         }
     }
 
@@ -123,6 +127,11 @@ pub async fn check_login(engine: &Engine, rates: &RateSettings, client: IpNet) -
 /// before it seals one.
 pub async fn check_challenge(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
     one(engine, Limit::Challenge, rates.challenge_per_address, Subject::Address(client)).await
+}
+
+/// A key directory read by `client` (`GET /directory/…`).
+pub async fn check_directory(engine: &Engine, rates: &RateSettings, client: IpNet) -> Result<(), Refused> {
+    one(engine, Limit::Directory, rates.directory_per_address, Subject::Address(client)).await
 }
 
 /// A WebSocket open by `client`, whatever it turns out to be: checked before anything is

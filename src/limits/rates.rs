@@ -16,6 +16,9 @@ pub struct RateSettings {
     pub challenge_per_address: Rate,
     /// WebSocket opens per client address.
     pub socket_per_address: Rate,
+    /// Key directory reads (`GET /directory/…`: proofs cost a VRF evaluation each) per client
+    /// address.
+    pub directory_per_address: Rate,
     /// WebSocket opens per user.
     pub socket_per_user: Rate,
     /// Messages sent per user.
@@ -35,6 +38,7 @@ impl Default for RateSettings {
             login_per_address: Rate::new(400, 5.0),
             challenge_per_address: Rate::new(400, 5.0),
             socket_per_address: Rate::new(400, 5.0),
+            directory_per_address: Rate::new(400, 20.0),
             socket_per_user: Rate::new(60, 1.0),
             send_messages_per_user: Rate::new(1_000, 20.0),
             send_bytes_per_user: Rate::new(16 * 1024 * 1024, 256.0 * 1024.0),
@@ -55,11 +59,12 @@ impl RateSettings {
             .map(|(k, _)| k)
     }
 
-    fn all(&self) -> [(&'static str, Rate); 6] {
+    fn all(&self) -> [(&'static str, Rate); 7] {
         [
             ("rate.login_per_address", self.login_per_address),
             ("rate.challenge_per_address", self.challenge_per_address),
             ("rate.socket_per_address", self.socket_per_address),
+            ("rate.directory_per_address", self.directory_per_address),
             ("rate.socket_per_user", self.socket_per_user),
             ("rate.send_messages_per_user", self.send_messages_per_user),
             ("rate.send_bytes_per_user", self.send_bytes_per_user),

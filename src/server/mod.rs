@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,11 +17,13 @@ mod idle;
 pub(crate) mod state;
 
 use self::connections::ConnectionLimits;
-use self::state::Shared;
+use self::state::{AppState, Shared};
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::transparency::Transparency;
+use crate::transparency::publisher::Publisher;
 use crate::{http, telemetry};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,7 @@ pub async fn run(
         settings,
         engine,
         auth,
+        directory: tokio::sync::OnceCell::new(),
         hub,
         shutdown: stopping,
         draining: AtomicBool::new(false),
@@ -65,6 +69,10 @@ pub async fn run(
         metrics,
     });
     metrics::gauge!(telemetry::metric::DRAINING).set(0.0);
+
+    if state.settings.directory.enabled {
+        tokio::spawn(start_directory(state.clone()));
+    }
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, engine = state.engine.name(), "enigma relay listening");
@@ -96,7 +104,7 @@ pub async fn run(
     let engine = state.engine.clone();
     let pressure = async move {
         let gauge = metrics::gauge!(telemetry::metric::STORE_PRESSURE);
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
             gauge.set(engine.pressure().fill());
@@ -147,6 +155,39 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     {
         async {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The key directory, started beside the server rather than before it: its keys and records are
+/// read from the store, which may not answer yet (Redis loading its dataset); registrations are
+/// recorded as waiting meanwhile and `/directory/*` answers 503. Tried again every second until
+/// it starts, then its epoch loop runs until shutdown.
+async fn start_directory(state: AppState) {
+    let settings = &state.settings.directory;
+    let stop = state.shutdown.clone();
+    loop {
+        let starting = async {
+            let directory = Transparency::start(settings, &state.engine).await?;
+            let publisher = Publisher::new(settings, &directory).await?;
+            Ok::<_, crate::engine::Unavailable>((directory, publisher))
+        };
+        match stop.run_until_cancelled(starting).await {
+            None => return,
+            Some(Ok((directory, publisher))) => {
+                let _ = state.directory.set(Arc::new(directory));
+                tracing::info!("key directory started");
+                if let Err(e) = publisher.spawn(stop) {
+                    tracing::error!(error = %e, "key directory: cannot start the publisher's thread; nothing is published");
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "key directory not started yet; retrying in a second");
+                if stop.run_until_cancelled(tokio::time::sleep(Duration::from_secs(1))).await.is_none() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -13,12 +13,16 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::limits::address::TrustedProxies;
+use crate::transparency::Transparency;
 
 /// Everything a request or a session needs.
 pub struct Shared {
     pub settings: Settings,
     pub engine: Engine,
     pub auth: Auth,
+    /// The verifiable key directory's reads, once it started (never with
+    /// `directory.enabled = false`).
+    pub directory: tokio::sync::OnceCell<Arc<Transparency>>,
     pub hub: Arc<Hub>,
     /// Cancelled when the server starts draining: sessions close with 1001.
     pub shutdown: CancellationToken,

@@ -592,8 +592,10 @@ def check_redis_wiring(r: Rendered, values: dict | None, mode: str) -> None:
     merged = merged_values(values)
     url = r.env_var("ENIGMA__REDIS__URL")
     password = r.env_var("REDIS_PASSWORD")
-    # The token key Secret (`<fullname>-auth`) is not part of the Redis wiring: check_auth_secret.
-    secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret") if not s["metadata"]["name"].endswith("-auth")}
+    # The token key Secret (`<fullname>-auth`) and the key directory's (`<fullname>-directory`)
+    # are not part of the Redis wiring: check_auth_secret, check_directory_secret.
+    secrets = {s["metadata"]["name"]: s for s in r.of_kind("Secret")
+               if not s["metadata"]["name"].endswith(("-auth", "-directory"))}
 
     def secret_ref(env: dict) -> tuple[str, str]:
         ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -931,6 +933,29 @@ def check_auth_secret() -> None:
     expect(r.env_var("ENIGMA__AUTH__MODE").get("value") == "required", "auth mode")
 
 
+def check_directory_secret() -> None:
+    # The root signing key and the VRF key: generated once (kept on uninstall), read by every
+    # replica; or an existing Secret, not rendered.
+    r = render(None)
+    name = r.relay()["metadata"]["name"] + "-directory"
+    secret = next((s for s in r.of_kind("Secret") if s["metadata"]["name"] == name), None)
+    expect(secret is not None, f"no Secret {name}")
+    expect(secret["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "directory Secret not kept")
+    keys = base64.b64decode(secret["data"]["signing-keys"]).decode()
+    expect(keys.startswith("k1:") and len(base64.b64decode(keys[3:])) == 32, f"signing key {keys!r}")
+    vrf = base64.b64decode(base64.b64decode(secret["data"]["vrf-key"]))
+    expect(len(vrf) == 32, f"VRF key of {len(vrf)} bytes")
+    for var, key in (("ENIGMA__DIRECTORY__SIGNING_KEYS", "signing-keys"), ("ENIGMA__DIRECTORY__VRF_KEY", "vrf-key")):
+        ref = r.env_var(var)["valueFrom"]["secretKeyRef"]
+        expect((ref["name"], ref["key"]) == (name, key), f"{var} from {ref}")
+    r = render({"directory": {"keys": {"existingSecret": "mine", "signingKeysKey": "s", "vrfKeyKey": "v"}}})
+    expect(not [s for s in r.of_kind("Secret") if s["metadata"]["name"].endswith("-directory")],
+           "Secret rendered anyway")
+    for var, key in (("ENIGMA__DIRECTORY__SIGNING_KEYS", "s"), ("ENIGMA__DIRECTORY__VRF_KEY", "v")):
+        ref = r.env_var(var)["valueFrom"]["secretKeyRef"]
+        expect((ref["name"], ref["key"]) == ("mine", key), f"{var} from {ref}")
+
+
 def check_image() -> None:
     """The relay's image is the one the values name, tagged with the appVersion unless they say
     otherwise; without image.repository the chart refuses to render and says how to make one."""
@@ -954,7 +979,7 @@ def check_release_names() -> None:
     r = render(None, name="prod")
     expect(r.relay()["metadata"]["name"] == "prod-enigma", f"name {r.relay()['metadata']['name']}")
     r = render({"fullnameOverride": "relay"}, name="prod")
-    expect({o["metadata"]["name"] for o in r.objects if o["kind"] != "Pod"} == {"relay", "relay-auth"},
+    expect({o["metadata"]["name"] for o in r.objects if o["kind"] != "Pod"} == {"relay", "relay-auth", "relay-directory"},
            "fullnameOverride not applied")
 
 
@@ -1009,6 +1034,7 @@ def main() -> int:
     check("release and fullname overrides", check_release_names)
     check("image: as the values name it; refused without image.repository", check_image)
     check("authentication token key Secret", check_auth_secret)
+    check("key directory Secret", check_directory_secret)
     check("in-chart Redis: generated password kept across upgrades", check_generated_password_kept)
 
     for name, values, needles in INVALID_SETS:

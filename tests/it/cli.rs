@@ -776,12 +776,17 @@ async fn sdk_reconnects_and_loses_nothing(dir: &TempDir, env: &[(&str, String)])
     sending.close().await;
 }
 
-/// A server that only speaks the specification has no key directory (404 at
-/// `/directory/root`): the CLI says so once and relies on pins, or refuses it when told to.
+/// A server without a key directory (one that only speaks the specification, or ours with
+/// `directory.enabled = false`: 404 at `/directory/root`): the CLI says so once and relies on
+/// pins, or refuses it when told to.
 #[tokio::test]
 async fn a_server_without_a_directory_is_used_with_pins_or_refused_when_required() {
     let dir = TempDir::new("no-directory");
-    let server = LoggedServer::memory(dir.path());
+    let server = LoggedServer::start(
+        dir.path(),
+        &[("ENIGMA__ENGINE", "memory"), ("ENIGMA__DIRECTORY__ENABLED", "false")],
+        "127.0.0.1:0",
+    );
     let cli = Cli::of(&dir, &server);
     let (alice, bob) = (cli.user("alice"), cli.user("bob"));
 
@@ -814,7 +819,6 @@ async fn a_server_without_a_directory_is_used_with_pins_or_refused_when_required
 /// a missing directory, `--require-directory` is satisfied, and `enigma audit` verifies the whole
 /// history and keeps the newest root.
 #[test]
-#[ignore = "needs the relay's GET /directory/* endpoints (the relay half of the key directory); un-ignore once merged"]
 fn keys_are_proven_by_the_relays_directory() {
     let dir = TempDir::new("directory");
     let server = LoggedServer::memory(dir.path());
@@ -840,7 +844,6 @@ fn keys_are_proven_by_the_relays_directory() {
 /// End to end: a key swapped in Redis (as an attacker with write access would) before the
 /// first contact is refused by the directory at that first contact, not only after a pin.
 #[test]
-#[ignore = "needs the relay's GET /directory/* endpoints (the relay half of the key directory); un-ignore once merged"]
 fn a_key_swapped_before_first_contact_is_refused_by_the_directory() {
     let dir = TempDir::new("directory-swap");
     let prefix = format!("dirswap{}:", std::process::id());

@@ -305,6 +305,9 @@ async fn dashboard_and_alerts_use_only_series_the_server_exports() {
             .with("ENIGMA__LIMITS__SEND_TIMEOUT_MS", 200),
     );
     let (alice, bob, carol, dave) = (s.new_user().await, s.new_user().await, s.new_user().await, s.new_user().await);
+    // The key directory publishes them (its publish-time histogram exists from then on).
+    wait_until("an epoch to be published", DEADLINE, || async { s.metric("enigma_directory_epoch").await >= 1.0 })
+        .await;
     assert_eq!(s.get(&format!("/connect/{bob}")).await.0, 200);
     assert_eq!(s.get("/connect/00000000-0000-4000-8000-000000000000").await.0, 404);
 

@@ -39,6 +39,7 @@ mod cluster;
 mod conformance;
 mod costs;
 mod deploy_assets;
+mod directory;
 mod doc_links;
 mod durable;
 mod endings;

@@ -45,8 +45,21 @@ const CONTACTS: TableDefinition<&str, (u64, Vec<&str>)> = TableDefinition::new("
 const BURNT: TableDefinition<&str, u64> = TableDefinition::new("burnt");
 /// address prefix → [(day, bytes registered)]
 const REGISTERED: TableDefinition<&str, Vec<(u64, u64)>> = TableDefinition::new("registered");
-/// "format", "token_key"
+/// "format", "token_key", "secret:<name>" (the key directory's generated secrets)
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The key directory: akd's azks and tree nodes, key → value
+const TREE_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree_nodes");
+/// The key directory: akd's value states, (label, epoch) → value
+const TREE_STATES: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("tree_states");
+/// The key directory: epoch → root hash
+const TREE_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tree_roots");
+/// The key directory: user → public key, registrations waiting to be published
+const TREE_PENDING: TableDefinition<&str, &str> = TableDefinition::new("tree_pending");
+
+/// The META key of a generated secret of the key directory.
+fn secret_key(name: &str) -> String {
+    format!("secret:{name}")
+}
 
 /// The redb database in `data_dir`, over the storage `backend` makes of the file (the file
 /// itself; a test wraps it to fail on demand).
@@ -198,6 +211,10 @@ fn prepare(db: &Database) -> Result<(), String> {
         txn.open_table(CONTACTS).map_err(text)?;
         txn.open_table(BURNT).map_err(text)?;
         txn.open_table(REGISTERED).map_err(text)?;
+        txn.open_table(TREE_NODES).map_err(text)?;
+        txn.open_table(TREE_STATES).map_err(text)?;
+        txn.open_table(TREE_ROOTS).map_err(text)?;
+        txn.open_table(TREE_PENDING).map_err(text)?;
         let mut meta = txn.open_table(META).map_err(text)?;
         let format = meta.get("format").map_err(text)?.map(|v| v.value().to_owned());
         match format.as_deref() {
@@ -273,7 +290,32 @@ fn read(db: &Database) -> Result<Snapshot, redb::Error> {
             Err(_) => tracing::warn!(prefix = prefix.value(), "data file: a prefix that does not parse, skipped"),
         }
     }
-    snapshot.token_key = txn.open_table(META)?.get("token_key")?.map(|v| v.value().to_owned());
+    let meta = txn.open_table(META)?;
+    snapshot.token_key = meta.get("token_key")?.map(|v| v.value().to_owned());
+    for row in meta.iter()? {
+        let (name, value) = row?;
+        if let Some(name) = name.value().strip_prefix("secret:") {
+            snapshot.tree.secrets.push((name.to_owned(), value.value().to_owned()));
+        }
+    }
+    for row in txn.open_table(TREE_NODES)?.iter()? {
+        let (key, value) = row?;
+        snapshot.tree.nodes.push((key.value().to_vec(), value.value().to_vec()));
+    }
+    for row in txn.open_table(TREE_STATES)?.iter()? {
+        let (key, value) = row?;
+        let (label, epoch) = key.value();
+        snapshot.tree.states.push((label.to_vec(), epoch, value.value().to_vec()));
+    }
+    for row in txn.open_table(TREE_ROOTS)?.iter()? {
+        let (epoch, hash) = row?;
+        snapshot.tree.roots.push((epoch.value(), hash.value().to_vec()));
+    }
+    for row in txn.open_table(TREE_PENDING)?.iter()? {
+        let (user, key) = row?;
+        let Some(user) = parsed_user(user.value()) else { continue };
+        snapshot.tree.pending.push((user, key.value().to_owned()));
+    }
     Ok(snapshot)
 }
 
@@ -287,6 +329,10 @@ fn apply(db: &Database, batch: &[Record]) -> Result<(), redb::Error> {
         let mut burnt = txn.open_table(BURNT)?;
         let mut registered = txn.open_table(REGISTERED)?;
         let mut meta = txn.open_table(META)?;
+        let mut tree_nodes = txn.open_table(TREE_NODES)?;
+        let mut tree_states = txn.open_table(TREE_STATES)?;
+        let mut tree_roots = txn.open_table(TREE_ROOTS)?;
+        let mut tree_pending = txn.open_table(TREE_PENDING)?;
         for record in batch {
             match record {
                 Record::User(user, row) => {
@@ -335,6 +381,28 @@ fn apply(db: &Database, batch: &[Record]) -> Result<(), redb::Error> {
                 }
                 Record::TokenKey(key) => {
                     meta.insert("token_key", key.as_str())?;
+                }
+                Record::Pending(user, key) => {
+                    tree_pending.insert(user.as_str(), key.as_str())?;
+                }
+                Record::Published(users) => {
+                    for user in users {
+                        tree_pending.remove(user.as_str())?;
+                    }
+                }
+                Record::Tree(batch) => {
+                    for (key, value) in &batch.nodes {
+                        tree_nodes.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    for (label, epoch, value) in &batch.states {
+                        tree_states.insert((label.as_slice(), *epoch), value.as_slice())?;
+                    }
+                }
+                Record::Root(epoch, hash) => {
+                    tree_roots.insert(*epoch, hash.as_slice())?;
+                }
+                Record::Secret(name, value) => {
+                    meta.insert(secret_key(name).as_str(), value.as_str())?;
                 }
             }
         }

@@ -115,6 +115,22 @@ impl Journal {
         self.shared.wake.notify_one();
     }
 
+    /// Appends `records` together: the writer takes all of them into one batch (one
+    /// transaction), never some without the others.
+    pub fn append_all(&self, records: Vec<Record>) {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let mut queue = self.shared.queue();
+        for record in records {
+            queue.bytes += record.size();
+            queue.records.push(record);
+            queue.appended += 1;
+        }
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
     /// Whether a change that grows the store may be appended now (see the module doc).
     pub fn has_room(&self) -> bool {
         if !self.healthy() {

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use ipnet::IpNet;
 
+use crate::engine::tree::batch::{TreeBatch, TreeSnapshot};
 use crate::protocol::{MsgId, UserId};
 
 /// A user's directory entry.
@@ -70,6 +71,16 @@ pub enum Record {
     ForgetRegistered(IpNet),
     /// The generated token signing key (`auth.token_keys` empty).
     TokenKey(String),
+    /// A registration waiting to be published in the key directory (with its key).
+    Pending(UserId, String),
+    /// Registrations published: no longer waiting.
+    Published(Vec<UserId>),
+    /// Records of the key directory's tree, all in one transaction.
+    Tree(TreeBatch),
+    /// An epoch's root hash.
+    Root(u64, [u8; 32]),
+    /// A secret of the key directory generated for the deployment, by name.
+    Secret(String, String),
 }
 
 impl Record {
@@ -84,6 +95,10 @@ impl Record {
                 Record::Burn(jti, _) | Record::Unburn(jti) => jti.len(),
                 Record::Registered(_, days) => days.len() * 16,
                 Record::TokenKey(key) => key.len(),
+                Record::Pending(_, key) => key.len(),
+                Record::Published(users) => users.len() * 40,
+                Record::Tree(batch) => batch.size(),
+                Record::Secret(name, value) => name.len() + value.len(),
                 _ => 0,
             }
     }
@@ -100,4 +115,5 @@ pub struct Snapshot {
     pub burnt: Vec<(String, u64)>,
     pub registered: Vec<(IpNet, Vec<(u64, u64)>)>,
     pub token_key: Option<String>,
+    pub tree: TreeSnapshot,
 }

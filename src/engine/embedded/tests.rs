@@ -16,6 +16,7 @@ use redb::{BackendError, StorageBackend};
 use super::journal::Store;
 use super::records::{ContactsRow, InboxRow, MessageRow, UserRow};
 use super::*;
+use crate::engine::tree::batch::{TreeBatch, TreeSnapshot};
 use crate::protocol::{MsgId, UserId};
 
 /// A directory of the test's own, removed when dropped.
@@ -77,13 +78,25 @@ fn record() -> impl Strategy<Value = Record> {
         (user.clone(), id).prop_map(|(user, id)| Record::Remove(user, id)),
         (user.clone(), any::<u64>(), proptest::collection::vec(user.clone(), 0..4))
             .prop_map(|(user, at_ms, people)| Record::Contacts(user, ContactsRow { at_ms, people })),
-        user.prop_map(Record::ForgetContacts),
+        user.clone().prop_map(Record::ForgetContacts),
         ("[a-c]", any::<u64>()).prop_map(|(jti, until)| Record::Burn(jti, until)),
         "[a-c]".prop_map(Record::Unburn),
         (prefix.clone(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3))
             .prop_map(|(prefix, days)| Record::Registered(prefix, days)),
         prefix.prop_map(Record::ForgetRegistered),
         "[a-z]{1,8}".prop_map(Record::TokenKey),
+        (user.clone(), "[a-z]{1,8}").prop_map(|(user, key)| Record::Pending(user, key)),
+        proptest::collection::vec(user.clone(), 0..3).prop_map(Record::Published),
+        (
+            proptest::collection::vec(("[a-c]", "[a-z]{0,4}"), 0..3),
+            proptest::collection::vec(("[a-c]", 0..3u64, "[a-z]{0,4}"), 0..3)
+        )
+            .prop_map(|(nodes, states)| Record::Tree(TreeBatch {
+                nodes: nodes.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect(),
+                states: states.into_iter().map(|(l, e, v)| (l.into_bytes(), e, v.into_bytes())).collect(),
+            })),
+        (1..4u64, any::<[u8; 32]>()).prop_map(|(epoch, hash)| Record::Root(epoch, hash)),
+        ("vrf|signing", "[a-z]{1,8}").prop_map(|(name, value)| Record::Secret(name, value)),
     ]
 }
 
@@ -96,6 +109,11 @@ fn expected(records: &[Record]) -> Snapshot {
     let mut burnt = BTreeMap::new();
     let mut registered = BTreeMap::new();
     let mut token_key = None;
+    let mut nodes = BTreeMap::new();
+    let mut states = BTreeMap::new();
+    let mut roots = BTreeMap::new();
+    let mut pending = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     for record in records.iter().cloned() {
         match record {
             Record::User(user, row) => drop(users.insert(user, row)),
@@ -111,6 +129,14 @@ fn expected(records: &[Record]) -> Snapshot {
             Record::Registered(prefix, days) => drop(registered.insert(prefix.to_string(), (prefix, days))),
             Record::ForgetRegistered(prefix) => drop(registered.remove(&prefix.to_string())),
             Record::TokenKey(key) => token_key = Some(key),
+            Record::Pending(user, key) => drop(pending.insert(user, key)),
+            Record::Published(users) => users.iter().for_each(|user| drop(pending.remove(user))),
+            Record::Tree(batch) => {
+                nodes.extend(batch.nodes);
+                states.extend(batch.states.into_iter().map(|(label, epoch, value)| ((label, epoch), value)));
+            }
+            Record::Root(epoch, hash) => drop(roots.insert(epoch, hash.to_vec())),
+            Record::Secret(name, value) => drop(secrets.insert(name, value)),
         }
     }
     Snapshot {
@@ -121,6 +147,13 @@ fn expected(records: &[Record]) -> Snapshot {
         burnt: burnt.into_iter().collect(),
         registered: registered.into_values().collect(),
         token_key,
+        tree: TreeSnapshot {
+            nodes: nodes.into_iter().collect(),
+            states: states.into_iter().map(|((label, epoch), value)| (label, epoch, value)).collect(),
+            roots: roots.into_iter().collect(),
+            pending: pending.into_iter().collect(),
+            secrets: secrets.into_iter().collect(),
+        },
     }
 }
 

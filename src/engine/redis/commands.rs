@@ -37,11 +37,17 @@ pub(super) enum Command {
     Hold,
     /// Taking what removals freed off the storage ledger.
     Release,
+    /// Reading the key directory's records, roots and waiting registrations.
+    DirectoryRead,
+    /// Writing an epoch, a root, or what was published.
+    DirectoryWrite,
+    /// Taking or renewing the publisher's lease.
+    DirectoryLease,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 18] = [
+    const ALL: [Command; 21] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -60,6 +66,9 @@ impl Command {
         Command::Contacts,
         Command::Hold,
         Command::Release,
+        Command::DirectoryRead,
+        Command::DirectoryWrite,
+        Command::DirectoryLease,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -83,6 +92,9 @@ impl Command {
             Command::Contacts => "contacts",
             Command::Hold => "hold",
             Command::Release => "release",
+            Command::DirectoryRead => "directory_read",
+            Command::DirectoryWrite => "directory_write",
+            Command::DirectoryLease => "directory_lease",
         }
     }
 

@@ -9,6 +9,25 @@ use crate::limits::bucket::Subject;
 use crate::limits::storage::Holder;
 use crate::protocol::UserId;
 
+/// The keys of the verifiable key directory (`Keys::tree`).
+#[derive(Clone, Copy)]
+pub(super) enum TreePart<'a> {
+    /// akd's azks and tree nodes (HASH key → record).
+    Nodes,
+    /// akd's value states (HASH label → the label's states, each length-prefixed).
+    States,
+    /// The epoch the nodes are at (STRING).
+    Epoch,
+    /// Every epoch's root hash (LIST, epoch 1 first).
+    Roots,
+    /// Registrations not yet published (HASH user → `<ms> <public key>`).
+    Pending,
+    /// The publisher's lease (STRING, its holder, with a TTL).
+    Lease,
+    /// A generated secret (STRING).
+    Secret(&'a str),
+}
+
 #[derive(Clone)]
 pub(super) struct Keys {
     pub(super) prefix: String,
@@ -88,6 +107,20 @@ impl Keys {
     /// The token signing key generated once for the deployment when none is configured.
     pub(super) fn token_key(&self) -> String {
         format!("{}auth:token-key", self.prefix)
+    }
+    /// A key of the verifiable key directory: all under one hash tag (`{kt}`), so an epoch is
+    /// written in one script on a cluster too (`tree.rs`).
+    pub(super) fn tree(&self, part: TreePart<'_>) -> String {
+        let part = match part {
+            TreePart::Nodes => "nodes".into(),
+            TreePart::States => "states".into(),
+            TreePart::Epoch => "epoch".into(),
+            TreePart::Roots => "roots".into(),
+            TreePart::Pending => "pending".into(),
+            TreePart::Lease => "lease".into(),
+            TreePart::Secret(name) => format!("secret:{name}"),
+        };
+        format!("{}kt:{{kt}}:{part}", self.prefix)
     }
     /// The user of a doorbell channel name, if it is one of ours.
     pub(super) fn channel_user(&self, channel: &[u8]) -> Option<UserId> {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::commands::Command;
+use super::keys::TreePart;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
 use crate::engine::errors::LoginError;
@@ -117,6 +118,20 @@ impl RedisEngine {
         let fields = [("publicKey", public_key), ("createdAt", &created.to_string()), ("unusedFrom", &from)];
         let mut make = redis::pipe();
         make.hset_multiple(&record, &fields).ignore().pexpire(&record, record_ttl_ms(ttl) as i64).ignore();
+        // Waiting for the key directory before the key is claimed: a crash cannot lose a
+        // registration to it (the publisher drops entries whose claim never came, `tree.rs`).
+        let pending = this.keys.tree(TreePart::Pending);
+        if this.publishes {
+            let entry = RedisEngine::pending_entry(public_key);
+            if this.connections.is_cluster() {
+                // Another slot: its own call, before the claim.
+                let mut wait = redis::cmd("HSET");
+                wait.arg(&pending).arg(user.as_str()).arg(entry);
+                let _: u64 = this.timed(Command::LoginClaim, wait.query_async(&mut con)).await?;
+            } else {
+                make.hset(&pending, user.as_str(), entry).ignore();
+            }
+        }
         let mut claim = redis::cmd("SET");
         claim.arg(&index).arg(user.as_str()).arg("NX").arg("GET").arg("PX").arg(ttl.as_millis() as u64);
         let previous: Option<String> = if this.connections.is_cluster() {
@@ -133,6 +148,9 @@ impl RedisEngine {
             Some(winner) => {
                 let _: redis::RedisResult<()> = con.del(&record).await;
                 let _: redis::RedisResult<()> = con.zrem(&unused, user.as_str()).await;
+                if this.publishes {
+                    let _: redis::RedisResult<()> = con.hdel(&pending, user.as_str()).await;
+                }
                 if shares.directory_per_prefix > 0.0 {
                     self.give_back(&Holder::Registrations(registered_from), charge).await;
                 }

@@ -54,6 +54,7 @@ mod scripts;
 mod sender;
 mod sentinel;
 mod slots;
+mod tree;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -104,6 +105,8 @@ struct Inner {
     scripts: Scripts,
     /// How full Redis is, sampled every second (`ledger`).
     pressure: Arc<Pressure>,
+    /// Whether registrations are recorded for the key directory (`directory.enabled`).
+    publishes: bool,
     /// Ends the background tasks (sender, remover, link) when the engine is dropped.
     stop: CancellationToken,
 }
@@ -167,6 +170,7 @@ impl RedisEngine {
                 hub,
                 keys,
                 limits: settings.limits.clone(),
+                publishes: settings.directory.enabled,
                 timeout,
                 scripts,
                 connections,

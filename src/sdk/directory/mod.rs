@@ -182,15 +182,24 @@ impl Client {
     }
 
     /// Whether the server has a directory (asked once: `GET /directory/root`, whose root is
-    /// taken like any other).
+    /// taken like any other). A directory with no epoch yet (404 with `Retry-After`) or still
+    /// starting (503) is one: its first root is awaited like a user not yet published.
     async fn directory_present(&self, state: &mut DirectoryState) -> Result<bool, Error> {
-        if state.presence == Presence::Unknown {
-            match self.fetch::<SignedRoot>(&["directory", "root"]).await? {
-                Some(root) => {
+        let deadline = Instant::now() + self.publish_wait();
+        while state.presence == Presence::Unknown {
+            match self.fetch_answer::<SignedRoot>(&["directory", "root"]).await? {
+                Fetched::Found(root) => {
                     state.presence = Presence::Present;
                     self.take_root(state, &root).await?;
                 }
-                None => state.presence = Presence::Absent,
+                Fetched::Absent => state.presence = Presence::Absent,
+                Fetched::NotYet { status } if Instant::now() >= deadline => {
+                    return Err(Error::Http {
+                        status,
+                        message: format!("the key directory published no epoch within {:?}", self.publish_wait()),
+                    });
+                }
+                Fetched::NotYet { .. } => tokio::time::sleep(POLL_EVERY).await,
             }
         }
         match (state.presence, self.inner.directory_policy) {
@@ -245,11 +254,20 @@ impl Client {
         self.server().to_string()
     }
 
-    /// A directory answer: `None` for 404, the body read up to [`MAX_ANSWER_BYTES`].
+    /// A directory answer: `None` for 404 (not found, or not yet), the body read up to
+    /// [`MAX_ANSWER_BYTES`].
     async fn fetch<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<Option<T>, Error> {
+        match self.fetch_answer(segments).await? {
+            Fetched::Found(answer) => Ok(Some(answer)),
+            Fetched::Absent | Fetched::NotYet { .. } => Ok(None),
+        }
+    }
+
+    async fn fetch_answer<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<Fetched<T>, Error> {
         let url = self.endpoint(segments);
         let mut response = self.inner.http.get(url).send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -259,9 +277,11 @@ impl Client {
         }
         match status {
             200 => serde_json::from_slice(&body)
-                .map(Some)
+                .map(Fetched::Found)
                 .map_err(|e| Error::Directory(VerifyError::Malformed(format!("/{}: {e}", segments.join("/"))))),
-            404 => Ok(None),
+            404 if retry_after => Ok(Fetched::NotYet { status }),
+            503 => Ok(Fetched::NotYet { status }),
+            404 => Ok(Fetched::Absent),
             _ => {
                 let text = String::from_utf8_lossy(&body);
                 let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.into_owned()));
@@ -269,6 +289,17 @@ impl Client {
             }
         }
     }
+}
+
+/// What a directory endpoint answered.
+enum Fetched<T> {
+    Found(T),
+    /// 404: no such thing (at `/directory/root`: no directory on this server).
+    Absent,
+    /// 404 with `Retry-After` (no epoch yet) or 503 (the directory is starting): ask again.
+    NotYet {
+        status: u16,
+    },
 }
 
 /// The kept root must be on the audited way: the root of its epoch among `roots` is it.

@@ -21,7 +21,7 @@ use super::tempdir::TempDir;
 use super::ws::Ws;
 
 /// Every per-client limit off (see `Server::start`).
-const UNLIMITED: [(&str, &str); 13] = [
+const UNLIMITED: [(&str, &str); 14] = [
     ("ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0"),
     ("ENIGMA__LIMITS__MAX_UNUSED_REGISTRATIONS_PER_PREFIX", "0"),
     ("ENIGMA__LIMITS__INBOX_SHARE", "0"),
@@ -32,6 +32,7 @@ const UNLIMITED: [(&str, &str); 13] = [
     ("ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST", "0"),
     ("ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST", "0"),
     ("ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST", "0"),
+    ("ENIGMA__RATE__DIRECTORY_PER_ADDRESS__BURST", "0"),
     ("ENIGMA__RATE__SOCKET_PER_USER__BURST", "0"),
     ("ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST", "0"),
     ("ENIGMA__RATE__SEND_BYTES_PER_USER__BURST", "0"),

@@ -1,0 +1,286 @@
+//! The verifiable key directory in Redis (`engine::tree`): every key under one hash tag,
+//! `{kt}` (`Keys::tree`), so that an epoch — thousands of records — is written by one script,
+//! all or nothing, on a Redis Cluster too. The directory lives on one shard of a cluster; it is
+//! about a kilobyte per user and read only by `/directory/*`, while the traffic (inboxes,
+//! doorbells) stays spread by user.
+//!
+//! An epoch is written only by the holder of the publisher's lease and only on top of the
+//! epoch before it (`tree_commit.lua`): a publisher paused past its lease, or two that both
+//! think they hold it, cannot write the same epoch twice. Roots are a list, epoch 1 first;
+//! one is appended only after the last and never replaced (`tree_root.lua`).
+//!
+//! A registration is written as waiting (`pending`) before its key index is claimed
+//! (`login.rs`): a crash between the two leaves an entry whose registration never completed,
+//! and the publisher publishes only entries whose index names their user, dropping the others.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use redis::{AsyncCommands, Script};
+
+use super::commands::{Command, once_loaded};
+use super::conn::CLUSTER_CONCURRENCY;
+use super::keys::TreePart;
+use super::{RedisEngine, parse_indexed};
+use crate::auth::canonical::index_material;
+use crate::engine::tree::batch::{Pending, Secret, TreeBatch, TreeWrite};
+use crate::engine::unavailable::Unavailable;
+use crate::protocol::UserId;
+
+/// Writes one epoch's records if the caller holds the lease and the directory is at the epoch
+/// before. KEYS: lease, epoch, nodes, states. ARGV: holder, epoch, the number of nodes, each
+/// node's key and record, then each state's label and length-prefixed record (appended to the
+/// label's). An error reply starting `FENCED` refuses the whole epoch before any write.
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_commit.lua")));
+
+/// Appends an epoch's root after the last; the same root again is 0, another root for a
+/// recorded epoch (`FORK`) or a gap (`GAP`) an error. KEYS: roots. ARGV: epoch, root.
+static ROOT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_root.lua")));
+
+/// Takes the lease when free, renews it for its holder: 1 if ARGV[1] holds it now. KEYS:
+/// lease. ARGV: holder, ttl (ms).
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease.lua")));
+
+/// How long a waiting registration whose key index was never claimed is kept: far above the
+/// time between the two writes of a registration (then it was abandoned, by a crash).
+const ABANDONED: Duration = Duration::from_secs(60);
+
+/// Entries one `HSCAN` step asks for.
+const SCAN_COUNT: usize = 1000;
+
+impl RedisEngine {
+    pub async fn tree_nodes(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let this = &self.inner;
+        let mut get = redis::cmd("HMGET");
+        get.arg(this.keys.tree(TreePart::Nodes)).arg(keys);
+        this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.cmd())).await
+    }
+
+    pub async fn tree_states(&self, labels: &[Vec<u8>]) -> Result<Vec<Vec<Vec<u8>>>, Unavailable> {
+        if labels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let this = &self.inner;
+        let mut get = redis::cmd("HMGET");
+        get.arg(this.keys.tree(TreePart::States)).arg(labels);
+        let lists: Vec<Option<Vec<u8>>> =
+            this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.cmd())).await?;
+        lists.into_iter().map(|list| unframe(list.as_deref().unwrap_or_default())).collect()
+    }
+
+    pub async fn tree_write(&self, batch: TreeBatch, write: TreeWrite) -> Result<(), Unavailable> {
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        match write {
+            TreeWrite::Initial => {
+                let nodes = this.keys.tree(TreePart::Nodes);
+                let mut pipe = redis::pipe();
+                for (key, value) in &batch.nodes {
+                    pipe.hset_nx(&nodes, key, value).ignore();
+                }
+                this.timed(Command::DirectoryWrite, pipe.query_async::<()>(&mut con)).await
+            }
+            TreeWrite::Epoch { epoch, holder } => {
+                let mut commit = COMMIT.prepare_invoke();
+                for part in [TreePart::Lease, TreePart::Epoch, TreePart::Nodes, TreePart::States] {
+                    commit.key(this.keys.tree(part));
+                }
+                commit.arg(holder).arg(epoch).arg(batch.nodes.len());
+                for (key, value) in &batch.nodes {
+                    commit.arg(key).arg(value);
+                }
+                for (label, _epoch, value) in &batch.states {
+                    commit.arg(label).arg(frame(value));
+                }
+                let done: u64 = this.timed(Command::DirectoryWrite, commit.invoke_async(&mut con)).await?;
+                debug_assert_eq!(done, epoch);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn rooted_epoch(&self) -> Result<u64, Unavailable> {
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        this.timed(Command::DirectoryRead, con.llen(this.keys.tree(TreePart::Roots))).await
+    }
+
+    pub async fn roots(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, Unavailable> {
+        if from == 0 || to < from {
+            return Ok(Vec::new());
+        }
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        let key = this.keys.tree(TreePart::Roots);
+        let (start, stop) = ((from - 1) as isize, (to - 1) as isize);
+        let roots: Vec<Vec<u8>> = this.timed(Command::DirectoryRead, con.lrange(key, start, stop)).await?;
+        roots
+            .into_iter()
+            .map(|root| <[u8; 32]>::try_from(root.as_slice()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| Unavailable::said("a root in Redis is not 32 bytes"))
+    }
+
+    pub async fn add_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), Unavailable> {
+        let this = &self.inner;
+        let mut add = ROOT.prepare_invoke();
+        add.key(this.keys.tree(TreePart::Roots)).arg(epoch).arg(&hash[..]);
+        let _: u64 = this.timed(Command::DirectoryWrite, add.invoke_async(&mut this.connections.cmd())).await?;
+        Ok(())
+    }
+
+    pub async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, Unavailable> {
+        let this = &self.inner;
+        let mut hold = LEASE.prepare_invoke();
+        hold.key(this.keys.tree(TreePart::Lease)).arg(holder).arg(ttl.as_millis() as u64);
+        let held: u64 = this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.cmd())).await?;
+        Ok(held == 1)
+    }
+
+    pub async fn shared_secret(&self, secret: Secret, candidate: &str) -> Result<String, Unavailable> {
+        let this = &self.inner;
+        let mut set = redis::cmd("SET");
+        set.arg(this.keys.tree(TreePart::Secret(secret.as_str()))).arg(candidate).arg("NX").arg("GET");
+        let previous: Option<String> = once_loaded(Command::DirectoryWrite, this.timeout, || {
+            let mut con = this.connections.cmd();
+            let set = set.clone();
+            async move { set.query_async(&mut con).await }
+        })
+        .await?;
+        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    }
+
+    pub async fn pending_count(&self) -> Result<u64, Unavailable> {
+        let this = &self.inner;
+        let mut con = this.connections.cmd();
+        this.timed(Command::DirectoryRead, con.hlen(this.keys.tree(TreePart::Pending))).await
+    }
+
+    pub async fn published(&self, users: &[UserId]) -> Result<(), Unavailable> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let this = &self.inner;
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let mut con = this.connections.cmd();
+        this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(this.keys.tree(TreePart::Pending), names)).await?;
+        Ok(())
+    }
+
+    /// The value of a waiting registration's entry (`login.rs` writes it).
+    pub(super) fn pending_entry(public_key: &str) -> String {
+        format!("{} {public_key}", crate::clock::unix_ms())
+    }
+
+    /// Up to `max` waiting registrations whose registration completed; entries of abandoned
+    /// ones (a crash between the two writes, a lost race) are dropped on the way.
+    pub async fn pending(&self, max: usize) -> Result<Vec<Pending>, Unavailable> {
+        let this = &self.inner;
+        let key = this.keys.tree(TreePart::Pending);
+        let mut entries: Vec<(String, String)> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("HSCAN");
+            scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            let (next, page): (u64, Vec<(String, String)>) =
+                this.timed(Command::DirectoryRead, scan.query_async(&mut this.connections.cmd())).await?;
+            entries.extend(page);
+            cursor = next;
+            if cursor == 0 || entries.len() >= max {
+                break;
+            }
+        }
+        entries.truncate(max);
+        let now = crate::clock::unix_ms();
+        let checks = entries.into_iter().map(|(user, entry)| self.check_pending(user, entry, now));
+        let verdicts: Vec<Result<Verdict, Unavailable>> =
+            stream::iter(checks).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+        let mut ready = Vec::new();
+        let mut dropped = Vec::new();
+        for verdict in verdicts {
+            match verdict? {
+                Verdict::Ready(pending) => ready.push(pending),
+                Verdict::Wait => {}
+                Verdict::Drop(user) => dropped.push(user),
+            }
+        }
+        if !dropped.is_empty() {
+            tracing::info!(entries = dropped.len(), "key directory: registrations never completed, not published");
+            let mut con = this.connections.cmd();
+            this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(&key, dropped)).await?;
+        }
+        Ok(ready)
+    }
+
+    async fn check_pending(&self, user: String, entry: String, now: u64) -> Result<Verdict, Unavailable> {
+        let this = &self.inner;
+        let parsed = entry.split_once(' ').and_then(|(ms, key)| Some((ms.parse::<u64>().ok()?, key)));
+        let (Some(id), Some((at_ms, public_key))) = (UserId::parse(&user), parsed) else {
+            return Ok(Verdict::Drop(user));
+        };
+        let index = this.keys.key_index(&index_material(public_key).primary);
+        let (mut one, mut other) = (this.connections.cmd(), this.connections.cmd());
+        let (record_key, indexed): (Option<String>, Option<String>) = futures_util::try_join!(
+            this.timed(Command::DirectoryRead, one.hget(this.keys.user(&id), "publicKey")),
+            this.timed(Command::DirectoryRead, other.get(index)),
+        )?;
+        let indexed = indexed.as_deref().map(parse_indexed).transpose()?;
+        Ok(match (record_key, indexed) {
+            (Some(key), Some(owner)) if key == public_key && owner == id => {
+                Verdict::Ready(Pending { user: id, public_key: public_key.to_owned() })
+            }
+            (Some(key), None) if key == public_key && now.saturating_sub(at_ms) < ABANDONED.as_millis() as u64 => {
+                Verdict::Wait
+            }
+            _ => Verdict::Drop(user),
+        })
+    }
+}
+
+/// What becomes of a waiting registration.
+enum Verdict {
+    Ready(Pending),
+    /// Its key index is not claimed yet: the registration may be under way.
+    Wait,
+    Drop(String),
+}
+
+/// A state record as it is appended to its label's list: its length (u32, big-endian), then it.
+fn frame(record: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(4 + record.len());
+    framed.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    framed.extend_from_slice(record);
+    framed
+}
+
+/// The records of a label's list.
+fn unframe(mut list: &[u8]) -> Result<Vec<Vec<u8>>, Unavailable> {
+    let mut records = Vec::new();
+    while let Some((len, rest)) = list.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        let Some((record, rest)) = rest.split_at_checked(len) else { break };
+        records.push(record.to_vec());
+        list = rest;
+    }
+    if !list.is_empty() {
+        return Err(Unavailable::said("a key directory state list in Redis is cut short"));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_lists_read_back() {
+        let list = [frame(b"one"), frame(b""), frame(b"three")].concat();
+        assert_eq!(unframe(&list).unwrap(), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
+        assert!(unframe(&list[..list.len() - 1]).is_err());
+        assert!(unframe(&[]).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,164 @@
+//! The epoch loop: every `directory.epoch_interval_ms`, the replica holding the publisher's
+//! lease (`Engine::hold_lease`; one process always holds it) publishes the registrations
+//! waiting as one new epoch and records its root. Every replica runs the loop; only the holder
+//! writes, and the engine refuses an epoch from anyone else.
+//!
+//! Each step can be repeated after a crash at any point without a second version, a lost
+//! entry or a fork:
+//! 1. the root of the tree's current epoch is recorded if missing (a publisher that died
+//!    between writing an epoch and its root);
+//! 2. the waiting registrations are published: akd skips a label whose value is already
+//!    there, so entries a dead publisher published but did not clear make no new version
+//!    (nor a new epoch, when that is all of them);
+//! 3. the new epoch's root is recorded, then the entries are cleared.
+
+use std::time::{Duration, Instant};
+
+use akd::{AkdLabel, AkdValue, EpochHash};
+use tokio_util::sync::CancellationToken;
+
+use super::settings::DirectorySettings;
+use super::store::EngineStore;
+use super::{AkdDirectory, Transparency, open};
+use crate::engine::Engine;
+use crate::engine::unavailable::Unavailable;
+use crate::protocol::UserId;
+use crate::telemetry::metric;
+
+pub struct Publisher {
+    engine: Engine,
+    directory: AkdDirectory,
+    /// Who this replica is to the lease.
+    holder: String,
+    lease: Duration,
+    interval: Duration,
+    max_entries: usize,
+    holding: bool,
+}
+
+impl Publisher {
+    pub async fn new(settings: &DirectorySettings, transparency: &Transparency) -> Result<Self, Unavailable> {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let engine = transparency.engine().clone();
+        let store = EngineStore::publisher(engine.clone(), holder.clone());
+        let directory = open(store, transparency.vrf().clone()).await?;
+        Ok(Self {
+            engine,
+            directory,
+            holder,
+            lease: settings.lease(),
+            interval: settings.epoch_interval(),
+            max_entries: settings.max_epoch_entries,
+            holding: false,
+        })
+    }
+
+    /// Runs the loop on a thread of its own, with a runtime of its own, until `stop`: akd's
+    /// work (a VRF evaluation per registration, the tree's hashes) is CPU-bound between its
+    /// awaits, and on the server's runtime it would hold a worker thread the sessions and the
+    /// Redis connections need for as long as a large epoch takes.
+    pub fn spawn(self, stop: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("enigma-directory".into()).spawn(move || runtime.block_on(self.run(stop)))
+    }
+
+    /// Runs until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "key directory: publishing failed; retrying next epoch");
+            }
+        }
+    }
+
+    /// One epoch's work (nothing unless this replica holds the lease).
+    pub async fn round(&mut self) -> Result<(), String> {
+        let held = self.engine.hold_lease(&self.holder, self.lease).await.map_err(text)?;
+        if held != self.holding {
+            self.holding = held;
+            tracing::info!(holder = %self.holder, held, "key directory: publisher lease {}", if held { "taken" } else { "lost" });
+            metrics::gauge!(metric::DIRECTORY_PUBLISHER).set(if held { 1.0 } else { 0.0 });
+        }
+        if !held {
+            self.report_epoch().await;
+            return Ok(());
+        }
+        let EpochHash(epoch, root) = self.directory.get_epoch_hash().await.map_err(text)?;
+        self.record_root(epoch, root).await?;
+        let pending = self.engine.pending(self.max_entries).await.map_err(text)?;
+        if let Ok(count) = self.engine.pending_count().await {
+            metrics::gauge!(metric::DIRECTORY_PENDING).set(count as f64);
+        }
+        if pending.is_empty() {
+            metrics::gauge!(metric::DIRECTORY_EPOCH).set(epoch as f64);
+            return Ok(());
+        }
+        let users: Vec<UserId> = pending.iter().map(|p| p.user.clone()).collect();
+        let updates = pending
+            .into_iter()
+            .map(|p| (super::label(&p.user), AkdValue(p.public_key.into_bytes())))
+            .collect::<Vec<(AkdLabel, AkdValue)>>();
+        let started = Instant::now();
+        let EpochHash(published, root) = self.publish(updates).await?;
+        self.record_root(published, root).await?;
+        metrics::histogram!(metric::DIRECTORY_PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::gauge!(metric::DIRECTORY_EPOCH).set(published as f64);
+        self.engine.published(&users).await.map_err(text)?;
+        if published > epoch {
+            tracing::debug!(epoch = published, entries = users.len(), "key directory: epoch published");
+        }
+        Ok(())
+    }
+
+    /// akd's publication, with the lease renewed meanwhile (a large epoch may take longer than
+    /// the lease). Never cancelled halfway: akd's transaction would stay open; a publication
+    /// that outlived a lost lease is refused by the engine when it writes.
+    async fn publish(&self, updates: Vec<(AkdLabel, AkdValue)>) -> Result<EpochHash, String> {
+        let publish = self.directory.publish(updates);
+        tokio::pin!(publish);
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                published = &mut publish => return published.map_err(text),
+                _ = renew.tick() => {
+                    if let Err(e) = self.engine.hold_lease(&self.holder, self.lease).await {
+                        tracing::warn!(error = %e, "key directory: cannot renew the publisher lease");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records `epoch`'s root unless it is recorded (epoch 0, the empty directory, has none).
+    async fn record_root(&self, epoch: u64, root: [u8; 32]) -> Result<(), String> {
+        if epoch == 0 {
+            return Ok(());
+        }
+        let rooted = self.engine.rooted_epoch().await.map_err(text)?;
+        if epoch > rooted {
+            self.engine.add_root(epoch, root).await.map_err(text)?;
+        }
+        Ok(())
+    }
+
+    /// A replica that does not publish still reports where the directory is.
+    async fn report_epoch(&self) {
+        if let Ok(epoch) = self.engine.rooted_epoch().await {
+            metrics::gauge!(metric::DIRECTORY_EPOCH).set(epoch as f64);
+        }
+        if let Ok(count) = self.engine.pending_count().await {
+            metrics::gauge!(metric::DIRECTORY_PENDING).set(count as f64);
+        }
+    }
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}

@@ -1,0 +1,313 @@
+//! The verifiable key directory, checked as a client checks it: a registration becomes provable
+//! at the next epoch (its lookup proof verifies against a root whose Ed25519 signature
+//! verifies), every epoch is an append-only step from the one before (akd's auditor), and
+//! neither a publisher's death (two replicas on one Redis) nor a SIGKILL of the embedded engine
+//! changes a published root. Checks are akd's own verifiers and ed25519-dalek, nothing
+//! re-implemented.
+
+use std::time::Duration;
+
+use akd_core::AkdLabel;
+use akd_core::verify::history::HistoryParams;
+use akd_core::verify::{HistoryVerificationParams, key_history_verify, lookup_verify};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use enigma_verify::Config;
+use enigma_verify::proof::{decode_audit, decode_history, decode_lookup};
+use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot, root_message};
+use futures_util::{StreamExt, stream};
+
+use crate::harness::{Backend, DEADLINE, Redis, Server, ServerConfig, random_key, wait_until};
+
+/// Epochs every 100 ms, so a test waits for a few of them at most.
+fn fast(config: ServerConfig) -> ServerConfig {
+    config.with("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", 100).with("ENIGMA__DIRECTORY__LEASE_MS", 1000)
+}
+
+fn bytes<const N: usize>(text: &str) -> [u8; N] {
+    let decoded = STANDARD.decode(text).expect("base64");
+    decoded.try_into().expect("length")
+}
+
+fn hash(root: &SignedRoot) -> [u8; 32] {
+    hex::decode(&root.root_hash).expect("hex").try_into().expect("32 bytes")
+}
+
+/// The root's signature verifies with the key it names.
+fn verify_root(root: &SignedRoot) {
+    let key = VerifyingKey::from_bytes(&bytes::<32>(&root.signing_key)).expect("an Ed25519 key");
+    let message = root_message(root.epoch, &hash(root), &bytes::<32>(&root.vrf_public_key));
+    let signature = Signature::from_bytes(&bytes::<64>(&root.signature));
+    key.verify(&message, &signature).unwrap_or_else(|e| panic!("root of epoch {} badly signed: {e}", root.epoch));
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(s: &Server, path: &str) -> (u16, Option<T>, serde_json::Value) {
+    let (status, body) = s.get(path).await;
+    let parsed = if status == 200 { serde_json::from_value(body.clone()).ok() } else { None };
+    (status, parsed, body)
+}
+
+async fn root(s: &Server) -> SignedRoot {
+    let (status, root, body) = get_json::<SignedRoot>(s, "/directory/root").await;
+    assert_eq!(status, 200, "{body}");
+    let root = root.expect("a SignedRoot");
+    verify_root(&root);
+    root
+}
+
+/// Polls `check` until it gives a value; fails the test after `timeout`.
+async fn first_some<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `user` is in the directory, then checks the lookup answer as a client does.
+async fn provable(s: &Server, user: &str, key: &str) -> LookupAnswer {
+    let path = format!("/directory/lookup/{user}");
+    let answer = first_some("the registration to be published", DEADLINE, || async {
+        let (status, parsed, body) = get_json::<LookupAnswer>(s, &path).await;
+        assert!(status == 200 || status == 404, "{status} {body}");
+        parsed
+    })
+    .await;
+    verify_lookup(&answer, user, key);
+    answer
+}
+
+fn verify_lookup(answer: &LookupAnswer, user: &str, key: &str) {
+    verify_root(&answer.root);
+    assert_eq!((answer.user_id.as_str(), answer.public_key.as_str()), (user, key));
+    let proof = decode_lookup(&answer.proof).expect("a lookup proof");
+    let vrf = bytes::<32>(&answer.root.vrf_public_key);
+    let label = AkdLabel(user.as_bytes().to_vec());
+    let result = lookup_verify::<Config>(&vrf, hash(&answer.root), answer.root.epoch, label, proof)
+        .unwrap_or_else(|e| panic!("the lookup proof of {user} does not verify: {e:?}"));
+    assert_eq!(result.value.0, key.as_bytes(), "the proven key is the registered one");
+    assert_eq!(result.version, answer.version);
+}
+
+async fn verify_history(s: &Server, user: &str, key: &str) {
+    let (status, answer, body) = get_json::<HistoryAnswer>(s, &format!("/directory/history/{user}")).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = answer.unwrap();
+    verify_root(&answer.root);
+    let proof = decode_history(&answer.proof).expect("a history proof");
+    let vrf = bytes::<32>(&answer.root.vrf_public_key);
+    let params = HistoryVerificationParams::Default { history_params: HistoryParams::Complete };
+    let label = AkdLabel(user.as_bytes().to_vec());
+    let results = key_history_verify::<Config>(&vrf, hash(&answer.root), answer.root.epoch, label, proof, params)
+        .unwrap_or_else(|e| panic!("the history proof of {user} does not verify: {e:?}"));
+    assert_eq!(results.len(), 1, "one registration, one version");
+    assert_eq!(results[0].value.0, key.as_bytes());
+}
+
+/// Every root from epoch 1 to `to`, each step proven append-only by akd's auditor, asked for
+/// in as many requests as the server's bound on a range takes.
+async fn audit(s: &Server, to: u64) -> Vec<SignedRoot> {
+    let mut roots: Vec<SignedRoot> = Vec::new();
+    let mut from = 1;
+    while from < to {
+        let (status, answer, body) = get_json::<AuditAnswer>(s, &format!("/directory/audit/{from}/{to}")).await;
+        assert_eq!(status, 200, "{body}");
+        let answer = answer.unwrap();
+        assert_eq!(answer.from, from);
+        assert!(answer.to > from && answer.to <= to, "{} to {}", answer.from, answer.to);
+        assert_eq!(answer.roots.len() as u64, answer.to - from + 1);
+        for (epoch, root) in (from..).zip(&answer.roots) {
+            assert_eq!(root.epoch, epoch);
+            verify_root(root);
+        }
+        if let Some(last) = roots.last() {
+            assert_eq!(last, &answer.roots[0], "consecutive answers share their boundary epoch");
+        }
+        let hashes = answer.roots.iter().map(hash).collect();
+        let proof = decode_audit(&answer.proof).expect("an append-only proof");
+        akd::auditor::audit_verify::<Config>(hashes, proof)
+            .await
+            .unwrap_or_else(|e| panic!("epochs {from} to {} are not append-only: {e:?}", answer.to));
+        let skip = usize::from(!roots.is_empty());
+        roots.extend(answer.roots.into_iter().skip(skip));
+        from = answer.to;
+    }
+    roots
+}
+
+async fn register(s: &Server, n: usize) -> Vec<(String, String)> {
+    let keys: Vec<String> = (0..n).map(|_| random_key()).collect();
+    stream::iter(keys).map(|key| async move { (s.login(&key).await, key) }).buffer_unordered(32).collect().await
+}
+
+/// Waits until nothing waits to be published and returns the latest root.
+async fn settled(s: &Server) -> SignedRoot {
+    wait_until("every registration to be published", DEADLINE * 3, || async {
+        s.metric("enigma_directory_pending").await == 0.0 && s.get("/directory/root").await.0 == 200
+    })
+    .await;
+    root(s).await
+}
+
+async fn registration_becomes_provable(b: Backend) {
+    let s = Server::start(&fast(b.config()));
+    let (status, body) = first_some("the directory to start", DEADLINE, || async {
+        let (status, body) = s.get("/directory/root").await;
+        (status != 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "no epoch yet: {body}");
+    let users = register(&s, 5).await;
+    for (user, key) in &users {
+        let answer = provable(&s, user, key).await;
+        assert_eq!(answer.version, 1);
+        verify_history(&s, user, key).await;
+    }
+    // The same key again is the same user and no new version.
+    let (user, key) = &users[0];
+    assert_eq!(&s.login(key).await, user);
+    let later = register(&s, 1).await;
+    provable(&s, &later[0].0, &later[0].1).await;
+    assert_eq!(provable(&s, user, key).await.version, 1, "re-registering made no new version");
+    let latest = settled(&s).await;
+    if latest.epoch > 1 {
+        let roots = audit(&s, latest.epoch).await;
+        assert_eq!(roots.last(), Some(&latest));
+    }
+}
+
+async fn bad_input_changes_nothing(b: Backend) {
+    let s = Server::start(&fast(b.config()));
+    let (user, key) = register(&s, 1).await.remove(0);
+    provable(&s, &user, &key).await;
+    let before = settled(&s).await;
+    let unknown = "3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6";
+    let refused = [
+        ("/directory/lookup/not-a-user".to_owned(), 400),
+        (format!("/directory/lookup/{}", user.to_uppercase()), 400),
+        (format!("/directory/lookup/{unknown}"), 404),
+        ("/directory/history/%00".to_owned(), 400),
+        (format!("/directory/history/{unknown}"), 404),
+        ("/directory/audit/x/2".to_owned(), 400),
+        ("/directory/audit/1/-2".to_owned(), 400),
+        ("/directory/audit/0/1".to_owned(), 400),
+        ("/directory/audit/1/1".to_owned(), 400),
+        ("/directory/audit/2/1".to_owned(), 400),
+        (format!("/directory/audit/1/{}", before.epoch + 1), 400),
+        ("/directory/audit/1/99999999999999999999999".to_owned(), 400),
+    ];
+    for (path, expected) in refused {
+        let (status, body) = s.get(&path).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: a clear error, got {body}");
+    }
+    assert_eq!(root(&s).await, before, "nothing changed");
+    provable(&s, &user, &key).await;
+}
+
+both_engines!(with_cluster: registration_becomes_provable, bad_input_changes_nothing);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_registrations_then_a_full_audit() {
+    let redis = Redis::start();
+    let s = Server::start(&fast(ServerConfig::redis(&redis)));
+    let users = register(&s, 2_000).await;
+    let latest = settled(&s).await;
+    let roots = audit(&s, latest.epoch).await;
+    assert_eq!(roots.len() as u64, latest.epoch);
+    for (user, key) in users.iter().step_by(97) {
+        provable(&s, user, key).await;
+    }
+}
+
+/// Two replicas on one Redis: the publisher is SIGKILLed; the other takes the lease within a
+/// few seconds and the epochs go on from where they were, every earlier root unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_other_replica_publishes_after_the_publisher_dies() {
+    let redis = Redis::start();
+    let config = fast(ServerConfig::redis(&redis));
+    let replicas = [Server::start(&config), Server::start(&config)];
+    let publisher = first_some("one replica to hold the lease", DEADLINE, || async {
+        let held = [
+            replicas[0].metric("enigma_directory_publisher").await,
+            replicas[1].metric("enigma_directory_publisher").await,
+        ];
+        (held.iter().sum::<f64>() == 1.0).then(|| held.iter().position(|h| *h == 1.0)).flatten()
+    })
+    .await;
+    let [first, second] = replicas;
+    let (publisher, survivor) = if publisher == 0 { (first, second) } else { (second, first) };
+    for _ in 0..3 {
+        let (user, key) = register(&survivor, 1).await.remove(0);
+        provable(&survivor, &user, &key).await;
+    }
+    let before = settled(&survivor).await;
+    let roots_before = audit(&survivor, before.epoch).await;
+    publisher.kill();
+    let (user, key) = register(&survivor, 1).await.remove(0);
+    let started = std::time::Instant::now();
+    let answer = provable(&survivor, &user, &key).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "published {:?} after the publisher died", started.elapsed());
+    assert_eq!(survivor.metric("enigma_directory_publisher").await, 1.0);
+    assert_eq!(answer.root.epoch, before.epoch + 1, "the next epoch, no gap");
+    let roots_after = audit(&survivor, answer.root.epoch).await;
+    assert_eq!(roots_after[..roots_before.len()], roots_before[..], "every earlier root unchanged");
+}
+
+/// The embedded engine killed with SIGKILL comes back with every root, and the next epoch
+/// follows the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_directory_survives_kill_9() {
+    let config = fast(ServerConfig::embedded());
+    let s = Server::start(&config);
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        let (user, key) = register(&s, 2).await.remove(0);
+        provable(&s, &user, &key).await;
+        users.push((user, key));
+    }
+    let before = settled(&s).await;
+    let roots_before = audit(&s, before.epoch).await;
+    s.kill();
+    let s = Server::start(&config);
+    assert_eq!(root(&s).await, before, "the same latest root, signed by the same key");
+    for (user, key) in &users {
+        provable(&s, user, key).await;
+    }
+    let (user, key) = register(&s, 1).await.remove(0);
+    let answer = provable(&s, &user, &key).await;
+    assert_eq!(answer.root.epoch, before.epoch + 1);
+    let roots_after = audit(&s, answer.root.epoch).await;
+    assert_eq!(roots_after[..roots_before.len()], roots_before[..], "every earlier root unchanged");
+}
+
+/// Clients tell the three apart at `/directory/root`: a directory with no epoch yet (404 with
+/// `Retry-After`: ask again), and a server with the directory off, which answers every
+/// `/directory/*` like a server that only speaks the specification (404, no `Retry-After`: use
+/// the pins alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_epoch_yet_and_no_directory_are_told_apart() {
+    let retry_after = |r: &reqwest::Response| r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let slow = Server::start(
+        &ServerConfig::memory()
+            .with("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", 600_000)
+            .with("ENIGMA__DIRECTORY__LEASE_MS", 1_200_000),
+    );
+    let first = slow.http.get(slow.url("/directory/root")).send().await.unwrap();
+    assert_eq!((first.status().as_u16(), retry_after(&first).as_deref()), (404, Some("1")));
+
+    let off = Server::start(&ServerConfig::memory().with("ENIGMA__DIRECTORY__ENABLED", false));
+    register(&off, 1).await;
+    for path in ["/directory/root", "/directory/audit/1/2", "/directory/lookup/3f1c2a9e-1b2c-4d5e-8f90-a1b2c3d4e5f6"] {
+        let answer = off.http.get(off.url(path)).send().await.unwrap();
+        assert_eq!((answer.status().as_u16(), retry_after(&answer)), (404, None), "{path}");
+    }
+}
