@@ -36,9 +36,9 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "The latest signed root (`SignedRoot`, docs/protocol.md)", content_type = "application/json"),
         (status = 429, description = "Too many directory reads from this address; retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 404, description = "No epoch published yet (no registration since the directory started); retry", body = ErrorBody,
+        (status = 404, description = "No epoch published yet (with `Retry-After`: retry), or no directory on this server (`directory.enabled = false`, without `Retry-After`: use pins alone)", body = ErrorBody,
             example = json!({"error": "no epoch has been published yet; retry in a moment", "code": "not_found"})),
-        (status = 503, description = "The directory is off or unreachable; retry", body = ErrorBody,
+        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody,
             example = json!({"error": "service unavailable, retry later", "code": "unavailable"})),
     ))]
 pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Result<Response, ApiError> {
@@ -58,10 +58,10 @@ pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Resul
         (status = 200, description = "The key and its proof (`LookupAnswer`, docs/protocol.md)", content_type = "application/json"),
         (status = 400, description = "Not a user id", body = ErrorBody,
             example = json!({"error": "not a user id (a canonical UUID)", "code": "invalid_frame"})),
-        (status = 404, description = "Unknown, or registered since the last epoch", body = ErrorBody,
+        (status = 404, description = "Unknown, registered since the last epoch, or no directory on this server (`directory.enabled = false`)", body = ErrorBody,
             example = json!({"error": "user not in the key directory (unknown, or registered since the last epoch)", "code": "user_not_found"})),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
-        (status = 503, description = "The directory is off or unreachable; retry", body = ErrorBody),
+        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
     ))]
 pub(crate) async fn lookup(
     State(state): State<AppState>,
@@ -83,9 +83,9 @@ pub(crate) async fn lookup(
     responses(
         (status = 200, description = "The history proof (`HistoryAnswer`, docs/protocol.md)", content_type = "application/json"),
         (status = 400, description = "Not a user id", body = ErrorBody),
-        (status = 404, description = "Unknown, or registered since the last epoch", body = ErrorBody),
+        (status = 404, description = "Unknown, registered since the last epoch, or no directory on this server (`directory.enabled = false`)", body = ErrorBody),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
-        (status = 503, description = "The directory is off or unreachable; retry", body = ErrorBody),
+        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
     ))]
 pub(crate) async fn history(
     State(state): State<AppState>,
@@ -111,8 +111,9 @@ pub(crate) async fn history(
         (status = 200, description = "The proof and roots (`AuditAnswer`, docs/protocol.md)", content_type = "application/json"),
         (status = 400, description = "Not epochs, from ≥ to, or beyond the latest epoch", body = ErrorBody,
             example = json!({"error": "to (90) is beyond the latest epoch (12)", "code": "invalid_frame"})),
+        (status = 404, description = "No directory on this server (`directory.enabled = false`)", body = ErrorBody),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
-        (status = 503, description = "The directory is off or unreachable; retry", body = ErrorBody),
+        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
     ))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
