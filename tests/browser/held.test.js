@@ -38,7 +38,7 @@ const openChat = async (page, userId) => {
 test("a message sealed with a swapped key is shown refused with both fingerprints and kept until the user decides", async () => {
   const redis = await startRedis();
   const prefix = "held:";
-  const server = await startServer({ redis, prefix });
+  const server = await startServer({ redis, prefix, env: { ENIGMA__DIRECTORY__ENABLED: "false" } });
   const redisCli = (...args) => execFileSync("redis-cli", ["-p", String(redis.port), ...args], { encoding: "utf8" }).trim();
   const inbox = (userId) => Number(redisCli("XLEN", `${prefix}inbox:{${userId}}`));
 

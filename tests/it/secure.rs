@@ -1,5 +1,6 @@
-//! Secure by default (issue 13): a contact's key swapped in the directory is refused by the
-//! CLI until trusted; the CLI reaches a relay through a TLS-terminating nginx with a private
+//! Secure by default: a contact's key swapped in the user records is refused by the CLI's pins
+//! until trusted (on a relay without the key directory, where pins are the only guard; with the
+//! directory the swap is refused outright: tests/it/cli.rs); the CLI reaches a relay through a TLS-terminating nginx with a private
 //! CA; plain http:// leaves this machine only when asked; the CLI's files are private.
 
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +22,7 @@ fn mode(path: &std::path::Path) -> u32 {
 #[test]
 fn a_key_swapped_in_the_directory_is_refused_until_trusted() {
     let redis = Redis::start();
-    let config = ServerConfig::redis(&redis);
+    let config = ServerConfig::redis(&redis).with("ENIGMA__DIRECTORY__ENABLED", false);
     let server = Server::start(&config);
     let home = TempDir::new("pins");
     let url = server.url("");
