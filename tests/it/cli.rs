@@ -861,3 +861,60 @@ fn a_key_swapped_before_first_contact_is_refused_by_the_directory() {
     let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap_or_default();
     assert!(!pins.contains(&mallory.public_key), "the swapped key was pinned: {pins}");
 }
+
+/// End to end: a key changed THROUGH the directory, as a malicious operator would (another key
+/// recorded for Bob's id the way a registration records it — the user record, the key's index
+/// entry, a waiting entry — so the relay's own publisher publishes it as version 2 of Bob's
+/// key). Alice, who pinned version 1, refuses the new version; Bob's own client, on its next
+/// connect, reports that the directory shows another key for him.
+#[test]
+fn a_key_published_through_the_directory_is_refused_by_both_ends() {
+    let dir = TempDir::new("directory-operator");
+    let prefix = format!("dirop{}:", std::process::id());
+    let redis = Redis::start();
+    let server = LoggedServer::redis(dir.path(), &redis, &prefix);
+    let cli = Cli::of(&dir, &server);
+    let (alice, bob, mallory) = (cli.user("alice"), cli.user("bob"), cli.user("mallory"));
+    cli.ok(&bob.key, &["send", &bob.id, "published"]);
+    let lookup = cli.ok(&alice.key, &["lookup", &bob.id]);
+    assert!(lookup.contains("directory:   proven (version 1 of the key"), "{lookup}");
+    cli.ok(&alice.key, &["send", &bob.id, "to version 1"]);
+
+    // The operator records Mallory's key for Bob's id: record, index entry, waiting entry.
+    let record = format!("{prefix}user:{{{}}}", bob.id);
+    redis.cli(&["HSET", &record, "publicKey", &mallory.public_key]).unwrap();
+    let indexes = redis.cli(&["KEYS", &format!("{prefix}pk:*")]).unwrap();
+    let mallorys: Vec<&str> = indexes
+        .lines()
+        .filter(|index| redis.cli(&["GET", index]).is_some_and(|owner| owner.trim() == mallory.id))
+        .collect();
+    assert!(!mallorys.is_empty(), "no index entry names mallory: {indexes}");
+    for index in mallorys {
+        redis.cli(&["SET", index, &bob.id]).unwrap();
+    }
+    let pending = format!("{prefix}kt:{{kt}}:pending");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    redis.cli(&["HSET", &pending, &bob.id, &format!("{now_ms} {}", mallory.public_key)]).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while redis.cli(&["HEXISTS", &pending, &bob.id]).unwrap().trim() != "0" {
+        assert!(Instant::now() < deadline, "the waiting entry was never published");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Alice: the directory proves Mallory's key as version 2, and her pin refuses it.
+    let sent = cli.run(&alice.key, &["send", &bob.id, "to version 2"], "");
+    assert_eq!(sent.code, 1, "{}", sent.stderr);
+    assert!(sent.stderr.contains("CHANGED"), "{}", sent.stderr);
+    assert!(sent.stderr.contains("Nothing was sent"), "{}", sent.stderr);
+    let lookup = cli.run(&alice.key, &["lookup", &bob.id], "");
+    assert!(lookup.stdout.contains("version 2"), "the new key is version 2: {}\n{}", lookup.stdout, lookup.stderr);
+    let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
+    assert!(!pins.contains(&mallory.public_key), "mallory's key was pinned: {pins}");
+
+    // Bob (his record given back, so that he can log in): his own history holds another key.
+    redis.cli(&["HSET", &record, "publicKey", &bob.public_key]).unwrap();
+    let connect = cli.run(&bob.key, &["send", &bob.id, "am I still me?"], "");
+    assert_eq!(connect.code, 1, "{}", connect.stderr);
+    assert!(connect.stderr.contains("the directory shows another key for you"), "{}", connect.stderr);
+    assert!(connect.stderr.contains("version 2"), "{}", connect.stderr);
+}
