@@ -918,3 +918,72 @@ fn a_key_published_through_the_directory_is_refused_by_both_ends() {
     assert!(connect.stderr.contains("the directory shows another key for you"), "{}", connect.stderr);
     assert!(connect.stderr.contains("version 2"), "{}", connect.stderr);
 }
+
+/// The kept root's epoch in `enigma audit`'s summary ("kept root:   epoch N, …").
+fn kept_epoch(audit: &str) -> u64 {
+    let line = audit.lines().find_map(|line| line.strip_prefix("kept root:   epoch ")).expect("a kept root line");
+    line.split(',').next().unwrap().parse().expect("an epoch")
+}
+
+/// End to end: two relays with the same directory keys (signing and VRF) but their own Redis and
+/// their own registrations, so that their directories diverge: each is a valid directory, with
+/// another root for the same epoch. A client that kept relay A's root and then finds relay B
+/// under the same URL (B took A's port) refuses B loudly as a fork, in a lookup and in `enigma
+/// audit`; a client that never saw A audits B without a complaint.
+#[test]
+fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() {
+    let dir = TempDir::new("directory-fork");
+    let prefix = format!("dirfork{}:", std::process::id());
+    let (redis_a, redis_b) = (Redis::start(), Redis::start());
+    let relay = |redis: &Redis, addr: &str| {
+        let url = redis.url();
+        let env = [
+            ("ENIGMA__REDIS__URL", url.as_str()),
+            ("ENIGMA__REDIS__PREFIX", prefix.as_str()),
+            ("ENIGMA__DIRECTORY__SIGNING_KEYS", "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
+            ("ENIGMA__DIRECTORY__VRF_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+            ("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", "100"),
+            ("ENIGMA__DIRECTORY__LEASE_MS", "1000"),
+        ];
+        LoggedServer::start(dir.path(), &env, addr)
+    };
+
+    // Relay A: Alice registers, is published (her own connect waits for it), keeps A's root.
+    let a = relay(&redis_a, "127.0.0.1:0");
+    let addr = a.addr.to_string();
+    let cli = Cli::of(&dir, &a);
+    let alice = cli.user("alice");
+    cli.ok(&alice.key, &["send", &alice.id, "published on A"]);
+    let kept = kept_epoch(&cli.ok(&alice.key, &["audit"]));
+    a.terminate();
+
+    // Relay B on A's address: other users, each published in an epoch of its own, until B's
+    // directory has gone past the epoch Alice keeps.
+    let b = relay(&redis_b, &addr);
+    let cli = Cli::of(&dir, &b);
+    let mut users: Vec<User> = Vec::new();
+    loop {
+        let user = cli.user(&format!("b{}", users.len()));
+        cli.ok(&user.key, &["send", &user.id, "published on B"]);
+        users.push(user);
+        // A client that never saw A audits B without a complaint.
+        let fresh = cli.ok(&users[0].key, &["audit"]);
+        if kept_epoch(&fresh) > kept {
+            break;
+        }
+        assert!(users.len() <= 2 * kept as usize + 2, "B does not go past epoch {kept}: {fresh}");
+    }
+
+    // Alice, who kept A's root for this URL: B's root for her epoch is another one.
+    let lookup = cli.run(&alice.key, &["lookup", &users[0].id], "");
+    assert_eq!(lookup.code, 1, "{}\n{}", lookup.stdout, lookup.stderr);
+    assert!(lookup.stderr.contains("FORK: the directory presents root"), "{}", lookup.stderr);
+    assert!(lookup.stderr.contains(&format!("for epoch {kept}")), "{}", lookup.stderr);
+    let audit = cli.run(&alice.key, &["audit"], "");
+    assert_eq!(audit.code, 1, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(audit.stderr.contains("FORK"), "{}", audit.stderr);
+    assert!(!audit.stdout.contains("kept root:"), "{}", audit.stdout);
+    let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
+    let again = cli.run(&alice.key, &["audit"], "");
+    assert!(again.stderr.contains("FORK"), "A's root is still kept, B's was not taken: {}\n{pins}", again.stderr);
+}
