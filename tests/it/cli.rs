@@ -151,7 +151,12 @@ impl Proc {
 
     /// Waits for the exit (with a deadline) and the end of both pipes; returns the exit code.
     fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_exit_within(DEADLINE)
+    }
+
+    /// `wait_exit` for a command known to take longer (a whole directory's audit).
+    fn wait_exit_within(&mut self, limit: Duration) -> i32 {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -986,4 +991,63 @@ fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() 
     let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
     let again = cli.run(&alice.key, &["audit"], "");
     assert!(again.stderr.contains("FORK"), "A's root is still kept, B's was not taken: {}\n{pins}", again.stderr);
+}
+
+/// End to end at scale: one user published alone in epoch 1, then 1,999 registrations at once,
+/// published 100 to an epoch every 100 ms; `enigma audit` then verifies the whole history in
+/// answers of at most 5 epochs, and its summary gives the relay's own figures: every epoch, every
+/// entry after epoch 1, the number of answers, and the newest root, which it keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn enigma_audit_verifies_thousands_of_registrations() {
+    use futures_util::{StreamExt, stream};
+
+    const MAX_AUDIT_EPOCHS: u64 = 5;
+    let dir = TempDir::new("directory-audit");
+    let redis = Redis::start();
+    let config = crate::harness::ServerConfig::redis(&redis)
+        .with("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", 100)
+        .with("ENIGMA__DIRECTORY__LEASE_MS", 1000)
+        .with("ENIGMA__DIRECTORY__MAX_EPOCH_ENTRIES", 100)
+        .with("ENIGMA__DIRECTORY__MAX_AUDIT_EPOCHS", MAX_AUDIT_EPOCHS);
+    let s = &crate::harness::Server::start(&config);
+    // Nothing waits in the directory's pending hash, and there is a root.
+    let pending = format!("{}kt:{{kt}}:pending", config.prefix);
+    let (redis, pending) = (&redis, &pending);
+    let published = || async move {
+        redis.cli(&["HLEN", pending]).is_some_and(|n| n.trim() == "0") && s.get("/directory/root").await.0 == 200
+    };
+    let first = s.login(&random_key()).await;
+    crate::harness::wait_until("the first user published", DEADLINE, published).await;
+    let (_, root) = s.get("/directory/root").await;
+    assert_eq!(root["epoch"], 1, "epoch 1 holds the first user alone: {root}");
+    assert_eq!(s.get(&format!("/directory/lookup/{first}")).await.0, 200);
+
+    let keys: Vec<String> = (0..1_999).map(|_| random_key()).collect();
+    let users: Vec<String> =
+        stream::iter(keys).map(|key| async move { s.login(&key).await }).buffer_unordered(32).collect().await;
+    assert_eq!(users.iter().collect::<std::collections::HashSet<_>>().len(), 1_999);
+    crate::harness::wait_until("every registration published", DEADLINE * 6, published).await;
+    let (_, root) = s.get("/directory/root").await;
+    let epochs = root["epoch"].as_u64().unwrap();
+    assert!(epochs >= 21, "1,999 registrations at most 100 an epoch after epoch 1: {root}");
+
+    let base = s.url("");
+    let cli = Cli::at(&dir, base.trim_end_matches('/'));
+    let key = dir.path().join("auditor.key");
+    cli.ok(&key, &["keygen"]);
+    // Checking 2,000 insertions in a debug build takes a while: a longer deadline than a command's.
+    let mut audit = cli.spawn(&key, &["audit"]);
+    audit.close_stdin();
+    let code = audit.wait_exit_within(DEADLINE * 12);
+    assert_eq!(code, 0, "{}", audit.context());
+    let out = &audit.out.text();
+    assert!(out.contains(&format!("epochs:      1 to {epochs} (every root signed by ")), "{out}");
+    assert!(out.contains("every step append-only"), "{out}");
+    assert!(out.contains("entries:     1999 added after epoch 1"), "{out}");
+    let answers = (epochs - 1).div_ceil(MAX_AUDIT_EPOCHS);
+    assert!(out.contains(&format!("answers:     {answers} audit answers in ")), "{out}");
+    let hash = root["rootHash"].as_str().expect("a root hash");
+    assert!(out.contains(&format!("kept root:   epoch {epochs}, {hash}")), "{out}");
+    let pins = std::fs::read_to_string(key.with_file_name("auditor.key.pins.json")).unwrap();
+    assert!(pins.contains(hash), "the audited root is kept: {pins}");
 }
