@@ -38,6 +38,8 @@ const openChat = async (page, userId) => {
 test("a message sealed with a swapped key is shown refused with both fingerprints and kept until the user decides", async () => {
   const redis = await startRedis();
   const prefix = "held:";
+  // Without a directory: the pins are the only check here. With one (the default), Mallory's CLI
+  // already refuses to connect as Bob: the directory shows Bob's own key, not hers.
   const server = await startServer({ redis, prefix, env: { ENIGMA__DIRECTORY__ENABLED: "false" } });
   const redisCli = (...args) => execFileSync("redis-cli", ["-p", String(redis.port), ...args], { encoding: "utf8" }).trim();
   const inbox = (userId) => Number(redisCli("XLEN", `${prefix}inbox:{${userId}}`));

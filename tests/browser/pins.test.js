@@ -1,8 +1,6 @@
-// The page pins each contact's key on first use: when the server later gives another key
+// The page pins each contact's key on first use: when the directory later gives another key
 // (here swapped in Redis, as an attacker with write access would), sending is refused with a
-// message naming both fingerprints, until the user presses "Trust the new key". On a relay
-// without the key directory, where pins are the only guard (with it, the swap is refused
-// outright: directory tests).
+// message naming both fingerprints, until the user presses "Trust the new key".
 import { execFileSync } from "node:child_process";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -17,6 +15,8 @@ const states = (page) => page.$$eval("#messages li.out", (els) => els.map((e) =>
 test("a key swapped in the directory is refused until trusted", async () => {
   const redis = await startRedis();
   const prefix = "pins:";
+  // Without a directory: pins are the only check (with one, the directory refuses the swap first:
+  // swapped.test.js).
   const server = await startServer({ redis, prefix, env: { ENIGMA__DIRECTORY__ENABLED: "false" } });
   const [alice, bob, mallory] = [await launchBrowser(), await launchBrowser(), await launchBrowser()];
   const a = await newUser(alice.context, server.url);

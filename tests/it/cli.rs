@@ -151,7 +151,12 @@ impl Proc {
 
     /// Waits for the exit (with a deadline) and the end of both pipes; returns the exit code.
     fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_exit_within(DEADLINE)
+    }
+
+    /// `wait_exit` for a command known to take longer (a whole directory's audit).
+    fn wait_exit_within(&mut self, limit: Duration) -> i32 {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -860,4 +865,189 @@ fn a_key_swapped_before_first_contact_is_refused_by_the_directory() {
     assert!(sent.stderr.contains("nothing is sealed to a key the directory does not prove"), "{}", sent.stderr);
     let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap_or_default();
     assert!(!pins.contains(&mallory.public_key), "the swapped key was pinned: {pins}");
+}
+
+/// End to end: a key changed THROUGH the directory, as a malicious operator would (another key
+/// recorded for Bob's id the way a registration records it — the user record, the key's index
+/// entry, a waiting entry — so the relay's own publisher publishes it as version 2 of Bob's
+/// key). Alice, who pinned version 1, refuses the new version; Bob's own client, on its next
+/// connect, reports that the directory shows another key for him.
+#[test]
+fn a_key_published_through_the_directory_is_refused_by_both_ends() {
+    let dir = TempDir::new("directory-operator");
+    let prefix = format!("dirop{}:", std::process::id());
+    let redis = Redis::start();
+    let server = LoggedServer::redis(dir.path(), &redis, &prefix);
+    let cli = Cli::of(&dir, &server);
+    let (alice, bob, mallory) = (cli.user("alice"), cli.user("bob"), cli.user("mallory"));
+    cli.ok(&bob.key, &["send", &bob.id, "published"]);
+    let lookup = cli.ok(&alice.key, &["lookup", &bob.id]);
+    assert!(lookup.contains("directory:   proven (version 1 of the key"), "{lookup}");
+    cli.ok(&alice.key, &["send", &bob.id, "to version 1"]);
+
+    // The operator records Mallory's key for Bob's id: record, index entry, waiting entry.
+    let record = format!("{prefix}user:{{{}}}", bob.id);
+    redis.cli(&["HSET", &record, "publicKey", &mallory.public_key]).unwrap();
+    let indexes = redis.cli(&["KEYS", &format!("{prefix}pk:*")]).unwrap();
+    let mallorys: Vec<&str> = indexes
+        .lines()
+        .filter(|index| redis.cli(&["GET", index]).is_some_and(|owner| owner.trim() == mallory.id))
+        .collect();
+    assert!(!mallorys.is_empty(), "no index entry names mallory: {indexes}");
+    for index in mallorys {
+        redis.cli(&["SET", index, &bob.id]).unwrap();
+    }
+    let pending = format!("{prefix}kt:{{kt}}:pending");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    redis.cli(&["HSET", &pending, &bob.id, &format!("{now_ms} {}", mallory.public_key)]).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while redis.cli(&["HEXISTS", &pending, &bob.id]).unwrap().trim() != "0" {
+        assert!(Instant::now() < deadline, "the waiting entry was never published");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Alice: the directory proves Mallory's key as version 2, and her pin refuses it.
+    let sent = cli.run(&alice.key, &["send", &bob.id, "to version 2"], "");
+    assert_eq!(sent.code, 1, "{}", sent.stderr);
+    assert!(sent.stderr.contains("CHANGED"), "{}", sent.stderr);
+    assert!(sent.stderr.contains("Nothing was sent"), "{}", sent.stderr);
+    let lookup = cli.run(&alice.key, &["lookup", &bob.id], "");
+    assert!(lookup.stdout.contains("version 2"), "the new key is version 2: {}\n{}", lookup.stdout, lookup.stderr);
+    let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
+    assert!(!pins.contains(&mallory.public_key), "mallory's key was pinned: {pins}");
+
+    // Bob (his record given back, so that he can log in): his own history holds another key.
+    redis.cli(&["HSET", &record, "publicKey", &bob.public_key]).unwrap();
+    let connect = cli.run(&bob.key, &["send", &bob.id, "am I still me?"], "");
+    assert_eq!(connect.code, 1, "{}", connect.stderr);
+    assert!(connect.stderr.contains("the directory shows another key for you"), "{}", connect.stderr);
+    assert!(connect.stderr.contains("version 2"), "{}", connect.stderr);
+}
+
+/// The kept root's epoch in `enigma audit`'s summary ("kept root:   epoch N, …").
+fn kept_epoch(audit: &str) -> u64 {
+    let line = audit.lines().find_map(|line| line.strip_prefix("kept root:   epoch ")).expect("a kept root line");
+    line.split(',').next().unwrap().parse().expect("an epoch")
+}
+
+/// End to end: two relays with the same directory keys (signing and VRF) but their own Redis and
+/// their own registrations, so that their directories diverge: each is a valid directory, with
+/// another root for the same epoch. A client that kept relay A's root and then finds relay B
+/// under the same URL (B took A's port) refuses B loudly as a fork, in a lookup and in `enigma
+/// audit`; a client that never saw A audits B without a complaint.
+#[test]
+fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() {
+    let dir = TempDir::new("directory-fork");
+    let prefix = format!("dirfork{}:", std::process::id());
+    let (redis_a, redis_b) = (Redis::start(), Redis::start());
+    let relay = |redis: &Redis, addr: &str| {
+        let url = redis.url();
+        let env = [
+            ("ENIGMA__REDIS__URL", url.as_str()),
+            ("ENIGMA__REDIS__PREFIX", prefix.as_str()),
+            ("ENIGMA__DIRECTORY__SIGNING_KEYS", "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
+            ("ENIGMA__DIRECTORY__VRF_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+            ("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", "100"),
+            ("ENIGMA__DIRECTORY__LEASE_MS", "1000"),
+        ];
+        LoggedServer::start(dir.path(), &env, addr)
+    };
+
+    // Relay A: Alice registers, is published (her own connect waits for it), keeps A's root.
+    let a = relay(&redis_a, "127.0.0.1:0");
+    let addr = a.addr.to_string();
+    let cli = Cli::of(&dir, &a);
+    let alice = cli.user("alice");
+    cli.ok(&alice.key, &["send", &alice.id, "published on A"]);
+    let kept = kept_epoch(&cli.ok(&alice.key, &["audit"]));
+    a.terminate();
+
+    // Relay B on A's address: other users, each published in an epoch of its own, until B's
+    // directory has gone past the epoch Alice keeps.
+    let b = relay(&redis_b, &addr);
+    let cli = Cli::of(&dir, &b);
+    let mut users: Vec<User> = Vec::new();
+    loop {
+        let user = cli.user(&format!("b{}", users.len()));
+        cli.ok(&user.key, &["send", &user.id, "published on B"]);
+        users.push(user);
+        // A client that never saw A audits B without a complaint.
+        let fresh = cli.ok(&users[0].key, &["audit"]);
+        if kept_epoch(&fresh) > kept {
+            break;
+        }
+        assert!(users.len() <= 2 * kept as usize + 2, "B does not go past epoch {kept}: {fresh}");
+    }
+
+    // Alice, who kept A's root for this URL: B's root for her epoch is another one.
+    let lookup = cli.run(&alice.key, &["lookup", &users[0].id], "");
+    assert_eq!(lookup.code, 1, "{}\n{}", lookup.stdout, lookup.stderr);
+    assert!(lookup.stderr.contains("FORK: the directory presents root"), "{}", lookup.stderr);
+    assert!(lookup.stderr.contains(&format!("for epoch {kept}")), "{}", lookup.stderr);
+    let audit = cli.run(&alice.key, &["audit"], "");
+    assert_eq!(audit.code, 1, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(audit.stderr.contains("FORK"), "{}", audit.stderr);
+    assert!(!audit.stdout.contains("kept root:"), "{}", audit.stdout);
+    let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
+    let again = cli.run(&alice.key, &["audit"], "");
+    assert!(again.stderr.contains("FORK"), "A's root is still kept, B's was not taken: {}\n{pins}", again.stderr);
+}
+
+/// End to end at scale: one user published alone in epoch 1, then 1,999 registrations at once,
+/// published 100 to an epoch every 100 ms; `enigma audit` then verifies the whole history in
+/// answers of at most 5 epochs, and its summary gives the relay's own figures: every epoch, every
+/// entry after epoch 1, the number of answers, and the newest root, which it keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn enigma_audit_verifies_thousands_of_registrations() {
+    use futures_util::{StreamExt, stream};
+
+    const MAX_AUDIT_EPOCHS: u64 = 5;
+    let dir = TempDir::new("directory-audit");
+    let redis = Redis::start();
+    let config = crate::harness::ServerConfig::redis(&redis)
+        .with("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", 100)
+        .with("ENIGMA__DIRECTORY__LEASE_MS", 1000)
+        .with("ENIGMA__DIRECTORY__MAX_EPOCH_ENTRIES", 100)
+        .with("ENIGMA__DIRECTORY__MAX_AUDIT_EPOCHS", MAX_AUDIT_EPOCHS);
+    let s = &crate::harness::Server::start(&config);
+    // Nothing waits in the directory's pending hash, and there is a root.
+    let pending = format!("{}kt:{{kt}}:pending", config.prefix);
+    let (redis, pending) = (&redis, &pending);
+    let published = || async move {
+        redis.cli(&["HLEN", pending]).is_some_and(|n| n.trim() == "0") && s.get("/directory/root").await.0 == 200
+    };
+    let first = s.login(&random_key()).await;
+    crate::harness::wait_until("the first user published", DEADLINE, published).await;
+    let (_, root) = s.get("/directory/root").await;
+    assert_eq!(root["epoch"], 1, "epoch 1 holds the first user alone: {root}");
+    assert_eq!(s.get(&format!("/directory/lookup/{first}")).await.0, 200);
+
+    let keys: Vec<String> = (0..1_999).map(|_| random_key()).collect();
+    let users: Vec<String> =
+        stream::iter(keys).map(|key| async move { s.login(&key).await }).buffer_unordered(32).collect().await;
+    assert_eq!(users.iter().collect::<std::collections::HashSet<_>>().len(), 1_999);
+    crate::harness::wait_until("every registration published", DEADLINE * 6, published).await;
+    let (_, root) = s.get("/directory/root").await;
+    let epochs = root["epoch"].as_u64().unwrap();
+    assert!(epochs >= 21, "1,999 registrations at most 100 an epoch after epoch 1: {root}");
+
+    let base = s.url("");
+    let cli = Cli::at(&dir, base.trim_end_matches('/'));
+    let key = dir.path().join("auditor.key");
+    cli.ok(&key, &["keygen"]);
+    // Checking 2,000 insertions in a debug build takes a while: a longer deadline than a command's.
+    let mut audit = cli.spawn(&key, &["audit"]);
+    audit.close_stdin();
+    let code = audit.wait_exit_within(DEADLINE * 12);
+    assert_eq!(code, 0, "{}", audit.context());
+    let out = &audit.out.text();
+    assert!(out.contains(&format!("epochs:      1 to {epochs} (every root signed by ")), "{out}");
+    assert!(out.contains("every step append-only"), "{out}");
+    assert!(out.contains("entries:     1999 added after epoch 1"), "{out}");
+    let answers = (epochs - 1).div_ceil(MAX_AUDIT_EPOCHS);
+    assert!(out.contains(&format!("answers:     {answers} audit answers in ")), "{out}");
+    let hash = root["rootHash"].as_str().expect("a root hash");
+    assert!(out.contains(&format!("kept root:   epoch {epochs}, {hash}")), "{out}");
+    let pins = std::fs::read_to_string(key.with_file_name("auditor.key.pins.json")).unwrap();
+    assert!(pins.contains(hash), "the audited root is kept: {pins}");
 }
