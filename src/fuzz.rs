@@ -25,7 +25,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("config", config),
 ];
 
-/// A client's text frame: parsed into a command or a refusal, never a panic; a parsed frame
+/// A client's text frame: parsed into a command or a `BadFrame`, never a panic; a parsed frame
 /// written back parses to the same frame; a send becomes an envelope that reads back.
 pub fn client_frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Delivery, UserId};
 
+/// `Hub::live_paused`'s low bit: live forwarding is paused.
+const PAUSED: u64 = 1;
+/// One pause counted in `Hub::live_paused` (above the bit).
+const PAUSE: u64 = 2;
+
 /// The hub's handle on one session; the session holds the same `Arc`.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -60,7 +65,8 @@ impl Mailbox {
     /// Whether the session fell behind since the last call: queued deliveries may then sit
     /// behind a gap, and the session's cursor must hold them back until it has caught up.
     pub fn take_fell_behind(&self) -> bool {
-        self.behind.swap(false, Ordering::SeqCst)
+        // Asked on every live delivery: a load, and a write only when it is set.
+        self.behind.load(Ordering::SeqCst) && self.behind.swap(false, Ordering::SeqCst)
     }
 
     /// The next queued live delivery, if any.
@@ -162,9 +168,11 @@ pub struct Hub {
     next_id: AtomicU64,
     queue: usize,
     byte_budget: usize,
-    /// Set while the engine's doorbell link may have missed messages: nothing is handed to a
-    /// session live, every doorbell makes it fall behind and catch up.
-    degraded: AtomicBool,
+    /// Whether live forwarding is paused (the low bit: the engine's doorbell link may have
+    /// missed messages, so nothing is handed to a session live, every doorbell makes it fall
+    /// behind and catch up), and how many times it was paused (the other bits: a resume asked
+    /// on behalf of a recovery that began before the last pause leaves it paused).
+    live_paused: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -177,7 +185,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue: queue.max(1),
             byte_budget: byte_budget.max(1),
-            degraded: AtomicBool::new(false),
+            live_paused: AtomicU64::new(0),
             shutdown,
         }
     }
@@ -281,7 +289,7 @@ impl Hub {
     /// handed to it directly instead of through the doorbell (see `engine::redis::sender`):
     /// attached, and the doorbell link healthy.
     pub fn live_generation(&self, user: &UserId) -> Option<u64> {
-        if self.degraded.load(Ordering::SeqCst) {
+        if self.is_live_paused() {
             return None;
         }
         match self.lock().get(user) {
@@ -293,7 +301,7 @@ impl Hub {
     /// A message for `user` was stored; hand it to the user's session here, if any.
     pub fn deliver(&self, user: &UserId, delivery: Delivery) {
         if let Some(slot) = self.lock().get(user) {
-            if self.degraded.load(Ordering::SeqCst) {
+            if self.is_live_paused() {
                 slot.mailbox().fall_behind();
             } else {
                 slot.mailbox().ring(delivery, self.byte_budget);
@@ -301,17 +309,35 @@ impl Hub {
         }
     }
 
-    /// From now on doorbells only make sessions fall behind (see the type's docs). The engine's
-    /// doorbell link alone pauses and resumes.
+    /// From now on doorbells only make sessions fall behind (see the type's docs), until the
+    /// engine's doorbell link, which alone resumes, has recovered from every pause made so far.
+    /// Called the moment a gap may have begun (a disconnection, a lost event), by whoever
+    /// notices it first.
     pub fn pause_live(&self) {
-        self.degraded.store(true, Ordering::SeqCst);
+        let _ = self.live_paused.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some((v | PAUSED) + PAUSE));
+    }
+
+    /// How many times live forwarding was paused so far: read by the doorbell link when a
+    /// recovery begins, and handed back to `resume_live` once it has recovered.
+    pub fn pauses(&self) -> u64 {
+        self.live_paused.load(Ordering::SeqCst) / PAUSE
     }
 
     /// Every session falls behind and catches up, then live forwarding resumes: in this order,
-    /// so that a live delivery can never be forwarded ahead of the gap's catch-up.
-    pub fn resume_live(&self) {
+    /// so that a live delivery can never be forwarded ahead of the gap's catch-up. It resumes
+    /// only if it was not paused again since `pauses` said `seen` (that gap is not covered by
+    /// the recovery that read it): whether live forwarding is on.
+    pub fn resume_live(&self, seen: u64) -> bool {
         self.catch_up_all();
-        self.degraded.store(false, Ordering::SeqCst);
+        let paused = (seen * PAUSE) | PAUSED;
+        match self.live_paused.compare_exchange(paused, seen * PAUSE, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => true,
+            Err(now) => now == seen * PAUSE,
+        }
+    }
+
+    fn is_live_paused(&self) -> bool {
+        self.live_paused.load(Ordering::SeqCst) & PAUSED != 0
     }
 
     /// Every session falls behind and catches up (after the doorbell link was down).
@@ -456,12 +482,33 @@ mod tests {
 
         hub.pause_live();
         hub.deliver(&user, delivery(3));
-        assert!(mailbox.try_next().is_none(), "nothing is forwarded live while degraded");
+        assert!(mailbox.try_next().is_none(), "nothing is forwarded live while paused");
         assert!(mailbox.take_fell_behind());
+        assert_eq!(hub.live_generation(&user), None, "nor handed to it directly");
     }
 
     #[tokio::test]
-    async fn shutdown_kicks_every_session_with_1001() {
+    async fn live_forwarding_resumes_only_from_a_recovery_begun_after_the_last_pause() {
+        let hub = hub(4);
+        let user = UserId::random();
+        let mailbox = hub.register(&user);
+        hub.set_generation(&mailbox, 1);
+        hub.pause_live();
+        let seen = hub.pauses();
+        hub.pause_live(); // a disconnection while the recovery that read `seen` runs
+        assert!(!hub.resume_live(seen), "that gap is not covered: still paused");
+        assert_eq!(hub.live_generation(&user), None);
+        assert!(mailbox.take_fell_behind(), "sessions catch up all the same");
+        let seen = hub.pauses();
+        assert!(hub.resume_live(seen));
+        assert_eq!(hub.live_generation(&user), Some(1));
+        assert!(hub.resume_live(seen), "resuming twice is harmless");
+        hub.deliver(&user, delivery(1));
+        assert_eq!(mailbox.try_next().map(|d| d.id.seq), Some(1));
+    }
+
+    #[tokio::test]
+    async fn shutdown_kicks_every_session() {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(4, 1024, shutdown.clone());
         let mailbox = hub.register(&UserId::random());

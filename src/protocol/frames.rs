@@ -451,8 +451,8 @@ mod tests {
     #[test]
     fn parse_errors_name_the_problem() {
         let check = |text: &str| {
-            let refusal = ClientFrame::parse(text).unwrap_err();
-            (refusal.code, refusal.message)
+            let bad = ClientFrame::parse(text).unwrap_err();
+            (bad.code, bad.message)
         };
         assert_eq!(check("{nope").0, ErrorCode::InvalidJson);
         assert_eq!(check("[1,2]"), (ErrorCode::InvalidFrame, "a frame must be a JSON object".into()));
@@ -465,19 +465,19 @@ mod tests {
     #[test]
     fn arrays_are_not_frames() {
         for text in [r#"["a","b","c"]"#, r#" ["a","b","\"c\"",null,["1-0"]]"#, "[]"] {
-            let refusal = ClientFrame::parse(text).unwrap_err();
-            assert_eq!(refusal, not_an_object(), "{text}");
+            let bad = ClientFrame::parse(text).unwrap_err();
+            assert_eq!(bad, not_an_object(), "{text}");
         }
     }
 
     #[test]
     fn missing_fields_are_named_and_keep_the_ref() {
-        let refusal = ClientFrame::parse(r#"{"to":"b","ref":"7"}"#).unwrap_err();
-        assert_eq!(refusal.code, ErrorCode::InvalidFrame);
-        assert_eq!(refusal.message, "missing field `from`, `payload`");
-        assert_eq!(refusal.reference.as_deref(), Some("7"));
-        let refusal = ClientFrame::parse(r#"{"ack":null}"#).unwrap_err();
-        assert_eq!(refusal.message, "missing field `from`, `to`, `payload`");
+        let bad = ClientFrame::parse(r#"{"to":"b","ref":"7"}"#).unwrap_err();
+        assert_eq!(bad.code, ErrorCode::InvalidFrame);
+        assert_eq!(bad.message, "missing field `from`, `payload`");
+        assert_eq!(bad.reference.as_deref(), Some("7"));
+        let bad = ClientFrame::parse(r#"{"ack":null}"#).unwrap_err();
+        assert_eq!(bad.message, "missing field `from`, `to`, `payload`");
     }
 
     #[test]

@@ -87,10 +87,10 @@ impl Session {
         let acknowledging = self.acknowledging;
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(refusal) => {
+            Err(bad) => {
                 self.store_pending().await?; // answers stay in the order of the frames
-                let reference = refusal.reference.as_deref().filter(|_| acknowledging);
-                return self.error(refusal.code, &refusal.message, reference).await;
+                let reference = bad.reference.as_deref().filter(|_| acknowledging);
+                return self.error(bad.code, &bad.message, reference).await;
             }
         };
         match frame {

@@ -132,7 +132,7 @@ fn other_master(cluster: &RedisCluster, user: &str) -> (u16, usize) {
 /// for a while) while acknowledging clients exchange messages: every receipted message
 /// arrives, and on the receiver's one connection (no reconnect needed): the node that gave the
 /// slot away ended the subscription, the replica subscribed again on the new owner and had
-/// the session re-read what was announced meanwhile.
+/// the session catch up on what was announced meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrating_under_traffic_loses_nothing_and_live_delivery_follows_it() {
     const COUNT: usize = 3000;

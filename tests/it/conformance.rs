@@ -445,7 +445,7 @@ async fn a_send_followed_at_once_by_a_close_is_stored(b: Backend) {
 }
 
 async fn a_slow_but_reading_client_gets_every_message_once_in_order(b: Backend) {
-    // A tiny live queue: most doorbells are missed and turned into re-reads of the inbox, while
+    // A tiny live queue: most doorbells are missed and turned into catch-ups on the inbox, while
     // newer deliveries keep arriving; none may overtake a missed one.
     let config = b
         .config()

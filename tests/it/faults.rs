@@ -182,8 +182,8 @@ async fn redis_restarted_into_a_long_load_leaves_the_replica_unready_then_servin
 
 /// The Centrifugo failure: the links to Redis hang (half-open after a network fault) while
 /// Redis itself is fine. Nothing errors on its own; the probe must notice (three probes missed
-/// in a row), readiness must fail meanwhile, and after the rebuild each session must re-read
-/// its inbox: a message stored by another replica during the outage (its announcement lost
+/// in a row), readiness must fail meanwhile, and after the rebuild each session must catch up
+/// on its inbox: a message stored by another replica during the outage (its announcement lost
 /// on the dead link) reaches the recipient on the socket it kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quietly_dead_links_are_noticed_and_replaced() {
@@ -218,9 +218,9 @@ async fn quietly_dead_links_are_noticed_and_replaced() {
         .await;
     proxy.heal();
     // Rebuilt on fresh connections: ready again, and Bob (still connected) gets the message
-    // stored meanwhile (the re-read), then live ones.
+    // stored meanwhile (the catch-up), then live ones.
     wait_until("readiness to return", CONVERGE, || async { s.get("/readyz").await.0 == 200 }).await;
-    assert_eq!(b.recv_json().await["payload"], "during", "the re-read after the rebuild");
+    assert_eq!(b.recv_json().await["payload"], "during", "the catch-up after the rebuild");
     let mut a = s.connect_v1(&alice).await;
     let start = Instant::now();
     loop {
@@ -422,7 +422,7 @@ async fn removals_survive_a_flushed_script_cache() {
 #[tokio::test]
 async fn a_local_recipient_gets_a_message_whose_send_timed_out() {
     let redis = Redis::start();
-    // Probes far apart: the link recovery (which re-reads every inbox) stays out of this.
+    // Probes far apart: the link recovery (after which every session catches up) stays out of this.
     let config = ServerConfig::redis(&redis)
         .with("ENIGMA__REDIS__COMMAND_TIMEOUT_MS", 300)
         .with("ENIGMA__REDIS__PROBE_INTERVAL_MS", 60_000);
@@ -435,7 +435,7 @@ async fn a_local_recipient_gets_a_message_whose_send_timed_out() {
     let answer = next_json(&mut ws).await.expect("an answer to the send");
     assert_eq!(answer["code"], "unavailable", "{answer}");
     redis.resume();
-    // Nothing else would bring the message: without the re-read this waits in vain.
+    // Nothing else would bring the message: without the catch-up this waits in vain.
     let delivered = tokio::time::timeout(DEADLINE, next_json(&mut r)).await;
     let delivered = delivered.expect("the stored message never reached the connected recipient");
     let delivered = delivered.expect("a delivery, not a closed socket");

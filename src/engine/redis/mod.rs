@@ -124,7 +124,7 @@ impl RedisEngine {
 
         let replica: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (subscriptions, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
-        let (link_events, heard) = LinkEvents::new(EVENT_QUEUE);
+        let (link_events, heard) = LinkEvents::new(EVENT_QUEUE, hub.clone());
         let push = PushHandler::new(hub.clone(), keys.clone(), replica.clone(), link_events);
         let connector = Connector::from_settings(settings, timeout, &push)?;
         // Where, for the log while it is not reachable yet (passwords never shown).

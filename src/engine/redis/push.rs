@@ -1,6 +1,7 @@
 //! The push decoder: what the subscription connection receives. Doorbells go straight to the
 //! hub; everything else (probes and echoes back, disconnections, subscriptions the server ended)
-//! is only forwarded to the link, which alone keeps state about it.
+//! is only forwarded to the link, which alone keeps state about it. A disconnection also pauses
+//! live forwarding here at once (the link alone resumes it, once recovered).
 
 use std::sync::Arc;
 
@@ -28,7 +29,13 @@ impl AsyncPushSender for PushHandler {
     fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
         match info.kind {
             PushKind::Message | PushKind::SMessage => self.on_message(info.data),
-            PushKind::Disconnection => self.link.tell(LinkEvent::Disconnected),
+            // redis-rs reconnects and subscribes again before handing this on: doorbells of the
+            // new connection may already arrive, while those of the gap are lost. Paused here,
+            // before anything else is decoded, so none is forwarded live ahead of the gap.
+            PushKind::Disconnection => {
+                self.hub.pause_live();
+                self.link.tell(LinkEvent::Disconnected);
+            }
             // Our own unsubscriptions are confirmed so, but a cluster node also sends it
             // unasked when the channel's slot moved away (a migration, a failover): the link
             // subscribes it again where it lives now, if it is still wanted.
@@ -71,5 +78,35 @@ impl PushHandler {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::engine::redis::link::events::LinkEvents;
+    use crate::protocol::UserId;
+
+    #[tokio::test]
+    async fn a_disconnection_pauses_live_forwarding_before_the_link_hears_of_it() {
+        let hub = Arc::new(Hub::new(4, 1 << 20, CancellationToken::new()));
+        let user = UserId::random();
+        let mailbox = hub.register(&user);
+        hub.set_generation(&mailbox, 1);
+        let (events, _link) = LinkEvents::new(8, hub.clone());
+        let keys = Keys { prefix: "t:".into() };
+        let push = PushHandler::new(hub.clone(), keys.clone(), "r".into(), events);
+        push.send(PushInfo { kind: PushKind::Disconnection, data: vec![] }).unwrap();
+        // The link has not run: a doorbell of the connection redis-rs already made anew is
+        // not forwarded live (the session catches up instead), nor handed over directly.
+        assert_eq!(hub.live_generation(&user), None);
+        let doorbell =
+            Doorbell::Message { id: crate::protocol::MsgId { ms: 1, seq: 1 }, seq: 1, envelope: "{}".into() };
+        let message = vec![Value::BulkString(keys.channel(&user).into_bytes()), Value::BulkString(doorbell.encode())];
+        push.send(PushInfo { kind: PushKind::Message, data: message }).unwrap();
+        assert!(mailbox.try_next().is_none());
+        assert!(mailbox.take_fell_behind());
     }
 }

@@ -41,8 +41,8 @@ impl Heard {
         self.take(event);
     }
 
-    /// Awaits `work`, taking events in meanwhile (a disconnection pauses live forwarding at
-    /// once, whatever the link is doing).
+    /// Awaits `work`, taking events in meanwhile (a loss heard is acted on as soon as `work`
+    /// is done, whatever the link is doing; the decoder has paused live forwarding already).
     pub(super) async fn during<T>(&mut self, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
         loop {
@@ -84,7 +84,8 @@ impl Heard {
 
     /// Announcements may be missing from now on: until the link is recovered and every session
     /// caught up, nothing is forwarded live (redis-rs resubscribes by itself, so live
-    /// messages would otherwise overtake the gap).
+    /// messages would otherwise overtake the gap). The decoder pauses too, the moment it sees a
+    /// disconnection or drops an event; this covers the losses the link finds itself.
     pub(super) fn lose(&mut self) {
         self.hub.pause_live();
         self.lost = true;
@@ -103,9 +104,14 @@ impl Heard {
             }
             LinkEvent::Disconnected | LinkEvent::Overflowed => self.lose(),
             LinkEvent::ServerDropped(channel) => {
-                // Until subscribed again, its doorbells go nowhere: the session forwards
-                // nothing live before it caught up (and catches up again once subscribed).
                 if let Some(user) = self.keys.channel_user(&channel) {
+                    // A cluster confirms our own unsubscriptions so too: they are of users the
+                    // hub no longer holds, and nobody wants them subscribed again.
+                    if !self.hub.is_registered(&user) {
+                        return;
+                    }
+                    // Until subscribed again, its doorbells go nowhere: the session forwards
+                    // nothing live before it caught up (and catches up again once subscribed).
                     self.hub.catch_up(&user);
                 }
                 if self.dropped.len() < DROPPED {
@@ -135,7 +141,7 @@ mod tests {
         let user = UserId::random();
         let mailbox = hub.register(&user);
         hub.set_generation(&mailbox, 1);
-        let (events, receiver) = LinkEvents::new(8);
+        let (events, receiver) = LinkEvents::new(8, hub.clone());
         (Heard::new(receiver, hub.clone(), Keys { prefix: "t:".into() }), events, hub, user)
     }
 
@@ -176,5 +182,15 @@ mod tests {
         heard.next().await;
         assert!(mailbox.take_fell_behind(), "its doorbells went nowhere meanwhile: the session catches up");
         assert!(heard.dropped.contains(&channel), "and the link subscribes it again");
+    }
+
+    #[tokio::test]
+    async fn the_confirmation_of_our_own_unsubscription_is_not_a_moved_channel() {
+        let (mut heard, events, _hub, _user) = heard();
+        let departed = Keys { prefix: "t:".into() }.channel(&UserId::random()).into_bytes();
+        events.tell(LinkEvent::ServerDropped(departed));
+        heard.next().await;
+        assert!(heard.dropped.is_empty(), "a user the hub does not hold is not subscribed again");
+        assert!(!heard.lost);
     }
 }

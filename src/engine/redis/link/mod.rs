@@ -1,6 +1,7 @@
 //! The link: one task that alone owns this replica's subscription link — the subscribed set,
 //! the probe channels and what came back through them, the echo numbers, the recovery and its
-//! backoff, and whether sessions get live deliveries (`Hub::pause_live`, `Hub::resume_live`).
+//! backoff, and when sessions get live deliveries again (`Hub::resume_live`, only if nothing
+//! paused them since the recovery began: the push decoder pauses them too, at once).
 //!
 //! It is up (proven end to end: every probe interval a probe goes out on every probe channel
 //! and must come back) or recovering (after a disconnection, a silence of `PROBE_MISSES`
@@ -42,7 +43,7 @@ use crate::telemetry::metric;
 const PROBE_MISSES: u32 = 3;
 /// How long disconnection notices may gather before one recovery covers them all (every node
 /// of a cluster reports its own drop).
-const DISCONNECT_SETTLE: Duration = Duration::from_millis(50);
+const DISCONNECT_GRACE: Duration = Duration::from_millis(50);
 /// The wait after the first failed recovery attempt; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -112,7 +113,8 @@ impl Link {
 
     /// Runs until the engine is gone (its request queue closed).
     pub(super) async fn run(mut self, mut requests: Requests) {
-        let mut tick = tokio::time::interval(self.interval);
+        // `start` has just proven the link: the first check is one interval away.
+        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut received = Vec::new();
         loop {
@@ -138,18 +140,34 @@ impl Link {
                     self.attempt().await;
                 }
             }
-            if self.heard.lost && matches!(self.state, State::Up { .. }) {
-                tracing::warn!("Redis subscription link dropped; reconnecting");
-                // A cluster connection that lost nodes can stall on its own slot refresh and
-                // resubscription (redis-rs 1.8.1), and a Sentinel-named master may be a replica
-                // by now (a failover ends its clients' connections): start from new
-                // connections. One Redis at one address is simply reconnected.
-                let rebuild = !matches!(self.connections.connector, Connector::Single { .. });
-                self.recover_in(DISCONNECT_SETTLE, rebuild);
-            } else if !self.heard.dropped.is_empty() && matches!(self.state, State::Up { .. }) {
+            self.after_event().await;
+        }
+    }
+
+    /// While up, acts on what was heard until nothing is left to act on: a loss starts a
+    /// recovery; moved channels are subscribed again, and whatever was heard meanwhile (a loss,
+    /// more moved channels) is looked at again, not left until the next wake-up.
+    async fn after_event(&mut self) {
+        while matches!(self.state, State::Up { .. }) {
+            if self.heard.lost {
+                self.recover_after_loss();
+            } else if !self.heard.dropped.is_empty() {
                 self.settle_requests(std::iter::empty()).await;
+            } else {
+                return;
             }
         }
+    }
+
+    /// A connection dropped or an event was lost: recover after a short grace.
+    fn recover_after_loss(&mut self) {
+        tracing::warn!("Redis subscription link dropped; reconnecting");
+        // A cluster connection that lost nodes can stall on its own slot refresh and
+        // resubscription (redis-rs 1.8.1), and a Sentinel-named master may be a replica by now
+        // (a failover ends its clients' connections): start from new connections. One Redis at
+        // one address is simply reconnected.
+        let rebuild = !matches!(self.connections.connector, Connector::Single { .. });
+        self.recover_in(DISCONNECT_GRACE, rebuild);
     }
 
     /// The link is down from now on: unready, nothing forwarded live, an attempt `after` this
@@ -160,15 +178,18 @@ impl Link {
         self.state = State::Recovering { due: Instant::now() + after, rebuild, backoff: FIRST_BACKOFF };
     }
 
-    /// One recovery attempt; up when it proves the link, else the next one after the backoff,
-    /// on new connections (a link that failed to come back is replaced).
+    /// One recovery attempt; up when it proves the link and nothing was lost meanwhile, else
+    /// the next one: after the backoff, on new connections, if it failed (a link that failed to
+    /// come back is replaced); after the disconnection grace if a loss was heard during it.
     async fn attempt(&mut self) {
         let State::Recovering { rebuild, backoff, .. } = self.state else { return };
-        // Whatever was lost until now, this attempt covers; a loss heard during it starts
-        // another recovery once it is up.
+        // Whatever was lost until now, this attempt covers; a loss heard during it (or a pause
+        // made by the decoder that the link has not heard of yet) needs another.
         self.heard.lost = false;
+        let pauses = self.hub.pauses();
         match self.rebuild_and_prove(rebuild).await {
-            Ok(()) => self.link_up().await,
+            Ok(()) if self.heard.lost => self.recover_after_loss(),
+            Ok(()) => self.link_up(pauses).await,
             Err(why) => {
                 tracing::warn!(error = %why, "Redis subscription link not recovered yet; retrying");
                 let due = Instant::now() + backoff;
@@ -196,11 +217,15 @@ impl Link {
         Ok(())
     }
 
-    async fn link_up(&mut self) {
+    /// Every session catches up and live forwarding resumes, unless it was paused again since
+    /// the attempt read `pauses` (a disconnection not heard yet): then another recovery.
+    async fn link_up(&mut self, pauses: u64) {
+        if !self.hub.resume_live(pauses) {
+            return self.recover_after_loss();
+        }
         self.state = State::Up { misses: 0 };
         self.connections.set_up(true);
         metrics::counter!(metric::REDIS_RESUBSCRIPTIONS).increment(1);
-        self.hub.resume_live();
         tracing::info!(users = self.hub.len(), "Redis subscription link up; sessions resynchronised");
         self.say_if_loading().await;
     }
@@ -218,5 +243,97 @@ impl Link {
         {
             tracing::warn!("Redis is loading its dataset; not ready until it has");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::events::{LinkEvent, LinkEvents};
+    use super::*;
+    use crate::engine::redis::conn::with_resp3;
+    use crate::engine::redis::keys::Keys;
+    use crate::engine::redis::link::requests::SubscriptionQueue;
+    use crate::engine::redis::push::PushHandler;
+
+    /// A redis-server of the test's own, on a free port, killed when dropped.
+    struct Redis(Child, u16);
+
+    impl Redis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            Self(child, port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A link to `redis` proven up, for a hub holding one live session; the events' sender,
+    /// the hub, the session's user. Probes every `interval`.
+    async fn link(redis: &Redis, interval: Duration) -> (Link, LinkEvents, Arc<Hub>, UserId) {
+        let hub = Arc::new(Hub::new(4, 1 << 20, CancellationToken::new()));
+        let user = UserId::random();
+        hub.set_generation(&hub.register(&user), 1);
+        let keys = Keys { prefix: format!("t{}:", redis.1) };
+        let (events, receiver) = LinkEvents::new(EVENT_QUEUE, hub.clone());
+        let push = PushHandler::new(hub.clone(), keys.clone(), "r".into(), events.clone());
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.1)).unwrap();
+        let connector = Connector::Single { pubsub_client: with_resp3(&client).unwrap(), client };
+        let timeout = Duration::from_secs(2);
+        let connections = Arc::new(Connections::open(connector, push, timeout, "test").await.unwrap());
+        let mut link = Link::new(connections, hub.clone(), keys, "r".into(), interval, receiver);
+        link.start().await;
+        assert!(link.connections.is_up() && hub.live_generation(&user).is_some());
+        (link, events, hub, user)
+    }
+
+    #[tokio::test]
+    async fn a_loss_heard_while_moved_channels_are_subscribed_again_starts_a_recovery_at_once() {
+        let redis = Redis::start();
+        // No probe tick during the test: only the link's own reaction can recover it.
+        let (link, events, hub, user) = link(&redis, Duration::from_secs(3600)).await;
+        let (connections, pauses) = (link.connections.clone(), hub.pauses());
+        // The channel is taken first; the disconnection while it is subscribed again.
+        events.tell(LinkEvent::ServerDropped(link.keys.channel(&user).into_bytes()));
+        events.tell(LinkEvent::Disconnected);
+        let (_queue, requests) = SubscriptionQueue::new(SUBSCRIPTION_QUEUE);
+        let running = tokio::spawn(link.run(requests));
+        // Paused when the loss is heard; recovered (ready, live again) only by a recovery.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(hub.pauses() > pauses && connections.is_up() && hub.live_generation(&user).is_some()) {
+            assert!(Instant::now() < deadline, "the link did not recover from the loss");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_loss_heard_during_a_successful_attempt_means_another_attempt() {
+        let redis = Redis::start();
+        let (mut link, events, hub, user) = link(&redis, Duration::from_secs(3600)).await;
+        link.recover_in(Duration::ZERO, false);
+        // Taken during the attempt (it clears what was heard before it).
+        events.tell(LinkEvent::Disconnected);
+        link.attempt().await;
+        assert!(matches!(link.state, State::Recovering { .. }), "not up after an attempt that heard a loss");
+        assert!(!link.connections.is_up(), "nor ready");
+        assert_eq!(hub.live_generation(&user), None, "nor forwarding live");
+        // The next attempt, hearing nothing, brings it up.
+        link.attempt().await;
+        assert!(matches!(link.state, State::Up { .. }) && link.connections.is_up());
+        assert_eq!(hub.live_generation(&user), Some(1));
     }
 }
