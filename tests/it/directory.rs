@@ -311,3 +311,31 @@ async fn no_epoch_yet_and_no_directory_are_told_apart() {
         assert_eq!((answer.status().as_u16(), retry_after(&answer)), (404, None), "{path}");
     }
 }
+
+/// A publisher round that lands between a registration's `pending` entry and its user record
+/// (Redis writes the entry first) waits for the record instead of dropping the entry: the user
+/// is published once the record and its key index are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_caught_halfway_is_still_published() {
+    let redis = Redis::start();
+    let config = fast(ServerConfig::redis(&redis));
+    // The record and the index, written by a registration without the directory; the record
+    // is moved aside so that the entry is seen without it.
+    let off = Server::start(&config.clone().with("ENIGMA__DIRECTORY__ENABLED", false));
+    let (user, key) = register(&off, 1).await.remove(0);
+    drop(off);
+    let record = format!("{}user:{{{user}}}", config.prefix);
+    let aside = format!("{record}:aside");
+    redis.cli(&["RENAME", &record, &aside]).expect("the record moved aside");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let pending = format!("{}kt:{{kt}}:pending", config.prefix);
+    redis.cli(&["HSET", &pending, &user, &format!("{now} {key}")]).expect("the entry written");
+    let s = Server::start(&config);
+    // Several epochs pass with the entry there and the record not.
+    for _ in 0..3 {
+        let (other, other_key) = register(&s, 1).await.remove(0);
+        provable(&s, &other, &other_key).await;
+    }
+    redis.cli(&["RENAME", &aside, &record]).expect("the record back");
+    provable(&s, &user, &key).await;
+}

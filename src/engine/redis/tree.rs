@@ -9,9 +9,10 @@
 //! think they hold it, cannot write the same epoch twice. Roots are a list, epoch 1 first;
 //! one is appended only after the last and never replaced (`tree_root.lua`).
 //!
-//! A registration is written as waiting (`pending`) before its key index is claimed
-//! (`login.rs`): a crash between the two leaves an entry whose registration never completed,
-//! and the publisher publishes only entries whose index names their user, dropping the others.
+//! A registration is written as waiting (`pending`) before its record and its key index
+//! (`login.rs`): a crash between them leaves an entry whose registration never completed. The
+//! publisher publishes only entries whose record and index name their user and key, waits on
+//! the others until they are `ABANDONED` old, then drops them.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -42,8 +43,8 @@ static ROOT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_
 /// lease. ARGV: holder, ttl (ms).
 static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease.lua")));
 
-/// How long a waiting registration whose key index was never claimed is kept: far above the
-/// time between the two writes of a registration (then it was abandoned, by a crash).
+/// How long a waiting registration whose record or key index is missing is kept: far above the
+/// time between the writes of a registration (then it was abandoned, by a crash).
 const ABANDONED: Duration = Duration::from_secs(60);
 
 /// Entries one `HSCAN` step asks for.
@@ -229,13 +230,14 @@ impl RedisEngine {
             this.timed(Command::DirectoryRead, other.get(index)),
         )?;
         let indexed = indexed.as_deref().map(parse_indexed).transpose()?;
+        // The entry is written before the record (`login.rs`): until the entry is old enough
+        // to be abandoned, a missing record or index is a registration still under way.
+        let abandoned = now.saturating_sub(at_ms) >= ABANDONED.as_millis() as u64;
         Ok(match (record_key, indexed) {
             (Some(key), Some(owner)) if key == public_key && owner == id => {
                 Verdict::Ready(Pending { user: id, public_key: public_key.to_owned() })
             }
-            (Some(key), None) if key == public_key && now.saturating_sub(at_ms) < ABANDONED.as_millis() as u64 => {
-                Verdict::Wait
-            }
+            _ if !abandoned => Verdict::Wait,
             _ => Verdict::Drop(user),
         })
     }
@@ -244,7 +246,7 @@ impl RedisEngine {
 /// What becomes of a waiting registration.
 enum Verdict {
     Ready(Pending),
-    /// Its key index is not claimed yet: the registration may be under way.
+    /// Its record or key index is not written yet: the registration may be under way.
     Wait,
     Drop(String),
 }
