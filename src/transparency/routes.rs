@@ -164,6 +164,10 @@ fn answer<T: Serialize>(result: Result<T, ReadError>) -> Result<Response, ApiErr
             Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, ReadError::NoEpoch.to_string())
                 .retry_after(1))
         }
+        Err(ReadError::Unrooted) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, ReadError::Unrooted.to_string())
+                .retry_after(1))
+        }
         Err(ReadError::Unavailable(reason)) => {
             tracing::warn!(error = %reason, "key directory read failed");
             Err(ApiError::new(
