@@ -365,3 +365,27 @@ async fn users_from_before_the_directory_are_published_redis() {
 async fn users_from_before_the_directory_are_published_embedded() {
     users_from_before_the_directory_are_published(fast(ServerConfig::embedded())).await;
 }
+
+/// A key index holding something that is not a user id makes its entry wait, then go (it can
+/// never be published), and every other registration is published meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garbled_key_index_holds_up_no_one_else() {
+    let redis = Redis::start();
+    let config = fast(ServerConfig::redis(&redis));
+    let off = Server::start(&config.clone().with("ENIGMA__DIRECTORY__ENABLED", false));
+    let (user, key) = register(&off, 1).await.remove(0);
+    drop(off);
+    let indexes = redis.cli(&["KEYS", &format!("{}pk:*", config.prefix)]).expect("KEYS");
+    let index = indexes.lines().map(str::trim).find(|l| !l.is_empty()).expect("the user's key index");
+    redis.cli(&["SET", index, "not-a-user-id"]).expect("the index garbled");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let pending = format!("{}kt:{{kt}}:pending", config.prefix);
+    redis.cli(&["HSET", &pending, &user, &format!("{now} {key}")]).expect("the entry written");
+    let s = Server::start(&config);
+    let others = register(&s, 3).await;
+    for (other, other_key) in &others {
+        provable(&s, other, other_key).await;
+    }
+    let unknown = s.get(&format!("/directory/lookup/{user}")).await.0;
+    assert_eq!(unknown, 404, "the garbled user is not published");
+}

@@ -212,7 +212,11 @@ impl RedisEngine {
             }
         }
         if !dropped.is_empty() {
-            tracing::info!(entries = dropped.len(), "key directory: registrations never completed, not published");
+            // Once per entry: it is gone after this.
+            tracing::info!(
+                entries = dropped.len(),
+                "key directory: registrations never completed (or with a damaged key index), not published"
+            );
             let mut con = this.connections.cmd();
             this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(&key, dropped)).await?;
         }
@@ -231,7 +235,9 @@ impl RedisEngine {
             this.timed(Command::DirectoryRead, one.hget(this.keys.user(&id), "publicKey")),
             this.timed(Command::DirectoryRead, other.get(index)),
         )?;
-        let indexed = indexed.as_deref().map(parse_indexed).transpose()?;
+        // An index that names no user (damaged) is one that does not name this one: the entry
+        // waits, then goes with the abandoned, and no other entry waits on it.
+        let indexed = indexed.as_deref().and_then(|owner| parse_indexed(owner).ok());
         // The entry is written before the record (`login.rs`): until the entry is old enough
         // to be abandoned, a missing record or index is a registration still under way.
         let abandoned = now.saturating_sub(at_ms) >= ABANDONED.as_millis() as u64;
