@@ -389,3 +389,10 @@ async fn a_garbled_key_index_holds_up_no_one_else() {
     let unknown = s.get(&format!("/directory/lookup/{user}")).await.0;
     assert_eq!(unknown, 404, "the garbled user is not published");
 }
+
+/// On a cluster each master is scanned: users spread over three shards are all found.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_from_before_the_directory_are_published_cluster() {
+    let cluster = crate::harness::RedisCluster::start(3, 0);
+    users_from_before_the_directory_are_published(fast(ServerConfig::cluster(&cluster))).await;
+}
