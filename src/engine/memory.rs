@@ -604,6 +604,40 @@ impl MemoryEngine {
         Ok(())
     }
 
+    /// Queues every live user not in the directory and not waiting (`Engine::backfill_pending`),
+    /// in the data file first, a batch at a time.
+    pub async fn backfill_pending(&self) -> Result<u64, Unavailable> {
+        const BATCH: usize = 1000;
+        let live: Vec<(UserId, String)> = {
+            let dir = self.inner.read();
+            let now = Instant::now();
+            let users = dir.users.iter().filter(|(_, entry)| entry.expires > now);
+            users.map(|(user, entry)| (user.clone(), entry.public_key.clone())).collect()
+        };
+        let mut queued = 0;
+        for batch in live.chunks(BATCH) {
+            let absent: Vec<(UserId, String)> = {
+                let tree = self.tree();
+                let labels: Vec<Vec<u8>> = batch.iter().map(|(user, _)| user.as_str().as_bytes().to_vec()).collect();
+                let states = tree.states(&labels);
+                let unqueued =
+                    batch.iter().zip(states).filter(|((user, _), states)| states.is_empty() && !tree.is_pending(user));
+                unqueued.map(|(entry, _)| entry.clone()).collect()
+            };
+            if absent.is_empty() {
+                continue;
+            }
+            self.inner.log().record_all(|| absent.iter().map(|(u, k)| Record::Pending(u.clone(), k.clone())).collect());
+            self.durable().await?;
+            let mut tree = self.tree();
+            for (user, key) in absent {
+                tree.add_pending(user, key);
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    }
+
     pub async fn published(&self, users: &[UserId]) -> Result<(), Unavailable> {
         self.inner.log().record(|| Record::Published(users.to_vec()));
         self.durable().await?;

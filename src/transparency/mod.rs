@@ -41,6 +41,8 @@ pub type AkdDirectory = Directory<Config, EngineStore, VrfKey>;
 pub enum ReadError {
     #[error("no epoch has been published yet; retry in a moment")]
     NoEpoch,
+    #[error("the latest epoch is being recorded; retry in a moment")]
+    Unrooted,
     #[error("user not in the key directory (unknown, or registered since the last epoch)")]
     NotPublished,
     #[error("{0}")]
@@ -103,15 +105,19 @@ impl Transparency {
     }
 
     /// The signed root of `epoch_hash`, after checking it against the recorded root of its
-    /// epoch (not yet recorded: the publisher is between writing the epoch and its root).
+    /// epoch (not yet recorded: the publisher is between writing the epoch and its root, and
+    /// the reader is told to retry in a moment).
     async fn signed(&self, epoch_hash: &EpochHash) -> Result<SignedRoot, ReadError> {
         let EpochHash(epoch, hash) = epoch_hash;
         if *epoch == 0 {
             return Err(ReadError::NoEpoch);
         }
-        if let Some(recorded) = self.engine.roots(*epoch, *epoch).await?.first()
-            && recorded != hash
-        {
+        // An epoch whose root is not recorded yet is not served: a client would be refused
+        // an audit up to it (`audit` stops at the last recorded root).
+        let Some(recorded) = self.engine.roots(*epoch, *epoch).await?.first().copied() else {
+            return Err(ReadError::Unrooted);
+        };
+        if recorded != *hash {
             tracing::error!(epoch, "key directory: the tree's root differs from the recorded one");
             return Err(ReadError::Unavailable(format!("epoch {epoch}: root mismatch")));
         }

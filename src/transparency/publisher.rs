@@ -11,6 +11,9 @@
 //!    there, so entries a dead publisher published but did not clear make no new version
 //!    (nor a new epoch, when that is all of them);
 //! 3. the new epoch's root is recorded, then the entries are cleared.
+//!
+//! The first round a replica holds the lease in, it queues every live user not in the
+//! directory yet (registered before it existed, or while it was off): `Engine::backfill_pending`.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,8 @@ pub struct Publisher {
     interval: Duration,
     max_entries: usize,
     holding: bool,
+    /// Whether the users registered without the directory were queued (once per process).
+    backfilled: bool,
 }
 
 impl Publisher {
@@ -50,6 +55,7 @@ impl Publisher {
             interval: settings.epoch_interval(),
             max_entries: settings.max_epoch_entries,
             holding: false,
+            backfilled: false,
         })
     }
 
@@ -91,6 +97,15 @@ impl Publisher {
         }
         let EpochHash(epoch, root) = self.directory.get_epoch_hash().await.map_err(text)?;
         self.record_root(epoch, root).await?;
+        if !self.backfilled {
+            // Users registered before the directory existed or while it was off: queued like
+            // registrations (akd makes no second version of one already published).
+            let queued = self.engine.backfill_pending().await.map_err(text)?;
+            self.backfilled = true;
+            if queued > 0 {
+                tracing::info!(users = queued, "key directory: users registered without it queued for publication");
+            }
+        }
         let pending = self.engine.pending(self.max_entries).await.map_err(text)?;
         if let Ok(count) = self.engine.pending_count().await {
             metrics::gauge!(metric::DIRECTORY_PENDING).set(count as f64);

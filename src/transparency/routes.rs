@@ -61,7 +61,7 @@ pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Resul
         (status = 404, description = "Unknown, registered since the last epoch, or no directory on this server (`directory.enabled = false`)", body = ErrorBody,
             example = json!({"error": "user not in the key directory (unknown, or registered since the last epoch)", "code": "user_not_found"})),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
-        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
+        (status = 503, description = "The directory is starting or its newest epoch is being recorded (both with `Retry-After`), or its storage is unreachable; retry", body = ErrorBody),
     ))]
 pub(crate) async fn lookup(
     State(state): State<AppState>,
@@ -85,7 +85,7 @@ pub(crate) async fn lookup(
         (status = 400, description = "Not a user id", body = ErrorBody),
         (status = 404, description = "Unknown, registered since the last epoch, or no directory on this server (`directory.enabled = false`)", body = ErrorBody),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
-        (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
+        (status = 503, description = "The directory is starting or its newest epoch is being recorded (both with `Retry-After`), or its storage is unreachable; retry", body = ErrorBody),
     ))]
 pub(crate) async fn history(
     State(state): State<AppState>,
@@ -162,6 +162,10 @@ fn answer<T: Serialize>(result: Result<T, ReadError>) -> Result<Response, ApiErr
         }
         Err(ReadError::NoEpoch) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, ReadError::NoEpoch.to_string())
+                .retry_after(1))
+        }
+        Err(ReadError::Unrooted) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, ReadError::Unrooted.to_string())
                 .retry_after(1))
         }
         Err(ReadError::Unavailable(reason)) => {

@@ -9,19 +9,22 @@
 //! think they hold it, cannot write the same epoch twice. Roots are a list, epoch 1 first;
 //! one is appended only after the last and never replaced (`tree_root.lua`).
 //!
-//! A registration is written as waiting (`pending`) before its key index is claimed
-//! (`login.rs`): a crash between the two leaves an entry whose registration never completed,
-//! and the publisher publishes only entries whose index names their user, dropping the others.
+//! A registration is written as waiting (`pending`) before its record and its key index
+//! (`login.rs`): a crash between them leaves an entry whose registration never completed. The
+//! publisher publishes only entries whose record and index name their user and key, waits on
+//! the others until they are `ABANDONED` old, then drops them.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
-use redis::{AsyncCommands, Script};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncCommands, Script, Value};
 
 use super::commands::{Command, once_loaded};
-use super::conn::CLUSTER_CONCURRENCY;
+use super::conn::{CLUSTER_CONCURRENCY, Conn};
 use super::keys::TreePart;
+use super::slots::first_range_per_master;
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
 use crate::engine::tree::batch::{Pending, Secret, TreeBatch, TreeWrite};
@@ -42,8 +45,8 @@ static ROOT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_
 /// lease. ARGV: holder, ttl (ms).
 static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease.lua")));
 
-/// How long a waiting registration whose key index was never claimed is kept: far above the
-/// time between the two writes of a registration (then it was abandoned, by a crash).
+/// How long a waiting registration whose record or key index is missing is kept: far above the
+/// time between the writes of a registration (then it was abandoned, by a crash).
 const ABANDONED: Duration = Duration::from_secs(60);
 
 /// Entries one `HSCAN` step asks for.
@@ -209,7 +212,11 @@ impl RedisEngine {
             }
         }
         if !dropped.is_empty() {
-            tracing::info!(entries = dropped.len(), "key directory: registrations never completed, not published");
+            // Once per entry: it is gone after this.
+            tracing::info!(
+                entries = dropped.len(),
+                "key directory: registrations never completed (or with a damaged key index), not published"
+            );
             let mut con = this.connections.cmd();
             this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(&key, dropped)).await?;
         }
@@ -228,23 +235,109 @@ impl RedisEngine {
             this.timed(Command::DirectoryRead, one.hget(this.keys.user(&id), "publicKey")),
             this.timed(Command::DirectoryRead, other.get(index)),
         )?;
-        let indexed = indexed.as_deref().map(parse_indexed).transpose()?;
+        // An index that names no user (damaged) is one that does not name this one: the entry
+        // waits, then goes with the abandoned, and no other entry waits on it.
+        let indexed = indexed.as_deref().and_then(|owner| parse_indexed(owner).ok());
+        // The entry is written before the record (`login.rs`): until the entry is old enough
+        // to be abandoned, a missing record or index is a registration still under way.
+        let abandoned = now.saturating_sub(at_ms) >= ABANDONED.as_millis() as u64;
         Ok(match (record_key, indexed) {
             (Some(key), Some(owner)) if key == public_key && owner == id => {
                 Verdict::Ready(Pending { user: id, public_key: public_key.to_owned() })
             }
-            (Some(key), None) if key == public_key && now.saturating_sub(at_ms) < ABANDONED.as_millis() as u64 => {
-                Verdict::Wait
-            }
+            _ if !abandoned => Verdict::Wait,
             _ => Verdict::Drop(user),
         })
+    }
+}
+
+impl RedisEngine {
+    /// Queues every live user record that is not in the directory yet (users registered
+    /// before it existed, or while it was off): `SCAN` over each node (each master of a
+    /// cluster), a page at a time. The number queued.
+    pub async fn backfill_pending(&self) -> Result<u64, Unavailable> {
+        let this = &self.inner;
+        // One node, or the first slot of each master (a command routed to it reaches it).
+        let nodes: Vec<Option<u16>> = if this.connections.is_cluster() {
+            let mut con = this.connections.cmd();
+            let slots: Value =
+                this.timed(Command::DirectoryRead, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut con)).await?;
+            first_range_per_master(&slots).into_iter().map(|(start, _)| Some(start)).collect()
+        } else {
+            vec![None]
+        };
+        let pattern = format!("{}user:{{*}}", this.keys.prefix);
+        let mut queued = 0;
+        for node in nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT);
+                let page: Value = match (node, this.connections.cmd()) {
+                    (Some(slot), Conn::Cluster(mut con)) => {
+                        let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                            slot,
+                            SlotAddr::Master,
+                        )));
+                        this.timed(Command::DirectoryRead, con.route_command(scan, to)).await?
+                    }
+                    (_, mut con) => this.timed(Command::DirectoryRead, scan.query_async(&mut con)).await?,
+                };
+                let (next, keys): (u64, Vec<String>) =
+                    redis::from_redis_value(page).map_err(|e| Unavailable::said(e.to_string()))?;
+                queued += self.queue_unpublished(keys).await?;
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Of the users whose record keys are `keys`, queues those with no state in the directory
+    /// (akd's label is the user id, `transparency::label`) and not waiting already.
+    async fn queue_unpublished(&self, keys: Vec<String>) -> Result<u64, Unavailable> {
+        let this = &self.inner;
+        let record_prefix = format!("{}user:{{", this.keys.prefix);
+        let users: Vec<UserId> = keys
+            .iter()
+            .filter_map(|key| key.strip_prefix(&record_prefix)?.strip_suffix('}'))
+            .filter_map(UserId::parse)
+            .collect();
+        let labels: Vec<Vec<u8>> = users.iter().map(|user| user.as_str().as_bytes().to_vec()).collect();
+        let states = self.tree_states(&labels).await?;
+        let absent = users.into_iter().zip(states).filter(|(_, states)| states.is_empty()).map(|(user, _)| user);
+        let reads = absent.map(|user| async move {
+            let mut con = this.connections.cmd();
+            let key: Option<String> =
+                this.timed(Command::DirectoryRead, con.hget(this.keys.user(&user), "publicKey")).await?;
+            Ok::<_, Unavailable>(key.map(|key| (user, key)))
+        });
+        let found: Vec<Result<Option<(UserId, String)>, Unavailable>> =
+            stream::iter(reads).buffer_unordered(CLUSTER_CONCURRENCY).collect().await;
+        let pending = this.keys.tree(TreePart::Pending);
+        let mut queue = redis::pipe();
+        let mut queued = 0;
+        for found in found {
+            if let Some((user, key)) = found? {
+                queue.hset_nx(&pending, user.as_str(), RedisEngine::pending_entry(&key));
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            let mut con = this.connections.cmd();
+            let added: Vec<u64> = this.timed(Command::DirectoryWrite, queue.query_async(&mut con)).await?;
+            return Ok(added.iter().sum());
+        }
+        Ok(0)
     }
 }
 
 /// What becomes of a waiting registration.
 enum Verdict {
     Ready(Pending),
-    /// Its key index is not claimed yet: the registration may be under way.
+    /// Its record or key index is not written yet: the registration may be under way.
     Wait,
     Drop(String),
 }

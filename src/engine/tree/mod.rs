@@ -74,6 +74,16 @@ impl Engine {
         }
     }
 
+    /// Queues every live user that is not in the directory yet (registered before it existed
+    /// or while it was off): the number queued. Safe to repeat: akd makes no new version of a
+    /// value already published.
+    pub async fn backfill_pending(&self) -> Result<u64, Unavailable> {
+        match self {
+            Engine::Memory(e) => e.backfill_pending().await,
+            Engine::Redis(e) => e.backfill_pending().await,
+        }
+    }
+
     /// How many registrations wait to be published.
     pub async fn pending_count(&self) -> Result<u64, Unavailable> {
         match self {

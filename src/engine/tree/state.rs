@@ -89,6 +89,10 @@ impl TreeState {
         entries.map(|(user, key)| Pending { user: user.clone(), public_key: key.clone() }).collect()
     }
 
+    pub fn is_pending(&self, user: &UserId) -> bool {
+        self.pending.contains_key(user)
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
