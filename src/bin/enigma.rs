@@ -124,7 +124,7 @@ impl From<sdk::Error> for Failure {
             }
             sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.".into(),
             sdk::Error::KeyChanged { user, .. } => format!("\n  to accept the new key: `enigma trust {user}`"),
-            sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } => {
+            sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } | sdk::Error::DirectoryWithdrawn { .. } => {
                 "\n  nothing was sent. `enigma audit` checks the directory's whole history.".into()
             }
             sdk::Error::NoDirectory { .. } => {

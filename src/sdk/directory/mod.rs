@@ -13,7 +13,8 @@
 //!   is not its key is [`Error::AnotherKeyForYou`].
 //! - A server without a directory (404 at `/directory/root`: one that only speaks the
 //!   specification) is used with pins alone, and [`Client::directory_status`] says so; with
-//!   [`DirectoryPolicy::Require`] it is refused instead.
+//!   [`DirectoryPolicy::Require`] it is refused instead. A server this client keeps a root for
+//!   cannot become one: its 404 is refused ([`Error::DirectoryWithdrawn`]).
 
 use std::time::{Duration, Instant};
 
@@ -121,8 +122,13 @@ impl Client {
     pub async fn audit_directory(&self, mut progress: impl FnMut(u64, u64)) -> Result<AuditSummary, Error> {
         let started = Instant::now();
         let mut state = self.inner.directory.lock().await;
-        let latest: SignedRoot =
-            self.fetch(&["directory", "root"]).await?.ok_or_else(|| Error::NoDirectory { url: self.url() })?;
+        let latest: SignedRoot = match self.fetch(&["directory", "root"]).await? {
+            Some(latest) => latest,
+            None => match self.keeper(&mut state)?.kept() {
+                Some(kept) => return Err(Error::DirectoryWithdrawn { url: self.url(), epoch: kept.epoch }),
+                None => return Err(Error::NoDirectory { url: self.url() }),
+            },
+        };
         state.presence = Presence::Present;
         let kept = self.keeper(&mut state)?.kept().cloned();
         let signers = match &kept {
@@ -183,7 +189,8 @@ impl Client {
 
     /// Whether the server has a directory (asked once: `GET /directory/root`, whose root is
     /// taken like any other). A directory with no epoch yet (404 with `Retry-After`) or still
-    /// starting (503) is one: its first root is awaited like a user not yet published.
+    /// starting (503) is one: its first root is awaited like a user not yet published. A 404
+    /// from a server this client keeps a root for is [`Error::DirectoryWithdrawn`].
     async fn directory_present(&self, state: &mut DirectoryState) -> Result<bool, Error> {
         let deadline = Instant::now() + self.publish_wait();
         while state.presence == Presence::Unknown {
@@ -192,7 +199,12 @@ impl Client {
                     state.presence = Presence::Present;
                     self.take_root(state, &root).await?;
                 }
-                Fetched::Absent => state.presence = Presence::Absent,
+                // A server whose directory was verified (a root is kept for it) cannot turn the
+                // proofs off by saying it has none: presence stays unknown and every check refuses.
+                Fetched::Absent => match self.keeper(state)?.kept() {
+                    Some(kept) => return Err(Error::DirectoryWithdrawn { url: self.url(), epoch: kept.epoch }),
+                    None => state.presence = Presence::Absent,
+                },
                 Fetched::NotYet { status } if Instant::now() >= deadline => {
                     return Err(Error::Http {
                         status,
