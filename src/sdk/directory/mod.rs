@@ -52,53 +52,34 @@ impl Client {
     /// to [`PUBLISH_WAIT`] for a user not yet published; refuses a key the directory does not
     /// prove, or proves otherwise.
     pub async fn prove_key(&self, user: &str, key: &str) -> Result<KeyProof, Error> {
-        let mut state = self.inner.directory.lock().await;
-        if !self.directory_present(&mut state).await? {
-            return Ok(KeyProof::NoDirectory);
-        }
-        let segments = ["directory", "lookup", user];
-        let deadline = Instant::now() + self.publish_wait();
-        loop {
-            if let Some(answer) = self.fetch::<LookupAnswer>(&segments).await? {
-                match self.take_root(&mut state, &answer.root).await {
-                    // An answer from a replica a moment behind the root already kept: ask again.
-                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
-                    Err(e) => return Err(e),
-                    Ok(root) => {
-                        let proven = verify_lookup(&answer, user, &root)?;
-                        proven.confirm(key)?;
-                        return Ok(KeyProof::Proven(proven));
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        let proven = self
+            .published(
+                user,
+                "lookup",
+                |answer: &LookupAnswer| &answer.root,
+                |answer, root| {
+                    let proven = verify_lookup(answer, user, root)?;
+                    proven.confirm(key)?;
+                    Ok(proven)
+                },
+            )
+            .await?;
+        Ok(proven.map_or(KeyProof::NoDirectory, KeyProof::Proven))
     }
 
     /// Reads `user`'s (this client's own) key history from the directory: every version must be
     /// this client's key. `None` from a server without a directory.
     pub async fn check_own_history(&self, user: &str) -> Result<Option<Vec<KeyVersion>>, Error> {
-        let mut state = self.inner.directory.lock().await;
-        if !self.directory_present(&mut state).await? {
+        let verified = self
+            .published(
+                user,
+                "history",
+                |answer: &HistoryAnswer| &answer.root,
+                |answer, root| Ok(verify_history(answer, user, root)?),
+            )
+            .await?;
+        let Some(versions) = verified else {
             return Ok(None);
-        }
-        let segments = ["directory", "history", user];
-        let deadline = Instant::now() + self.publish_wait();
-        let versions = loop {
-            if let Some(answer) = self.fetch::<HistoryAnswer>(&segments).await? {
-                match self.take_root(&mut state, &answer.root).await {
-                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
-                    Err(e) => return Err(e),
-                    Ok(root) => break verify_history(&answer, user, &root)?,
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
-            }
-            tokio::time::sleep(POLL_EVERY).await;
         };
         let mine = self.identity().public_key();
         let others: Vec<String> = versions
@@ -175,6 +156,41 @@ impl Client {
         self.keep(&keeper)?;
         state.keeper = Some(keeper);
         Ok(AuditSummary { epochs: target.epoch, leaves, answers, root: latest, elapsed: started.elapsed() })
+    }
+
+    /// Asks `/directory/{path}/{user}` until the user is published (at most the publish wait),
+    /// takes the answer's root and returns `verify(answer, root)`; `None` from a server without a
+    /// directory. The directory is locked for each attempt and released while waiting, so that
+    /// other lookups do not queue behind a user not yet published: each root is taken whole under
+    /// the lock, and an answer older than a root another lookup took meanwhile is asked again.
+    async fn published<T: DeserializeOwned, R>(
+        &self,
+        user: &str,
+        path: &str,
+        root_of: impl Fn(&T) -> &SignedRoot,
+        verify: impl Fn(&T, &VerifiedRoot) -> Result<R, Error>,
+    ) -> Result<Option<R>, Error> {
+        let segments = ["directory", path, user];
+        let deadline = Instant::now() + self.publish_wait();
+        loop {
+            let mut state = self.inner.directory.lock().await;
+            if !self.directory_present(&mut state).await? {
+                return Ok(None);
+            }
+            if let Some(answer) = self.fetch::<T>(&segments).await? {
+                match self.take_root(&mut state, root_of(&answer)).await {
+                    // An answer from a replica a moment behind the root already kept: ask again.
+                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
+                    Err(e) => return Err(e),
+                    Ok(root) => return verify(&answer, &root).map(Some),
+                }
+            }
+            drop(state);
+            if Instant::now() >= deadline {
+                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
     }
 
     /// Forgets the directory root kept for this server (its operator reset the directory).

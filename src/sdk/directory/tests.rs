@@ -376,3 +376,22 @@ async fn a_server_that_had_a_directory_cannot_withdraw_it_silently() {
     let error = same.lookup("carol").await.unwrap_err();
     assert!(!matches!(error, Error::NoDirectory { .. }) && error.to_string().contains("nothing"), "{error}");
 }
+
+#[tokio::test]
+async fn a_lookup_does_not_wait_behind_another_users_publish_wait() {
+    let (bob, carol) = (key(), key());
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    let (url, _relay) = serve(relay(directory, &[("bob", &bob)])).await;
+    let client = client(&url, Identity::generate(), None, DirectoryPolicy::Verify);
+    // Carol is never published: her lookup waits the whole 600 ms. Polled first, it takes the
+    // directory first; Bob's, asked meanwhile, must not queue behind her wait.
+    let finished = |proof: Result<KeyProof, Error>| (proof, std::time::Instant::now());
+    let ((carol_proof, carol_done), (bob_proof, bob_done)) =
+        tokio::join!(async { finished(client.prove_key("carol", &carol).await) }, async {
+            finished(client.prove_key("bob", &bob).await)
+        },);
+    assert!(matches!(carol_proof, Err(Error::NotPublished { .. })), "{carol_proof:?}");
+    assert!(matches!(bob_proof, Ok(KeyProof::Proven(_))), "{bob_proof:?}");
+    assert!(bob_done < carol_done, "Bob's lookup waited for Carol's to give up");
+}
