@@ -124,9 +124,10 @@ impl From<sdk::Error> for Failure {
             }
             sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.".into(),
             sdk::Error::KeyChanged { user, .. } => format!("\n  to accept the new key: `enigma trust {user}`"),
-            sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } | sdk::Error::DirectoryWithdrawn { .. } => {
+            sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } => {
                 "\n  nothing was sent. `enigma audit` checks the directory's whole history.".into()
             }
+            sdk::Error::DirectoryWithdrawn { .. } => "\n  nothing was sent.".into(),
             sdk::Error::NoDirectory { .. } => {
                 "\n  without --require-directory, keys are checked against pins only.".into()
             }

@@ -843,6 +843,9 @@ fn a_server_that_had_a_directory_cannot_withdraw_it() {
     assert!(!lookup.stderr.contains("no verifiable key directory"), "{}", lookup.stderr);
     let pins = std::fs::read_to_string(&pins_path).unwrap();
     assert!(!pins.contains(&carol.public_key), "carol's unproven key was pinned: {pins}");
+    let audit = withdrawn.run(&alice.key, &["audit"], "");
+    assert_eq!(audit.code, 1, "{}", audit.stderr);
+    assert!(audit.stderr.contains("now says it has none: refusing"), "{}", audit.stderr);
 
     // Once its operator said so, the root is forgotten and the server is used with pins alone.
     assert_eq!(withdrawn.run(&alice.key, &["forget-root"], "").code, 0);
