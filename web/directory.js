@@ -5,7 +5,8 @@
 // through the directory's append-only proofs from it, an older one is a rollback and another
 // root for the same epoch a fork: both refused. A user not yet published (the directory
 // publishes about every second) is asked for again for up to PUBLISH_WAIT_MS. A server without a
-// directory (404 at /directory/root) is used with pins alone, and the page says so. The owner's
+// directory (404 at /directory/root) is used with pins alone, and the page says so; a server
+// the page keeps a root for is refused instead (it had a directory). The owner's
 // page reads its own key history once it is online: any version that is not its key is refused.
 import * as store from "./store.js";
 import { parsePublicKey } from "./payload.js";
@@ -95,7 +96,8 @@ async function takeRoot(root, fetchJson) {
 /**
  * Whether the server has a key directory (asked once: its root is taken like any other). A 404
  * with Retry-After (no epoch yet) or a 503 (starting) is a directory whose first root is awaited
- * like a user not yet published; a plain 404 is a server without one.
+ * like a user not yet published; a plain 404 is a server without one, unless a root is kept for
+ * it (refused: "withdrawn").
  */
 async function present(fetchJson) {
   const deadline = Date.now() + PUBLISH_WAIT_MS;
@@ -105,6 +107,16 @@ async function present(fetchJson) {
       await takeRoot(r.data, fetchJson);
       presence = "present";
     } else if (r.status === 404 && !r.retryAfter) {
+      // A server whose directory this page verified (a root is kept for it) cannot turn the
+      // proofs off by saying it has none: presence stays unknown and every check refuses.
+      const kept = await store.getDirectoryRoot();
+      if (kept) {
+        throw new DirectoryRefusal(
+          `the server had a key directory (epoch ${kept.epoch}) and now says it has none: refusing; ` +
+            "Start again only if its operator announced that it reset it",
+          "withdrawn",
+        );
+      }
       presence = "absent";
     } else if ((r.status === 404 || r.status === 503) && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));

@@ -19,6 +19,9 @@ const BEARER = "enigma.bearer.";
 const CHALLENGE_ALG = "hpke-x25519-aes256gcm";
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 8000;
+/** How many times the owner's own entry may go unshown (each after its wait) before the page says so. */
+const SELF_CHECK_ATTEMPTS = 3;
+const SELF_CHECK_AGAIN_MS = 1000;
 /** An HTTP request or a socket opening that takes longer is given up (and retried). */
 const ATTEMPT_TIMEOUT_MS = 10_000;
 /** How long a message may wait for its receipt before it is shown as failed, with a Retry. */
@@ -279,15 +282,33 @@ export class Relay extends EventTarget {
   /**
    * The owner's check of its own entry in the key directory, once per id per page load: a key
    * that is not this page's, or an entry that cannot be proven, is said in a lasting notice
-   * ("directory-refused"). A failure to reach the server is tried again at the next connection.
+   * ("directory-refused"). An entry not shown (404, 503) is asked for again while the page is
+   * online; once that failed SELF_CHECK_ATTEMPTS times on a server the page keeps a root for (it
+   * has a directory), it is said too: a server that published another key under this id could
+   * otherwise hide it by never showing the history. A failure to reach the server is tried again
+   * at the next connection.
    */
   checkSelf() {
     const me = this.me;
     if (this.selfChecked === me.userId) return;
     this.selfChecked = me.userId;
-    checkOwnHistory(me, json).catch((e) => {
-      if (!(e instanceof DirectoryRefusal) || e.kind === "unavailable" || e.kind === "not_published") {
-        if (this.selfChecked === me.userId) this.selfChecked = undefined;
+    const attempt = (failures) => checkOwnHistory(me, json).catch(async (e) => {
+      if (this.selfChecked !== me.userId) return;
+      if (!(e instanceof DirectoryRefusal)) {
+        this.selfChecked = undefined;
+        return;
+      }
+      if (e.kind === "unavailable" || e.kind === "not_published") {
+        if (failures + 1 < SELF_CHECK_ATTEMPTS || !(await store.getDirectoryRoot())) {
+          if (this.stopped || !this.ws?.opened) this.selfChecked = undefined;
+          else setTimeout(() => this.selfChecked === me.userId && attempt(failures + 1), SELF_CHECK_AGAIN_MS);
+          return;
+        }
+        // Said, and asked again at the next connection.
+        this.selfChecked = undefined;
+        const text = `The server's key directory could not show your own key (${me.userId}) in ` +
+          `${SELF_CHECK_ATTEMPTS} attempts: ${e.message}. It may be hiding another key published under your id.`;
+        this.emit("directory-refused", { text, kind: e.kind });
         return;
       }
       const text = e.kind === "another_key_for_you"
@@ -296,6 +317,7 @@ export class Relay extends EventTarget {
         : `The server's key directory could not prove your own key: ${e.message}.`;
       this.emit("directory-refused", { text, kind: e.kind });
     });
+    attempt(0);
   }
 
   onClose(ws, { code }) {

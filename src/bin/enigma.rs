@@ -127,6 +127,7 @@ impl From<sdk::Error> for Failure {
             sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } => {
                 "\n  nothing was sent. `enigma audit` checks the directory's whole history.".into()
             }
+            sdk::Error::DirectoryWithdrawn { .. } => "\n  nothing was sent.".into(),
             sdk::Error::NoDirectory { .. } => {
                 "\n  without --require-directory, keys are checked against pins only.".into()
             }

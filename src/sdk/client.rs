@@ -237,7 +237,7 @@ impl Client {
             Err(Error::UserNotFound(_)) => return Ok(Err(OpenError::UnknownSender)),
             Err(Error::UnsupportedKey { reason, .. }) => return Ok(Err(OpenError::UnsupportedSenderKey(reason))),
             Err(e @ Error::KeyChanged { .. }) => return Ok(Err(OpenError::SenderKeyChanged(e.to_string()))),
-            Err(e @ (Error::Directory(_) | Error::NoDirectory { .. })) => {
+            Err(e @ (Error::Directory(_) | Error::NoDirectory { .. } | Error::DirectoryWithdrawn { .. })) => {
                 return Ok(Err(OpenError::SenderKeyUnproven(e.to_string())));
             }
             Err(e) => return Err(e),

@@ -60,6 +60,14 @@ pub enum Error {
     #[error("the server at {url} has no key directory (404 at /directory/root); keys cannot be proven there")]
     NoDirectory { url: String },
 
+    /// A server whose directory this client verified (a root is kept for it) now answers 404 at
+    /// `/directory/root`: proofs are not silently dropped.
+    #[error(
+        "the server at {url} had a key directory (epoch {epoch}) and now says it has none: refusing; \
+         `enigma forget-root` (Start again in the page) only if its operator announced that it reset it"
+    )]
+    DirectoryWithdrawn { url: String, epoch: u64 },
+
     /// The directory did not publish the user in time: nothing is sealed to an unproven key.
     #[error(
         "user {user} is not in the server's key directory (waited {waited:?}): nothing is sealed to a key the \

@@ -135,3 +135,42 @@ test("the owner's page reads its own history and says so plainly when the direct
   assert.equal(await page.isVisible("#notice"), true);
   await browser.close();
 });
+
+test("a server that had a directory cannot turn proofs off by answering 404 at its root", async () => {
+  const browser = await launchBrowser();
+  await playDirectory(browser.context);
+  const { page } = await newUser(browser.context, server.url);
+  await addBob(page);
+  await waitFor("the proven key", async () => (await page.textContent("#chat-fp")).includes("epoch 3"));
+  // The next load finds a server that says it has no directory (a plain 404, no Retry-After).
+  await page.route(/\/directory\/root$/, (route) =>
+    route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "not found", code: "not_found" }) }));
+  await page.reload();
+  await page.waitForSelector(`#contacts li[data-user="bob"]`);
+  await page.click(`#contacts li[data-user="bob"]`);
+  await waitFor("the refusal", async () => (await page.textContent("#chat-fp")).includes("does not prove the key of bob"));
+  const fp = await page.textContent("#chat-fp");
+  assert.match(fp, /had a key directory \(epoch 3\) and now says it has none/);
+  assert.doesNotMatch(fp, /checked against the pinned key only/);
+  assert.deepEqual(await keptRoot(page), LATEST);
+  await browser.close();
+});
+
+test("the owner's page says so when a server with a directory keeps not showing the owner's own key", async () => {
+  const browser = await launchBrowser();
+  await playDirectory(browser.context);
+  // The directory (whose root the page keeps) answers 404 to every request for the owner's history.
+  const asked = new Set();
+  await browser.context.route(/\/directory\/history\//, (route) => {
+    asked.add(decodeURIComponent(new URL(route.request().url()).pathname.split("/").pop()));
+    return route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "not found", code: "user_not_found" }) });
+  });
+  const { page, userId } = await newUser(browser.context, server.url);
+  await waitFor("the notice", async () => (await page.textContent("#notice-text")).includes("could not show your own key"), 30_000);
+  const notice = await page.textContent("#notice-text");
+  assert.match(notice, new RegExp(`\\(${userId}\\) in 3 attempts: ${userId} is not in the server's key directory`));
+  assert.equal(await page.isVisible("#notice"), true);
+  assert.deepEqual([...asked], [userId]);
+  assert.deepEqual(await keptRoot(page), LATEST);
+  await browser.close();
+});

@@ -819,6 +819,45 @@ async fn a_server_without_a_directory_is_used_with_pins_or_refused_when_required
     assert!(forget.stderr.contains("no directory root was kept"), "{}", forget.stderr);
 }
 
+/// A server whose directory the CLI verified cannot turn the proofs off: once a root is kept for
+/// it, its 404 at `/directory/root` is refused (no fall-back to pins) until `enigma forget-root`.
+/// The kept root is moved in the pin file from a server with a directory to one without (as if
+/// the first had turned its directory off).
+#[test]
+fn a_server_that_had_a_directory_cannot_withdraw_it() {
+    let dir = TempDir::new("withdrawn");
+    let with = LoggedServer::memory(dir.path());
+    let without = LoggedServer::start(
+        dir.path(),
+        &[("ENIGMA__ENGINE", "memory"), ("ENIGMA__DIRECTORY__ENABLED", "false")],
+        "127.0.0.1:0",
+    );
+    let (cli, withdrawn) = (Cli::of(&dir, &with), Cli::of(&dir, &without));
+    let (alice, bob) = (cli.user("alice"), cli.user("bob"));
+    cli.ok(&alice.key, &["lookup", &bob.id]);
+    let carol = withdrawn.user("carol");
+    let pins_path = alice.key.with_file_name("alice.key.pins.json");
+    let pins = std::fs::read_to_string(&pins_path).unwrap();
+    assert!(pins.contains("\"roots\""), "{pins}");
+    std::fs::write(&pins_path, pins.replace(&with.url(), &without.url())).unwrap();
+
+    let lookup = withdrawn.run(&alice.key, &["lookup", &carol.id], "");
+    assert_eq!(lookup.code, 1, "{}", lookup.stderr);
+    assert!(lookup.stderr.contains("had a key directory (epoch"), "{}", lookup.stderr);
+    assert!(lookup.stderr.contains("now says it has none: refusing"), "{}", lookup.stderr);
+    assert!(!lookup.stderr.contains("no verifiable key directory"), "{}", lookup.stderr);
+    let pins = std::fs::read_to_string(&pins_path).unwrap();
+    assert!(!pins.contains(&carol.public_key), "carol's unproven key was pinned: {pins}");
+    let audit = withdrawn.run(&alice.key, &["audit"], "");
+    assert_eq!(audit.code, 1, "{}", audit.stderr);
+    assert!(audit.stderr.contains("now says it has none: refusing"), "{}", audit.stderr);
+
+    // Once its operator said so, the root is forgotten and the server is used with pins alone.
+    assert_eq!(withdrawn.run(&alice.key, &["forget-root"], "").code, 0);
+    let lookup = withdrawn.ok(&alice.key, &["lookup", &carol.id]);
+    assert!(lookup.contains("directory:   none on this server"), "{lookup}");
+}
+
 /// End to end against the relay's key directory: a key looked up right after its owner's login
 /// is proven once published (the client waits for it), sends go through with nothing said about
 /// a missing directory, `--require-directory` is satisfied, and `enigma audit` verifies the whole

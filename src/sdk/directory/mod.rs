@@ -13,7 +13,8 @@
 //!   is not its key is [`Error::AnotherKeyForYou`].
 //! - A server without a directory (404 at `/directory/root`: one that only speaks the
 //!   specification) is used with pins alone, and [`Client::directory_status`] says so; with
-//!   [`DirectoryPolicy::Require`] it is refused instead.
+//!   [`DirectoryPolicy::Require`] it is refused instead. A server this client keeps a root for
+//!   cannot become one: its 404 is refused ([`Error::DirectoryWithdrawn`]).
 
 use std::time::{Duration, Instant};
 
@@ -51,53 +52,34 @@ impl Client {
     /// to [`PUBLISH_WAIT`] for a user not yet published; refuses a key the directory does not
     /// prove, or proves otherwise.
     pub async fn prove_key(&self, user: &str, key: &str) -> Result<KeyProof, Error> {
-        let mut state = self.inner.directory.lock().await;
-        if !self.directory_present(&mut state).await? {
-            return Ok(KeyProof::NoDirectory);
-        }
-        let segments = ["directory", "lookup", user];
-        let deadline = Instant::now() + self.publish_wait();
-        loop {
-            if let Some(answer) = self.fetch::<LookupAnswer>(&segments).await? {
-                match self.take_root(&mut state, &answer.root).await {
-                    // An answer from a replica a moment behind the root already kept: ask again.
-                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
-                    Err(e) => return Err(e),
-                    Ok(root) => {
-                        let proven = verify_lookup(&answer, user, &root)?;
-                        proven.confirm(key)?;
-                        return Ok(KeyProof::Proven(proven));
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        let proven = self
+            .published(
+                user,
+                "lookup",
+                |answer: &LookupAnswer| &answer.root,
+                |answer, root| {
+                    let proven = verify_lookup(answer, user, root)?;
+                    proven.confirm(key)?;
+                    Ok(proven)
+                },
+            )
+            .await?;
+        Ok(proven.map_or(KeyProof::NoDirectory, KeyProof::Proven))
     }
 
     /// Reads `user`'s (this client's own) key history from the directory: every version must be
     /// this client's key. `None` from a server without a directory.
     pub async fn check_own_history(&self, user: &str) -> Result<Option<Vec<KeyVersion>>, Error> {
-        let mut state = self.inner.directory.lock().await;
-        if !self.directory_present(&mut state).await? {
+        let verified = self
+            .published(
+                user,
+                "history",
+                |answer: &HistoryAnswer| &answer.root,
+                |answer, root| Ok(verify_history(answer, user, root)?),
+            )
+            .await?;
+        let Some(versions) = verified else {
             return Ok(None);
-        }
-        let segments = ["directory", "history", user];
-        let deadline = Instant::now() + self.publish_wait();
-        let versions = loop {
-            if let Some(answer) = self.fetch::<HistoryAnswer>(&segments).await? {
-                match self.take_root(&mut state, &answer.root).await {
-                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
-                    Err(e) => return Err(e),
-                    Ok(root) => break verify_history(&answer, user, &root)?,
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
-            }
-            tokio::time::sleep(POLL_EVERY).await;
         };
         let mine = self.identity().public_key();
         let others: Vec<String> = versions
@@ -121,8 +103,13 @@ impl Client {
     pub async fn audit_directory(&self, mut progress: impl FnMut(u64, u64)) -> Result<AuditSummary, Error> {
         let started = Instant::now();
         let mut state = self.inner.directory.lock().await;
-        let latest: SignedRoot =
-            self.fetch(&["directory", "root"]).await?.ok_or_else(|| Error::NoDirectory { url: self.url() })?;
+        let latest: SignedRoot = match self.fetch(&["directory", "root"]).await? {
+            Some(latest) => latest,
+            None => match self.keeper(&mut state)?.kept() {
+                Some(kept) => return Err(Error::DirectoryWithdrawn { url: self.url(), epoch: kept.epoch }),
+                None => return Err(Error::NoDirectory { url: self.url() }),
+            },
+        };
         state.presence = Presence::Present;
         let kept = self.keeper(&mut state)?.kept().cloned();
         let signers = match &kept {
@@ -171,6 +158,41 @@ impl Client {
         Ok(AuditSummary { epochs: target.epoch, leaves, answers, root: latest, elapsed: started.elapsed() })
     }
 
+    /// Asks `/directory/{path}/{user}` until the user is published (at most the publish wait),
+    /// takes the answer's root and returns `verify(answer, root)`; `None` from a server without a
+    /// directory. The directory is locked for each attempt and released while waiting, so that
+    /// other lookups do not queue behind a user not yet published: each root is taken whole under
+    /// the lock, and an answer older than a root another lookup took meanwhile is asked again.
+    async fn published<T: DeserializeOwned, R>(
+        &self,
+        user: &str,
+        path: &str,
+        root_of: impl Fn(&T) -> &SignedRoot,
+        verify: impl Fn(&T, &VerifiedRoot) -> Result<R, Error>,
+    ) -> Result<Option<R>, Error> {
+        let segments = ["directory", path, user];
+        let deadline = Instant::now() + self.publish_wait();
+        loop {
+            let mut state = self.inner.directory.lock().await;
+            if !self.directory_present(&mut state).await? {
+                return Ok(None);
+            }
+            if let Some(answer) = self.fetch::<T>(&segments).await? {
+                match self.take_root(&mut state, root_of(&answer)).await {
+                    // An answer from a replica a moment behind the root already kept: ask again.
+                    Err(Error::Directory(VerifyError::Rollback { .. })) if Instant::now() < deadline => {}
+                    Err(e) => return Err(e),
+                    Ok(root) => return verify(&answer, &root).map(Some),
+                }
+            }
+            drop(state);
+            if Instant::now() >= deadline {
+                return Err(Error::NotPublished { user: user.to_owned(), waited: self.publish_wait() });
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
     /// Forgets the directory root kept for this server (its operator reset the directory).
     pub async fn forget_root(&self) -> Result<Option<SignedRoot>, Error> {
         let mut state = self.inner.directory.lock().await;
@@ -183,7 +205,8 @@ impl Client {
 
     /// Whether the server has a directory (asked once: `GET /directory/root`, whose root is
     /// taken like any other). A directory with no epoch yet (404 with `Retry-After`) or still
-    /// starting (503) is one: its first root is awaited like a user not yet published.
+    /// starting (503) is one: its first root is awaited like a user not yet published. A 404
+    /// from a server this client keeps a root for is [`Error::DirectoryWithdrawn`].
     async fn directory_present(&self, state: &mut DirectoryState) -> Result<bool, Error> {
         let deadline = Instant::now() + self.publish_wait();
         while state.presence == Presence::Unknown {
@@ -192,7 +215,12 @@ impl Client {
                     state.presence = Presence::Present;
                     self.take_root(state, &root).await?;
                 }
-                Fetched::Absent => state.presence = Presence::Absent,
+                // A server whose directory was verified (a root is kept for it) cannot turn the
+                // proofs off by saying it has none: presence stays unknown and every check refuses.
+                Fetched::Absent => match self.keeper(state)?.kept() {
+                    Some(kept) => return Err(Error::DirectoryWithdrawn { url: self.url(), epoch: kept.epoch }),
+                    None => state.presence = Presence::Absent,
+                },
                 Fetched::NotYet { status } if Instant::now() >= deadline => {
                     return Err(Error::Http {
                         status,

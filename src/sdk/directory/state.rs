@@ -55,7 +55,8 @@ pub struct AuditSummary {
 }
 
 /// The client's view of the directory; one per client, behind an async lock (lookups that need
-/// the keeper take turns).
+/// the keeper take turns, one request at a time: none holds it while waiting for a user to be
+/// published).
 #[derive(Default)]
 pub(in crate::sdk) struct DirectoryState {
     pub(super) presence: Presence,

@@ -345,3 +345,53 @@ async fn a_kept_root_that_does_not_verify_is_an_error_not_a_fresh_start() {
         client(&url, Identity::generate(), Some(pins), DirectoryPolicy::Verify).lookup("bob").await.unwrap_err();
     assert!(matches!(error, Error::PinFile { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn a_server_that_had_a_directory_cannot_withdraw_it_silently() {
+    let (me, bob, carol) = (Identity::generate(), key(), key());
+    let mine = me.public_key().to_base64url();
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("me", &mine), ("bob", &bob)]).await;
+    let (url, relay) = serve(relay(directory, &[("me", &mine), ("bob", &bob), ("carol", &carol)])).await;
+    let scratch = Scratch::new("withdrawn");
+    client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify).lookup("bob").await.unwrap();
+
+    // The server now answers a plain 404 at /directory/root, as if it never had a directory.
+    relay.lock().await.has_directory = false;
+    let next = client(&url, me, Some(scratch.pins()), DirectoryPolicy::Verify);
+    let error = next.prove_key("carol", &carol).await.unwrap_err();
+    assert!(matches!(error, Error::DirectoryWithdrawn { epoch: 1, .. }), "{error}");
+    assert!(error.to_string().contains("had a key directory (epoch 1) and now says it has none"), "{error}");
+    let error = next.check_own_history("me").await.unwrap_err();
+    assert!(matches!(error, Error::DirectoryWithdrawn { .. }), "{error}");
+    assert!(next.pin("carol").unwrap().is_none(), "Carol's unproven key is not pinned");
+    assert_ne!(next.directory_status().await, DirectoryStatus::Absent);
+    assert_eq!(scratch.pins().root(&format!("{url}/")).unwrap().map(|r| r.epoch), Some(1), "the kept root stays");
+
+    // Within one run too: a client that verified the directory does not fall back either.
+    let same = client(&url, Identity::generate(), None, DirectoryPolicy::Verify);
+    relay.lock().await.has_directory = true;
+    same.lookup("bob").await.unwrap();
+    relay.lock().await.has_directory = false;
+    let error = same.lookup("carol").await.unwrap_err();
+    assert!(!matches!(error, Error::NoDirectory { .. }) && error.to_string().contains("nothing"), "{error}");
+}
+
+#[tokio::test]
+async fn a_lookup_does_not_wait_behind_another_users_publish_wait() {
+    let (bob, carol) = (key(), key());
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    let (url, _relay) = serve(relay(directory, &[("bob", &bob)])).await;
+    let client = client(&url, Identity::generate(), None, DirectoryPolicy::Verify);
+    // Carol is never published: her lookup waits the whole 600 ms. Polled first, it takes the
+    // directory first; Bob's, asked meanwhile, must not queue behind her wait.
+    let finished = |proof: Result<KeyProof, Error>| (proof, std::time::Instant::now());
+    let ((carol_proof, carol_done), (bob_proof, bob_done)) =
+        tokio::join!(async { finished(client.prove_key("carol", &carol).await) }, async {
+            finished(client.prove_key("bob", &bob).await)
+        },);
+    assert!(matches!(carol_proof, Err(Error::NotPublished { .. })), "{carol_proof:?}");
+    assert!(matches!(bob_proof, Ok(KeyProof::Proven(_))), "{bob_proof:?}");
+    assert!(bob_done < carol_done, "Bob's lookup waited for Carol's to give up");
+}
