@@ -122,6 +122,11 @@ impl Connector {
 pub(super) struct Connections {
     cmd: RwLock<Conn>,
     pubsub: RwLock<Conn>,
+    /// The key directory's own command connection: its publisher, lease and proofs live on one
+    /// shard of a cluster, and a cluster connection that cannot reach a node stalls every
+    /// command it carries while it refreshes its slots. Kept apart, a directory retrying on an
+    /// unreachable shard never holds up the messages of users on the reachable ones.
+    directory: RwLock<Conn>,
     pub(super) connector: Connector,
     /// Where every subscription connection made (or made anew) sends its pushes.
     push: PushHandler,
@@ -141,9 +146,11 @@ impl Connections {
     ) -> Result<Self, Unavailable> {
         let cmd = retry_connect(target, || connector.cmd(timeout)).await?;
         let pubsub = retry_connect(target, || connector.pubsub(&push, timeout)).await?;
+        let directory = retry_connect(target, || connector.cmd(timeout)).await?;
         Ok(Self {
             cmd: RwLock::new(cmd),
             pubsub: RwLock::new(pubsub),
+            directory: RwLock::new(directory),
             connector,
             push,
             timeout,
@@ -157,6 +164,9 @@ impl Connections {
     pub(super) fn pubsub(&self) -> Conn {
         self.pubsub.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+    pub(super) fn directory(&self) -> Conn {
+        self.directory.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
     /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
     pub(super) fn publish_command(&self) -> &'static str {
         match self.connector {
@@ -164,14 +174,19 @@ impl Connections {
             Connector::Cluster { .. } => "SPUBLISH",
         }
     }
-    /// Makes both connections anew and puts them in place of the old ones.
+    /// Makes every connection anew and puts them in place of the old ones.
     pub(super) async fn reconnect(&self) -> Result<(), Unavailable> {
-        let (cmd, pubsub) =
-            tokio::join!(self.connector.cmd(self.timeout), self.connector.pubsub(&self.push, self.timeout));
+        let (cmd, pubsub, directory) = tokio::join!(
+            self.connector.cmd(self.timeout),
+            self.connector.pubsub(&self.push, self.timeout),
+            self.connector.cmd(self.timeout)
+        );
         let unavailable = |e| Unavailable::redis_while("reconnecting", e);
-        let (cmd, pubsub) = (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?);
+        let (cmd, pubsub, directory) =
+            (cmd.map_err(unavailable)?, pubsub.map_err(unavailable)?, directory.map_err(unavailable)?);
         *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
         *self.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = directory;
         Ok(())
     }
     pub(super) fn is_cluster(&self) -> bool {

@@ -60,7 +60,7 @@ impl RedisEngine {
         let this = &self.inner;
         let mut get = redis::cmd("HMGET");
         get.arg(this.keys.tree(TreePart::Nodes)).arg(keys);
-        this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.cmd())).await
+        this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.directory())).await
     }
 
     pub async fn tree_states(&self, labels: &[Vec<u8>]) -> Result<Vec<Vec<Vec<u8>>>, Unavailable> {
@@ -71,13 +71,13 @@ impl RedisEngine {
         let mut get = redis::cmd("HMGET");
         get.arg(this.keys.tree(TreePart::States)).arg(labels);
         let lists: Vec<Option<Vec<u8>>> =
-            this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.cmd())).await?;
+            this.timed(Command::DirectoryRead, get.query_async(&mut this.connections.directory())).await?;
         lists.into_iter().map(|list| unframe(list.as_deref().unwrap_or_default())).collect()
     }
 
     pub async fn tree_write(&self, batch: TreeBatch, write: TreeWrite) -> Result<(), Unavailable> {
         let this = &self.inner;
-        let mut con = this.connections.cmd();
+        let mut con = this.connections.directory();
         match write {
             TreeWrite::Initial => {
                 let nodes = this.keys.tree(TreePart::Nodes);
@@ -108,7 +108,7 @@ impl RedisEngine {
 
     pub async fn rooted_epoch(&self) -> Result<u64, Unavailable> {
         let this = &self.inner;
-        let mut con = this.connections.cmd();
+        let mut con = this.connections.directory();
         this.timed(Command::DirectoryRead, con.llen(this.keys.tree(TreePart::Roots))).await
     }
 
@@ -117,7 +117,7 @@ impl RedisEngine {
             return Ok(Vec::new());
         }
         let this = &self.inner;
-        let mut con = this.connections.cmd();
+        let mut con = this.connections.directory();
         let key = this.keys.tree(TreePart::Roots);
         let (start, stop) = ((from - 1) as isize, (to - 1) as isize);
         let roots: Vec<Vec<u8>> = this.timed(Command::DirectoryRead, con.lrange(key, start, stop)).await?;
@@ -132,7 +132,7 @@ impl RedisEngine {
         let this = &self.inner;
         let mut add = ROOT.prepare_invoke();
         add.key(this.keys.tree(TreePart::Roots)).arg(epoch).arg(&hash[..]);
-        let _: u64 = this.timed(Command::DirectoryWrite, add.invoke_async(&mut this.connections.cmd())).await?;
+        let _: u64 = this.timed(Command::DirectoryWrite, add.invoke_async(&mut this.connections.directory())).await?;
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl RedisEngine {
         let this = &self.inner;
         let mut hold = LEASE.prepare_invoke();
         hold.key(this.keys.tree(TreePart::Lease)).arg(holder).arg(ttl.as_millis() as u64);
-        let held: u64 = this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.cmd())).await?;
+        let held: u64 = this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.directory())).await?;
         Ok(held == 1)
     }
 
@@ -149,7 +149,7 @@ impl RedisEngine {
         let mut set = redis::cmd("SET");
         set.arg(this.keys.tree(TreePart::Secret(secret.as_str()))).arg(candidate).arg("NX").arg("GET");
         let previous: Option<String> = once_loaded(Command::DirectoryWrite, this.timeout, || {
-            let mut con = this.connections.cmd();
+            let mut con = this.connections.directory();
             let set = set.clone();
             async move { set.query_async(&mut con).await }
         })
@@ -159,7 +159,7 @@ impl RedisEngine {
 
     pub async fn pending_count(&self) -> Result<u64, Unavailable> {
         let this = &self.inner;
-        let mut con = this.connections.cmd();
+        let mut con = this.connections.directory();
         this.timed(Command::DirectoryRead, con.hlen(this.keys.tree(TreePart::Pending))).await
     }
 
@@ -169,7 +169,7 @@ impl RedisEngine {
         }
         let this = &self.inner;
         let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        let mut con = this.connections.cmd();
+        let mut con = this.connections.directory();
         this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(this.keys.tree(TreePart::Pending), names)).await?;
         Ok(())
     }
@@ -190,7 +190,7 @@ impl RedisEngine {
             let mut scan = redis::cmd("HSCAN");
             scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
             let (next, page): (u64, Vec<(String, String)>) =
-                this.timed(Command::DirectoryRead, scan.query_async(&mut this.connections.cmd())).await?;
+                this.timed(Command::DirectoryRead, scan.query_async(&mut this.connections.directory())).await?;
             entries.extend(page);
             cursor = next;
             if cursor == 0 || entries.len() >= max {
@@ -217,7 +217,7 @@ impl RedisEngine {
                 entries = dropped.len(),
                 "key directory: registrations never completed (or with a damaged key index), not published"
             );
-            let mut con = this.connections.cmd();
+            let mut con = this.connections.directory();
             this.timed(Command::DirectoryWrite, con.hdel::<_, _, u64>(&key, dropped)).await?;
         }
         Ok(ready)
@@ -230,7 +230,7 @@ impl RedisEngine {
             return Ok(Verdict::Drop(user));
         };
         let index = this.keys.key_index(&index_material(public_key).primary);
-        let (mut one, mut other) = (this.connections.cmd(), this.connections.cmd());
+        let (mut one, mut other) = (this.connections.directory(), this.connections.directory());
         let (record_key, indexed): (Option<String>, Option<String>) = futures_util::try_join!(
             this.timed(Command::DirectoryRead, one.hget(this.keys.user(&id), "publicKey")),
             this.timed(Command::DirectoryRead, other.get(index)),
@@ -259,7 +259,7 @@ impl RedisEngine {
         let this = &self.inner;
         // One node, or the first slot of each master (a command routed to it reaches it).
         let nodes: Vec<Option<u16>> = if this.connections.is_cluster() {
-            let mut con = this.connections.cmd();
+            let mut con = this.connections.directory();
             let slots: Value =
                 this.timed(Command::DirectoryRead, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut con)).await?;
             first_range_per_master(&slots).into_iter().map(|(start, _)| Some(start)).collect()
@@ -273,7 +273,7 @@ impl RedisEngine {
             loop {
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT);
-                let page: Value = match (node, this.connections.cmd()) {
+                let page: Value = match (node, this.connections.directory()) {
                     (Some(slot), Conn::Cluster(mut con)) => {
                         let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
                             slot,
@@ -309,7 +309,7 @@ impl RedisEngine {
         let states = self.tree_states(&labels).await?;
         let absent = users.into_iter().zip(states).filter(|(_, states)| states.is_empty()).map(|(user, _)| user);
         let reads = absent.map(|user| async move {
-            let mut con = this.connections.cmd();
+            let mut con = this.connections.directory();
             let key: Option<String> =
                 this.timed(Command::DirectoryRead, con.hget(this.keys.user(&user), "publicKey")).await?;
             Ok::<_, Unavailable>(key.map(|key| (user, key)))
@@ -326,7 +326,7 @@ impl RedisEngine {
             }
         }
         if queued > 0 {
-            let mut con = this.connections.cmd();
+            let mut con = this.connections.directory();
             let added: Vec<u64> = this.timed(Command::DirectoryWrite, queue.query_async(&mut con)).await?;
             return Ok(added.iter().sum());
         }
