@@ -140,7 +140,8 @@ impl RedisEngine {
         let this = &self.inner;
         let mut hold = LEASE.prepare_invoke();
         hold.key(this.keys.tree(TreePart::Lease)).arg(holder).arg(ttl.as_millis() as u64);
-        let held: u64 = this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.directory())).await?;
+        let held: u64 =
+            this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.directory())).await?;
         Ok(held == 1)
     }
 
