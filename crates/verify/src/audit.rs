@@ -161,7 +161,7 @@ mod tests {
         let mut proof = decode_audit(&honest.audit(1, 3).await.proof).unwrap();
         proof.epochs = vec![2, 3];
         let mut moved = honest.audit(1, 3).await;
-        moved.proof = encode_audit(&proof);
+        moved.proof = encode_audit(&proof).unwrap();
         let error = verify_audit(&moved, &start(&honest, 1), 3, &Signers::FirstSeen).await.unwrap_err();
         assert!(matches!(error, VerifyError::AppendOnly { .. }), "{error}");
     }
