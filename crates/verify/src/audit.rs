@@ -6,7 +6,7 @@
 //! runtime (a current-thread one will do; the page builds one, see `wasm`).
 
 use crate::Config;
-use crate::error::VerifyError;
+use crate::error::{SeenIn, VerifyError};
 use crate::proof::decode_audit;
 use crate::root::{Signers, VerifiedRoot, verify_root};
 use crate::wire::AuditAnswer;
@@ -41,7 +41,12 @@ pub async fn verify_audit(
         verified.push(root);
     }
     if verified[0].root_hash != start.root_hash {
-        return Err(VerifyError::Fork { epoch: from, kept: start.hash_hex(), presented: verified[0].hash_hex() });
+        return Err(VerifyError::Fork {
+            epoch: from,
+            seen: start.hash_hex(),
+            presented: verified[0].hash_hex(),
+            seen_in: SeenIn::KeptRoot,
+        });
     }
     let proof = decode_audit(&answer.proof)?;
     let failed = |reason: String| VerifyError::AppendOnly { from, to, reason };
