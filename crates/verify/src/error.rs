@@ -21,9 +21,9 @@ pub enum VerifyError {
     #[error("the directory's root of epoch {epoch} is signed by {signer}, not by the directory's key {trusted}")]
     UntrustedSigner { epoch: u64, signer: String, trusted: String },
 
-    /// A newest root older than one seen before: the directory is being rolled back (or, for a
-    /// given root, the root is another server's).
-    #[error("ROLLBACK: the directory presents epoch {presented} as its newest, {}", seen_in.rollback(*seen))]
+    /// A root older than one seen before: the directory is being rolled back (or, for a given
+    /// root, the root is another server's).
+    #[error("ROLLBACK: the directory presents epoch {presented}{}", seen_in.rollback(*seen))]
     Rollback { seen: u64, presented: u64, seen_in: SeenIn },
 
     /// Two roots for one epoch: the directory shows different histories to different clients.
@@ -80,15 +80,16 @@ pub enum SeenIn {
     GivenRoot,
 }
 
+/// The ends of the two messages, which say where the contradicted root was seen.
 impl SeenIn {
     fn rollback(self, seen: u64) -> String {
         match self {
             SeenIn::KeptRoot => {
-                format!("older than epoch {seen} this client already verified; it may be hiding keys published since")
+                format!(", older than epoch {seen} this client already verified; it may be hiding keys published since")
             }
             SeenIn::GivenRoot => format!(
-                "older than epoch {seen} of the root given to compare with: the directory was rolled back, or the \
-                 root given is another server's"
+                " as its newest, older than epoch {seen} of the root given to compare with: the directory was rolled \
+                 back, or the root given is another server's"
             ),
         }
     }
@@ -127,5 +128,26 @@ impl VerifyError {
             VerifyError::AuditRange { .. } => "audit_range",
             VerifyError::AppendOnly { .. } => "append_only",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal says whose root it contradicts: this client's, or one given to compare with.
+    #[test]
+    fn a_fork_or_a_rollback_says_where_the_other_root_was_seen() {
+        let fork = |seen_in| VerifyError::Fork { epoch: 7, seen: "aa".into(), presented: "bb".into(), seen_in };
+        let kept = fork(SeenIn::KeptRoot).to_string();
+        assert!(kept.starts_with("FORK: the directory presents root bb for epoch 7, but this client verified root aa"));
+        let given = fork(SeenIn::GivenRoot).to_string();
+        assert!(given.contains("for epoch 7, but the root given to compare with is aa:"), "{given}");
+        let rollback = |seen_in| VerifyError::Rollback { seen: 9, presented: 4, seen_in };
+        let kept = rollback(SeenIn::KeptRoot).to_string();
+        assert!(kept.contains("presents epoch 4, older than epoch 9 this client already verified"), "{kept}");
+        let given = rollback(SeenIn::GivenRoot).to_string();
+        assert!(given.contains("epoch 4 as its newest, older than epoch 9 of the root given"), "{given}");
+        assert_eq!((fork(SeenIn::GivenRoot).kind(), rollback(SeenIn::GivenRoot).kind()), ("fork", "rollback"));
     }
 }
