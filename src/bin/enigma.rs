@@ -15,8 +15,10 @@
 //!
 //! Every key a message is sealed to is proven by the server's verifiable key directory first
 //! (`enigma::sdk::directory`); the newest verified root is kept in the pins file, and `enigma
-//! audit` checks the directory's whole history. A server without a directory is used with pins
-//! alone (said once), or refused with `--require-directory`.
+//! audit` checks the directory's whole history and prints the kept root as `EPOCH:HASH`, which
+//! another person gives to their own `enigma audit --root` to find out whether the server showed
+//! the two of them the same directory. A server without a directory is used with pins alone (said
+//! once), or refused with `--require-directory`.
 //!
 //! Output is for pipes as much as for people: results on stdout (one line per message with
 //! `listen`, JSON with `--json`), notices and errors on stderr, exit code 0 on success, 1 on
@@ -29,6 +31,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enigma::sdk::{self, Client, ConnectOptions, Connection, Identity, Status};
+use enigma_verify::{SeenIn, VerifyError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -106,8 +109,16 @@ enum Command {
         user: String,
     },
     /// Verify the server's key directory from epoch 1 to now: every root's signature, every
-    /// append-only proof, and the root this client kept on the way.
-    Audit,
+    /// append-only proof, and the root this client kept on the way. Prints the root it keeps as
+    /// EPOCH:HASH: someone else running `enigma audit --root EPOCH:HASH` against the same server
+    /// finds out whether the two of you were shown the same directory.
+    Audit {
+        /// A root another client's `enigma audit` printed ("kept root:   EPOCH:HASH"): the
+        /// server's chain must have this root at EPOCH, else the audit fails as a FORK (the two
+        /// clients were shown different directories). Repeatable.
+        #[arg(long = "root", value_name = "EPOCH:HASH")]
+        roots: Vec<sdk::EpochRoot>,
+    },
     /// Forget the directory root kept for this server (only after its operator announced that
     /// the directory was reset: a rollback or a fork is otherwise exactly what it looks like).
     ForgetRoot,
@@ -124,6 +135,12 @@ impl From<sdk::Error> for Failure {
             }
             sdk::Error::KeyMismatch { .. } => "\n  run `enigma login` to register this key.".into(),
             sdk::Error::KeyChanged { user, .. } => format!("\n  to accept the new key: `enigma trust {user}`"),
+            sdk::Error::Directory(
+                VerifyError::Fork { seen_in: SeenIn::GivenRoot, .. }
+                | VerifyError::Rollback { seen_in: SeenIn::GivenRoot, .. },
+            ) => "\n  nothing was kept. A root copied wrongly is refused the same way: check it with whoever gave it \
+                  to you."
+                .into(),
             sdk::Error::Directory(_) | sdk::Error::AnotherKeyForYou { .. } => {
                 "\n  nothing was sent. `enigma audit` checks the directory's whole history.".into()
             }
@@ -188,7 +205,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Send { user, text, timeout } => send(&profile, &user, &text, timeout).await,
         Command::Listen { json, count } => listen(&profile, json, count).await,
         Command::Chat { user } => chat(&profile, &user).await,
-        Command::Audit => audit(&profile).await,
+        Command::Audit { roots } => audit(&profile, &roots).await,
         Command::ForgetRoot => forget_root(&profile).await,
     }
 }
@@ -423,11 +440,11 @@ async fn lookup(profile: &Profile, user: &str) -> Result<(), Failure> {
     ))
 }
 
-async fn audit(profile: &Profile) -> Result<(), Failure> {
+async fn audit(profile: &Profile, roots: &[sdk::EpochRoot]) -> Result<(), Failure> {
     let client = profile.client()?;
     let mut shown = std::time::Instant::now();
     let summary = client
-        .audit_directory(|epoch, of| {
+        .audit_directory(roots, |epoch, of| {
             if shown.elapsed() >= std::time::Duration::from_secs(2) {
                 shown = std::time::Instant::now();
                 eprintln!("enigma: audited epochs 1 to {epoch} of {of}");
@@ -438,7 +455,7 @@ async fn audit(profile: &Profile) -> Result<(), Failure> {
         "directory:   {}\nepochs:      1 to {} (every root signed by {}, key id {:?}; every step append-only)\n\
          entries:     {} added after epoch 1 (a key version or the marker of a replaced one; the VRF hides whose)\n\
          users:       not shown by the directory (its VRF hides which ids exist)\n\
-         answers:     {} audit answers in {:.1} s\nkept root:   epoch {}, {}",
+         answers:     {} audit answers in {:.1} s\nkept root:   {}",
         client.server(),
         summary.epochs,
         summary.root.signing_key,
@@ -446,9 +463,18 @@ async fn audit(profile: &Profile) -> Result<(), Failure> {
         summary.leaves,
         summary.answers,
         summary.elapsed.as_secs_f64(),
-        summary.root.epoch,
-        summary.root.root_hash,
-    ))
+        summary.kept,
+    ))?;
+    for root in &summary.compared {
+        out(&format!("compared:    {root} matched"))?;
+    }
+    eprintln!(
+        "enigma: to find out whether someone else was shown the same directory: they run `enigma audit --root {}` \
+         against {}",
+        summary.kept,
+        client.server()
+    );
+    Ok(())
 }
 
 async fn forget_root(profile: &Profile) -> Result<(), Failure> {

@@ -23,7 +23,7 @@ pub mod store;
 use akd::errors::{AkdError, StorageError};
 use akd::{AkdLabel, AzksParallelismConfig, Directory, EpochHash, HistoryParams};
 use enigma_verify::Config;
-use enigma_verify::proof::{encode_audit, encode_history, encode_lookup};
+use enigma_verify::proof::{ProofEncodeError, encode_audit, encode_history, encode_lookup};
 use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
 
 use self::keys::{RootSigner, VrfKey};
@@ -49,6 +49,9 @@ pub enum ReadError {
     BadRange(String),
     #[error("key directory unavailable: {0}")]
     Unavailable(String),
+    /// A proof akd made could not be written: the server's fault, never answered as an empty proof.
+    #[error(transparent)]
+    Unencodable(#[from] ProofEncodeError),
 }
 
 impl From<Unavailable> for ReadError {
@@ -142,7 +145,7 @@ impl Transparency {
             user_id: user.as_str().to_owned(),
             public_key,
             version: proof.version,
-            proof: encode_lookup(&proof),
+            proof: encode_lookup(&proof)?,
         })
     }
 
@@ -150,7 +153,7 @@ impl Transparency {
     pub async fn history(&self, user: &UserId) -> Result<HistoryAnswer, ReadError> {
         let (proof, epoch_hash) = self.reader.key_history(&label(user), HistoryParams::Complete).await?;
         let root = self.signed(&epoch_hash).await?;
-        Ok(HistoryAnswer { root, user_id: user.as_str().to_owned(), proof: encode_history(&proof) })
+        Ok(HistoryAnswer { root, user_id: user.as_str().to_owned(), proof: encode_history(&proof)? })
     }
 
     /// The append-only proof from `from` to `to` (at most `directory.max_audit_epochs` epochs:
@@ -173,7 +176,7 @@ impl Transparency {
         }
         let proof = self.reader.audit(from, to).await?;
         let roots = (from..=to).zip(&hashes).map(|(epoch, hash)| self.sign(epoch, hash)).collect();
-        Ok(AuditAnswer { from, to, roots, proof: encode_audit(&proof) })
+        Ok(AuditAnswer { from, to, roots, proof: encode_audit(&proof)? })
     }
 }
 

@@ -62,6 +62,7 @@ pub(crate) async fn root(State(state): State<AppState>, client: Client) -> Resul
             example = json!({"error": "user not in the key directory (unknown, or registered since the last epoch)", "code": "user_not_found"})),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
         (status = 503, description = "The directory is starting or its newest epoch is being recorded (both with `Retry-After`), or its storage is unreachable; retry", body = ErrorBody),
+        (status = 500, description = "The proof could not be encoded (the server's fault, logged)", body = ErrorBody),
     ))]
 pub(crate) async fn lookup(
     State(state): State<AppState>,
@@ -86,6 +87,7 @@ pub(crate) async fn lookup(
         (status = 404, description = "Unknown, registered since the last epoch, or no directory on this server (`directory.enabled = false`)", body = ErrorBody),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
         (status = 503, description = "The directory is starting or its newest epoch is being recorded (both with `Retry-After`), or its storage is unreachable; retry", body = ErrorBody),
+        (status = 500, description = "The proof could not be encoded (the server's fault, logged)", body = ErrorBody),
     ))]
 pub(crate) async fn history(
     State(state): State<AppState>,
@@ -114,6 +116,7 @@ pub(crate) async fn history(
         (status = 404, description = "No directory on this server (`directory.enabled = false`)", body = ErrorBody),
         (status = 429, description = "Too many directory reads from this address", body = ErrorBody),
         (status = 503, description = "The directory is starting (with `Retry-After`) or its storage is unreachable; retry", body = ErrorBody),
+        (status = 500, description = "The proof could not be encoded (the server's fault, logged)", body = ErrorBody),
     ))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
@@ -176,5 +179,34 @@ fn answer<T: Serialize>(result: Result<T, ReadError>) -> Result<Response, ApiErr
                 "service unavailable, retry later",
             ))
         }
+        Err(ReadError::Unencodable(e)) => {
+            tracing::error!(error = %e, "key directory: a proof could not be encoded");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the key directory could not encode its proof; this is the server's fault",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enigma_verify::proof::ProofEncodeError;
+
+    use super::*;
+
+    /// A proof that cannot be written is the server's fault: a 500 that says so without the
+    /// cause (which goes to the log), never a 200 with an empty proof.
+    #[tokio::test]
+    async fn a_proof_that_cannot_be_encoded_is_a_500() {
+        let cause = ProofEncodeError { kind: "lookup", reason: "a secret detail".into() };
+        let response = answer::<()>(Err(ReadError::Unencodable(cause))).unwrap_err().into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal", "{body}");
+        assert!(body["error"].as_str().unwrap().contains("could not encode its proof"), "{body}");
+        assert!(!body.to_string().contains("secret"), "{body}");
     }
 }

@@ -963,10 +963,131 @@ fn a_key_published_through_the_directory_is_refused_by_both_ends() {
     assert!(connect.stderr.contains("version 2"), "{}", connect.stderr);
 }
 
-/// The kept root's epoch in `enigma audit`'s summary ("kept root:   epoch N, …").
+/// The kept root in `enigma audit`'s summary, as it prints it ("kept root:   EPOCH:HASH"): what
+/// another client gives to `enigma audit --root`.
+fn kept_root(audit: &str) -> String {
+    let root = audit.lines().find_map(|line| line.strip_prefix("kept root:   ")).expect("a kept root line");
+    let (epoch, hash) = root.split_once(':').expect("EPOCH:HASH");
+    assert!(epoch.parse::<u64>().is_ok() && hash.len() == 64, "EPOCH:HASH: {root}");
+    root.to_owned()
+}
+
+/// The kept root's epoch in `enigma audit`'s summary.
 fn kept_epoch(audit: &str) -> u64 {
-    let line = audit.lines().find_map(|line| line.strip_prefix("kept root:   epoch ")).expect("a kept root line");
-    line.split(',').next().unwrap().parse().expect("an epoch")
+    kept_root(audit).split(':').next().unwrap().parse().expect("an epoch")
+}
+
+/// A relay on its own Redis with fixed directory keys (signing and VRF) and an epoch every
+/// 100 ms: two of them on two Redis servers are two valid directories with the same keys that
+/// diverge with their registrations (each has another root for the same epoch).
+fn directory_relay(dir: &TempDir, redis: &Redis, prefix: &str, addr: &str) -> LoggedServer {
+    let url = redis.url();
+    let env = [
+        ("ENIGMA__REDIS__URL", url.as_str()),
+        ("ENIGMA__REDIS__PREFIX", prefix),
+        ("ENIGMA__DIRECTORY__SIGNING_KEYS", "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
+        ("ENIGMA__DIRECTORY__VRF_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+        ("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", "100"),
+        ("ENIGMA__DIRECTORY__LEASE_MS", "1000"),
+    ];
+    LoggedServer::start(dir.path(), &env, addr)
+}
+
+/// Registers users (each published in an epoch of its own) until `enigma audit` of the relay
+/// shows epoch `epoch` or later; returns that audit's summary.
+fn publish_until(cli: &Cli, name: &str, epoch: u64) -> String {
+    for n in 0.. {
+        let user = cli.user(&format!("{name}{n}"));
+        cli.ok(&user.key, &["send", &user.id, "published"]);
+        let audit = cli.ok(&user.key, &["audit"]);
+        if kept_epoch(&audit) >= epoch {
+            return audit;
+        }
+        assert!(n <= 2 * epoch + 2, "the relay does not reach epoch {epoch}: {audit}");
+    }
+    unreachable!()
+}
+
+/// End to end: two people compare what the relay showed them. Alice's `enigma audit` prints the
+/// root it keeps as EPOCH:HASH; Bob, a client of his own, gives it to `enigma audit --root` and
+/// his audit confirms it — also once the relay has moved on (the root is compared at its epoch,
+/// not with the newest). A root beyond the relay's newest epoch is refused as a rollback, and a
+/// malformed one is a usage error; neither keeps a root.
+#[test]
+fn two_clients_that_audit_the_same_relay_compare_roots() {
+    let dir = TempDir::new("directory-compare");
+    let redis = Redis::start();
+    let relay = directory_relay(&dir, &redis, &format!("dircmp{}:", std::process::id()), "127.0.0.1:0");
+    let cli = Cli::of(&dir, &relay);
+    let (alice, bob) = (cli.user("alice"), cli.user("bob"));
+    cli.ok(&alice.key, &["send", &alice.id, "published"]);
+    let alices = cli.ok(&alice.key, &["audit"]);
+    let root = kept_root(&alices);
+
+    let bobs = cli.ok(&bob.key, &["audit", "--root", &root]);
+    assert!(bobs.contains(&format!("compared:    {root} matched")), "{bobs}");
+    // The relay moves on: Alice's root is still the one at its epoch.
+    let newer = publish_until(&cli, "later", kept_epoch(&alices) + 1);
+    let bobs = cli.ok(&bob.key, &["audit", "--root", &root, "--root", &kept_root(&newer)]);
+    assert!(bobs.contains(&format!("compared:    {root} matched")), "{bobs}");
+    assert!(bobs.contains(&format!("compared:    {} matched", kept_root(&newer))), "{bobs}");
+
+    // A root beyond the newest epoch: the relay rolled back, or the root is another server's.
+    let (_, hash) = root.split_once(':').unwrap();
+    let beyond = kept_epoch(&newer) + 1000;
+    let fresh = dir.path().join("fresh.key");
+    cli.ok(&fresh, &["keygen"]);
+    let refused = cli.run(&fresh, &["audit", "--root", &format!("{beyond}:{hash}")], "");
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("ROLLBACK"), "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("older than epoch {beyond}")), "{}", refused.stderr);
+    // Malformed: clap's usage error (exit 2) before anything is asked.
+    for bad in ["12", "x:ab", &format!("0:{hash}"), &format!("3:{}", &hash[..10])] {
+        let malformed = cli.run(&fresh, &["audit", "--root", bad], "");
+        assert_eq!(malformed.code, 2, "{bad}: {}\n{}", malformed.stdout, malformed.stderr);
+        assert!(malformed.stderr.contains("expected EPOCH:HASH"), "{bad}: {}", malformed.stderr);
+    }
+    assert!(!fresh.with_file_name("fresh.key.pins.json").exists(), "a refused audit keeps no root");
+}
+
+/// End to end: a root from another relay's directory (the same keys, its own registrations, as
+/// in the fork test below), given to `enigma audit --root` by a client that keeps no root for
+/// this relay, is refused as a FORK naming the epoch, the root given and this relay's root at
+/// that epoch: what two people who compare find when the relay showed them different
+/// directories. The same client's audit without it passes.
+#[test]
+fn a_root_from_a_diverging_directory_is_refused_as_a_fork_when_compared() {
+    let dir = TempDir::new("directory-compare-fork");
+    let prefix = format!("dircmpfork{}:", std::process::id());
+    let (redis_a, redis_b) = (Redis::start(), Redis::start());
+    let a = directory_relay(&dir, &redis_a, &prefix, "127.0.0.1:0");
+    let b = directory_relay(&dir, &redis_b, &prefix, "127.0.0.1:0");
+    let (cli_a, cli_b) = (Cli::of(&dir, &a), Cli::of(&dir, &b));
+    // Carol, on B, prints B's root; A is then taken to that epoch or past it.
+    let carols = publish_until(&cli_b, "carol", 1);
+    let (given, epoch) = (kept_root(&carols), kept_epoch(&carols));
+    let alices = publish_until(&cli_a, "alice", epoch);
+
+    let fresh = dir.path().join("fresh.key");
+    cli_a.ok(&fresh, &["keygen"]);
+    let refused = cli_a.run(&fresh, &["audit", "--root", &given], "");
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("FORK: the directory presents root"), "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("for epoch {epoch},")), "{}", refused.stderr);
+    let (_, hash) = given.split_once(':').unwrap();
+    assert!(refused.stderr.contains(&format!("the root given to compare with is {hash}")), "{}", refused.stderr);
+    // A's own root at that epoch is named beside it (known here when A stopped at it, as it does
+    // with one user an epoch).
+    let presented = refused.stderr.split("presents root ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
+    assert!(presented.len() == 64 && presented != hash, "{}", refused.stderr);
+    if kept_epoch(&alices) == epoch {
+        assert_eq!(format!("{epoch}:{presented}"), kept_root(&alices), "{}", refused.stderr);
+    }
+    assert!(!refused.stdout.contains("kept root:"), "{}", refused.stdout);
+    assert!(!fresh.with_file_name("fresh.key.pins.json").exists(), "a refused audit keeps no root");
+    // The same client's audit of A, without B's root, passes.
+    let own = cli_a.ok(&fresh, &["audit"]);
+    assert!(kept_epoch(&own) >= epoch, "{own}");
 }
 
 /// End to end: two relays with the same directory keys (signing and VRF) but their own Redis and
@@ -979,18 +1100,7 @@ fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() 
     let dir = TempDir::new("directory-fork");
     let prefix = format!("dirfork{}:", std::process::id());
     let (redis_a, redis_b) = (Redis::start(), Redis::start());
-    let relay = |redis: &Redis, addr: &str| {
-        let url = redis.url();
-        let env = [
-            ("ENIGMA__REDIS__URL", url.as_str()),
-            ("ENIGMA__REDIS__PREFIX", prefix.as_str()),
-            ("ENIGMA__DIRECTORY__SIGNING_KEYS", "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
-            ("ENIGMA__DIRECTORY__VRF_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
-            ("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", "100"),
-            ("ENIGMA__DIRECTORY__LEASE_MS", "1000"),
-        ];
-        LoggedServer::start(dir.path(), &env, addr)
-    };
+    let relay = |redis: &Redis, addr: &str| directory_relay(&dir, redis, &prefix, addr);
 
     // Relay A: Alice registers, is published (her own connect waits for it), keeps A's root.
     let a = relay(&redis_a, "127.0.0.1:0");
@@ -1086,7 +1196,7 @@ async fn enigma_audit_verifies_thousands_of_registrations() {
     let answers = (epochs - 1).div_ceil(MAX_AUDIT_EPOCHS);
     assert!(out.contains(&format!("answers:     {answers} audit answers in ")), "{out}");
     let hash = root["rootHash"].as_str().expect("a root hash");
-    assert!(out.contains(&format!("kept root:   epoch {epochs}, {hash}")), "{out}");
+    assert!(out.contains(&format!("kept root:   {epochs}:{hash}")), "{out}");
     let pins = std::fs::read_to_string(key.with_file_name("auditor.key.pins.json")).unwrap();
     assert!(pins.contains(hash), "the audited root is kept: {pins}");
 }

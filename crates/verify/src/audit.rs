@@ -6,7 +6,7 @@
 //! runtime (a current-thread one will do; the page builds one, see `wasm`).
 
 use crate::Config;
-use crate::error::VerifyError;
+use crate::error::{SeenIn, VerifyError};
 use crate::proof::decode_audit;
 use crate::root::{Signers, VerifiedRoot, verify_root};
 use crate::wire::AuditAnswer;
@@ -41,7 +41,12 @@ pub async fn verify_audit(
         verified.push(root);
     }
     if verified[0].root_hash != start.root_hash {
-        return Err(VerifyError::Fork { epoch: from, kept: start.hash_hex(), presented: verified[0].hash_hex() });
+        return Err(VerifyError::Fork {
+            epoch: from,
+            seen: start.hash_hex(),
+            presented: verified[0].hash_hex(),
+            seen_in: SeenIn::KeptRoot,
+        });
     }
     let proof = decode_audit(&answer.proof)?;
     let failed = |reason: String| VerifyError::AppendOnly { from, to, reason };
@@ -161,7 +166,7 @@ mod tests {
         let mut proof = decode_audit(&honest.audit(1, 3).await.proof).unwrap();
         proof.epochs = vec![2, 3];
         let mut moved = honest.audit(1, 3).await;
-        moved.proof = encode_audit(&proof);
+        moved.proof = encode_audit(&proof).unwrap();
         let error = verify_audit(&moved, &start(&honest, 1), 3, &Signers::FirstSeen).await.unwrap_err();
         assert!(matches!(error, VerifyError::AppendOnly { .. }), "{error}");
     }

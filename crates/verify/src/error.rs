@@ -21,19 +21,14 @@ pub enum VerifyError {
     #[error("the directory's root of epoch {epoch} is signed by {signer}, not by the directory's key {trusted}")]
     UntrustedSigner { epoch: u64, signer: String, trusted: String },
 
-    /// A root older than one this client already verified: the directory is being rolled back.
-    #[error(
-        "ROLLBACK: the directory presents epoch {presented}, older than epoch {kept} this client already verified; \
-         it may be hiding keys published since"
-    )]
-    Rollback { kept: u64, presented: u64 },
+    /// A root older than one seen before: the directory is being rolled back (or, for a given
+    /// root, the root is another server's).
+    #[error("ROLLBACK: the directory presents epoch {presented}{}", seen_in.rollback(*seen))]
+    Rollback { seen: u64, presented: u64, seen_in: SeenIn },
 
     /// Two roots for one epoch: the directory shows different histories to different clients.
-    #[error(
-        "FORK: the directory presents root {presented} for epoch {epoch}, but this client verified root {kept} \
-         for it; it may be showing different keys to different people"
-    )]
-    Fork { epoch: u64, kept: String, presented: String },
+    #[error("FORK: the directory presents root {presented} for epoch {epoch}, {}", seen_in.fork(seen))]
+    Fork { epoch: u64, seen: String, presented: String, seen_in: SeenIn },
 
     /// The VRF key (what hides which ids exist, and binds labels to positions) changed.
     #[error("the directory's VRF key changed at epoch {epoch}; its entries cannot be compared with earlier ones")]
@@ -75,6 +70,44 @@ pub enum VerifyError {
     AppendOnly { from: u64, to: u64, reason: String },
 }
 
+/// Where the root a [`VerifyError::Rollback`] or a [`VerifyError::Fork`] contradicts was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenIn {
+    /// The root this client verified and keeps.
+    KeptRoot,
+    /// A root given to compare with: what another client verified (`enigma audit --root`), by its
+    /// epoch and hash.
+    GivenRoot,
+}
+
+/// The ends of the two messages, which say where the contradicted root was seen.
+impl SeenIn {
+    fn rollback(self, seen: u64) -> String {
+        match self {
+            SeenIn::KeptRoot => {
+                format!(", older than epoch {seen} this client already verified; it may be hiding keys published since")
+            }
+            SeenIn::GivenRoot => format!(
+                " as its newest, older than epoch {seen} of the root given to compare with: the directory was rolled \
+                 back, or the root given is another server's"
+            ),
+        }
+    }
+
+    fn fork(self, seen: &str) -> String {
+        match self {
+            SeenIn::KeptRoot => format!(
+                "but this client verified root {seen} for it; it may be showing different keys to different people"
+            ),
+            SeenIn::GivenRoot => format!(
+                "but the root given to compare with is {seen}: if it was copied from another client's audit of this \
+                 server, the two were shown different directories (it may be showing different keys to different \
+                 people)"
+            ),
+        }
+    }
+}
+
 impl VerifyError {
     /// A stable name for the kind of refusal (what the page decides on, and shows beside the text).
     pub fn kind(&self) -> &'static str {
@@ -95,5 +128,26 @@ impl VerifyError {
             VerifyError::AuditRange { .. } => "audit_range",
             VerifyError::AppendOnly { .. } => "append_only",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal says whose root it contradicts: this client's, or one given to compare with.
+    #[test]
+    fn a_fork_or_a_rollback_says_where_the_other_root_was_seen() {
+        let fork = |seen_in| VerifyError::Fork { epoch: 7, seen: "aa".into(), presented: "bb".into(), seen_in };
+        let kept = fork(SeenIn::KeptRoot).to_string();
+        assert!(kept.starts_with("FORK: the directory presents root bb for epoch 7, but this client verified root aa"));
+        let given = fork(SeenIn::GivenRoot).to_string();
+        assert!(given.contains("for epoch 7, but the root given to compare with is aa:"), "{given}");
+        let rollback = |seen_in| VerifyError::Rollback { seen: 9, presented: 4, seen_in };
+        let kept = rollback(SeenIn::KeptRoot).to_string();
+        assert!(kept.contains("presents epoch 4, older than epoch 9 this client already verified"), "{kept}");
+        let given = rollback(SeenIn::GivenRoot).to_string();
+        assert!(given.contains("epoch 4 as its newest, older than epoch 9 of the root given"), "{given}");
+        assert_eq!((fork(SeenIn::GivenRoot).kind(), rollback(SeenIn::GivenRoot).kind()), ("fork", "rollback"));
     }
 }

@@ -86,7 +86,7 @@ mod tests {
         let mut proof = decode_history(&answer.proof).unwrap();
         // Hide the impostor's key: show only the first version.
         proof.update_proofs.remove(0);
-        answer.proof = encode_history(&proof);
+        answer.proof = encode_history(&proof).unwrap();
         let error = verify_history(&answer, "alice", &root).unwrap_err();
         assert!(matches!(error, VerifyError::HistoryProof { .. }), "{error}");
     }
@@ -99,7 +99,7 @@ mod tests {
         let mut proof = decode_history(&answer.proof).unwrap();
         proof.update_proofs[0].value = akd_core::AkdValue::from("key-a1");
         let mut swapped = answer.clone();
-        swapped.proof = encode_history(&proof);
+        swapped.proof = encode_history(&proof).unwrap();
         assert!(matches!(verify_history(&swapped, "alice", &root), Err(VerifyError::HistoryProof { .. })));
         assert!(matches!(verify_history(&answer, "bob", &root), Err(VerifyError::WrongUser { .. })));
         let mut relabelled = directory.history("bob").await.unwrap();

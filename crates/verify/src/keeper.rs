@@ -10,7 +10,7 @@
 use std::future::Future;
 
 use crate::audit::verify_audit;
-use crate::error::VerifyError;
+use crate::error::{SeenIn, VerifyError};
 use crate::root::{Signers, VerifiedRoot, verify_root};
 use crate::wire::{AuditAnswer, SignedRoot};
 
@@ -80,13 +80,18 @@ impl RootKeeper {
         }
         let next = match presented.epoch.cmp(&kept.epoch) {
             std::cmp::Ordering::Less => {
-                return Err(VerifyError::Rollback { kept: kept.epoch, presented: presented.epoch });
+                return Err(VerifyError::Rollback {
+                    seen: kept.epoch,
+                    presented: presented.epoch,
+                    seen_in: SeenIn::KeptRoot,
+                });
             }
             std::cmp::Ordering::Equal if presented.root_hash != kept.root_hash => {
                 return Err(VerifyError::Fork {
                     epoch: kept.epoch,
-                    kept: kept.hash_hex(),
+                    seen: kept.hash_hex(),
                     presented: presented.hash_hex(),
+                    seen_in: SeenIn::KeptRoot,
                 });
             }
             std::cmp::Ordering::Equal => Next::Same,
@@ -111,8 +116,9 @@ impl RootKeeper {
         if newest.root_hash != target.root_hash {
             return Err(VerifyError::Fork {
                 epoch: target.epoch,
-                kept: newest.hash_hex(),
+                seen: newest.hash_hex(),
                 presented: target.hash_hex(),
+                seen_in: SeenIn::KeptRoot,
             });
         }
         Ok(true)
@@ -200,7 +206,7 @@ mod tests {
         let directory = directory(3).await;
         let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(3)).unwrap();
         let error = keeper.begin(&directory.root(2)).unwrap_err();
-        assert!(matches!(error, VerifyError::Rollback { kept: 3, presented: 2 }), "{error}");
+        assert!(matches!(error, VerifyError::Rollback { seen: 3, presented: 2, .. }), "{error}");
 
         let mut other = TestDirectory::new().await;
         for epoch in 1..=3 {

@@ -29,7 +29,7 @@ pub mod testing;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
-pub use error::VerifyError;
+pub use error::{SeenIn, VerifyError};
 pub use root::{Signers, VerifiedRoot, verify_root};
 
 /// The one AKD configuration the relay publishes with and every client verifies with.

@@ -97,7 +97,7 @@ mod tests {
         // The value swapped inside the proof too: the commitment no longer opens.
         let mut proof = decode_lookup(&answer.proof).unwrap();
         proof.value = akd_core::AkdValue::from("key-mallory");
-        answer.proof = encode_lookup(&proof);
+        answer.proof = encode_lookup(&proof).unwrap();
         let error = verify_lookup(&answer, "alice", &root).unwrap_err();
         assert!(matches!(error, VerifyError::LookupProof { .. }), "{error}");
 
@@ -108,7 +108,7 @@ mod tests {
         proof.value = akd_core::AkdValue::from("key-a1");
         old.public_key = "key-a1".into();
         old.version = 1;
-        old.proof = encode_lookup(&proof);
+        old.proof = encode_lookup(&proof).unwrap();
         assert!(verify_lookup(&old, "alice", &root).is_err());
     }
 

@@ -15,9 +15,18 @@ pub struct ProofDecodeError {
     pub reason: String,
 }
 
-fn encode<M: Message>(message: &M) -> String {
-    // Writing a message built from a valid proof into a Vec cannot fail.
-    STANDARD.encode(message.write_to_bytes().unwrap_or_default())
+/// A proof that cannot be written: protobuf refused the message built from it (a field it requires
+/// is missing). A fault of whoever made the proof, never answered as an empty proof.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode the {kind} proof: {reason}")]
+pub struct ProofEncodeError {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+fn encode<M: Message>(kind: &'static str, message: &M) -> Result<String, ProofEncodeError> {
+    let bytes = message.write_to_bytes().map_err(|e| ProofEncodeError { kind, reason: e.to_string() })?;
+    Ok(STANDARD.encode(bytes))
 }
 
 fn decode<M: Message>(kind: &'static str, text: &str) -> Result<M, ProofDecodeError> {
@@ -29,8 +38,8 @@ fn decode<M: Message>(kind: &'static str, text: &str) -> Result<M, ProofDecodeEr
 macro_rules! proof_codec {
     ($encode:ident, $decode:ident, $proof:ident, $kind:literal) => {
         #[doc = concat!("A `", stringify!($proof), "` as protobuf, base64.")]
-        pub fn $encode(proof: &akd_core::$proof) -> String {
-            encode(&specs::$proof::from(proof))
+        pub fn $encode(proof: &akd_core::$proof) -> Result<String, ProofEncodeError> {
+            encode($kind, &specs::$proof::from(proof))
         }
 
         #[doc = concat!("A `", stringify!($proof), "` read back from [`", stringify!($encode), "`]'s text.")]

@@ -86,7 +86,7 @@ impl TestDirectory {
             user_id: user.to_owned(),
             public_key: String::from_utf8(proof.value.0.clone()).expect("UTF-8 key"),
             version: proof.version,
-            proof: encode_lookup(&proof),
+            proof: encode_lookup(&proof).expect("a proof akd made encodes"),
         })
     }
 
@@ -95,13 +95,22 @@ impl TestDirectory {
     pub async fn history(&self, user: &str) -> Option<HistoryAnswer> {
         let label = AkdLabel::from(user);
         let (proof, epoch) = self.akd.key_history(&label, HistoryParams::default()).await.ok()?;
-        Some(HistoryAnswer { root: self.root(epoch.epoch()), user_id: user.to_owned(), proof: encode_history(&proof) })
+        Some(HistoryAnswer {
+            root: self.root(epoch.epoch()),
+            user_id: user.to_owned(),
+            proof: encode_history(&proof).expect("a proof akd made encodes"),
+        })
     }
 
     /// `GET /directory/audit/{from}/{to}`.
     pub async fn audit(&self, from: u64, to: u64) -> AuditAnswer {
         let proof = self.akd.audit(from, to).await.expect("published epochs");
-        AuditAnswer { from, to, roots: (from..=to).map(|e| self.root(e)).collect(), proof: encode_audit(&proof) }
+        AuditAnswer {
+            from,
+            to,
+            roots: (from..=to).map(|e| self.root(e)).collect(),
+            proof: encode_audit(&proof).expect("a proof akd made encodes"),
+        }
     }
 }
 

@@ -23,10 +23,12 @@ use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper};
 use enigma_verify::lookup::verify_lookup;
 use enigma_verify::proof::decode_audit;
 use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
-use enigma_verify::{Signers, VerifiedRoot, VerifyError, verify_root};
+use enigma_verify::{SeenIn, Signers, VerifiedRoot, VerifyError, verify_root};
 use serde::de::DeserializeOwned;
 
-pub use self::state::{AuditSummary, DirectoryPolicy, DirectoryStatus, KeyProof, PUBLISH_WAIT};
+pub use self::state::{
+    AuditSummary, BadEpochRoot, DirectoryPolicy, DirectoryStatus, EpochRoot, KeyProof, PUBLISH_WAIT,
+};
 use self::state::{DirectoryState, Presence};
 use super::client::{Client, http_error};
 use super::crypto::PublicKey;
@@ -98,9 +100,17 @@ impl Client {
 
     /// Verifies the directory's whole history, epoch 1 to the newest root: every root signed
     /// (by the key of the root this client keeps, if it keeps one), every step append-only, and
-    /// the kept root on the way. `progress(epoch, of)` is told after each answer. Keeps the
-    /// newest root.
-    pub async fn audit_directory(&self, mut progress: impl FnMut(u64, u64)) -> Result<AuditSummary, Error> {
+    /// the kept root on the way. `given` are roots other clients verified (what their audit
+    /// printed): the audited chain must have each at its epoch, else [`VerifyError::Fork`] (a
+    /// given epoch beyond the newest is [`VerifyError::Rollback`]); both with
+    /// [`SeenIn::GivenRoot`]. This is how two people find out whether they were shown the same
+    /// directory. `progress(epoch, of)` is told after each answer. Keeps the newest root, and
+    /// nothing when the audit fails.
+    pub async fn audit_directory(
+        &self,
+        given: &[EpochRoot],
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<AuditSummary, Error> {
         let started = Instant::now();
         let mut state = self.inner.directory.lock().await;
         let latest: SignedRoot = match self.fetch(&["directory", "root"]).await? {
@@ -117,8 +127,15 @@ impl Client {
             None => Signers::FirstSeen,
         };
         let target = verify_root(&latest, &signers, None)?;
-        if let Some(kept) = kept.as_ref().filter(|kept| kept.epoch > target.epoch) {
-            return Err(VerifyError::Rollback { kept: kept.epoch, presented: target.epoch }.into());
+        // Every root seen before this audit, each to be found on the audited way.
+        let mut seen: Vec<(EpochRoot, SeenIn)> = given.iter().map(|root| (*root, SeenIn::GivenRoot)).collect();
+        seen.extend(kept.as_ref().map(|kept| (EpochRoot::from(kept), SeenIn::KeptRoot)));
+        if let Some((ahead, seen_in)) =
+            seen.iter().filter(|(root, _)| root.epoch() > target.epoch).max_by_key(|(root, _)| root.epoch())
+        {
+            return Err(
+                VerifyError::Rollback { seen: ahead.epoch(), presented: target.epoch, seen_in: *seen_in }.into()
+            );
         }
         let mut audited = RootKeeper::new(signers.clone());
         let (mut leaves, mut answers) = (0, 0);
@@ -137,10 +154,9 @@ impl Client {
                     _ => return Err(range.into()),
                 };
             }
-            if let Some(kept) = &kept {
-                on_the_way(kept, &answer.roots)?;
-            }
             audited.extend(&answer, &target).await?;
+            // Every root of the answer is now verified: signed, chained, append-only.
+            on_the_way(&seen, &answer.roots)?;
             leaves += decode_audit(&answer.proof)
                 .map_err(VerifyError::from)?
                 .proofs
@@ -149,13 +165,22 @@ impl Client {
                 .sum::<u64>();
             progress(audited.kept().map_or(1, |root| root.epoch), target.epoch);
         }
-        if let Some(kept) = kept.as_ref().filter(|kept| kept.epoch == target.epoch) {
-            on_the_way(kept, std::slice::from_ref(&latest))?;
-        }
+        on_the_way(&seen, std::slice::from_ref(&latest))?;
         let keeper = RootKeeper::resume(signers, &latest)?;
         self.keep(&keeper)?;
         state.keeper = Some(keeper);
-        Ok(AuditSummary { epochs: target.epoch, leaves, answers, root: latest, elapsed: started.elapsed() })
+        let mut compared = given.to_vec();
+        compared.sort();
+        compared.dedup();
+        Ok(AuditSummary {
+            epochs: target.epoch,
+            leaves,
+            answers,
+            root: latest,
+            kept: EpochRoot::from(&target),
+            compared,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Asks `/directory/{path}/{user}` until the user is published (at most the publish wait),
@@ -330,14 +355,23 @@ enum Fetched<T> {
     },
 }
 
-/// The kept root must be on the audited way: the root of its epoch among `roots` is it.
-fn on_the_way(kept: &VerifiedRoot, roots: &[SignedRoot]) -> Result<(), VerifyError> {
-    match roots.iter().find(|root| root.epoch == kept.epoch) {
-        Some(root) if !kept.is(root) => {
-            Err(VerifyError::Fork { epoch: kept.epoch, kept: kept.hash_hex(), presented: root.root_hash.clone() })
+/// Every root seen before (kept by this client, or given) must be on the audited way: the root of
+/// its epoch among `roots` (verified) is it, else the directory forked.
+fn on_the_way(seen: &[(EpochRoot, SeenIn)], roots: &[SignedRoot]) -> Result<(), VerifyError> {
+    for (root, seen_in) in seen {
+        match roots.iter().find(|audited| audited.epoch == root.epoch()) {
+            Some(audited) if !hex::decode(&audited.root_hash).is_ok_and(|hash| hash == root.hash()) => {
+                return Err(VerifyError::Fork {
+                    epoch: root.epoch(),
+                    seen: root.hash_hex(),
+                    presented: audited.root_hash.to_ascii_lowercase(),
+                    seen_in: *seen_in,
+                });
+            }
+            _ => {}
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 /// `GET /directory/audit/{from}/{to}` through a client.

@@ -2,8 +2,11 @@
 //! (which holds the state) and the directory checks (which are the client's methods, in
 //! `directory/mod.rs`) do not import each other.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
+use enigma_verify::VerifiedRoot;
 use enigma_verify::keeper::RootKeeper;
 use enigma_verify::lookup::ProvenKey;
 use enigma_verify::wire::SignedRoot;
@@ -40,6 +43,70 @@ pub enum KeyProof {
     NoDirectory,
 }
 
+/// A root by its epoch and hash, written `EPOCH:HASH` (the hash in lowercase hex): how
+/// `enigma audit` prints the root it keeps, and how a root another client verified is given to
+/// compare with ([`crate::sdk::Client::audit_directory`], `enigma audit --root`). Two clients that
+/// hold the same `EpochRoot` were shown the same directory up to that epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EpochRoot {
+    epoch: u64,
+    hash: [u8; 32],
+}
+
+/// Text that is not `EPOCH:HASH`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}; expected EPOCH:HASH, as `enigma audit` prints its kept root (e.g. 12:9f2c…, 64 hex digits)")]
+pub struct BadEpochRoot(String);
+
+impl EpochRoot {
+    /// Epoch 0 (the empty directory) is never published: it is refused.
+    pub fn new(epoch: u64, hash: [u8; 32]) -> Result<EpochRoot, BadEpochRoot> {
+        if epoch == 0 {
+            return Err(BadEpochRoot("epoch 0 is never published (epochs start at 1)".into()));
+        }
+        Ok(EpochRoot { epoch, hash })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+}
+
+impl From<&VerifiedRoot> for EpochRoot {
+    fn from(root: &VerifiedRoot) -> Self {
+        EpochRoot { epoch: root.epoch, hash: root.root_hash }
+    }
+}
+
+impl FromStr for EpochRoot {
+    type Err = BadEpochRoot;
+
+    fn from_str(text: &str) -> Result<Self, BadEpochRoot> {
+        let bad = |what: &str| BadEpochRoot(what.to_owned());
+        let (epoch, hash) = text.trim().split_once(':').ok_or_else(|| bad("no `:` between the epoch and the hash"))?;
+        let epoch: u64 = epoch.parse().map_err(|_| bad(&format!("the epoch {epoch:?} is not a whole number")))?;
+        let hash: [u8; 32] = hex::decode(hash)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| bad(&format!("the hash {hash:?} is not 64 hex digits")))?;
+        EpochRoot::new(epoch, hash)
+    }
+}
+
+impl fmt::Display for EpochRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.hash_hex())
+    }
+}
+
 /// What `enigma audit` found: the whole history, append-only and signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditSummary {
@@ -50,7 +117,13 @@ pub struct AuditSummary {
     pub leaves: u64,
     /// Audit answers fetched.
     pub answers: u64,
+    /// The newest root, now kept.
     pub root: SignedRoot,
+    /// [`AuditSummary::root`] as another client compares it.
+    pub kept: EpochRoot,
+    /// The roots given to compare with, in epoch order: the audited chain has every one (any
+    /// other outcome is an error, not a summary).
+    pub compared: Vec<EpochRoot>,
     pub elapsed: Duration,
 }
 

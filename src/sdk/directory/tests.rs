@@ -251,7 +251,7 @@ async fn a_rolled_back_or_forked_directory_is_refused() {
         .lookup("bob")
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Directory(VerifyError::Rollback { kept: 4, presented: 2 })), "{error}");
+    assert!(matches!(error, Error::Directory(VerifyError::Rollback { seen: 4, presented: 2, .. })), "{error}");
 
     // Or another history with as many epochs: a fork.
     let mut forked = TestDirectory::new().await;
@@ -318,7 +318,7 @@ async fn the_whole_history_is_audited_in_the_ranges_the_relay_answers() {
     let scratch = Scratch::new("audit");
     let client_ = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
     let mut seen = Vec::new();
-    let summary = client_.audit_directory(|epoch, of| seen.push((epoch, of))).await.unwrap();
+    let summary = client_.audit_directory(&[], |epoch, of| seen.push((epoch, of))).await.unwrap();
     // One user a step: five leaves added after epoch 1.
     assert_eq!((summary.epochs, summary.answers, summary.leaves), (6, 3, 5));
     assert_eq!(seen, [(3, 6), (5, 6), (6, 6)]);
@@ -326,8 +326,84 @@ async fn the_whole_history_is_audited_in_the_ranges_the_relay_answers() {
     assert_eq!(scratch.pins().root(client_.server().as_str()).unwrap().map(|r| r.epoch), Some(6));
 
     relay.lock().await.tamper_audits = true;
-    let error = client_.audit_directory(|_, _| {}).await.unwrap_err();
+    let error = client_.audit_directory(&[], |_, _| {}).await.unwrap_err();
     assert!(matches!(error, Error::Directory(_)), "{error}");
+}
+
+/// Two clients compare what they were shown: the root one audit printed (`EPOCH:HASH`), given to
+/// another client's audit, is on that client's audited chain; a root of a diverging directory at
+/// the same epoch is a fork named with both hashes, a root beyond the newest epoch a rollback, and
+/// a refused audit keeps nothing.
+#[tokio::test]
+async fn roots_given_to_compare_with_must_be_on_the_audited_chain() {
+    let mut directory = TestDirectory::new().await;
+    let mut diverging = TestDirectory::new().await;
+    for epoch in 1..=5 {
+        directory.publish(&[(&format!("user-{epoch}"), &key())]).await;
+        diverging.publish(&[(&format!("other-{epoch}"), &key())]).await;
+    }
+    let mut fake = relay(directory, &[]);
+    fake.audit_step = 2;
+    let (url, relay) = serve(fake).await;
+    let (alice, carol) = (Scratch::new("given-alice"), Scratch::new("given-carol"));
+    let alices = client(&url, Identity::generate(), Some(alice.pins()), DirectoryPolicy::Verify);
+    let printed = alices.audit_directory(&[], |_, _| {}).await.unwrap().kept;
+    assert_eq!(printed.to_string().parse::<EpochRoot>().unwrap(), printed, "printed as it is read back");
+
+    // Carol, a client of her own, compares Alice's root and an earlier one of the same chain.
+    let carols = client(&url, Identity::generate(), Some(carol.pins()), DirectoryPolicy::Verify);
+    let first = carols.audit_directory(&[], |_, _| {}).await.unwrap();
+    let third: EpochRoot = format!("3:{}", relay_hash(&relay, 3).await).parse().unwrap();
+    let summary = carols.audit_directory(&[printed, third, printed], |_, _| {}).await.unwrap();
+    assert_eq!(summary.compared, [third, printed]);
+    assert_eq!(summary.kept, first.kept);
+
+    // A root of another directory at epoch 3 (and at the newest epoch) is a fork, for a client that
+    // keeps no root too; nothing is kept.
+    let fresh = Scratch::new("given-fresh");
+    let freshs = client(&url, Identity::generate(), Some(fresh.pins()), DirectoryPolicy::Verify);
+    for epoch in [3, 5] {
+        let other: EpochRoot = format!("{epoch}:{}", diverging.root(epoch).root_hash).parse().unwrap();
+        let error = freshs.audit_directory(&[printed, other], |_, _| {}).await.unwrap_err();
+        let Error::Directory(VerifyError::Fork { epoch: forked, seen, presented, seen_in }) = &error else {
+            panic!("{error}")
+        };
+        assert_eq!((*forked, seen_in), (epoch, &SeenIn::GivenRoot), "{error}");
+        assert_eq!((seen, presented), (&other.hash_hex(), &relay_hash(&relay, epoch).await), "{error}");
+        assert!(error.to_string().contains(&format!("for epoch {epoch}")), "{error}");
+    }
+    // Beyond the newest epoch: rolled back, or another server's root.
+    let ahead: EpochRoot = format!("9:{}", printed.hash_hex()).parse().unwrap();
+    let error = freshs.audit_directory(&[ahead], |_, _| {}).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Directory(VerifyError::Rollback { seen: 9, presented: 5, seen_in: SeenIn::GivenRoot })),
+        "{error}"
+    );
+    assert_eq!(fresh.pins().root(freshs.server().as_str()).unwrap(), None, "a refused audit keeps nothing");
+}
+
+async fn relay_hash(relay: &Shared, epoch: u64) -> String {
+    relay.lock().await.directory.root(epoch).root_hash
+}
+
+#[test]
+fn an_epoch_root_is_read_as_enigma_audit_prints_it() {
+    let hash = "9F2C".repeat(16);
+    let root: EpochRoot = format!(" 12:{hash} ").parse().unwrap();
+    assert_eq!((root.epoch(), root.to_string()), (12, format!("12:{}", hash.to_lowercase())));
+    for bad in [
+        "",
+        "12",
+        &hash,
+        &format!("0:{hash}"),
+        &format!("x:{hash}"),
+        "12:9f2c",
+        &format!("12:{hash}00"),
+        &format!("-1:{hash}"),
+    ] {
+        let error = bad.parse::<EpochRoot>().unwrap_err();
+        assert!(error.to_string().contains("expected EPOCH:HASH"), "{bad:?}: {error}");
+    }
 }
 
 #[tokio::test]
