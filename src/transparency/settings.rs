@@ -21,14 +21,15 @@ pub struct DirectorySettings {
     pub max_epoch_entries: usize,
     /// Epochs one `GET /directory/audit/…` answers at most (a longer range is cut short).
     pub max_audit_epochs: u64,
-    /// How many of the Redis master's replicas must have acknowledged an epoch before its
-    /// root is recorded (served): at most this many of those online. Unset: every replica
-    /// online (none on a lone Redis); 0: no wait. Replication is asynchronous: an epoch served
-    /// before a replica had it is lost when that replica is promoted, and its next version is
-    /// another root for the same epoch, a fork to every client that kept the first.
+    /// How many of the Redis master's replicas must have acknowledged what was written before
+    /// an epoch is written and before its root is recorded (served): at most this many of
+    /// those online. Unset: every replica online (none on a lone Redis); 0: no wait.
+    /// Replication is asynchronous: an epoch served before a replica had it is lost when that
+    /// replica is promoted, and its next version is another root for the same epoch, a fork to
+    /// every client that kept the first.
     pub replicas_to_wait: Option<u32>,
-    /// How long the publisher waits for those replicas (`WAIT`) before it leaves the root for
-    /// the next round. Unset: `epoch_interval_ms`.
+    /// How long the publisher waits for those replicas (`WAIT`) before it leaves the rest of
+    /// its work for the next round. Unset: `epoch_interval_ms`.
     pub replica_wait_ms: Option<u64>,
     /// `kid:base64seed` entries (`ENIGMA__DIRECTORY__SIGNING_KEYS`, comma-separated), each a
     /// 32-byte Ed25519 seed: the first signs every root served. Empty: one key generated once

@@ -1,9 +1,9 @@
 //! The verifiable key directory, checked as a client checks it: a registration becomes provable
 //! at the next epoch (its lookup proof verifies against a root whose Ed25519 signature
 //! verifies), every epoch is an append-only step from the one before (akd's auditor), and
-//! neither a publisher's death (two replicas on one Redis) nor a SIGKILL of the embedded engine
-//! changes a published root. Checks are akd's own verifiers and ed25519-dalek, nothing
-//! re-implemented.
+//! neither a publisher's death (two replicas on one Redis), a SIGKILL of the embedded engine nor
+//! a Redis failover to a replica that lagged changes a published root. Checks are akd's own
+//! verifiers and ed25519-dalek, nothing re-implemented.
 
 use std::time::Duration;
 
