@@ -56,8 +56,12 @@ pub mod metric {
     pub const DIRECTORY_PENDING: &str = "enigma_directory_pending";
     /// 1 on the replica holding the publisher's lease, else 0.
     pub const DIRECTORY_PUBLISHER: &str = "enigma_directory_publisher";
-    /// How long publishing one epoch took (akd's insertion and the write).
+    /// How long publishing one epoch took (akd's insertion, the write, the replicas'
+    /// acknowledgement and the root).
     pub const DIRECTORY_PUBLISH_SECONDS: &str = "enigma_directory_publish_duration_seconds";
+    /// Rounds in which an epoch's root was not recorded because the Redis replicas had not
+    /// acknowledged the epoch in time (`directory.replica_wait_ms`).
+    pub const DIRECTORY_UNREPLICATED: &str = "enigma_directory_unreplicated_total";
 }
 
 /// Handles of the per-message series, registered once: a `counter!` call with labels costs a
@@ -92,6 +96,7 @@ pub fn register_all() {
         metric::SLOW_CONSUMERS,
         metric::AUTH_CHALLENGES,
         metric::AUTH_TOKENS_ISSUED,
+        metric::DIRECTORY_UNREPLICATED,
     ] {
         metrics::counter!(name).increment(0);
     }

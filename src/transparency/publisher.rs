@@ -12,6 +12,14 @@
 //!    (nor a new epoch, when that is all of them);
 //! 3. the new epoch's root is recorded, then the entries are cleared.
 //!
+//! A root is recorded (and from then on served) only once the store's replicas have the
+//! epoch (`Engine::await_replicas`, `directory.replicas_to_wait`): Redis replicates
+//! asynchronously, and a replica promoted without an epoch whose root clients kept would be a
+//! rollback to them, then a fork when the next publisher writes that epoch with other
+//! registrations. When the replicas do not acknowledge in time, the round ends there and the
+//! next one starts at step 1 again. They are asked before an epoch is written too, so a
+//! replica that lags holds publication back without a written epoch making every lookup wait.
+//!
 //! The first round a replica holds the lease in, it queues every live user not in the
 //! directory yet (registered before it existed, or while it was off): `Engine::backfill_pending`.
 
@@ -24,6 +32,7 @@ use super::settings::DirectorySettings;
 use super::store::EngineStore;
 use super::{AkdDirectory, Transparency, open};
 use crate::engine::Engine;
+use crate::engine::tree::batch::{ReplicaWait, Replication};
 use crate::engine::unavailable::Unavailable;
 use crate::protocol::UserId;
 use crate::telemetry::metric;
@@ -36,7 +45,11 @@ pub struct Publisher {
     lease: Duration,
     interval: Duration,
     max_entries: usize,
+    replicas: ReplicaWait,
     holding: bool,
+    /// Whether the last wait for the replicas ended short of them (said once, not every
+    /// round).
+    held_back: bool,
     /// Whether the users registered without the directory were queued (once per process).
     backfilled: bool,
 }
@@ -54,7 +67,9 @@ impl Publisher {
             lease: settings.lease(),
             interval: settings.epoch_interval(),
             max_entries: settings.max_epoch_entries,
+            replicas: ReplicaWait { at_most: settings.replicas_to_wait, timeout: settings.replica_wait() },
             holding: false,
+            held_back: false,
             backfilled: false,
         })
     }
@@ -96,7 +111,10 @@ impl Publisher {
             return Ok(());
         }
         let EpochHash(epoch, root) = self.directory.get_epoch_hash().await.map_err(text)?;
-        self.record_root(epoch, root).await?;
+        if self.record_root(epoch, root).await? == Rooting::HeldBack {
+            self.report_epoch().await;
+            return Ok(());
+        }
         if !self.backfilled {
             // Users registered before the directory existed or while it was off: queued like
             // registrations (akd makes no second version of one already published).
@@ -120,8 +138,20 @@ impl Publisher {
             .map(|p| (super::label(&p.user), AkdValue(p.public_key.into_bytes())))
             .collect::<Vec<(AkdLabel, AkdValue)>>();
         let started = Instant::now();
+        // A replica that lags holds the epoch back before it is written, too: once written,
+        // every lookup waits for its root (akd answers at the tree's latest epoch), while
+        // unwritten the directory goes on answering at the last root.
+        if !self.replicated(epoch + 1).await? {
+            self.report_epoch().await;
+            return Ok(());
+        }
         let EpochHash(published, root) = self.publish(updates).await?;
-        self.record_root(published, root).await?;
+        if self.record_root(published, root).await? == Rooting::HeldBack {
+            // Its entries wait too: published (akd skips them next round), cleared once the
+            // root is recorded.
+            self.report_epoch().await;
+            return Ok(());
+        }
         metrics::histogram!(metric::DIRECTORY_PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::gauge!(metric::DIRECTORY_EPOCH).set(published as f64);
         self.engine.published(&users).await.map_err(text)?;
@@ -151,16 +181,49 @@ impl Publisher {
         }
     }
 
-    /// Records `epoch`'s root unless it is recorded (epoch 0, the empty directory, has none).
-    async fn record_root(&self, epoch: u64, root: [u8; 32]) -> Result<(), String> {
+    /// Records `epoch`'s root unless it is recorded (epoch 0, the empty directory, has none),
+    /// once the replicas have the epoch; else it is held back for the next round.
+    async fn record_root(&mut self, epoch: u64, root: [u8; 32]) -> Result<Rooting, String> {
         if epoch == 0 {
-            return Ok(());
+            return Ok(Rooting::Recorded);
         }
         let rooted = self.engine.rooted_epoch().await.map_err(text)?;
-        if epoch > rooted {
-            self.engine.add_root(epoch, root).await.map_err(text)?;
+        if epoch <= rooted {
+            return Ok(Rooting::Recorded);
         }
-        Ok(())
+        if !self.replicated(epoch).await? {
+            return Ok(Rooting::HeldBack);
+        }
+        self.engine.add_root(epoch, root).await.map_err(text)?;
+        Ok(Rooting::Recorded)
+    }
+
+    /// Whether the store's replicas have everything written so far (`epoch`: the epoch that
+    /// waits on them, for the log), renewing the lease on the way.
+    async fn replicated(&mut self, epoch: u64) -> Result<bool, String> {
+        match self.engine.await_replicas(&self.holder, self.lease, self.replicas).await.map_err(text)? {
+            Replication::Copied => {
+                if std::mem::take(&mut self.held_back) {
+                    tracing::info!(epoch, "key directory: the Redis replicas caught up; publishing goes on");
+                }
+                Ok(true)
+            }
+            Replication::Short { wanted, acknowledged } => {
+                metrics::counter!(metric::DIRECTORY_UNREPLICATED).increment(1);
+                if !std::mem::replace(&mut self.held_back, true) {
+                    tracing::warn!(
+                        epoch,
+                        wanted,
+                        acknowledged,
+                        timeout_ms = self.replicas.timeout.as_millis() as u64,
+                        "key directory: the Redis replicas have not acknowledged what was written; no new root is served until they do (asked again every epoch)"
+                    );
+                }
+                Ok(false)
+            }
+            // The next round finds out (`hold_lease`) and says so.
+            Replication::LeaseLost => Ok(false),
+        }
     }
 
     /// A replica that does not publish still reports where the directory is.
@@ -172,6 +235,16 @@ impl Publisher {
             metrics::gauge!(metric::DIRECTORY_PENDING).set(count as f64);
         }
     }
+}
+
+/// What became of a root to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rooting {
+    /// Recorded now or before: served.
+    Recorded,
+    /// Not recorded this round (the replicas did not acknowledge its epoch in time, or the
+    /// lease was lost): nothing more is published until it is.
+    HeldBack,
 }
 
 fn text(e: impl std::fmt::Display) -> String {

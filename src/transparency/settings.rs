@@ -21,6 +21,16 @@ pub struct DirectorySettings {
     pub max_epoch_entries: usize,
     /// Epochs one `GET /directory/audit/…` answers at most (a longer range is cut short).
     pub max_audit_epochs: u64,
+    /// How many of the Redis master's replicas must have acknowledged what was written before
+    /// an epoch is written and before its root is recorded (served): at most this many of
+    /// those online. Unset: every replica online (none on a lone Redis); 0: no wait.
+    /// Replication is asynchronous: an epoch served before a replica had it is lost when that
+    /// replica is promoted, and its next version is another root for the same epoch, a fork to
+    /// every client that kept the first.
+    pub replicas_to_wait: Option<u32>,
+    /// How long the publisher waits for those replicas (`WAIT`) before it leaves the rest of
+    /// its work for the next round. Unset: `epoch_interval_ms`.
+    pub replica_wait_ms: Option<u64>,
     /// `kid:base64seed` entries (`ENIGMA__DIRECTORY__SIGNING_KEYS`, comma-separated), each a
     /// 32-byte Ed25519 seed: the first signs every root served. Empty: one key generated once
     /// and kept in Redis or the embedded engine's data file (memory engine: per process).
@@ -39,6 +49,8 @@ impl Default for DirectorySettings {
             lease_ms: 5000,
             max_epoch_entries: 10_000,
             max_audit_epochs: 256,
+            replicas_to_wait: None,
+            replica_wait_ms: None,
             signing_keys: Vec::new(),
             vrf_key: None,
         }
@@ -59,6 +71,10 @@ impl DirectorySettings {
 
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn replica_wait(&self) -> Duration {
+        Duration::from_millis(self.replica_wait_ms.unwrap_or(self.epoch_interval_ms))
     }
 
     /// The configured signing keys, the signing one first.
@@ -87,6 +103,15 @@ impl DirectorySettings {
         }
         if self.max_audit_epochs == 0 {
             return Err(("directory.max_audit_epochs", "must be greater than zero".into()));
+        }
+        if let Some(wait) = self.replica_wait_ms {
+            // The wait renews the lease as it starts, the next round after the interval.
+            if wait == 0 || wait > self.lease_ms.saturating_sub(self.epoch_interval_ms) {
+                return Err((
+                    "directory.replica_wait_ms",
+                    "must be greater than zero and at most directory.lease_ms minus directory.epoch_interval_ms (the lease must outlast a round that waits)".into(),
+                ));
+            }
         }
         let keys = self.parsed_signing_keys().map_err(|reason| ("directory.signing_keys", reason))?;
         let mut ids: Vec<&str> = keys.iter().map(|key| key.id.as_str()).collect();
@@ -148,5 +173,17 @@ mod tests {
         assert_eq!(s.parsed_vrf_key().unwrap(), Some([7; 32]));
         s.epoch_interval_ms = 0;
         assert_eq!(s.validate().unwrap_err().0, "directory.epoch_interval_ms");
+    }
+
+    #[test]
+    fn the_replica_wait_fits_in_the_lease() {
+        let mut s = DirectorySettings::default();
+        assert_eq!(s.replica_wait(), s.epoch_interval(), "an epoch's replicas have until the next one is due");
+        s.replica_wait_ms = Some(4000);
+        s.validate().unwrap();
+        for bad in [0, 4001] {
+            s.replica_wait_ms = Some(bad);
+            assert_eq!(s.validate().unwrap_err().0, "directory.replica_wait_ms", "{bad}");
+        }
     }
 }

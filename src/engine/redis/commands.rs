@@ -43,11 +43,13 @@ pub(super) enum Command {
     DirectoryWrite,
     /// Taking or renewing the publisher's lease.
     DirectoryLease,
+    /// Waiting for the replicas to acknowledge an epoch (`WAIT`), before its root is recorded.
+    DirectoryWait,
 }
 
 impl Command {
     /// Every command, in declaration order (the histograms are indexed by discriminant).
-    const ALL: [Command; 21] = [
+    const ALL: [Command; 22] = [
         Command::Send,
         Command::Remove,
         Command::Attach,
@@ -69,6 +71,7 @@ impl Command {
         Command::DirectoryRead,
         Command::DirectoryWrite,
         Command::DirectoryLease,
+        Command::DirectoryWait,
     ];
 
     /// The metric label: dashboards and alerts select by these, so they never change.
@@ -95,6 +98,7 @@ impl Command {
             Command::DirectoryRead => "directory_read",
             Command::DirectoryWrite => "directory_write",
             Command::DirectoryLease => "directory_lease",
+            Command::DirectoryWait => "directory_wait",
         }
     }
 

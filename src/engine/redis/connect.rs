@@ -1,13 +1,14 @@
-//! Connecting: which kind of Redis to reach and how (`Connector`), the engine's two live
-//! connections (`Connections`: commands, subscriptions), and the first connection's retry.
+//! Connecting: which kind of Redis to reach and how (`Connector`), the engine's live
+//! connections (`Connections`: commands, subscriptions, the key directory's), and the first
+//! connection's retry.
 
 use std::future::Future;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::{ProtocolVersion, RedisResult};
 
 use super::super::unavailable::{Unavailable, is_loading};
@@ -102,6 +103,21 @@ impl Connector {
         }
     }
 
+    /// A command connection whose answers may take `wait` longer than a command's (`WAIT`).
+    async fn waiting(&self, timeout: Duration, wait: Duration) -> RedisResult<Conn> {
+        let config = || Self::config(timeout).set_response_timeout(Some(timeout + wait));
+        match self {
+            Connector::Single { client, .. } => {
+                client.get_connection_manager_with_config(config()).await.map(Conn::Single)
+            }
+            Connector::Sentinel(sentinel) => sentinel.connect(Role::Commands, config()).await,
+            Connector::Cluster { client, .. } => {
+                let config = ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout + wait);
+                client.get_async_connection_with_config(config).await.map(Conn::Cluster)
+            }
+        }
+    }
+
     pub(super) async fn pubsub(&self, push: &PushHandler, timeout: Duration) -> RedisResult<Conn> {
         match self {
             Connector::Single { pubsub_client, .. } => {
@@ -118,7 +134,7 @@ impl Connector {
     }
 }
 
-/// The two connections, replaceable when one goes dead, and how to make new ones.
+/// The connections, replaceable when one goes dead, and how to make new ones.
 pub(super) struct Connections {
     cmd: RwLock<Conn>,
     pubsub: RwLock<Conn>,
@@ -127,6 +143,10 @@ pub(super) struct Connections {
     /// command it carries while it refreshes its slots. Kept apart, a directory retrying on an
     /// unreachable shard never holds up the messages of users on the reachable ones.
     directory: RwLock<Conn>,
+    /// The key directory publisher's connection for `WAIT`, made when first needed and dropped
+    /// when it fails or the others are made anew: `WAIT` holds up the connection it is sent on
+    /// until the replicas answer, and the directory connection carries this replica's proofs.
+    waiting: Mutex<Option<Conn>>,
     pub(super) connector: Connector,
     /// Where every subscription connection made (or made anew) sends its pushes.
     push: PushHandler,
@@ -151,6 +171,7 @@ impl Connections {
             cmd: RwLock::new(cmd),
             pubsub: RwLock::new(pubsub),
             directory: RwLock::new(directory),
+            waiting: Mutex::new(None),
             connector,
             push,
             timeout,
@@ -166,6 +187,19 @@ impl Connections {
     }
     pub(super) fn directory(&self) -> Conn {
         self.directory.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// The publisher's connection for `WAIT` (answers may take `wait` longer than a command's).
+    pub(super) async fn waiting(&self, wait: Duration) -> RedisResult<Conn> {
+        if let Some(con) = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(con);
+        }
+        let con = self.connector.waiting(self.timeout, wait).await?;
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(con.clone());
+        Ok(con)
+    }
+    /// Drops the `WAIT` connection (it failed): the next wait makes a new one.
+    pub(super) fn drop_waiting(&self) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
     /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
     pub(super) fn publish_command(&self) -> &'static str {
@@ -187,6 +221,8 @@ impl Connections {
         *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = cmd;
         *self.pubsub.write().unwrap_or_else(|e| e.into_inner()) = pubsub;
         *self.directory.write().unwrap_or_else(|e| e.into_inner()) = directory;
+        // Made anew when next needed, to the master the others reached.
+        self.drop_waiting();
         Ok(())
     }
     pub(super) fn is_cluster(&self) -> bool {

@@ -9,6 +9,10 @@ use crate::limits::bucket::Subject;
 use crate::limits::storage::Holder;
 use crate::protocol::UserId;
 
+/// The hash tag of every key of the verifiable key directory (`Keys::tree`): they share a
+/// Redis Cluster slot.
+pub(super) const TREE_TAG: &str = "kt";
+
 /// The keys of the verifiable key directory (`Keys::tree`).
 #[derive(Clone, Copy)]
 pub(super) enum TreePart<'a> {
@@ -120,7 +124,7 @@ impl Keys {
             TreePart::Lease => "lease".into(),
             TreePart::Secret(name) => format!("secret:{name}"),
         };
-        format!("{}kt:{{kt}}:{part}", self.prefix)
+        format!("{}kt:{{{TREE_TAG}}}:{part}", self.prefix)
     }
     /// The user of a doorbell channel name, if it is one of ours.
     pub(super) fn channel_user(&self, channel: &[u8]) -> Option<UserId> {

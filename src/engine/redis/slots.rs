@@ -32,7 +32,7 @@ pub(super) fn first_range_per_master(reply: &Value) -> Vec<(u16, u16)> {
 }
 
 /// The Redis Cluster slot of a key or hash tag (CRC16/XMODEM modulo 16384).
-fn slot_of(tag: &[u8]) -> u16 {
+pub(super) fn slot_of(tag: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
 }
 

@@ -7,7 +7,9 @@
 //! An epoch is written only by the holder of the publisher's lease and only on top of the
 //! epoch before it (`tree_commit.lua`): a publisher paused past its lease, or two that both
 //! think they hold it, cannot write the same epoch twice. Roots are a list, epoch 1 first;
-//! one is appended only after the last and never replaced (`tree_root.lua`).
+//! one is appended only after the last and never replaced (`tree_root.lua`), and only once the
+//! master's replicas have the epoch (`await_replicas`): replication is asynchronous, and a
+//! replica promoted without an epoch whose root was served would get that epoch written anew.
 //!
 //! A registration is written as waiting (`pending`) before its record and its key index
 //! (`login.rs`): a crash between them leaves an entry whose registration never completed. The
@@ -21,13 +23,13 @@ use futures_util::{StreamExt, stream};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, Script, Value};
 
-use super::commands::{Command, once_loaded};
+use super::commands::{Command, once_loaded, timed};
 use super::conn::{CLUSTER_CONCURRENCY, Conn};
-use super::keys::TreePart;
-use super::slots::first_range_per_master;
+use super::keys::{TREE_TAG, TreePart};
+use super::slots::{first_range_per_master, slot_of};
 use super::{RedisEngine, parse_indexed};
 use crate::auth::canonical::index_material;
-use crate::engine::tree::batch::{Pending, Secret, TreeBatch, TreeWrite};
+use crate::engine::tree::batch::{Pending, ReplicaWait, Replication, Secret, TreeBatch, TreeWrite};
 use crate::engine::unavailable::Unavailable;
 use crate::protocol::UserId;
 
@@ -143,6 +145,76 @@ impl RedisEngine {
         let held: u64 =
             this.timed(Command::DirectoryLease, hold.invoke_async(&mut this.connections.directory())).await?;
         Ok(held == 1)
+    }
+
+    /// `Engine::await_replicas`: the replicas the master of the directory's keys has online
+    /// (`ROLE`), at most `wait.at_most` of them; if there are any, the lease is renewed and
+    /// `WAIT` sent for them, both on a connection of their own (`Connections::waiting`).
+    /// `WAIT` waits for what the connection it is sent on wrote: the renewal, a write after
+    /// everything the master took before it, puts all of that under the wait (an epoch, a
+    /// reconnect ago or written by a publisher that died, too).
+    pub async fn await_replicas(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        wait: ReplicaWait,
+    ) -> Result<Replication, Unavailable> {
+        // 0 asks for no wait: no need to ask how many replicas there are.
+        let most = wait.at_most.unwrap_or(u32::MAX);
+        if most == 0 {
+            return Ok(Replication::Copied);
+        }
+        let wanted = most.min(self.online_replicas().await?);
+        if wanted == 0 {
+            return Ok(Replication::Copied);
+        }
+        let waited = self.wait_for(holder, ttl, wanted, wait.timeout).await;
+        if waited.is_err() {
+            self.inner.connections.drop_waiting();
+        }
+        waited
+    }
+
+    async fn wait_for(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        wanted: u32,
+        timeout: Duration,
+    ) -> Result<Replication, Unavailable> {
+        let this = &self.inner;
+        let mut con =
+            this.connections.waiting(timeout).await.map_err(|e| Unavailable::redis_while("connecting for WAIT", e))?;
+        let mut hold = LEASE.prepare_invoke();
+        hold.key(this.keys.tree(TreePart::Lease)).arg(holder).arg(ttl.as_millis() as u64);
+        let held: u64 = this.timed(Command::DirectoryLease, hold.invoke_async(&mut con)).await?;
+        if held != 1 {
+            return Ok(Replication::LeaseLost);
+        }
+        // `WAIT n 0` would wait for ever.
+        let mut ask = redis::cmd("WAIT");
+        ask.arg(wanted).arg((timeout.as_millis() as u64).max(1));
+        let answer = timed(Command::DirectoryWait, this.timeout + timeout, on_tree_master(&mut con, ask)).await?;
+        let acknowledged: u32 = redis::from_redis_value(answer).map_err(|e| Unavailable::said(e.to_string()))?;
+        Ok(match acknowledged >= wanted {
+            true => Replication::Copied,
+            false => Replication::Short { wanted, acknowledged },
+        })
+    }
+
+    /// How many replicas the master of the directory's keys has online: `ROLE` lists those.
+    async fn online_replicas(&self) -> Result<u32, Unavailable> {
+        let this = &self.inner;
+        let mut con = this.connections.directory();
+        let role = this.timed(Command::DirectoryRead, on_tree_master(&mut con, redis::cmd("ROLE"))).await?;
+        let Value::Array(fields) = role else {
+            return Err(Unavailable::said("ROLE answered something else than a list"));
+        };
+        match fields.as_slice() {
+            [Value::BulkString(role), _, Value::Array(replicas), ..] if role == b"master" => Ok(replicas.len() as u32),
+            [Value::SimpleString(role), _, Value::Array(replicas), ..] if role == "master" => Ok(replicas.len() as u32),
+            _ => Err(Unavailable::said("the key directory's Redis is not a master (ROLE)")),
+        }
     }
 
     pub async fn shared_secret(&self, secret: Secret, candidate: &str) -> Result<String, Unavailable> {
@@ -332,6 +404,19 @@ impl RedisEngine {
             return Ok(added.iter().sum());
         }
         Ok(0)
+    }
+}
+
+/// Sends `command` to the master of the directory's keys: on a cluster, the one owning their
+/// slot (a command without a key would go to any node, or to every master).
+async fn on_tree_master(con: &mut Conn, command: redis::Cmd) -> redis::RedisResult<Value> {
+    match con {
+        Conn::Cluster(con) => {
+            let slot = slot_of(TREE_TAG.as_bytes());
+            let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+            con.route_command(command, to).await
+        }
+        Conn::Single(_) => command.query_async(con).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the engines keep for the verifiable key directory, as plain values: akd's records as
-//! opaque bytes, how a batch of them is written, a registration waiting to be published, the
-//! generated secrets, and what the embedded engine's data file holds of it all.
+//! opaque bytes, how a batch of them is written, the wait for the store's replicas, a
+//! registration waiting to be published, the generated secrets, and what the embedded engine's
+//! data file holds of it all.
 
 use crate::protocol::UserId;
 
@@ -29,6 +30,27 @@ pub enum TreeWrite {
     /// Epoch `epoch`'s records, all or none; on Redis only while `holder` holds the lease
     /// and the directory is at `epoch - 1`.
     Epoch { epoch: u64, holder: String },
+}
+
+/// What the publisher waits for before it records an epoch's root: the store's replicas
+/// acknowledging everything written so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// At most this many of the replicas online (`None`: all of them; 0: none).
+    pub at_most: Option<u32>,
+    /// How long to wait for their acknowledgements.
+    pub timeout: std::time::Duration,
+}
+
+/// How a wait for the replicas ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// Every replica waited for has it (or there was none to wait for).
+    Copied,
+    /// Only `acknowledged` of the `wanted` replicas had it when the wait ended.
+    Short { wanted: u32, acknowledged: u32 },
+    /// The publisher no longer holds the lease: it records nothing.
+    LeaseLost,
 }
 
 /// A registration waiting to be published.

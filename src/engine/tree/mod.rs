@@ -9,7 +9,7 @@ pub mod state;
 
 use std::time::Duration;
 
-use self::batch::{Pending, Secret, TreeBatch, TreeWrite};
+use self::batch::{Pending, ReplicaWait, Replication, Secret, TreeBatch, TreeWrite};
 use super::Engine;
 use super::unavailable::Unavailable;
 use crate::protocol::UserId;
@@ -62,6 +62,23 @@ impl Engine {
         match self {
             Engine::Memory(e) => e.add_root(epoch, hash).await,
             Engine::Redis(e) => e.add_root(epoch, hash).await,
+        }
+    }
+
+    /// Renews `holder`'s lease for `ttl`, then waits until the replicas `wait` names have
+    /// everything the store took before the renewal (an epoch's records, whoever wrote them).
+    /// The publisher calls it before it records a root: an epoch served before a replica had
+    /// it would be lost, and written anew (another root), when that replica is promoted. One
+    /// process (memory, embedded) has no replicas.
+    pub async fn await_replicas(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        wait: ReplicaWait,
+    ) -> Result<Replication, Unavailable> {
+        match self {
+            Engine::Memory(_) => Ok(Replication::Copied),
+            Engine::Redis(e) => e.await_replicas(holder, ttl, wait).await,
         }
     }
 
