@@ -20,8 +20,10 @@ pub mod routes;
 pub mod settings;
 pub mod store;
 
+use std::time::{Duration, Instant};
+
 use akd::errors::{AkdError, StorageError};
-use akd::{AkdLabel, AzksParallelismConfig, Directory, EpochHash, HistoryParams};
+use akd::{AkdLabel, AppendOnlyProof, AzksParallelismConfig, Directory, EpochHash, HistoryParams};
 use enigma_verify::Config;
 use enigma_verify::proof::{ProofEncodeError, encode_audit, encode_history, encode_lookup};
 use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
@@ -77,7 +79,12 @@ pub struct Transparency {
     vrf: VrfKey,
     vrf_public_key: [u8; 32],
     max_audit_epochs: u64,
+    max_audit_entries: usize,
 }
+
+/// The work one audit answer does at most past its first epoch (see `Transparency::audit`):
+/// far below the request's timeout on a loaded machine.
+const AUDIT_BUDGET: Duration = Duration::from_secs(2);
 
 impl Transparency {
     /// The directory over `engine`, with its keys (generated once when not configured).
@@ -92,6 +99,7 @@ impl Transparency {
             vrf,
             vrf_public_key,
             max_audit_epochs: settings.max_audit_epochs,
+            max_audit_entries: settings.max_audit_entries,
         })
     }
 
@@ -156,8 +164,12 @@ impl Transparency {
         Ok(HistoryAnswer { root, user_id: user.as_str().to_owned(), proof: encode_history(&proof)? })
     }
 
-    /// The append-only proof from `from` to `to` (at most `directory.max_audit_epochs` epochs:
-    /// a longer range is cut short) with the signed roots of every epoch in it.
+    /// The append-only proof from `from` towards `to`, cut short (`to` then says where it
+    /// stopped) after `directory.max_audit_epochs` epochs or, past the first epoch, once the
+    /// epochs taken add up to `directory.max_audit_entries` entries or `AUDIT_BUDGET` of work:
+    /// an epoch's proof grows with the registrations it published, so a bound in epochs alone
+    /// let an answer over a large directory outlast the request's timeout (every answer is then
+    /// refused, and nobody can audit). With the signed roots of every epoch in it.
     pub async fn audit(&self, from: u64, to: u64) -> Result<AuditAnswer, ReadError> {
         if from == 0 {
             return Err(ReadError::BadRange("epochs start at 1".into()));
@@ -169,12 +181,24 @@ impl Transparency {
         if to > latest {
             return Err(ReadError::BadRange(format!("to ({to}) is beyond the latest epoch ({latest})")));
         }
-        let to = to.min(from.saturating_add(self.max_audit_epochs));
+        let last = to.min(from.saturating_add(self.max_audit_epochs));
+        // One epoch at a time (akd's proof of a range is its epochs' proofs side by side).
+        let started = Instant::now();
+        let (mut proof, mut entries, mut to) = (AppendOnlyProof { proofs: Vec::new(), epochs: Vec::new() }, 0, from);
+        while to < last {
+            let step = self.reader.audit(to, to + 1).await?;
+            entries += step.proofs.iter().map(|p| p.inserted.len()).sum::<usize>();
+            proof.proofs.extend(step.proofs);
+            proof.epochs.extend(step.epochs);
+            to += 1;
+            if entries >= self.max_audit_entries || started.elapsed() >= AUDIT_BUDGET {
+                break;
+            }
+        }
         let hashes = self.engine.roots(from, to).await?;
         if hashes.len() as u64 != to - from + 1 {
             return Err(ReadError::Unavailable(format!("roots of epochs {from} to {to} missing")));
         }
-        let proof = self.reader.audit(from, to).await?;
         let roots = (from..=to).zip(&hashes).map(|(epoch, hash)| self.sign(epoch, hash)).collect();
         Ok(AuditAnswer { from, to, roots, proof: encode_audit(&proof)? })
     }

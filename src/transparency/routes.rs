@@ -102,7 +102,8 @@ pub(crate) async fn history(
 /// The append-only proof between two epochs, with the signed root of every epoch between.
 ///
 /// `{"from", "to", "roots", "proof"}`; `proof` is akd's `AppendOnlyProof` (protobuf, base64).
-/// At most `directory.max_audit_epochs` epochs (256) per answer: `to` then says where it
+/// At most `directory.max_audit_epochs` epochs (256) per answer and, past its first epoch, at
+/// most `directory.max_audit_entries` entries (4,000) or 2 s of work: `to` then says where it
 /// stopped, and the client asks again from there.
 #[utoipa::path(get, path = "/directory/audit/{fromEpoch}/{toEpoch}", tag = "key directory",
     params(

@@ -21,6 +21,9 @@ pub struct DirectorySettings {
     pub max_epoch_entries: usize,
     /// Epochs one `GET /directory/audit/…` answers at most (a longer range is cut short).
     pub max_audit_epochs: u64,
+    /// Entries (registrations published) one `GET /directory/audit/…` answer covers at most,
+    /// past its first epoch: a longer range is cut short after the epoch that reaches it.
+    pub max_audit_entries: usize,
     /// How many of the Redis master's replicas must have acknowledged what was written before
     /// an epoch is written and before its root is recorded (served): at most this many of
     /// those online. Unset: every replica online (none on a lone Redis); 0: no wait.
@@ -47,8 +50,9 @@ impl Default for DirectorySettings {
             enabled: true,
             epoch_interval_ms: 1000,
             lease_ms: 5000,
-            max_epoch_entries: 10_000,
+            max_epoch_entries: 2_000,
             max_audit_epochs: 256,
+            max_audit_entries: 4_000,
             replicas_to_wait: None,
             replica_wait_ms: None,
             signing_keys: Vec::new(),
@@ -103,6 +107,9 @@ impl DirectorySettings {
         }
         if self.max_audit_epochs == 0 {
             return Err(("directory.max_audit_epochs", "must be greater than zero".into()));
+        }
+        if self.max_audit_entries == 0 {
+            return Err(("directory.max_audit_entries", "must be greater than zero".into()));
         }
         if let Some(wait) = self.replica_wait_ms {
             // The wait renews the lease as it starts, the next round after the interval.

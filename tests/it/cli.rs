@@ -1193,8 +1193,15 @@ async fn enigma_audit_verifies_thousands_of_registrations() {
     assert!(out.contains(&format!("epochs:      1 to {epochs} (every root signed by ")), "{out}");
     assert!(out.contains("every step append-only"), "{out}");
     assert!(out.contains("entries:     1999 added after epoch 1"), "{out}");
-    let answers = (epochs - 1).div_ceil(MAX_AUDIT_EPOCHS);
-    assert!(out.contains(&format!("answers:     {answers} audit answers in ")), "{out}");
+    // At least one answer per `MAX_AUDIT_EPOCHS` epochs; more where one stopped at its budget of
+    // work (2 s: a debug build on a busy machine).
+    let fewest = (epochs - 1).div_ceil(MAX_AUDIT_EPOCHS);
+    let answers: u64 = out
+        .split_once("answers:     ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no answer count: {out}"));
+    assert!((fewest..epochs).contains(&answers), "{answers} answers for {epochs} epochs: {out}");
     let hash = root["rootHash"].as_str().expect("a root hash");
     assert!(out.contains(&format!("kept root:   {epochs}:{hash}")), "{out}");
     let pins = std::fs::read_to_string(key.with_file_name("auditor.key.pins.json")).unwrap();

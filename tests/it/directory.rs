@@ -229,6 +229,31 @@ async fn thousands_of_registrations_then_a_full_audit() {
     }
 }
 
+/// An audit answer is bounded by the entries its epochs published, not by epochs alone: over a
+/// large directory a range of epochs outlasted the request's timeout and nobody could audit.
+/// Here epochs of at most 50 entries and answers of at most 100: a range asked whole is cut
+/// short after the epoch that reaches 100, and the rest is audited answer by answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_answer_stops_at_its_entry_budget() {
+    let redis = Redis::start();
+    let config = fast(ServerConfig::redis(&redis))
+        .with("ENIGMA__DIRECTORY__MAX_EPOCH_ENTRIES", 50)
+        .with("ENIGMA__DIRECTORY__MAX_AUDIT_ENTRIES", 100);
+    let s = Server::start(&config);
+    register(&s, 400).await;
+    let latest = settled(&s).await;
+    assert!(latest.epoch >= 8, "400 registrations in epochs of at most 50: epoch {}", latest.epoch);
+    let (status, answer, body) = get_json::<AuditAnswer>(&s, &format!("/directory/audit/1/{}", latest.epoch)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = answer.expect("an AuditAnswer");
+    let proof = decode_audit(&answer.proof).expect("an append-only proof");
+    let entries: usize = proof.proofs.iter().map(|step| step.inserted.len()).sum();
+    assert!(answer.to > 1 && answer.to < latest.epoch, "answered epochs 1 to {} of {}", answer.to, latest.epoch);
+    assert!((100..150).contains(&entries), "{entries} entries in epochs 1 to {}", answer.to);
+    let roots = audit(&s, latest.epoch).await;
+    assert_eq!(roots.len() as u64, latest.epoch);
+}
+
 /// Two replicas on one Redis: the publisher is SIGKILLed; the other takes the lease within a
 /// few seconds and the epochs go on from where they were, every earlier root unchanged.
 #[tokio::test(flavor = "multi_thread")]
