@@ -28,18 +28,30 @@ use std::time::{Duration, Instant};
 use akd::{AkdLabel, AkdValue, EpochHash};
 use tokio_util::sync::CancellationToken;
 
+use super::keys::VrfKey;
 use super::settings::DirectorySettings;
 use super::store::EngineStore;
-use super::{AkdDirectory, Transparency, open};
+use super::{AkdDirectory, Transparency, open, open_with_cache};
 use crate::engine::Engine;
 use crate::engine::tree::batch::{ReplicaWait, Replication};
 use crate::engine::unavailable::Unavailable;
 use crate::protocol::UserId;
 use crate::telemetry::metric;
 
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Published an epoch of `directory.max_epoch_entries`: more may be waiting.
+    Full,
+    /// Anything else: nothing to publish, not the lease holder, held back, or published all.
+    Done,
+}
+
 pub struct Publisher {
     engine: Engine,
     directory: AkdDirectory,
+    /// The VRF key, for each round's own directory (`publish`).
+    vrf: VrfKey,
     /// Who this replica is to the lease.
     holder: String,
     lease: Duration,
@@ -63,6 +75,7 @@ impl Publisher {
         Ok(Self {
             engine,
             directory,
+            vrf: transparency.vrf().clone(),
             holder,
             lease: settings.lease(),
             interval: settings.epoch_interval(),
@@ -92,14 +105,24 @@ impl Publisher {
                 _ = stop.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            if let Err(e) = self.round().await {
-                tracing::warn!(error = %e, "key directory: publishing failed; retrying next epoch");
+            // A full epoch may leave more waiting: the next goes at once (a backlog — a burst
+            // of registrations, the users from before the directory — is published as fast as
+            // epochs can be made, not one epoch per interval).
+            loop {
+                match self.round().await {
+                    Ok(Round::Full) if !stop.is_cancelled() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key directory: publishing failed; retrying next epoch");
+                        break;
+                    }
+                }
             }
         }
     }
 
     /// One epoch's work (nothing unless this replica holds the lease).
-    pub async fn round(&mut self) -> Result<(), String> {
+    pub async fn round(&mut self) -> Result<Round, String> {
         let held = self.engine.hold_lease(&self.holder, self.lease).await.map_err(text)?;
         if held != self.holding {
             self.holding = held;
@@ -108,12 +131,12 @@ impl Publisher {
         }
         if !held {
             self.report_epoch().await;
-            return Ok(());
+            return Ok(Round::Done);
         }
         let EpochHash(epoch, root) = self.directory.get_epoch_hash().await.map_err(text)?;
         if self.record_root(epoch, root).await? == Rooting::HeldBack {
             self.report_epoch().await;
-            return Ok(());
+            return Ok(Round::Done);
         }
         if !self.backfilled {
             // Users registered before the directory existed or while it was off: queued like
@@ -130,8 +153,9 @@ impl Publisher {
         }
         if pending.is_empty() {
             metrics::gauge!(metric::DIRECTORY_EPOCH).set(epoch as f64);
-            return Ok(());
+            return Ok(Round::Done);
         }
+        let full = pending.len() >= self.max_entries;
         let users: Vec<UserId> = pending.iter().map(|p| p.user.clone()).collect();
         let updates = pending
             .into_iter()
@@ -143,14 +167,14 @@ impl Publisher {
         // unwritten the directory goes on answering at the last root.
         if !self.replicated(epoch + 1).await? {
             self.report_epoch().await;
-            return Ok(());
+            return Ok(Round::Done);
         }
         let EpochHash(published, root) = self.publish(updates).await?;
         if self.record_root(published, root).await? == Rooting::HeldBack {
             // Its entries wait too: published (akd skips them next round), cleared once the
             // root is recorded.
             self.report_epoch().await;
-            return Ok(());
+            return Ok(Round::Done);
         }
         metrics::histogram!(metric::DIRECTORY_PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::gauge!(metric::DIRECTORY_EPOCH).set(published as f64);
@@ -158,14 +182,19 @@ impl Publisher {
         if published > epoch {
             tracing::debug!(epoch = published, entries = users.len(), "key directory: epoch published");
         }
-        Ok(())
+        Ok(if full { Round::Full } else { Round::Done })
     }
 
     /// akd's publication, with the lease renewed meanwhile (a large epoch may take longer than
     /// the lease). Never cancelled halfway: akd's transaction would stay open; a publication
-    /// that outlived a lost lease is refused by the engine when it writes.
+    /// that outlived a lost lease is refused by the engine when it writes. On a directory of
+    /// its own with a node cache (`open_with_cache`): akd then reads the nodes the epoch
+    /// touches in one batch per tree level instead of one round trip per node, and the cache
+    /// ends with the round, so nothing another publisher wrote meanwhile is read stale.
     async fn publish(&self, updates: Vec<(AkdLabel, AkdValue)>) -> Result<EpochHash, String> {
-        let publish = self.directory.publish(updates);
+        let store = EngineStore::publisher(self.engine.clone(), self.holder.clone());
+        let directory = open_with_cache(store, self.vrf.clone()).await.map_err(text)?;
+        let publish = directory.publish(updates);
         tokio::pin!(publish);
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.tick().await;

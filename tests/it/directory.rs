@@ -254,6 +254,30 @@ async fn an_audit_answer_stops_at_its_entry_budget() {
     assert_eq!(roots.len() as u64, latest.epoch);
 }
 
+/// A backlog larger than one epoch is published epoch after epoch at once, not one epoch per
+/// interval: at 2,000 entries an epoch and one epoch a second, a directory took 50 s to publish
+/// 100,000 users and fell behind any sustained 2,000 registrations a second. Here 250 users
+/// at 50 an epoch, one epoch every 5 s: one interval (plus the work), where one epoch per
+/// interval needs five.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_is_published_without_waiting_an_interval_per_epoch() {
+    let redis = Redis::start();
+    let config = ServerConfig::redis(&redis)
+        .with("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", 5000)
+        .with("ENIGMA__DIRECTORY__LEASE_MS", 10_000)
+        .with("ENIGMA__DIRECTORY__MAX_EPOCH_ENTRIES", 50);
+    let s = Server::start(&config);
+    register(&s, 250).await;
+    let registered = std::time::Instant::now();
+    wait_until("the 250 users published", Duration::from_secs(15), || async {
+        s.metric("enigma_directory_pending").await == 0.0 && s.get("/directory/root").await.0 == 200
+    })
+    .await;
+    let latest = root(&s).await;
+    assert!(latest.epoch >= 5, "250 users at most 50 an epoch: epoch {}", latest.epoch);
+    println!("250 users in {} epochs published {:?} after the last registration", latest.epoch, registered.elapsed());
+}
+
 /// Two replicas on one Redis: the publisher is SIGKILLed; the other takes the lease within a
 /// few seconds and the epochs go on from where they were, every earlier root unchanged.
 #[tokio::test(flavor = "multi_thread")]
