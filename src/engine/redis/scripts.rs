@@ -19,8 +19,8 @@ use crate::protocol::MsgId;
 /// The inbox's share record (a hash in the same slot) counts what each sender has waiting
 /// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
 /// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
-/// Per message it runs eight commands (EXISTS, HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET,
-/// PUBLISH; seven with no strangers' pool): the
+/// Per message it runs seven commands (HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET, GET or
+/// PUBLISH; six with no strangers' pool): the
 /// share counts are read once and written in one HSET, and the TTLs are refreshed only when the
 /// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL:
 /// both keys then expire `ttl + ttl/64` after it, so never sooner than `ttl` after the last
@@ -30,6 +30,12 @@ use crate::protocol::MsgId;
 /// outside — an operator's `DEL`, eviction, which `maxmemory-policy noeviction` rules out —
 /// could leave the share record without its inbox: the inbox recreated then gets its expiry at
 /// the next refresh, at most `ttl/64` later, if another message comes.)
+/// The recipient check costs no command of its own: user records are never deleted, only
+/// expire, so `HINCRBY seq` answers 1 only for a user's first message ever or for a record that
+/// is not there (the increment just made it); only then is the record asked for its
+/// `publicKey`, and one without is deleted again and the message answered -1. Nothing is
+/// written before that answer. A refusal asks first, so an unknown recipient is answered -1
+/// whatever else would have refused it (as when an `EXISTS` came first).
 /// One call carries many messages (`sender`): the cost of a call itself is shared by them.
 /// A message whose recipient's live connection is on the sending replica is not published when
 /// that connection is still the user's newest (its generation, passed in, is the counter's):
@@ -254,7 +260,8 @@ mod tests {
     /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
     /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
     /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL), and for
-    /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix).
+    /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix),
+    /// and for the recipient check read from the message number (send: no `EXISTS`).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -264,11 +271,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("e182b0ff5f5d32dfa59ff1fea13cbac2be3b0f1e", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("878f33eccfe4819b208e7cf2604e972445fa2cad", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("562550f77b901439e230a0a313d512a0144038bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("2ce1e7a61f399b24e1026b22be02d28f666d7463", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }
