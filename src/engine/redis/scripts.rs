@@ -4,6 +4,15 @@
 //! The `.lua` files are templates: `$DOORBELL` becomes the announcement's Lua expression from
 //! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. They carry no
 //! comments (Redis hashes the text: the SHA1s are pinned below); the comments are here.
+//!
+//! What the Lua side costs (redis-server's instructions under callgrind, Redis 7.0; see
+//! `scripts/script_cost.py`): a `redis.call` is ~2,900 instructions beyond the command's own
+//! work, a Lua number passed to it is formatted with `snprintf("%.17g")` (~2,500 more than a
+//! string; Redis 7.2 formats numbers faster), a `tonumber` is a `strtod` (~1,600), and a string
+//! concatenation allocates and interns a new string. Hence the scripts make no call they can
+//! do without (the recipient check rides on the message number), pass what is already a string
+//! as a string, build each field name once, and key what they gather by values, not by strings
+//! built per message.
 
 use redis::{Script, Value};
 
@@ -72,9 +81,15 @@ const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
 /// no longer there changes nothing, so a removal may run twice. Any number of users at once
-/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per
-/// user the number of its ids, then the ids. Returns how many were removed. Per user one XDEL
-/// for all ids, one HMGET and one HSET/HDEL for all senders' shares.
+/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per user
+/// the number of its ids, then per id the id, its sender and envelope size (empty and 0 when
+/// not known: the entry is read). Returns how many were removed and what that freed per day,
+/// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
+/// one XDEL per id (its answer says whether that entry was there, and so whose share it gives
+/// back), one HMGET and one HSET/HDEL for all senders' shares. The report is gathered in tables
+/// keyed by day, prefix and sender, and an entry's day is read from its id's leading digits
+/// (the milliseconds divided by 10^5: a day is 864 of those, so the digits name the day), once
+/// per distinct value (see "What the Lua side costs" above).
 const REMOVE: &str = include_str!("remove.lua");
 
 /// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
@@ -261,7 +276,9 @@ mod tests {
     /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
     /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL), and for
     /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix),
-    /// and for the recipient check read from the message number (send: no `EXISTS`).
+    /// and for the recipient check read from the message number (send: no `EXISTS`), and for
+    /// fewer number conversions and strings per message (send: a stranger's mark written as a
+    /// string, each sender field name built once).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -271,11 +288,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("878f33eccfe4819b208e7cf2604e972445fa2cad", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("23c58b6da365f59adfba7ed31454242cd7677b2b", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("2ce1e7a61f399b24e1026b22be02d28f666d7463", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("29305512eaeb4dfc9534d3b8489f0bea4df58533", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

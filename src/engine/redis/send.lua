@@ -9,7 +9,8 @@ local function refuse(user, why)
 end
 local function send(user, inbox, shares, contacts, envelope, channel, sender, prefix, conn, generation)
   local size = string.len(envelope)
-  local held = redis.call('HMGET', shares, 'n:' .. sender, 'b:' .. sender, 'bytes', 'x', 's:' .. sender, 'sn', 'sb')
+  local kn, kb, ks = 'n:' .. sender, 'b:' .. sender, 's:' .. sender
+  local held = redis.call('HMGET', shares, kn, kb, 'bytes', 'x', ks, 'sn', 'sb')
   local n, b, total = tonumber(held[1]) or 0, tonumber(held[2]) or 0, tonumber(held[3]) or 0
   local waiting = redis.call('XLEN', inbox)
   if waiting >= capacity or total + size > max_bytes then return refuse(user, -2) end
@@ -20,7 +21,7 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   if stranger then
     if n >= math.max(math.floor(pool / 8), 1) or b + size > math.floor(pool_bytes / 8) then return refuse(user, -3) end
     if sn >= pool or sb + size > pool_bytes then return refuse(user, -5) end
-    pooled = {'s:' .. sender, 1, 'sn', sn + 1, 'sb', sb + size}
+    pooled = {ks, '1', 'sn', sn + 1, 'sb', sb + size}
   elseif held[5] then
     pooled = {'sn', math.max(sn - n, 0), 'sb', math.max(sb - b, 0)}
   end
@@ -29,14 +30,14 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
     redis.call('DEL', user)
     return -1
   end
-  if held[5] and not stranger then redis.call('HDEL', shares, 's:' .. sender) end
+  if held[5] and not stranger then redis.call('HDEL', shares, ks) end
   local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', seq, 'f', sender, 'p', prefix)
   local now = tonumber(string.match(id, '^%d+'))
   local refreshed = tonumber(held[4])
   if refreshed and now >= refreshed and now - refreshed < slack then
-    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'p:' .. sender, prefix, 'bytes', total + size, unpack(pooled))
+    redis.call('HSET', shares, kn, n + 1, kb, b + size, 'p:' .. sender, prefix, 'bytes', total + size, unpack(pooled))
   else
-    redis.call('HSET', shares, 'n:' .. sender, n + 1, 'b:' .. sender, b + size, 'p:' .. sender, prefix, 'bytes', total + size, 'x', now, unpack(pooled))
+    redis.call('HSET', shares, kn, n + 1, kb, b + size, 'p:' .. sender, prefix, 'bytes', total + size, 'x', now, unpack(pooled))
     redis.call('PEXPIRE', inbox, ttl + slack)
     redis.call('PEXPIRE', shares, ttl + slack)
   end
