@@ -4,20 +4,23 @@
 Runs the send and removal scripts of this tree (src/engine/redis/*.lua, rendered as the relay
 renders them) on a fresh redis-server with a fixed workload shaped like `make bench`'s 20,000
 msgs/s run on one replica: 100 sender->recipient pairs (senders are strangers to their
-recipients, the strangers' pool on, per-sender shares off as in scripts/ab_cost.sh),
-256-byte payloads, every recipient connected to the sending replica (the `GET` of the
-connection generation instead of a `PUBLISH`), 25 messages a send call (four calls a round in
-one pipeline), and every fifth round one removal call for all recipients (5 ids each, as the
-remover's 25 ms linger gathers them at that rate). Every message sent is removed again.
+recipients, the strangers' pool on, per-sender shares off as in scripts/ab_cost.sh), 256-byte
+payloads, every recipient connected to the sending replica (the `GET` of the connection
+generation instead of a `PUBLISH`; with --remote every message is published, to no subscriber),
+25 messages a send call (four calls a round in one pipeline), and every fifth round one removal
+call for all recipients (5 ids each: what the remover's 25 ms linger gathers at that rate; a
+busier relay gathers more, and a removal then costs less per message). Every message sent is
+removed again.
 
 Prints Redis's own count of commands per message (`INFO commandstats`, the commands scripts
 run included) and, with --callgrind, the instructions redis-server executed per message
 (valgrind's callgrind, counting only while the workload runs; `hz 1` so that the server's
 timer adds next to nothing): exact and independent of the machine's load, unlike CPU time.
 
-    scripts/script_cost.py [--messages 20000] [--callgrind [--profile FILE]] [--src DIR]
+    scripts/script_cost.py [--messages 20000] [--remote] [--callgrind [--profile FILE]] [--src DIR]
 
---src names another tree's src/engine/redis (e.g. a `git worktree` of the commit to compare).
+--src names a directory holding another send.lua and remove.lua (e.g. from
+`git show <commit>:src/engine/redis/send.lua`) to compare with.
 """
 import argparse
 import os
@@ -116,6 +119,8 @@ def main():
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--redis-server", default="redis-server")
+    parser.add_argument("--remote", action="store_true",
+                        help="recipients connected to another replica: every message is published (PUBLISH)")
     parser.add_argument("--profile", help="with --callgrind: keep callgrind's output here (callgrind_annotate reads it)")
     args = parser.parse_args()
     per_removal = PAIRS * ROUNDS_PER_REMOVAL
@@ -173,16 +178,19 @@ def main():
                     n += 1
                     keys += [f"user:{{{recipient}}}", f"inbox:{{{recipient}}}", f"shares:{{{recipient}}}",
                              f"contacts:{{{recipient}}}"]
-                    argv += [env, f"deliver:{{{recipient}}}", sender, prefix, f"conn:{{{recipient}}}", 7]
+                    local = ["", ""] if args.remote else [f"conn:{{{recipient}}}", 7]
+                    argv += [env, f"deliver:{{{recipient}}}", sender, prefix] + local
                     pending[recipient].append((sender, len(env)))
                 calls.append(["EVALSHA", send_sha, len(keys)] + keys + SEND_ARGS + argv)
             replies = con.send(calls)
             ids = [r for reply in replies for r in reply]
             for (_, recipient), reply in zip(pairs, ids):
-                if not isinstance(reply, list):
+                if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes):
+                    reply = reply[0]
+                if not isinstance(reply, bytes):
                     sys.exit(f"send refused or failed: {reply!r}")
                 sender, size = pending[recipient].pop()
-                pending[recipient].append((reply[0], sender, size))
+                pending[recipient].append((reply, sender, size))
             if rnd % ROUNDS_PER_REMOVAL == ROUNDS_PER_REMOVAL - 1:
                 keys, argv = [], []
                 for _, recipient in pairs:
@@ -207,7 +215,8 @@ def main():
         proc.wait(timeout=120)
         skip = {"config|resetstat", "info"}
         inner = {k: v for k, v in stats.items() if k not in skip and k != "evalsha"}
-        print(f"messages: {messages} ({PER_CALL} a send call, {ROUNDS_PER_REMOVAL} ids a user a removal call)")
+        where = "published" if args.remote else "local recipients"
+        print(f"messages: {messages} ({PER_CALL} a send call, {ROUNDS_PER_REMOVAL} ids a user a removal call, {where})")
         print(f"commands per message (scripts' own, EVALSHA not counted): {sum(c for c, _ in inner.values()) / messages:.2f}")
         for name, (calls, usec) in sorted(inner.items(), key=lambda kv: -kv[1][0]):
             print(f"  {name}: {calls / messages:.3f} a message, {usec / max(calls, 1):.2f} usec a call")

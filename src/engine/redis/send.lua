@@ -31,7 +31,8 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
     return -1
   end
   if held[5] and not stranger then redis.call('HDEL', shares, ks) end
-  local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', seq, 'f', sender, 'p', prefix)
+  local number = string.format('%d', seq)
+  local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', number, 'f', sender, 'p', prefix)
   local now = tonumber(string.match(id, '^%d+'))
   local refreshed = tonumber(held[4])
   if refreshed and now >= refreshed and now - refreshed < slack then
