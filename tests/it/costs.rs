@@ -33,8 +33,11 @@ async fn a_send_refreshes_the_ttls_seldom_and_counts_the_share_in_one_write() {
         assert_eq!(ws.send_answered(&sender, &receiver, "m", &i.to_string()).await["status"], "stored");
     }
     assert_eq!(calls(&redis, "xadd"), SENDS);
-    // Seven commands a send: the message number is the only HINCRBY, the share one HSET, and
-    // no PEXPIRE while the last refresh is recent (it was, a moment ago), inbox empty or not.
+    // Seven commands a send (HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET, PUBLISH): the message
+    // number is the only HINCRBY, the share one HSET, no PEXPIRE while the last refresh is
+    // recent (it was, a moment ago), inbox empty or not, and no EXISTS: the message number
+    // answers 1 only for a recipient's first message or a record that is not there.
+    assert_eq!(calls(&redis, "exists") + calls(&redis, "hexists"), 0, "the recipient is looked up on every send");
     assert_eq!(calls(&redis, "hincrby"), SENDS, "the share is counted with one HSET, not three HINCRBYs");
     assert_eq!(calls(&redis, "hset"), SENDS);
     assert_eq!(calls(&redis, "pexpire"), 0, "TTLs refreshed on every send");

@@ -125,7 +125,9 @@ async fn unused_registrations_carry_an_expiry_and_vanish_after_it(b: Backend) {
 
 /// A registration that opened a socket, and one that claimed its id, outlive the unused TTL
 /// (with the inactive-user TTL on Redis, record and index alike); one never used beside them
-/// vanishes, and a send to it is refused as to any unknown user.
+/// vanishes, and a send to it is refused as to any unknown user — also after it was sent
+/// messages while it existed (on Redis the send script learns that a recipient is gone from its
+/// message number, and leaves no record behind).
 async fn a_used_registration_is_kept(b: Backend) {
     let config = b.config().with("ENIGMA__LIMITS__UNUSED_REGISTRATION_TTL_SECS", UNUSED_TTL_SECS);
     let server = Server::start(&config);
@@ -134,6 +136,10 @@ async fn a_used_registration_is_kept(b: Backend) {
     let carol = Claimant::login(&server).await;
     let dave = server.new_user().await;
     let mut socket = server.connect_v1(&alice).await;
+    for i in 0..2 {
+        let stored = socket.send_answered(&alice, &dave, "while it lasts", &format!("d{i}")).await;
+        assert_eq!(stored["status"], "stored", "{stored}");
+    }
     carol.token().await;
     if b.is_redis() {
         let day = 24 * 3600 * 1000;
@@ -163,6 +169,11 @@ async fn a_used_registration_is_kept(b: Backend) {
     assert_eq!(server.login(&alice_key).await, alice, "and its key still logs in as the same user");
     let refused = socket.send_answered(&alice, &dave, "hello", "r1").await;
     assert_eq!(refused["code"], "user_not_found", "{refused}");
+    if b.is_redis() {
+        let left = keys_with_ttl(&b, &config.prefix);
+        let records = of_kind(&left, &config.prefix, "user:");
+        assert!(!records.iter().any(|(k, _)| k.contains(dave.as_str())), "a refused send left a record: {records:?}");
+    }
     let reached = socket.send_answered(&alice, &carol.user, "hello", "r2").await;
     assert!(reached.get("code").is_none(), "{reached}");
 }

@@ -17,8 +17,9 @@
 //! | `<p>deliver:{uid}`         | channel | doorbell (see `doorbell`): `m<id> <seq>\n<envelope>`, `t<generation>`, `e<replica>:<n>` |
 //! | `<p>probe:<replica>`       | channel | this replica's link probe (cluster: one per shard, `<p>probe:{tag}:<replica>`) |
 //!
-//! A send is one script step: check the recipient, the inbox's room and the sender's share,
-//! XADD, count the share, refresh the TTLs (every 1/64 of the TTL, see `scripts`), PUBLISH:
+//! A send is one script step: check the inbox's room and the sender's share, take the next
+//! message number (which also tells a vanished recipient), XADD, count the share, refresh the
+//! TTLs (every 1/64 of the TTL, see `scripts`), PUBLISH:
 //! stored and announced, or refused, never announced without being stored. One script call
 //! carries the sends of every session of the replica that queued meanwhile (`sender`).
 //! Subscriptions run on their own RESP3 connection whose pushes go straight into the hub.

@@ -6,15 +6,34 @@ local function chunks(command, key, list)
   end
   return replies
 end
-local freed, freed_at = {}, {}
+local freed, freed_at, days = {}, {}, {}
+local function day_of(id)
+  local hundreds = string.match(id, '^(%d+)%d%d%d%d%d%-')
+  if not hundreds then return math.floor(tonumber(string.match(id, '^%d+')) / 86400000) end
+  local day = days[hundreds]
+  if not day then
+    day = math.floor(tonumber(hundreds) / 864)
+    days[hundreds] = day
+  end
+  return day
+end
 local function free(id, prefix, from, size)
-  local day = math.floor(tonumber(string.match(id, '^%d+')) / 86400000)
-  local key = day .. ' ' .. prefix .. ' ' .. from
-  local at = freed_at[key]
+  local day = day_of(id)
+  local of_day = freed_at[day]
+  if not of_day then
+    of_day = {}
+    freed_at[day] = of_day
+  end
+  local of_prefix = of_day[prefix]
+  if not of_prefix then
+    of_prefix = {}
+    of_day[prefix] = of_prefix
+  end
+  local at = of_prefix[from]
   if at then
     freed[at + 3] = freed[at + 3] + size
   else
-    freed_at[key] = #freed + 1
+    of_prefix[from] = #freed + 1
     freed[#freed + 1], freed[#freed + 2], freed[#freed + 3], freed[#freed + 4] = day, prefix, from, size
   end
 end

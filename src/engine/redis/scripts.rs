@@ -4,6 +4,17 @@
 //! The `.lua` files are templates: `$DOORBELL` becomes the announcement's Lua expression from
 //! the doorbell codec, and `'PUBLISH'` becomes `'SPUBLISH'` on a cluster. They carry no
 //! comments (Redis hashes the text: the SHA1s are pinned below); the comments are here.
+//!
+//! What the Lua side costs (redis-server's instructions under callgrind, Redis 7.0; see
+//! `scripts/script_cost.py`): a `redis.call` is ~2,900 instructions beyond the command's own
+//! work, a Lua number passed to it is formatted with `snprintf("%.17g")` (~2,500 more than a
+//! string; Redis 7.2 formats numbers faster), a `tonumber` is a `strtod` (~1,600), and a string
+//! concatenation allocates and interns a new string. Hence the scripts make no call they can
+//! do without (the recipient check rides on the message number), pass what is already a string
+//! as a string, turn a number into a string once where it is used twice (the message number,
+//! for the entry and the doorbell: `string.format('%d')`, exact where Lua's own `%.14g` is not
+//! past 10^14), build each field name once, and key what they gather by values, not by strings
+//! built per message.
 
 use redis::{Script, Value};
 
@@ -19,8 +30,8 @@ use crate::protocol::MsgId;
 /// The inbox's share record (a hash in the same slot) counts what each sender has waiting
 /// (`n:<sender>`, `b:<sender>` envelope bytes) and the bytes of all (`bytes`); each entry
 /// names its sender (field `f`), so `REMOVE` gives the share back, and both expire together.
-/// Per message it runs eight commands (EXISTS, HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET,
-/// PUBLISH; seven with no strangers' pool): the
+/// Per message it runs seven commands (HMGET, XLEN, SISMEMBER, HINCRBY, XADD, HSET, GET or
+/// PUBLISH; six with no strangers' pool): the
 /// share counts are read once and written in one HSET, and the TTLs are refreshed only when the
 /// last refresh (field `x` of the share record, stream-id time) is older than 1/64 of the TTL:
 /// both keys then expire `ttl + ttl/64` after it, so never sooner than `ttl` after the last
@@ -30,6 +41,12 @@ use crate::protocol::MsgId;
 /// outside — an operator's `DEL`, eviction, which `maxmemory-policy noeviction` rules out —
 /// could leave the share record without its inbox: the inbox recreated then gets its expiry at
 /// the next refresh, at most `ttl/64` later, if another message comes.)
+/// The recipient check costs no command of its own: user records are never deleted, only
+/// expire, so `HINCRBY seq` answers 1 only for a user's first message ever or for a record that
+/// is not there (the increment just made it); only then is the record asked for its
+/// `publicKey`, and one without is deleted again and the message answered -1. Nothing is
+/// written before that answer. A refusal asks first, so an unknown recipient is answered -1
+/// whatever else would have refused it (as when an `EXISTS` came first).
 /// One call carries many messages (`sender`): the cost of a call itself is shared by them.
 /// A message whose recipient's live connection is on the sending replica is not published when
 /// that connection is still the user's newest (its generation, passed in, is the counter's):
@@ -66,9 +83,15 @@ const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
 /// no longer there changes nothing, so a removal may run twice. Any number of users at once
-/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per
-/// user the number of its ids, then the ids. Returns how many were removed. Per user one XDEL
-/// for all ids, one HMGET and one HSET/HDEL for all senders' shares.
+/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per user
+/// the number of its ids, then per id the id, its sender and envelope size (empty and 0 when
+/// not known: the entry is read). Returns how many were removed and what that freed per day,
+/// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
+/// one XDEL per id (its answer says whether that entry was there, and so whose share it gives
+/// back), one HMGET and one HSET/HDEL for all senders' shares. The report is gathered in tables
+/// keyed by day, prefix and sender, and an entry's day is read from its id's leading digits
+/// (the milliseconds divided by 10^5: a day is 864 of those, so the digits name the day), once
+/// per distinct value (see "What the Lua side costs" above).
 const REMOVE: &str = include_str!("remove.lua");
 
 /// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
@@ -149,7 +172,7 @@ pub(super) fn remove_script() -> Script {
 }
 
 fn send_source(publish: &str) -> String {
-    render(SEND, &doorbell::lua_message("id", "seq", "envelope"), publish)
+    render(SEND, &doorbell::lua_message("id", "number", "envelope"), publish)
 }
 
 fn attach_source(publish: &str) -> String {
@@ -221,7 +244,7 @@ mod tests {
                 assert!(source.contains(&format!("redis.call('{publish}', ")), "{source}");
             }
         }
-        assert!(send_source("PUBLISH").contains(&doorbell::lua_message("id", "seq", "envelope")));
+        assert!(send_source("PUBLISH").contains(&doorbell::lua_message("id", "number", "envelope")));
         assert!(attach_source("PUBLISH").contains(&doorbell::lua_takeover("generation")));
     }
 
@@ -254,7 +277,11 @@ mod tests {
     /// rollout: these pin the scripts, so a change to one is deliberate. Changed with the
     /// inbox shares (send: sender field and share record; attach: the counter's expiry), and
     /// for the cost per message (send: one HSET, TTLs refreshed every 1/64 of the TTL), and for
-    /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix).
+    /// contacts, strangers and the storage ledger (send: contacts key, strangers pool, prefix),
+    /// and for the recipient check read from the message number (send: no `EXISTS`), and for
+    /// fewer number conversions and strings per message (send: a stranger's mark written as a
+    /// string, each sender field name built once, the message number written once as a string
+    /// for the entry and the doorbell).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -264,11 +291,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("e182b0ff5f5d32dfa59ff1fea13cbac2be3b0f1e", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("77e57659b27eb81062addd2b1b3e7b1561090644", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("562550f77b901439e230a0a313d512a0144038bf", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("2f5472819ccfd915dc16a8cd9a29b14d236caac2", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }
