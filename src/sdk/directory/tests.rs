@@ -226,6 +226,16 @@ async fn after_a_signing_key_rotation_the_client_follows_the_chain_and_says_so()
     auditing.audit_directory(&[], |_, _| {}).await.unwrap();
     assert_eq!(changed(auditing.directory_status().await), (old, new));
     assert_eq!(audits.pins().root(auditing.server().as_str()).unwrap().unwrap().key_id, "k2");
+    // Rotated back, with no new epoch: the kept root re-signed is kept under its new signer, so
+    // the next run has nothing to say.
+    relay.lock().await.directory.rotate(ed25519_dalek::SigningKey::from_bytes(&[0x5e; 32]), "test-1");
+    let back = client(&url, Identity::generate(), Some(looks.pins()), DirectoryPolicy::Verify);
+    back.lookup("bob").await.unwrap();
+    assert_eq!(changed(back.directory_status().await), (new, old));
+    assert_eq!(looks.pins().root(back.server().as_str()).unwrap().unwrap().key_id, "test-1");
+    let next = client(&url, Identity::generate(), Some(looks.pins()), DirectoryPolicy::Verify);
+    next.lookup("bob").await.unwrap();
+    assert_eq!(next.directory_status().await, DirectoryStatus::Verified { epoch: 2, signer_changed: None });
 }
 
 #[tokio::test]
