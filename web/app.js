@@ -3,6 +3,7 @@
 // 700 px wide it is one column, the contacts in a drawer (drawer.js).
 import * as store from "./store.js";
 import { Refusal, Relay, lookup, register } from "./relay.js";
+import { directoryEvents } from "./directory.js";
 import { b64urlEncode, fingerprint } from "./payload.js";
 import { generateKeyPair, rawPublic } from "./hpke.js";
 import * as drawer from "./drawer.js";
@@ -55,6 +56,12 @@ function notice(text) {
   setText($("notice-text"), text);
   show("notice", Boolean(text));
 }
+
+// The server rotated its key directory's signing key: followed (the new roots extend the kept
+// one), and said, as the CLI says it.
+directoryEvents.addEventListener("signer-changed", ({ detail }) => {
+  notice(`${detail.message.charAt(0).toUpperCase()}${detail.message.slice(1)}.`);
+});
 
 async function createIdentity() {
   $("create").disabled = true;

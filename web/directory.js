@@ -8,6 +8,9 @@
 // directory (404 at /directory/root) is used with pins alone, and the page says so; a server
 // the page keeps a root for is refused instead (it had a directory). The owner's
 // page reads its own key history once it is online: any version that is not its key is refused.
+// The roots' signer is evidence, not the root of trust: after the server rotates its signing key
+// (every root re-signed by the new one) the page follows along the kept root's chain, like the
+// CLI, and says so ("signer-changed" on `directoryEvents`).
 import * as store from "./store.js";
 import { parsePublicKey } from "./payload.js";
 
@@ -15,6 +18,17 @@ const MODULE = "/assets/enigma_verify.wasm";
 /** How long a lookup waits for a user the directory has not published yet. */
 export const PUBLISH_WAIT_MS = 5000;
 const POLL_MS = 250;
+
+/**
+ * Tells the page what it should show: "signer-changed" (detail: `{ from, to, message }`, each
+ * signer `{ keyId, key }`) when the kept root's signer changed and the roots by the new key were
+ * proven to extend it.
+ */
+export const directoryEvents = new EventTarget();
+
+function tellSignerChange(change) {
+  if (change) directoryEvents.dispatchEvent(new CustomEvent("signer-changed", { detail: change }));
+}
 
 /** A directory answer the checks refused (`kind`: crates/verify's VerifyError::kind, or the page's own). */
 export class DirectoryRefusal extends Error {
@@ -78,6 +92,7 @@ async function takeRoot(root, fetchJson) {
   const begun = await check({ op: "begin", kept, root });
   if (begun.next !== "audit") {
     await store.keepDirectoryRoot(begun.kept);
+    tellSignerChange(begun.signerChanged);
     return begun.kept;
   }
   // Every verified answer moves the kept epoch forward, so this ends.
@@ -89,6 +104,7 @@ async function takeRoot(root, fetchJson) {
     const extended = await check({ op: "extend", kept: current, answer: r.data, target: root });
     current = extended.kept;
     await store.keepDirectoryRoot(current);
+    tellSignerChange(extended.signerChanged);
     if (extended.done) return current;
   }
 }

@@ -53,7 +53,11 @@ export const getDirectoryRoot = () => tx("identity", "readonly", (s) => request(
 export function keepDirectoryRoot(root) {
   return tx("identity", "readwrite", async (s) => {
     const kept = await request(s.get("directoryRoot"));
-    if (!kept || kept.epoch < root.epoch) await request(s.put(root, "directoryRoot"));
+    // A newer epoch, or the kept root re-signed by another key (the server rotated its key);
+    // never an older epoch (another tab's, a moment behind).
+    const reSigned = kept && kept.epoch === root.epoch &&
+      kept.rootHash.toLowerCase() === root.rootHash.toLowerCase() && kept.signingKey !== root.signingKey;
+    if (!kept || kept.epoch < root.epoch || reSigned) await request(s.put(root, "directoryRoot"));
   });
 }
 export const putIdentity = (me) => tx("identity", "readwrite", (s) => request(s.put(me, "me")));

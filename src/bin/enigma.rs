@@ -451,6 +451,7 @@ async fn audit(profile: &Profile, roots: &[sdk::EpochRoot]) -> Result<(), Failur
             }
         })
         .await?;
+    tell_directory(&client).await;
     out(&format!(
         "directory:   {}\nepochs:      1 to {} (every root signed by {}, key id {:?}; every step append-only)\n\
          entries:     {} added after epoch 1 (a key version or the marker of a replaced one; the VRF hides whose)\n\
@@ -491,17 +492,22 @@ async fn forget_root(profile: &Profile) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Says once per run that the server has no key directory (keys rest on pins alone).
+/// Says once per run that the server has no key directory (keys rest on pins alone), or that its
+/// directory's signing key changed (a rotation, followed along the kept root's chain).
 async fn tell_directory(client: &Client) {
     static TOLD: std::sync::Once = std::sync::Once::new();
-    if client.directory_status().await == sdk::DirectoryStatus::Absent {
-        TOLD.call_once(|| {
+    match client.directory_status().await {
+        sdk::DirectoryStatus::Absent => TOLD.call_once(|| {
             eprintln!(
                 "enigma: note: {} has no verifiable key directory; keys are checked against your pins only \
                  (--require-directory refuses such a server)",
                 client.server()
             )
-        });
+        }),
+        sdk::DirectoryStatus::Verified { signer_changed: Some(change), .. } => {
+            TOLD.call_once(|| eprintln!("enigma: note: {change}"))
+        }
+        _ => {}
     }
 }
 

@@ -50,6 +50,6 @@ mod driver;
 pub use client::{Client, ClientOptions, SUBPROTOCOL};
 pub use connection::{ConnectOptions, Connection, Message, Receipt, Sender, Status};
 pub use crypto::{Content, Identity, PublicKey};
-pub use directory::{AuditSummary, BadEpochRoot, DirectoryPolicy, DirectoryStatus, EpochRoot, KeyProof};
+pub use directory::{AuditSummary, BadEpochRoot, DirectoryPolicy, DirectoryStatus, EpochRoot, KeyProof, SignerChange};
 pub use error::{Error, OpenError};
 pub use pins::{Pin, Pins, Verdict};

@@ -130,7 +130,15 @@ impl Pins {
     pub fn keep_root(&self, server: &str, root: &SignedRoot) -> Result<(), Error> {
         let _guard = self.lock.lock().expect("not poisoned");
         let mut file = self.load()?;
-        if file.roots.get(server).is_some_and(|kept| kept.epoch >= root.epoch) {
+        // A newer epoch, or the kept root re-signed by another key (the directory's checks took
+        // it as such: the same epoch and hash); never an older epoch (a concurrent process's
+        // newer root is not moved back).
+        let re_signed = |kept: &SignedRoot| {
+            kept.epoch == root.epoch
+                && kept.root_hash.eq_ignore_ascii_case(&root.root_hash)
+                && kept.signing_key != root.signing_key
+        };
+        if file.roots.get(server).is_some_and(|kept| kept.epoch >= root.epoch && !re_signed(kept)) {
             return Ok(());
         }
         file.roots.insert(server.to_owned(), root.clone());

@@ -5,6 +5,7 @@
 // tests has no directory, so its answers are played from the vectors (routed by the browser).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { createPrivateKey, createPublicKey, sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, cleanup, launchBrowser, newUser, startServer, waitFor } from "./harness.js";
@@ -172,5 +173,43 @@ test("the owner's page says so when a server with a directory keeps not showing 
   assert.equal(await page.isVisible("#notice"), true);
   assert.deepEqual([...asked], [userId]);
   assert.deepEqual(await keptRoot(page), LATEST);
+  await browser.close();
+});
+
+/**
+ * `root` re-signed by another key, as the relay serves every root once its signing key was
+ * rotated (the root itself does not change).
+ */
+function reSigned(root) {
+  const seed = Buffer.alloc(32, 4);
+  const key = createPrivateKey({ key: Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), seed]), format: "der", type: "pkcs8" });
+  const publicKey = createPublicKey(key).export({ format: "der", type: "spki" }).subarray(-32);
+  const epoch = Buffer.alloc(8);
+  epoch.writeBigUInt64BE(BigInt(root.epoch));
+  const message = Buffer.concat([
+    Buffer.from("enigma directory root v1\0"), epoch, Buffer.from(root.rootHash, "hex"), Buffer.from(root.vrfPublicKey, "base64"),
+  ]);
+  return { ...root, keyId: "k2", signingKey: publicKey.toString("base64"), signature: sign(null, message, key).toString("base64") };
+}
+
+test("after the server rotated its signing key the page follows the kept root, re-signed, and says so", async () => {
+  const browser = await launchBrowser();
+  let root = LATEST;
+  await playDirectory(browser.context, { root: () => root });
+  const { page } = await newUser(browser.context, server.url);
+  await addBob(page);
+  await waitFor("the proven key", async () => (await page.textContent("#chat-fp")).includes("epoch 3"));
+  // The next load finds every root signed by the new key.
+  root = reSigned(LATEST);
+  await browser.context.route(/\/directory\/lookup\/bob$/, (route) =>
+    route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ ...BOB.answer, root }) }));
+  await page.reload();
+  await waitFor("the notice", async () => (await page.textContent("#notice-text")).includes("signing key changed"));
+  const notice = await page.textContent("#notice-text");
+  assert.match(notice, /^The key directory's signing key changed from "test-1" \(.+\) to "k2" \(.+\); its roots are proven to extend the root this client kept\.$/);
+  await page.click(`#contacts li[data-user="bob"]`);
+  await waitFor("the proven key", async () => (await page.textContent("#chat-fp")).includes("proven by the server's key directory (epoch 3)"));
+  assert.deepEqual(await keptRoot(page), root);
+  assert.deepEqual(page.errors, []);
   await browser.close();
 });

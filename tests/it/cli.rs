@@ -977,20 +977,86 @@ fn kept_epoch(audit: &str) -> u64 {
     kept_root(audit).split(':').next().unwrap().parse().expect("an epoch")
 }
 
+/// The directory's signing key in the relays below (`kid:base64seed`), and the keys it is rotated
+/// to, or that another relay signs with.
+const SIGNING_KEY: &str = "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const NEW_SIGNING_KEY: &str = "k2:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+const OTHER_SIGNING_KEY: &str = "other:BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=";
+
 /// A relay on its own Redis with fixed directory keys (signing and VRF) and an epoch every
 /// 100 ms: two of them on two Redis servers are two valid directories with the same keys that
 /// diverge with their registrations (each has another root for the same epoch).
 fn directory_relay(dir: &TempDir, redis: &Redis, prefix: &str, addr: &str) -> LoggedServer {
+    directory_relay_signed(dir, redis, prefix, addr, SIGNING_KEY)
+}
+
+/// [`directory_relay`] whose roots `signing_keys` (`directory.signing_keys`) sign.
+fn directory_relay_signed(dir: &TempDir, redis: &Redis, prefix: &str, addr: &str, signing_keys: &str) -> LoggedServer {
     let url = redis.url();
     let env = [
         ("ENIGMA__REDIS__URL", url.as_str()),
         ("ENIGMA__REDIS__PREFIX", prefix),
-        ("ENIGMA__DIRECTORY__SIGNING_KEYS", "fork-test:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
+        ("ENIGMA__DIRECTORY__SIGNING_KEYS", signing_keys),
         ("ENIGMA__DIRECTORY__VRF_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
         ("ENIGMA__DIRECTORY__EPOCH_INTERVAL_MS", "100"),
         ("ENIGMA__DIRECTORY__LEASE_MS", "1000"),
     ];
     LoggedServer::start(dir.path(), &env, addr)
+}
+
+/// End to end, the signing key rotated as docs/operations.md says (the new key first, the relay
+/// restarted): every root, old epochs too, now comes signed by the new key. Clients that kept a
+/// root signed by the old one follow — the kept root re-signed, or newer roots proven to extend
+/// it — in a lookup and in `enigma audit`, and say once that the key changed; the pins file then
+/// keeps the root under the new signer.
+#[test]
+fn after_a_signing_key_rotation_clients_follow_and_say_so() {
+    let dir = TempDir::new("directory-rotation");
+    let prefix = format!("dirrotate{}:", std::process::id());
+    let redis = Redis::start();
+
+    let before = directory_relay_signed(&dir, &redis, &prefix, "127.0.0.1:0", SIGNING_KEY);
+    let addr = before.addr.to_string();
+    let cli = Cli::of(&dir, &before);
+    let (alice, bob) = (cli.user("alice"), cli.user("bob"));
+    cli.ok(&alice.key, &["send", &alice.id, "published"]);
+    cli.ok(&bob.key, &["send", &bob.id, "published"]);
+    // Both keep a root signed by the old key.
+    for user in [&alice, &bob] {
+        let audit = cli.ok(&user.key, &["audit"]);
+        assert!(audit.contains("key id \"fork-test\""), "{audit}");
+    }
+    before.terminate();
+
+    let rotated = format!("{NEW_SIGNING_KEY},{SIGNING_KEY}");
+    let after = directory_relay_signed(&dir, &redis, &prefix, &addr, &rotated);
+    let cli = Cli::of(&dir, &after);
+    // A new user makes a newer epoch, so that the kept roots are behind (audited forward).
+    let carol = cli.user("carol");
+    cli.ok(&carol.key, &["send", &carol.id, "published"]);
+    let changed = "enigma: note: the key directory's signing key changed from \"fork-test\" (";
+    let extends = "its roots are proven to extend the root this client kept";
+
+    // Alice's next lookup follows the new key, and says so once; then her audit, quietly.
+    let lookup = cli.run(&alice.key, &["lookup", &carol.id], "");
+    assert_eq!(lookup.code, 0, "{}\n{}", lookup.stdout, lookup.stderr);
+    assert!(lookup.stdout.contains("directory:   proven"), "{}", lookup.stdout);
+    assert_eq!(lookup.stderr.matches(changed).count(), 1, "{}", lookup.stderr);
+    assert!(lookup.stderr.contains(") to \"k2\" ("), "{}", lookup.stderr);
+    assert!(lookup.stderr.contains(extends), "{}", lookup.stderr);
+    let pins = std::fs::read_to_string(alice.key.with_file_name("alice.key.pins.json")).unwrap();
+    assert!(pins.contains("\"k2\"") && !pins.contains("\"fork-test\""), "the new signer is kept: {pins}");
+    let audit = cli.run(&alice.key, &["audit"], "");
+    assert_eq!(audit.code, 0, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(audit.stdout.contains("key id \"k2\""), "{}", audit.stdout);
+    assert!(!audit.stderr.contains(changed), "told once: {}", audit.stderr);
+
+    // Bob's first contact after the rotation is `enigma audit`: it follows too, and says so.
+    let audit = cli.run(&bob.key, &["audit"], "");
+    assert_eq!(audit.code, 0, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(audit.stderr.contains(changed) && audit.stderr.contains(extends), "{}", audit.stderr);
+    let pins = std::fs::read_to_string(bob.key.with_file_name("bob.key.pins.json")).unwrap();
+    assert!(pins.contains("\"k2\""), "{pins}");
 }
 
 /// Registers users (each published in an epoch of its own) until `enigma audit` of the relay
@@ -1092,8 +1158,8 @@ fn a_root_from_a_diverging_directory_is_refused_as_a_fork_when_compared() {
 
 /// End to end: two relays with the same directory keys (signing and VRF) but their own Redis and
 /// their own registrations, so that their directories diverge: each is a valid directory, with
-/// another root for the same epoch. A client that kept relay A's root and then finds relay B
-/// under the same URL (B took A's port) refuses B loudly as a fork, in a lookup and in `enigma
+/// another root for the same epoch, B's signed by another key. A client that kept relay A's root
+/// and then finds relay B under the same URL (B took A's port) refuses B loudly as a fork, in a lookup and in `enigma
 /// audit`; a client that never saw A audits B without a complaint.
 #[test]
 fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() {
@@ -1111,9 +1177,10 @@ fn a_relay_with_a_diverging_directory_under_the_same_url_is_refused_as_a_fork() 
     let kept = kept_epoch(&cli.ok(&alice.key, &["audit"]));
     a.terminate();
 
-    // Relay B on A's address: other users, each published in an epoch of its own, until B's
-    // directory has gone past the epoch Alice keeps.
-    let b = relay(&redis_b, &addr);
+    // Relay B on A's address, signing with a key of its own (a client follows a new signer only
+    // along its kept root's chain: it buys B nothing): other users, each published in an epoch of
+    // its own, until B's directory has gone past the epoch Alice keeps.
+    let b = directory_relay_signed(&dir, &redis_b, &prefix, &addr, OTHER_SIGNING_KEY);
     let cli = Cli::of(&dir, &b);
     let mut users: Vec<User> = Vec::new();
     loop {

@@ -33,8 +33,9 @@ pub async fn verify_audit(
         if root.epoch != expected {
             return Err(range());
         }
-        let previous = verified.last().unwrap_or(start);
-        let root = verify_root(root, signers, Some(previous))?;
+        // Signed, by a pinned key if keys are pinned; by whichever key otherwise: the chain from
+        // `start` (checked below) is what makes these roots the kept directory's.
+        let root = verify_root(root, signers)?;
         if root.vrf_public_key != start.vrf_public_key {
             return Err(VerifyError::VrfKeyChanged { epoch: root.epoch });
         }
@@ -76,7 +77,7 @@ mod tests {
     }
 
     fn start(directory: &TestDirectory, epoch: u64) -> VerifiedRoot {
-        verify_root(&directory.root(epoch), &Signers::FirstSeen, None).unwrap()
+        verify_root(&directory.root(epoch), &Signers::FirstSeen).unwrap()
     }
 
     #[tokio::test]
@@ -126,21 +127,30 @@ mod tests {
         let directory = directory().await;
         let mut other = TestDirectory::new().await;
         other.publish(&[("alice", "key-mallory")]).await;
-        let forked = verify_root(&other.root(1), &Signers::FirstSeen, None).unwrap();
+        let forked = verify_root(&other.root(1), &Signers::FirstSeen).unwrap();
         let answer = directory.audit(1, 4).await;
         let error = verify_audit(&answer, &forked, 4, &Signers::FirstSeen).await.unwrap_err();
         assert!(matches!(error, VerifyError::Fork { epoch: 1, .. }), "{error}");
     }
 
     #[tokio::test]
-    async fn every_root_in_the_range_must_be_signed_by_the_kept_key() {
+    async fn every_root_in_the_range_must_be_signed_and_by_a_pinned_key_if_pinned() {
         let directory = directory().await;
         let mut answer = directory.audit(1, 4).await;
         let intruder = SigningKey::from_bytes(&[3u8; 32]);
         let hash: [u8; 32] = hex::decode(&answer.roots[2].root_hash).unwrap().try_into().unwrap();
         answer.roots[2] = sign_root(&intruder, "x", 3, &hash, &directory.vrf_public_key());
-        let error = verify_audit(&answer, &start(&directory, 1), 4, &Signers::FirstSeen).await.unwrap_err();
+        // The same root signed by another key (a rotation): on the chain, so taken first-seen...
+        let roots = verify_audit(&answer, &start(&directory, 1), 4, &Signers::FirstSeen).await.unwrap();
+        assert_eq!(roots[1].signing_key, intruder.verifying_key().to_bytes());
+        // ...but not when the directory's key is pinned.
+        let pinned = Signers::Pinned(vec![directory.signing_key()]);
+        let error = verify_audit(&answer, &start(&directory, 1), 4, &pinned).await.unwrap_err();
         assert!(matches!(error, VerifyError::UntrustedSigner { epoch: 3, .. }), "{error}");
+        // Another root, signed by another key: the new signer buys nothing, the chain breaks.
+        answer.roots[2] = sign_root(&intruder, "x", 3, &[5u8; 32], &directory.vrf_public_key());
+        let error = verify_audit(&answer, &start(&directory, 1), 4, &Signers::FirstSeen).await.unwrap_err();
+        assert!(matches!(error, VerifyError::AppendOnly { .. }), "{error}");
         let mut unsigned = directory.audit(1, 4).await;
         unsigned.roots[3].signature = unsigned.roots[1].signature.clone();
         let error = verify_audit(&unsigned, &start(&directory, 1), 4, &Signers::FirstSeen).await.unwrap_err();

@@ -69,7 +69,7 @@ mod tests {
     async fn the_history_shows_every_version() {
         let directory = directory().await;
         let answer = directory.history("alice").await.unwrap();
-        let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
+        let root = verify_root(&answer.root, &Signers::FirstSeen).unwrap();
         let versions = verify_history(&answer, "alice", &root).unwrap();
         let seen: Vec<(u64, u64, &str)> =
             versions.iter().map(|v| (v.version, v.epoch, v.public_key.as_str())).collect();
@@ -82,7 +82,7 @@ mod tests {
     async fn a_history_with_a_version_left_out_is_refused() {
         let directory = directory().await;
         let mut answer = directory.history("alice").await.unwrap();
-        let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
+        let root = verify_root(&answer.root, &Signers::FirstSeen).unwrap();
         let mut proof = decode_history(&answer.proof).unwrap();
         // Hide the impostor's key: show only the first version.
         proof.update_proofs.remove(0);
@@ -95,7 +95,7 @@ mod tests {
     async fn a_swapped_value_or_user_is_refused() {
         let directory = directory().await;
         let answer = directory.history("alice").await.unwrap();
-        let root = verify_root(&answer.root, &Signers::FirstSeen, None).unwrap();
+        let root = verify_root(&answer.root, &Signers::FirstSeen).unwrap();
         let mut proof = decode_history(&answer.proof).unwrap();
         proof.update_proofs[0].value = akd_core::AkdValue::from("key-a1");
         let mut swapped = answer.clone();

@@ -6,8 +6,19 @@
 //! to it verify, fetched through an [`AuditSource`] (the SDK's HTTP client, the page's fetch).
 //! The first root a client ever sees is taken on its signature alone (trust on first use; `enigma
 //! audit` checks the whole history from epoch 1).
+//!
+//! The chain, not the signer, is what binds a presented root to the kept one: with
+//! [`Signers::FirstSeen`] a root signed by another key than the kept root's (the relay rotated its
+//! key and re-signs every root with the new one) is taken exactly like one by the same key — the
+//! kept root re-signed, or a newer one the proofs lead to — and the change is recorded for the
+//! client to report ([`RootKeeper::take_signer_change`]). Any other root by a new key is refused
+//! as it would be by the old one. With [`Signers::Pinned`] a key not pinned is refused outright.
 
+use std::fmt;
 use std::future::Future;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 
 use crate::audit::verify_audit;
 use crate::error::{SeenIn, VerifyError};
@@ -40,24 +51,64 @@ pub enum KeepError<E> {
     Fetch(E),
 }
 
+/// A root's signer as a person reads it: the key id the relay gives it (not signed) and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub key_id: String,
+    pub key: [u8; 32],
+}
+
+impl Signer {
+    pub fn of(root: &VerifiedRoot) -> Signer {
+        Signer { key_id: root.signed.key_id.clone(), key: root.signing_key }
+    }
+}
+
+impl fmt::Display for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} ({})", self.key_id, STANDARD.encode(self.key))
+    }
+}
+
+/// The kept root's signer changed, the way a key rotation changes it: roots signed by `to` were
+/// proven to extend the root `from` signed (the same root re-signed, or append-only proofs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerChange {
+    pub from: Signer,
+    pub to: Signer,
+}
+
+impl fmt::Display for SignerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the key directory's signing key changed from {} to {}; its roots are proven to extend the root this \
+             client kept",
+            self.from, self.to
+        )
+    }
+}
+
 /// The newest verified root.
 #[derive(Debug, Clone, Default)]
 pub struct RootKeeper {
     signers: Signers,
     kept: Option<VerifiedRoot>,
+    /// Set when a root by another signer replaced the kept one, until taken.
+    signer_change: Option<SignerChange>,
 }
 
 impl RootKeeper {
     /// A keeper with nothing kept yet.
     pub fn new(signers: Signers) -> RootKeeper {
-        RootKeeper { signers, kept: None }
+        RootKeeper { signers, kept: None, signer_change: None }
     }
 
     /// A keeper that kept `root` before (read back from where the client stores it: its
     /// signature is checked again).
     pub fn resume(signers: Signers, root: &SignedRoot) -> Result<RootKeeper, VerifyError> {
-        let kept = verify_root(root, &signers, None)?;
-        Ok(RootKeeper { signers, kept: Some(kept) })
+        let kept = verify_root(root, &signers)?;
+        Ok(RootKeeper { signers, kept: Some(kept), signer_change: None })
     }
 
     pub fn kept(&self) -> Option<&VerifiedRoot> {
@@ -68,9 +119,28 @@ impl RootKeeper {
         &self.signers
     }
 
-    /// Verifies `root`'s signature and says what it needs; [`Next::First`] keeps it at once.
+    /// The signer change since it was last taken (from the signer of the root kept then to the
+    /// one kept now), if the kept root's signer changed.
+    pub fn take_signer_change(&mut self) -> Option<SignerChange> {
+        self.signer_change.take()
+    }
+
+    /// Keeps `root`, proven to be the kept root or to extend it; notes a change of signer.
+    fn keep(&mut self, root: VerifiedRoot) {
+        if let Some(old) = &self.kept
+            && old.signing_key != root.signing_key
+        {
+            let from = self.signer_change.take().map_or_else(|| Signer::of(old), |change| change.from);
+            let to = Signer::of(&root);
+            self.signer_change = (from.key != to.key).then_some(SignerChange { from, to });
+        }
+        self.kept = Some(root);
+    }
+
+    /// Verifies `root`'s signature and says what it needs; [`Next::First`] keeps it at once, and
+    /// so does [`Next::Same`] when the kept root comes re-signed by another key.
     pub fn begin(&mut self, root: &SignedRoot) -> Result<(VerifiedRoot, Next), VerifyError> {
-        let presented = verify_root(root, &self.signers, self.kept.as_ref())?;
+        let presented = verify_root(root, &self.signers)?;
         let Some(kept) = &self.kept else {
             self.kept = Some(presented.clone());
             return Ok((presented, Next::First));
@@ -94,7 +164,12 @@ impl RootKeeper {
                     seen_in: SeenIn::KeptRoot,
                 });
             }
-            std::cmp::Ordering::Equal => Next::Same,
+            std::cmp::Ordering::Equal => {
+                if presented.signing_key != kept.signing_key {
+                    self.keep(presented.clone());
+                }
+                Next::Same
+            }
             std::cmp::Ordering::Greater => Next::Audit { from: kept.epoch, to: presented.epoch },
         };
         Ok((presented, next))
@@ -109,7 +184,7 @@ impl RootKeeper {
         let roots = verify_audit(answer, kept, target.epoch, &self.signers).await?;
         let newest = roots.last().cloned().ok_or_else(|| VerifyError::Malformed("an empty audit answer".into()))?;
         // Proven append-only from the kept root: kept, whatever the target turns out to be.
-        self.kept = Some(newest.clone());
+        self.keep(newest.clone());
         if newest.epoch != target.epoch {
             return Ok(false);
         }
@@ -248,16 +323,96 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_root_by_another_signer_or_vrf_key_is_refused() {
+    async fn a_root_by_another_vrf_key_is_refused_whoever_signs_it() {
         let directory = directory(2).await;
         let mut keeper = RootKeeper::resume(Signers::FirstSeen, &directory.root(1)).unwrap();
-        let intruder = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
         let hash: [u8; 32] = hex::decode(directory.root(2).root_hash).unwrap().try_into().unwrap();
-        let foreign = sign_root(&intruder, "x", 2, &hash, &directory.vrf_public_key());
-        assert!(matches!(keeper.begin(&foreign), Err(VerifyError::UntrustedSigner { .. })));
         let signing = ed25519_dalek::SigningKey::from_bytes(&crate::testing::SIGNING_SEED);
-        let other_vrf = sign_root(&signing, "test-1", 2, &hash, &[9u8; 32]);
-        assert!(matches!(keeper.begin(&other_vrf), Err(VerifyError::VrfKeyChanged { epoch: 2 })));
+        let intruder = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
+        for key in [signing, intruder] {
+            let other_vrf = sign_root(&key, "test-1", 2, &hash, &[9u8; 32]);
+            assert!(matches!(keeper.begin(&other_vrf), Err(VerifyError::VrfKeyChanged { epoch: 2 })));
+        }
+    }
+
+    /// The relay's key rotation: every root re-signed by the new key.
+    async fn rotated(epochs: u64) -> (TestDirectory, Signer, Signer) {
+        let mut directory = directory(epochs).await;
+        let old = Signer { key_id: crate::testing::KEY_ID.into(), key: directory.signing_key() };
+        directory.rotate(ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]), "k2");
+        let new = Signer { key_id: "k2".into(), key: directory.signing_key() };
+        (directory, old, new)
+    }
+
+    #[tokio::test]
+    async fn the_kept_root_re_signed_by_a_new_key_is_taken_and_the_change_reported() {
+        let before = directory(3).await;
+        let (after, old, new) = rotated(3).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &before.root(3)).unwrap();
+        let (_, next) = keeper.begin(&after.root(3)).unwrap();
+        assert_eq!(next, Next::Same);
+        assert_eq!(keeper.kept().unwrap().signed, after.root(3), "the new signature is kept");
+        let change = keeper.take_signer_change().expect("reported");
+        assert_eq!(change, SignerChange { from: old, to: new });
+        assert!(change.to_string().starts_with("the key directory's signing key changed from \"test-1\" ("));
+        assert_eq!(keeper.take_signer_change(), None, "reported once");
+        keeper.begin(&after.root(3)).unwrap();
+        assert_eq!(keeper.take_signer_change(), None);
+    }
+
+    #[tokio::test]
+    async fn a_newer_root_by_a_new_key_is_taken_only_through_the_audit() {
+        let before = directory(2).await;
+        let (after, old, new) = rotated(5).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &before.root(2)).unwrap();
+        // Nothing is taken on the new signature alone.
+        assert_eq!(keeper.begin(&after.root(5)).unwrap().1, Next::Audit { from: 2, to: 5 });
+        assert_eq!(keeper.kept().unwrap().signed, before.root(2));
+        assert_eq!(keeper.take_signer_change(), None);
+        let mut source = Source { directory: &after, step: 2, calls: Vec::new() };
+        keeper.advance(&after.root(5), &mut source).await.unwrap();
+        assert_eq!(keeper.kept().unwrap().signed, after.root(5));
+        assert_eq!(keeper.take_signer_change(), Some(SignerChange { from: old, to: new }));
+    }
+
+    #[tokio::test]
+    async fn a_new_key_buys_nothing_an_older_root_or_a_fork_would_not_have() {
+        let honest = directory(3).await;
+        let mut keeper = RootKeeper::resume(Signers::FirstSeen, &honest.root(3)).unwrap();
+        // Older: a rollback.
+        let (rotated_honest, _, _) = rotated(3).await;
+        let error = keeper.begin(&rotated_honest.root(2)).unwrap_err();
+        assert!(matches!(error, VerifyError::Rollback { seen: 3, presented: 2, .. }), "{error}");
+        // Another history, signed by a new key: a fork at the kept epoch, and past it.
+        let mut forked = TestDirectory::with_signing_key(ed25519_dalek::SigningKey::from_bytes(&[4u8; 32])).await;
+        for epoch in 1..=5 {
+            forked.publish(&[(&format!("user-{epoch}"), "key-mallory")]).await;
+        }
+        let error = keeper.begin(&forked.root(3)).unwrap_err();
+        assert!(matches!(error, VerifyError::Fork { epoch: 3, .. }), "{error}");
+        let mut source = Source { directory: &forked, step: 100, calls: Vec::new() };
+        let error = keeper.advance(&forked.root(5), &mut source).await.unwrap_err();
+        assert!(matches!(error, KeepError::Refused(VerifyError::Fork { epoch: 3, .. })), "{error}");
+        assert_eq!(keeper.kept().unwrap().signed, honest.root(3), "nothing changed");
+        assert_eq!(keeper.take_signer_change(), None);
+    }
+
+    #[tokio::test]
+    async fn with_pinned_keys_a_new_signer_is_refused() {
+        let before = directory(2).await;
+        let (after, _, _) = rotated(4).await;
+        let pinned = Signers::Pinned(vec![before.signing_key()]);
+        let mut keeper = RootKeeper::resume(pinned.clone(), &before.root(2)).unwrap();
+        for root in [after.root(2), after.root(4)] {
+            assert!(matches!(keeper.begin(&root), Err(VerifyError::UntrustedSigner { .. })));
+        }
+        assert!(RootKeeper::resume(pinned, &after.root(2)).is_err());
+        // Once the new key is pinned (given out of band), the rotated roots are taken.
+        let both = Signers::Pinned(vec![before.signing_key(), after.signing_key()]);
+        let mut keeper = RootKeeper::resume(both, &before.root(2)).unwrap();
+        let mut source = Source { directory: &after, step: 100, calls: Vec::new() };
+        keeper.advance(&after.root(4), &mut source).await.unwrap();
+        assert!(keeper.take_signer_change().is_some());
     }
 
     #[tokio::test]

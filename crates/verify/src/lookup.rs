@@ -71,7 +71,7 @@ mod tests {
     }
 
     fn root_of(answer: &LookupAnswer) -> VerifiedRoot {
-        verify_root(&answer.root, &Signers::FirstSeen, None).unwrap()
+        verify_root(&answer.root, &Signers::FirstSeen).unwrap()
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! A signed root: the one check every other rests on. A root is taken only with a valid Ed25519
-//! signature by a key the client trusts ([`Signers`]); what comes out is a [`VerifiedRoot`], the
-//! only form of a root the other checks accept.
+//! signature by the key it names, and that key must be one the client trusts when it pins keys
+//! ([`Signers`]); what comes out is a [`VerifiedRoot`], the only form of a root the other checks
+//! accept.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -17,8 +18,10 @@ const SIGNATURE_LEN: usize = 64;
 /// Whose signature makes a root.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Signers {
-    /// The key that signed the root this client keeps (trust on first use, like contacts' keys);
-    /// any key for the very first root.
+    /// Any key, as long as the root's signature verifies with the key it names: the signer is
+    /// evidence, not the root of trust. What binds a root to the one this client kept is the
+    /// chain from it (`keeper`: the same hash for the same epoch, append-only proofs to a newer
+    /// one), so a relay may rotate its signing key and a client follows, told of the change.
     #[default]
     FirstSeen,
     /// Only these Ed25519 public keys (configured out of band).
@@ -48,13 +51,10 @@ impl VerifiedRoot {
     }
 }
 
-/// Checks `root`'s signature, and that its signer is one of `signers`; `kept` is the root this
-/// client verified last, whose signer [`Signers::FirstSeen`] trusts.
-pub fn verify_root(
-    root: &SignedRoot,
-    signers: &Signers,
-    kept: Option<&VerifiedRoot>,
-) -> Result<VerifiedRoot, VerifyError> {
+/// Checks `root`'s signature by the key it names, and that the key is pinned when `signers` pins
+/// keys. With [`Signers::FirstSeen`] this alone says nothing about whether the root belongs to
+/// the directory a client kept a root of: only the keeper's chain does.
+pub fn verify_root(root: &SignedRoot, signers: &Signers) -> Result<VerifiedRoot, VerifyError> {
     if root.epoch == 0 {
         return Err(VerifyError::Malformed("epoch 0 (the empty directory) is never published".into()));
     }
@@ -63,12 +63,9 @@ pub fn verify_root(
     let signing_key: [u8; KEY_LEN] = fixed(&STANDARD.decode(&root.signing_key).ok(), "signing key (base64)")?;
     let signature: [u8; SIGNATURE_LEN] = fixed(&STANDARD.decode(&root.signature).ok(), "signature (base64)")?;
 
-    let trusted: Vec<[u8; KEY_LEN]> = match (signers, kept) {
-        (Signers::Pinned(keys), _) => keys.clone(),
-        (Signers::FirstSeen, Some(kept)) => vec![kept.signing_key],
-        (Signers::FirstSeen, None) => vec![signing_key],
-    };
-    if !trusted.contains(&signing_key) {
+    if let Signers::Pinned(trusted) = signers
+        && !trusted.contains(&signing_key)
+    {
         return Err(VerifyError::UntrustedSigner {
             epoch: root.epoch,
             signer: STANDARD.encode(signing_key),
@@ -104,17 +101,17 @@ mod tests {
     #[tokio::test]
     async fn a_signed_root_verifies_and_keeps_its_fields() {
         let (directory, root) = a_root().await;
-        let verified = verify_root(&root, &Signers::FirstSeen, None).unwrap();
+        let verified = verify_root(&root, &Signers::FirstSeen).unwrap();
         assert_eq!(verified.epoch, 1);
         assert_eq!(verified.hash_hex(), root.root_hash);
         assert_eq!(verified.signing_key, directory.signing_key());
-        verify_root(&root, &Signers::Pinned(vec![directory.signing_key()]), None).unwrap();
+        verify_root(&root, &Signers::Pinned(vec![directory.signing_key()])).unwrap();
     }
 
     #[tokio::test]
     async fn a_root_is_named_by_its_epoch_and_hash_only() {
         let (_, root) = a_root().await;
-        let verified = verify_root(&root, &Signers::FirstSeen, None).unwrap();
+        let verified = verify_root(&root, &Signers::FirstSeen).unwrap();
         let mut spelled = root.clone();
         spelled.root_hash = root.root_hash.to_uppercase();
         spelled.key_id = "renamed".into();
@@ -139,29 +136,27 @@ mod tests {
         let mut vrf = root.clone();
         vrf.vrf_public_key = STANDARD.encode([7u8; 32]);
         for tampered in [epoch, hash, vrf] {
-            let error = verify_root(&tampered, &Signers::FirstSeen, None).unwrap_err();
+            let error = verify_root(&tampered, &Signers::FirstSeen).unwrap_err();
             assert!(matches!(error, VerifyError::BadSignature { .. }), "{error}");
         }
     }
 
     #[tokio::test]
-    async fn a_root_signed_by_another_key_is_untrusted() {
+    async fn a_root_signed_by_another_key_is_untrusted_only_when_keys_are_pinned() {
         let (directory, root) = a_root().await;
         let other = SigningKey::from_bytes(&[9u8; 32]);
         let hash: [u8; 32] = hex::decode(&root.root_hash).unwrap().try_into().unwrap();
         let forged = sign_root(&other, "other", root.epoch, &hash, &directory.vrf_public_key());
-        // Valid by itself, so a first-seen client would take it...
-        verify_root(&forged, &Signers::FirstSeen, None).unwrap();
-        // ...but not against a pinned key, nor after a root signed by the directory's key.
+        // Valid by itself, so a first-seen client takes its signature (the keeper decides whether
+        // it is on the chain of the kept root)...
+        assert_eq!(verify_root(&forged, &Signers::FirstSeen).unwrap().signing_key, other.verifying_key().to_bytes());
+        // ...but not against a pinned key.
         let pinned = Signers::Pinned(vec![directory.signing_key()]);
-        assert!(matches!(verify_root(&forged, &pinned, None), Err(VerifyError::UntrustedSigner { .. })));
-        let kept = verify_root(&root, &Signers::FirstSeen, None).unwrap();
-        let error = verify_root(&forged, &Signers::FirstSeen, Some(&kept)).unwrap_err();
-        assert!(matches!(error, VerifyError::UntrustedSigner { .. }), "{error}");
+        assert!(matches!(verify_root(&forged, &pinned), Err(VerifyError::UntrustedSigner { .. })));
         // A root that names the trusted key but was signed by another.
         let mut lying = forged.clone();
         lying.signing_key = root.signing_key.clone();
-        assert!(matches!(verify_root(&lying, &pinned, None), Err(VerifyError::BadSignature { .. })));
+        assert!(matches!(verify_root(&lying, &pinned), Err(VerifyError::BadSignature { .. })));
     }
 
     #[tokio::test]
@@ -179,11 +174,11 @@ mod tests {
         for mutate in mutations {
             let mut bad = root.clone();
             mutate(&mut bad);
-            assert!(matches!(verify_root(&bad, &Signers::FirstSeen, None), Err(VerifyError::Malformed(_))));
+            assert!(matches!(verify_root(&bad, &Signers::FirstSeen), Err(VerifyError::Malformed(_))));
         }
         // 32 bytes that are not a curve point.
         let mut bad = root.clone();
         bad.signing_key = STANDARD.encode([0xffu8; 32]);
-        assert!(verify_root(&bad, &Signers::FirstSeen, None).is_err());
+        assert!(verify_root(&bad, &Signers::FirstSeen).is_err());
     }
 }

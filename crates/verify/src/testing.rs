@@ -29,6 +29,7 @@ type Akd = Directory<Config, AsyncInMemoryDatabase, HardCodedAkdVRF>;
 pub struct TestDirectory {
     akd: Akd,
     signing: SigningKey,
+    key_id: String,
     vrf_public_key: [u8; 32],
     /// The signed root of epoch `i + 1` at `i`.
     roots: Vec<SignedRoot>,
@@ -46,17 +47,27 @@ impl TestDirectory {
         let akd = Akd::new(storage, HardCodedAkdVRF, AzksParallelismConfig::default()).await.expect("in memory");
         let vrf = HardCodedAkdVRF.get_vrf_public_key().await.expect("hard-coded key");
         let vrf_public_key = *vrf.as_bytes();
-        TestDirectory { akd, signing, vrf_public_key, roots: Vec::new() }
+        TestDirectory { akd, signing, key_id: KEY_ID.to_owned(), vrf_public_key, roots: Vec::new() }
     }
 
     /// Publishes one epoch with `entries` (user id, public key) and returns its signed root.
     pub async fn publish(&mut self, entries: &[(&str, &str)]) -> SignedRoot {
         let updates = entries.iter().map(|(user, key)| (AkdLabel::from(*user), AkdValue::from(*key))).collect();
         let published = self.akd.publish(updates).await.expect("distinct, non-empty updates");
-        let root = sign_root(&self.signing, KEY_ID, published.epoch(), &published.hash(), &self.vrf_public_key);
+        let root = sign_root(&self.signing, &self.key_id, published.epoch(), &published.hash(), &self.vrf_public_key);
         assert_eq!(published.epoch() as usize, self.roots.len() + 1, "one epoch per publish");
         self.roots.push(root.clone());
         root
+    }
+
+    /// Rotates the signing key the way the relay does: every root, old epochs too, is signed by
+    /// `signing` from now on (the roots themselves do not change).
+    pub fn rotate(&mut self, signing: SigningKey, key_id: &str) {
+        for root in &mut self.roots {
+            let hash: [u8; 32] = hex::decode(&root.root_hash).expect("hex").try_into().expect("32 bytes");
+            *root = sign_root(&signing, key_id, root.epoch, &hash, &self.vrf_public_key);
+        }
+        (self.signing, self.key_id) = (signing, key_id.to_owned());
     }
 
     /// The signed root of `epoch`.

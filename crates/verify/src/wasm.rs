@@ -7,22 +7,29 @@
 //! refused) and reads the answer's JSON at [`enigma_output`], [`enigma_output_len`] bytes long.
 //!
 //! Requests carry an `op` and the page's kept root (the page keeps it, like its other state):
-//! - `begin {kept, root}` → `{next: "same" | "first" | "audit", from, to, kept}`;
-//! - `extend {kept, answer, target}` (an audit answer on the way to `target`) → `{done, kept}`;
+//! - `begin {kept, root}` → `{next: "same" | "first" | "audit", from, to, kept, signerChanged}`;
+//! - `extend {kept, answer, target}` (an audit answer on the way to `target`) → `{done, kept,
+//!   signerChanged}`;
 //! - `lookup {kept, answer, userId, publicKey}` → `{version, epoch}`;
 //! - `history {kept, answer, userId}` → `{versions: [{version, epoch, publicKey}]}`.
+//!
+//! `signerChanged` is `null`, or the notice to show when the kept root's signer changed (the relay
+//! rotated its key; the new roots were proven to extend the kept one): `{from, to, message}`, each
+//! signer `{keyId, key}`.
 //!
 //! A refusal is `{error, kind}` ([`VerifyError::kind`]). The checks never panic; should the
 //! module trap all the same, the page treats it as a refusal and instantiates it afresh.
 
 use std::cell::RefCell;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::VerifyError;
 use crate::history::verify_history;
-use crate::keeper::{Next, RootKeeper};
+use crate::keeper::{Next, RootKeeper, Signer, SignerChange};
 use crate::lookup::verify_lookup;
 use crate::root::Signers;
 use crate::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
@@ -65,20 +72,24 @@ fn run(request: Request) -> Result<serde_json::Value, VerifyError> {
             };
             let (_, next) = keeper.begin(&root)?;
             let kept = keeper.kept().map(|k| k.signed.clone());
+            let changed = keeper.take_signer_change().map(|change| signer_change(&change));
             Ok(match next {
-                Next::Same => json!({"next": "same", "kept": kept}),
-                Next::First => json!({"next": "first", "kept": kept}),
-                Next::Audit { from, to } => json!({"next": "audit", "from": from, "to": to, "kept": kept}),
+                Next::Same => json!({"next": "same", "kept": kept, "signerChanged": changed}),
+                Next::First => json!({"next": "first", "kept": kept, "signerChanged": changed}),
+                Next::Audit { from, to } => {
+                    json!({"next": "audit", "from": from, "to": to, "kept": kept, "signerChanged": changed})
+                }
             })
         }
         Request::Extend { kept, answer, target } => {
             let mut keeper = RootKeeper::resume(Signers::FirstSeen, &kept)?;
-            let target = crate::root::verify_root(&target, &Signers::FirstSeen, keeper.kept())?;
+            let target = crate::root::verify_root(&target, &Signers::FirstSeen)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .map_err(|e| VerifyError::Malformed(format!("no runtime for the audit check: {e}")))?;
             let done = runtime.block_on(keeper.extend(&answer, &target))?;
-            Ok(json!({"done": done, "kept": keeper.kept().map(|k| k.signed.clone())}))
+            let changed = keeper.take_signer_change().map(|change| signer_change(&change));
+            Ok(json!({"done": done, "kept": keeper.kept().map(|k| k.signed.clone()), "signerChanged": changed}))
         }
         Request::Lookup { kept, answer, user_id, public_key } => {
             let keeper = RootKeeper::resume(Signers::FirstSeen, &kept)?;
@@ -97,6 +108,11 @@ fn run(request: Request) -> Result<serde_json::Value, VerifyError> {
             Ok(json!({ "versions": versions }))
         }
     }
+}
+
+fn signer_change(change: &SignerChange) -> serde_json::Value {
+    let signer = |s: &Signer| json!({"keyId": s.key_id, "key": STANDARD.encode(s.key)});
+    json!({"from": signer(&change.from), "to": signer(&change.to), "message": change.to_string()})
 }
 
 thread_local! {
@@ -185,9 +201,32 @@ mod tests {
         let (done, refused) = call(json!({"op": "begin", "kept": kept, "root": first}));
         assert!(!done);
         assert_eq!(refused["kind"], "rollback", "{refused}");
+        assert_eq!(extended["signerChanged"], serde_json::Value::Null);
+
         let (done, refused) = call(json!({"op": "nonsense"}));
         assert!(!done);
         assert_eq!(refused["kind"], "malformed");
         assert!(!handle("not json").0);
+    }
+
+    #[test]
+    fn a_rotated_key_is_followed_through_the_audit_and_reported() {
+        let (before, after, audit) = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+            let mut directory = TestDirectory::new().await;
+            directory.publish(&[("alice", "key-a")]).await;
+            let before = directory.latest();
+            directory.publish(&[("bob", "key-b")]).await;
+            directory.rotate(ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]), "k2");
+            (before, directory.latest(), directory.audit(1, 2).await)
+        });
+        let (done, next) = call(json!({"op": "begin", "kept": before, "root": after}));
+        assert!(done, "{next}");
+        assert_eq!((next["next"].as_str(), next["signerChanged"].is_null()), (Some("audit"), true));
+        let (done, extended) = call(json!({"op": "extend", "kept": before, "answer": audit, "target": after}));
+        assert!(done, "{extended}");
+        assert_eq!(extended["kept"], serde_json::to_value(&after).unwrap());
+        let changed = &extended["signerChanged"];
+        assert_eq!((changed["from"]["keyId"].as_str(), changed["to"]["keyId"].as_str()), (Some("test-1"), Some("k2")));
+        assert!(changed["message"].as_str().unwrap().contains("signing key changed"), "{changed}");
     }
 }

@@ -71,8 +71,14 @@ async fn generate() -> Value {
     forged.root_hash = hex::encode([0x42; 32]);
     refuse("a root whose signature does not cover it", json!({"op": "begin", "kept": null, "root": forged}));
     let intruder = ed25519_dalek::SigningKey::from_bytes(&[0x17; 32]);
-    let foreign = sign_root(&intruder, "other", 4, &[0x42; 32], &directory.vrf_public_key());
-    refuse("a newer root signed by another key", json!({"op": "begin", "kept": latest, "root": foreign}));
+    // A new signer is followed only along the kept root's chain: it buys nothing against it.
+    let foreign = sign_root(&intruder, "other", 3, &[0x42; 32], &directory.vrf_public_key());
+    refuse(
+        "another root for the kept epoch, signed by another key",
+        json!({"op": "begin", "kept": latest, "root": foreign}),
+    );
+    let older = sign_root(&intruder, "other", 2, &hex_hash(&directory.root(2)), &directory.vrf_public_key());
+    refuse("an older root, re-signed by another key", json!({"op": "begin", "kept": latest, "root": older}));
 
     json!({
         "version": 1,
@@ -87,6 +93,10 @@ async fn generate() -> Value {
         "audit": audit,
         "refused": refused,
     })
+}
+
+fn hex_hash(root: &enigma_verify::wire::SignedRoot) -> [u8; 32] {
+    hex::decode(&root.root_hash).expect("hex").try_into().expect("32 bytes")
 }
 
 /// Runs every refused request natively: each is refused, and its kind is recorded.

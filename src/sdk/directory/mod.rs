@@ -11,6 +11,10 @@
 //!   hash for the same epoch a fork: both refused).
 //! - The owner's client reads its own key history on every [`Client::connect`]: any version that
 //!   is not its key is [`Error::AnotherKeyForYou`].
+//! - The root's signer is evidence, not the root of trust: the relay may rotate its signing key
+//!   (every root then comes signed by the new one), and a root by another key is taken like any
+//!   other — the kept one re-signed, or a newer one the append-only proofs lead to — while
+//!   [`Client::directory_status`] reports the change for the user to see.
 //! - A server without a directory (404 at `/directory/root`: one that only speaks the
 //!   specification) is used with pins alone, and [`Client::directory_status`] says so; with
 //!   [`DirectoryPolicy::Require`] it is refused instead. A server this client keeps a root for
@@ -19,12 +23,14 @@
 use std::time::{Duration, Instant};
 
 use enigma_verify::history::{KeyVersion, verify_history};
-use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper};
+use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper, Signer};
 use enigma_verify::lookup::verify_lookup;
 use enigma_verify::proof::decode_audit;
 use enigma_verify::wire::{AuditAnswer, HistoryAnswer, LookupAnswer, SignedRoot};
 use enigma_verify::{SeenIn, Signers, VerifiedRoot, VerifyError, verify_root};
 use serde::de::DeserializeOwned;
+
+pub use enigma_verify::keeper::SignerChange;
 
 pub use self::state::{
     AuditSummary, BadEpochRoot, DirectoryPolicy, DirectoryStatus, EpochRoot, KeyProof, PUBLISH_WAIT,
@@ -45,7 +51,9 @@ impl Client {
         let state = self.inner.directory.lock().await;
         match (state.presence, state.keeper.as_ref().and_then(RootKeeper::kept)) {
             (Presence::Absent, _) => DirectoryStatus::Absent,
-            (Presence::Present, Some(kept)) => DirectoryStatus::Verified { epoch: kept.epoch },
+            (Presence::Present, Some(kept)) => {
+                DirectoryStatus::Verified { epoch: kept.epoch, signer_changed: state.signer_change.clone() }
+            }
             _ => DirectoryStatus::Unknown,
         }
     }
@@ -99,8 +107,8 @@ impl Client {
     }
 
     /// Verifies the directory's whole history, epoch 1 to the newest root: every root signed
-    /// (by the key of the root this client keeps, if it keeps one), every step append-only, and
-    /// the kept root on the way. `given` are roots other clients verified (what their audit
+    /// (by whichever key: a rotated key is followed, see [`DirectoryStatus::Verified`]), every
+    /// step append-only, and the kept root on the way. `given` are roots other clients verified (what their audit
     /// printed): the audited chain must have each at its epoch, else [`VerifyError::Fork`] (a
     /// given epoch beyond the newest is [`VerifyError::Rollback`]); both with
     /// [`SeenIn::GivenRoot`]. This is how two people find out whether they were shown the same
@@ -122,11 +130,9 @@ impl Client {
         };
         state.presence = Presence::Present;
         let kept = self.keeper(&mut state)?.kept().cloned();
-        let signers = match &kept {
-            Some(kept) => Signers::Pinned(vec![kept.signing_key]),
-            None => Signers::FirstSeen,
-        };
-        let target = verify_root(&latest, &signers, None)?;
+        // The kept root binds the audited chain by its hash (`on_the_way`), not by its signer.
+        let signers = Signers::FirstSeen;
+        let target = verify_root(&latest, &signers)?;
         // Every root seen before this audit, each to be found on the audited way.
         let mut seen: Vec<(EpochRoot, SeenIn)> = given.iter().map(|root| (*root, SeenIn::GivenRoot)).collect();
         seen.extend(kept.as_ref().map(|kept| (EpochRoot::from(kept), SeenIn::KeptRoot)));
@@ -169,6 +175,9 @@ impl Client {
         let keeper = RootKeeper::resume(signers, &latest)?;
         self.keep(&keeper)?;
         state.keeper = Some(keeper);
+        if let Some(kept) = kept.filter(|kept| kept.signing_key != target.signing_key) {
+            state.signer_changed(Signer::of(&kept), Signer::of(&target));
+        }
         let mut compared = given.to_vec();
         compared.sort();
         compared.dedup();
@@ -265,9 +274,13 @@ impl Client {
     async fn take_root(&self, state: &mut DirectoryState, root: &SignedRoot) -> Result<VerifiedRoot, Error> {
         let keeper = self.keeper(state)?;
         let taken = keeper.advance(root, &mut Audits(self)).await;
+        let change = keeper.take_signer_change();
         // Whatever was proven on the way is kept, even when the end of it was refused.
         let kept = keeper.clone();
         self.keep(&kept)?;
+        if let Some(change) = change {
+            state.signer_changed(change.from, change.to);
+        }
         taken.map_err(|e| match e {
             KeepError::Refused(e) => Error::Directory(e),
             KeepError::Fetch(e) => e,

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use enigma_verify::VerifiedRoot;
-use enigma_verify::keeper::RootKeeper;
+use enigma_verify::keeper::{RootKeeper, Signer, SignerChange};
 use enigma_verify::lookup::ProvenKey;
 use enigma_verify::wire::SignedRoot;
 
@@ -31,8 +31,10 @@ pub enum DirectoryStatus {
     Unknown,
     /// The server has none (404 at `/directory/root`): keys are checked against pins only.
     Absent,
-    /// The newest root verified.
-    Verified { epoch: u64 },
+    /// The newest root verified. `signer_changed`: its signer is not the one of the root this
+    /// client kept before (the relay rotated its signing key); the roots by the new key were
+    /// proven to extend the kept root, which is how they were taken. Worth telling the user.
+    Verified { epoch: u64, signer_changed: Option<SignerChange> },
 }
 
 /// A key checked with the directory.
@@ -135,6 +137,17 @@ pub(in crate::sdk) struct DirectoryState {
     pub(super) presence: Presence,
     /// Built at first use from the root kept in the pin file, if any.
     pub(super) keeper: Option<RootKeeper>,
+    /// Since this client started: from the signer of the root it kept then to the one now.
+    pub(super) signer_change: Option<SignerChange>,
+}
+
+impl DirectoryState {
+    /// Notes that the kept root's signer changed `from` a key `to` another (one change after
+    /// another is one change, from the first signer to the last; back to the first is none).
+    pub(super) fn signer_changed(&mut self, from: Signer, to: Signer) {
+        let from = self.signer_change.take().map_or(from, |earlier| earlier.from);
+        self.signer_change = (from.key != to.key).then_some(SignerChange { from, to });
+    }
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]

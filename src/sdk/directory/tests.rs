@@ -173,7 +173,7 @@ async fn a_contact_key_is_proven_and_the_root_is_kept_across_runs() {
 
     let first = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
     assert_eq!(first.lookup("bob").await.unwrap().to_base64url(), bob);
-    assert_eq!(first.directory_status().await, DirectoryStatus::Verified { epoch: 2 });
+    assert_eq!(first.directory_status().await, DirectoryStatus::Verified { epoch: 2, signer_changed: None });
     assert_eq!(scratch.pins().root(first.server().as_str()).unwrap().map(|r| r.epoch), Some(2));
     assert!(relay.lock().await.audits.is_empty(), "the first root is taken on its signature");
 
@@ -188,6 +188,54 @@ async fn a_contact_key_is_proven_and_the_root_is_kept_across_runs() {
     }
     assert_eq!(relay.lock().await.audits, [(2, 5)]);
     assert_eq!(scratch.pins().root(second.server().as_str()).unwrap().map(|r| r.epoch), Some(5));
+}
+
+/// The relay rotated its signing key (every root re-signed by the new one): a client that kept a
+/// root signed by the old key follows along the chain — in a lookup and in an audit — and its
+/// status says the signer changed; the pins file keeps the root under the new signer.
+#[tokio::test]
+async fn after_a_signing_key_rotation_the_client_follows_the_chain_and_says_so() {
+    let bob = key();
+    let mut directory = TestDirectory::new().await;
+    directory.publish(&[("bob", &bob)]).await;
+    let old = directory.signing_key();
+    let (url, relay) = serve(relay(directory, &[("bob", &bob)])).await;
+    let (looks, audits) = (Scratch::new("rotated-lookup"), Scratch::new("rotated-audit"));
+    for scratch in [&looks, &audits] {
+        let client = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+        client.lookup("bob").await.unwrap();
+    }
+    {
+        let mut relay = relay.lock().await;
+        relay.directory.publish(&[("carol", &key())]).await;
+        relay.directory.rotate(ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]), "k2");
+    }
+    let new = relay.lock().await.directory.signing_key();
+    let changed = |status: DirectoryStatus| match status {
+        DirectoryStatus::Verified { signer_changed: Some(change), .. } => (change.from.key, change.to.key),
+        other => panic!("{other:?}"),
+    };
+
+    let looking = client(&url, Identity::generate(), Some(looks.pins()), DirectoryPolicy::Verify);
+    looking.lookup("bob").await.unwrap();
+    assert_eq!(changed(looking.directory_status().await), (old, new));
+    assert_eq!(relay.lock().await.audits, [(1, 2)], "taken through the append-only proof");
+    assert_eq!(looks.pins().root(looking.server().as_str()).unwrap().unwrap().key_id, "k2");
+
+    let auditing = client(&url, Identity::generate(), Some(audits.pins()), DirectoryPolicy::Verify);
+    auditing.audit_directory(&[], |_, _| {}).await.unwrap();
+    assert_eq!(changed(auditing.directory_status().await), (old, new));
+    assert_eq!(audits.pins().root(auditing.server().as_str()).unwrap().unwrap().key_id, "k2");
+    // Rotated back, with no new epoch: the kept root re-signed is kept under its new signer, so
+    // the next run has nothing to say.
+    relay.lock().await.directory.rotate(ed25519_dalek::SigningKey::from_bytes(&[0x5e; 32]), "test-1");
+    let back = client(&url, Identity::generate(), Some(looks.pins()), DirectoryPolicy::Verify);
+    back.lookup("bob").await.unwrap();
+    assert_eq!(changed(back.directory_status().await), (new, old));
+    assert_eq!(looks.pins().root(back.server().as_str()).unwrap().unwrap().key_id, "test-1");
+    let next = client(&url, Identity::generate(), Some(looks.pins()), DirectoryPolicy::Verify);
+    next.lookup("bob").await.unwrap();
+    assert_eq!(next.directory_status().await, DirectoryStatus::Verified { epoch: 2, signer_changed: None });
 }
 
 #[tokio::test]
