@@ -15,7 +15,7 @@
 //!
 //! Every key a message is sealed to is proven by the server's verifiable key directory first
 //! (`enigma::sdk::directory`); the newest verified root is kept in the pins file, and `enigma
-//! audit` checks the directory's whole history and prints the kept root as `EPOCH:HASH`, which
+//! audit` checks the directory's whole history and prints the kept root as `EPOCH:HASH:VRF`, which
 //! another person gives to their own `enigma audit --root` to find out whether the server showed
 //! the two of them the same directory. A server without a directory is used with pins alone (said
 //! once), or refused with `--require-directory`.
@@ -110,13 +110,13 @@ enum Command {
     },
     /// Verify the server's key directory from epoch 1 to now: every root's signature, every
     /// append-only proof, and the root this client kept on the way. Prints the root it keeps as
-    /// EPOCH:HASH: someone else running `enigma audit --root EPOCH:HASH` against the same server
+    /// EPOCH:HASH:VRF: someone else running `enigma audit --root EPOCH:HASH:VRF` against the same server
     /// finds out whether the two of you were shown the same directory.
     Audit {
-        /// A root another client's `enigma audit` printed ("kept root:   EPOCH:HASH"): the
+        /// A root another client's `enigma audit` printed ("kept root:   EPOCH:HASH:VRF"): the
         /// server's chain must have this root at EPOCH, else the audit fails as a FORK (the two
         /// clients were shown different directories). Repeatable.
-        #[arg(long = "root", value_name = "EPOCH:HASH")]
+        #[arg(long = "root", value_name = "EPOCH:HASH:VRF")]
         roots: Vec<sdk::EpochRoot>,
     },
     /// Forget the directory root kept for this server (only after its operator announced that

@@ -963,12 +963,15 @@ fn a_key_published_through_the_directory_is_refused_by_both_ends() {
     assert!(connect.stderr.contains("version 2"), "{}", connect.stderr);
 }
 
-/// The kept root in `enigma audit`'s summary, as it prints it ("kept root:   EPOCH:HASH"): what
-/// another client gives to `enigma audit --root`.
+/// The kept root in `enigma audit`'s summary, as it prints it ("kept root:   EPOCH:HASH:VRF"):
+/// what another client gives to `enigma audit --root`.
 fn kept_root(audit: &str) -> String {
     let root = audit.lines().find_map(|line| line.strip_prefix("kept root:   ")).expect("a kept root line");
-    let (epoch, hash) = root.split_once(':').expect("EPOCH:HASH");
-    assert!(epoch.parse::<u64>().is_ok() && hash.len() == 64, "EPOCH:HASH: {root}");
+    let parts: Vec<&str> = root.split(':').collect();
+    assert!(
+        parts.len() == 3 && parts[0].parse::<u64>().is_ok() && parts[1].len() == 64 && parts[2].len() == 64,
+        "EPOCH:HASH:VRF: {root}"
+    );
     root.to_owned()
 }
 
@@ -1140,14 +1143,15 @@ fn a_root_from_a_diverging_directory_is_refused_as_a_fork_when_compared() {
     assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
     assert!(refused.stderr.contains("FORK: the directory presents root"), "{}", refused.stderr);
     assert!(refused.stderr.contains(&format!("for epoch {epoch},")), "{}", refused.stderr);
-    let (_, hash) = given.split_once(':').unwrap();
+    let hash = given.split(':').nth(1).unwrap();
     assert!(refused.stderr.contains(&format!("the root given to compare with is {hash}")), "{}", refused.stderr);
     // A's own root at that epoch is named beside it (known here when A stopped at it, as it does
     // with one user an epoch).
     let presented = refused.stderr.split("presents root ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
     assert!(presented.len() == 64 && presented != hash, "{}", refused.stderr);
     if kept_epoch(&alices) == epoch {
-        assert_eq!(format!("{epoch}:{presented}"), kept_root(&alices), "{}", refused.stderr);
+        let alices_root = kept_root(&alices);
+        assert!(alices_root.starts_with(&format!("{epoch}:{presented}:")), "{alices_root}: {}", refused.stderr);
     }
     assert!(!refused.stdout.contains("kept root:"), "{}", refused.stdout);
     assert!(!fresh.with_file_name("fresh.key.pins.json").exists(), "a refused audit keeps no root");

@@ -22,6 +22,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use enigma_verify::history::{KeyVersion, verify_history};
 use enigma_verify::keeper::{AuditSource, KeepError, RootKeeper, Signer};
 use enigma_verify::lookup::verify_lookup;
@@ -133,6 +135,11 @@ impl Client {
         // The kept root binds the audited chain by its hash (`on_the_way`), not by its signer.
         let signers = Signers::FirstSeen;
         let target = verify_root(&latest, &signers)?;
+        // The VRF key is not in the root hash: a kept root under another one is another view of
+        // the directory (the keeper refuses it at a lookup; an audit must too).
+        if kept.as_ref().is_some_and(|kept| kept.vrf_public_key != target.vrf_public_key) {
+            return Err(VerifyError::VrfKeyChanged { epoch: target.epoch }.into());
+        }
         // Every root seen before this audit, each to be found on the audited way.
         let mut seen: Vec<(EpochRoot, SeenIn)> = given.iter().map(|root| (*root, SeenIn::GivenRoot)).collect();
         seen.extend(kept.as_ref().map(|kept| (EpochRoot::from(kept), SeenIn::KeptRoot)));
@@ -373,6 +380,9 @@ enum Fetched<T> {
 fn on_the_way(seen: &[(EpochRoot, SeenIn)], roots: &[SignedRoot]) -> Result<(), VerifyError> {
     for (root, seen_in) in seen {
         match roots.iter().find(|audited| audited.epoch == root.epoch()) {
+            Some(audited) if !STANDARD.decode(&audited.vrf_public_key).is_ok_and(|vrf| vrf == root.vrf()) => {
+                return Err(VerifyError::VrfKeyChanged { epoch: root.epoch() });
+            }
             Some(audited) if !hex::decode(&audited.root_hash).is_ok_and(|hash| hash == root.hash()) => {
                 return Err(VerifyError::Fork {
                     epoch: root.epoch(),

@@ -45,28 +45,42 @@ pub enum KeyProof {
     NoDirectory,
 }
 
-/// A root by its epoch and hash, written `EPOCH:HASH` (the hash in lowercase hex): how
-/// `enigma audit` prints the root it keeps, and how a root another client verified is given to
-/// compare with ([`crate::sdk::Client::audit_directory`], `enigma audit --root`). Two clients that
-/// hold the same `EpochRoot` were shown the same directory up to that epoch.
+/// A root by its epoch, hash and VRF key, written `EPOCH:HASH:VRF` (both in lowercase hex):
+/// how `enigma audit` prints the root it keeps, and how a root another client verified is given
+/// to compare with ([`crate::sdk::Client::audit_directory`], `enigma audit --root`). Two clients
+/// that hold the same `EpochRoot` were shown the same directory up to that epoch. The VRF key is
+/// part of it: the root hash does not cover it, and one tree read with two VRF keys shows two
+/// clients different keys for one id (each finds its entries at other labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EpochRoot {
     epoch: u64,
     hash: [u8; 32],
+    vrf: [u8; 32],
 }
 
-/// Text that is not `EPOCH:HASH`.
+/// Text that is not `EPOCH:HASH:VRF`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}; expected EPOCH:HASH, as `enigma audit` prints its kept root (e.g. 12:9f2c…, 64 hex digits)")]
+#[error(
+    "{0}; expected EPOCH:HASH:VRF, as `enigma audit` prints its kept root (e.g. 12:9f2c…:41d0…, two times 64 hex digits)"
+)]
 pub struct BadEpochRoot(String);
 
 impl EpochRoot {
     /// Epoch 0 (the empty directory) is never published: it is refused.
-    pub fn new(epoch: u64, hash: [u8; 32]) -> Result<EpochRoot, BadEpochRoot> {
+    pub fn new(epoch: u64, hash: [u8; 32], vrf: [u8; 32]) -> Result<EpochRoot, BadEpochRoot> {
         if epoch == 0 {
             return Err(BadEpochRoot("epoch 0 is never published (epochs start at 1)".into()));
         }
-        Ok(EpochRoot { epoch, hash })
+        Ok(EpochRoot { epoch, hash, vrf })
+    }
+
+    /// The VRF key the root was signed with.
+    pub fn vrf(&self) -> &[u8; 32] {
+        &self.vrf
+    }
+
+    pub fn vrf_hex(&self) -> String {
+        hex::encode(self.vrf)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -84,7 +98,7 @@ impl EpochRoot {
 
 impl From<&VerifiedRoot> for EpochRoot {
     fn from(root: &VerifiedRoot) -> Self {
-        EpochRoot { epoch: root.epoch, hash: root.root_hash }
+        EpochRoot { epoch: root.epoch, hash: root.root_hash, vrf: root.vrf_public_key }
     }
 }
 
@@ -93,19 +107,25 @@ impl FromStr for EpochRoot {
 
     fn from_str(text: &str) -> Result<Self, BadEpochRoot> {
         let bad = |what: &str| BadEpochRoot(what.to_owned());
-        let (epoch, hash) = text.trim().split_once(':').ok_or_else(|| bad("no `:` between the epoch and the hash"))?;
+        let mut parts = text.trim().split(':');
+        let (Some(epoch), Some(hash), Some(vrf), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not three parts separated by `:`"));
+        };
         let epoch: u64 = epoch.parse().map_err(|_| bad(&format!("the epoch {epoch:?} is not a whole number")))?;
-        let hash: [u8; 32] = hex::decode(hash)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| bad(&format!("the hash {hash:?} is not 64 hex digits")))?;
-        EpochRoot::new(epoch, hash)
+        let hex32 = |what: &str, text: &str| -> Result<[u8; 32], BadEpochRoot> {
+            hex::decode(text)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| bad(&format!("the {what} {text:?} is not 64 hex digits")))
+        };
+        EpochRoot::new(epoch, hex32("hash", hash)?, hex32("VRF key", vrf)?)
     }
 }
 
 impl fmt::Display for EpochRoot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.hash_hex())
+        write!(f, "{}:{}:{}", self.epoch, self.hash_hex(), self.vrf_hex())
     }
 }
 

@@ -32,6 +32,8 @@ struct Relay {
     audits: Vec<(u64, u64)>,
     /// Flips a byte of every audit proof.
     tamper_audits: bool,
+    /// Serves the latest root re-signed under this VRF key (the same tree hash).
+    root_vrf: Option<[u8; 32]>,
 }
 
 type Shared = Arc<Mutex<Relay>>;
@@ -56,7 +58,15 @@ async fn root(State(relay): State<Shared>) -> Response {
     if !relay.has_directory {
         return missing();
     }
-    found(&relay.directory.latest())
+    let latest = relay.directory.latest();
+    match relay.root_vrf {
+        Some(vrf) => {
+            let hash: [u8; 32] = hex::decode(&latest.root_hash).unwrap().try_into().unwrap();
+            let signing = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+            found(&enigma_verify::testing::sign_root(&signing, "split", latest.epoch, &hash, &vrf))
+        }
+        None => found(&latest),
+    }
 }
 
 async fn lookup(State(relay): State<Shared>, Path(user): Path<String>) -> Response {
@@ -128,6 +138,7 @@ fn relay(directory: TestDirectory, keys: &[(&str, &str)]) -> Relay {
         lookups: 0,
         audits: Vec::new(),
         tamper_audits: false,
+        root_vrf: None,
     }
 }
 
@@ -378,7 +389,7 @@ async fn the_whole_history_is_audited_in_the_ranges_the_relay_answers() {
     assert!(matches!(error, Error::Directory(_)), "{error}");
 }
 
-/// Two clients compare what they were shown: the root one audit printed (`EPOCH:HASH`), given to
+/// Two clients compare what they were shown: the root one audit printed (`EPOCH:HASH:VRF`), given to
 /// another client's audit, is on that client's audited chain; a root of a diverging directory at
 /// the same epoch is a fork named with both hashes, a root beyond the newest epoch a rollback, and
 /// a refused audit keeps nothing.
@@ -401,7 +412,7 @@ async fn roots_given_to_compare_with_must_be_on_the_audited_chain() {
     // Carol, a client of her own, compares Alice's root and an earlier one of the same chain.
     let carols = client(&url, Identity::generate(), Some(carol.pins()), DirectoryPolicy::Verify);
     let first = carols.audit_directory(&[], |_, _| {}).await.unwrap();
-    let third: EpochRoot = format!("3:{}", relay_hash(&relay, 3).await).parse().unwrap();
+    let third: EpochRoot = format!("3:{}:{}", relay_hash(&relay, 3).await, printed.vrf_hex()).parse().unwrap();
     let summary = carols.audit_directory(&[printed, third, printed], |_, _| {}).await.unwrap();
     assert_eq!(summary.compared, [third, printed]);
     assert_eq!(summary.kept, first.kept);
@@ -411,7 +422,10 @@ async fn roots_given_to_compare_with_must_be_on_the_audited_chain() {
     let fresh = Scratch::new("given-fresh");
     let freshs = client(&url, Identity::generate(), Some(fresh.pins()), DirectoryPolicy::Verify);
     for epoch in [3, 5] {
-        let other: EpochRoot = format!("{epoch}:{}", diverging.root(epoch).root_hash).parse().unwrap();
+        let other: EpochRoot =
+            format!("{epoch}:{}:{}", diverging.root(epoch).root_hash, hex::encode(diverging.vrf_public_key()))
+                .parse()
+                .unwrap();
         let error = freshs.audit_directory(&[printed, other], |_, _| {}).await.unwrap_err();
         let Error::Directory(VerifyError::Fork { epoch: forked, seen, presented, seen_in }) = &error else {
             panic!("{error}")
@@ -421,13 +435,41 @@ async fn roots_given_to_compare_with_must_be_on_the_audited_chain() {
         assert!(error.to_string().contains(&format!("for epoch {epoch}")), "{error}");
     }
     // Beyond the newest epoch: rolled back, or another server's root.
-    let ahead: EpochRoot = format!("9:{}", printed.hash_hex()).parse().unwrap();
+    let ahead: EpochRoot = format!("9:{}:{}", printed.hash_hex(), printed.vrf_hex()).parse().unwrap();
     let error = freshs.audit_directory(&[ahead], |_, _| {}).await.unwrap_err();
     assert!(
         matches!(error, Error::Directory(VerifyError::Rollback { seen: 9, presented: 5, seen_in: SeenIn::GivenRoot })),
         "{error}"
     );
+    // The same epoch and hash under another VRF key: the same tree read with other labels, so
+    // another view of who has which key — refused too.
+    let other_vrf = EpochRoot::new(printed.epoch(), *printed.hash(), [7; 32]).unwrap();
+    let error = freshs.audit_directory(&[other_vrf], |_, _| {}).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Directory(VerifyError::VrfKeyChanged { epoch }) if epoch == printed.epoch()),
+        "{error}"
+    );
     assert_eq!(fresh.pins().root(freshs.server().as_str()).unwrap(), None, "a refused audit keeps nothing");
+}
+
+/// A relay that serves a client's kept root's tree under another VRF key: the root hash does not
+/// cover the VRF key, so without a check an audit from epoch 1 would take the other key's view
+/// and keep it (its lookups then find other labels in the same tree).
+#[tokio::test]
+async fn an_audit_refuses_the_kept_roots_tree_under_another_vrf_key() {
+    let mut directory = TestDirectory::new().await;
+    for epoch in 1..=3 {
+        directory.publish(&[(&format!("user-{epoch}"), &key())]).await;
+    }
+    let (url, relay) = serve(relay(directory, &[])).await;
+    let scratch = Scratch::new("vrf-split");
+    let alices = client(&url, Identity::generate(), Some(scratch.pins()), DirectoryPolicy::Verify);
+    let kept = alices.audit_directory(&[], |_, _| {}).await.unwrap().kept;
+    relay.lock().await.root_vrf = Some([7; 32]);
+    let error = alices.audit_directory(&[], |_, _| {}).await.unwrap_err();
+    assert!(matches!(error, Error::Directory(VerifyError::VrfKeyChanged { .. })), "{error}");
+    let still = scratch.pins().root(alices.server().as_str()).unwrap().expect("the kept root");
+    assert_eq!(EpochRoot::from(&verify_root(&still, &Signers::FirstSeen).unwrap()), kept, "the kept root stays");
 }
 
 async fn relay_hash(relay: &Shared, epoch: u64) -> String {
@@ -437,17 +479,21 @@ async fn relay_hash(relay: &Shared, epoch: u64) -> String {
 #[test]
 fn an_epoch_root_is_read_as_enigma_audit_prints_it() {
     let hash = "9F2C".repeat(16);
-    let root: EpochRoot = format!(" 12:{hash} ").parse().unwrap();
-    assert_eq!((root.epoch(), root.to_string()), (12, format!("12:{}", hash.to_lowercase())));
+    let vrf = "41D0".repeat(16);
+    let root: EpochRoot = format!(" 12:{hash}:{vrf} ").parse().unwrap();
+    assert_eq!((root.epoch(), root.to_string()), (12, format!("12:{}:{}", hash.to_lowercase(), vrf.to_lowercase())));
     for bad in [
         "",
         "12",
         &hash,
-        &format!("0:{hash}"),
-        &format!("x:{hash}"),
-        "12:9f2c",
-        &format!("12:{hash}00"),
-        &format!("-1:{hash}"),
+        &format!("12:{hash}"),
+        &format!("0:{hash}:{vrf}"),
+        &format!("x:{hash}:{vrf}"),
+        &format!("12:9f2c:{vrf}"),
+        &format!("12:{hash}:41d0"),
+        &format!("12:{hash}00:{vrf}"),
+        &format!("-1:{hash}:{vrf}"),
+        &format!("12:{hash}:{vrf}:{vrf}"),
     ] {
         let error = bad.parse::<EpochRoot>().unwrap_err();
         assert!(error.to_string().contains("expected EPOCH:HASH"), "{bad:?}: {error}");
