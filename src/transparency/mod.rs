@@ -80,13 +80,20 @@ pub struct Transparency {
     vrf_public_key: [u8; 32],
     max_audit_epochs: u64,
     max_audit_entries: usize,
-    /// Audit answers computed at once; more wait (within the request's timeout).
+    /// Audit answers open at once (each holds its node cache and its proof so far); more wait
+    /// within the request's timeout.
     audits: tokio::sync::Semaphore,
+    /// Epoch steps of audit answers computed at once (each a core while akd hashes).
+    audit_steps: tokio::sync::Semaphore,
 }
 
-/// Audit answers one replica computes at once: each holds the tree nodes it read (megabytes at
-/// a large epoch) and a core while it hashes them.
-const CONCURRENT_AUDITS: usize = 2;
+/// Audit answers one replica has open at once: each holds the tree nodes it read (megabytes at
+/// a large epoch) and its proof so far.
+const CONCURRENT_AUDITS: usize = 16;
+
+/// Epoch steps of audit answers one replica computes at once: each takes a core while akd
+/// hashes. Taken per step, so an answer of one epoch (a lookup's) waits for one step at most.
+const CONCURRENT_AUDIT_STEPS: usize = 2;
 
 /// The node cache of one audit answer or publication: akd then reads the nodes an epoch needs
 /// level by level, in one batch per level, instead of one round trip per node (an epoch of
@@ -112,6 +119,7 @@ impl Transparency {
             max_audit_epochs: settings.max_audit_epochs,
             max_audit_entries: settings.max_audit_entries,
             audits: tokio::sync::Semaphore::new(CONCURRENT_AUDITS),
+            audit_steps: tokio::sync::Semaphore::new(CONCURRENT_AUDIT_STEPS),
         })
     }
 
@@ -194,13 +202,26 @@ impl Transparency {
             return Err(ReadError::BadRange(format!("to ({to}) is beyond the latest epoch ({latest})")));
         }
         let last = to.min(from.saturating_add(self.max_audit_epochs));
-        let _turn = self.audits.acquire().await.map_err(|_| ReadError::Unavailable("shutting down".into()))?;
+        let closed = |_| ReadError::Unavailable("shutting down".into());
+        let _answer = self.audits.acquire().await.map_err(closed)?;
         let started = Instant::now();
         let reader = open_with_cache(EngineStore::reader(self.engine.clone()), self.vrf.clone()).await?;
-        // One epoch at a time (akd's proof of a range is its epochs' proofs side by side).
+        // One epoch at a time (akd's proof of a range is its epochs' proofs side by side), each
+        // step taking its turn: a long audit does not hold up the short ones of lookups.
         let (mut proof, mut entries, mut to) = (AppendOnlyProof { proofs: Vec::new(), epochs: Vec::new() }, 0, from);
         while to < last {
-            let step = reader.audit(to, to + 1).await?;
+            let turn = self.audit_steps.acquire().await.map_err(closed)?;
+            let step = match reader.audit(to, to + 1).await {
+                Ok(step) => step,
+                // The cache read the tree as it was at the first step; an epoch published since
+                // can leave a later step without a node it needs: answer what is proven.
+                Err(e) if to > from => {
+                    tracing::debug!(error = %e, epoch = to, "key directory: an audit answer cut short");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            drop(turn);
             entries += step.proofs.iter().map(|p| p.inserted.len()).sum::<usize>();
             proof.proofs.extend(step.proofs);
             proof.epochs.extend(step.epochs);
