@@ -40,7 +40,8 @@ use crate::protocol::UserId;
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_commit.lua")));
 
 /// Appends an epoch's root after the last; the same root again is 0, another root for a
-/// recorded epoch (`FORK`) or a gap (`GAP`) an error. KEYS: roots. ARGV: epoch, root.
+/// recorded epoch (`FORK`), a gap (`GAP`) or an epoch whose records this Redis does not hold
+/// (`BEHIND`: a master promoted without them) an error. KEYS: roots, epoch. ARGV: epoch, root.
 static ROOT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("tree_root.lua")));
 
 /// Takes the lease when free, renews it for its holder: 1 if ARGV[1] holds it now. KEYS:
@@ -133,7 +134,7 @@ impl RedisEngine {
     pub async fn add_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), Unavailable> {
         let this = &self.inner;
         let mut add = ROOT.prepare_invoke();
-        add.key(this.keys.tree(TreePart::Roots)).arg(epoch).arg(&hash[..]);
+        add.key(this.keys.tree(TreePart::Roots)).key(this.keys.tree(TreePart::Epoch)).arg(epoch).arg(&hash[..]);
         let _: u64 = this.timed(Command::DirectoryWrite, add.invoke_async(&mut this.connections.directory())).await?;
         Ok(())
     }
