@@ -106,15 +106,24 @@ test("a key the directory does not prove is refused, and nothing is pinned", asy
   await browser.close();
 });
 
-test("a directory rolled back behind the kept root is refused", async () => {
+/**
+ * A page that proved Bob's key at the newest root (epoch 3) and keeps that root, served by a
+ * directory whose root the test then changes with `serve(root)`.
+ */
+async function pageKeepingTheNewestRoot() {
   const browser = await launchBrowser();
   let root = LATEST;
   await playDirectory(browser.context, { root: () => root });
   const { page } = await newUser(browser.context, server.url);
   await addBob(page);
   await waitFor("the proven key", async () => (await page.textContent("#chat-fp")).includes("epoch 3"));
+  return { browser, page, serve: (next) => (root = next) };
+}
+
+test("a directory rolled back behind the kept root is refused", async () => {
+  const { browser, page, serve } = await pageKeepingTheNewestRoot();
   // The next load finds an older root: refused, the kept one stays.
-  root = FIRST;
+  serve(FIRST);
   await page.reload();
   await page.waitForSelector(`#contacts li[data-user="bob"]`);
   await page.click(`#contacts li[data-user="bob"]`);
@@ -193,14 +202,9 @@ function reSigned(root) {
 }
 
 test("after the server rotated its signing key the page follows the kept root, re-signed, and says so", async () => {
-  const browser = await launchBrowser();
-  let root = LATEST;
-  await playDirectory(browser.context, { root: () => root });
-  const { page } = await newUser(browser.context, server.url);
-  await addBob(page);
-  await waitFor("the proven key", async () => (await page.textContent("#chat-fp")).includes("epoch 3"));
+  const { browser, page, serve } = await pageKeepingTheNewestRoot();
   // The next load finds every root signed by the new key.
-  root = reSigned(LATEST);
+  const root = serve(reSigned(LATEST));
   await browser.context.route(/\/directory\/lookup\/bob$/, (route) =>
     route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ ...BOB.answer, root }) }));
   await page.reload();
