@@ -17,6 +17,9 @@
 #   floors                  the same load on a bare WebSocket forwarder (enigma-floor forwarder)
 #                           and Redis's own XADD + PUBLISH + XDEL per message (enigma-floor redis):
 #                           each engine's cost is reported as a ratio to its floor
+#   one core                ramps with the servers pinned to core 0 (`taskset`) and the generator
+#                           to core 1: the bare forwarder, then one relay and its redis-server
+#                           sharing the core (and the memory engine): what one core carries
 #
 # Every run gets freshly started servers (and Redis), so none inherits another's backlog.
 #
@@ -100,12 +103,20 @@ free_port() {
     return 1
 }
 
+# The one-core runs pin the servers (relay, redis-server, forwarder) to core 0 and the generator
+# to core 1: `pin_servers` and `pin_gen` prefix their commands (empty otherwise). taskset execs
+# the command, so `$!` is still the server's pid.
+pin_servers=()
+pin_gen=()
+can_pin=
+if command -v taskset >/dev/null && (($(nproc) >= 2)); then can_pin=1; fi
+
 redis_port=
 # The redis-servers of the current setup, `LABEL=PID,…` for enigma-bench --cpu-pid.
 redis_pids=
 start_redis() {
     redis_port=$(free_port)
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    "${pin_servers[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients 1000 --dir "$work" --logfile "$work/redis-$redis_port.log" --daemonize no &
     pids+=($!)
     redis_pids=redis-server=$!
@@ -190,7 +201,7 @@ start_server() {
     log=$work/server-$port.log
     local engine_env=()
     [[ -z $1 ]] && engine_env=(ENIGMA__ENGINE="${ENGINE_NO_REDIS:-memory}" ENIGMA__DATA_DIR="$work/data-$port")
-    env "${limit_env[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
+    "${pin_servers[@]}" env "${limit_env[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
         ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
@@ -229,7 +240,7 @@ start_forwarder() {
     local port log
     port=$(free_port)
     log=$work/forwarder-$port.log
-    "$floor_bin" forwarder --addr "127.0.0.1:$port" >"$log" 2>&1 &
+    "${pin_servers[@]}" "$floor_bin" forwarder --addr "127.0.0.1:$port" >"$log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
     wait_listening "$log" "$port" "enigma-floor forwarder" 100
@@ -244,7 +255,8 @@ bench() {
     shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/--cpu-pid [^ ]+/--cpu-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
     echo "bench: $shown" >&2
     echo "$shown" >"$work/results/$name.cmd"
-    if ! "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
+    if ((${#pin_gen[@]})); then shown="${pin_gen[*]} $shown   # servers under: ${pin_servers[*]}"; fi
+    if ! "${pin_gen[@]}" "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
         >"$work/results/$name.md" 2> >(tee "$work/results/$name.err" >&2); then
         # Keep going: the other scenarios are still worth having; the document says what failed.
         { echo "**This run failed:**"; echo; echo '```'; tail -5 "$work/results/$name.err"; echo '```'; } \
@@ -346,6 +358,26 @@ if wanted floor-redis; then
 fi
 stop_all
 
+# --- one core: the servers pinned to core 0, the generator to core 1 (what one core carries, with
+# nothing else on it; the relay's runtime sees one CPU and starts one worker)
+if [[ -n $can_pin ]]; then
+    pin_servers=(taskset -c 0)
+    pin_gen=(taskset -c 1)
+    for setup in forwarder redis1 memory; do
+        fresh $setup
+        bench core1-$setup-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
+    done
+    pin_servers=()
+    pin_gen=()
+    stop_all
+else
+    for setup in forwarder redis1 memory; do
+        echo '{}' >"$work/results/core1-$setup-ramp.json"
+        echo "*Not run: needs \`taskset\` and two cores.*" >"$work/results/core1-$setup-ramp.md"
+        echo "# not run" >"$work/results/core1-$setup-ramp.cmd"
+    done
+fi
+
 # --- docs/BENCHMARKS.md
 r=$work/results
 j() { jq -r "if .mode == null then \"n/a (run failed)\" else ($1) end" "$r/$2.json"; }
@@ -441,6 +473,13 @@ r1_relay_us=$(us_per_msg redis1-20k relay)
 r1_redis_us=$(us_per_msg redis1-20k other)
 redis_floor_us=$(jq -r '.redis_us_per_msg // "" | if . == "" then . else . * 10 | round / 10 end' "$r/floor-redis.json")
 fwd_ok=$(j "$outcome" floor-forwarder)
+# One core: the saturation of each setup with its servers on core 0 and the generator on core 1.
+sat_on_core() { jq -r '.saturation.max_sustained_rate // ""' "$r/core1-$1-ramp.json"; }
+core_fwd=$(sat_on_core forwarder)
+core_r1=$(sat_on_core redis1)
+core_mem=$(sat_on_core memory)
+core_r1_ratio=$(awk -v a="$core_r1" -v b="$core_fwd" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }')
+core_mem_ratio=$(awk -v a="$core_mem" -v b="$core_fwd" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }')
 floor_table="| engine | CPU µs/msg | its floor | floor CPU µs/msg | ratio to the floor |
 |---|---:|---|---:|---:|
 | relay on Redis, 1 replica | ${r1_relay_us:--} | bare forwarder | ${fwd_us:--} | **$(ratio "$r1_relay_us" "$fwd_us")** |
@@ -457,10 +496,20 @@ Written by \`make bench\`, one row per run: the relay's and redis-server's CPU �
 message at 20,000 msgs/s as a ratio to their floors measured in the same run (see \"Floors\"
 under \"How to read the figures\").
 
-| run | commit | forwarder µs/msg | relay on Redis / forwarder | memory engine / forwarder | Redis floor µs/msg | redis-server / Redis floor |
-|---|---|---:|---:|---:|---:|---:|"
+| run | commit | forwarder µs/msg | relay on Redis / forwarder | memory engine / forwarder | Redis floor µs/msg | redis-server / Redis floor | one core: relay + Redis saturation / forwarder's |
+|---|---|---:|---:|---:|---:|---:|---:|"
 fi
-floor_row="| $started_at | $commit | ${fwd_us:--} | $(ratio "$r1_relay_us" "$fwd_us") | $(ratio "$mem_us" "$fwd_us") | ${redis_floor_us:--} | $(ratio "$r1_redis_us" "$redis_floor_us") |"
+# Runs written before the one-core column: the column added, empty for them.
+if grep -qxF '|---|---|---:|---:|---:|---:|---:|' <<<"$kept"; then
+    kept=$(awk -v heading="$floor_history" '
+        $0 == heading { in_section = 1 }
+        in_section && /^\| run \|/ { print $0 " one core: relay + Redis saturation / forwarder'"'"'s |"; next }
+        in_section && $0 == "|---|---|---:|---:|---:|---:|---:|" { print $0 "---:|"; next }
+        in_section && /^\|/ { print $0 " - |"; next }
+        in_section && /^## / && $0 != heading { in_section = 0 }
+        { print }' <<<"$kept")
+fi
+floor_row="| $started_at | $commit | ${fwd_us:--} | $(ratio "$r1_relay_us" "$fwd_us") | $(ratio "$mem_us" "$fwd_us") | ${redis_floor_us:--} | $(ratio "$r1_redis_us" "$redis_floor_us") | $([[ $core_r1_ratio == n/a ]] && echo - || echo "${core_r1_ratio}×") |"
 kept=$(awk -v heading="$floor_history" -v row="$floor_row" '
     $0 == heading { in_section = 1 }
     in_section && /^\|/ { in_table = 1 }
@@ -503,6 +552,9 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) | $(verdict "$logins" ge 20000) |
 | relay CPU on Redis ≤ 15 µs per message (1 replica; cost per message below) | ${r1_relay_us:-n/a} µs | $(verdict "${r1_relay_us:-n/a}" le 15) |
 | redis-server CPU ≤ 5 µs per message (1 replica; cost per message below) | ${r1_redis_us:-n/a} µs | $(verdict "${r1_redis_us:-n/a}" le 5) |
+| relay on Redis ≤ 1.0× the bare forwarder's CPU per message | $(ratio "$r1_relay_us" "$fwd_us") (${r1_relay_us:-n/a} against ${fwd_us:-n/a} µs) | $(verdict "$(awk -v a="$r1_relay_us" -v b="$fwd_us" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f", a / b }')" le 1.0) |
+| redis-server ≤ 2× the Redis floor per message | $(ratio "$r1_redis_us" "$redis_floor_us") (${r1_redis_us:-n/a} against ${redis_floor_us:-n/a} µs) | $(verdict "$(awk -v a="$r1_redis_us" -v b="$redis_floor_us" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f", a / b }')" le 2.0) |
+| one core (relay and redis-server on core 0, generator on core 1): saturation ≥ 0.5× the bare forwarder's on that core | ${core_r1:-n/a} against ${core_fwd:-n/a} msgs/s: ${core_r1_ratio}× (memory engine ${core_mem:-n/a}: ${core_mem_ratio}×) | $(verdict "$core_r1_ratio" ge 0.5) |
 
 ## Cost per message
 
@@ -530,6 +582,17 @@ figures"): a bare WebSocket forwarder for the relay ($fwd_ok) and Redis's own co
 redis-server.
 
 $floor_table
+
+What one core carries: ramps (as below) with the servers pinned to core 0 and the generator to
+core 1 (\`taskset\`; the relay's runtime then runs one worker), the bare forwarder alone, then
+one relay with its redis-server, then the memory engine. Saturation as a fraction of the
+forwarder's on the same core:
+
+| on core 0 | saturation msgs/s | against the forwarder |
+|---|---:|---:|
+| bare forwarder | ${core_fwd:-n/a} | 1.00× |
+| relay + redis-server (1 replica) | ${core_r1:-n/a} | ${core_r1_ratio}× |
+| relay, memory engine | ${core_mem:-n/a} | ${core_mem_ratio}× |
 
 ## How to read the figures
 
@@ -596,6 +659,7 @@ EOF
     section "Redis Cluster, 3 masters, 1 replica (sharded pub/sub)" cluster3-20k cluster3-ramp
     section "Idle connections" idle-memory idle-redis1
     section "Floors (bare forwarder; Redis's own commands)" floor-forwarder floor-redis
+    section "One core (servers on core 0, generator on core 1)" core1-forwarder-ramp core1-redis1-ramp core1-memory-ramp
     echo "$kept"
 } >"$tmp_out"
 mv "$tmp_out" "$out"
