@@ -1,4 +1,5 @@
 #!lua flags=allow-oom
+local ledger = ARGV[1]
 local function chunks(command, key, list)
   local replies = {}
   for i = 1, #list, 1000 do
@@ -91,10 +92,27 @@ local function remove(inbox, shares, first, last)
   chunks('HSET', shares, set)
   return removed
 end
-local removed, at = 0, 1
+local removed, at = 0, 2
 for u = 1, #KEYS / 2 do
   local count = tonumber(ARGV[at])
   removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], at + 1, at + 3 * count)
   at = at + 3 * count + 1
 end
-return {removed, freed}
+if ledger == '' then return {removed, freed} end
+local function release(key, field, bytes)
+  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, string.format('%d', -bytes)) end
+end
+for day, of_day in pairs(freed_at) do
+  local field, by_sender = 'd' .. day, {}
+  for prefix, of_prefix in pairs(of_day) do
+    local bytes = 0
+    for from, at in pairs(of_prefix) do
+      local size = freed[at + 3]
+      bytes = bytes + size
+      by_sender[from] = (by_sender[from] or 0) + size
+    end
+    if prefix ~= '' then release(ledger .. 'net:' .. prefix, field, bytes) end
+  end
+  for from, bytes in pairs(by_sender) do release(ledger .. '{' .. from .. '}', field, bytes) end
+end
+return {removed, {}}

@@ -83,9 +83,15 @@ const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
 /// no longer there changes nothing, so a removal may run twice. Any number of users at once
-/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per user
+/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: the
+/// storage ledger's key root (`Keys::ledger_root`) or empty, then per user
 /// the number of its ids, then per id the id, its sender and envelope size (empty and 0 when
-/// not known: the entry is read). Returns how many were removed and what that freed per day,
+/// not known: the entry is read). With a root (single Redis, the ledger on: `ledger::Release`)
+/// what the removal freed comes off the holders' day buckets in the same call — per day one
+/// `HINCRBY` on the prefix's key (`<root>net:<prefix>`) and one on each sender's
+/// (`<root>{<sender>}`), on keys that still exist, as `RELEASE` does; keys built here, not
+/// declared, which only a single Redis allows — and it returns how many were removed and an
+/// empty report. Without, it returns how many were removed and what that freed per day,
 /// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
 /// one XDEL per id (its answer says whether that entry was there, and so whose share it gives
 /// back), one HMGET and one HSET/HDEL for all senders' shares. The report is gathered in tables
