@@ -100,7 +100,7 @@ for u = 1, #KEYS / 2 do
 end
 if ledger == '' then return {removed, freed} end
 local function release(key, field, bytes)
-  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, string.format('%d', -bytes)) end
+  if redis.call('HINCRBY', key, field, string.format('%d', -bytes)) == -bytes and redis.call('PTTL', key) == -1 then redis.call('DEL', key) end
 end
 for day, of_day in pairs(freed_at) do
   local field, by_sender = 'd' .. day, {}

@@ -89,7 +89,7 @@ const ATTACH: &str = include_str!("attach.lua");
 /// not known: the entry is read). With a root (single Redis, the ledger on: `ledger::Release`)
 /// what the removal freed comes off the holders' day buckets in the same call — per day one
 /// `HINCRBY` on the prefix's key (`<root>net:<prefix>`) and one on each sender's
-/// (`<root>{<sender>}`), on keys that still exist, as `RELEASE` does; keys built here, not
+/// (`<root>{<sender>}`), a key that is gone not made again, as `RELEASE` does it; keys built here, not
 /// declared, which only a single Redis allows — and it returns how many were removed and an
 /// empty report. Without, it returns how many were removed and what that freed per day,
 /// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
@@ -134,6 +134,11 @@ const HOLD: &str = include_str!("hold.lua");
 /// Takes bytes off storage ledgers (`ledger`): only frees, so it runs on a full Redis too
 /// (`allow-oom`), like every script a reader runs. KEYS: ledger hashes (one per call on a
 /// cluster). ARGV: per key its day field and the (negative) change.
+/// A ledger that is gone (expired: its holder held nothing for the inbox TTL and a day) is not
+/// made again: one `HINCRBY` a key, and only when its answer is the change itself (the day's
+/// field was 0 or not there, as after midnight, or the key did not exist) a `PTTL`, and a key
+/// without expiry — one the `HINCRBY` just made: `HOLD` gives every ledger one — is deleted in
+/// the same step. (An `EXISTS` first cost one more call a key, every time.)
 const RELEASE: &str = include_str!("release.lua");
 
 /// Where a template takes its doorbell expression.
