@@ -25,7 +25,7 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   elseif held[5] then
     pooled = {'sn', math.max(sn - n, 0), 'sb', math.max(sb - b, 0)}
   end
-  local seq = redis.call('HINCRBY', user, 'seq', 1)
+  local seq = redis.call('HINCRBY', user, 'seq', '1')
   if seq == 1 and redis.call('HEXISTS', user, 'publicKey') == 0 then
     redis.call('DEL', user)
     return -1
