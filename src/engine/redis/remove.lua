@@ -41,7 +41,7 @@ end
 local function remove(inbox, shares, first, last)
   local senders, counts, sizes, freed_bytes, removed, unnamed = {}, {}, {}, 0, 0, {}
   for i = first, last, 3 do
-    local id, from, size, prefix = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), nil
+    local id, from, size, prefix = ARGV[i], ARGV[i + 1], ARGV[i + 2] + 0, nil
     if from == '' then
       from, size = nil, 0
       local entry = redis.call('XRANGE', inbox, id, id)[1]
@@ -70,17 +70,17 @@ local function remove(inbox, shares, first, last)
     for _, v in ipairs(part) do held[#held + 1] = v end
   end
   local set, gone, prefixes = {}, {}, {}
-  local total = (tonumber(held[1]) or 0) - freed_bytes
-  local sn, sb = tonumber(held[2]) or 0, tonumber(held[3]) or 0
+  local total = (held[1] or 0) - freed_bytes
+  local sn, sb = (held[2] or 0) + 0, (held[3] or 0) + 0
   if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', total else gone[#gone + 1] = 'bytes' end
   for k, from in ipairs(senders) do
     local at = 4 * k
-    local n = (tonumber(held[at]) or 0) - counts[from]
+    local n = (held[at] or 0) - counts[from]
     prefixes[from] = held[at + 3] or ''
     if held[at + 2] then sn, sb = sn - counts[from], sb - sizes[from] end
     if n > 0 then
       set[#set + 1], set[#set + 2] = 'n:' .. from, n
-      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[at + 1]) or 0) - sizes[from], 0)
+      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((held[at + 1] or 0) - sizes[from], 0)
     else
       gone[#gone + 1], gone[#gone + 2], gone[#gone + 3], gone[#gone + 4] = 'n:' .. from, 'b:' .. from, 's:' .. from, 'p:' .. from
     end
@@ -94,7 +94,7 @@ local function remove(inbox, shares, first, last)
 end
 local removed, at = 0, 2
 for u = 1, #KEYS / 2 do
-  local count = tonumber(ARGV[at])
+  local count = ARGV[at] + 0
   removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], at + 1, at + 3 * count)
   at = at + 3 * count + 1
 end

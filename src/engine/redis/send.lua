@@ -11,11 +11,11 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   local size = string.len(envelope)
   local kn, kb, ks = 'n:' .. sender, 'b:' .. sender, 's:' .. sender
   local held = redis.call('HMGET', shares, kn, kb, 'bytes', 'x', ks, 'sn', 'sb')
-  local n, b, total = tonumber(held[1]) or 0, tonumber(held[2]) or 0, tonumber(held[3]) or 0
+  local n, b, total = (held[1] or 0) + 0, (held[2] or 0) + 0, (held[3] or 0) + 0
   local waiting = redis.call('XLEN', inbox)
   if waiting >= capacity or total + size > max_bytes then return refuse(user, -2) end
   if (share > 0 and n >= share) or (share_bytes > 0 and b + size > share_bytes) then return refuse(user, -3) end
-  local sn, sb = tonumber(held[6]) or 0, tonumber(held[7]) or 0
+  local sn, sb = (held[6] or 0) + 0, (held[7] or 0) + 0
   local stranger = pool > 0 and redis.call('SISMEMBER', contacts, sender) == 0
   local pooled = {}
   if stranger then
@@ -33,8 +33,8 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   if held[5] and not stranger then redis.call('HDEL', shares, ks) end
   local number = string.format('%d', seq)
   local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', number, 'f', sender, 'p', prefix)
-  local now = tonumber(string.match(id, '^%d+'))
-  local refreshed = tonumber(held[4])
+  local now = string.match(id, '^%d+') + 0
+  local refreshed = held[4] and held[4] + 0
   if refreshed and now >= refreshed and now - refreshed < slack then
     redis.call('HSET', shares, kn, n + 1, kb, b + size, 'p:' .. sender, prefix, 'bytes', total + size, unpack(pooled))
   else
