@@ -12,12 +12,19 @@ call for all recipients (5 ids each: what the remover's 25 ms linger gathers at 
 busier relay gathers more, and a removal then costs less per message). Every message sent is
 removed again.
 
+With --ledger the storage ledger is on as shipped (what removals free comes off the holders'
+day buckets: `held:net:<prefix>` and `held:{<sender>}`, charged beforehand): the way this
+tree's remove.lua does it. A remove.lua that reads its first argument as the ledger's key
+prefix (`local ledger = ARGV[1]`) takes it off itself in the same call; an older one
+reports what it freed and the release script (release.lua, in the same directory) is called
+after it, one call for all holders, as the relay did.
+
 Prints Redis's own count of commands per message (`INFO commandstats`, the commands scripts
 run included) and, with --callgrind, the instructions redis-server executed per message
 (valgrind's callgrind, counting only while the workload runs; `hz 1` so that the server's
 timer adds next to nothing): exact and independent of the machine's load, unlike CPU time.
 
-    scripts/script_cost.py [--messages 20000] [--remote] [--callgrind [--profile FILE]] [--src DIR]
+    scripts/script_cost.py [--messages 20000] [--remote] [--ledger] [--callgrind [--profile FILE]] [--src DIR]
 
 --src names a directory holding another send.lua and remove.lua (e.g. from
 `git show <commit>:src/engine/redis/send.lua`) to compare with.
@@ -112,6 +119,20 @@ def commandstats(con):
     return stats
 
 
+def release(con, sha, freed):
+    """What the relay's `ledger::release` does with a removal's report: one change per holder
+    and day, one call of the release script for all."""
+    by_key = {}
+    for i in range(0, len(freed), 4):
+        day, net, sender, size = freed[i:i + 4]
+        for key in ([f"held:net:{net.decode()}"] if net else []) + [f"held:{{{sender.decode()}}}"]:
+            by_key[(key, day)] = by_key.get((key, day), 0) + size
+    if by_key:
+        keys = [key for key, _ in by_key]
+        argv = [a for (_, day), size in by_key.items() for a in (f"d{day}", -size)]
+        con.send([["EVALSHA", sha, len(keys)] + keys + argv])
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +142,8 @@ def main():
     parser.add_argument("--redis-server", default="redis-server")
     parser.add_argument("--remote", action="store_true",
                         help="recipients connected to another replica: every message is published (PUBLISH)")
+    parser.add_argument("--ledger", action="store_true",
+                        help="the storage ledger on: what each removal frees comes off the holders' buckets")
     parser.add_argument("--profile", help="with --callgrind: keep callgrind's output here (callgrind_annotate reads it)")
     args = parser.parse_args()
     per_removal = PAIRS * ROUNDS_PER_REMOVAL
@@ -147,8 +170,13 @@ def main():
                 time.sleep(0.1)
         if con is None:
             sys.exit("redis-server did not start")
+        remove_source = render(args.src, "remove.lua")
+        folded = "local ledger = ARGV[1]" in remove_source
         send_sha, remove_sha = con.send([["SCRIPT", "LOAD", render(args.src, "send.lua")],
-                                         ["SCRIPT", "LOAD", render(args.src, "remove.lua")]])
+                                         ["SCRIPT", "LOAD", remove_source]])
+        release_sha = None
+        if args.ledger and not folded:
+            release_sha = con.send([["SCRIPT", "LOAD", render(args.src, "release.lua")]])[0]
         users = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(2 * PAIRS)]
         pairs = [(users[2 * p], users[2 * p + 1]) for p in range(PAIRS)]
         setup = []
@@ -156,19 +184,25 @@ def main():
             setup.append(["HSET", f"user:{{{u}}}", "publicKey", "k" * 44, "createdAt", "1"])
             setup.append(["PEXPIRE", f"user:{{{u}}}", 365 * 24 * 3600 * 1000])
             setup.append(["SET", f"conn:{{{u}}}", 7, "PX", TTL_MS])
-        con.send(setup)
         prefix = "127.0.0.1/32"
+        if args.ledger:
+            # Every holder charged ahead (a lease), today and yesterday, as hold.lua leaves it.
+            today = int(time.time() * 1000) // 86_400_000
+            for key in [f"held:net:{prefix}"] + [f"held:{{{s}}}" for s, _ in pairs]:
+                setup.append(["HSET", key, f"d{today - 1}", 1 << 40, f"d{today}", 1 << 40])
+                setup.append(["PEXPIRE", key, 32 * 86_400_000])
 
         def envelope(sender, recipient, n):
             head = f'{{"from":"{sender}","to":"{recipient}","payload":"'.encode()
             body = (b"%08d" % n) * (PAYLOAD // 8)
             return head + body + b'"}'
 
+        con.send(setup)
         if args.callgrind:
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, stdout=subprocess.DEVNULL)
         con.send([["CONFIG", "RESETSTAT"]])
         pending = {r: [] for _, r in pairs}
-        n = 0
+        n, sent_bytes = 0, 0
         for rnd in range(rounds):
             calls = []
             for first in range(0, PAIRS, PER_CALL):
@@ -181,6 +215,7 @@ def main():
                     local = ["", ""] if args.remote else [f"conn:{{{recipient}}}", 7]
                     argv += [env, f"deliver:{{{recipient}}}", sender, prefix] + local
                     pending[recipient].append((sender, len(env)))
+                    sent_bytes += len(env)
                 calls.append(["EVALSHA", send_sha, len(keys)] + keys + SEND_ARGS + argv)
             replies = con.send(calls)
             ids = [r for reply in replies for r in reply]
@@ -193,6 +228,8 @@ def main():
                 pending[recipient].append((reply, sender, size))
             if rnd % ROUNDS_PER_REMOVAL == ROUNDS_PER_REMOVAL - 1:
                 keys, argv = [], []
+                if folded:
+                    argv.append("held:" if args.ledger else "")
                 for _, recipient in pairs:
                     keys += [f"inbox:{{{recipient}}}", f"shares:{{{recipient}}}"]
                     argv.append(len(pending[recipient]))
@@ -202,12 +239,20 @@ def main():
                 removed = con.send([["EVALSHA", remove_sha, len(keys)] + keys + argv])[0]
                 if removed[0] != per_removal:
                     sys.exit(f"removed {removed[0]} of {per_removal}")
+                if release_sha:
+                    release(con, release_sha, removed[1])
         if args.callgrind:
             subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, stdout=subprocess.DEVNULL)
         stats = commandstats(con)
         left = con.send([["XINFO", "STREAM", f"inbox:{{{r}}}"] for _, r in pairs])
         if any(info[info.index(b"length") + 1] for info in left):
             sys.exit("messages left in inboxes")
+        if args.ledger:
+            # Everything sent was removed: it all came off the ledger, once.
+            held = con.send([["HVALS", f"held:net:{prefix}"]] + [["HVALS", f"held:{{{s}}}"] for s, _ in pairs])
+            freed = [2 * (1 << 40) - sum(int(v) for v in values) for values in held]
+            if freed[0] != sent_bytes or sum(freed[1:]) != sent_bytes:
+                sys.exit(f"the ledger gave back {freed[0]} (prefix) and {sum(freed[1:])} (senders) of {sent_bytes} bytes")
         try:
             con.send([["SHUTDOWN", "NOSAVE"]])
         except (ConnectionError, OSError, RuntimeError):

@@ -53,6 +53,11 @@ impl Keys {
     pub(super) fn contacts(&self, user: &UserId) -> String {
         format!("{}contacts:{{{user}}}", self.prefix)
     }
+    /// What every storage ledger key starts with: the removal script builds the holders' keys
+    /// from it on a single Redis (`held_by_prefix`, `held_by_sender`; see `scripts::REMOVE`).
+    pub(super) fn ledger_root(&self) -> String {
+        format!("{}held:", self.prefix)
+    }
     /// What an address prefix holds (no hash tag: its own slot).
     pub(super) fn held_by_prefix(&self, prefix: &str) -> String {
         format!("{}held:net:{prefix}", self.prefix)
@@ -149,6 +154,9 @@ mod tests {
         assert_eq!(keys.key_index(b"abc").len(), "t:pk:".len() + 64);
         assert_eq!(keys.unused(&"2001:db8::/64".parse().unwrap()), "t:unused:2001:db8::/64");
         assert_eq!(keys.rate("send", Subject::User(&user)), format!("t:rate:send:{{{user}}}"));
+        // The removal script builds the ledger's keys from the root as these do.
+        assert_eq!(keys.held_by_prefix("192.0.2.7/32"), format!("{}net:192.0.2.7/32", keys.ledger_root()));
+        assert_eq!(keys.held_by_sender(user.as_str()), format!("{}{{{user}}}", keys.ledger_root()));
         assert_eq!(keys.rate("login", Subject::Address("192.0.2.7/32".parse().unwrap())), "t:rate:login:192.0.2.7/32");
     }
 }

@@ -33,6 +33,37 @@ pub(super) const UNKNOWN_CAPACITY: u64 = 4 << 30;
 /// How often the pressure is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// Where what a removal frees comes off the storage ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Release {
+    /// Nowhere: no storage budget is charged.
+    Off,
+    /// In the removal call itself (single Redis): the removal script builds each holder's key
+    /// from this root (`Keys::ledger_root`), with no report to read back and no call of its own.
+    InCall(String),
+    /// After it, by the release script (`release`): on a cluster a holder's key is in another
+    /// slot than the inbox, and a script touches one slot.
+    After,
+}
+
+impl Release {
+    pub(super) fn new(connections: &Connections, keys: &Keys, charged: bool) -> Self {
+        match (charged, connections.is_cluster()) {
+            (false, _) => Self::Off,
+            (true, false) => Self::InCall(keys.ledger_root()),
+            (true, true) => Self::After,
+        }
+    }
+
+    /// The removal script's first argument: the root, or empty (it reports what it freed).
+    pub(super) fn arg(&self) -> &str {
+        match self {
+            Self::InCall(root) => root,
+            Self::Off | Self::After => "",
+        }
+    }
+}
+
 /// What one removal freed: bytes of one sender in one prefix, stored on one day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Freed {

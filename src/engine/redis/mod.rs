@@ -311,9 +311,10 @@ impl RedisEngine {
         let this = &self.inner;
         let mut con = this.connections.cmd();
         let acknowledged: Vec<Gone> = ids.iter().map(|&id| Gone::acknowledged(id)).collect();
-        let invocation = remover::removal(&this.scripts.remove, &this.keys, user, &acknowledged);
+        let release = ledger::Release::new(&this.connections, &this.keys, this.limits.storage.charged());
+        let invocation = remover::removal(&this.scripts.remove, &this.keys, release.arg(), user, &acknowledged);
         let reply: redis::Value = this.timed(Command::Remove, invocation.invoke_async(&mut con)).await?;
-        if this.limits.storage.charged() {
+        if release == ledger::Release::After {
             ledger::release(&this.connections, &this.keys, ledger::removal_reply(&reply).1).await;
         }
         Ok(())

@@ -1,4 +1,6 @@
 #!lua flags=allow-oom
+local ledger = ARGV[1]
+local format = string.format
 local function chunks(command, key, list)
   local replies = {}
   for i = 1, #list, 1000 do
@@ -40,7 +42,7 @@ end
 local function remove(inbox, shares, first, last)
   local senders, counts, sizes, freed_bytes, removed, unnamed = {}, {}, {}, 0, 0, {}
   for i = first, last, 3 do
-    local id, from, size, prefix = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), nil
+    local id, from, size, prefix = ARGV[i], ARGV[i + 1], ARGV[i + 2] + 0, nil
     if from == '' then
       from, size = nil, 0
       local entry = redis.call('XRANGE', inbox, id, id)[1]
@@ -69,32 +71,49 @@ local function remove(inbox, shares, first, last)
     for _, v in ipairs(part) do held[#held + 1] = v end
   end
   local set, gone, prefixes = {}, {}, {}
-  local total = (tonumber(held[1]) or 0) - freed_bytes
-  local sn, sb = tonumber(held[2]) or 0, tonumber(held[3]) or 0
-  if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', total else gone[#gone + 1] = 'bytes' end
+  local total = (held[1] or 0) - freed_bytes
+  local sn, sb = (held[2] or 0) + 0, (held[3] or 0) + 0
+  if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', format('%d', total) else gone[#gone + 1] = 'bytes' end
   for k, from in ipairs(senders) do
     local at = 4 * k
-    local n = (tonumber(held[at]) or 0) - counts[from]
+    local n = (held[at] or 0) - counts[from]
     prefixes[from] = held[at + 3] or ''
     if held[at + 2] then sn, sb = sn - counts[from], sb - sizes[from] end
     if n > 0 then
-      set[#set + 1], set[#set + 2] = 'n:' .. from, n
-      set[#set + 1], set[#set + 2] = 'b:' .. from, math.max((tonumber(held[at + 1]) or 0) - sizes[from], 0)
+      set[#set + 1], set[#set + 2] = 'n:' .. from, format('%d', n)
+      set[#set + 1], set[#set + 2] = 'b:' .. from, format('%d', math.max((held[at + 1] or 0) - sizes[from], 0))
     else
       gone[#gone + 1], gone[#gone + 2], gone[#gone + 3], gone[#gone + 4] = 'n:' .. from, 'b:' .. from, 's:' .. from, 'p:' .. from
     end
   end
   for _, u in ipairs(unnamed) do free(u[1], prefixes[u[2]], u[2], u[3]) end
-  if sn > 0 then set[#set + 1], set[#set + 2] = 'sn', sn elseif held[2] then gone[#gone + 1] = 'sn' end
-  if sb > 0 then set[#set + 1], set[#set + 2] = 'sb', sb elseif held[3] then gone[#gone + 1] = 'sb' end
+  if sn > 0 then set[#set + 1], set[#set + 2] = 'sn', format('%d', sn) elseif held[2] then gone[#gone + 1] = 'sn' end
+  if sb > 0 then set[#set + 1], set[#set + 2] = 'sb', format('%d', sb) elseif held[3] then gone[#gone + 1] = 'sb' end
   chunks('HDEL', shares, gone)
   chunks('HSET', shares, set)
   return removed
 end
-local removed, at = 0, 1
+local removed, at = 0, 2
 for u = 1, #KEYS / 2 do
-  local count = tonumber(ARGV[at])
+  local count = ARGV[at] + 0
   removed = removed + remove(KEYS[2 * u - 1], KEYS[2 * u], at + 1, at + 3 * count)
   at = at + 3 * count + 1
 end
-return {removed, freed}
+if ledger == '' then return {removed, freed} end
+local function release(key, field, bytes)
+  if redis.call('HINCRBY', key, field, format('%d', -bytes)) == -bytes and redis.call('PTTL', key) == -1 then redis.call('DEL', key) end
+end
+for day, of_day in pairs(freed_at) do
+  local field, by_sender = 'd' .. day, {}
+  for prefix, of_prefix in pairs(of_day) do
+    local bytes = 0
+    for from, at in pairs(of_prefix) do
+      local size = freed[at + 3]
+      bytes = bytes + size
+      by_sender[from] = (by_sender[from] or 0) + size
+    end
+    if prefix ~= '' then release(ledger .. 'net:' .. prefix, field, bytes) end
+  end
+  for from, bytes in pairs(by_sender) do release(ledger .. '{' .. from .. '}', field, bytes) end
+end
+return {removed, {}}

@@ -48,21 +48,30 @@ impl Gone {
     }
 }
 
-/// The removal of `gone` from `user`'s inbox, shares given back.
+/// The removal of `gone` from `user`'s inbox, shares given back; `ledger` is what the script
+/// does with what it freed (`ledger::Release`).
 pub(super) fn removal<'a>(
     script: &'a redis::Script,
     keys: &Keys,
+    ledger: &str,
     user: &UserId,
     gone: &[Gone],
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
+    invocation.arg(ledger);
     add_removal(&mut invocation, keys, user, gone);
     invocation
 }
 
 /// The removals of several users in one call (single Redis only: the keys are in many slots).
-fn removals<'a>(script: &'a redis::Script, keys: &Keys, removals: &[UserRemoval]) -> redis::ScriptInvocation<'a> {
+fn removals<'a>(
+    script: &'a redis::Script,
+    keys: &Keys,
+    ledger: &str,
+    removals: &[UserRemoval],
+) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
+    invocation.arg(ledger);
     for (user, ids) in removals {
         add_removal(&mut invocation, keys, user, ids);
     }
@@ -137,7 +146,8 @@ impl RemovalQueue {
 }
 
 /// Runs removals until the queue closes; with `ledger`, what they free comes off the storage
-/// ledger (`ledger`).
+/// ledger (`ledger`): in the removal call itself on a single Redis, by the release script after
+/// it on a cluster.
 pub(super) async fn remover(
     connections: Arc<Connections>,
     keys: Keys,
@@ -145,6 +155,7 @@ pub(super) async fn remover(
     ledger: bool,
 ) {
     let script = remove_script();
+    let release = ledger::Release::new(&connections, &keys, ledger);
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, REMOVAL_BATCH).await > 0 {
         linger(&mut queue, &mut batch).await;
@@ -155,11 +166,12 @@ pub(super) async fn remover(
         } else if connections.is_cluster() {
             // A cluster pipeline goes to one shard: each user's removal on its own, many at once
             // (`invoke_async` loads the script on a shard that lacks it).
-            timed(Command::Remove, connections.timeout, remove_each(removals, &script, &keys, &con)).await
+            timed(Command::Remove, connections.timeout, remove_each(removals, &script, &keys, release.arg(), &con))
+                .await
         } else {
             let mut pipe = redis::pipe();
             for call in removals.chunks(USERS_PER_CALL) {
-                pipe.invoke_script(&self::removals(&script, &keys, call));
+                pipe.invoke_script(&self::removals(&script, &keys, release.arg(), call));
             }
             let mut result = timed(Command::Remove, connections.timeout, pipe.query_async(&mut con)).await;
             if worth_reloading(&result) {
@@ -171,8 +183,8 @@ pub(super) async fn remover(
             result
         };
         match result {
-            // What the removals freed comes off the storage ledger.
-            Ok(replies) if ledger => {
+            // What the removals freed comes off the storage ledger (a cluster's: after them).
+            Ok(replies) if release == ledger::Release::After => {
                 let freed = replies.iter().flat_map(|reply| ledger::removal_reply(reply).1).collect();
                 ledger::release(&connections, &keys, freed).await;
             }
@@ -246,11 +258,12 @@ async fn remove_each(
     removals: Vec<UserRemoval>,
     script: &redis::Script,
     keys: &Keys,
+    ledger: &str,
     con: &Conn,
 ) -> redis::RedisResult<Vec<redis::Value>> {
     let results: Vec<redis::RedisResult<redis::Value>> = stream::iter(removals.into_iter().map(|(user, ids)| {
         let (mut con, script, keys) = (con.clone(), script.clone(), keys.clone());
-        async move { removal(&script, &keys, &user, &ids).invoke_async::<redis::Value>(&mut con).await }
+        async move { removal(&script, &keys, ledger, &user, &ids).invoke_async::<redis::Value>(&mut con).await }
     }))
     .buffer_unordered(CLUSTER_CONCURRENCY)
     .collect()

@@ -8,13 +8,18 @@
 //! What the Lua side costs (redis-server's instructions under callgrind, Redis 7.0; see
 //! `scripts/script_cost.py`): a `redis.call` is ~2,900 instructions beyond the command's own
 //! work, a Lua number passed to it is formatted with `snprintf("%.17g")` (~2,500 more than a
-//! string; Redis 7.2 formats numbers faster), a `tonumber` is a `strtod` (~1,600), and a string
-//! concatenation allocates and interns a new string. Hence the scripts make no call they can
-//! do without (the recipient check rides on the message number), pass what is already a string
-//! as a string, turn a number into a string once where it is used twice (the message number,
-//! for the entry and the doorbell: `string.format('%d')`, exact where Lua's own `%.14g` is not
-//! past 10^14), build each field name once, and key what they gather by values, not by strings
-//! built per message.
+//! string; Redis 7.2 formats numbers faster), a `tonumber` of a string is two `strtod`s (~1,600:
+//! Lua 5.1's `tonumber` asks `lua_isnumber`, which converts, then converts again) where
+//! arithmetic (`s + 0`) is one, and a string concatenation allocates and interns a new string.
+//! Hence the scripts make no call they can do without (the recipient check rides on the
+//! message number), pass what is already a string as a string and a constant as a string
+//! (`HINCRBY seq '1'`: a `1` costs `%.17g` at every message), write the numbers they compute as
+//! strings made by `string.format('%d')` (an integer `sprintf`, cheaper than Redis's `%.17g` of
+//! a Lua number, and exact where Lua's own `%.14g` is not past 10^14; the message number made
+//! once for the entry and the doorbell), read the numbers Redis hands them with `+ 0`
+//! (`(held[1] or 0) + 0`: a field that is not there counts as 0; one that is not a number fails
+//! the step instead, and only these scripts write those fields), build each field name once,
+//! and key what they gather by values, not by strings built per message.
 
 use redis::{Script, Value};
 
@@ -83,9 +88,15 @@ const ATTACH: &str = include_str!("attach.lua");
 
 /// Removes delivered or acknowledged entries and gives their senders' shares back; an id
 /// no longer there changes nothing, so a removal may run twice. Any number of users at once
-/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: per user
+/// (single Redis; one per call on a cluster). KEYS: per user its inbox, shares. ARGV: the
+/// storage ledger's key root (`Keys::ledger_root`) or empty, then per user
 /// the number of its ids, then per id the id, its sender and envelope size (empty and 0 when
-/// not known: the entry is read). Returns how many were removed and what that freed per day,
+/// not known: the entry is read). With a root (single Redis, the ledger on: `ledger::Release`)
+/// what the removal freed comes off the holders' day buckets in the same call — per day one
+/// `HINCRBY` on the prefix's key (`<root>net:<prefix>`) and one on each sender's
+/// (`<root>{<sender>}`), a key that is gone not made again, as `RELEASE` does it; keys built here, not
+/// declared, which only a single Redis allows — and it returns how many were removed and an
+/// empty report. Without, it returns how many were removed and what that freed per day,
 /// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
 /// one XDEL per id (its answer says whether that entry was there, and so whose share it gives
 /// back), one HMGET and one HSET/HDEL for all senders' shares. The report is gathered in tables
@@ -128,6 +139,11 @@ const HOLD: &str = include_str!("hold.lua");
 /// Takes bytes off storage ledgers (`ledger`): only frees, so it runs on a full Redis too
 /// (`allow-oom`), like every script a reader runs. KEYS: ledger hashes (one per call on a
 /// cluster). ARGV: per key its day field and the (negative) change.
+/// A ledger that is gone (expired: its holder held nothing for the inbox TTL and a day) is not
+/// made again: one `HINCRBY` a key, and only when its answer is the change itself (the day's
+/// field was 0 or not there, as after midnight, or the key did not exist) a `PTTL`, and a key
+/// without expiry — one the `HINCRBY` just made: `HOLD` gives every ledger one — is deleted in
+/// the same step. (An `EXISTS` first cost one more call a key, every time.)
 const RELEASE: &str = include_str!("release.lua");
 
 /// Where a template takes its doorbell expression.
@@ -281,7 +297,9 @@ mod tests {
     /// and for the recipient check read from the message number (send: no `EXISTS`), and for
     /// fewer number conversions and strings per message (send: a stranger's mark written as a
     /// string, each sender field name built once, the message number written once as a string
-    /// for the entry and the doorbell).
+    /// for the entry and the doorbell), and for the message number's increment passed as a
+    /// string, and for stored numbers read with `+ 0` instead of `tonumber`, and for the share
+    /// record's numbers written as strings (`string.format('%d')`).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -291,11 +309,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("77e57659b27eb81062addd2b1b3e7b1561090644", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("ec569bea8d8214b1d68ecf5f54cab18540e52166", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("2f5472819ccfd915dc16a8cd9a29b14d236caac2", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("5355ec054e9660908551ab56c3f3575be3f666b0", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }
