@@ -138,10 +138,11 @@ pub fn serve(
             (error_frame(ErrorCode::Unavailable, "service unavailable, retry later", None), Closing::Unavailable)
         }
     };
-    Either::Right(async move {
+    // Boxed, as rare: the type's size is the larger of the two, and a session's task has it.
+    Either::Right(Box::pin(async move {
         reject(&mut socket, frame, closing).await;
         drop(slot);
-    })
+    }))
 }
 
 impl Session {
@@ -168,37 +169,43 @@ impl Session {
         }
     }
 
-    async fn serve(mut self, attached: Attached, slot: Option<ConnectionSlot>) {
-        // Every line logged while serving says whose socket it is.
-        let span = tracing::info_span!("session", user = %self.user, conn = self.mailbox.id);
-        metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
-        metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
-        let closing = self.run().instrument(span.clone()).await;
+    /// Not an `async fn`, like the [`serve`] above: an async fn's state keeps its by-value arguments and
+    /// the locals it moves them into, so the session would be in every idle task twice. The
+    /// block below captures the session once and uses it in place.
+    #[allow(clippy::manual_async_fn, reason = "as an async fn, the session would be in its state twice")]
+    fn serve(mut self, attached: Attached, slot: Option<ConnectionSlot>) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // Every line logged while serving says whose socket it is.
+            let span = tracing::info_span!("session", user = %self.user, conn = self.mailbox.id);
+            metrics::gauge!(metric::CONNECTIONS_OPEN).increment(1.0);
+            metrics::counter!(metric::CONNECTIONS_OPENED).increment(1);
+            let closing = self.run().instrument(span.clone()).await;
 
-        drop(attached); // detach before the close frame: a reconnect may come right after it
-        // What the client wrote before the end is stored or answered before the close frame.
-        // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
-        Box::pin(self.answer_what_was_read(closing)).instrument(span.clone()).await;
-        let lease = std::mem::take(&mut self.storage);
-        let shares = &self.state.settings.limits.storage;
-        Box::pin(lease.give_back(&self.state.engine, shares, self.prefix, &self.user)).await;
-        metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
-        metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label()).increment(1);
-        if closing == Closing::Replaced {
-            metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
-        }
-        tracing::debug!(parent: &span, code = closing.code().as_u16(), reason = closing.reason(), "session closed");
-        // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
-        // fails at once. After the client's own close, tungstenite has queued the echo of it and
-        // refuses a second close frame: that echo must still be flushed, or the client sees the
-        // TCP connection drop without a close handshake (RFC 6455 §5.5.1; browsers report 1006).
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            if self.socket.send(closing.message()).await.is_err() {
-                let _ = self.socket.flush().await;
+            drop(attached); // detach before the close frame: a reconnect may come right after it
+            // What the client wrote before the end is stored or answered before the close frame.
+            // Boxed: its state (engine calls) would otherwise be reserved in every idle socket's task.
+            Box::pin(self.answer_what_was_read(closing)).instrument(span.clone()).await;
+            let lease = std::mem::take(&mut self.storage);
+            let shares = &self.state.settings.limits.storage;
+            Box::pin(lease.give_back(&self.state.engine, shares, self.prefix, &self.user)).await;
+            metrics::gauge!(metric::CONNECTIONS_OPEN).decrement(1.0);
+            metrics::counter!(metric::CONNECTIONS_CLOSED, "reason" => closing.label()).increment(1);
+            if closing == Closing::Replaced {
+                metrics::counter!(metric::CONNECTIONS_DISPLACED).increment(1);
             }
-        })
-        .await;
-        drop(slot); // the socket counted against the connection caps until now
+            tracing::debug!(parent: &span, code = closing.code().as_u16(), reason = closing.reason(), "session closed");
+            // Tells a slow reader it was cut off, a replaced socket why, and so on; on a dead socket it
+            // fails at once. After the client's own close, tungstenite has queued the echo of it and
+            // refuses a second close frame: that echo must still be flushed, or the client sees the
+            // TCP connection drop without a close handshake (RFC 6455 §5.5.1; browsers report 1006).
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
+                if self.socket.send(closing.message()).await.is_err() {
+                    let _ = self.socket.flush().await;
+                }
+            }))
+            .await;
+            drop(slot); // the socket counted against the connection caps until now
+        }
     }
 }
 

@@ -75,12 +75,14 @@ impl Session {
                     Box::pin(self.catch_up()).await.map(drop)
                 }
                 _ = &mut retry, if self.cursor.retry_at().is_some() => Box::pin(self.catch_up()).await.map(drop),
-                delivery = mailbox.next() => self.forward_live(delivery).await,
+                // Boxed, like the steps above and the ping below: the largest step's state is
+                // reserved in every idle socket's task, so only the select stays inline.
+                delivery = mailbox.next() => Box::pin(self.forward_live(delivery)).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_timeout {
                         Err(Closing::Idle)
                     } else {
-                        self.feed(Message::Ping(Default::default())).await
+                        Box::pin(self.feed(Message::Ping(Default::default()))).await
                     }
                 }
             };
@@ -206,7 +208,8 @@ impl Session {
         self.unflushed = true;
         if let Some(deadline) = self.ending {
             // The session has ended (a kick is why): answers wait for room until the deadline.
-            return match tokio::time::timeout_at(deadline, self.socket.feed(message)).await {
+            // Boxed: it happens once, at the end; inline, its timer would sit in every idle task.
+            return match Box::pin(tokio::time::timeout_at(deadline, self.socket.feed(message))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => Err(Closing::PeerGone),
             };
@@ -259,7 +262,9 @@ enum Waited<T> {
 
 /// Runs `fut` to completion unless it takes longer than `limit` or the session is kicked: a
 /// socket blocked on a slow reader must not hold up a takeover or a shutdown. Polled once
-/// before any timer is armed: the common case (a socket with room) costs no timer at all.
+/// before any timer is armed: the common case (a socket with room) costs no timer at all. The
+/// wait for room (a timer and a kick listener) is boxed: inline, it would be reserved in every
+/// idle socket's task.
 async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, mailbox: &Mailbox) -> Waited<F::Output> {
     let mut fut = std::pin::pin!(fut);
     tokio::select! {
@@ -267,11 +272,14 @@ async fn bounded_unless_kicked<F: Future>(limit: Duration, fut: F, mailbox: &Mai
         out = &mut fut => return Waited::Done(out),
         _ = std::future::ready(()) => {}
     }
-    tokio::select! {
-        waited = tokio::time::timeout(limit, fut) => match waited {
-            Ok(out) => Waited::Done(out),
-            Err(_) => Waited::TimedOut,
-        },
-        kick = mailbox.kicked() => Waited::Kicked(kick),
-    }
+    Box::pin(async move {
+        tokio::select! {
+            waited = tokio::time::timeout(limit, fut) => match waited {
+                Ok(out) => Waited::Done(out),
+                Err(_) => Waited::TimedOut,
+            },
+            kick = mailbox.kicked() => Waited::Kicked(kick),
+        }
+    })
+    .await
 }
