@@ -22,6 +22,14 @@ pub const SOCKETS_PER_SOURCE: u64 = 5_000;
 const MAX_FAILURES: u64 = 100;
 /// Time for the server to finish setting up the last sockets before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Before the sockets open, the server's RSS is read once it has stopped moving: right after
+/// the logins its allocator still holds pages the logins freed (jemalloc gives them back a
+/// second or two later), and a figure read then made the per-socket difference swing by
+/// ±1.5 KiB between runs of the same server. Sampled every [`RSS_SAMPLE`], read when two
+/// samples in a row moved less than [`RSS_STILL_KIB`], or after [`RSS_WAIT`] at most.
+const RSS_SAMPLE: Duration = Duration::from_millis(500);
+const RSS_STILL_KIB: u64 = 256;
+const RSS_WAIT: Duration = Duration::from_secs(10);
 
 /// The source address of socket `i`: the default one while it suffices, else 127.0.0.2,
 /// 127.0.0.3, … (every 127/8 address is local on Linux, no configuration needed).
@@ -42,7 +50,7 @@ pub struct Plan<'a> {
 /// Returns the idle report and the time the connects took.
 pub async fn hold(plan: Plan<'_>, progress: &Progress) -> (Idle, Duration) {
     let requested = plan.users.len() as u64;
-    let before = server_rss(plan.server_pids);
+    let before = settled_rss(plan.server_pids).await;
     let own_before = rss_kib("self");
     let cancel = CancellationToken::new();
     let open = Arc::new(AtomicU64::new(0));
@@ -113,6 +121,20 @@ pub async fn hold(plan: Plan<'_>, progress: &Progress) -> (Idle, Duration) {
 }
 
 /// The replicas' RSS together (sockets are spread over them).
+/// The servers' RSS once it stopped moving (see [`RSS_SAMPLE`]).
+async fn settled_rss(pids: &[String]) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + RSS_WAIT;
+    let mut last = server_rss(pids)?;
+    let mut still = 0;
+    while still < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(RSS_SAMPLE).await;
+        let now = server_rss(pids)?;
+        still = if now.abs_diff(last) < RSS_STILL_KIB { still + 1 } else { 0 };
+        last = now;
+    }
+    Some(last)
+}
+
 fn server_rss(pids: &[String]) -> Option<u64> {
     if pids.is_empty() { None } else { pids.iter().map(|p| rss_kib(p)).sum() }
 }
