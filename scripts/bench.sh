@@ -549,6 +549,7 @@ $commit, in $((elapsed / 60)) min $((elapsed % 60)) s. Load generator: \`enigma-
 | memory engine: p99 at half the saturation rate ($half_rate msgs/s) | p99 $half_p99 ms ($half_ok) | no target |
 | idle connections: ≥ 50,000 on one replica | $idle_n sockets (Redis engine; the open-file limit here is $fd_limit) | $(verdict "$idle_n" ge 50000) |
 | idle connections: ≤ 8 KiB RSS each | $idle_kib KiB (Redis engine); $idle_mem_kib KiB (memory engine) | $(verdict "$idle_kib" le 8) (Redis engine); $(verdict "$idle_mem_kib" le 8) (memory engine) |
+| idle connections: ≤ 4 KiB RSS each | $idle_kib KiB (Redis engine); $idle_mem_kib KiB (memory engine) | $(verdict "$idle_kib" le 4) (Redis engine); $(verdict "$idle_mem_kib" le 4) (memory engine) |
 | logins ≥ 20,000/s on the Redis engine | $logins/s ($idle_n logins, 128 in flight) | $(verdict "$logins" ge 20000) |
 | relay CPU on Redis ≤ 15 µs per message (1 replica; cost per message below) | ${r1_relay_us:-n/a} µs | $(verdict "${r1_relay_us:-n/a}" le 15) |
 | redis-server CPU ≤ 5 µs per message (1 replica; cost per message below) | ${r1_redis_us:-n/a} µs | $(verdict "${r1_redis_us:-n/a}" le 5) |
