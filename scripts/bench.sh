@@ -18,7 +18,7 @@
 #                           and Redis's own XADD + PUBLISH + XDEL per message (enigma-floor redis):
 #                           each engine's cost is reported as a ratio to its floor
 #   one core                ramps with the servers pinned to core 0 (`taskset`) and the generator
-#                           to core 1: the bare forwarder, then one relay and its redis-server
+#                           to core 1 (the first two CPUs it may use): the bare forwarder, then one relay and its redis-server
 #                           sharing the core (and the memory engine): what one core carries
 #
 # Every run gets freshly started servers (and Redis), so none inherits another's backlog.
@@ -104,12 +104,18 @@ free_port() {
 }
 
 # The one-core runs pin the servers (relay, redis-server, forwarder) to core 0 and the generator
-# to core 1: `pin_servers` and `pin_gen` prefix their commands (empty otherwise). taskset execs
+# to core 1 (the first two CPUs this process may use, named 0 and 1 in the document): `pin_servers` and `pin_gen` prefix their commands (empty otherwise). taskset execs
 # the command, so `$!` is still the server's pid.
 pin_servers=()
 pin_gen=()
+# The first two CPUs this process may run on (a cpuset need not hold CPUs 0 and 1).
+server_cpu= gen_cpu=
+if command -v taskset >/dev/null; then
+    read -r server_cpu gen_cpu _ < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2], "-")')
+    [[ $gen_cpu == - ]] && gen_cpu=
+fi
 can_pin=
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then can_pin=1; fi
+if [[ -n $server_cpu && -n $gen_cpu ]] && taskset -c "$server_cpu,$gen_cpu" true 2>/dev/null; then can_pin=1; fi
 
 redis_port=
 # The redis-servers of the current setup, `LABEL=PID,…` for enigma-bench --cpu-pid.
@@ -253,9 +259,9 @@ bench() {
     wanted "$name" || return 0
     local shown="enigma-bench $*"
     shown=$(sed -E 's/--server-pid [0-9,]+/--server-pid PID/; s/--cpu-pid [^ ]+/--cpu-pid PID/; s/127\.0\.0\.1:[0-9]+/127.0.0.1:PORT/g' <<<"$shown")
+    if ((${#pin_gen[@]})); then shown="${pin_gen[*]} $shown   # servers under: ${pin_servers[*]}"; fi
     echo "bench: $shown" >&2
     echo "$shown" >"$work/results/$name.cmd"
-    if ((${#pin_gen[@]})); then shown="${pin_gen[*]} $shown   # servers under: ${pin_servers[*]}"; fi
     if ! "${pin_gen[@]}" "$bench_bin" --format markdown --json-file "$work/results/$name.json" "$@" \
         >"$work/results/$name.md" 2> >(tee "$work/results/$name.err" >&2); then
         # Keep going: the other scenarios are still worth having; the document says what failed.
@@ -358,11 +364,11 @@ if wanted floor-redis; then
 fi
 stop_all
 
-# --- one core: the servers pinned to core 0, the generator to core 1 (what one core carries, with
+# --- one core: the servers pinned to one core, the generator to another (what one core carries, with
 # nothing else on it; the relay's runtime sees one CPU and starts one worker)
 if [[ -n $can_pin ]]; then
-    pin_servers=(taskset -c 0)
-    pin_gen=(taskset -c 1)
+    pin_servers=(taskset -c "$server_cpu")
+    pin_gen=(taskset -c "$gen_cpu")
     for setup in forwarder redis1 memory; do
         fresh $setup
         bench core1-$setup-ramp --url "$urls" --server-pid "$server_pids" "${cpu[@]}" "${common[@]}" "${ramp[@]}" --rate 10000
@@ -373,7 +379,7 @@ if [[ -n $can_pin ]]; then
 else
     for setup in forwarder redis1 memory; do
         echo '{}' >"$work/results/core1-$setup-ramp.json"
-        echo "*Not run: needs \`taskset\` and two cores.*" >"$work/results/core1-$setup-ramp.md"
+        echo "*Not run: needs \`taskset\` and two CPUs this process may use.*" >"$work/results/core1-$setup-ramp.md"
         echo "# not run" >"$work/results/core1-$setup-ramp.cmd"
     done
 fi

@@ -49,24 +49,29 @@ for _ in $(seq 300); do grep -q '^listening on' "$work/relay.log" && break; slee
     redis-cli -p "$rport" info commandstats | tr -d '\r' >"$work/commandstats"
 ) &
 profile=$!
-"$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" --cpu-pid "redis-server=$rpid" --pairs 100 \
+if ! "$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" --cpu-pid "redis-server=$rpid" --pairs 100 \
     --payload-bytes 256 --warmup 1s --drain 10s --duration "$((seconds + 1))s" --rate "$rate" \
-    --json-file "$work/bench.json" --format markdown >/dev/null 2>"$work/bench.err"
-wait "$profile"
+    --json-file "$work/bench.json" --format markdown >/dev/null 2>"$work/bench.err"; then
+    echo "cost_breakdown: the generator failed:" >&2
+    tail -5 "$work/bench.err" "$work/relay.log" >&2
+    exit 1
+fi
+wait "$profile" || { echo "cost_breakdown: Redis's command counts could not be read" >&2; exit 1; }
 jq -r '.steps[0] | "delivered \(.delivered) at \(.achieved_rate | floor) msgs/s, p99 \(.latency_ms.p99) ms; CPU µs per delivered message: "
     + ([.cpu[] | "\(.role) \(.us_per_msg * 10 | round / 10)"] | join(", "))' "$work/bench.json"
 awk -F'[:,=]' '
     /^cmdstat_/ { calls[$1] = $3; usec[$1] = $5 }
     END {
         m = calls["cmdstat_xadd"]; if (m == 0) { print "no XADD counted"; exit 1 }
+        ev = usec["cmdstat_evalsha"] / m
         printf "Redis, per message (%d messages counted by XADD):\n", m
         for (c in calls) if (calls[c] / m >= 0.005) {
             printf "  %-20s %6.3f calls  %6.2f µs\n", substr(c, 9), calls[c] / m, usec[c] / m
             if (c != "cmdstat_evalsha") { inner += usec[c] / m; n += calls[c] / m }
         }
-        printf "  commands %.2f a message taking %.2f µs; EVALSHA %.2f µs in all: the Lua layer %.2f µs (%.0f %%)\n",
-            n, inner, usec["cmdstat_evalsha"] / m, usec["cmdstat_evalsha"] / m - inner,
-            100 * (usec["cmdstat_evalsha"] / m - inner) / (usec["cmdstat_evalsha"] / m)
+        printf "  commands %.2f a message taking %.2f µs; EVALSHA %.2f µs in all", n, inner, ev
+        if (ev > 0) printf ": the Lua layer %.2f µs (%.0f %%)", ev - inner, 100 * (ev - inner) / ev
+        print "  (wall-clock time inside Redis: a busy machine inflates every figure alike)"
     }' "$work/commandstats"
 for who in redis relay; do
     [[ -f $work/$who.perf ]] || continue

@@ -161,6 +161,40 @@ async fn written_and_acknowledged_messages_give_their_shares_back() {
     }
 }
 
+/// A share record damaged from outside (a count or the refresh time that is not a number) holds
+/// nothing up: the send reads every stored number before it writes anything, and a refresh time
+/// that is not a number counts as "not refreshed" and is written again; the removal reads the
+/// counts as 0 when they are not numbers and writes them again, so the shares are given back and
+/// the other users of the call removed (before, the send stored the message and then failed,
+/// so the client's retry stored it twice; the removal failed as a whole, every time).
+#[tokio::test]
+async fn a_damaged_share_record_is_written_again_not_a_send_or_removal_held_up() {
+    let redis = Redis::start();
+    let server = Server::start(&ServerConfig::redis(&redis));
+    let (sender, receiver) = (server.new_user().await, server.new_user().await);
+    let mut ws = server.connect_v1(&sender).await;
+    assert_eq!(ws.send_answered(&sender, &receiver, "m", "one").await["status"], "stored");
+    let key = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
+    let key = key.lines().next().expect("a share record").to_owned();
+    redis.cli(&["HSET", &key, "x", "not a time"]).expect("HSET answers");
+    let two = ws.send_answered(&sender, &receiver, "m", "two").await;
+    assert_eq!(two["status"], "stored", "a damaged refresh time is written again: {two}");
+    let x = redis.cli(&["HGET", &key, "x"]).expect("HGET answers");
+    assert!(x.trim().parse::<u64>().is_ok(), "the refresh time written again: {x:?}");
+    redis.cli(&["HSET", &key, "bytes", "not a count", "sb", "nor this"]).expect("HSET answers");
+    let mut r = server.connect(&receiver).await;
+    assert_eq!(next_payload(&mut r).await, "one");
+    assert_eq!(next_payload(&mut r).await, "two");
+    let deadline = Instant::now() + crate::harness::DEADLINE;
+    while !shares_left(&redis).is_empty() {
+        assert!(Instant::now() < deadline, "shares not given back: {:?}", shares_left(&redis));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.cli(&["XLEN", &key.replace("shares", "inbox")]).expect("XLEN answers").trim(), "0");
+    assert_eq!(ws.send_answered(&sender, &receiver, "m", "three").await["status"], "stored");
+    assert_eq!(next_payload(&mut r).await, "three", "delivered once each, in order");
+}
+
 /// The next delivery's payload (other frames skipped).
 async fn next_payload(ws: &mut Ws) -> Value {
     loop {

@@ -25,8 +25,9 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// Before the sockets open, the server's RSS is read once it has stopped moving: right after
 /// the logins its allocator still holds pages the logins freed (jemalloc gives them back a
 /// second or two later), and a figure read then made the per-socket difference swing by
-/// ±1.5 KiB between runs of the same server. Sampled every [`RSS_SAMPLE`], read when two
-/// samples in a row moved less than [`RSS_STILL_KIB`], or after [`RSS_WAIT`] at most.
+/// ±1.5 KiB between runs of the same server. Sampled every [`RSS_SAMPLE`], read when it moved
+/// less than [`RSS_STILL_KIB`] over two intervals in a row (three samples), or after
+/// [`RSS_WAIT`] at most.
 const RSS_SAMPLE: Duration = Duration::from_millis(500);
 const RSS_STILL_KIB: u64 = 256;
 const RSS_WAIT: Duration = Duration::from_secs(10);
@@ -120,7 +121,6 @@ pub async fn hold(plan: Plan<'_>, progress: &Progress) -> (Idle, Duration) {
     (idle, connect_time)
 }
 
-/// The replicas' RSS together (sockets are spread over them).
 /// The servers' RSS once it stopped moving (see [`RSS_SAMPLE`]).
 async fn settled_rss(pids: &[String]) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + RSS_WAIT;
@@ -135,6 +135,7 @@ async fn settled_rss(pids: &[String]) -> Option<u64> {
     Some(last)
 }
 
+/// The replicas' RSS together (sockets are spread over them).
 fn server_rss(pids: &[String]) -> Option<u64> {
     if pids.is_empty() { None } else { pids.iter().map(|p| rss_kib(p)).sum() }
 }

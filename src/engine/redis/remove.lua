@@ -1,6 +1,7 @@
 #!lua flags=allow-oom
 local ledger = ARGV[1]
 local format = string.format
+local function num(v) return tonumber(v) or 0 end
 local function chunks(command, key, list)
   local replies = {}
   for i = 1, #list, 1000 do
@@ -71,17 +72,17 @@ local function remove(inbox, shares, first, last)
     for _, v in ipairs(part) do held[#held + 1] = v end
   end
   local set, gone, prefixes = {}, {}, {}
-  local total = (held[1] or 0) - freed_bytes
-  local sn, sb = (held[2] or 0) + 0, (held[3] or 0) + 0
+  local total = num(held[1]) - freed_bytes
+  local sn, sb = num(held[2]), num(held[3])
   if total > 0 then set[#set + 1], set[#set + 2] = 'bytes', format('%d', total) else gone[#gone + 1] = 'bytes' end
   for k, from in ipairs(senders) do
     local at = 4 * k
-    local n = (held[at] or 0) - counts[from]
+    local n = num(held[at]) - counts[from]
     prefixes[from] = held[at + 3] or ''
     if held[at + 2] then sn, sb = sn - counts[from], sb - sizes[from] end
     if n > 0 then
       set[#set + 1], set[#set + 2] = 'n:' .. from, format('%d', n)
-      set[#set + 1], set[#set + 2] = 'b:' .. from, format('%d', math.max((held[at + 1] or 0) - sizes[from], 0))
+      set[#set + 1], set[#set + 2] = 'b:' .. from, format('%d', math.max(num(held[at + 1]) - sizes[from], 0))
     else
       gone[#gone + 1], gone[#gone + 2], gone[#gone + 3], gone[#gone + 4] = 'n:' .. from, 'b:' .. from, 's:' .. from, 'p:' .. from
     end
@@ -101,7 +102,7 @@ for u = 1, #KEYS / 2 do
 end
 if ledger == '' then return {removed, freed} end
 local function release(key, field, bytes)
-  if redis.call('HINCRBY', key, field, format('%d', -bytes)) == -bytes and redis.call('PTTL', key) == -1 then redis.call('DEL', key) end
+  if redis.call('HINCRBY', key, field, format('%d', -bytes)) == -bytes and redis.call('PTTL', key) == -1 and redis.call('HLEN', key) == 1 then redis.call('DEL', key) end
 end
 for day, of_day in pairs(freed_at) do
   local field, by_sender = 'd' .. day, {}

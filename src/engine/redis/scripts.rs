@@ -46,6 +46,10 @@ use crate::protocol::MsgId;
 /// outside — an operator's `DEL`, eviction, which `maxmemory-policy noeviction` rules out —
 /// could leave the share record without its inbox: the inbox recreated then gets its expiry at
 /// the next refresh, at most `ttl/64` later, if another message comes.)
+/// Every stored number is read before the first write (a field that is not a number stops the
+/// message with nothing written: `{-4, error}`); `x` with `tonumber`, so that a damaged one
+/// reads as "not refreshed" and is written again by this send (the removal rewrites the
+/// counts, never `x`).
 /// The recipient check costs no command of its own: user records are never deleted, only
 /// expire, so `HINCRBY seq` answers 1 only for a user's first message ever or for a record that
 /// is not there (the increment just made it); only then is the record asked for its
@@ -102,7 +106,10 @@ const ATTACH: &str = include_str!("attach.lua");
 /// back), one HMGET and one HSET/HDEL for all senders' shares. The report is gathered in tables
 /// keyed by day, prefix and sender, and an entry's day is read from its id's leading digits
 /// (the milliseconds divided by 10^5: a day is 864 of those, so the digits name the day), once
-/// per distinct value (see "What the Lua side costs" above).
+/// per distinct value (see "What the Lua side costs" above). The share record's numbers are
+/// read with `tonumber(v) or 0` (once per sender and call, not per message): a field that is not
+/// a number counts as 0 and is written again, so a damaged record is repaired, never a removal
+/// held up (which would leave every user of the call undeleted, and delivered again).
 const REMOVE: &str = include_str!("remove.lua");
 
 /// One rate-limit check (`crate::limits::Buckets::take`, the same arithmetic) on Redis's
@@ -143,7 +150,8 @@ const HOLD: &str = include_str!("hold.lua");
 /// made again: one `HINCRBY` a key, and only when its answer is the change itself (the day's
 /// field was 0 or not there, as after midnight, or the key did not exist) a `PTTL`, and a key
 /// without expiry — one the `HINCRBY` just made: `HOLD` gives every ledger one — is deleted in
-/// the same step. (An `EXISTS` first cost one more call a key, every time.)
+/// the same step, if that field is all it holds (`HLEN` 1: a key left without expiry by other
+/// means keeps its other days' charges). (An `EXISTS` first cost one more call a key, every time.)
 const RELEASE: &str = include_str!("release.lua");
 
 /// Where a template takes its doorbell expression.
@@ -299,7 +307,8 @@ mod tests {
     /// string, each sender field name built once, the message number written once as a string
     /// for the entry and the doorbell), and for the message number's increment passed as a
     /// string, and for stored numbers read with `+ 0` instead of `tonumber`, and for the share
-    /// record's numbers written as strings (`string.format('%d')`).
+    /// record's numbers written as strings (`string.format('%d')`), and for every stored number read
+    /// before the first write (the refresh time with `tonumber`).
     #[test]
     fn scripts_are_the_released_ones() {
         let hashes = |publish| {
@@ -309,11 +318,11 @@ mod tests {
         let expected = |send: &str, attach: &str| (send.to_owned(), attach.to_owned());
         assert_eq!(
             hashes("PUBLISH"),
-            expected("ec569bea8d8214b1d68ecf5f54cab18540e52166", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
+            expected("b39ec02c00efef5fffd17f15e0246e8bca7b0124", "cf6da73c52ab1cff2fe47d41bb0066127fc821b6")
         );
         assert_eq!(
             hashes("SPUBLISH"),
-            expected("5355ec054e9660908551ab56c3f3575be3f666b0", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
+            expected("107e2e44649e2eca7acd20a390729de5ccd2e06f", "4f8d5e4c3b9f6dff37327393ca243386d5a69c33")
         );
     }
 }

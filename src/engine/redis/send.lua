@@ -16,7 +16,7 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   local waiting = redis.call('XLEN', inbox)
   if waiting >= capacity or total + size > max_bytes then return refuse(user, -2) end
   if (share > 0 and n >= share) or (share_bytes > 0 and b + size > share_bytes) then return refuse(user, -3) end
-  local sn, sb = (held[6] or 0) + 0, (held[7] or 0) + 0
+  local sn, sb, refreshed = (held[6] or 0) + 0, (held[7] or 0) + 0, tonumber(held[4])
   local stranger = pool > 0 and redis.call('SISMEMBER', contacts, sender) == 0
   local pooled = {}
   if stranger then
@@ -35,7 +35,6 @@ local function send(user, inbox, shares, contacts, envelope, channel, sender, pr
   local number = format('%d', seq)
   local id = redis.call('XADD', inbox, '*', 'e', envelope, 's', number, 'f', sender, 'p', prefix)
   local now = string.match(id, '^%d+') + 0
-  local refreshed = held[4] and held[4] + 0
   if refreshed and now >= refreshed and now - refreshed < slack then
     redis.call('HSET', shares, kn, format('%d', n + 1), kb, format('%d', b + size), 'p:' .. sender, prefix, 'bytes', format('%d', total + size), unpack(pooled))
   else
