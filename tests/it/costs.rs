@@ -173,11 +173,11 @@ async fn a_damaged_share_record_is_written_again_not_a_send_or_removal_held_up()
     let server = Server::start(&ServerConfig::redis(&redis));
     let (sender, receiver) = (server.new_user().await, server.new_user().await);
     let mut ws = server.connect_v1(&sender).await;
-    assert_eq!(ws.send_answered(&sender, &receiver, "m", "one").await["status"], "stored");
+    assert_eq!(ws.send_answered(&sender, &receiver, "one", "1").await["status"], "stored");
     let key = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
     let key = key.lines().next().expect("a share record").to_owned();
     redis.cli(&["HSET", &key, "x", "not a time"]).expect("HSET answers");
-    let two = ws.send_answered(&sender, &receiver, "m", "two").await;
+    let two = ws.send_answered(&sender, &receiver, "two", "2").await;
     assert_eq!(two["status"], "stored", "a damaged refresh time is written again: {two}");
     let x = redis.cli(&["HGET", &key, "x"]).expect("HGET answers");
     assert!(x.trim().parse::<u64>().is_ok(), "the refresh time written again: {x:?}");
@@ -191,7 +191,7 @@ async fn a_damaged_share_record_is_written_again_not_a_send_or_removal_held_up()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(redis.cli(&["XLEN", &key.replace("shares", "inbox")]).expect("XLEN answers").trim(), "0");
-    assert_eq!(ws.send_answered(&sender, &receiver, "m", "three").await["status"], "stored");
+    assert_eq!(ws.send_answered(&sender, &receiver, "three", "3").await["status"], "stored");
     assert_eq!(next_payload(&mut r).await, "three", "delivered once each, in order");
 }
 
