@@ -151,7 +151,7 @@ left=$(pending)
 # prefix left out): count and bytes (`MEMORY USAGE`).
 redis-cli -p "$redis_port" --scan | tr -d '\r' >"$work/keys" || true
 sed 's/^/MEMORY USAGE /' "$work/keys" | redis-cli -p "$redis_port" | tr -d '\r' >"$work/sizes" || true
-residue=$(paste -d' ' "$work/keys" "$work/sizes" | sed -E 's/\{[^}]*\}/{…}/; s/(held:(net|dir):).*/\1…/; s/(index:).*/\1…/' |
+residue=$(paste -d' ' "$work/keys" "$work/sizes" | sed -E 's/\{[^}]*\}/{…}/; s/(held:(net|dir):)[^ ]*/\1…/; s/[0-9a-f]{64}/…/' |
     awk '{ n[$1]++; b[$1] += $2 } END { for (k in n) printf "%s %d %d\n", k, n[k], b[k] }' | sort -k3,3nr |
     awk '{ printf "%s`%s` %d keys %d B", sep, $1, $2, $3; sep = "; " }') || residue="not read"
 
