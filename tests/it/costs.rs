@@ -95,10 +95,15 @@ async fn an_inbox_outlives_its_ttl_after_every_write() {
 }
 
 /// The share record holds no counts once nothing waits (only `x`, the last TTL refresh).
+/// The key of the (one) share record in Redis.
+fn share_record(redis: &Redis) -> String {
+    let keys = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
+    keys.lines().next().expect("a share record").to_owned()
+}
+
 fn shares_left(redis: &Redis) -> Vec<String> {
-    let key = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
-    let key = key.lines().next().expect("a share record");
-    let fields = redis.cli(&["HKEYS", key]).expect("HKEYS answers");
+    let key = share_record(redis);
+    let fields = redis.cli(&["HKEYS", &key]).expect("HKEYS answers");
     fields.lines().filter(|f| *f != "x").map(str::to_owned).collect()
 }
 
@@ -174,8 +179,7 @@ async fn a_damaged_share_record_is_written_again_not_a_send_or_removal_held_up()
     let (sender, receiver) = (server.new_user().await, server.new_user().await);
     let mut ws = server.connect_v1(&sender).await;
     assert_eq!(ws.send_answered(&sender, &receiver, "one", "1").await["status"], "stored");
-    let key = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
-    let key = key.lines().next().expect("a share record").to_owned();
+    let key = share_record(&redis);
     redis.cli(&["HSET", &key, "x", "not a time"]).expect("HSET answers");
     let two = ws.send_answered(&sender, &receiver, "two", "2").await;
     assert_eq!(two["status"], "stored", "a damaged refresh time is written again: {two}");
