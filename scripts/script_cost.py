@@ -27,7 +27,8 @@ timer adds next to nothing): exact and independent of the machine's load, unlike
     scripts/script_cost.py [--messages 20000] [--remote] [--ledger] [--callgrind [--profile FILE]] [--src DIR]
 
 --src names a directory holding another send.lua and remove.lua (e.g. from
-`git show <commit>:src/engine/redis/send.lua`) to compare with.
+`git show <commit>:src/engine/redis/send.lua`) to compare with; with --ledger its release.lua
+too, and release_rule.lua where those say `$RELEASE`.
 """
 import argparse
 import os
@@ -51,8 +52,14 @@ DOORBELL = "'m' .. id .. ' ' .. seq .. '\\n' .. envelope"
 
 
 def render(src, name):
+    """A script as the relay renders it (scripts.rs): the doorbell and, where the template has
+    `$RELEASE` (release_rule.lua beside it), the ledger's release rule."""
     with open(os.path.join(src, name), encoding="utf-8") as f:
-        return f.read().replace("$DOORBELL", DOORBELL)
+        source = f.read().replace("$DOORBELL", DOORBELL)
+    if "$RELEASE" in source:
+        with open(os.path.join(src, "release_rule.lua"), encoding="utf-8") as f:
+            source = source.replace("$RELEASE", f.read().rstrip())
+    return source
 
 
 class Resp:

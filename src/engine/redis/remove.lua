@@ -2,6 +2,7 @@
 local ledger = ARGV[1]
 local format = string.format
 local function num(v) return tonumber(v) or 0 end
+$RELEASE
 local function chunks(command, key, list)
   local replies = {}
   for i = 1, #list, 1000 do
@@ -101,9 +102,6 @@ for u = 1, #KEYS / 2 do
   at = at + 3 * count + 1
 end
 if ledger == '' then return {removed, freed} end
-local function release(key, field, bytes)
-  if redis.call('HINCRBY', key, field, format('%d', -bytes)) == -bytes and redis.call('PTTL', key) == -1 and redis.call('HLEN', key) == 1 then redis.call('DEL', key) end
-end
 for day, of_day in pairs(freed_at) do
   local field, by_sender = 'd' .. day, {}
   for prefix, of_prefix in pairs(of_day) do
@@ -113,8 +111,8 @@ for day, of_day in pairs(freed_at) do
       bytes = bytes + size
       by_sender[from] = (by_sender[from] or 0) + size
     end
-    if prefix ~= '' then release(ledger .. 'net:' .. prefix, field, bytes) end
+    if prefix ~= '' then release(ledger .. 'net:' .. prefix, field, format('%d', -bytes)) end
   end
-  for from, bytes in pairs(by_sender) do release(ledger .. '{' .. from .. '}', field, bytes) end
+  for from, bytes in pairs(by_sender) do release(ledger .. '{' .. from .. '}', field, format('%d', -bytes)) end
 end
 return {removed, {}}

@@ -17,8 +17,10 @@
 //! strings made by `string.format('%d')` (an integer `sprintf`, cheaper than Redis's `%.17g` of
 //! a Lua number, and exact where Lua's own `%.14g` is not past 10^14; the message number made
 //! once for the entry and the doorbell), read the numbers Redis hands them with `+ 0`
-//! (`(held[1] or 0) + 0`: a field that is not there counts as 0; one that is not a number fails
-//! the step instead, and only these scripts write those fields), build each field name once,
+//! (`(held[1] or 0) + 0`: a field that is not there counts as 0; in the send, one that is not
+//! a number fails that message before anything is written, while the removal, which must
+//! never be held up, reads the share counts with `tonumber(v) or 0` once per sender and call:
+//! see `SEND` and `REMOVE`), build each field name once,
 //! and key what they gather by values, not by strings built per message.
 
 use redis::{Script, Value};
@@ -98,8 +100,8 @@ const ATTACH: &str = include_str!("attach.lua");
 /// not known: the entry is read). With a root (single Redis, the ledger on: `ledger::Release`)
 /// what the removal freed comes off the holders' day buckets in the same call — per day one
 /// `HINCRBY` on the prefix's key (`<root>net:<prefix>`) and one on each sender's
-/// (`<root>{<sender>}`), a key that is gone not made again, as `RELEASE` does it; keys built here, not
-/// declared, which only a single Redis allows — and it returns how many were removed and an
+/// (`<root>{<sender>}`), a key that is gone not made again (`RELEASE_RULE`, as in `RELEASE`);
+/// keys built here, not declared, which only a single Redis allows — and it returns how many were removed and an
 /// empty report. Without, it returns how many were removed and what that freed per day,
 /// address prefix and sender (the storage ledger's release, `ledger::removal_reply`). Per user
 /// one XDEL per id (its answer says whether that entry was there, and so whose share it gives
@@ -145,14 +147,23 @@ const HOLD: &str = include_str!("hold.lua");
 
 /// Takes bytes off storage ledgers (`ledger`): only frees, so it runs on a full Redis too
 /// (`allow-oom`), like every script a reader runs. KEYS: ledger hashes (one per call on a
-/// cluster). ARGV: per key its day field and the (negative) change.
-/// A ledger that is gone (expired: its holder held nothing for the inbox TTL and a day) is not
-/// made again: one `HINCRBY` a key, and only when its answer is the change itself (the day's
-/// field was 0 or not there, as after midnight, or the key did not exist) a `PTTL`, and a key
-/// without expiry — one the `HINCRBY` just made: `HOLD` gives every ledger one — is deleted in
-/// the same step, if that field is all it holds (`HLEN` 1: a key left without expiry by other
-/// means keeps its other days' charges). (An `EXISTS` first cost one more call a key, every time.)
+/// cluster). ARGV: per key its day field and the (negative) change. Each key by
+/// `RELEASE_RULE`, the rule `REMOVE` follows too.
 const RELEASE: &str = include_str!("release.lua");
+
+/// How bytes come off one ledger key, in `RELEASE` and `REMOVE` alike (where their templates
+/// say `$RELEASE`): a Lua `release(key, field, change)`, the change a negative integer as a
+/// string. A ledger that is gone (expired: its holder held nothing for the inbox TTL and a day)
+/// is not made again: one `HINCRBY` a key, and only when its answer is the change itself (the
+/// day's field was 0 or not there, as after midnight, or the key did not exist) a `PTTL`, and a
+/// key without expiry — one the `HINCRBY` just made: `HOLD` gives every ledger one — is deleted
+/// in the same step, if that field is all it holds (`HLEN` 1: a key left without expiry by
+/// other means keeps its other days' charges). (An `EXISTS` first cost one more call a key,
+/// every time.)
+const RELEASE_RULE: &str = include_str!("release_rule.lua");
+
+/// Where a template takes `RELEASE_RULE`.
+const RELEASE_AT: &str = "$RELEASE";
 
 /// Where a template takes its doorbell expression.
 const DOORBELL: &str = "$DOORBELL";
@@ -187,12 +198,16 @@ impl Scripts {
 
 /// The ledger's release script (the remover uses it too).
 pub(super) fn release_script() -> Script {
-    Script::new(RELEASE)
+    Script::new(&with_release_rule(RELEASE))
 }
 
 /// The removal script, for the remover task (which starts before `Scripts`).
 pub(super) fn remove_script() -> Script {
-    Script::new(REMOVE)
+    Script::new(&with_release_rule(REMOVE))
+}
+
+fn with_release_rule(template: &str) -> String {
+    template.replace(RELEASE_AT, RELEASE_RULE.trim_end())
 }
 
 fn send_source(publish: &str) -> String {
@@ -267,6 +282,12 @@ mod tests {
                 assert!(!source.contains('$'), "a placeholder left in {source}");
                 assert!(source.contains(&format!("redis.call('{publish}', ")), "{source}");
             }
+        }
+        for template in [RELEASE, REMOVE] {
+            let source = with_release_rule(template);
+            assert!(!source.contains('$'), "a placeholder left in {source}");
+            assert!(source.starts_with("#!lua flags=allow-oom\n"), "{source}");
+            assert!(source.contains("local function release(key, field, change)"), "{source}");
         }
         assert!(send_source("PUBLISH").contains(&doorbell::lua_message("id", "number", "envelope")));
         assert!(attach_source("PUBLISH").contains(&doorbell::lua_takeover("generation")));
