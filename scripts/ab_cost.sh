@@ -6,7 +6,7 @@
 #
 #   scripts/ab_cost.sh BEFORE_BIN AFTER_BIN [ROUNDS] [ENGINE]
 #
-# ENGINE: redis (default) or memory (AB_LEGACY=1 for a binary without the `engine` setting). ROUNDS (default 2): before, after, before, after, …
+# ENGINE: redis (default) or memory. AB_LEGACY=1 for a binary from before the `engine` setting (see below). ROUNDS (default 2): before, after, before, after, …
 # The load generator is this tree's release enigma-bench (the same one for both).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,31 +18,26 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-ab.XXXXXX")
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-limits=(ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0 ENIGMA__SERVER__MAX_CONNECTIONS=100000
-    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
-    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
-    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
-    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000
-    ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000)
+source scripts/measure.sh # free_port, limits_env, start_redis, start_relay
+limits_env on
+# A binary from before a setting refuses it as unknown: AB_LEGACY=1 leaves out the ones added
+# since the first A/B (`engine`, the registrations and directory entries per prefix).
+if [[ -n ${AB_LEGACY:-} ]]; then
+    mapfile -t limit_env < <(printf '%s\n' "${limit_env[@]}" | grep -v -e UNUSED_REGISTRATIONS -e DIRECTORY_PER_PREFIX)
+fi
 run() {
-    local label=$1 bin=$2 url= cpu=() port log
+    local label=$1 bin=$2 url= cpu=()
     if [[ $engine == redis ]]; then
-        local rport; rport=$(free_port)
-        redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no --logfile "$work/redis.log" --dir "$work" &
-        pids+=($!); cpu=(--cpu-pid "redis-server=$!")
-        for _ in $(seq 1 100); do [[ $(redis-cli -p "$rport" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
-        url=redis://127.0.0.1:$rport/
+        start_redis
+        cpu=(--cpu-pid "redis-server=$redis_pid")
+        url=redis://127.0.0.1:$redis_port/
     fi
-    port=$(free_port); log=$work/relay-$label.log
-    # Without Redis the default engine keeps a data file: the memory engine is named (a binary
-    # from before the `engine` setting refuses it as unknown: AB_LEGACY=1 leaves it out).
+    # Without Redis the default engine keeps a data file: the memory engine is named.
     local engine_env=()
     [[ $engine == memory && -z ${AB_LEGACY:-} ]] && engine_env=(ENIGMA__ENGINE=memory)
-    env "${limits[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$url ENIGMA__LOG__LEVEL=warn "$bin" >"$log" 2>&1 &
-    local relay=$!; pids+=($relay)
-    for _ in $(seq 1 300); do grep -q '^listening on' "$log" && break; sleep 0.1; done
-    "$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" "${cpu[@]}" --pairs 100 --payload-bytes 256 \
+    local log=$work/relay-$label.log
+    start_relay "$bin" "$log" "${engine_env[@]}" ENIGMA__REDIS__URL="$url"
+    "$bench_bin" --url "http://127.0.0.1:$relay_port" --server-pid "$relay_pid" "${cpu[@]}" --pairs 100 --payload-bytes 256 \
         --warmup 1s --drain 10s --duration "${duration}s" --rate "$rate" --format markdown --json-file "$work/$label.json" >/dev/null 2>"$work/$label.err" || true
     jq -r --arg name "$label" '
         def role(r): [.steps[0].cpu[] | select(.role == r) | .us_per_msg] | if length == 0 then null else add end;

@@ -89,19 +89,8 @@ trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fd_limit=$(ulimit -n)
 
-# A free port below the ephemeral range (so no outgoing connection can be holding it).
-free_port() {
-    local port tries
-    for tries in $(seq 1 200); do
-        port=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    echo "bench: no free port found" >&2
-    return 1
-}
+# free_port, limits_env, start_redis, start_relay, start_listening.
+source scripts/measure.sh
 
 # The one-core runs pin the servers (relay, redis-server, forwarder) to core 0 and the generator
 # to core 1 (the first two CPUs this process may use, named 0 and 1 in the document): `pin_servers` and `pin_gen` prefix their commands (empty otherwise). taskset execs
@@ -117,22 +106,12 @@ fi
 can_pin=
 if [[ -n $server_cpu && -n $gen_cpu ]] && taskset -c "$server_cpu,$gen_cpu" true 2>/dev/null; then can_pin=1; fi
 
-redis_port=
 # The redis-servers of the current setup, `LABEL=PID,…` for enigma-bench --cpu-pid.
 redis_pids=
-start_redis() {
-    redis_port=$(free_port)
-    "${pin_servers[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-        --maxclients 1000 --dir "$work" --logfile "$work/redis-$redis_port.log" --daemonize no &
-    pids+=($!)
-    redis_pids=redis-server=$!
-    local i
-    for i in $(seq 1 100); do
-        [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && return
-        sleep 0.1
-    done
-    echo "bench: redis-server on $redis_port did not start" >&2
-    return 1
+# bench_redis: one redis-server (measure.sh's start_redis), as the setup's only one.
+bench_redis() {
+    start_redis --maxclients 1000
+    redis_pids=redis-server=$redis_pid
 }
 
 # start_cluster N: N cluster-enabled redis-servers joined as N masters; sets cluster_urls.
@@ -175,81 +154,46 @@ start_cluster() {
     return 1
 }
 
-# The per-client limits for every server (see the header).
-limit_env=()
-# What `on` and `off` share: nothing per address, no inbox share, room for every socket.
-unlimited_clients=(
-    ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
-    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
-    ENIGMA__LIMITS__MAX_UNUSED_REGISTRATIONS_PER_PREFIX=0 ENIGMA__LIMITS__STORAGE__DIRECTORY_PER_PREFIX=0
-    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
-    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
-)
-case ${BENCH_LIMITS:-on} in
-    on) limit_env=("${unlimited_clients[@]}"
-            ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000
-            ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000
-        ) ;;
-    off) limit_env=("${unlimited_clients[@]}"
-            ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0
-        ) ;;
-    shipped) ;;
-    *) echo "bench: BENCH_LIMITS is on, off or shipped" >&2; exit 2 ;;
-esac
+# The per-client limits for every server (see the header; measure.sh's limits_env).
+limits_env "${BENCH_LIMITS:-on}" || exit 2
 
 # start_server REDIS_URL [MODE] (empty URL: memory engine, or ENGINE_NO_REDIS=embedded with its data
 # directory under $work); sets server_url and server_pid.
 server_url=
 server_pid=
+servers_started=0
 start_server() {
-    local port log
-    port=$(free_port)
-    log=$work/server-$port.log
     local engine_env=()
-    [[ -z $1 ]] && engine_env=(ENIGMA__ENGINE="${ENGINE_NO_REDIS:-memory}" ENIGMA__DATA_DIR="$work/data-$port")
-    "${pin_servers[@]}" env "${limit_env[@]}" "${engine_env[@]}" ENIGMA__SERVER__ADDR=127.0.0.1:$port ENIGMA__REDIS__URL=$1 ENIGMA__REDIS__MODE=${2:-single} ENIGMA__LOG__LEVEL=warn \
-        ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000 "$server_bin" >"$log" 2>&1 &
-    server_pid=$!
-    pids+=("$server_pid")
-    wait_listening "$log" "$port" enigma-server 300
+    servers_started=$((servers_started + 1))
+    [[ -z $1 ]] && engine_env=(ENIGMA__ENGINE="${ENGINE_NO_REDIS:-memory}" ENIGMA__DATA_DIR="$work/data-$servers_started")
+    start_relay "$server_bin" "$work/server-$servers_started.log" "${engine_env[@]}" ENIGMA__REDIS__URL="$1" \
+        ENIGMA__REDIS__MODE="${2:-single}" ENIGMA__SERVER__SHUTDOWN_GRACE_MS=2000
+    server_pid=$relay_pid
+    server_url=http://127.0.0.1:$relay_port
 }
 
-# wait_listening LOG PORT WHAT TRIES: waits (TRIES × 0.1 s at most) for the process in server_pid
-# to print `listening on` in LOG, then sets server_url; fails with LOG if it exits or never does.
-wait_listening() {
-    local i
-    for i in $(seq 1 "$4"); do
-        if grep -q '^listening on' "$1"; then
-            server_url=http://127.0.0.1:$2
-            return
-        fi
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "bench: $3 did not start:" >&2
-    cat "$1" >&2
-    return 1
+# not_run NAME WHY: run NAME's results say it was not run, and why (Markdown).
+not_run() {
+    echo '{}' >"$work/results/$1.json"
+    echo "*Not run: $2.*" >"$work/results/$1.md"
+    echo "# not run" >"$work/results/$1.cmd"
 }
 
 # wanted NAME: whether BENCH_ONLY lets run NAME go; if not, its results say so.
 wanted() {
     [[ -z ${BENCH_ONLY:-} || $1 =~ ^(${BENCH_ONLY})$ ]] && return
-    echo '{}' >"$work/results/$1.json"
-    echo "*Not run (BENCH_ONLY).*" >"$work/results/$1.md"
-    echo "# not run" >"$work/results/$1.cmd"
+    not_run "$1" "BENCH_ONLY"
     return 1
 }
 
 # start_forwarder: the relay floor (enigma-floor forwarder) on a free port; sets server_url and
 # server_pid like start_server.
 start_forwarder() {
-    local port log
+    local port
     port=$(free_port)
-    log=$work/forwarder-$port.log
-    "${pin_servers[@]}" "$floor_bin" forwarder --addr "127.0.0.1:$port" >"$log" 2>&1 &
-    server_pid=$!
-    pids+=("$server_pid")
-    wait_listening "$log" "$port" "enigma-floor forwarder" 100
+    start_listening "enigma-floor forwarder" "$work/forwarder-$port.log" "$floor_bin" forwarder --addr "127.0.0.1:$port"
+    server_pid=$listening_pid
+    server_url=http://127.0.0.1:$port
 }
 
 # bench NAME ARGS...: runs enigma-bench, keeps its JSON and Markdown, records the command.
@@ -286,7 +230,7 @@ fresh() {
         urls=$server_url server_pids=$server_pid
         ;;
     redis1 | redis2)
-        start_redis
+        bench_redis
         start_server "redis://127.0.0.1:$redis_port/"
         urls=$server_url server_pids=$server_pid
         if [[ $1 == redis2 ]]; then
@@ -348,7 +292,7 @@ fresh forwarder
 bench floor-forwarder --url "$urls" --server-pid "$server_pids" "${common[@]}" --duration "${fixed}s" --rate 20000
 if wanted floor-redis; then
     stop_all
-    start_redis # no relay: it is not part of this floor
+    bench_redis # no relay: it is not part of this floor
     floor_args=(--rate 20000 --messages $((20000 * fixed)) --recipients "$pairs" --payload-bytes 256 --batch 100)
     echo "enigma-floor redis --url redis://127.0.0.1:PORT/ --redis-pid PID ${floor_args[*]}" >"$work/results/floor-redis.cmd"
     echo "bench: $(cat "$work/results/floor-redis.cmd")" >&2
@@ -378,9 +322,7 @@ if [[ -n $can_pin ]]; then
     stop_all
 else
     for setup in forwarder redis1 memory; do
-        echo '{}' >"$work/results/core1-$setup-ramp.json"
-        echo "*Not run: needs \`taskset\` and two CPUs this process may use.*" >"$work/results/core1-$setup-ramp.md"
-        echo "# not run" >"$work/results/core1-$setup-ramp.cmd"
+        not_run core1-$setup-ramp "needs \`taskset\` and two CPUs this process may use"
     done
 fi
 

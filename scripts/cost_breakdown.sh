@@ -18,38 +18,25 @@ for f in "$bin" "$bench_bin"; do [[ -x $f ]] || { echo "cost_breakdown: build $f
 work=$(mktemp -d "${TMPDIR:-/tmp}/enigma-breakdown.XXXXXX")
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port) port=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no --logfile "$work/redis.log" --dir "$work" &
-rpid=$!; pids+=("$rpid")
-for _ in $(seq 100); do [[ $(redis-cli -p "$rport" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
-# make bench's BENCH_LIMITS=on (scripts/bench.sh): nothing per address, send budgets far above the load.
-limits=(ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
-    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0
-    ENIGMA__LIMITS__MAX_UNUSED_REGISTRATIONS_PER_PREFIX=0 ENIGMA__LIMITS__STORAGE__DIRECTORY_PER_PREFIX=0
-    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0
-    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0
-    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=1000000 ENIGMA__RATE__SEND_MESSAGES_PER_USER__PER_SECOND=1000000
-    ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=1000000000 ENIGMA__RATE__SEND_BYTES_PER_USER__PER_SECOND=1000000000)
-env "${limits[@]}" ENIGMA__SERVER__ADDR="127.0.0.1:$port" ENIGMA__REDIS__URL="redis://127.0.0.1:$rport/" ENIGMA__LOG__LEVEL=warn \
-    "$bin" >"$work/relay.log" 2>&1 &
-relay=$!; pids+=("$relay")
-for _ in $(seq 300); do grep -q '^listening on' "$work/relay.log" && break; sleep 0.1; done
+source scripts/measure.sh # free_port, limits_env, start_redis, start_relay
+start_redis
+limits_env on # make bench's BENCH_LIMITS=on
+start_relay "$bin" "$work/relay.log" ENIGMA__REDIS__URL="redis://127.0.0.1:$redis_port/"
 # The profile: after the warm-up, for the sending window (the generator's --duration is one more).
 (
     sleep 1
-    redis-cli -p "$rport" config resetstat >/dev/null
+    redis-cli -p "$redis_port" config resetstat >/dev/null
     if command -v perf >/dev/null; then
-        timeout "$seconds" perf record -q -F 999 -p "$rpid" -o "$work/redis.perf" >/dev/null 2>&1 &
-        timeout "$seconds" perf record -q -F 999 -p "$relay" -o "$work/relay.perf" >/dev/null 2>&1 || true
+        timeout "$seconds" perf record -q -F 999 -p "$redis_pid" -o "$work/redis.perf" >/dev/null 2>&1 &
+        timeout "$seconds" perf record -q -F 999 -p "$relay_pid" -o "$work/relay.perf" >/dev/null 2>&1 || true
         wait || true
     else
         sleep "$seconds"
     fi
-    redis-cli -p "$rport" info commandstats | tr -d '\r' >"$work/commandstats"
+    redis-cli -p "$redis_port" info commandstats | tr -d '\r' >"$work/commandstats"
 ) &
 profile=$!
-if ! "$bench_bin" --url "http://127.0.0.1:$port" --server-pid "$relay" --cpu-pid "redis-server=$rpid" --pairs 100 \
+if ! "$bench_bin" --url "http://127.0.0.1:$relay_port" --server-pid "$relay_pid" --cpu-pid "redis-server=$redis_pid" --pairs 100 \
     --payload-bytes 256 --warmup 1s --drain 10s --duration "$((seconds + 1))s" --rate "$rate" \
     --json-file "$work/bench.json" --format markdown >/dev/null 2>"$work/bench.err"; then
     echo "cost_breakdown: the generator failed:" >&2

@@ -1,5 +1,5 @@
-"""Plots a soak run's samples (scripts/soak.sh's CSV): relay RSS and CPU, Redis memory and keys
-per minute, one panel each, to a PNG."""
+"""Plots a soak run's samples (scripts/soak.sh's CSV): relay RSS and CPU, what other processes
+and the hypervisor took, Redis memory and keys per minute, one panel each, to a PNG."""
 
 import csv
 import sys
@@ -16,10 +16,12 @@ def main(csv_path: str, png_path: str) -> None:
     series = [
         ("relay RSS (MiB)", [int(r["rss_kb"]) / 1024 for r in rows]),
         ("relay CPU (% of a core)", [float(r["cpu_pct"]) for r in rows]),
+        ("others' CPU + steal (%)",
+         [float(r.get("others_cpu_pct") or 0) + float(r.get("steal_pct") or 0) for r in rows]),
         ("Redis used_memory (MiB)", [int(r["redis_used_memory"]) / 2**20 for r in rows]),
         ("Redis keys", [int(r["redis_keys"]) for r in rows]),
     ]
-    fig, axes = plt.subplots(len(series), 1, sharex=True, figsize=(8, 9))
+    fig, axes = plt.subplots(len(series), 1, sharex=True, figsize=(8, 11))
     for ax, (label, ys) in zip(axes, series):
         ax.plot(x, ys, marker="o")
         ax.set_ylabel(label)

@@ -26,30 +26,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --daemonize no >/dev/null &
-redis_pid=$!
-pids+=("$redis_pid")
-for _ in $(seq 1 100); do [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && break; sleep 0.1; done
-port=$(free_port)
+source scripts/measure.sh # free_port, limits_env, start_redis, start_relay
+start_redis
 # The per-client limits off, as in `make soak`: one generator address, users far busier than people.
-env ENIGMA__SERVER__ADDR="127.0.0.1:$port" ENIGMA__REDIS__URL="redis://127.0.0.1:$redis_port/" ENIGMA__LOG__LEVEL=warn \
-    ENIGMA__SERVER__MAX_CONNECTIONS=100000 ENIGMA__SERVER__MAX_CONNECTIONS_PER_ADDRESS=0 \
-    ENIGMA__LIMITS__INBOX_SHARE=0 ENIGMA__LIMITS__INBOX_SHARE_BYTES=0 \
-    ENIGMA__LIMITS__MAX_UNUSED_REGISTRATIONS_PER_PREFIX=0 \
-    ENIGMA__RATE__LOGIN_PER_ADDRESS__BURST=0 ENIGMA__RATE__CHALLENGE_PER_ADDRESS__BURST=0 \
-    ENIGMA__RATE__SOCKET_PER_ADDRESS__BURST=0 ENIGMA__RATE__SOCKET_PER_USER__BURST=0 \
-    ENIGMA__RATE__SEND_MESSAGES_PER_USER__BURST=0 ENIGMA__RATE__SEND_BYTES_PER_USER__BURST=0 \
-    "$relay" >"$work/relay.log" 2>&1 &
-relay_pid=$!
-pids+=("$relay_pid")
-for _ in $(seq 1 300); do grep -q '^listening on' "$work/relay.log" && break; sleep 0.1; done
-grep -q '^listening on' "$work/relay.log" || { cat "$work/relay.log" >&2; exit 1; }
+limits_env off
+start_relay "$relay" "$work/relay.log" ENIGMA__REDIS__URL="redis://127.0.0.1:$redis_port/"
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$relay_pid/status"; }
 
-"$bench" --url "http://127.0.0.1:$port" --pairs 100 --rate "$rate" --duration "${duration}s" --warmup 0s \
+"$bench" --url "http://127.0.0.1:$relay_port" --pairs 100 --rate "$rate" --duration "${duration}s" --warmup 0s \
     --ack --churn 30s --drain 30s --quiet --json-file "$work/bench.json" >"$work/bench.txt" 2>&1 &
 bench_pid=$!
 pids+=("$bench_pid")
