@@ -94,13 +94,13 @@ async fn an_inbox_outlives_its_ttl_after_every_write() {
     }
 }
 
-/// The share record holds no counts once nothing waits (only `x`, the last TTL refresh).
 /// The key of the (one) share record in Redis.
 fn share_record(redis: &Redis) -> String {
     let keys = redis.cli(&["--scan", "--pattern", "*shares*"]).expect("SCAN answers");
     keys.lines().next().expect("a share record").to_owned()
 }
 
+/// The share record holds no counts once nothing waits (only `x`, the last TTL refresh).
 fn shares_left(redis: &Redis) -> Vec<String> {
     let key = share_record(redis);
     let fields = redis.cli(&["HKEYS", &key]).expect("HKEYS answers");
