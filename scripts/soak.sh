@@ -20,6 +20,8 @@
 #     residue is listed by key kind) and no message left in any inbox;
 #   - 0 messages lost (enigma-bench: sent and not received by the end of its drain), none
 #     unsent, no real duplicate (re-deliveries that enigma.v1 allows are reported apart).
+# After the drain, a last sample once the relay's RSS has settled with no client connected
+# (not judged: for comparing short and long runs).
 #
 # Environment: SOAK_MINUTES (default 30), SOAK_RATE (msgs/s; default 21000, half the
 # saturation rate of one relay on one Redis on a 2-core machine: 42,300 at ab24c6e, docs/BENCHMARKS.md),
@@ -140,6 +142,18 @@ bench_status=0
 wait "$bench_pid" || bench_status=$?
 sample "$minutes" drained
 left=$(pending)
+# The relay with no client at all, once its RSS stopped moving (jemalloc gives freed pages back
+# within about a second): what stays after a run is what it keeps. Not judged; compared between
+# a short and a long run, it tells state that accumulates from the allocator's wandering.
+previous=$(rss_kb) still=0
+for _ in $(seq 1 30); do
+    sleep 1
+    now=$(rss_kb)
+    if ((now - previous < 256 && previous - now < 256)); then still=$((still + 1)); else still=0; fi
+    previous=$now
+    ((still < 3)) || break
+done
+sample "$minutes" settled
 # What is left in Redis after the drain, by kind of key (the user id in braces and the address
 # prefix left out): count and bytes (`MEMORY USAGE`).
 redis-cli -p "$redis_port" --scan | tr -d '\r' >"$work/keys" || true

@@ -68,6 +68,11 @@ def loss_verdict(total, status):
     )
 
 
+def settled_rss(rows):
+    settled = [r for r in rows if r["phase"] == "settled"]
+    return f"{settled[-1]['rss_kb']} KiB" if settled else "not sampled"
+
+
 def shown(value):
     """A figure of enigma-bench's report, `?` when there is none."""
     return "?" if value is None else value
@@ -141,6 +146,10 @@ def main():
         "",
         *(line for _, line in verdicts),
         f"- overall: {'PASS' if ok else 'FAIL'}",
+        "",
+        f"Not judged: the relay's RSS with no client, settled after the drain, {settled_rss(rows)} "
+        f"(before any client: {phase('baseline')['rss_kb']} KiB); compared between a short and a long run, "
+        "it tells state that accumulates from the allocator's wandering.",
         "",
         f"Left in Redis after the drain, by kind of key: {a.residue}.",
         "",
