@@ -103,23 +103,25 @@ echo "minute,phase,rss_kb,cpu_pct,others_cpu_pct,steal_pct,redis_used_memory,red
 # Redis and the generator; a build or a test run beside the soak shows here and makes it
 # invalid) and what the hypervisor took from this machine (steal), each in % of one core
 # since the last sample.
+# Ours: the relay, Redis, the generator while it runs, and this script's children once reaped
+# (the shell's cutime and cstime: the generator after it ended, whichever minute that falls in,
+# and the sampling's own commands).
 bench_pid=
+reaped_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
+ours_ticks() { echo $(($1 + $(ticks_of "$redis_pid") + $(ticks_of "${bench_pid:-0}") + $(reaped_ticks))); }
 last_t=$(date +%s.%N) last_relay=$(ticks_of "$relay_pid")
 read -r last_machine last_steal < <(machine_ticks)
-last_ours=$((last_relay + $(ticks_of "$redis_pid"))) last_bench=0
+last_ours=$(ours_ticks "$last_relay")
 sample() { # minute phase
-    local t relay machine steal bench ours cpu others stolen
+    local t relay machine steal ours cpu others stolen
     t=$(date +%s.%N)
     relay=$(ticks_of "$relay_pid")
     read -r machine steal < <(machine_ticks)
-    bench=$(ticks_of "${bench_pid:-0}")
-    # The generator gone (after its drain): its last reading (its final seconds count as others').
-    ((bench > 0)) || bench=$last_bench
-    ours=$((relay + $(ticks_of "$redis_pid") + bench))
+    ours=$(ours_ticks "$relay")
     read -r cpu others stolen < <(awk -v t0="$last_t" -v t1="$t" -v c="$clk" -v r="$((relay - last_relay))" \
         -v rest="$((machine - last_machine - (ours - last_ours)))" -v st="$((steal - last_steal))" \
         'BEGIN { e = (t1 - t0) * c; if (rest < 0) rest = 0; printf "%.1f %.1f %.1f\n", r / e * 100, rest / e * 100, st / e * 100 }')
-    last_t=$t last_relay=$relay last_machine=$machine last_steal=$steal last_ours=$ours last_bench=$bench
+    last_t=$t last_relay=$relay last_machine=$machine last_steal=$steal last_ours=$ours
     echo "$1,$2,$(rss_kb),$cpu,$others,$stolen,$(redis_info),$(dbsize)" | tee -a "$csv" >&2
 }
 sample 0 baseline
