@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main(csv_path: str, png_path: str) -> None:
     rows = list(csv.DictReader(open(csv_path)))
-    after = {"drained": 0.5, "settled": 0.8}
+    after = {"drained": 0.5, "settled": 0.8, "reference-settled": 0.8}
     x = [int(r["minute"]) + after.get(r["phase"], 0) for r in rows]
     series = [
         ("relay RSS (MiB)", [int(r["rss_kb"]) / 1024 for r in rows]),
@@ -28,7 +28,7 @@ def main(csv_path: str, png_path: str) -> None:
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("minute (last points: after the drain, then settled with no client)")
+    axes[-1].set_xlabel("minute (the reference, settled with no client, the run, its drain, settled)")
     fig.suptitle("Enigma relay soak")
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)

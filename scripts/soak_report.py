@@ -1,6 +1,7 @@
 """A soak run's section of docs/BENCHMARKS.md (scripts/soak.sh): what ran, the verdicts, what
-Redis kept, the samples. Reads the samples' CSV and enigma-bench's JSON report itself; prints
-the section and exits 1 if any verdict fails (scripts/soak.sh says which criteria and why)."""
+Redis kept, the samples. Reads the samples' CSV and enigma-bench's JSON reports itself (the
+run's, then the reference's); prints the section and exits 1 if any verdict fails
+(scripts/soak.sh says which criteria and why)."""
 
 import argparse
 import csv
@@ -10,6 +11,8 @@ import sys
 
 # What Redis may keep per user after the drain, by design until its TTL (scripts/soak.sh).
 ALLOWED_PER_USER = 8192
+# How much higher the relay may settle, with no client, after the run than after the reference.
+SETTLED_ALLOWED = 0.05
 # What the machine's other processes and the hypervisor (steal) may take in any minute under
 # load (% of one core): more, and the relay was starved, so its RSS and latency say nothing
 # about the relay (scripts/soak.sh).
@@ -30,18 +33,30 @@ def quiet_verdict(load):
 
 
 def rss_verdict(load):
-    """Every sample under load within ±10 % of the median of minutes 1–5; last 5 minutes ±5 %."""
+    """Every sample of the run within ±10 % of the median of its first 5 minutes."""
     if len(load) < 10:
-        return False, "- RSS flat: FAIL (fewer than 10 samples under load)"
+        return False, "- relay RSS within a band: FAIL (fewer than 10 samples under load)"
     rss = [int(r["rss_kb"]) for r in load]
-    ref, last = statistics.median(rss[:5]), statistics.median(rss[-5:])
+    ref = statistics.median(rss[:5])
     worst = max(abs(v - ref) / ref for v in rss)
-    trend = (last - ref) / ref
-    flat = worst <= 0.10 and abs(trend) <= 0.05
-    return flat, (
-        f"- RSS flat within ±10 % of minutes 1–5, no trend: {'PASS' if flat else 'FAIL'} "
-        f"(median of minutes 1–5: {ref:.0f} KiB, furthest sample: {worst * 100:.1f} %, "
-        f"median of the last 5 minutes: {trend * 100:+.1f} %)"
+    within = worst <= 0.10
+    return within, (
+        f"- relay RSS within ±10 % of the median of the run's first 5 minutes: {'PASS' if within else 'FAIL'} "
+        f"({ref:.0f} KiB; furthest sample {worst * 100:.1f} %; median of the last 5 minutes "
+        f"{(statistics.median(rss[-5:]) - ref) / ref * 100:+.1f} %, not judged)"
+    )
+
+
+def kept_verdict(reference, after):
+    """The relay with no client settles after the run at most SETTLED_ALLOWED above the reference."""
+    if reference is None or after is None:
+        return False, "- no state kept: FAIL (no settled sample after the reference or after the run)"
+    grown = (int(after["rss_kb"]) - int(reference["rss_kb"])) / int(reference["rss_kb"])
+    kept = grown <= SETTLED_ALLOWED
+    return kept, (
+        f"- no state kept (the relay with no client, settled, at most +{SETTLED_ALLOWED * 100:.0f} % after the "
+        f"run against after the reference): {'PASS' if kept else 'FAIL'} ({reference['rss_kb']} → "
+        f"{after['rss_kb']} KiB, {grown * 100:+.1f} %)"
     )
 
 
@@ -68,9 +83,12 @@ def loss_verdict(total, status):
     )
 
 
-def settled_rss(rows):
-    settled = [r for r in rows if r["phase"] == "settled"]
-    return f"{settled[-1]['rss_kb']} KiB" if settled else "not sampled"
+def read_report(path):
+    """enigma-bench's JSON report; {} if it failed to write one (every figure `?`, losses FAIL)."""
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return {}
 
 
 def shown(value):
@@ -87,13 +105,15 @@ def errors_by_kind(steps):
 
 
 class Totals:
-    """A counter summed over enigma-bench's steps; None (shown as `?`, and a failure) without a report."""
+    """A counter summed over every report's steps; None (shown as `?`, and a failure) when a
+    report is missing."""
 
-    def __init__(self, report):
-        self.steps = report.get("steps", [])
+    def __init__(self, reports):
+        self.complete = all(report.get("steps") for report in reports)
+        self.steps = [step for report in reports for step in report.get("steps", [])]
 
     def __call__(self, key):
-        if not self.steps:
+        if not self.complete:
             return None
         return sum(step.get(key) or 0 for step in self.steps)
 
@@ -110,26 +130,26 @@ def clients(report):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("csv")
-    p.add_argument("bench_json")
-    for name in ("left", "status", "pairs", "rate", "minutes"):
+    p.add_argument("bench_json", nargs="+", help="the run's report, then the reference's")
+    for name in ("left", "status", "pairs", "rate", "minutes", "reference"):
         p.add_argument(f"--{name}", type=int, required=True)
     for name in ("stamp", "started", "commit", "residue"):
         p.add_argument(f"--{name}", required=True)
     a = p.parse_args()
     rows = list(csv.DictReader(open(a.csv)))
-    try:
-        report = json.load(open(a.bench_json))
-    except (OSError, ValueError):
-        report = {}  # enigma-bench failed: every figure `?`, the losses verdict FAIL
-    total = Totals(report)
-    p99 = report["steps"][-1]["latency_ms"]["p99"] if total.steps else None
+    reports = [read_report(path) for path in a.bench_json]
+    report = reports[0]  # the run's
+    total = Totals(reports)
+    p99 = report["steps"][-1]["latency_ms"]["p99"] if report.get("steps") else None
 
     load = [r for r in rows if r["phase"] == "load"]
-    phase = lambda name: [r for r in rows if r["phase"] == name][-1]  # noqa: E731
+    phase = lambda name: ([r for r in rows if r["phase"] == name] or [None])[-1]  # noqa: E731
+    runs = len(a.bench_json)
     verdicts = [
-        quiet_verdict(load),
+        quiet_verdict([r for r in rows if r["phase"] in ("reference", "load")]),
         rss_verdict(load),
-        redis_verdict(phase("drained"), int(phase("baseline")["redis_used_memory"]), a.left, 2 * a.pairs),
+        kept_verdict(phase("reference-settled"), phase("settled")),
+        redis_verdict(phase("drained"), int(phase("baseline")["redis_used_memory"]), a.left, 2 * a.pairs * runs),
         loss_verdict(total, a.status),
     ]
     ok = all(passed for passed, _ in verdicts)
@@ -138,18 +158,16 @@ def main():
         f"## Soak ({a.started}, commit {a.commit})",
         "",
         f"`make soak` (scripts/soak.sh): one relay, one Redis, {a.pairs} pairs ({clients(report)}),",
-        f"{a.rate} msgs/s for {a.minutes} min, sampled every minute; {shown(total('sent'))} messages sent, "
-        f"p99 latency {shown(p99)} ms;",
+        f"{a.rate} msgs/s for {a.reference} min (the reference), then with fresh users for {a.minutes} min "
+        f"(the run), sampled every minute; {shown(total('sent'))} messages sent, p99 latency of the run "
+        f"{shown(p99)} ms;",
         f"{shown(total('reconnects'))} reconnections, {shown(total('acknowledged'))} deliveries acknowledged, "
         f"{shown(total('redelivered'))} re-delivered as enigma.v1 allows.",
         f"CSV and plot: `docs/soak/soak-{a.stamp}.csv`, `docs/soak/soak-{a.stamp}.png`.",
         "",
         *(line for _, line in verdicts),
         f"- overall: {'PASS' if ok else 'FAIL'}",
-        "",
-        f"Not judged: the relay's RSS with no client, settled after the drain, {settled_rss(rows)} "
-        f"(before any client: {phase('baseline')['rss_kb']} KiB); compared between a short and a long run, "
-        "it tells state that accumulates from the allocator's wandering.",
+
         "",
         f"Left in Redis after the drain, by kind of key: {a.residue}.",
         "",
