@@ -92,8 +92,11 @@ start_relay "$work/enigma-relay" "$work/relay.log" ENIGMA__REDIS__URL="redis://1
 clk=$(getconf CLK_TCK)
 # CPU ticks (user + system, every thread) of a process; 0 once it is gone.
 ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# The machine's busy ticks (user, nice, system, irq, softirq; every CPU: a process's own ticks
-# include the interrupts it was running under) and those the hypervisor took (steal).
+# The machine's busy ticks (user, nice, system, irq, softirq; every CPU: with tick-based
+# accounting and no CONFIG_IRQ_TIME_ACCOUNTING, as on this machine's kernel, a process's own
+# ticks include the interrupts it was running under; with it, the loopback traffic's softirq
+# time would read as others' CPU — a quiet run here reads 0.0–1.7 %) and those the hypervisor
+# took (steal).
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$relay_pid/status"; }
 redis_info() { redis-cli -p "$redis_port" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }'; }
@@ -122,6 +125,7 @@ ours_ticks() { echo $(($1 + $(ticks_of "$redis_pid") + $(ticks_of "${bench_pid:-
 last_t=$(date +%s.%N) last_relay=$(ticks_of "$relay_pid")
 read -r last_machine last_steal < <(machine_ticks)
 last_ours=$(ours_ticks "$last_relay")
+sleep 1 # the baseline row's CPU figures over a second, not a fraction of a tick
 sample() { # minute phase
     local t relay machine steal ours cpu others stolen
     t=$(date +%s.%N)

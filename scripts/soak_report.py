@@ -36,6 +36,8 @@ def rss_verdict(load):
     """Every sample of the run within ±10 % of the median of its first 5 minutes."""
     if len(load) < 10:
         return False, "- relay RSS within a band: FAIL (fewer than 10 samples under load)"
+    if any(not r["rss_kb"] for r in load):
+        return False, "- relay RSS within a band: FAIL (a sample without the relay's RSS: it had exited)"
     rss = [int(r["rss_kb"]) for r in load]
     ref = statistics.median(rss[:5])
     worst = max(abs(v - ref) / ref for v in rss)
@@ -49,7 +51,7 @@ def rss_verdict(load):
 
 def kept_verdict(reference, after):
     """The relay with no client settles after the run at most SETTLED_ALLOWED above the reference."""
-    if reference is None or after is None:
+    if reference is None or after is None or not reference["rss_kb"] or not after["rss_kb"]:
         return False, "- no state kept: FAIL (no settled sample after the reference or after the run)"
     grown = (int(after["rss_kb"]) - int(reference["rss_kb"])) / int(reference["rss_kb"])
     kept = grown <= SETTLED_ALLOWED
@@ -62,6 +64,9 @@ def kept_verdict(reference, after):
 
 def redis_verdict(drained, baseline, left, users):
     """Back to the baseline (before any traffic) but for what is kept per user, no message left."""
+    if drained is None or not drained["redis_used_memory"] or not baseline or not users:
+        return False, "- Redis memory back to baseline after the drain: FAIL (not sampled)"
+    baseline = int(baseline)
     grown = int(drained["redis_used_memory"]) - baseline
     back = grown <= users * ALLOWED_PER_USER and left == 0
     return back, (
@@ -149,7 +154,7 @@ def main():
         quiet_verdict([r for r in rows if r["phase"] in ("reference", "load")]),
         rss_verdict(load),
         kept_verdict(phase("reference-settled"), phase("settled")),
-        redis_verdict(phase("drained"), int(phase("baseline")["redis_used_memory"]), a.left, 2 * a.pairs * runs),
+        redis_verdict(phase("drained"), phase("baseline")["redis_used_memory"], a.left, 2 * a.pairs * runs),
         loss_verdict(total, a.status),
     ]
     ok = all(passed for passed, _ in verdicts)

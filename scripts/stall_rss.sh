@@ -7,7 +7,8 @@
 # Used for docs/BENCHMARKS.md (optimization log, the relay's allocator). Not in `make test`.
 #
 #   scripts/stall_rss.sh [DURATION=120] [STALL_AT=45] [STALL=2] [RATE=33000]
-#   RELAY=path/to/enigma-server (default target/release/enigma-server; built if missing)
+#   RELAY=path/to/enigma-server (default target/release/enigma-server; built if missing; a
+#   binary from before a setting of scripts/measure.sh's `limits_env off` refuses it as unknown)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
