@@ -101,13 +101,10 @@ machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/s
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$relay_pid/status"; }
 redis_info() { redis-cli -p "$redis_port" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }'; }
 dbsize() { redis-cli -p "$redis_port" dbsize | tr -d '\r'; }
-# Entries still in any inbox stream.
+# Entries still in any inbox stream: every XLEN in one redis-cli (one connection, not one a key).
 pending() {
-    local total=0 key
-    while read -r key; do
-        [[ -n $key ]] && total=$((total + $(redis-cli -p "$redis_port" xlen "$key" | tr -d '\r')))
-    done < <(redis-cli -p "$redis_port" --scan --pattern '*inbox*')
-    echo "$total"
+    redis-cli -p "$redis_port" --scan --pattern '*inbox*' | sed 's/^/XLEN /' | redis-cli -p "$redis_port" |
+        awk '{ total += $1 } END { print total + 0 }'
 }
 
 csv=$work/soak.csv
